@@ -1,0 +1,195 @@
+"""The one error hierarchy of sipcert.
+
+Every failure that sipcert reports is a :class:`SipCertError`. Low-level exceptions
+(``ValueError`` from a parser, ``asn1crypto`` or ``cryptography`` errors, ``OSError``) are
+caught where they happen and re-raised as one of these with ``raise ... from exc``, so callers
+and the CLI need to handle exactly one tree. Each class carries a hint for the HTTP status a
+server should answer with and for the CLI exit code, so that mapping lives in one place.
+
+    SipCertError
+    ├── InputError                     malformed input (400)
+    │   ├── InputTooLargeError         input over a size limit (413)
+    │   ├── AORError                   not an address of record / SIP URI
+    │   ├── CertificateParseError      DER/PEM that is not a certificate
+    │   ├── DigestHeaderError          a malformed WWW-Authenticate / Authorization header
+    │   ├── MIMEError                  a malformed MIME entity or multipart body
+    │   └── CMSError                   a malformed CMS (PKCS#7) structure
+    ├── AuthenticationError            Digest credentials missing or wrong (401)
+    │   └── StaleNonceError            a genuine nonce that has expired (401, stale=true)
+    ├── ForbiddenError                 authenticated but not allowed (403)
+    ├── NotFoundError                  nothing there (404)
+    ├── CryptoError                    a cryptographic operation failed
+    │   ├── SignatureError             a signature does not verify
+    │   └── DecryptionError            no usable recipient, or decryption failed
+    ├── NameMismatchError              a TLS server name does not match the AOR domain (draft §4.3)
+    ├── LocationError                  the Store could not be located (DNS)
+    ├── TransportError                 a network or TLS failure
+    ├── StoreResponseError             the Store answered with an unexpected status
+    ├── StorageError                   the database failed
+    └── ConfigError                    bad configuration or command-line usage
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AORError",
+    "AuthenticationError",
+    "CMSError",
+    "CertificateParseError",
+    "ConfigError",
+    "CryptoError",
+    "DecryptionError",
+    "DigestHeaderError",
+    "ForbiddenError",
+    "InputError",
+    "InputTooLargeError",
+    "LocationError",
+    "MIMEError",
+    "NameMismatchError",
+    "NotFoundError",
+    "SignatureError",
+    "SipCertError",
+    "StaleNonceError",
+    "StorageError",
+    "StoreResponseError",
+    "TransportError",
+]
+
+
+class SipCertError(Exception):
+    """Base of every error sipcert raises; ``str(err)`` is one line fit for a user."""
+
+    #: HTTP status a server answers with when this error ends a request.
+    http_status: int = 500
+    #: Exit code of the CLI when this error ends a command (documented in README.md).
+    exit_code: int = 10
+
+
+class InputError(SipCertError):
+    """Input that does not parse: the peer or the user sent something malformed."""
+
+    http_status = 400
+    exit_code = 4
+
+
+class InputTooLargeError(InputError):
+    """Input larger than the limit that applies to it."""
+
+    http_status = 413
+
+
+class AORError(InputError):
+    """Text that is not an address of record (``user@host``) or an AOR-shaped URI."""
+
+
+class CertificateParseError(InputError):
+    """Bytes that are not one well-formed X.509 certificate (DER or PEM)."""
+
+
+class DigestHeaderError(InputError):
+    """A Digest ``WWW-Authenticate`` or ``Authorization`` header that does not parse."""
+
+
+class MIMEError(InputError):
+    """A MIME entity or multipart body that does not parse."""
+
+
+class CMSError(InputError):
+    """A CMS (PKCS#7) structure that does not parse or is not of the expected type."""
+
+
+class AuthenticationError(SipCertError):
+    """Digest authentication failed; unknown user and wrong password look the same."""
+
+    http_status = 401
+    exit_code = 6
+
+
+class StaleNonceError(AuthenticationError):
+    """The nonce was ours but has expired: the client should retry with a fresh one."""
+
+
+class ForbiddenError(SipCertError):
+    """Authenticated, but the request is not allowed (e.g. a SAN URI of another user).
+
+    ``reason`` is a short machine-readable code (``san-user-mismatch``, ``expired``, ...)
+    that a server puts in its answer and tests assert on.
+    """
+
+    http_status = 403
+    exit_code = 7
+
+    def __init__(self, message: str, reason: str = "forbidden") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotFoundError(SipCertError):
+    """The thing asked for does not exist."""
+
+    http_status = 404
+    exit_code = 1
+
+
+class CryptoError(SipCertError):
+    """A cryptographic operation failed."""
+
+    exit_code = 8
+
+
+class SignatureError(CryptoError):
+    """A signature (CMS or certificate self-signature) does not verify."""
+
+
+class DecryptionError(CryptoError):
+    """An enveloped message could not be decrypted with the keys we hold."""
+
+
+class NameMismatchError(SipCertError):
+    """The TLS server certificate does not name the AOR's domain exactly (draft §4.3)."""
+
+    exit_code = 5
+
+    def __init__(self, expected: str, presented: list[str]) -> None:
+        shown = ", ".join(presented) if presented else "no DNS name"
+        super().__init__(
+            f"server certificate names {shown}, not the AOR domain {expected!r} (draft §4.3)"
+        )
+        self.expected = expected
+        self.presented = presented
+
+
+class LocationError(SipCertError):
+    """The certificate Store could not be located (DNS failure, no usable target)."""
+
+    exit_code = 3
+
+
+class TransportError(SipCertError):
+    """Connecting to or talking with a peer failed (refused, timed out, TLS failure)."""
+
+    exit_code = 9
+
+
+class StoreResponseError(SipCertError):
+    """The Store answered with a status the operation did not expect."""
+
+    exit_code = 11
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"store answered {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class StorageError(SipCertError):
+    """The certificate database failed; the write, if any, did not happen."""
+
+    http_status = 503
+    exit_code = 12
+
+
+class ConfigError(SipCertError):
+    """Bad configuration or command-line usage."""
+
+    exit_code = 2

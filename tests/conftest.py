@@ -1,0 +1,32 @@
+"""Shared test configuration.
+
+Tests that need a real peer program carry ``@pytest.mark.peer("openssl")`` (any number of
+names). Locally such a test skips when the program is absent; with ``CI=true`` it fails
+instead, so CI can never pass by skipping the interoperability tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_program(name: str) -> str:
+    """Return the path of ``name``, or skip (locally) / fail (in CI) when it is absent."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        message = f"real peer {name!r} is not installed"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: peers are required)")
+        pytest.skip(message)
+    return path
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers(name="peer"):
+        for name in marker.args:
+            require_program(name)
