@@ -1,0 +1,270 @@
+"""Addresses of record (``user@host``) and the rules for comparing them.
+
+The draft keys everything on the AOR: the Store is found from its host (draft §4.1, §4.5),
+retrieved certificates must name exactly this user and host in every SubjectAltName URI
+(draft §4.5) and enrolled ones must name the Digest user and TLS domain (draft §5.1). Those
+checks are only as good as the comparison, so parsing here is strict and canonicalising:
+
+* the host is compared case-insensitively (RFC 3261 §19.1.4) and stored lower-cased; it must
+  be a DNS domain name (LDH labels), because the draft matches it against a TLS server
+  certificate's dNSName (draft §4.3) -- IP literals and ports have no place in an AOR;
+* the user is compared case-sensitively (RFC 3261 §19.1.4) after canonicalising escapes:
+  ``%HH`` of an unreserved character is decoded (it is equivalent to the character), every
+  other escape is kept with upper-case hex;
+* anything that would make two readings of the same text possible (URI parameters, headers,
+  passwords, display names, whitespace) is rejected rather than ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from dataclasses import dataclass
+
+from sipcert.errors import AORError, InputTooLargeError
+
+__all__ = [
+    "AOR",
+    "AOR_SCHEMES",
+    "MAX_AOR_LENGTH",
+    "MAX_DOMAIN_LENGTH",
+    "MAX_USER_LENGTH",
+    "aor_from_uri",
+    "canonical_user",
+    "escape_user",
+    "normalize_domain",
+    "parse_aor",
+]
+
+#: Longest text ``parse_aor`` / ``aor_from_uri`` / ``normalize_domain`` look at.
+MAX_AOR_LENGTH = 512
+#: Longest user part (after escaping) we accept.
+MAX_USER_LENGTH = 256
+#: Longest domain name (RFC 1035 §2.3.4, without the trailing dot).
+MAX_DOMAIN_LENGTH = 253
+
+#: URI schemes ``parse_aor`` accepts as a spelling of an AOR (lower-case).
+AOR_SCHEMES = frozenset({"sip", "sips", "im", "pres", "mailto"})
+
+# RFC 3261 §25.1: unreserved = alphanum / mark; user-unreserved for the user part.
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-_.!~*'()")
+_USER_UNRESERVED = frozenset("&=+$,;?/")
+_USER_LITERAL = _UNRESERVED | _USER_UNRESERVED
+_HEX = frozenset(string.hexdigits)
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?")
+_IPV4_RE = re.compile(r"[0-9]+(?:\.[0-9]+){3}")
+
+
+@dataclass(frozen=True)
+class AOR:
+    """An address of record, held canonically so that ``==`` is RFC 3261 §19.1.4 equality.
+
+    Constructing one directly canonicalises and validates the parts too, so
+    ``AOR("b%6fb", "Example.COM") == AOR("bob", "example.com")``.
+    """
+
+    user: str
+    host: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user", canonical_user(self.user))
+        object.__setattr__(self, "host", _check_host(self.host))
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}"
+
+    @property
+    def sip_uri(self) -> str:
+        """``sip:user@host``, the SAN URI we put in certificates (draft §1, §4.5)."""
+        return f"sip:{self}"
+
+    @property
+    def im_uri(self) -> str:
+        """``im:user@host``, the second SAN URI the draft's example shows (draft §4.5)."""
+        return f"im:{self}"
+
+
+def parse_aor(text: str) -> AOR:
+    """Parse ``user@host`` or a ``sip:``/``sips:``/``im:``/``pres:``/``mailto:`` URI of one.
+
+    Raises :class:`AORError` with a message naming the problem, or
+    :class:`InputTooLargeError` when the text is longer than :data:`MAX_AOR_LENGTH`.
+    """
+    _check_text(text, "AOR")
+    scheme, rest = _split_scheme(text)
+    if scheme is None:
+        return _parse_user_host(text)
+    if scheme.lower() in AOR_SCHEMES:
+        return _parse_user_host(rest)
+    if "@" in rest and not rest.startswith("//"):
+        # ``user:password@host`` reads like ``scheme:user@host``: both are refused, and the
+        # message must not echo what may be a password.
+        raise AORError(
+            f"a password (user:password@host) or an unsupported URI scheme ({scheme!r}) "
+            "is not allowed in an AOR"
+        )
+    allowed = ", ".join(sorted(AOR_SCHEMES))
+    raise AORError(f"unsupported URI scheme {scheme!r} in AOR (allowed: {allowed})")
+
+
+def aor_from_uri(uri: str) -> AOR:
+    """The AOR named by a certificate SubjectAltName URI of any scheme (draft §4.5).
+
+    The draft accepts schemes other than SIP ("im:alice@example.com"), so the scheme is only
+    checked for syntax (RFC 3986 §3.1); the ``user@host`` after it gets the same strict
+    parsing as :func:`parse_aor`. A URI with an authority (``scheme://``) or without a
+    ``user@host`` does not name an AOR and is rejected.
+    """
+    _check_text(uri, "URI")
+    scheme, rest = _split_scheme(uri)
+    if scheme is None:
+        raise AORError("URI has no scheme (expected e.g. sip:user@host)")
+    if rest.startswith("//"):
+        raise AORError(f"{scheme}: URI with an authority component does not name an AOR")
+    return _parse_user_host(rest)
+
+
+def normalize_domain(text: str) -> str:
+    """Lower-case and validate a DNS domain name (LDH labels, no IP literal, no trailing dot).
+
+    Used for AOR hosts, the Store's TLS domain and names from TLS certificates, so that the
+    case-insensitive comparison of draft §4.3 is a plain ``==``.
+    """
+    _check_text(text, "domain")
+    return _check_host(text)
+
+
+def canonical_user(user: str) -> str:
+    """Canonical form of an escaped RFC 3261 user part (RFC 3261 §19.1.4).
+
+    ``%HH`` of an unreserved character becomes the character, other escapes get upper-case
+    hex, literal characters must be unreserved or user-unreserved.
+    """
+    if not user:
+        raise AORError("empty user part")
+    if len(user) > MAX_USER_LENGTH:
+        raise InputTooLargeError(
+            f"user part is {len(user)} characters, more than the limit of {MAX_USER_LENGTH}"
+        )
+    out: list[str] = []
+    i = 0
+    while i < len(user):
+        char = user[i]
+        if char == "%":
+            pair = user[i + 1 : i + 3]
+            if len(pair) != 2 or not all(c in _HEX for c in pair):
+                raise AORError(f"malformed %-escape {user[i : i + 3]!r} in user part")
+            decoded = chr(int(pair, 16))
+            out.append(decoded if decoded in _UNRESERVED else "%" + pair.upper())
+            i += 3
+            continue
+        if char not in _USER_LITERAL:
+            raise AORError(f"invalid character {char!r} in user part (RFC 3261 user grammar)")
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def escape_user(raw: str) -> str:
+    """Canonical escaped user part for an *unescaped* name, e.g. a Digest username.
+
+    Every character the RFC 3261 user grammar does not allow literally (including ``%``) is
+    %-escaped as UTF-8, so ``escape_user(name) == aor.user`` compares a Digest username with
+    a SAN URI's user part (draft §5.1).
+    """
+    escaped = "".join(
+        char if char in _USER_LITERAL else "".join(f"%{b:02X}" for b in char.encode("utf-8"))
+        for char in raw
+    )
+    return canonical_user(escaped)
+
+
+def _check_text(text: str, what: str) -> None:
+    """Reject non-strings, empty and over-long text, and whitespace/control characters."""
+    if not isinstance(text, str):
+        raise AORError(f"{what} must be text, not {type(text).__name__}")
+    if len(text) > MAX_AOR_LENGTH:
+        raise InputTooLargeError(
+            f"{what} is {len(text)} characters, more than the limit of {MAX_AOR_LENGTH}"
+        )
+    if not text:
+        raise AORError(f"empty {what}")
+    for position, char in enumerate(text):
+        if char.isspace() or unicodedata.category(char) in {"Cc", "Cf", "Cs", "Zl", "Zp"}:
+            raise AORError(
+                f"whitespace or control character U+{ord(char):04X} at position {position} "
+                f"in {what}"
+            )
+    if any(char in text for char in '<>"'):
+        raise AORError(f"display names and angle brackets are not allowed in this {what}")
+
+
+def _split_scheme(text: str) -> tuple[str | None, str]:
+    """Split ``scheme:rest``; ``(None, text)`` when nothing scheme-like precedes the ``:``."""
+    head, colon, rest = text.partition(":")
+    if not colon or not _SCHEME_RE.fullmatch(head):
+        return None, text
+    return head, rest
+
+
+def _parse_user_host(text: str) -> AOR:
+    """Parse the ``user@host`` after any scheme, rejecting everything else an URI may hold."""
+    if "@" not in text:
+        if not text:
+            raise AORError("missing user@host after the URI scheme")
+        raise AORError(f"not user@host: no '@' in {text!r}")
+    if text.count("@") > 1:
+        raise AORError("more than one '@' (escape '@' in a user part as %40)")
+    user, _, host = text.partition("@")
+    if not user:
+        raise AORError("empty user part before '@'")
+    if ":" in user:
+        raise AORError("a password in the user part is not allowed in an AOR")
+    if not host:
+        raise AORError("missing host after '@'")
+    return AOR(user, _strip_host_suffix(host))
+
+
+def _strip_host_suffix(host: str) -> str:
+    """Reject a port, URI parameters or headers after the host, naming the first one found."""
+    if host.startswith("["):
+        raise AORError(f"IP literal host {host!r} is not allowed: an AOR needs a domain name")
+    for index, char in enumerate(host):
+        if char == ":":
+            raise AORError(f"a port is not allowed in an AOR ({host[index:]!r})")
+        if char == ";":
+            raise AORError(f"URI parameters are not allowed in an AOR ({host[index:]!r})")
+        if char == "?":
+            raise AORError(f"URI headers are not allowed in an AOR ({host[index:]!r})")
+    return host
+
+
+def _check_host(host: str) -> str:
+    """Validate a host name as a DNS domain name and return it lower-cased."""
+    if not host:
+        raise AORError("empty host name")
+    if not host.isascii():
+        raise AORError(f"non-ASCII host name {host!r}: use the IDNA A-label form (xn--...)")
+    lowered = host.lower()
+    if lowered.startswith("[") or _IPV4_RE.fullmatch(lowered) or ":" in lowered:
+        raise AORError(f"IP address host {host!r} is not allowed: an AOR needs a domain name")
+    if len(lowered) > MAX_DOMAIN_LENGTH:
+        raise AORError(f"host name is {len(lowered)} characters, longer than {MAX_DOMAIN_LENGTH}")
+    if lowered.endswith("."):
+        raise AORError(f"host name {host!r} must not end with a dot")
+    labels = lowered.split(".")
+    for label in labels:
+        if not label:
+            raise AORError(f"empty label in host name {host!r}")
+        if len(label) > 63:
+            raise AORError(f"label {label[:20]!r}... in host name is longer than 63 characters")
+        if label.startswith("-") or label.endswith("-"):
+            raise AORError(f"label {label!r} in host name starts or ends with a hyphen")
+        if not _LABEL_RE.fullmatch(label):
+            bad = next(c for c in label if not (c.isalnum() or c == "-"))
+            raise AORError(f"invalid character {bad!r} in host name {host!r}")
+    if labels[-1].isdigit():
+        raise AORError(f"top-level label {labels[-1]!r} of host name is all-numeric")
+    return lowered
