@@ -1,0 +1,303 @@
+"""The Store's request → decision logic, without I/O (draft §4.3-§5, RFC 4387).
+
+The HTTP server parses bytes into a method, a query string and a few headers, and hands
+them here; this module says what the request asks for (:func:`parse_query`), whether an
+upload is acceptable (:func:`parse_upload`, :func:`authorize_upload`) and what exactly to
+answer (:func:`certificates_response`, :func:`error_response`). Database and credential
+look-ups stay in the server, so the same rules serve every server and every test.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import unquote_to_bytes
+
+from cryptography import x509
+
+from sipcert.errors import (
+    AORError,
+    ForbiddenError,
+    InputError,
+    InputTooLargeError,
+    SipCertError,
+)
+from sipcert.proto.aor import AOR, escape_user, parse_aor
+from sipcert.proto.certs import check_enrollment, load_certificate
+
+__all__ = [
+    "AOR_ATTRIBUTES",
+    "MAX_QUERY_LENGTH",
+    "Response",
+    "StorePolicy",
+    "StoreQuery",
+    "UnsupportedMediaTypeError",
+    "authorize_upload",
+    "certificates_response",
+    "error_response",
+    "etag_for",
+    "parse_query",
+    "parse_upload",
+]
+
+#: The query attributes that name an AOR: ``email`` and ``sip`` from the draft (§4.1, §8),
+#: ``uri`` from RFC 4387 §3.2.
+AOR_ATTRIBUTES = ("email", "sip", "uri")
+#: Longest query string looked at (an AOR is at most 512 characters, escaped up to 3x).
+MAX_QUERY_LENGTH = 2048
+_CERT_HASH_BYTES = 20  # RFC 4387 §3.2: certHash is the base64 SHA-1 of the certificate
+
+PKIX_CERT = "application/pkix-cert"
+#: Upload media types taken as a certificate; the body may be DER or PEM either way.
+_UPLOAD_TYPES = frozenset(
+    {
+        PKIX_CERT,
+        "application/x-x509-user-cert",
+        "application/x-pem-file",
+        "application/octet-stream",
+    }
+)
+
+
+class UnsupportedMediaTypeError(InputError):
+    """An upload whose Content-Type is not a certificate type (HTTP 415)."""
+
+    http_status = 415
+
+
+@dataclass(frozen=True)
+class StorePolicy:
+    """What the Store accepts and how it answers; one per served domain if need be."""
+
+    #: ``Cache-Control: max-age`` of GET answers, in seconds (0 allowed: draft §5 caching).
+    max_age: int = 60
+    #: Largest certificate upload accepted, in bytes.
+    max_certificate_size: int = 16 * 1024
+    #: Longest ``not_after - not_before`` accepted (draft §5: "fairly short-lived").
+    max_lifetime: timedelta = timedelta(days=92)
+    #: Most unexpired certificates one AOR may hold (one per device, draft §4.4).
+    max_per_aor: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_age < 0:
+            raise ValueError("max_age must not be negative")
+        if self.max_certificate_size <= 0 or self.max_per_aor <= 0:
+            raise ValueError("size and count limits must be positive")
+        if self.max_lifetime <= timedelta(0):
+            raise ValueError("max_lifetime must be positive")
+
+
+@dataclass(frozen=True)
+class StoreQuery:
+    """What a ``search-cgi`` query string asks for.
+
+    ``attribute`` is the name that carried the AOR (``email``, ``sip`` or ``uri``);
+    ``cert_hash`` is the canonical base64 of a SHA-1 (RFC 4387 ``certHash``).
+    """
+
+    aor: AOR | None
+    attribute: str | None
+    cert_hash: str | None
+
+
+@dataclass(frozen=True)
+class Response:
+    """A complete HTTP answer: status, headers (without framing ones) and body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def _decode_component(raw: str, name: str) -> str:
+    """Strict percent-decoding: a bad escape or non-UTF-8 result is an error, ``+`` stays ``+``.
+
+    ``+`` is kept literally (not read as a space) because it is a legal character of an AOR
+    user part (RFC 3261 ``user-unreserved``) and of base64 ``certHash`` values.
+    """
+    i = raw.find("%")
+    while i != -1:
+        pair = raw[i + 1 : i + 3]
+        if len(pair) != 2 or any(c not in "0123456789abcdefABCDEF" for c in pair):
+            raise InputError(f"query parameter {name!r} has a malformed %-escape at {i}")
+        i = raw.find("%", i + 3)
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"query parameter {name!r} is not UTF-8 after %-decoding") from exc
+
+
+def _parse_cert_hash(value: str) -> str:
+    try:
+        digest = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise InputError("certHash is not base64 (RFC 4387 §3.2)") from exc
+    if len(digest) != _CERT_HASH_BYTES:
+        raise InputError(f"certHash decodes to {len(digest)} bytes, a SHA-1 has 20")
+    return base64.b64encode(digest).decode("ascii")
+
+
+def parse_query(query: str) -> StoreQuery:
+    """Parse a ``search-cgi`` query string (draft §4.1, §4.5, §8; RFC 4387 §3.2).
+
+    Exactly one of ``email``/``sip``/``uri`` may name the AOR, in any form
+    :func:`~sipcert.proto.aor.parse_aor` accepts; ``certHash`` may come with it or alone.
+    Repeated, empty or unknown parameters are errors rather than guesses.
+
+    Raises :class:`InputError` (400) or :class:`InputTooLargeError` (413).
+    """
+    if len(query) > MAX_QUERY_LENGTH:
+        raise InputTooLargeError(f"query string longer than {MAX_QUERY_LENGTH} characters")
+    if not query:
+        raise InputError("missing query: expected ?email=<aor>, ?sip=<aor> or ?certHash=<hash>")
+    seen: dict[str, str] = {}
+    for item in query.split("&"):
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise InputError(f"query parameter {name[:40]!r} has no value")
+        if name not in (*AOR_ATTRIBUTES, "certHash"):
+            raise InputError(f"unsupported search attribute {name[:40]!r}")
+        if name in seen:
+            raise InputError(f"query parameter {name!r} given twice")
+        value = _decode_component(raw, name)
+        if not value:
+            raise InputError(f"query parameter {name!r} is empty")
+        seen[name] = value
+    attributes = [a for a in AOR_ATTRIBUTES if a in seen]
+    if len(attributes) > 1:
+        raise InputError(f"give one of email, sip or uri, not {' and '.join(attributes)}")
+    aor: AOR | None = None
+    attribute = attributes[0] if attributes else None
+    if attribute is not None:
+        aor = parse_aor(seen[attribute])
+    cert_hash = _parse_cert_hash(seen["certHash"]) if "certHash" in seen else None
+    return StoreQuery(aor=aor, attribute=attribute, cert_hash=cert_hash)
+
+
+def etag_for(fingerprints: Sequence[str]) -> str:
+    """A strong ETag for an answer made of certificates with these SHA-256 fingerprints."""
+    digest = hashlib.sha256("\n".join(fingerprints).encode("ascii")).hexdigest()
+    return f'"{digest[:32]}"'
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 §13.1.2: ``*`` or any listed tag equal under weak comparison."""
+    value = if_none_match.strip()
+    if value == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == opaque for tag in value.split(","))
+
+
+def _boundary(etag: str, parts: Sequence[bytes]) -> str:
+    """A multipart boundary that occurs in no part (RFC 2046 §5.1.1)."""
+    boundary = "sipcert-" + etag.strip('"')
+    salt = 0
+    while any(boundary.encode("ascii") in part for part in parts):
+        salt += 1
+        boundary = f"sipcert-{etag.strip(chr(34))}-{salt}"
+    return boundary
+
+
+def certificates_response(
+    ders: Sequence[bytes],
+    fingerprints: Sequence[str],
+    *,
+    max_age: int,
+    if_none_match: str | None = None,
+) -> Response:
+    """The answer to a GET for these certificates (draft §4.3, §4.5; RFC 2585 §4.1).
+
+    None: 404. One: ``application/pkix-cert`` with the DER bytes. Several:
+    ``multipart/mixed`` with one binary ``application/pkix-cert`` part each. Every answer
+    carries an ETag and ``Cache-Control: max-age`` (draft §5: callers may cache briefly), and
+    a matching ``If-None-Match`` gives 304.
+    """
+    if not ders:
+        return error_response(404, "no certificates for this address of record")
+    etag = etag_for(fingerprints)
+    caching = (("ETag", etag), ("Cache-Control", f"max-age={max_age}"))
+    if if_none_match is not None and _etag_matches(if_none_match, etag):
+        return Response(304, caching, b"")
+    if len(ders) == 1:
+        return Response(200, (("Content-Type", PKIX_CERT), *caching), bytes(ders[0]))
+    boundary = _boundary(etag, ders)
+    chunks: list[bytes] = []
+    for der in ders:
+        chunks.append(
+            f"--{boundary}\r\nContent-Type: {PKIX_CERT}\r\n"
+            "Content-Transfer-Encoding: binary\r\n\r\n".encode("ascii")
+        )
+        chunks.append(der)
+        chunks.append(b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode("ascii"))
+    content_type = f'multipart/mixed; boundary="{boundary}"'
+    return Response(200, (("Content-Type", content_type), *caching), b"".join(chunks))
+
+
+def error_response(status: int, reason: str) -> Response:
+    """A short ``text/plain`` error answer; ``reason`` must be fit for any client to read."""
+    body = (reason.strip().replace("\r", " ").replace("\n", " ")[:300] + "\n").encode()
+    return Response(status, (("Content-Type", "text/plain; charset=utf-8"),), body)
+
+
+def error_to_response(exc: SipCertError) -> Response:
+    """Map any sipcert error to its answer, in one place (the status comes from the class)."""
+    reason = str(exc)
+    if isinstance(exc, ForbiddenError):
+        reason = f"{exc.reason}: {exc}"
+    return error_response(exc.http_status, reason)
+
+
+def parse_upload(body: bytes, content_type: str | None, *, max_size: int) -> x509.Certificate:
+    """The certificate of a PUT body: DER (``application/pkix-cert``) or PEM (draft §5).
+
+    Raises :class:`InputTooLargeError` (413), :class:`UnsupportedMediaTypeError` (415) or
+    :class:`~sipcert.errors.CertificateParseError` (400).
+    """
+    if len(body) > max_size:
+        raise InputTooLargeError(f"certificate upload larger than {max_size} bytes")
+    if content_type is not None:
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type not in _UPLOAD_TYPES:
+            raise UnsupportedMediaTypeError(
+                f"Content-Type {media_type[:60]!r} is not a certificate; send {PKIX_CERT}"
+            )
+    return load_certificate(body, max_size=max_size)
+
+
+def authorize_upload(
+    cert: x509.Certificate,
+    aor: AOR,
+    *,
+    digest_username: str,
+    tls_domain: str,
+    now: datetime,
+    policy: StorePolicy,
+) -> None:
+    """Decide whether ``digest_username`` may enroll ``cert`` for ``aor`` (draft §5, §5.1).
+
+    The Digest user must be the AOR's user, and the certificate must pass
+    :func:`~sipcert.proto.certs.check_enrollment` for that user and the TLS (SNI) domain.
+    Raises :class:`ForbiddenError` with a machine-readable ``reason``.
+    """
+    try:
+        user = escape_user(digest_username)
+    except (AORError, InputTooLargeError):
+        user = None
+    if user != aor.user:
+        raise ForbiddenError(
+            f"authenticated as {digest_username!r}, which is not the user of {aor}",
+            reason="aor-user-mismatch",
+        )
+    check_enrollment(
+        cert,
+        digest_username=digest_username,
+        tls_domain=tls_domain,
+        now=now,
+        max_lifetime=policy.max_lifetime,
+    )

@@ -1,0 +1,261 @@
+"""The Store's request → decision logic (draft §4.3-§5, RFC 4387)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sipcert.errors import (
+    CertificateParseError,
+    ForbiddenError,
+    InputError,
+    InputTooLargeError,
+    NotFoundError,
+)
+from sipcert.proto.aor import AOR
+from sipcert.proto.certs import (
+    Identity,
+    certificate_der,
+    generate_identity,
+    sha256_fingerprint,
+)
+from sipcert.proto.mime import parse_multipart
+from sipcert.proto.store import (
+    MAX_QUERY_LENGTH,
+    StorePolicy,
+    UnsupportedMediaTypeError,
+    authorize_upload,
+    certificates_response,
+    error_response,
+    error_to_response,
+    etag_for,
+    parse_query,
+    parse_upload,
+)
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+BOB = AOR("bob", "example.com")
+HASH = base64.b64encode(hashlib.sha1(b"x", usedforsecurity=False).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def bob() -> Identity:
+    return generate_identity(BOB, now=NOW)
+
+
+@pytest.fixture(scope="module")
+def bob2() -> Identity:
+    return generate_identity(BOB, now=NOW)
+
+
+# --- parse_query -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "attribute"),
+    [
+        ("email=bob%40example.com", "email"),  # draft §4.1
+        ("sip=bob%40example.com", "sip"),  # draft §8
+        ("uri=sip%3Abob%40example.com", "uri"),  # RFC 4387 §3.2
+        ("email=bob@EXAMPLE.com", "email"),
+        ("email=sip:b%256Fb%40example.com", "email"),  # %25 -> %, then %6F is "o"
+    ],
+)
+def test_query_names_the_aor(query: str, attribute: str) -> None:
+    parsed = parse_query(query)
+    assert parsed.aor == BOB
+    assert parsed.attribute == attribute
+    assert parsed.cert_hash is None
+
+
+def test_query_cert_hash_alone_and_with_aor() -> None:
+    assert parse_query(f"certHash={HASH}").cert_hash == HASH
+    escaped = HASH.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+    both = parse_query(f"email=bob%40example.com&certHash={escaped}")
+    assert both.aor == BOB
+    assert both.cert_hash == HASH
+
+
+def test_plus_is_literal_not_space() -> None:
+    assert parse_query("email=bob+home%40example.com").aor == AOR("bob+home", "example.com")
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("", "missing query"),
+        ("email", "has no value"),
+        ("email=", "is empty"),
+        ("name=bob", "unsupported search attribute"),
+        ("email=a%40example.com&email=b%40example.com", "given twice"),
+        ("email=a%40example.com&sip=a%40example.com", "not email and sip"),
+        ("email=bob%4", "malformed %-escape"),
+        ("email=bob%zz%40example.com", "malformed %-escape"),
+        ("email=bob%ff%40example.com", "not UTF-8"),
+        ("certHash=not*base64", "not base64"),
+        ("certHash=" + base64.b64encode(b"short").decode(), "SHA-1 has 20"),
+        ("email=bob", "not user@host"),
+    ],
+)
+def test_query_rejects(query: str, message: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_query(query)
+    assert message.lower() in str(info.value).lower()
+    assert info.value.http_status == 400
+
+
+def test_query_too_long_is_413() -> None:
+    with pytest.raises(InputTooLargeError) as info:
+        parse_query("email=" + "a" * MAX_QUERY_LENGTH)
+    assert info.value.http_status == 413
+
+
+@given(st.text(max_size=300))
+def test_query_parser_only_raises_input_errors(text: str) -> None:
+    try:
+        parse_query(text)
+    except InputError:
+        pass
+
+
+# --- certificates_response ---------------------------------------------------------------
+
+
+def test_no_certificates_is_404() -> None:
+    response = certificates_response([], [], max_age=60)
+    assert response.status == 404
+    assert response.body.startswith(b"no certificates")
+
+
+def test_one_certificate_is_der_pkix_cert(bob: Identity) -> None:
+    der = certificate_der(bob.certificate)
+    response = certificates_response([der], [sha256_fingerprint(bob.certificate)], max_age=30)
+    headers = dict(response.headers)
+    assert response.status == 200
+    assert headers["Content-Type"] == "application/pkix-cert"
+    assert headers["Cache-Control"] == "max-age=30"
+    assert headers["ETag"] == etag_for([sha256_fingerprint(bob.certificate)])
+    assert response.body == der
+
+
+def test_several_certificates_are_multipart_mixed(bob: Identity, bob2: Identity) -> None:
+    ders = [certificate_der(bob.certificate), certificate_der(bob2.certificate)]
+    prints = [sha256_fingerprint(bob.certificate), sha256_fingerprint(bob2.certificate)]
+    response = certificates_response(ders, prints, max_age=0)
+    content_type = dict(response.headers)["Content-Type"]
+    assert content_type.startswith("multipart/mixed; boundary=")
+    assert dict(response.headers)["Cache-Control"] == "max-age=0"
+    parts = parse_multipart(content_type, response.body).parts
+    assert [p.body for p in parts] == ders
+    assert all(p.content_type == "application/pkix-cert" for p in parts)
+
+
+def test_if_none_match_gives_304(bob: Identity) -> None:
+    prints = [sha256_fingerprint(bob.certificate)]
+    der = [certificate_der(bob.certificate)]
+    etag = etag_for(prints)
+    for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        response = certificates_response(der, prints, max_age=5, if_none_match=header)
+        assert response.status == 304
+        assert response.body == b""
+        assert dict(response.headers)["ETag"] == etag
+    assert certificates_response(der, prints, max_age=5, if_none_match='"x"').status == 200
+
+
+def test_etag_changes_with_content() -> None:
+    assert etag_for(["aa"]) != etag_for(["aa", "bb"])
+    assert etag_for(["aa", "bb"]) == etag_for(["aa", "bb"])
+
+
+def test_error_response_is_one_plain_line() -> None:
+    response = error_response(400, "bad\r\ninput")
+    assert response.status == 400
+    assert dict(response.headers)["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.body == b"bad  input\n"
+
+
+def test_error_to_response_uses_the_class_status() -> None:
+    assert error_to_response(NotFoundError("nothing")).status == 404
+    forbidden = error_to_response(ForbiddenError("no", reason="weak-key"))
+    assert forbidden.status == 403
+    assert forbidden.body.startswith(b"weak-key: ")
+    assert error_to_response(InputTooLargeError("big")).status == 413
+
+
+# --- uploads -----------------------------------------------------------------------------
+
+
+def test_upload_der_and_pem(bob: Identity) -> None:
+    der = certificate_der(bob.certificate)
+    assert parse_upload(der, "application/pkix-cert", max_size=16384) == bob.certificate
+    pem = bob.certificate.public_bytes(serialization.Encoding.PEM)
+    assert parse_upload(pem, None, max_size=16384) == bob.certificate
+
+
+def test_upload_limits_and_types(bob: Identity) -> None:
+    der = certificate_der(bob.certificate)
+    with pytest.raises(InputTooLargeError):
+        parse_upload(der, "application/pkix-cert", max_size=100)
+    with pytest.raises(UnsupportedMediaTypeError) as info:
+        parse_upload(der, "text/html", max_size=16384)
+    assert info.value.http_status == 415
+    with pytest.raises(CertificateParseError):
+        parse_upload(b"\x30\x03\x02\x01", "application/pkix-cert", max_size=16384)
+
+
+def test_authorize_upload_accepts_own_certificate(bob: Identity) -> None:
+    authorize_upload(
+        bob.certificate,
+        BOB,
+        digest_username="bob",
+        tls_domain="example.com",
+        now=NOW,
+        policy=StorePolicy(),
+    )
+
+
+def test_authorize_upload_refuses_other_user(bob: Identity) -> None:
+    with pytest.raises(ForbiddenError) as info:
+        authorize_upload(
+            bob.certificate,
+            AOR("alice", "example.com"),
+            digest_username="alice",
+            tls_domain="example.com",
+            now=NOW,
+            policy=StorePolicy(),
+        )
+    assert info.value.reason == "san-user-mismatch"
+    with pytest.raises(ForbiddenError) as info:
+        authorize_upload(
+            bob.certificate,
+            BOB,
+            digest_username="alice",
+            tls_domain="example.com",
+            now=NOW,
+            policy=StorePolicy(),
+        )
+    assert info.value.reason == "aor-user-mismatch"
+
+
+def test_authorize_upload_applies_policy_lifetime(bob: Identity) -> None:
+    with pytest.raises(ForbiddenError) as info:
+        authorize_upload(
+            bob.certificate,
+            BOB,
+            digest_username="bob",
+            tls_domain="example.com",
+            now=NOW,
+            policy=StorePolicy(max_lifetime=timedelta(days=1)),
+        )
+    assert info.value.reason == "lifetime-too-long"
+
+
+def test_policy_validates_itself() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        StorePolicy(max_age=-1)
