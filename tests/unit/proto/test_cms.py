@@ -1,0 +1,352 @@
+"""CMS SignedData verification and EnvelopedData helpers (RFC 5652)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asn1crypto import cms as asn1_cms
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sipcert.errors import (
+    CMSError,
+    CryptoError,
+    DecryptionError,
+    InputTooLargeError,
+    SignatureError,
+)
+from sipcert.proto import cms
+from tests.factories import KeyKind, make_identity, rsa_identity
+
+CONTENT = b"Content-Type: application/sdp\r\n\r\nv=0\r\no=alice 1 1 IN IP4 192.0.2.1\n"
+SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
+
+
+def _public_der(cert: Any) -> bytes:
+    return bytes(
+        cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "digest", "pss"),
+    [
+        ("rsa2048", "sha256", False),
+        ("rsa2048", "sha384", False),
+        ("rsa2048", "sha256", True),
+        ("rsa2048", "sha512", True),
+        ("ec-p256", "sha256", False),
+        ("ec-p384", "sha384", False),
+        ("ec-p256", "sha512", False),
+    ],
+)
+def test_sign_verify_round_trip(kind: KeyKind, digest: cms.DigestName, pss: bool) -> None:
+    key, cert = make_identity("alice@example.com", kind)
+    der = cms.sign_detached(CONTENT, key, cert, digest=digest, rsa_pss=pss)
+    assert cms.verify_detached(der, CONTENT) == cert
+    with pytest.raises(SignatureError, match="messageDigest"):
+        cms.verify_detached(der, CONTENT + b" ")
+
+
+def test_signature_covers_bare_lf_exactly() -> None:
+    """Binary mode: a signature over LF text must not verify over its CRLF form."""
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    der = cms.sign_detached(b"a\nb\n", key, cert)
+    assert cms.verify_detached(der, b"a\nb\n") == cert
+    with pytest.raises(SignatureError):
+        cms.verify_detached(der, b"a\r\nb\r\n")
+
+
+def _builder_sign(
+    kind: KeyKind, options: list[pkcs7.PKCS7Options], content: bytes = CONTENT
+) -> bytes:
+    key, cert = make_identity("alice@example.com", kind)
+    builder = pkcs7.PKCS7SignatureBuilder().set_data(content)
+    builder = builder.add_signer(cert, key, hashes.SHA256())
+    return builder.sign(
+        serialization.Encoding.DER,
+        [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary, *options],
+    )
+
+
+@pytest.mark.parametrize("kind", ["rsa2048", "ec-p256"])
+def test_without_signed_attributes(kind: KeyKind) -> None:
+    der = _builder_sign(kind, [pkcs7.PKCS7Options.NoAttributes])
+    _, cert = make_identity("alice@example.com", kind)
+    assert cms.verify_detached(der, CONTENT) == cert
+    with pytest.raises(SignatureError, match="does not verify"):
+        cms.verify_detached(der, CONTENT[:-1])
+
+
+def test_signer_certificate_from_caller_when_not_embedded() -> None:
+    der = _builder_sign("ec-p256", [pkcs7.PKCS7Options.NoCerts])
+    _, cert = make_identity("alice@example.com", "ec-p256")
+    _, other = make_identity("bob@example.com", "ec-p256")
+    with pytest.raises(CMSError, match="neither in the SignedData nor given"):
+        cms.verify_detached(der, CONTENT)
+    with pytest.raises(CMSError, match="serial"):
+        cms.verify_detached(der, CONTENT, certificates=[other])
+    assert cms.verify_detached(der, CONTENT, certificates=[other, cert]) == cert
+
+
+def test_wrong_certificate_with_same_issuer_and_serial_fails() -> None:
+    """A certificate that merely claims the signer's issuer and serial has the wrong key."""
+    der = _builder_sign("ec-p256", [pkcs7.PKCS7Options.NoCerts])
+    _, cert = make_identity("alice@example.com", "ec-p256")
+    from tests.factories import make_cert, make_key
+
+    impostor = make_cert(
+        make_key("ec-p256", "alice@example.com", slot=9), serial=cert.serial_number
+    )
+    with pytest.raises(SignatureError):
+        cms.verify_detached(der, CONTENT, certificates=[impostor])
+
+
+# --- structural edits with asn1crypto --------------------------------------------------------
+
+
+def _edit(der: bytes, change: Callable[[Any], None]) -> bytes:
+    info = asn1_cms.ContentInfo.load(der)
+    change(info["content"])
+    return bytes(info.dump(force=True))
+
+
+def _signer(signed_data: Any) -> Any:
+    return signed_data["signer_infos"][0]
+
+
+def _drop_attr(name: str) -> Callable[[Any], None]:
+    def change(signed_data: Any) -> None:
+        signer = _signer(signed_data)
+        attrs = [a for a in signer["signed_attrs"] if a["type"].native != name]
+        signer["signed_attrs"] = asn1_cms.CMSAttributes(attrs)
+
+    return change
+
+
+def _set_attr(name: str, value: Any) -> Callable[[Any], None]:
+    def change(signed_data: Any) -> None:
+        signer = _signer(signed_data)
+        attrs = []
+        for attr in signer["signed_attrs"]:
+            if attr["type"].native == name:
+                attr = asn1_cms.CMSAttribute({"type": name, "values": [value]})
+            attrs.append(attr)
+        signer["signed_attrs"] = asn1_cms.CMSAttributes(attrs)
+
+    return change
+
+
+def _digest_sha1(signed_data: Any) -> None:
+    _signer(signed_data)["digest_algorithm"] = {"algorithm": "sha1"}
+
+
+def _two_signers(signed_data: Any) -> None:
+    signer = _signer(signed_data)
+    signed_data["signer_infos"] = asn1_cms.SignerInfos([signer, signer.copy()])
+
+
+def _embed_content(signed_data: Any) -> None:
+    signed_data["encap_content_info"] = {"content_type": "data", "content": CONTENT}
+
+
+def _ed25519_alg(signed_data: Any) -> None:
+    _signer(signed_data)["signature_algorithm"] = {"algorithm": "ed25519"}
+
+
+def _mismatched_alg(signed_data: Any) -> None:
+    _signer(signed_data)["signature_algorithm"] = {"algorithm": "sha512_ecdsa"}
+
+
+def _rsa_alg_for_ec(signed_data: Any) -> None:
+    _signer(signed_data)["signature_algorithm"] = {"algorithm": "sha256_rsa"}
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "fragment"),
+    [
+        (_digest_sha1, CMSError, "SHA-1 and MD5 are refused"),
+        (_two_signers, CMSError, "2 SignerInfos"),
+        (_embed_content, CMSError, "not detached|carries its content"),
+        (_ed25519_alg, CMSError, "unsupported signature algorithm"),
+        (_mismatched_alg, CMSError, "does not match digest"),
+        (_rsa_alg_for_ec, CMSError, "no RSA key"),
+        (_drop_attr("message_digest"), CMSError, "lack contentType or messageDigest"),
+        (_drop_attr("content_type"), CMSError, "lack contentType or messageDigest"),
+        (_set_attr("content_type", "signed_data"), SignatureError, "contentType attribute"),
+        (_set_attr("message_digest", b"\x00" * 32), SignatureError, "messageDigest"),
+    ],
+)
+def test_structural_defects(
+    change: Callable[[Any], None], error: type[Exception], fragment: str
+) -> None:
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    der = _edit(cms.sign_detached(CONTENT, key, cert), change)
+    with pytest.raises(error, match=fragment):
+        cms.verify_detached(der, CONTENT)
+
+
+def test_resigned_attributes_changed_after_signing_fail() -> None:
+    """Dropping the signingTime attribute changes the signed bytes: the signature fails."""
+    key, cert = make_identity("alice@example.com", "rsa2048")
+    der = _edit(cms.sign_detached(CONTENT, key, cert), _drop_attr("signing_time"))
+    with pytest.raises(SignatureError, match="does not verify"):
+        cms.verify_detached(der, CONTENT)
+
+
+@pytest.mark.parametrize(
+    ("der", "error", "fragment"),
+    [
+        (b"", CMSError, "malformed"),
+        (b"\x30\x03\x02\x01", CMSError, "malformed"),
+        (b"\x04\x02hi", CMSError, "malformed"),
+        (b"\x30" * 40, CMSError, "malformed"),
+        (b"\x00" * (cms.DEFAULT_MAX_DER + 1), InputTooLargeError, "limit"),
+    ],
+)
+def test_garbage_der(der: bytes, error: type[Exception], fragment: str) -> None:
+    with pytest.raises(error, match=fragment):
+        cms.verify_detached(der, CONTENT)
+    with pytest.raises(error, match=fragment):
+        cms.recipient_identifiers(der)
+
+
+def test_truncated_der_is_cms_error() -> None:
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    der = cms.sign_detached(CONTENT, key, cert)
+    for cut in (1, 10, len(der) // 2, len(der) - 1):
+        with pytest.raises(CMSError):
+            cms.verify_detached(der[:cut], CONTENT)
+
+
+def test_enveloped_data_is_not_a_signature() -> None:
+    _, cert = rsa_identity("bob@example.com")
+    enveloped = cms.encrypt_enveloped(CONTENT, [cert])
+    with pytest.raises(CMSError, match="expected 'signed_data'"):
+        cms.verify_detached(enveloped, CONTENT)
+    key, signer = make_identity("alice@example.com", "ec-p256")
+    with pytest.raises(CMSError, match="expected 'enveloped_data'"):
+        cms.recipient_identifiers(cms.sign_detached(CONTENT, key, signer))
+
+
+@given(data=st.binary(max_size=300))
+@settings(max_examples=300)
+def test_arbitrary_bytes_only_raise_cms_error(data: bytes) -> None:
+    with pytest.raises(CMSError):
+        cms.verify_detached(data, CONTENT)
+
+
+# --- tampering ------------------------------------------------------------------------------
+
+_EC_DER = cms.sign_detached(CONTENT, *make_identity("alice@example.com", "ec-p256"))
+
+
+@given(index=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
+@SLOW
+def test_flipping_any_content_byte_fails(index: int, bit: int) -> None:
+    content = bytearray(CONTENT)
+    content[index % len(content)] ^= 1 << bit
+    with pytest.raises(SignatureError):
+        cms.verify_detached(_EC_DER, bytes(content))
+
+
+@given(index=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
+@SLOW
+def test_flipping_any_signature_byte_fails(index: int, bit: int) -> None:
+    key, cert = make_identity("alice@example.com", "rsa2048")
+    der = bytearray(cms.sign_detached(CONTENT, key, cert))
+    signature_length = 256  # RSA-2048; the signature value ends the DER
+    der[len(der) - signature_length + index % signature_length] ^= 1 << bit
+    with pytest.raises(SignatureError):
+        cms.verify_detached(bytes(der), CONTENT)
+
+
+@given(index=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
+@SLOW
+def test_flipping_any_der_byte_fails_or_keeps_the_signer_key(index: int, bit: int) -> None:
+    """Bytes outside the SignerInfo (e.g. inside the embedded certificate's own signature)
+    are not covered by the CMS signature; flipping them may still verify, but then only
+    with the genuine signer's public key."""
+    _, cert = make_identity("alice@example.com", "ec-p256")
+    der = bytearray(_EC_DER)
+    der[index % len(der)] ^= 1 << bit
+    try:
+        signer = cms.verify_detached(bytes(der), CONTENT)
+    except (SignatureError, CMSError):
+        return
+    assert _public_der(signer) == _public_der(cert)
+
+
+# --- EnvelopedData --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cipher", ["aes128", "aes256"])
+def test_encrypt_for_three_recipients_each_decrypts(cipher: cms.Cipher) -> None:
+    identities = [rsa_identity(aor) for aor in ("bob@example.com", "carol@example.com")]
+    identities.append(rsa_identity("bob@example.com", slot=1))  # a second device of Bob
+    enveloped = cms.encrypt_enveloped(CONTENT, [c for _, c in identities], cipher=cipher)
+    ids = cms.recipient_identifiers(enveloped)
+    assert len(ids) == 3
+    for key, cert in identities:
+        assert any(rid.matches(cert) for rid in ids)
+        assert (cert.issuer, cert.serial_number) in ids
+        assert cms.is_recipient(enveloped, cert)
+        assert cms.decrypt_enveloped(enveloped, key, cert) == CONTENT
+
+
+def test_duplicate_recipients_are_wrapped_once() -> None:
+    _, cert = rsa_identity("bob@example.com")
+    assert len(cms.recipient_identifiers(cms.encrypt_enveloped(CONTENT, [cert, cert]))) == 1
+
+
+def test_not_a_recipient() -> None:
+    _, bob = rsa_identity("bob@example.com")
+    eve_key, eve = rsa_identity("eve@example.com")
+    enveloped = cms.encrypt_enveloped(CONTENT, [bob])
+    assert not cms.is_recipient(enveloped, eve)
+    with pytest.raises(DecryptionError, match=r"not a recipient.*serial"):
+        cms.decrypt_enveloped(enveloped, eve_key, eve)
+
+
+def test_key_not_matching_certificate() -> None:
+    _, bob = rsa_identity("bob@example.com")
+    eve_key, _ = rsa_identity("eve@example.com")
+    enveloped = cms.encrypt_enveloped(CONTENT, [bob])
+    with pytest.raises(DecryptionError, match="does not belong"):
+        cms.decrypt_enveloped(enveloped, eve_key, bob)
+
+
+def test_tampered_ciphertext_fails_to_decrypt_or_changes_plaintext() -> None:
+    """CBC has no integrity: a flipped last block fails the padding check (DecryptionError);
+    integrity comes from the signature inside (sign_and_encrypt)."""
+    key, cert = rsa_identity("bob@example.com")
+    enveloped = bytearray(cms.encrypt_enveloped(CONTENT, [cert]))
+    enveloped[-1] ^= 0x01
+    try:
+        plaintext = cms.decrypt_enveloped(bytes(enveloped), key, cert)
+    except DecryptionError:
+        return
+    assert plaintext != CONTENT
+
+
+def test_encrypt_rejects_bad_recipients() -> None:
+    _, ec_cert = make_identity("alice@example.com", "ec-p256")
+    with pytest.raises(CryptoError, match="no RSA key"):
+        cms.encrypt_enveloped(CONTENT, [ec_cert])
+    with pytest.raises(CryptoError, match="no recipients"):
+        cms.encrypt_enveloped(CONTENT, [])
+    _, cert = rsa_identity("bob@example.com")
+    with pytest.raises(CryptoError, match="unsupported cipher"):
+        cms.encrypt_enveloped(CONTENT, [cert], cipher="des3")  # type: ignore[arg-type]
+
+
+def test_sign_rejects_pss_with_ec_key() -> None:
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    with pytest.raises(CryptoError, match="RSA-PSS"):
+        cms.sign_detached(CONTENT, key, cert, rsa_pss=True)
