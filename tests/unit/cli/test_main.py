@@ -1,0 +1,67 @@
+"""The CLI's error handling and the selftest command, run in-process."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from sipcert.cli import main as cli
+from sipcert.errors import AuthenticationError
+
+
+def test_selftest_passes_and_narrates(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["selftest"]) == 0
+    out = capsys.readouterr().out
+    assert "Step 0" in out
+    assert "Step 5" in out
+    assert "signature verified as alice@example.com" in out
+    assert out.rstrip().endswith("selftest passed")
+
+
+def test_usage_error_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["no-such-command"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("sipcert ")
+
+
+def _parser_running(action: object) -> argparse.ArgumentParser:
+    def run(args: argparse.Namespace) -> int:
+        raise action  # type: ignore[misc]
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--debug", action="store_true")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def test_sipcert_error_is_one_line_and_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        cli, "build_parser", lambda: _parser_running(AuthenticationError("wrong password"))
+    )
+    assert cli.main([]) == AuthenticationError.exit_code
+    err = capsys.readouterr().err
+    assert err == "sipcert: error: wrong password\n"
+
+
+def test_unexpected_error_hides_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_running(KeyError("secret")))
+    assert cli.main([]) == cli.EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "secret" not in err
+    assert "--debug" in err
+
+
+def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_running(KeyError("boom")))
+    with pytest.raises(KeyError):
+        cli.main(["--debug"])
