@@ -9,6 +9,7 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     SipCertError
     ├── InputError                     malformed input (400)
     │   ├── InputTooLargeError         input over a size limit (413)
+    │   ├── UnsupportedMediaTypeError  an upload that is not a certificate type (415)
     │   ├── AORError                   not an address of record / SIP URI
     │   ├── CertificateParseError      DER/PEM that is not a certificate
     │   ├── DigestHeaderError          a malformed WWW-Authenticate / Authorization header
@@ -24,6 +25,8 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     ├── NameMismatchError              a TLS server name does not match the AOR domain (draft §4.3)
     ├── LocationError                  the Store could not be located (DNS)
     ├── TransportError                 a network or TLS failure
+    │   └── TLSHandshakeError          the TLS handshake failed
+    │       └── UntrustedCertificateError  the server's chain does not verify
     ├── StoreResponseError             the Store answered with an unexpected status
     ├── StorageError                   the database failed
     └── ConfigError                    bad configuration or command-line usage
@@ -52,7 +55,10 @@ __all__ = [
     "StaleNonceError",
     "StorageError",
     "StoreResponseError",
+    "TLSHandshakeError",
     "TransportError",
+    "UnsupportedMediaTypeError",
+    "UntrustedCertificateError",
 ]
 
 
@@ -76,6 +82,12 @@ class InputTooLargeError(InputError):
     """Input larger than the limit that applies to it."""
 
     http_status = 413
+
+
+class UnsupportedMediaTypeError(InputError):
+    """An upload whose Content-Type is not a certificate type."""
+
+    http_status = 415
 
 
 class AORError(InputError):
@@ -169,6 +181,16 @@ class TransportError(SipCertError):
     """Connecting to or talking with a peer failed (refused, timed out, TLS failure)."""
 
     exit_code = 9
+
+
+class TLSHandshakeError(TransportError):
+    """The TLS handshake failed (protocol version, alert, reset)."""
+
+
+class UntrustedCertificateError(TLSHandshakeError):
+    """The server's certificate chain does not verify against the trusted CAs (draft §7.1)."""
+
+    exit_code = 13
 
 
 class StoreResponseError(SipCertError):

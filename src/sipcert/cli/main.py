@@ -22,6 +22,7 @@ EXIT_INTERNAL = 70
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
     from sipcert.cli import selftest
+    from sipcert.cli import ua as ua_commands
 
     parser = argparse.ArgumentParser(
         prog="sipcert",
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     selftest.register(commands)
+    ua_commands.register(commands)
     return parser
 
 

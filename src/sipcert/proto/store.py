@@ -25,6 +25,7 @@ from sipcert.errors import (
     InputError,
     InputTooLargeError,
     SipCertError,
+    UnsupportedMediaTypeError,
 )
 from sipcert.proto.aor import AOR, escape_user, parse_aor
 from sipcert.proto.certs import check_enrollment, load_certificate
@@ -35,7 +36,6 @@ __all__ = [
     "Response",
     "StorePolicy",
     "StoreQuery",
-    "UnsupportedMediaTypeError",
     "authorize_upload",
     "certificates_response",
     "error_response",
@@ -61,12 +61,6 @@ _UPLOAD_TYPES = frozenset(
         "application/octet-stream",
     }
 )
-
-
-class UnsupportedMediaTypeError(InputError):
-    """An upload whose Content-Type is not a certificate type (HTTP 415)."""
-
-    http_status = 415
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from sipcert.errors import (
     InputError,
     InputTooLargeError,
     NotFoundError,
+    UnsupportedMediaTypeError,
 )
 from sipcert.proto.aor import AOR
 from sipcert.proto.certs import (
@@ -29,7 +30,6 @@ from sipcert.proto.mime import parse_multipart
 from sipcert.proto.store import (
     MAX_QUERY_LENGTH,
     StorePolicy,
-    UnsupportedMediaTypeError,
     authorize_upload,
     certificates_response,
     error_response,

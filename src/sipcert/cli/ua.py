@@ -1,0 +1,422 @@
+"""``sipcert locate|fetch|enroll|status|renew|revoke``: the UA side on the command line.
+
+Argument parsing and output only; the work is :class:`sipcert.client.AsyncUA`. Exit codes:
+0 success, 1 a negative answer (no usable certificate, not enrolled, nothing to revoke),
+2 usage, and the ``exit_code`` of the error class otherwise (3 DNS/location, 5 TLS name
+mismatch, 6 authentication, 7 refused by the Store, 9 network/TLS, 11 unexpected Store
+answer, ...). Passwords come from ``--password-file``, else standard input when it is not a
+terminal, else a prompt -- never from a flag (it would show in ``ps`` and shell history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from sipcert.client.fetch import FetchResult
+from sipcert.client.home import DEFAULT_DEVICE, Home, default_home
+from sipcert.client.ua import (
+    DEFAULT_RENEW_WINDOW,
+    DEFAULT_VALIDITY,
+    AsyncUA,
+    ClientConfig,
+    Credentials,
+)
+from sipcert.errors import ConfigError
+from sipcert.proto.aor import AOR, parse_aor
+from sipcert.proto.certs import san_uris, sha256_fingerprint
+
+__all__ = ["register"]
+
+T = TypeVar("T")
+_MAX_SECRET_FILE = 4096
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("--dns", metavar="HOST[:PORT]", help="DNS server to use (default: system)")
+    group.add_argument(
+        "--ca-file", type=Path, metavar="FILE", help="trust only these CAs (PEM) for the Store"
+    )
+    group.add_argument(
+        "--home",
+        type=Path,
+        metavar="DIR",
+        help=f"key and certificate home (default {default_home()})",
+    )
+    group.add_argument(
+        "--cache-ttl",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="cache fetched certificates under the home this long (default 0: no cache, draft §5)",
+    )
+    group.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    group.add_argument(
+        "--sip", action="store_true", help="query with sip= instead of email= (draft §8)"
+    )
+    group.add_argument("--json", action="store_true", help="print one JSON object")
+    group.add_argument("-v", "--verbose", action="store_true", help="narrate each step on stderr")
+    group.add_argument(
+        "--fallback-port",
+        type=int,
+        default=443,
+        help=argparse.SUPPRESS,  # for tests only: certificates.<domain> is on 443 (draft §4.5)
+    )
+    return common
+
+
+def _credential_options(parser: argparse.ArgumentParser, *, key: bool) -> None:
+    group = parser.add_argument_group("credentials")
+    group.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the SIP password (else standard input, else a prompt)",
+    )
+    group.add_argument("--username", help="Digest user name (default: the AOR's user part)")
+    group.add_argument("--device", default=DEFAULT_DEVICE, help="this device's name in the home")
+    if key:
+        group.add_argument(
+            "--key-passphrase-file",
+            type=Path,
+            metavar="FILE",
+            help="encrypt the private key with the passphrase in FILE",
+        )
+        group.add_argument(
+            "--validity",
+            type=float,
+            default=DEFAULT_VALIDITY.days,
+            metavar="DAYS",
+            help=f"certificate lifetime (default {DEFAULT_VALIDITY.days})",
+        )
+
+
+def register(commands: Any) -> None:
+    """Add the UA subcommands."""
+    common = _common()
+
+    def add(name: str, help_text: str, run: Callable[[argparse.Namespace], int]) -> Any:
+        parser = commands.add_parser(
+            name, help=help_text, description=help_text, parents=[common], allow_abbrev=False
+        )
+        parser.set_defaults(run=run)
+        return parser
+
+    parser = add("locate", "show how the Store of an AOR is found (draft §4.1, §4.5)", _locate)
+    parser.add_argument("aor")
+
+    parser = add("fetch", "retrieve and check an AOR's certificates (draft §4.3, §4.5)", _fetch)
+    parser.add_argument("aor")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="write each as <sha256>.pem")
+
+    parser = add("enroll", "create a certificate and store it at the Store (draft §5.1)", _enroll)
+    parser.add_argument("aor")
+    _credential_options(parser, key=True)
+
+    parser = add("status", "check this device's certificate at the Store (draft §5.1)", _status)
+    parser.add_argument("aor", nargs="?")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="this device's name in the home")
+    parser.add_argument("--window", type=float, default=DEFAULT_RENEW_WINDOW.days, metavar="DAYS")
+
+    parser = add("renew", "enroll a new certificate near expiry, revoke the old (draft §5)", _renew)
+    parser.add_argument("aor", nargs="?")
+    _credential_options(parser, key=True)
+    parser.add_argument("--window", type=float, default=DEFAULT_RENEW_WINDOW.days, metavar="DAYS")
+    parser.add_argument("--force", action="store_true", help="renew even outside the window")
+
+    parser = add("revoke", "remove certificates from the Store (draft §5)", _revoke)
+    parser.add_argument("aor")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--cert", metavar="SHA256", help="the certificate's SHA-256 fingerprint")
+    which.add_argument("--all", action="store_true", help="every certificate of the AOR")
+    _credential_options(parser, key=False)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> ClientConfig:
+    return ClientConfig(
+        dns=args.dns,
+        ca_file=args.ca_file,
+        home=args.home,
+        timeout=args.timeout,
+        cache_ttl=args.cache_ttl,
+        persist_cache=True,
+        attribute="sip" if args.sip else "email",
+        fallback_port=args.fallback_port,
+    )
+
+
+def _run(args: argparse.Namespace, work: Callable[[AsyncUA], Coroutine[Any, Any, T]]) -> T:
+    def narrate(line: str) -> None:
+        print(f"  {line}", file=sys.stderr)
+
+    async def main() -> T:
+        async with AsyncUA(_config(args), narrate=narrate if args.verbose else None) as ua:
+            return await work(ua)
+
+    return asyncio.run(main())
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        data = path.read_bytes()[: _MAX_SECRET_FILE + 1]
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
+    if len(data) > _MAX_SECRET_FILE:
+        raise ConfigError(f"the {what} file {path} is too large")
+    return data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+
+
+def read_password(args: argparse.Namespace, aor: AOR) -> str:
+    """``--password-file``, else standard input when not a terminal, else a prompt."""
+    if args.password_file is not None:
+        password = _read_secret_file(args.password_file, "password")
+    elif not sys.stdin.isatty():
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    else:
+        password = getpass.getpass(f"SIP password for {aor}: ")
+    if not password:
+        raise ConfigError("empty password")
+    return password
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    if args.key_passphrase_file is None:
+        return None
+    text = _read_secret_file(args.key_passphrase_file, "key passphrase")
+    if not text:
+        raise ConfigError("the key passphrase file is empty")
+    return text.encode("utf-8")
+
+
+def _credentials(args: argparse.Namespace, aor: AOR) -> Credentials:
+    return Credentials(password=read_password(args, aor), username=args.username)
+
+
+def _own_aor(args: argparse.Namespace) -> AOR:
+    if args.aor is not None:
+        return parse_aor(args.aor)
+    home = Home(args.home or default_home())
+    aors = home.aors()
+    if len(aors) != 1:
+        found = ", ".join(map(str, aors)) or "none"
+        raise ConfigError(f"give the AOR: the home {home.root} holds {found}")
+    return aors[0]
+
+
+def _cert_json(cert: x509.Certificate) -> dict[str, Any]:
+    return {
+        "sha256": sha256_fingerprint(cert),
+        "serial": format(cert.serial_number, "x"),
+        "san": san_uris(cert),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "pem": cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+    }
+
+
+def _print_json(value: dict[str, Any]) -> None:
+    print(json.dumps(value, indent=2))
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _locate(args: argparse.Namespace) -> int:
+    aor = parse_aor(args.aor)
+    location = _run(args, lambda ua: ua.locate(aor))
+    if args.json:
+        _print_json(
+            {
+                "aor": str(aor),
+                "url": location.url,
+                "from_srv": location.from_srv,
+                "targets": [
+                    {"host": t.host, "port": t.port, "priority": t.priority, "weight": t.weight}
+                    for t in location.targets
+                ],
+                "steps": list(location.steps),
+            }
+        )
+    else:
+        for step in location.steps:
+            print(step)
+    return 0
+
+
+def _fetch_json(result: FetchResult) -> dict[str, Any]:
+    return {
+        "aor": str(result.aor),
+        "url": result.url,
+        "certificates": [_cert_json(c) for c in result.kept],
+        "discarded": [{"sha256": d.sha256, "reason": d.reason.value} for d in result.discarded],
+    }
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    aor = parse_aor(args.aor)
+    result = _run(args, lambda ua: ua.fetch(aor))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for cert in result.kept:
+            path = args.out / f"{sha256_fingerprint(cert)}.pem"
+            path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if args.json:
+        _print_json(_fetch_json(result))
+    else:
+        source = " (cached)" if result.from_cache else ""
+        print(f"{aor}: {len(result.kept)} certificate(s) from {result.url}{source}")
+        for cert in result.kept:
+            print(f"  sha256 {sha256_fingerprint(cert)}")
+            print(f"    serial {format(cert.serial_number, 'x')}")
+            print(f"    san {', '.join(san_uris(cert))}")
+            print(f"    not after {cert.not_valid_after_utc.isoformat()}")
+        for item in result.discarded:
+            print(f"  discarded {item.sha256}: {item.reason.value} ({item.detail})")
+    return 0 if result.kept else 1
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    aor = parse_aor(args.aor)
+    credentials = _credentials(args, aor)
+    passphrase = _passphrase(args)
+    enrollment = _run(
+        args,
+        lambda ua: ua.enroll(
+            aor,
+            credentials,
+            device=args.device,
+            validity=timedelta(days=args.validity),
+            passphrase=passphrase,
+        ),
+    )
+    cert = enrollment.certificate
+    if args.json:
+        _print_json(
+            {
+                "aor": str(aor),
+                "device": enrollment.device,
+                "url": enrollment.url,
+                "status": enrollment.status,
+                "home": str(enrollment.directory),
+                "certificate": _cert_json(cert),
+            }
+        )
+    else:
+        state = "new" if enrollment.status == 201 else "already stored"
+        print(f"enrolled {aor} (device {enrollment.device}): {sha256_fingerprint(cert)} ({state})")
+        print(f"  not after {cert.not_valid_after_utc.isoformat()}; key in {enrollment.directory}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    aor = _own_aor(args)
+    status = _run(
+        args, lambda ua: ua.status(aor, device=args.device, window=timedelta(days=args.window))
+    )
+    for warning in status.warnings:
+        print(f"sipcert: warning: {warning}", file=sys.stderr)
+    if args.json:
+        _print_json(
+            {
+                "aor": str(aor),
+                "device": status.device,
+                "url": status.fetch.url,
+                "enrolled": status.ok,
+                "certificate": _cert_json(status.certificate) if status.certificate else None,
+                "in_store": status.in_store,
+                "expires_in_days": status.expires_in.days if status.expires_in else None,
+                "unknown": [sha256_fingerprint(c) for c in status.unknown],
+                "warnings": list(status.warnings),
+            }
+        )
+    elif status.certificate is not None:
+        state = "enrolled" if status.in_store else "NOT at the Store"
+        print(f"{aor} (device {status.device}): {state}")
+        print(f"  sha256 {sha256_fingerprint(status.certificate)}")
+        print(f"  not after {status.certificate.not_valid_after_utc.isoformat()}")
+        print(f"  the Store serves {len(status.fetch.kept)} certificate(s) for {aor}")
+    else:
+        print(f"{aor} (device {status.device}): not enrolled")
+    return 0 if status.ok else 1
+
+
+def _renew(args: argparse.Namespace) -> int:
+    aor = _own_aor(args)
+    credentials = _credentials(args, aor)
+    passphrase = _passphrase(args)
+    renewal = _run(
+        args,
+        lambda ua: ua.renew(
+            aor,
+            credentials,
+            device=args.device,
+            window=timedelta(days=args.window),
+            validity=timedelta(days=args.validity),
+            passphrase=passphrase,
+            force=args.force,
+        ),
+    )
+    if renewal.revoke_error:
+        print(
+            f"sipcert: warning: old certificate not revoked: {renewal.revoke_error}",
+            file=sys.stderr,
+        )
+    if args.json:
+        _print_json(
+            {
+                "aor": str(aor),
+                "renewed": renewal.renewed,
+                "reason": renewal.reason,
+                "old": sha256_fingerprint(renewal.old) if renewal.old else None,
+                "new": _cert_json(renewal.new.certificate) if renewal.new else None,
+                "old_revoked": renewal.old_revoked,
+            }
+        )
+    elif renewal.new is None:
+        print(f"{aor}: not renewed: {renewal.reason}")
+    else:
+        print(f"{aor}: renewed, new certificate {sha256_fingerprint(renewal.new.certificate)}")
+        if renewal.old is not None:
+            state = "revoked" if renewal.old_revoked else "still at the Store"
+            print(f"  old certificate {sha256_fingerprint(renewal.old)} {state}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    aor = parse_aor(args.aor)
+    credentials = _credentials(args, aor)
+    revocation = _run(
+        args,
+        lambda ua: ua.revoke(
+            aor, credentials, sha256=args.cert, everything=args.all, device=args.device
+        ),
+    )
+    if args.json:
+        _print_json(
+            {
+                "aor": str(aor),
+                "all": revocation.everything,
+                "revoked": list(revocation.sha256),
+                "cert_hashes": list(revocation.cert_hashes),
+            }
+        )
+    elif revocation.everything:
+        print(f"{aor}: every certificate revoked")
+    else:
+        print(f"{aor}: revoked {', '.join(revocation.sha256)}")
+    return 0

@@ -1,0 +1,206 @@
+"""The Caller's cache of retrieved certificates (draft §5).
+
+"The Caller MAY cache the certificates ... This cached result MUST expire after some short
+but configurable amount of time so that certificate revocation works. It MUST be possible
+to configure this time to be zero. If the Caller is using cached information and receives a
+certificate in the SIP signaling that is not cached, the Caller MUST update the cache and
+check that the certificate was not recently added to the Service." (draft §5)
+
+So: one entry per AOR, kept for the configured TTL or the Store's ``max-age`` if shorter,
+never served after that; TTL 0 stores nothing at all. The clock is injected, and an optional
+directory keeps entries across processes (the CLI runs one command per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from sipcert.client.fetch import FetchResult
+from sipcert.errors import ConfigError, InputError
+from sipcert.proto.aor import AOR, parse_aor
+from sipcert.proto.certs import Discarded, DiscardReason, load_certificate, sha256_fingerprint
+
+__all__ = ["CertificateCache", "SignaledCheck"]
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    result: FetchResult
+    expires: float
+
+
+@dataclass(frozen=True)
+class SignaledCheck:
+    """Outcome of "a certificate for this AOR arrived in SIP signaling" (draft §5).
+
+    ``cached``: a fresh cache entry already held it, nothing was asked. Otherwise the Store
+    was asked (``refreshed``) and ``in_store`` says whether it really holds the certificate
+    now; ``result`` is the fresh answer.
+    """
+
+    aor: AOR
+    sha256: str
+    cached: bool
+    refreshed: bool
+    in_store: bool
+    result: FetchResult | None
+
+
+class CertificateCache:
+    """Per-AOR cache with a TTL in seconds (draft §5); ``ttl=0`` disables it entirely.
+
+    ``clock`` gives the current time in seconds (``time.time`` by default, so entries kept
+    in ``directory`` stay meaningful across processes).
+    """
+
+    def __init__(
+        self, ttl: float, *, clock: Clock = time.time, directory: Path | None = None
+    ) -> None:
+        if not math.isfinite(ttl) or ttl < 0:
+            raise ConfigError(f"cache TTL must be a finite number of seconds >= 0, not {ttl}")
+        self.ttl = ttl
+        self._clock = clock
+        self._directory = directory
+        self._entries: dict[AOR, _Entry] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """False when the TTL is zero: nothing is ever stored or served."""
+        return self.ttl > 0
+
+    def get(self, aor: AOR) -> FetchResult | None:
+        """The cached result for ``aor`` while it is fresh, else ``None`` (and it is dropped)."""
+        if not self.enabled:
+            return None
+        entry = self._entries.get(aor) or self._load(aor)
+        if entry is None:
+            return None
+        if self._clock() >= entry.expires:
+            self.invalidate(aor)
+            return None
+        self._entries[aor] = entry
+        return replace(entry.result, from_cache=True)
+
+    def put(self, result: FetchResult) -> None:
+        """Remember ``result`` for the TTL, or for the Store's ``max-age`` if that is shorter."""
+        if not self.enabled or result.from_cache:
+            return
+        lifetime = self.ttl if result.max_age is None else min(self.ttl, result.max_age)
+        if lifetime <= 0:
+            self.invalidate(result.aor)
+            return
+        entry = _Entry(result, self._clock() + lifetime)
+        self._entries[result.aor] = entry
+        self._save(entry)
+
+    def invalidate(self, aor: AOR) -> None:
+        """Forget ``aor`` (in memory and on disk)."""
+        self._entries.pop(aor, None)
+        path = self._path(aor)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def clear(self) -> None:
+        """Forget everything held in memory."""
+        self._entries.clear()
+
+    async def check_signaled(
+        self,
+        aor: AOR,
+        certificate: x509.Certificate,
+        refresh: Callable[[AOR], Awaitable[FetchResult]],
+    ) -> SignaledCheck:
+        """Handle a certificate for ``aor`` seen in SIP signaling (draft §5).
+
+        If a fresh entry holds it, that is the answer. Otherwise ``refresh`` asks the Store,
+        the cache is updated, and ``in_store`` tells whether the Store holds it.
+        """
+        fingerprint = sha256_fingerprint(certificate)
+        cached = self.get(aor)
+        if cached is not None and any(sha256_fingerprint(c) == fingerprint for c in cached.kept):
+            return SignaledCheck(aor, fingerprint, True, False, True, cached)
+        fresh = await refresh(aor)
+        self.put(fresh)
+        in_store = any(sha256_fingerprint(c) == fingerprint for c in fresh.kept)
+        return SignaledCheck(aor, fingerprint, False, True, in_store, fresh)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def _path(self, aor: AOR) -> Path | None:
+        if self._directory is None:
+            return None
+        return self._directory / (quote(str(aor), safe="@.-_+") + ".json")
+
+    def _save(self, entry: _Entry) -> None:
+        path = self._path(entry.result.aor)
+        if path is None:
+            return
+        result = entry.result
+        data: dict[str, Any] = {
+            "aor": str(result.aor),
+            "url": result.url,
+            "status": result.status,
+            "expires": entry.expires,
+            "certificates": [
+                c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in result.kept
+            ],
+            "discarded": [
+                {"sha256": d.sha256, "reason": d.reason.value, "detail": d.detail}
+                for d in result.discarded
+            ],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".cache-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+
+    def _load(self, aor: AOR) -> _Entry | None:
+        path = self._path(aor)
+        if path is None:
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if parse_aor(data["aor"]) != aor:
+                return None
+            kept = tuple(load_certificate(pem.encode("ascii")) for pem in data["certificates"])
+            discarded = tuple(
+                Discarded(d["sha256"], DiscardReason(d["reason"]), d["detail"])
+                for d in data["discarded"]
+            )
+            result = FetchResult(
+                aor=aor,
+                url=str(data["url"]),
+                kept=kept,
+                discarded=discarded,
+                status=int(data["status"]),
+            )
+            return _Entry(result, float(data["expires"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, InputError):
+            # A damaged cache file is only a missed cache hit: drop it.
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None

@@ -1,0 +1,276 @@
+"""HTTP exchanges with a Store: retrieval (draft §4.3, §4.5), enrollment PUT and revocation
+DELETE with Digest (draft §5, §5.1), and the parsing of what comes back.
+
+The functions here take an ``httpx.AsyncClient`` whose transport is the strict one of
+:mod:`sipcert.client.tls`, and a :class:`~sipcert.client.locate.Location` whose route has
+been installed; they never decide trust themselves. Answers are read with a size limit and
+every unexpected status becomes a :class:`~sipcert.errors.StoreResponseError` (or the
+matching 401/403/404 error), with the Store's reason cleaned up for a terminal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import httpx
+from cryptography import x509
+
+from sipcert.client.locate import Location, Target, search_path
+from sipcert.client.tls import TARGET_INFO
+from sipcert.errors import (
+    AuthenticationError,
+    ForbiddenError,
+    InputTooLargeError,
+    MIMEError,
+    NotFoundError,
+    StoreResponseError,
+)
+from sipcert.proto.aor import AOR
+from sipcert.proto.certs import Discarded, validate_retrieved
+from sipcert.proto.digest import DigestClient, parse_challenges
+from sipcert.proto.mime import MimeLimits, parse_content_type, parse_multipart
+
+__all__ = [
+    "MAX_RESPONSE_SIZE",
+    "PKIX_CERT",
+    "DigestAuth",
+    "FetchResult",
+    "Retrieved",
+    "delete_certificates",
+    "get_certificates",
+    "parse_certificate_bodies",
+    "put_certificate",
+    "request_url",
+]
+
+PKIX_CERT = "application/pkix-cert"
+#: Largest Store answer read (a few dozen certificates of a few KiB each).
+MAX_RESPONSE_SIZE = 1 << 20
+#: Most certificates taken from one multipart answer.
+MAX_CERTIFICATES = 64
+_MAX_AGE_RE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
+_REASON_CODE_RE = re.compile(r"([a-z0-9]+(?:-[a-z0-9]+)*): ")
+
+
+def request_url(location: Location, **extra: str) -> str:
+    """``https://<AOR domain>/search-cgi?...``: the host is the AOR's domain on purpose.
+
+    Pool key, SNI and verification are then all the AOR domain; the routed backend of
+    :mod:`sipcert.client.tls` connects to the located target (draft §4.3).
+    """
+    return f"https://{location.domain}{search_path(location.aor, location.attribute, **extra)}"
+
+
+def parse_certificate_bodies(content_type: str | None, body: bytes) -> list[bytes]:
+    """The certificate bodies of a 200 answer (draft §4.5; RFC 2585 §4.1).
+
+    ``application/pkix-cert`` is one DER certificate; ``multipart/mixed`` holds one
+    ``application/pkix-cert`` part per certificate (several devices, draft §4.4). Anything
+    else is a :class:`StoreResponseError`. The bytes are not decoded here: undecodable ones
+    are discarded with a reason by :func:`~sipcert.proto.certs.validate_retrieved`.
+    """
+    if content_type is None:
+        raise StoreResponseError(200, "the answer has no Content-Type")
+    try:
+        media_type, _ = parse_content_type(content_type)
+    except MIMEError as exc:
+        raise StoreResponseError(200, f"unreadable Content-Type: {exc}") from exc
+    if media_type == PKIX_CERT:
+        return [body]
+    if media_type != "multipart/mixed":
+        raise StoreResponseError(
+            200, f"the answer is {media_type}, not {PKIX_CERT} or multipart/mixed (draft §4.5)"
+        )
+    limits = MimeLimits(max_size=MAX_RESPONSE_SIZE, max_parts=MAX_CERTIFICATES, max_depth=1)
+    try:
+        multipart = parse_multipart(content_type, body, limits=limits)
+    except (MIMEError, InputTooLargeError) as exc:
+        raise StoreResponseError(200, f"malformed multipart/mixed answer: {exc}") from exc
+    bodies: list[bytes] = []
+    for number, part in enumerate(multipart.parts, start=1):
+        if part.media_type != PKIX_CERT:
+            raise StoreResponseError(
+                200, f"part {number} of the answer is {part.media_type}, not {PKIX_CERT}"
+            )
+        bodies.append(part.body)
+    return bodies
+
+
+def _clean_reason(body: bytes, fallback: str) -> str:
+    """The first line of an error body, printable ASCII only and short (it reaches a terminal)."""
+    text = body.decode("utf-8", "replace").strip().splitlines()
+    line = text[0] if text else ""
+    line = "".join(c if c.isprintable() else "?" for c in line)[:200]
+    return line or fallback
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InputTooLargeError(
+            f"the Store's answer is {declared} bytes, over the limit of {limit}"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise InputTooLargeError(f"the Store's answer is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _target_of(response: httpx.Response) -> Target | None:
+    stream = response.extensions.get("network_stream")
+    target = stream.get_extra_info(TARGET_INFO) if stream is not None else None
+    return target if isinstance(target, Target) else None
+
+
+def _max_age(response: httpx.Response) -> int | None:
+    match = _MAX_AGE_RE.search(response.headers.get("cache-control", ""))
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """A GET answer reduced to what matters: status, certificate bodies, where and how long."""
+
+    status: int
+    bodies: tuple[bytes, ...]
+    target: Target | None
+    max_age: int | None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The certificates of an AOR after the draft §4.5 checks.
+
+    ``kept`` are all usable (draft §4.4: use every one); ``discarded`` say why the others were
+    dropped. ``url`` is the draft-form URL of the target that answered.
+    """
+
+    aor: AOR
+    url: str
+    kept: tuple[x509.Certificate, ...] = ()
+    discarded: tuple[Discarded, ...] = ()
+    status: int = 200
+    max_age: int | None = None
+    from_cache: bool = False
+    target: Target | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_retrieved(cls, location: Location, retrieved: Retrieved, now: datetime) -> FetchResult:
+        """Apply :func:`~sipcert.proto.certs.validate_retrieved` to a GET answer."""
+        result = validate_retrieved(retrieved.bodies, location.aor, now)
+        target = retrieved.target or location.targets[0]
+        return cls(
+            aor=location.aor,
+            url=target.url(location.aor, location.attribute),
+            kept=tuple(result.kept),
+            discarded=tuple(result.discarded),
+            status=retrieved.status,
+            max_age=retrieved.max_age,
+            target=target,
+        )
+
+
+async def get_certificates(
+    client: httpx.AsyncClient, location: Location, *, max_size: int = MAX_RESPONSE_SIZE
+) -> Retrieved:
+    """GET the AOR's certificates (draft §4.5). 404 is "none" (an empty answer, not an error)."""
+    async with client.stream("GET", request_url(location)) as response:
+        if response.status_code == 404:
+            await response.aclose()
+            return Retrieved(404, (), _target_of(response), _max_age(response))
+        body = await _read_limited(response, max_size)
+        if response.status_code != 200:
+            raise StoreResponseError(
+                response.status_code, _clean_reason(body, response.reason_phrase)
+            )
+        bodies = parse_certificate_bodies(response.headers.get("content-type"), body)
+        return Retrieved(200, tuple(bodies), _target_of(response), _max_age(response))
+
+
+def _refusal(status: int, body: bytes, reason_phrase: str, what: str) -> Exception:
+    reason = _clean_reason(body, reason_phrase)
+    if status == 401:
+        return AuthenticationError(f"the Store refused the Digest credentials for {what}")
+    if status == 403:
+        match = _REASON_CODE_RE.match(reason)
+        return ForbiddenError(
+            f"the Store refused {what}: {reason}", reason=match.group(1) if match else "forbidden"
+        )
+    if status == 404:
+        return NotFoundError(f"the Store has nothing to remove for {what}")
+    return StoreResponseError(status, reason)
+
+
+async def put_certificate(
+    client: httpx.AsyncClient, location: Location, der: bytes, auth: httpx.Auth
+) -> int:
+    """Enroll ``der`` (draft §5, §5.1): 201 new, 200 already stored; others raise."""
+    response = await client.put(
+        request_url(location),
+        content=der,
+        headers={"Content-Type": PKIX_CERT},
+        auth=auth,
+    )
+    if response.status_code in (200, 201):
+        return response.status_code
+    raise _refusal(
+        response.status_code,
+        response.content[:4096],
+        response.reason_phrase,
+        f"the enrollment of {location.aor}",
+    )
+
+
+async def delete_certificates(
+    client: httpx.AsyncClient, location: Location, auth: httpx.Auth, cert_hash: str | None = None
+) -> None:
+    """Revoke one certificate (RFC 4387 ``certHash``) or, without it, all of the AOR's
+    (draft §5). 204 is success; 404 raises :class:`NotFoundError`."""
+    extra = {"certHash": cert_hash} if cert_hash is not None else {}
+    response = await client.delete(request_url(location, **extra), auth=auth)
+    if response.status_code in (200, 204):
+        return
+    what = f"certificate {cert_hash} of {location.aor}" if cert_hash else str(location.aor)
+    raise _refusal(response.status_code, response.content[:4096], response.reason_phrase, what)
+
+
+class DigestAuth(httpx.Auth):
+    """httpx auth flow answering the Store's Digest challenge (draft §5, RFC 7616).
+
+    Uses :class:`~sipcert.proto.digest.DigestClient` (SHA-256 preferred over MD5). After a
+    first exchange it answers pre-emptively with the next nonce count; a 401 with
+    ``stale=true`` is answered once more with the new nonce, without asking the user again.
+    A second plain 401 is handed back to the caller: the credentials are wrong.
+    """
+
+    def __init__(self, username: str, password: str) -> None:
+        self._client = DigestClient(username, password)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        uri = request.url.raw_path.decode("ascii")
+        value = self._client.authorization(method=request.method, uri=uri)
+        if value is not None:
+            request.headers["Authorization"] = value
+        response = yield request
+        answered = False
+        for _ in range(2):
+            if response.status_code != 401:
+                return
+            offered = response.headers.get_list("www-authenticate")
+            challenges = parse_challenges(offered)
+            if not challenges:
+                return
+            if answered and not any(challenge.stale for challenge in challenges):
+                return
+            request.headers["Authorization"] = self._client.answer(
+                offered, method=request.method, uri=uri
+            )
+            answered = True
+            response = yield request

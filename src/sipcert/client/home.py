@@ -1,0 +1,216 @@
+"""Per-user storage of a UA's own keys and certificates (draft §5, §5.1).
+
+Layout under the home directory (default ``$XDG_DATA_HOME/sipcert``, i.e.
+``~/.local/share/sipcert``)::
+
+    identities/<aor>/<device>/key.pem         private key, mode 0600, PKCS#8 PEM
+                                              (encrypted when a passphrase is given)
+    identities/<aor>/<device>/cert.pem        the enrolled self-signed certificate
+    identities/<aor>/<device>/retired/<sha256>.{pem,key}
+                                              replaced by renewal, kept until revoked
+    cache/                                    the Caller's certificate cache (draft §5)
+
+Several AORs and several devices per AOR (draft §4.4, §5: "upload a different certificate
+for each UA") live side by side. Directories are 0700; files are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from sipcert.errors import ConfigError, InputError, NotFoundError
+from sipcert.proto.aor import AOR, parse_aor
+from sipcert.proto.certs import (
+    Identity,
+    load_certificate,
+    load_private_key,
+    serialize_private_key,
+    sha256_fingerprint,
+)
+
+__all__ = ["DEFAULT_DEVICE", "Home", "default_home"]
+
+DEFAULT_DEVICE = "default"
+_DEVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KEY = "key.pem"
+_CERT = "cert.pem"
+
+
+def default_home(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_DATA_HOME/sipcert``, else ``~/.local/share/sipcert`` (XDG base directories)."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_DATA_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share"
+    return root / "sipcert"
+
+
+def _check_device(device: str) -> str:
+    if not _DEVICE_RE.fullmatch(device):
+        raise ConfigError(
+            f"device name {device!r} must be 1-64 letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit)"
+        )
+    return device
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` so that ``path`` is either the old or the new file, created ``mode``."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+@dataclass(frozen=True)
+class Home:
+    """The per-user directory holding this user's identities (and the cache)."""
+
+    root: Path
+
+    @classmethod
+    def default(cls) -> Home:
+        return cls(default_home())
+
+    @property
+    def cache_directory(self) -> Path:
+        return self.root / "cache"
+
+    def _aor_directory(self, aor: AOR) -> Path:
+        return self.root / "identities" / quote(str(aor), safe="@.-_+")
+
+    def device_directory(self, aor: AOR, device: str = DEFAULT_DEVICE) -> Path:
+        return self._aor_directory(aor) / _check_device(device)
+
+    def _make_directory(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for parent in (path, *path.parents):
+            if parent == self.root.parent:
+                break
+            if parent.is_relative_to(self.root):
+                parent.chmod(0o700)
+
+    def has_identity(self, aor: AOR, device: str = DEFAULT_DEVICE) -> bool:
+        return (self.device_directory(aor, device) / _CERT).is_file()
+
+    def save(
+        self,
+        aor: AOR,
+        identity: Identity,
+        *,
+        device: str = DEFAULT_DEVICE,
+        passphrase: bytes | None = None,
+    ) -> Path:
+        """Store ``identity`` as the device's current one; the replaced one is retired."""
+        directory = self.device_directory(aor, device)
+        self._make_directory(directory)
+        if (directory / _CERT).is_file():
+            self._retire(directory)
+        key = serialize_private_key(identity.key, passphrase)
+        _write_atomic(directory / _KEY, key, 0o600)
+        cert = identity.certificate.public_bytes(serialization.Encoding.PEM)
+        _write_atomic(directory / _CERT, cert, 0o644)
+        return directory
+
+    def _retire(self, directory: Path) -> None:
+        retired = directory / "retired"
+        self._make_directory(retired)
+        cert_pem = (directory / _CERT).read_bytes()
+        fingerprint = sha256_fingerprint(load_certificate(cert_pem))
+        _write_atomic(retired / f"{fingerprint}.pem", cert_pem, 0o644)
+        if (directory / _KEY).is_file():
+            _write_atomic(retired / f"{fingerprint}.key", (directory / _KEY).read_bytes(), 0o600)
+
+    def certificate(self, aor: AOR, device: str = DEFAULT_DEVICE) -> x509.Certificate:
+        """The device's current certificate; :class:`NotFoundError` when not enrolled."""
+        path = self.device_directory(aor, device) / _CERT
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFoundError(
+                f"no certificate for {aor} (device {device!r}) in {self.root}"
+            ) from exc
+        try:
+            return load_certificate(data)
+        except InputError as exc:
+            raise ConfigError(f"{path} is damaged: {exc}") from exc
+
+    def identity(
+        self, aor: AOR, device: str = DEFAULT_DEVICE, *, passphrase: bytes | None = None
+    ) -> Identity:
+        """The device's key and certificate (the key decrypted with ``passphrase``)."""
+        certificate = self.certificate(aor, device)
+        path = self.device_directory(aor, device) / _KEY
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"no private key for {aor} (device {device!r})") from exc
+        return Identity(key=load_private_key(data, passphrase), certificate=certificate)
+
+    def retired(self, aor: AOR, device: str = DEFAULT_DEVICE) -> list[x509.Certificate]:
+        """Certificates replaced by renewal and not yet confirmed revoked."""
+        directory = self.device_directory(aor, device) / "retired"
+        if not directory.is_dir():
+            return []
+        return [load_certificate(p.read_bytes()) for p in sorted(directory.glob("*.pem"))]
+
+    def forget_retired(self, aor: AOR, fingerprint: str, device: str = DEFAULT_DEVICE) -> None:
+        """Drop a retired certificate and key once the Store no longer holds it."""
+        directory = self.device_directory(aor, device) / "retired"
+        for suffix in (".pem", ".key"):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / f"{fingerprint}{suffix}").unlink()
+
+    def remove(self, aor: AOR, device: str = DEFAULT_DEVICE) -> None:
+        """Delete the device's current identity (after revoking everything)."""
+        directory = self.device_directory(aor, device)
+        for name in (_KEY, _CERT):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / name).unlink()
+
+    def devices(self, aor: AOR) -> list[str]:
+        """Devices holding an identity for ``aor``."""
+        directory = self._aor_directory(aor)
+        if not directory.is_dir():
+            return []
+        return sorted(p.name for p in directory.iterdir() if (p / _CERT).is_file())
+
+    def aors(self) -> list[AOR]:
+        """Every AOR with at least one device identity here."""
+        directory = self.root / "identities"
+        if not directory.is_dir():
+            return []
+        found = []
+        for entry in sorted(directory.iterdir()):
+            try:
+                aor = parse_aor(unquote(entry.name))
+            except InputError:
+                continue
+            if self.devices(aor):
+                found.append(aor)
+        return found
+
+    def known_fingerprints(self, aor: AOR) -> set[str]:
+        """SHA-256 of every certificate of ``aor`` held here: all devices, current and retired."""
+        known: set[str] = set()
+        for device in self.devices(aor):
+            known.add(sha256_fingerprint(self.certificate(aor, device)))
+            known.update(sha256_fingerprint(c) for c in self.retired(aor, device))
+        return known

@@ -1,0 +1,277 @@
+"""Locating a domain's certificate Store with DNS (draft §4.1, §4.5; RFC 2782).
+
+The Caller only has an AOR. Its host gives the SRV name ``_certificates._tcp.<domain>``; the
+targets are tried in RFC 2782 priority/weight order, and when the domain publishes no such
+record the well-known host ``certificates.<domain>`` on the HTTPS port is used instead.
+Every decision is recorded as a line of narration so ``sipcert locate`` can show its work.
+
+A failure of DNS itself (timeout, SERVFAIL, no usable resolver) is a
+:class:`~sipcert.errors.LocationError`, never silently taken as "no SRV record": falling back
+to ``certificates.<domain>`` because an attacker dropped a DNS answer would be a downgrade.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+from urllib.parse import quote
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.resolver
+import dns.rrset
+from dns.rdtypes.IN.SRV import SRV
+
+from sipcert.errors import ConfigError, LocationError
+from sipcert.proto.aor import AOR
+
+__all__ = [
+    "DEFAULT_HTTPS_PORT",
+    "SRV_SERVICE",
+    "Attribute",
+    "DNSResolver",
+    "Location",
+    "Locator",
+    "Target",
+    "make_resolver",
+    "parse_dns_server",
+    "query_string",
+    "search_path",
+]
+
+#: The SRV service and protocol labels of draft §4.1.
+SRV_SERVICE = "_certificates._tcp"
+#: Port of the fallback host when there is no SRV record (draft §4.5: "the default port for
+#: HTTPS").
+DEFAULT_HTTPS_PORT = 443
+#: Query attribute naming the AOR: ``email`` (draft §4.1) or ``sip`` (draft §8).
+Attribute = Literal["email", "sip"]
+
+Narrate = Callable[[str], None]
+
+
+class _Answer(Protocol):
+    @property
+    def rrset(self) -> dns.rrset.RRset | None: ...
+
+
+class DNSResolver(Protocol):
+    """The part of :class:`dns.asyncresolver.Resolver` we use (tests pass a fake)."""
+
+    async def resolve(self, qname: str, rdtype: str, *, search: bool | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place the Store may be reached: a host name (or address) and a port."""
+
+    host: str
+    port: int
+    priority: int = 0
+    weight: int = 0
+
+    def url(self, aor: AOR, attribute: Attribute = "email") -> str:
+        """The draft's URL form for this target (draft §4.1)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = "" if self.port == DEFAULT_HTTPS_PORT else f":{self.port}"
+        return f"https://{host}{port}{search_path(aor, attribute)}"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the Store for ``aor`` is: targets in the order to try, and how we got there.
+
+    ``from_srv`` is False when the ``certificates.<domain>`` fallback was used.
+    """
+
+    aor: AOR
+    targets: tuple[Target, ...]
+    from_srv: bool
+    attribute: Attribute = "email"
+    steps: tuple[str, ...] = field(default=())
+
+    @property
+    def domain(self) -> str:
+        """The domain the Store must prove in TLS: the AOR's, never a target's (draft §4.3)."""
+        return self.aor.host
+
+    @property
+    def url(self) -> str:
+        """The draft-form URL of the first target (draft §4.1)."""
+        return self.targets[0].url(self.aor, self.attribute)
+
+
+def query_string(aor: AOR, attribute: Attribute = "email", **extra: str) -> str:
+    """``email=bob%40example.com`` (draft §4.1), every value fully percent-encoded."""
+    if attribute not in ("email", "sip"):
+        raise ConfigError(f"query attribute must be 'email' or 'sip', not {attribute!r}")
+    pairs = [(attribute, str(aor)), *extra.items()]
+    return "&".join(f"{name}={quote(value, safe='')}" for name, value in pairs)
+
+
+def search_path(aor: AOR, attribute: Attribute = "email", **extra: str) -> str:
+    """``/search-cgi?email=...`` -- the request target (draft §4.1, §4.5)."""
+    return f"/search-cgi?{query_string(aor, attribute, **extra)}"
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` (IPv6 as ``[addr]:port``) to an address and port; default port 53."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"--dns {text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"--dns {text!r}: expected ':PORT' after ']'")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ConfigError(f"--dns needs an IP address, not {host!r}") from exc
+    if not port_text:
+        return host, 53
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"--dns {text!r}: port must be 1-65535")
+    return host, int(port_text)
+
+
+def make_resolver(server: str | None = None, *, timeout: float = 5.0) -> dns.asyncresolver.Resolver:
+    """A dnspython async resolver: the system's, or one DNS server ``HOST[:PORT]``."""
+    if server is None:
+        try:
+            resolver = dns.asyncresolver.Resolver()
+        except dns.exception.DNSException as exc:
+            raise LocationError(f"no usable system DNS configuration: {exc}") from exc
+    else:
+        host, port = parse_dns_server(server)
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [host]
+        resolver.port = port
+    resolver.lifetime = timeout
+    resolver.timeout = timeout
+    return resolver
+
+
+def _dns_failure(name: str, rdtype: str, exc: Exception) -> LocationError:
+    if isinstance(exc, dns.resolver.LifetimeTimeout):
+        what = "timed out"
+    elif isinstance(exc, dns.resolver.NoNameservers):
+        what = "failed (SERVFAIL or refused by every server)"
+    else:
+        what = f"failed ({type(exc).__name__}: {exc})"
+    return LocationError(f"DNS {rdtype} lookup of {name} {what}")
+
+
+class Locator:
+    """Finds Store targets (draft §4.1, §4.5) and the addresses of a target.
+
+    ``fallback_port`` is the port of ``certificates.<domain>`` when there is no SRV record;
+    it is 443 as the draft requires and only tests change it (they cannot bind 443).
+    ``system_addresses`` resolves target names with the operating system (``/etc/hosts``
+    included) instead of ``resolver``; it is the default when no DNS server was given.
+    """
+
+    def __init__(
+        self,
+        resolver: DNSResolver,
+        *,
+        fallback_port: int = DEFAULT_HTTPS_PORT,
+        system_addresses: bool = False,
+    ) -> None:
+        if not 0 < fallback_port < 65536:
+            raise ConfigError(f"fallback port {fallback_port} is not 1-65535")
+        self.resolver = resolver
+        self.fallback_port = fallback_port
+        self.system_addresses = system_addresses
+
+    async def locate(
+        self, aor: AOR, *, attribute: Attribute = "email", narrate: Narrate | None = None
+    ) -> Location:
+        """The targets of ``aor``'s Store, in the order to try them.
+
+        Raises :class:`LocationError` on a DNS failure or when the domain says the service
+        is not available (an SRV target of ``.``, RFC 2782).
+        """
+        steps: list[str] = []
+
+        def say(line: str) -> None:
+            steps.append(line)
+            if narrate is not None:
+                narrate(line)
+
+        qname = f"{SRV_SERVICE}.{aor.host}."
+        say(f"AOR {aor}: domain {aor.host} (draft §4.5)")
+        say(f"DNS SRV query {qname.rstrip('.')}")
+        try:
+            answer = await self.resolver.resolve(qname, "SRV", search=False)
+            rrset: dns.rrset.RRset | None = answer.rrset
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
+            reason = "no such name" if isinstance(exc, dns.resolver.NXDOMAIN) else "no SRV record"
+            rrset = None
+            say(f"  {reason}")
+        except dns.exception.DNSException as exc:
+            error = _dns_failure(qname.rstrip("."), "SRV", exc)
+            say(f"  {error}")
+            raise error from exc
+        if rrset is None or len(rrset) == 0:
+            target = Target(f"certificates.{aor.host}", self.fallback_port)
+            say(f"no SRV record: fall back to {target.host} port {target.port} (draft §4.1)")
+            say(f"URL {target.url(aor, attribute)}")
+            return Location(aor, (target,), False, attribute, tuple(steps))
+        targets: list[Target] = []
+        for record in rrset.processing_order():
+            if not isinstance(record, SRV):
+                continue
+            if record.target == dns.name.root:
+                say(f"  priority {record.priority} weight {record.weight}: target '.' (skipped)")
+                continue
+            host = record.target.to_text(omit_final_dot=True).lower()
+            target = Target(host, int(record.port), int(record.priority), int(record.weight))
+            targets.append(target)
+            say(
+                f"  priority {target.priority} weight {target.weight}: "
+                f"{target.host} port {target.port}"
+            )
+        if not targets:
+            error = LocationError(
+                f"{aor.host} says it offers no certificate Store "
+                f"(SRV target '.' for {qname.rstrip('.')}, RFC 2782)"
+            )
+            say(str(error))
+            raise error
+        say("targets are tried in this order (RFC 2782 priority/weight), next on failure")
+        say(f"URL {targets[0].url(aor, attribute)}")
+        return Location(aor, tuple(targets), True, attribute, tuple(steps))
+
+    async def addresses(self, host: str) -> list[str]:
+        """IP addresses of a target host (A then AAAA); ``[host]`` when resolved by the OS.
+
+        An IP literal is returned as is. A name with neither record gives ``[]``; a DNS
+        failure raises :class:`LocationError`.
+        """
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return [host]
+        if self.system_addresses:
+            return [host]
+        found: list[str] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self.resolver.resolve(f"{host}.", rdtype, search=False)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except dns.exception.DNSException as exc:
+                raise _dns_failure(host, rdtype, exc) from exc
+            rrset: dns.rrset.RRset | None = answer.rrset
+            if rrset is not None:
+                found.extend(record.address for record in rrset)
+        return found

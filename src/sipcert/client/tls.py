@@ -1,0 +1,415 @@
+"""The strictly checked HTTPS connection to a Store (draft §4.3, §4.5, §5.1).
+
+The draft's whole trust argument is that the Store proves, in the TLS handshake, that it
+speaks for the AOR's domain -- "the original is example.com, not the result of any SRV
+lookup" (draft §4.3). So the connection goes to the SRV target's address, but SNI, chain
+verification and the exact name rule all use the AOR's domain, and all of it completes
+before a single byte of HTTP is written.
+
+The design that makes this hold with connection pooling: requests are addressed to
+``https://<AOR domain>/...``, so httpcore's pool key, SNI and OpenSSL's hostname check are
+all the AOR domain. :class:`RoutedBackend` is the httpcore network backend that turns a
+connection to ``<AOR domain>`` into a TCP connection to the located targets in order
+(RFC 2782 failover), and wraps the stream so that ``start_tls`` ends with
+:func:`sipcert.proto.names.check_server_certificate`. A pooled connection is therefore only
+ever reused for the domain it was verified for.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpcore
+import httpx
+from cryptography import x509
+
+from sipcert.client.locate import Locator, Target
+from sipcert.errors import (
+    CertificateParseError,
+    ConfigError,
+    LocationError,
+    NameMismatchError,
+    SipCertError,
+    TLSHandshakeError,
+    TransportError,
+    UntrustedCertificateError,
+)
+from sipcert.proto.names import check_server_certificate, server_certificate_names
+
+__all__ = [
+    "TARGET_INFO",
+    "ConnectionEvent",
+    "RoutedBackend",
+    "StrictTransport",
+    "make_ssl_context",
+]
+
+#: ``get_extra_info`` key (and response ``network_stream``) giving the :class:`Target` used.
+TARGET_INFO = "sipcert_target"
+# X509_V_ERR_HOSTNAME_MISMATCH: OpenSSL's own hostname check refused the certificate.
+_HOSTNAME_MISMATCH = 62
+
+
+def make_ssl_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
+    """A client context: TLS 1.2+, chain verified, exact host names only (draft §4.3).
+
+    Trusts the system store, or only ``ca_file`` (PEM) when given. OpenSSL's hostname check
+    stays on, without Common Name fallback and without wildcards, as a second line behind
+    the explicit check of :func:`~sipcert.proto.names.check_server_certificate`.
+    """
+    try:
+        if ca_file is None:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        else:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load CA file {ca_file}: {exc}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    ctx.hostname_checks_common_name = False
+    ctx._host_flags |= ssl._ssl.HOSTFLAG_NO_WILDCARDS  # type: ignore[attr-defined]
+    return ctx
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    """One step of connecting, for narration and tests: what, for which domain, where."""
+
+    kind: str  # "connect-failed", "connected", "tls-verified", "tls-refused"
+    domain: str
+    target: Target
+    address: str
+    detail: str = ""
+
+
+class _CheckedStream(httpcore.AsyncNetworkStream):
+    """A TCP stream whose ``start_tls`` insists on the AOR domain and checks it exactly."""
+
+    def __init__(
+        self,
+        inner: httpcore.AsyncNetworkStream,
+        backend: RoutedBackend,
+        domain: str,
+        target: Target,
+        address: str,
+    ) -> None:
+        self._inner = inner
+        self._backend = backend
+        self._domain = domain
+        self._target = target
+        self._address = address
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # Plain-text HTTP to a Store is never sent: the draft requires HTTPS (§4.3, §5).
+        raise TransportError("refusing to send HTTP before the TLS check (draft §4.3)")
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == TARGET_INFO:
+            return self._target
+        return self._inner.get_extra_info(info)
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if server_hostname != self._domain:
+            await self._inner.aclose()
+            raise TransportError(
+                f"TLS server name {server_hostname!r} is not the AOR domain {self._domain!r}"
+            )
+        where = f"{self._target.host} port {self._target.port} ({self._address})"
+        try:
+            tls = await self._inner.start_tls(ssl_context, self._domain, timeout)
+        except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+            error = await self._handshake_error(exc, ssl_context, timeout, where)
+            self._backend.emit("tls-refused", self._domain, self._target, self._address, str(error))
+            raise error from exc
+        ssl_object = tls.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            if der is None:
+                raise TLSHandshakeError(f"the Store at {where} presented no certificate")
+            try:
+                certificate = x509.load_der_x509_certificate(der)
+            except ValueError as exc:
+                raise CertificateParseError(f"Store TLS certificate does not parse: {exc}") from exc
+            check_server_certificate(certificate, self._domain)
+        except SipCertError as error:
+            await tls.aclose()
+            self._backend.emit("tls-refused", self._domain, self._target, self._address, str(error))
+            raise
+        version = ssl_object.version() if ssl_object is not None else "?"
+        self._backend.emit(
+            "tls-verified",
+            self._domain,
+            self._target,
+            self._address,
+            f"{version}, certificate names {', '.join(server_certificate_names(certificate))}",
+        )
+        return _TargetStream(tls, self._target)
+
+    async def _handshake_error(
+        self,
+        exc: Exception,
+        ssl_context: ssl.SSLContext,
+        timeout: float | None,
+        where: str,
+    ) -> SipCertError:
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            if cause.verify_code == _HOSTNAME_MISMATCH:
+                names = await self._backend.presented_names(
+                    self._address, self._target.port, self._domain, ssl_context, timeout
+                )
+                return NameMismatchError(self._domain, names)
+            return UntrustedCertificateError(
+                f"the Store at {where} presented a certificate for {self._domain} that does "
+                f"not verify: {cause.verify_message} (use --ca-file for a private CA)"
+            )
+        if isinstance(exc, httpcore.ConnectTimeout):
+            return TransportError(f"TLS handshake with the Store at {where} timed out")
+        detail = str(cause or exc) or type(cause or exc).__name__
+        return TLSHandshakeError(f"TLS handshake with the Store at {where} failed: {detail}")
+
+
+class _TargetStream(httpcore.AsyncNetworkStream):
+    """The verified TLS stream, remembering which target it reached."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream, target: Target) -> None:
+        self._inner = inner
+        self._target = target
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise TransportError("TLS inside TLS is not used with a Store")
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == TARGET_INFO:
+            return self._target
+        return self._inner.get_extra_info(info)
+
+
+class RoutedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore network backend: ``<AOR domain>`` → the located targets, tried in order.
+
+    :meth:`set_route` records the targets of a domain (from :class:`Locator`); a connection
+    for a domain without a route is refused, so nothing ever reaches a host the URL names
+    by accident. ``on_event`` receives a :class:`ConnectionEvent` per step.
+    """
+
+    def __init__(
+        self,
+        locator: Locator,
+        *,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+        on_event: Callable[[ConnectionEvent], None] | None = None,
+    ) -> None:
+        self._locator = locator
+        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
+        self._routes: dict[str, tuple[Target, ...]] = {}
+        self.on_event = on_event
+
+    def set_route(self, domain: str, targets: Iterable[Target]) -> None:
+        """Connections for ``domain`` go to ``targets``, first to last."""
+        route = tuple(targets)
+        if not route:
+            raise LocationError(f"no Store target for {domain}")
+        self._routes[domain] = route
+
+    def emit(self, kind: str, domain: str, target: Target, address: str, detail: str = "") -> None:
+        if self.on_event is not None:
+            self.on_event(ConnectionEvent(kind, domain, target, address, detail))
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        route = self._routes.get(host)
+        if route is None:
+            raise TransportError(f"no located Store for {host}: locate it first (draft §4.5)")
+        failures: list[str] = []
+        for target in route:
+            try:
+                addresses = await self._locator.addresses(target.host)
+            except LocationError as exc:
+                failures.append(f"{target.host}: {exc}")
+                self.emit("connect-failed", host, target, "-", str(exc))
+                continue
+            if not addresses:
+                failures.append(f"{target.host}: no address record")
+                self.emit("connect-failed", host, target, "-", "no address record")
+                continue
+            for address in addresses:
+                try:
+                    stream = await self._inner.connect_tcp(
+                        address,
+                        target.port,
+                        timeout=timeout,
+                        local_address=local_address,
+                        socket_options=socket_options,
+                    )
+                except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                    detail = "timed out" if isinstance(exc, httpcore.ConnectTimeout) else str(exc)
+                    failures.append(f"{target.host}:{target.port} ({address}): {detail}")
+                    self.emit("connect-failed", host, target, address, detail)
+                    continue
+                self.emit("connected", host, target, address)
+                return _CheckedStream(stream, self, host, target, address)
+        raise TransportError(
+            f"could not connect to the Store of {host}: " + "; ".join(failures or ["no target"])
+        )
+
+    async def presented_names(
+        self,
+        address: str,
+        port: int,
+        domain: str,
+        ssl_context: ssl.SSLContext,
+        timeout: float | None,
+    ) -> list[str]:
+        """The dNSNames a server presents for SNI ``domain``, for the mismatch message only.
+
+        OpenSSL refuses the certificate before we can read it, so a second, unverified
+        handshake reads the names. It sends no HTTP and trusts nothing it learns.
+        """
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        probe.minimum_version = ssl_context.minimum_version
+        probe.check_hostname = False
+        probe.verify_mode = ssl.CERT_NONE
+        try:
+            stream = await self._inner.connect_tcp(address, port, timeout=timeout)
+            tls = await stream.start_tls(probe, domain, timeout)
+            try:
+                der = tls.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            finally:
+                await tls.aclose()
+            return server_certificate_names(x509.load_der_x509_certificate(der))
+        except (httpcore.ConnectError, httpcore.ConnectTimeout, ValueError, SipCertError):
+            return ["(certificate not readable)"]
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise TransportError("a Store is reached over TCP, not a Unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, inner: Any, domain: str) -> None:
+        self._inner = inner
+        self._domain = domain
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        except httpcore.TimeoutException as exc:
+            raise TransportError(
+                f"reading the answer of the Store of {self._domain} timed out"
+            ) from exc
+        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            raise TransportError(
+                f"reading the answer of the Store of {self._domain} failed: {exc}"
+            ) from exc
+
+    async def aclose(self) -> None:
+        if hasattr(self._inner, "aclose"):
+            await self._inner.aclose()
+
+
+class StrictTransport(httpx.AsyncBaseTransport):
+    """httpx transport over :class:`RoutedBackend`: HTTPS only, HTTP/1.1, pooled per domain.
+
+    Network failures surface as :class:`~sipcert.errors.TransportError` (and its
+    subclasses), name mismatches as :class:`~sipcert.errors.NameMismatchError`.
+    """
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        backend: RoutedBackend,
+        *,
+        max_connections: int = 20,
+        keepalive_expiry: float = 30.0,
+    ) -> None:
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            network_backend=backend,
+            max_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
+            http1=True,
+            http2=False,
+        )
+
+    @property
+    def connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        """The pooled connections (for tests and diagnostics)."""
+        return list(self._pool.connections)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "https":
+            raise TransportError("the Store must be reached over HTTPS (draft §4.3, §5)")
+        domain = request.url.host
+        assert isinstance(request.stream, httpx.AsyncByteStream)  # noqa: S101
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        try:
+            response = await self._pool.handle_async_request(core_request)
+        except httpcore.TimeoutException as exc:
+            raise TransportError(f"talking to the Store of {domain} timed out") from exc
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+            raise TransportError(f"talking to the Store of {domain} failed: {exc}") from exc
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream, domain),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()

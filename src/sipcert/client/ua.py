@@ -1,0 +1,548 @@
+"""What a SIP user agent embeds: fetch, enroll, status, renew, revoke (draft §4.5, §5, §5.1).
+
+:class:`AsyncUA` is the API; :class:`UA` is the same API for synchronous code (one private
+event loop). Both own an HTTP client and close it in ``aclose``/``close`` or at the end of a
+``with`` block.
+
+Every Store exchange goes the same way: locate the Store of the AOR's domain (draft §4.5),
+install that route in the strict transport, then talk HTTPS to ``https://<AOR domain>/`` so
+the TLS check is always against the AOR's domain -- for the Caller's GET and the
+Subscriber's PUT and DELETE alike (draft §5: "the same rules as matching in retrieval").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+import httpx
+from cryptography import x509
+
+from sipcert import __version__
+from sipcert.client.cache import CertificateCache, SignaledCheck
+from sipcert.client.fetch import (
+    MAX_RESPONSE_SIZE,
+    DigestAuth,
+    FetchResult,
+    delete_certificates,
+    get_certificates,
+    put_certificate,
+)
+from sipcert.client.home import DEFAULT_DEVICE, Home, default_home
+from sipcert.client.locate import (
+    DEFAULT_HTTPS_PORT,
+    Attribute,
+    DNSResolver,
+    Location,
+    Locator,
+    make_resolver,
+)
+from sipcert.client.tls import ConnectionEvent, RoutedBackend, StrictTransport, make_ssl_context
+from sipcert.errors import ConfigError, NotFoundError, SipCertError
+from sipcert.proto.aor import AOR, parse_aor
+from sipcert.proto.certs import (
+    KeyType,
+    cert_hash,
+    certificate_der,
+    generate_identity,
+    sha256_fingerprint,
+    validate_retrieved,
+)
+
+__all__ = [
+    "UA",
+    "AsyncUA",
+    "ClientConfig",
+    "Credentials",
+    "Enrollment",
+    "Renewal",
+    "Revocation",
+    "Status",
+]
+
+T = TypeVar("T")
+Narrate = Callable[[str], None]
+
+#: Default lifetime of an enrolled certificate (draft §5: "days to months").
+DEFAULT_VALIDITY = timedelta(days=30)
+#: Renew when the current certificate expires within this window (draft §5.1).
+DEFAULT_RENEW_WINDOW = timedelta(days=10)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Settings of a UA; the CLI's common options map one to one.
+
+    ``fallback_port`` is the port of ``certificates.<domain>`` when there is no SRV record;
+    the draft fixes it to 443 and only tests change it. ``persist_cache`` keeps the cache
+    under ``home`` so that it outlives the process (the CLI).
+    """
+
+    dns: str | None = None
+    ca_file: Path | None = None
+    home: Path | None = None
+    timeout: float = 10.0
+    cache_ttl: float = 60.0
+    persist_cache: bool = False
+    attribute: Attribute = "email"
+    fallback_port: int = DEFAULT_HTTPS_PORT
+    max_response_size: int = MAX_RESPONSE_SIZE
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ConfigError(f"timeout must be positive, not {self.timeout}")
+        if self.attribute not in ("email", "sip"):
+            raise ConfigError(f"attribute must be 'email' or 'sip', not {self.attribute!r}")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The SIP credentials used for Digest at the Store (draft §5: the registration secret).
+
+    ``username`` defaults to the AOR's user part, unescaped (the Store requires them equal).
+    """
+
+    password: str = ""
+    username: str | None = None
+
+    def for_aor(self, aor: AOR) -> DigestAuth:
+        if not self.password:
+            raise ConfigError("an empty password cannot answer a Digest challenge")
+        return DigestAuth(self.username or unquote(aor.user), self.password)
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """A certificate now held by the Store (``status`` 201 new, 200 already there)."""
+
+    aor: AOR
+    device: str
+    certificate: x509.Certificate
+    status: int
+    url: str
+    directory: Path
+
+
+@dataclass(frozen=True)
+class Status:
+    """Start-up check of draft §5, §5.1: is our certificate enrolled, identical, fresh?"""
+
+    aor: AOR
+    device: str
+    certificate: x509.Certificate | None
+    in_store: bool
+    unknown: tuple[x509.Certificate, ...]
+    fetch: FetchResult
+    expires_in: timedelta | None
+    warnings: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Enrolled here and served, identical, by the Store."""
+        return self.certificate is not None and self.in_store
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """Outcome of :meth:`AsyncUA.renew`; ``revoke_error`` explains an old one left behind."""
+
+    aor: AOR
+    renewed: bool
+    reason: str
+    old: x509.Certificate | None
+    new: Enrollment | None
+    old_revoked: bool
+    revoke_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What was revoked: the ``certHash`` values, or every certificate of the AOR."""
+
+    aor: AOR
+    cert_hashes: tuple[str, ...]
+    sha256: tuple[str, ...]
+    everything: bool
+
+
+def _aor(value: AOR | str) -> AOR:
+    return value if isinstance(value, AOR) else parse_aor(value)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AsyncUA:
+    """The UA side of the draft, as an async API.
+
+    ``resolver`` replaces the DNS resolver (tests); ``now`` gives the wall-clock time used
+    for certificate validity, ``cache_clock`` the time used for cache expiry. ``narrate``
+    receives one line per location and connection step.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig | None = None,
+        *,
+        resolver: DNSResolver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        now: Callable[[], datetime] = _now,
+        cache_clock: Callable[[], float] = time.time,
+        narrate: Narrate | None = None,
+    ) -> None:
+        self.config = config or ClientConfig()
+        self._now = now
+        self._narrate = narrate
+        system = resolver is None and self.config.dns is None
+        self.locator = Locator(
+            resolver
+            if resolver is not None
+            else make_resolver(self.config.dns, timeout=self.config.timeout),
+            fallback_port=self.config.fallback_port,
+            system_addresses=system,
+        )
+        self.home = Home(self.config.home or default_home())
+        self.cache = CertificateCache(
+            self.config.cache_ttl,
+            clock=cache_clock,
+            directory=self.home.cache_directory if self.config.persist_cache else None,
+        )
+        self.events: list[ConnectionEvent] = []
+        self.backend = RoutedBackend(self.locator, on_event=self._on_event)
+        self.transport = StrictTransport(
+            ssl_context or make_ssl_context(self.config.ca_file), self.backend
+        )
+        self.http = httpx.AsyncClient(
+            transport=self.transport,
+            timeout=self.config.timeout,
+            trust_env=False,  # a proxy from the environment would bypass the routed backend
+            follow_redirects=False,
+            headers={"User-Agent": f"sipcert/{__version__}"},
+        )
+
+    async def __aenter__(self) -> AsyncUA:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def _say(self, line: str) -> None:
+        if self._narrate is not None:
+            self._narrate(line)
+
+    def _on_event(self, event: ConnectionEvent) -> None:
+        self.events.append(event)
+        where = f"{event.target.host}:{event.target.port} ({event.address})"
+        text = {
+            "connect-failed": f"connect to {where} failed: {event.detail}; trying the next target",
+            "connected": f"TCP connected to {where} for {event.domain}",
+            "tls-verified": f"TLS for {event.domain} verified: {event.detail}",
+            "tls-refused": f"TLS for {event.domain} refused: {event.detail}",
+        }.get(event.kind, f"{event.kind} {where} {event.detail}")
+        self._say(text)
+
+    # -- location ---------------------------------------------------------------------------
+
+    async def locate(self, aor: AOR | str) -> Location:
+        """The Store targets of ``aor`` (draft §4.1, §4.5), narrated."""
+        return await self.locator.locate(
+            _aor(aor), attribute=self.config.attribute, narrate=self._narrate
+        )
+
+    async def _route(self, aor: AOR) -> Location:
+        location = await self.locate(aor)
+        self.backend.set_route(location.domain, location.targets)
+        return location
+
+    # -- retrieval --------------------------------------------------------------------------
+
+    async def fetch(self, aor: AOR | str, *, use_cache: bool = True) -> FetchResult:
+        """The usable certificates of ``aor`` and the discarded ones (draft §4.4, §4.5).
+
+        Served from the cache while fresh (draft §5); certificates that expired since they
+        were cached are dropped on the way out.
+        """
+        parsed = _aor(aor)
+        now = self._now()
+        if use_cache:
+            cached = self.cache.get(parsed)
+            if cached is not None:
+                self._say(f"{parsed}: from the cache ({len(cached.kept)} certificates)")
+                still = validate_retrieved(cached.kept, parsed, now)
+                return replace(
+                    cached,
+                    kept=tuple(still.kept),
+                    discarded=cached.discarded + tuple(still.discarded),
+                )
+        location = await self._route(parsed)
+        retrieved = await get_certificates(
+            self.http, location, max_size=self.config.max_response_size
+        )
+        result = FetchResult.from_retrieved(location, retrieved, now)
+        self._say(
+            f"GET {result.url}: {retrieved.status}, {len(result.kept)} kept, "
+            f"{len(result.discarded)} discarded"
+        )
+        self.cache.put(result)
+        return result
+
+    async def certificate_in_signaling(
+        self, aor: AOR | str, certificate: x509.Certificate
+    ) -> SignaledCheck:
+        """A certificate for ``aor`` arrived in SIP signaling (draft §5): is it really there?"""
+
+        async def refresh(target: AOR) -> FetchResult:
+            return await self.fetch(target, use_cache=False)
+
+        return await self.cache.check_signaled(_aor(aor), certificate, refresh)
+
+    # -- enrollment and lifecycle -----------------------------------------------------------
+
+    async def enroll(
+        self,
+        aor: AOR | str,
+        credentials: Credentials,
+        *,
+        device: str = DEFAULT_DEVICE,
+        validity: timedelta = DEFAULT_VALIDITY,
+        key_type: KeyType = KeyType.RSA2048,
+        passphrase: bytes | None = None,
+    ) -> Enrollment:
+        """Create a key and self-signed certificate and PUT it with Digest (draft §5.1).
+
+        The identity is kept in the home only once the Store accepted it; the identity it
+        replaces is retired there (see :meth:`renew`).
+        """
+        parsed = _aor(aor)
+        auth = credentials.for_aor(parsed)
+        directory = self.home.device_directory(parsed, device)
+        self.home.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # fail before the PUT
+        identity = generate_identity(parsed, now=self._now(), key_type=key_type, validity=validity)
+        location = await self._route(parsed)
+        status = await put_certificate(
+            self.http, location, certificate_der(identity.certificate), auth
+        )
+        self._say(f"PUT {location.url}: {status}")
+        self.home.save(parsed, identity, device=device, passphrase=passphrase)
+        self.cache.invalidate(parsed)
+        return Enrollment(parsed, device, identity.certificate, status, location.url, directory)
+
+    async def status(
+        self,
+        aor: AOR | str,
+        *,
+        device: str = DEFAULT_DEVICE,
+        window: timedelta = DEFAULT_RENEW_WINDOW,
+    ) -> Status:
+        """Fetch our own AOR and check our certificate is there and identical (draft §5.1)."""
+        parsed = _aor(aor)
+        try:
+            ours: x509.Certificate | None = self.home.certificate(parsed, device)
+        except NotFoundError:
+            ours = None
+        fetched = await self.fetch(parsed, use_cache=False)
+        served = {sha256_fingerprint(c) for c in fetched.kept}
+        known = self.home.known_fingerprints(parsed)
+        unknown = tuple(c for c in fetched.kept if sha256_fingerprint(c) not in known)
+        warnings: list[str] = []
+        in_store = False
+        expires_in: timedelta | None = None
+        if ours is None:
+            warnings.append(f"NOT ENROLLED: device {device!r} has no certificate for {parsed}")
+        else:
+            fingerprint = sha256_fingerprint(ours)
+            in_store = fingerprint in served
+            expires_in = ours.not_valid_after_utc - self._now()
+            if not in_store:
+                reason = next(
+                    (
+                        f" ({d.reason}: {d.detail})"
+                        for d in fetched.discarded
+                        if d.sha256 == fingerprint
+                    ),
+                    "",
+                )
+                warnings.append(
+                    f"NOT ENROLLED: the Store does not serve this device's certificate "
+                    f"{fingerprint[:16]}...{reason}; enroll again"
+                )
+            elif expires_in <= window:
+                warnings.append(f"certificate expires in {max(expires_in.days, 0)} days: renew it")
+        if unknown:
+            listed = ", ".join(sha256_fingerprint(c)[:16] + "..." for c in unknown)
+            warnings.append(
+                f"the Store holds {len(unknown)} certificate(s) for {parsed} that this home "
+                f"does not know: {listed} -- revoke them if they are not your devices"
+            )
+        return Status(parsed, device, ours, in_store, unknown, fetched, expires_in, tuple(warnings))
+
+    async def renew(
+        self,
+        aor: AOR | str,
+        credentials: Credentials,
+        *,
+        device: str = DEFAULT_DEVICE,
+        window: timedelta = DEFAULT_RENEW_WINDOW,
+        validity: timedelta = DEFAULT_VALIDITY,
+        passphrase: bytes | None = None,
+        force: bool = False,
+    ) -> Renewal:
+        """Enroll a fresh certificate when ours expires within ``window``, then revoke the
+        old one once the new one is stored (draft §5: "enroll a new certificate before the
+        old one expires")."""
+        parsed = _aor(aor)
+        old = self.home.certificate(parsed, device)
+        remaining = old.not_valid_after_utc - self._now()
+        if remaining > window and not force:
+            return Renewal(
+                parsed,
+                False,
+                f"certificate expires in {remaining.days} days, outside the "
+                f"{window.days}-day renewal window",
+                old,
+                None,
+                False,
+            )
+        new = await self.enroll(
+            parsed, credentials, device=device, validity=validity, passphrase=passphrase
+        )
+        try:
+            await delete_certificates(
+                self.http, await self._route(parsed), credentials.for_aor(parsed), cert_hash(old)
+            )
+        except NotFoundError:
+            pass  # already gone (expired and discarded by the Store)
+        except SipCertError as exc:
+            return Renewal(parsed, True, "renewed", old, new, False, str(exc))
+        self.home.forget_retired(parsed, sha256_fingerprint(old), device)
+        self.cache.invalidate(parsed)
+        return Renewal(parsed, True, "renewed", old, new, True)
+
+    async def revoke(
+        self,
+        aor: AOR | str,
+        credentials: Credentials,
+        *,
+        sha256: str | None = None,
+        everything: bool = False,
+        device: str = DEFAULT_DEVICE,
+    ) -> Revocation:
+        """DELETE with Digest (draft §5): one certificate by ``certHash``, or all of them.
+
+        Without ``sha256`` and ``everything`` this device's current certificate is revoked.
+        A SHA-256 fingerprint is looked up in the home and then at the Store.
+        """
+        parsed = _aor(aor)
+        if sha256 is not None and everything:
+            raise ConfigError("give a certificate or 'all', not both")
+        auth = credentials.for_aor(parsed)
+        if everything:
+            await delete_certificates(self.http, await self._route(parsed), auth)
+            self.cache.invalidate(parsed)
+            return Revocation(parsed, (), (), True)
+        target = await self._find(parsed, sha256, device)
+        location = await self._route(parsed)
+        await delete_certificates(self.http, location, auth, cert_hash(target))
+        fingerprint = sha256_fingerprint(target)
+        for name in self.home.devices(parsed):
+            self.home.forget_retired(parsed, fingerprint, name)
+        self.cache.invalidate(parsed)
+        return Revocation(parsed, (cert_hash(target),), (fingerprint,), False)
+
+    async def _find(self, aor: AOR, sha256: str | None, device: str) -> x509.Certificate:
+        if sha256 is None:
+            return self.home.certificate(aor, device)
+        wanted = sha256.lower().replace(":", "")
+        candidates: list[x509.Certificate] = []
+        for name in self.home.devices(aor):
+            candidates.append(self.home.certificate(aor, name))
+            candidates.extend(self.home.retired(aor, name))
+        for certificate in candidates:
+            if sha256_fingerprint(certificate) == wanted:
+                return certificate
+        fetched = await self.fetch(aor, use_cache=False)
+        for certificate in fetched.kept:
+            if sha256_fingerprint(certificate) == wanted:
+                return certificate
+        raise NotFoundError(f"no certificate with SHA-256 {wanted} for {aor} here or at the Store")
+
+
+class UA:
+    """Synchronous facade over :class:`AsyncUA` for code without an event loop."""
+
+    def __init__(self, config: ClientConfig | None = None, **options: Any) -> None:
+        self._runner = asyncio.Runner()
+
+        async def build() -> AsyncUA:
+            return AsyncUA(config, **options)
+
+        try:
+            self._ua = self._runner.run(build())
+        except BaseException:
+            self._runner.close()
+            raise
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self._runner.run(coroutine)
+
+    @property
+    def api(self) -> AsyncUA:
+        """The underlying async UA (its cache, home and events)."""
+        return self._ua
+
+    def __enter__(self) -> UA:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._run(self._ua.aclose())
+        self._runner.close()
+
+    def locate(self, aor: AOR | str) -> Location:
+        return self._run(self._ua.locate(aor))
+
+    def fetch(self, aor: AOR | str, *, use_cache: bool = True) -> FetchResult:
+        return self._run(self._ua.fetch(aor, use_cache=use_cache))
+
+    def certificate_in_signaling(
+        self, aor: AOR | str, certificate: x509.Certificate
+    ) -> SignaledCheck:
+        return self._run(self._ua.certificate_in_signaling(aor, certificate))
+
+    def enroll(self, aor: AOR | str, credentials: Credentials, **options: Any) -> Enrollment:
+        return self._run(self._ua.enroll(aor, credentials, **options))
+
+    def status(self, aor: AOR | str, **options: Any) -> Status:
+        return self._run(self._ua.status(aor, **options))
+
+    def renew(self, aor: AOR | str, credentials: Credentials, **options: Any) -> Renewal:
+        return self._run(self._ua.renew(aor, credentials, **options))
+
+    def revoke(self, aor: AOR | str, credentials: Credentials, **options: Any) -> Revocation:
+        return self._run(self._ua.revoke(aor, credentials, **options))
