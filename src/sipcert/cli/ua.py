@@ -47,6 +47,11 @@ def _common() -> argparse.ArgumentParser:
     group = common.add_argument_group("common options")
     group.add_argument("--dns", metavar="HOST[:PORT]", help="DNS server to use (default: system)")
     group.add_argument(
+        "--store",
+        metavar="HOST[:PORT]",
+        help="use this Store address instead of DNS location (TLS must still name the AOR domain)",
+    )
+    group.add_argument(
         "--ca-file", type=Path, metavar="FILE", help="trust only these CAs (PEM) for the Store"
     )
     group.add_argument(
@@ -157,6 +162,7 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         persist_cache=True,
         attribute="sip" if args.sip else "email",
         fallback_port=args.fallback_port,
+        store=args.store,
     )
 
 

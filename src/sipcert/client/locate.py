@@ -141,6 +141,22 @@ def parse_dns_server(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_store_address(text: str) -> Target:
+    """``HOST[:PORT]`` of a Store given by the user instead of DNS location; port 443 default.
+
+    The TLS name check is unaffected: it is always against the AOR's domain (draft §4.3).
+    """
+    host, sep, port_text = text.rpartition(":") if not text.endswith("]") else (text, "", "")
+    if not sep:
+        host, port_text = text, str(DEFAULT_HTTPS_PORT)
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or any(c.isspace() or c in "/?#@" for c in host):
+        raise ConfigError(f"--store {text!r}: expected HOST[:PORT]")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"--store {text!r}: port must be 1-65535")
+    return Target(host.lower(), int(port_text))
+
+
 def make_resolver(server: str | None = None, *, timeout: float = 5.0) -> dns.asyncresolver.Resolver:
     """A dnspython async resolver: the system's, or one DNS server ``HOST[:PORT]``."""
     if server is None:
@@ -183,12 +199,14 @@ class Locator:
         *,
         fallback_port: int = DEFAULT_HTTPS_PORT,
         system_addresses: bool = False,
+        store: Target | None = None,
     ) -> None:
         if not 0 < fallback_port < 65536:
             raise ConfigError(f"fallback port {fallback_port} is not 1-65535")
         self.resolver = resolver
         self.fallback_port = fallback_port
         self.system_addresses = system_addresses
+        self.store = store
 
     async def locate(
         self, aor: AOR, *, attribute: Attribute = "email", narrate: Narrate | None = None
@@ -207,6 +225,11 @@ class Locator:
 
         qname = f"{SRV_SERVICE}.{aor.host}."
         say(f"AOR {aor}: domain {aor.host} (draft §4.5)")
+        if self.store is not None:
+            say(f"Store address given: {self.store.host} port {self.store.port} (no DNS query)")
+            say(f"its TLS certificate must still name {aor.host} (draft §4.3)")
+            say(f"URL {self.store.url(aor, attribute)}")
+            return Location(aor, (self.store,), False, attribute, tuple(steps))
         say(f"DNS SRV query {qname.rstrip('.')}")
         try:
             answer = await self.resolver.resolve(qname, "SRV", search=False)

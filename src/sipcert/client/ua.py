@@ -45,6 +45,7 @@ from sipcert.client.locate import (
     Location,
     Locator,
     make_resolver,
+    parse_store_address,
 )
 from sipcert.client.tls import ConnectionEvent, RoutedBackend, StrictTransport, make_ssl_context
 from sipcert.errors import ConfigError, NotFoundError, SipCertError
@@ -96,6 +97,8 @@ class ClientConfig:
     attribute: Attribute = "email"
     fallback_port: int = DEFAULT_HTTPS_PORT
     max_response_size: int = MAX_RESPONSE_SIZE
+    #: ``HOST[:PORT]`` of the Store, skipping DNS location (the TLS name rule still applies).
+    store: str | None = None
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -210,6 +213,7 @@ class AsyncUA:
             else make_resolver(self.config.dns, timeout=self.config.timeout),
             fallback_port=self.config.fallback_port,
             system_addresses=system,
+            store=parse_store_address(self.config.store) if self.config.store else None,
         )
         self.home = Home(self.config.home or default_home())
         self.cache = CertificateCache(

@@ -11,7 +11,14 @@ import dns.resolver
 import dns.rrset
 import pytest
 
-from sipcert.client.locate import Locator, Target, parse_dns_server, query_string, search_path
+from sipcert.client.locate import (
+    Locator,
+    Target,
+    parse_dns_server,
+    parse_store_address,
+    query_string,
+    search_path,
+)
 from sipcert.errors import ConfigError, LocationError
 from sipcert.proto.aor import parse_aor
 
@@ -163,3 +170,31 @@ def test_parse_dns_server(text: str, expected: tuple[str, int]) -> None:
 def test_parse_dns_server_rejects(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_dns_server(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1:8443", "127.0.0.1", 8443),
+        ("Store.Example.com", "store.example.com", 443),
+        ("[::1]:7000", "::1", 7000),
+        ("[::1]", "::1", 443),
+    ],
+)
+def test_store_address_forms(text: str, host: str, port: int) -> None:
+    assert parse_store_address(text) == Target(host, port)
+
+
+@pytest.mark.parametrize("text", ["", ":80", "host:0", "host:99999", "host:x", "a/b:1"])
+def test_store_address_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="--store"):
+        parse_store_address(text)
+
+
+def test_given_store_skips_dns_but_not_the_tls_domain() -> None:
+    resolver = FakeResolver({})
+    location = locate(resolver, store=Target("127.0.0.1", 8443))
+    assert resolver.queries == []
+    assert location.targets == (Target("127.0.0.1", 8443),)
+    assert location.domain == "example.com"
+    assert any("must still name example.com" in step for step in location.steps)
