@@ -94,8 +94,8 @@ class StoredCredential:
     algorithm (only those algorithms work; e.g. Kamailio's ``ha1`` column is MD5 only).
     """
 
-    password: str | None = None
-    ha1: Mapping[Algorithm, str] = field(default_factory=dict)
+    password: str | None = field(default=None, repr=False)
+    ha1: Mapping[Algorithm, str] = field(default_factory=dict, repr=False)
 
     def ha1_for(self, algorithm: Algorithm, username: str, realm: str) -> str | None:
         """HA1 for ``algorithm``, or ``None`` when this credential cannot serve it."""

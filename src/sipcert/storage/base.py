@@ -1,0 +1,150 @@
+"""What the certificate Store keeps, and the interface every storage backend implements.
+
+The Store (draft §4.4, §5) keeps, per address of record, the certificates its Subscribers
+enrolled with an HTTPS PUT, hands out every one that is still valid on GET ("A certificate
+Store SHOULD not provide certificates that have become invalid", §4.4), and lets a Subscriber
+revoke them (§5: "The Service MUST provide some other authenticated, out of band mechanism for
+the Subscriber to revoke certificates"). Certificates are named by the RFC 4387 ``certHash``
+so that one of several certificates of an AOR can be picked out for a DELETE.
+
+The methods are ``async`` because the Store's HTTP server is asyncio and some backends
+(PostgreSQL through asyncpg) can only be driven asynchronously; the SQLite backend answers reads
+synchronously inside them so that the hot GET path never hops threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sipcert.errors import InputError
+
+__all__ = [
+    "CertificateStore",
+    "StoredCertificate",
+    "cert_hash_of",
+    "ensure_utc",
+    "sha256_of",
+]
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# RFC 4387 §2.2: certHash is the base64 (RFC 4648 §4, with padding) SHA-1 of the DER: 28 chars.
+_CERT_HASH = re.compile(r"[A-Za-z0-9+/]{27}=")
+
+
+def sha256_of(der: bytes) -> str:
+    """Lowercase hex SHA-256 of a DER certificate: the Store's internal identity of it."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def cert_hash_of(der: bytes) -> str:
+    """RFC 4387 ``certHash`` of a DER certificate: base64 of its SHA-1 (28 characters)."""
+    digest = hashlib.sha1(der, usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def ensure_utc(value: datetime, what: str) -> datetime:
+    """``value`` converted to UTC; a naive datetime is refused (its meaning is a guess)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InputError(f"{what} must be a timezone-aware datetime, not naive")
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCertificate:
+    """One enrolled certificate of one AOR, as a backend stores and returns it.
+
+    ``aor`` is the canonical ``user@host`` (the caller canonicalises it); ``sha256`` is the
+    lowercase hex SHA-256 of ``der`` and, with the AOR, identifies the row; ``cert_hash`` is
+    the RFC 4387 certHash (base64 SHA-1 of ``der``) used in URLs. Datetimes are aware and UTC.
+    Build one with :meth:`from_der` so that the hashes always match the bytes.
+    """
+
+    aor: str
+    sha256: str
+    cert_hash: str
+    der: bytes = field(repr=False)
+    not_before: datetime
+    not_after: datetime
+    created: datetime
+
+    def __post_init__(self) -> None:
+        if not self.aor:
+            raise InputError("a stored certificate needs an AOR")
+        if not _SHA256_HEX.fullmatch(self.sha256):
+            raise InputError("sha256 must be 64 lowercase hex digits")
+        if not _CERT_HASH.fullmatch(self.cert_hash):
+            raise InputError("cert_hash must be a base64 SHA-1 (RFC 4387 certHash)")
+        for name in ("not_before", "not_after", "created"):
+            object.__setattr__(self, name, ensure_utc(getattr(self, name), name))
+
+    @classmethod
+    def from_der(
+        cls,
+        aor: str,
+        der: bytes,
+        *,
+        not_before: datetime,
+        not_after: datetime,
+        created: datetime,
+    ) -> StoredCertificate:
+        """A record for ``der`` with both hashes computed from it."""
+        return cls(
+            aor=aor,
+            sha256=sha256_of(der),
+            cert_hash=cert_hash_of(der),
+            der=der,
+            not_before=not_before,
+            not_after=not_after,
+            created=created,
+        )
+
+    def is_expired(self, now: datetime) -> bool:
+        """True once ``now`` is past notAfter (RFC 5280 §4.1.2.5: the bound is inclusive)."""
+        return self.not_after < now
+
+
+class CertificateStore(Protocol):
+    """Storage of enrolled certificates; every backend passes ``tests/unit/storage``.
+
+    "Unexpired" means ``now <= not_after``. A certificate that is not yet valid is still
+    returned: the Store hands out what it holds, the UA checks validity (draft §4.5).
+    Every database failure raises :class:`~sipcert.errors.StorageError` and leaves the store as
+    it was.
+    """
+
+    async def get_by_aor(self, aor: str, now: datetime) -> list[StoredCertificate]:
+        """The AOR's unexpired certificates, ordered by ``created`` then ``sha256`` (§4.4)."""
+        ...
+
+    async def get_by_cert_hash(self, cert_hash: str, now: datetime) -> StoredCertificate | None:
+        """The unexpired certificate with this RFC 4387 certHash, or ``None``."""
+        ...
+
+    async def add(self, cert: StoredCertificate, *, max_per_aor: int, now: datetime) -> bool:
+        """Store ``cert``; True if new, False if the AOR already had it (same sha256).
+
+        Atomically refuses with ``ForbiddenError(reason="too-many-certificates")`` when the
+        AOR already holds ``max_per_aor`` unexpired certificates, even against concurrent adds
+        from other connections or processes. Expired ones do not count.
+        """
+        ...
+
+    async def delete(self, aor: str, cert_hash: str | None) -> int:
+        """Remove the AOR's certificate with ``cert_hash`` (or all of them if ``None``).
+
+        Returns how many were removed; expired ones are removed too (draft §5 revocation).
+        """
+        ...
+
+    async def purge_expired(self, now: datetime) -> int:
+        """Remove every expired certificate ("The Store may discard", draft §5.1)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+        ...

@@ -1,0 +1,334 @@
+"""Certificate storage in one SQLite file (stdlib :mod:`sqlite3`).
+
+Why it looks like this:
+
+* Reads run synchronously inside the ``async`` methods, on the caller's thread: the Store is
+  read-mostly (every caller of every AOR does a GET, draft §4.5) and a synchronous lookup costs
+  microseconds, while a hop to a worker thread (``aiosqlite``) costs twenty times more
+  (FIELD-NOTES "Storage").
+* Writes (PUT, DELETE, purge) are rare, wait for the disk (``synchronous=FULL``) and may wait
+  for another process's lock (``busy_timeout``), so they run in a worker thread on their own
+  connection and never stall the event loop. WAL lets reads go on meanwhile.
+* ``add`` checks the per-AOR limit and inserts inside one ``BEGIN IMMEDIATE`` transaction, which
+  takes SQLite's single write lock first: several processes sharing the file can never exceed
+  the limit together.
+* ``synchronous=FULL`` in WAL mode syncs the log on every commit, so an enrollment that was
+  answered with success survives a crash the next instant.
+* Every lookup is one indexed search (by AOR, by certHash); ``PRAGMA user_version`` records the
+  schema version for future migrations.
+* The database file (and SQLite's ``-wal``/``-shm`` files, which inherit its mode) is created
+  0600 in a directory created 0700. An existing file keeps the mode its operator gave it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from sipcert.errors import StorageError
+from sipcert.storage.base import StoredCertificate, ensure_utc
+from sipcert.storage.memory import check_limit, too_many
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+#: Value of ``PRAGMA user_version`` for the schema below; bump it with a migration.
+SCHEMA_VERSION = 1
+
+# Datetimes are stored as integer microseconds since the Unix epoch, UTC: exact, compact,
+# ordered, and free of the text-format pitfalls of comparing ISO strings.
+_SCHEMA = (
+    """CREATE TABLE certificates (
+        id INTEGER PRIMARY KEY,
+        aor TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        cert_hash TEXT NOT NULL,
+        der BLOB NOT NULL,
+        not_before INTEGER NOT NULL,
+        not_after INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        UNIQUE (aor, sha256)
+    )""",
+    # GET by AOR: the search and the ORDER BY in one index, no sort step.
+    "CREATE INDEX certificates_by_aor ON certificates (aor, created, sha256)",
+    # GET/DELETE by RFC 4387 certHash, likewise without a sort step.
+    "CREATE INDEX certificates_by_cert_hash ON certificates (cert_hash, created, aor)",
+    # purge_expired without a full scan.
+    "CREATE INDEX certificates_by_not_after ON certificates (not_after)",
+)
+
+_COLUMNS = "aor, sha256, cert_hash, der, not_before, not_after, created"
+_SELECT_BY_AOR = (
+    f"SELECT {_COLUMNS} FROM certificates WHERE aor = ? AND not_after >= ? "  # noqa: S608
+    "ORDER BY created, sha256"
+)
+_SELECT_BY_CERT_HASH = (
+    f"SELECT {_COLUMNS} FROM certificates WHERE cert_hash = ? AND not_after >= ? "  # noqa: S608
+    "ORDER BY created, aor LIMIT 1"
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Primary SQLite result codes (https://sqlite.org/rescode.html) worth explaining to an operator.
+_HINTS = {
+    3: "permission denied",
+    5: "the database is locked by another connection and the busy timeout expired",
+    6: "the database is locked",
+    8: "the database is read-only",
+    10: "disk I/O error",
+    11: "the database file is corrupt",
+    13: "the disk is full (or the database reached its size limit)",
+    14: "the database file cannot be opened",
+    26: "the file is not an SQLite database",
+}
+
+_T = TypeVar("_T")
+
+
+def _to_us(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _row_to_cert(row: tuple[Any, ...]) -> StoredCertificate:
+    aor, sha256, cert_hash, der, not_before, not_after, created = row
+    return StoredCertificate(
+        aor=aor,
+        sha256=sha256,
+        cert_hash=cert_hash,
+        der=bytes(der),
+        not_before=_from_us(not_before),
+        not_after=_from_us(not_after),
+        created=_from_us(created),
+    )
+
+
+def storage_error(subject: str, action: str, exc: sqlite3.Error) -> StorageError:
+    """A :class:`StorageError` naming the database, the operation and SQLite's reason."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    hint = _HINTS.get(code & 0xFF) if isinstance(code, int) else None
+    reason = f"{hint} ({name}: {exc})" if hint else f"{name}: {exc}"
+    return StorageError(f"{subject}: {action} failed: {reason}")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # SQLite already rolled back (e.g. after SQLITE_FULL or an I/O error).
+            pass
+
+
+class SqliteStore:
+    """The :class:`~sipcert.storage.base.CertificateStore` contract on one SQLite file.
+
+    ``busy_timeout`` is how long (seconds) a write waits for another connection's lock before
+    failing with :class:`StorageError`. ``read_only`` opens the file with ``mode=ro``: reads
+    work, every write fails with :class:`StorageError`. Instances may be shared across threads.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        read_only: bool = False,
+    ) -> None:
+        self.path = Path(path).absolute()
+        self.read_only = read_only
+        self._subject = f"certificate database {self.path}"
+        self._busy_timeout = busy_timeout
+        self._reader_lock = threading.Lock()
+        self._writer_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        if not read_only:
+            self._create_file()
+        try:
+            self._writer = self._connect()
+            self._init_schema(self._writer)
+            self._reader = self._connect()
+        except BaseException:
+            self._close_connections()
+            raise
+
+    def __repr__(self) -> str:
+        mode = ", read_only=True" if self.read_only else ""
+        return f"SqliteStore({str(self.path)!r}{mode})"
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _create_file(self) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise StorageError(
+                f"certificate database {self.path}: cannot create it: {exc.strerror or exc}"
+            ) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        mode = "ro" if self.read_only else "rw"
+        uri = f"file:{quote(str(self.path))}?mode={mode}"
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                uri,
+                uri=True,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # guarded by our locks
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA synchronous = FULL")
+            if not self.read_only:
+                conn.execute("PRAGMA journal_mode = WAL")
+            return conn
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise storage_error(self._subject, "opening", exc) from exc
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the schema in an empty file, or check that the file has ours."""
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and not self.read_only:
+                # Re-checked under the write lock: several processes may start at once.
+                self._in_write_transaction("creating the schema", self._create_schema)
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise storage_error(self._subject, "reading the schema version", exc) from exc
+        if version != SCHEMA_VERSION:
+            raise StorageError(
+                f"certificate database {self.path}: schema version {version} is not the "
+                f"version {SCHEMA_VERSION} this sipcert uses"
+            )
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA user_version").fetchone()[0] != 0:
+            return
+        if conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+            raise StorageError(
+                f"certificate database {self.path}: the file holds other tables and is not a "
+                "sipcert database"
+            )
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- the two paths -------------------------------------------------------------------
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._reader_lock:
+            if self._reader is None:
+                raise StorageError(f"certificate database {self.path} is closed")
+            try:
+                return self._reader.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise storage_error(self._subject, "reading", exc) from exc
+
+    def _in_write_transaction(self, action: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` inside ``BEGIN IMMEDIATE``; on any failure roll back and re-raise."""
+        with self._writer_lock:
+            conn = self._writer
+            if conn is None:
+                raise StorageError(f"certificate database {self.path} is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                result = work(conn)
+                conn.execute("COMMIT")
+                return result
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                raise storage_error(self._subject, action, exc) from exc
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    async def _write(self, action: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await asyncio.to_thread(self._in_write_transaction, action, work)
+
+    # -- the contract --------------------------------------------------------------------
+
+    async def get_by_aor(self, aor: str, now: datetime) -> list[StoredCertificate]:
+        rows = self._read(_SELECT_BY_AOR, (aor, _to_us(ensure_utc(now, "now"))))
+        return [_row_to_cert(row) for row in rows]
+
+    async def get_by_cert_hash(self, cert_hash: str, now: datetime) -> StoredCertificate | None:
+        rows = self._read(_SELECT_BY_CERT_HASH, (cert_hash, _to_us(ensure_utc(now, "now"))))
+        return _row_to_cert(rows[0]) if rows else None
+
+    async def add(self, cert: StoredCertificate, *, max_per_aor: int, now: datetime) -> bool:
+        check_limit(max_per_aor)
+        now_us = _to_us(ensure_utc(now, "now"))
+
+        def work(conn: sqlite3.Connection) -> bool:
+            if conn.execute(
+                "SELECT 1 FROM certificates WHERE aor = ? AND sha256 = ?", (cert.aor, cert.sha256)
+            ).fetchone():
+                return False
+            (count,) = conn.execute(
+                "SELECT count(*) FROM certificates WHERE aor = ? AND not_after >= ?",
+                (cert.aor, now_us),
+            ).fetchone()
+            if count >= max_per_aor:
+                raise too_many(cert.aor, max_per_aor)
+            conn.execute(
+                f"INSERT INTO certificates ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    cert.aor,
+                    cert.sha256,
+                    cert.cert_hash,
+                    cert.der,
+                    _to_us(cert.not_before),
+                    _to_us(cert.not_after),
+                    _to_us(cert.created),
+                ),
+            )
+            return True
+
+        return await self._write("adding a certificate", work)
+
+    async def delete(self, aor: str, cert_hash: str | None) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            if cert_hash is None:
+                cursor = conn.execute("DELETE FROM certificates WHERE aor = ?", (aor,))
+            else:
+                cursor = conn.execute(
+                    "DELETE FROM certificates WHERE aor = ? AND cert_hash = ?", (aor, cert_hash)
+                )
+            return cursor.rowcount
+
+        return await self._write("deleting certificates", work)
+
+    async def purge_expired(self, now: datetime) -> int:
+        now_us = _to_us(ensure_utc(now, "now"))
+
+        def work(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM certificates WHERE not_after < ?", (now_us,)).rowcount
+
+        return await self._write("purging expired certificates", work)
+
+    async def close(self) -> None:
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        with self._writer_lock, self._reader_lock:
+            for conn in (self._reader, self._writer):
+                if conn is not None:
+                    conn.close()
+            self._reader = self._writer = None
