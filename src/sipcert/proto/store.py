@@ -36,6 +36,7 @@ __all__ = [
     "Response",
     "StorePolicy",
     "StoreQuery",
+    "authorize_delete",
     "authorize_upload",
     "certificates_response",
     "error_response",
@@ -264,6 +265,26 @@ def parse_upload(body: bytes, content_type: str | None, *, max_size: int) -> x50
     return load_certificate(body, max_size=max_size)
 
 
+def _check_user(digest_username: str, aor: AOR) -> None:
+    try:
+        user = escape_user(digest_username)
+    except (AORError, InputTooLargeError):
+        user = None
+    if user != aor.user:
+        raise ForbiddenError(
+            f"authenticated as {digest_username!r}, which is not the user of {aor}",
+            reason="aor-user-mismatch",
+        )
+
+
+def authorize_delete(aor: AOR, *, digest_username: str) -> None:
+    """Decide whether ``digest_username`` may revoke ``aor``'s certificates (draft §5).
+
+    Only the AOR's own user may: raises :class:`ForbiddenError` (``aor-user-mismatch``).
+    """
+    _check_user(digest_username, aor)
+
+
 def authorize_upload(
     cert: x509.Certificate,
     aor: AOR,
@@ -279,15 +300,7 @@ def authorize_upload(
     :func:`~sipcert.proto.certs.check_enrollment` for that user and the TLS (SNI) domain.
     Raises :class:`ForbiddenError` with a machine-readable ``reason``.
     """
-    try:
-        user = escape_user(digest_username)
-    except (AORError, InputTooLargeError):
-        user = None
-    if user != aor.user:
-        raise ForbiddenError(
-            f"authenticated as {digest_username!r}, which is not the user of {aor}",
-            reason="aor-user-mismatch",
-        )
+    _check_user(digest_username, aor)
     check_enrollment(
         cert,
         digest_username=digest_username,
