@@ -11,11 +11,13 @@ from urllib.parse import unquote, urlsplit
 from sipcert.errors import ConfigError
 from sipcert.storage.base import CertificateStore, StoredCertificate, cert_hash_of, sha256_of
 from sipcert.storage.memory import MemoryStore
+from sipcert.storage.postgres import PostgresStore
 from sipcert.storage.sqlite import SqliteStore
 
 __all__ = [
     "CertificateStore",
     "MemoryStore",
+    "PostgresStore",
     "SqliteStore",
     "StoredCertificate",
     "cert_hash_of",
@@ -51,11 +53,12 @@ def open_store(url: str) -> CertificateStore:
     * ``sqlite:///relative/path.db`` — a file relative to the working directory;
     * ``sqlite:////absolute/path.db`` — four slashes: an absolute path (SQLAlchemy's rule);
     * ``memory://`` — in memory, empty, gone when the process ends (tests, demos);
-    * ``postgresql://...`` / ``postgres://...`` — planned (asyncpg) and the only placeholder
-      here: it raises :class:`ConfigError` ("not yet supported") until that backend exists.
+    * ``postgresql://user[:password]@host[:port]/database[?schema=NAME&max_connections=N]``
+      (``postgres://`` too) — PostgreSQL through asyncpg; see
+      :meth:`PostgresStore.from_url` and ``docs/storage.md``. Nothing connects until first use.
 
     Anything else raises :class:`ConfigError`. SQLite files and their directories are created
-    on first use.
+    when the store is opened; PostgreSQL schemas and tables at its first operation.
     """
     scheme = url.partition(":")[0].lower()
     if scheme == "sqlite":
@@ -65,9 +68,9 @@ def open_store(url: str) -> CertificateStore:
             raise ConfigError(f"{url!r}: the in-memory store takes no path; use memory://")
         return MemoryStore()
     if scheme in ("postgresql", "postgres"):
-        raise ConfigError("PostgreSQL certificate storage is not yet supported; use sqlite://")
+        return PostgresStore.from_url(url)
     raise ConfigError(
         # Only the scheme is echoed: the rest of a URL may carry a password.
         f"unknown certificate storage URL scheme {scheme!r}: expected sqlite:///path, "
-        "sqlite:////absolute/path or memory://"
+        "sqlite:////absolute/path, memory:// or postgresql://user@host/database"
     )

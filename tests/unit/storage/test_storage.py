@@ -1,7 +1,10 @@
 """The certificate storage contract (draft §4.4, §5), run against every backend.
 
-To add a backend (PostgreSQL), append a :class:`Backend` to ``BACKENDS`` whose ``url``
-context manager prepares an empty database and cleans it up afterwards. Every contract test
+To add a backend, append a :class:`Backend` to ``BACKENDS`` whose ``url`` context manager
+prepares an empty database and cleans it up afterwards. The PostgreSQL backend gives each test
+a fresh schema in the database ``test`` (``SIPCERT_TEST_POSTGRES_DSN`` overrides the server),
+dropped afterwards; like the other real-peer tests it skips when the server is unreachable,
+and fails instead with ``CI=true``. Every contract test
 runs its whole scenario inside one ``asyncio.run`` so backends with loop-bound pools work.
 """
 
@@ -19,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -31,12 +35,14 @@ from sipcert.errors import ConfigError, ForbiddenError, InputError, StorageError
 from sipcert.storage import (
     CertificateStore,
     MemoryStore,
+    PostgresStore,
     SqliteStore,
     StoredCertificate,
     cert_hash_of,
     open_store,
 )
 from sipcert.storage import sqlite as sqlite_backend
+from tests.conftest import IN_CI
 
 T = TypeVar("T")
 
@@ -75,6 +81,8 @@ class Backend:
     url: Callable[[Path], contextlib.AbstractContextManager[str]]
     #: A second open_store(url) sees the first one's data (and can race with it).
     persistent: bool
+    #: pytest marks of every test run on this backend.
+    marks: tuple[pytest.MarkDecorator, ...] = ()
 
 
 @contextlib.contextmanager
@@ -87,13 +95,68 @@ def _sqlite_url(tmp: Path) -> Iterator[str]:
     yield f"sqlite:///{tmp}/store/certs.db"  # tmp is absolute: four slashes
 
 
+ADMIN_DSN = os.environ.get("SIPCERT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def pg_admin(*statements: str) -> None:
+    """Run ``statements`` on a connection of its own, as an operator with psql would."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A unique schema name in the test database (not created), dropped afterwards.
+
+    Skips when the server is unreachable, or fails with ``CI=true`` (as the Kamailio
+    PostgreSQL credential tests do).
+    """
+    import asyncpg
+
+    schema = f"sipcert_test_{uuid.uuid4().hex[:12]}"
+    try:
+        run(pg_admin("SELECT 1"))
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        message = f"PostgreSQL at {ADMIN_DSN} is not usable: {exc}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: peers are required)")
+        pytest.skip(message)
+    try:
+        yield schema
+    finally:
+        run(pg_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+def postgres_url(schema: str, **params: str) -> str:
+    """The store URL for ``schema`` (and any further query parameters) on the test server."""
+    query = "&".join(f"{k}={v}" for k, v in {"schema": schema, **params}.items())
+    return f"{ADMIN_DSN}{'&' if '?' in ADMIN_DSN else '?'}{query}"
+
+
+@contextlib.contextmanager
+def _postgres_url(_tmp: Path) -> Iterator[str]:
+    with postgres_schema() as schema:
+        yield postgres_url(schema)  # the store itself creates the schema
+
+
 BACKENDS = [
     Backend("memory", _memory_url, persistent=False),
     Backend("sqlite", _sqlite_url, persistent=True),
+    Backend("postgresql", _postgres_url, persistent=True, marks=(pytest.mark.peer("psql"),)),
 ]
 
 
-@pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
+def _params(backends: list[Backend]) -> list[Any]:
+    return [pytest.param(b, marks=b.marks, id=b.name) for b in backends]
+
+
+@pytest.fixture(params=_params(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> Backend:
     result: Backend = request.param
     return result
@@ -105,7 +168,7 @@ def store_url(backend: Backend, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=[b for b in BACKENDS if b.persistent], ids=lambda b: b.name)
+@pytest.fixture(params=_params([b for b in BACKENDS if b.persistent]))
 def persistent_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with request.param.url(tmp_path) as url:
         yield url
@@ -276,6 +339,21 @@ def test_purge_expired(store_url: str) -> None:
     run(scenario())
 
 
+def test_impossible_keys_find_nothing(store_url: str) -> None:
+    """A NUL (which PostgreSQL text cannot hold) in a key is no error: nothing matches it."""
+
+    async def scenario() -> None:
+        async with opened(store_url) as store:
+            await store.add(make_cert(), max_per_aor=5, now=NOW)
+            assert await store.get_by_aor(f"{ALICE}\x00", NOW) == []
+            assert await store.get_by_cert_hash(f"{make_cert().cert_hash}\x00", NOW) is None
+            assert await store.delete(f"{ALICE}\x00", None) == 0
+            assert await store.delete(ALICE, f"{make_cert().cert_hash}\x00") == 0
+            assert len(await store.get_by_aor(ALICE, NOW)) == 1
+
+    run(scenario())
+
+
 def test_naive_datetimes_are_refused(store_url: str) -> None:
     async def scenario() -> None:
         async with opened(store_url) as store:
@@ -412,14 +490,20 @@ def test_open_store_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         relative = open_store("sqlite:///rel/dir/certs.db")
         absolute = open_store(f"sqlite:///{tmp_path}/abs%20dir/certs.db")
         memory = open_store("memory://")
+        # Nothing listens there: opening a PostgreSQL store must not connect.
+        postgres = open_store("postgresql://u:secret@127.0.0.1:1/certs?schema=s")
+        postgres_short = open_store("postgres://127.0.0.1:1/certs")
         try:
+            assert isinstance(postgres, PostgresStore) and postgres.schema == "s"
+            assert isinstance(postgres_short, PostgresStore) and postgres_short.schema is None
+            assert repr(postgres) == "PostgresStore('127.0.0.1:1/certs (schema s)')"
             assert isinstance(relative, SqliteStore)
             assert relative.path == tmp_path / "rel" / "dir" / "certs.db"
             assert isinstance(absolute, SqliteStore)
             assert absolute.path == tmp_path / "abs dir" / "certs.db"
             assert isinstance(memory, MemoryStore)
         finally:
-            for store in (relative, absolute, memory):
+            for store in (relative, absolute, memory, postgres, postgres_short):
                 await store.close()
         assert relative.path.is_file() and absolute.path.is_file()
 
@@ -429,8 +513,11 @@ def test_open_store_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://u:secret@db/certs", "not yet supported"),
-        ("postgres://u:secret@db/certs", "not yet supported"),
+        ("postgresql://u:secret@db:port/certs", "malformed"),
+        ("postgresql://u:secret@db/certs?max_connections=0", "at least 1"),
+        ("postgresql://u:secret@db/certs?timeout=soon", "not a number"),
+        ("postgresql://u:secret@db/certs?schema=", "schema name"),
+        ("postgres://u:secret@db/certs?schema=a&search_path=b", "not both"),
         ("mysql://u:secret@db/certs", "unknown"),
         ("certs.db", "unknown"),
         ("sqlite://host/certs.db", "expected"),

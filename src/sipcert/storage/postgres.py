@@ -1,0 +1,437 @@
+"""Certificate storage in PostgreSQL (asyncpg), for several Store processes sharing one database.
+
+Why it looks like this:
+
+* One asyncpg pool per store, created on first use (``open_store`` must not block, and an
+  unreachable server should fail a request, not the start), ``min_size=1`` so the GET path
+  always finds a warm connection, ``max_size`` configurable.
+* The schema (the tables, their indexes and a one-row ``sipcert_schema_version`` table) is
+  created on first use if missing, under a transaction-level advisory lock so that several
+  processes starting at once do not race; :data:`_MIGRATIONS` lists the statements that lead
+  from each version to the next, so a future version only appends to it.
+* Every SQL statement is a constant. The ``schema`` URL parameter does not qualify table names:
+  it sets the session's ``search_path`` to that one (quoted) schema at connection start, so the
+  only SQL built from an identifier is ``CREATE SCHEMA``, which quotes it (:func:`quote_ident`).
+* ``add`` serialises per AOR with ``pg_advisory_xact_lock(class, hashtext(aor))`` and then
+  counts and inserts in the same READ COMMITTED transaction. Locking a row (``SELECT ... FOR
+  UPDATE``) cannot protect an AOR that has no row yet, so it would need a table of AORs kept in
+  step with this one (an upsert per enrollment and dead rows to clean up); the advisory lock
+  needs no extra state, is released by COMMIT/ROLLBACK, also works behind a transaction-mode
+  connection pooler, and a 32-bit hash collision between two AORs only makes their rare adds
+  wait for each other. READ COMMITTED is set explicitly: each statement after the lock takes a
+  fresh snapshot and so sees the previous holder's commit, which REPEATABLE READ or
+  SERIALIZABLE (if the server's default said so) would not.
+* Text columns use the "C" collation: exact byte equality, and ``ORDER BY sha256`` / ``aor``
+  matches Python's ordering (and the SQLite backend's) whatever the database's locale.
+* Datetimes are ``timestamptz`` (microseconds, like Python): exact round trips, readable by an
+  operator with ``psql``.
+* Errors become :class:`StorageError` naming host, port and database, never the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from sipcert.errors import ConfigError, StorageError
+from sipcert.storage.base import StoredCertificate, ensure_utc
+from sipcert.storage.memory import check_limit, too_many
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "quote_ident"]
+
+#: Value in ``sipcert_schema_version`` for the schema below; bump it with a migration.
+SCHEMA_VERSION = 1
+
+#: Statements that take the schema from version ``n - 1`` to ``n``, run in one transaction.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE sipcert_certificates (
+            aor text COLLATE "C" NOT NULL,
+            sha256 text COLLATE "C" NOT NULL,
+            cert_hash text COLLATE "C" NOT NULL,
+            der bytea NOT NULL,
+            not_before timestamptz NOT NULL,
+            not_after timestamptz NOT NULL,
+            created timestamptz NOT NULL,
+            PRIMARY KEY (aor, sha256)
+        )""",
+        # GET by AOR: the search and the ORDER BY in one index, no sort step.
+        "CREATE INDEX sipcert_certificates_by_aor ON sipcert_certificates (aor, created, sha256)",
+        # GET/DELETE by RFC 4387 certHash, likewise without a sort step.
+        "CREATE INDEX sipcert_certificates_by_cert_hash "
+        "ON sipcert_certificates (cert_hash, created, aor)",
+        # purge_expired without a full scan.
+        "CREATE INDEX sipcert_certificates_by_not_after ON sipcert_certificates (not_after)",
+        """CREATE TABLE sipcert_schema_version (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            version integer NOT NULL
+        )""",
+        "INSERT INTO sipcert_schema_version (version) VALUES (0)",
+    ),
+}
+
+# Advisory lock "classes" (first key of the two-int4 form): 'SIPC' and 'SIPD' in ASCII, so that
+# sipcert's locks stay out of the way of other applications sharing the database.
+_AOR_LOCK_CLASS = 0x53495043
+_SCHEMA_LOCK_CLASS = 0x53495044
+
+_COLUMNS = "aor, sha256, cert_hash, der, not_before, not_after, created"
+_SELECT_BY_AOR = (
+    f"SELECT {_COLUMNS} FROM sipcert_certificates "  # noqa: S608 (constant column list)
+    "WHERE aor = $1 AND not_after >= $2 ORDER BY created, sha256"
+)
+_SELECT_BY_CERT_HASH = (
+    f"SELECT {_COLUMNS} FROM sipcert_certificates "  # noqa: S608 (constant column list)
+    "WHERE cert_hash = $1 AND not_after >= $2 ORDER BY created, aor LIMIT 1"
+)
+_LOCK_AOR = "SELECT pg_advisory_xact_lock($1::int4, hashtext($2))"
+# One scan of the AOR's rows answers both questions: held already? how many unexpired?
+_HELD_AND_COUNT = (
+    "SELECT count(*) FILTER (WHERE sha256 = $2) AS held, "
+    "count(*) FILTER (WHERE not_after >= $3) AS unexpired "
+    "FROM sipcert_certificates WHERE aor = $1"
+)
+# ON CONFLICT only matters if something writes without the lock (an operator, say).
+_INSERT = (
+    f"INSERT INTO sipcert_certificates ({_COLUMNS}) "  # noqa: S608 (constant column list)
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (aor, sha256) DO NOTHING"
+)
+_DELETE_ALL = "DELETE FROM sipcert_certificates WHERE aor = $1"
+_DELETE_ONE = "DELETE FROM sipcert_certificates WHERE aor = $1 AND cert_hash = $2"
+_PURGE = "DELETE FROM sipcert_certificates WHERE not_after < $1"
+
+# The URL parameters sipcert reads itself; the rest of the URL goes to asyncpg unchanged.
+_OWN_PARAMETERS = ("schema", "max_connections", "timeout")
+_MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are truncated
+
+_T = TypeVar("_T")
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a PostgreSQL quoted identifier (like ``quote_ident()``, always quoted).
+
+    Quoting (``"`` doubled inside) makes any name safe to splice into SQL; NUL, which
+    PostgreSQL cannot store, and names it would silently truncate are refused.
+    """
+    if not name or "\x00" in name or len(name.encode()) > _MAX_IDENTIFIER_BYTES:
+        raise ConfigError(
+            f"{name!r} is not a usable PostgreSQL schema name "
+            f"(1 to {_MAX_IDENTIFIER_BYTES} bytes, no NUL)"
+        )
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _import_asyncpg() -> Any:
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ConfigError("postgresql:// certificate storage needs the asyncpg package") from exc
+    return asyncpg
+
+
+def describe_dsn(dsn: str) -> str:
+    """``host:port/database`` of a libpq URL, for messages: no user, password or options."""
+    try:
+        parts = urlsplit(dsn)
+        query = dict(parse_qsl(parts.query))
+    except ValueError:
+        return "<unparsable URL>"
+    hosts = unquote(parts.netloc.rpartition("@")[2]) or query.get("host") or "localhost"
+    if "," not in hosts and not re.search(r":\d+$", hosts) and not hosts.startswith("/"):
+        hosts = f"{hosts}:{query.get('port', '5432')}"
+    database = unquote(parts.path.lstrip("/")) or query.get("dbname") or "(default database)"
+    return f"{hosts}/{database}"
+
+
+def _passwords_in(dsn: str) -> list[str]:
+    """Every spelling of the URL's password(s), to scrub from driver messages."""
+    try:
+        parts = urlsplit(dsn)
+        found = [parts.password or "", dict(parse_qsl(parts.query)).get("password", "")]
+        raw = parts.netloc.rpartition("@")[0].partition(":")[2]
+    except ValueError:
+        return []
+    return sorted({p for p in [*found, raw, unquote(raw)] if p}, key=len, reverse=True)
+
+
+def _storable(key: str) -> bool:
+    """Whether PostgreSQL text can hold ``key`` (no NUL, no lone surrogate).
+
+    A key it cannot hold matches no row: reads answer "nothing" as the other backends do,
+    instead of failing with a server-side encoding error.
+    """
+    if "\x00" in key:
+        return False
+    if key.isascii():
+        return True
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _row_to_cert(row: Any) -> StoredCertificate:
+    return StoredCertificate(
+        aor=row["aor"],
+        sha256=row["sha256"],
+        cert_hash=row["cert_hash"],
+        der=bytes(row["der"]),
+        not_before=row["not_before"],
+        not_after=row["not_after"],
+        created=row["created"],
+    )
+
+
+def _affected(status: str) -> int:
+    """Rows counted in an asyncpg command status such as ``DELETE 3`` or ``INSERT 0 1``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore:
+    """The :class:`~sipcert.storage.base.CertificateStore` contract on a PostgreSQL database.
+
+    ``dsn`` is a libpq URL for asyncpg (``postgresql://user:password@host:port/database?...``).
+    ``schema`` keeps the tables in that schema (created if missing) by making it the session's
+    ``search_path``; without it the tables go where the server's ``search_path`` puts them.
+    ``max_connections`` bounds the pool; ``timeout`` (seconds) bounds connecting and each
+    statement. Use one instance within one event loop; :meth:`from_url` reads all of this from
+    one URL.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        max_connections: int = 10,
+        timeout: float = 10.0,
+    ) -> None:
+        if max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, not {max_connections}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive, not {timeout}")
+        self._asyncpg = _import_asyncpg()
+        self._dsn = dsn
+        self.schema = schema
+        self._server_settings = {"search_path": quote_ident(schema)} if schema else None
+        if schema and "search_path" in dict(parse_qsl(urlsplit(dsn).query)):
+            raise ConfigError("give either schema or search_path, not both")
+        self.max_connections = max_connections
+        self._timeout = timeout
+        self.where = describe_dsn(dsn) + (f" (schema {schema})" if schema else "")
+        self._passwords = _passwords_in(dsn)
+        self._errors = (
+            self._asyncpg.PostgresError,
+            self._asyncpg.InterfaceError,
+            self._asyncpg.exceptions.InternalClientError,
+            OSError,
+            TimeoutError,
+        )
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """A store for ``postgresql://...`` or ``postgres://...``.
+
+        sipcert reads and removes ``schema``, ``max_connections`` and ``timeout`` from the
+        query; every other parameter (``sslmode``, ``search_path``, server settings...) is
+        passed on to asyncpg. Error messages never echo the URL (it may hold a password).
+        """
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # refuses a non-numeric port now rather than at first use
+            pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True)
+        except ValueError as exc:
+            raise ConfigError(
+                "malformed PostgreSQL URL: expected "
+                "postgresql://user[:password]@host[:port]/database[?schema=NAME]"
+            ) from exc
+        own: dict[str, str] = {}
+        passed: list[tuple[str, str]] = []
+        for key, value in pairs:
+            if key in _OWN_PARAMETERS:
+                if key in own:
+                    raise ConfigError(f"PostgreSQL URL: {key} given twice")
+                own[key] = value
+            else:
+                passed.append((key, value))
+        dsn = urlunsplit(parts._replace(query=urlencode(passed), fragment=""))
+        kwargs: dict[str, Any] = {}
+        if "schema" in own:
+            kwargs["schema"] = own["schema"]
+            quote_ident(own["schema"])  # refuse an empty or overlong name now
+        for key, kind in (("max_connections", int), ("timeout", float)):
+            if key in own:
+                try:
+                    kwargs[key] = kind(own[key])
+                except ValueError:
+                    raise ConfigError(
+                        f"PostgreSQL URL: {key}={own[key]!r} is not a number"
+                    ) from None
+        return cls(dsn, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _failure(self, action: str, exc: BaseException) -> StorageError:
+        reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        for password in self._passwords:
+            reason = reason.replace(password, "***")
+        return StorageError(f"certificate database {self.where}: {action} failed: {reason}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"certificate database {self.where} is closed")
+
+    async def _get_pool(self) -> Any:
+        if self._pool is not None:  # the hot path: no lock once the pool exists
+            return self._pool
+        async with self._pool_lock:
+            self._check_open()
+            if self._pool is None:
+                try:
+                    pool = await self._asyncpg.create_pool(
+                        self._dsn,
+                        min_size=1,
+                        max_size=self.max_connections,
+                        timeout=self._timeout,
+                        command_timeout=self._timeout,
+                        server_settings=self._server_settings,
+                    )
+                except self._errors as exc:
+                    raise self._failure("connecting", exc) from exc
+                try:
+                    await self._init_schema(pool)
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
+            return self._pool
+
+    async def _init_schema(self, pool: Any) -> None:
+        """Create or migrate the schema, or refuse one this sipcert does not know."""
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1::int4, 0)", _SCHEMA_LOCK_CLASS)
+                if self.schema is not None and not await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", self.schema
+                ):
+                    # Checked first: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege
+                    # even when the schema exists.
+                    await conn.execute(f"CREATE SCHEMA {quote_ident(self.schema)}")
+                version = 0
+                if await conn.fetchval("SELECT to_regclass('sipcert_schema_version')"):
+                    version = await conn.fetchval("SELECT version FROM sipcert_schema_version")
+                elif await conn.fetchval("SELECT to_regclass('sipcert_certificates')"):
+                    raise StorageError(
+                        f"certificate database {self.where}: sipcert_certificates exists "
+                        "without sipcert_schema_version; not a sipcert schema"
+                    )
+                if version > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"certificate database {self.where}: schema version {version} is "
+                        f"newer than the version {SCHEMA_VERSION} this sipcert uses"
+                    )
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[target]:
+                        await conn.execute(statement)
+                    await conn.execute("UPDATE sipcert_schema_version SET version = $1", target)
+        except self._errors as exc:
+            raise self._failure("creating the schema", exc) from exc
+
+    async def _run(self, action: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
+        """``work(pool)``, with driver errors turned into :class:`StorageError`."""
+        pool = await self._get_pool()
+        try:
+            return await work(pool)
+        except self._errors as exc:
+            raise self._failure(action, exc) from exc
+
+    # -- the contract --------------------------------------------------------------------
+
+    async def get_by_aor(self, aor: str, now: datetime) -> list[StoredCertificate]:
+        now = ensure_utc(now, "now")
+        if not _storable(aor):
+            self._check_open()
+            return []
+
+        async def work(pool: Any) -> list[Any]:
+            rows: list[Any] = await pool.fetch(_SELECT_BY_AOR, aor, now)
+            return rows
+
+        return [_row_to_cert(row) for row in await self._run("reading", work)]
+
+    async def get_by_cert_hash(self, cert_hash: str, now: datetime) -> StoredCertificate | None:
+        now = ensure_utc(now, "now")
+        if not _storable(cert_hash):
+            self._check_open()
+            return None
+
+        async def work(pool: Any) -> Any:
+            return await pool.fetchrow(_SELECT_BY_CERT_HASH, cert_hash, now)
+
+        row = await self._run("reading", work)
+        return _row_to_cert(row) if row is not None else None
+
+    async def add(self, cert: StoredCertificate, *, max_per_aor: int, now: datetime) -> bool:
+        check_limit(max_per_aor)
+        now = ensure_utc(now, "now")
+
+        async def work(pool: Any) -> bool:
+            async with pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+                await conn.execute(_LOCK_AOR, _AOR_LOCK_CLASS, cert.aor)
+                counts = await conn.fetchrow(_HELD_AND_COUNT, cert.aor, cert.sha256, now)
+                if counts["held"]:
+                    return False
+                if counts["unexpired"] >= max_per_aor:
+                    raise too_many(cert.aor, max_per_aor)
+                status = await conn.execute(
+                    _INSERT,
+                    cert.aor,
+                    cert.sha256,
+                    cert.cert_hash,
+                    cert.der,
+                    cert.not_before,
+                    cert.not_after,
+                    cert.created,
+                )
+                return _affected(status) == 1
+
+        return await self._run("adding a certificate", work)
+
+    async def delete(self, aor: str, cert_hash: str | None) -> int:
+        if not _storable(aor) or (cert_hash is not None and not _storable(cert_hash)):
+            self._check_open()
+            return 0
+
+        async def work(pool: Any) -> int:
+            if cert_hash is None:
+                return _affected(await pool.execute(_DELETE_ALL, aor))
+            return _affected(await pool.execute(_DELETE_ONE, aor, cert_hash))
+
+        return await self._run("deleting certificates", work)
+
+    async def purge_expired(self, now: datetime) -> int:
+        now = ensure_utc(now, "now")
+
+        async def work(pool: Any) -> int:
+            return _affected(await pool.execute(_PURGE, now))
+
+        return await self._run("purging expired certificates", work)
+
+    async def close(self) -> None:
+        """Close the pool, waiting for queries in flight; later calls raise StorageError."""
+        async with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
