@@ -30,7 +30,7 @@ from sipcert.errors import (
 )
 from sipcert.proto.aor import AOR
 from sipcert.proto.certs import Discarded, validate_retrieved
-from sipcert.proto.digest import DigestClient, parse_challenges
+from sipcert.proto.digest import Algorithm, DigestClient, parse_challenges
 from sipcert.proto.mime import MimeLimits, parse_content_type, parse_multipart
 
 __all__ = [
@@ -247,7 +247,10 @@ class DigestAuth(httpx.Auth):
     Uses :class:`~sipcert.proto.digest.DigestClient` (SHA-256 preferred over MD5). After a
     first exchange it answers pre-emptively with the next nonce count; a 401 with
     ``stale=true`` is answered once more with the new nonce, without asking the user again.
-    A second plain 401 is handed back to the caller: the credentials are wrong.
+    A plain 401 to an answer is retried once with the next algorithm the server offers:
+    a registrar row holding only an MD5 HA1 (Kamailio's ``ha1`` column) cannot check a
+    SHA-256 answer, and the server cannot know that before it sees the user name. When no
+    algorithm is left the 401 goes back to the caller: the credentials are wrong.
     """
 
     def __init__(self, username: str, password: str) -> None:
@@ -259,18 +262,27 @@ class DigestAuth(httpx.Auth):
         if value is not None:
             request.headers["Authorization"] = value
         response = yield request
-        answered = False
-        for _ in range(2):
-            if response.status_code != 401:
-                return
+        tried: list[Algorithm] = []
+        stale_retried = False
+        while response.status_code == 401:
             offered = response.headers.get_list("www-authenticate")
             challenges = parse_challenges(offered)
-            if not challenges:
+            stale = any(challenge.stale for challenge in challenges)
+            if not challenges or (stale and stale_retried):
                 return
-            if answered and not any(challenge.stale for challenge in challenges):
-                return
-            request.headers["Authorization"] = self._client.answer(
-                offered, method=request.method, uri=uri
-            )
-            answered = True
+            try:
+                request.headers["Authorization"] = self._client.answer(
+                    offered,
+                    method=request.method,
+                    uri=uri,
+                    exclude=tried[:-1] if stale else tried,
+                )
+            except AuthenticationError:
+                return  # every offered algorithm was refused: hand the 401 back
+            if stale:
+                stale_retried = True
+            elif self._client.challenge is not None:
+                algorithm = self._client.challenge.supported_algorithm
+                if algorithm is not None:
+                    tried.append(algorithm)
             response = yield request

@@ -24,7 +24,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NoReturn, Protocol
@@ -942,17 +942,19 @@ def parse_challenges(values: Sequence[str]) -> list[Challenge]:
     return challenges
 
 
-def choose_challenge(challenges: Sequence[Challenge]) -> Challenge:
+def choose_challenge(
+    challenges: Sequence[Challenge], *, exclude: Collection[Algorithm] = ()
+) -> Challenge:
     """The challenge to answer: SHA-256 over MD5, then server order (RFC 7616 §3.7).
 
-    Only challenges offering ``qop=auth`` with an algorithm we implement qualify; raises
-    :class:`AuthenticationError` when none does.
+    Only challenges offering ``qop=auth`` with an algorithm we implement and that is not in
+    ``exclude`` qualify; raises :class:`AuthenticationError` when none does.
     """
     preference = list(Algorithm)
     usable: list[tuple[int, int, Challenge]] = []
     for position, challenge in enumerate(challenges):
         algorithm = challenge.supported_algorithm
-        if algorithm is not None and "auth" in challenge.qop:
+        if algorithm is not None and algorithm not in exclude and "auth" in challenge.qop:
             usable.append((preference.index(algorithm), position, challenge))
     if not usable:
         offered = ", ".join(f"{c.algorithm} qop={'/'.join(c.qop) or '-'}" for c in challenges)
@@ -1043,9 +1045,16 @@ class DigestClient:
         """The challenge being answered, if any."""
         return self._challenge
 
-    def answer(self, www_authenticate: Sequence[str], *, method: str, uri: str) -> str:
-        """Pick the best challenge and return its first ``Authorization`` value."""
-        chosen = choose_challenge(parse_challenges(www_authenticate))
+    def answer(
+        self,
+        www_authenticate: Sequence[str],
+        *,
+        method: str,
+        uri: str,
+        exclude: Collection[Algorithm] = (),
+    ) -> str:
+        """Pick the best challenge (not using ``exclude``) and return an ``Authorization``."""
+        chosen = choose_challenge(parse_challenges(www_authenticate), exclude=exclude)
         if self._challenge is None or chosen.nonce != self._challenge.nonce:
             self._nc = 0  # a new nonce counts from 1; the same nonce keeps counting
         self._challenge = chosen

@@ -30,7 +30,7 @@ from sipcert.errors import (
 )
 from sipcert.proto.aor import parse_aor
 from sipcert.proto.certs import DiscardReason, certificate_der, generate_identity
-from sipcert.proto.digest import DigestServer, StoredCredential
+from sipcert.proto.digest import Algorithm, DigestServer, StoredCredential, compute_ha1
 from sipcert.proto.store import certificates_response
 
 NOW = datetime.now(UTC)
@@ -125,17 +125,23 @@ def test_other_statuses_and_oversized_answers() -> None:
 
 
 def digest_handler(
-    password: str, statuses: list[int], *, stale_first: bool = False, success: int = 201
+    password: str,
+    statuses: list[int],
+    *,
+    stale_first: bool = False,
+    success: int = 201,
+    credential: StoredCredential | None = None,
 ) -> Callable[[httpx.Request], httpx.Response]:
     server = DigestServer(b"0123456789abcdef0123456789abcdef", "example.com")
     state = {"stale": stale_first}
+    stored = credential or StoredCredential(password=password)
 
     def handler(request: httpx.Request) -> httpx.Response:
         now = time.time()
         try:
             user = server.authenticate(
                 request.headers.get("authorization"),
-                lambda name: StoredCredential(password=password) if name == "bob" else None,
+                lambda name: stored if name == "bob" else None,
                 method=request.method,
                 request_uri=request.url.raw_path.decode(),
                 now=now,
@@ -185,7 +191,20 @@ def test_digest_wrong_password_is_an_authentication_error() -> None:
             digest_handler("pw", statuses),
             lambda c: put_certificate(c, LOCATION, PHONE, DigestAuth("bob", "nope")),
         )
-    assert statuses == [401, 401]
+    assert statuses == [401, 401, 401]  # SHA-256 refused, then MD5 refused: no more tries
+
+
+def test_digest_falls_back_to_md5_for_an_md5_only_credential() -> None:
+    """A registrar row with only an MD5 HA1 (Kamailio's ``ha1``) cannot check SHA-256."""
+    statuses: list[int] = []
+    md5_only = StoredCredential(
+        ha1={Algorithm.MD5: compute_ha1(Algorithm.MD5, "bob", "example.com", "pw")}
+    )
+    run(
+        digest_handler("pw", statuses, credential=md5_only),
+        lambda c: put_certificate(c, LOCATION, PHONE, DigestAuth("bob", "pw")),
+    )
+    assert statuses == [401, 401, 201]
 
 
 def test_put_refusals() -> None:
