@@ -21,7 +21,7 @@ EXIT_INTERNAL = 70
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
-    from sipcert.cli import selftest
+    from sipcert.cli import selftest, serve, user
     from sipcert.cli import ua as ua_commands
 
     parser = argparse.ArgumentParser(
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     selftest.register(commands)
     ua_commands.register(commands)
+    serve.register(commands)
+    user.register(commands)
     return parser
 
 

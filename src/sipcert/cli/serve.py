@@ -1,0 +1,138 @@
+"""``sipcert serve``: run the certificate Store (draft §4.3-§5).
+
+Settings come from ``--config FILE`` (TOML) with the flags laid over it; ``--dev`` fills in
+everything else (:mod:`sipcert.server.dev`). Every setting is described in docs/store.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sipcert.errors import ConfigError
+from sipcert.server.config import Flags, StoreConfig, apply_flags, read_config_file
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    """Add the ``serve`` subcommand."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "serve",
+        help="run the certificate Store (HTTPS, one certificate per domain by SNI)",
+        description=__doc__,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="address to listen on; repeatable ([ADDR]:PORT for IPv6); replaces the file's list",
+    )
+    parser.add_argument(
+        "--domain", action="append", default=[], metavar="NAME", help="a served domain; repeatable"
+    )
+    parser.add_argument(
+        "--tls-cert",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="PEM certificate chain of the n-th --domain",
+    )
+    parser.add_argument(
+        "--tls-key",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="PEM private key of the n-th --domain",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="certificate storage: sqlite:///path or postgresql://... (default in the data dir)",
+    )
+    parser.add_argument(
+        "--credentials",
+        metavar="URL",
+        help="file:///users.json, kamailio+sqlite:///path or kamailio+postgresql://...",
+    )
+    parser.add_argument(
+        "--dev", action="store_true", help="run on embedded defaults with a local test CA"
+    )
+    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="data folder")
+    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 1)")
+    parser.add_argument("--max-age", type=int, metavar="SECONDS", help="Cache-Control max-age")
+    parser.add_argument(
+        "--max-per-aor", type=int, metavar="N", help="most valid certificates per AOR"
+    )
+    parser.add_argument(
+        "--max-lifetime-days",
+        type=int,
+        metavar="DAYS",
+        help="longest certificate lifetime accepted",
+    )
+    parser.set_defaults(run=run)
+
+
+def _domain_flags(args: argparse.Namespace) -> list[tuple[str, Path | None, Path | None]]:
+    """Pair ``--domain``/``--tls-cert``/``--tls-key`` in order (``--dev`` may omit the files)."""
+    names: list[str] = args.domain
+    certs: list[Path] = args.tls_cert
+    keys: list[Path] = args.tls_key
+    if len(certs) != len(keys):
+        raise ConfigError("give as many --tls-key as --tls-cert flags (one pair per --domain)")
+    if certs and len(certs) != len(names):
+        raise ConfigError(
+            f"{len(names)} --domain but {len(certs)} --tls-cert/--tls-key pairs: pair them in order"
+        )
+    if not certs and names and not args.dev:
+        raise ConfigError("each --domain needs its --tls-cert and --tls-key (or use --dev)")
+    return [
+        (name, certs[i] if certs else None, keys[i] if keys else None)
+        for i, name in enumerate(names)
+    ]
+
+
+def build_config(args: argparse.Namespace) -> tuple[StoreConfig, list[str]]:
+    """The validated configuration and, with ``--dev``, the lines to show the user."""
+    from sipcert.server.dev import apply_dev_defaults
+
+    doc: dict[str, Any] = read_config_file(args.config) if args.config is not None else {}
+    flags = Flags(
+        listen=args.listen,
+        domains=_domain_flags(args),
+        db=args.db,
+        credentials=args.credentials,
+        data_dir=args.data_dir,
+        workers=args.workers,
+        max_age=args.max_age,
+        max_per_aor=args.max_per_aor,
+        max_lifetime_days=args.max_lifetime_days,
+    )
+    doc = apply_flags(doc, flags)
+    notes: list[str] = []
+    if args.dev:
+        doc, notes = apply_dev_defaults(doc)
+    return StoreConfig.from_document(doc), notes
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the configuration, print the dev notes, serve until a signal."""
+    from sipcert.server.run import run as run_store
+    from sipcert.server.run import setup_logging
+
+    config, notes = build_config(args)
+    setup_logging(config.log_level)
+    for line in notes:
+        print(line, file=sys.stderr)
+
+    def announce(message: str) -> None:
+        print(f"sipcert: {message}", file=sys.stderr, flush=True)
+
+    return run_store(config, announce=announce)

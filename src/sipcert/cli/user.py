@@ -1,0 +1,101 @@
+"""``sipcert user add|passwd|remove|list``: the Store's own users file (draft §5 Digest secrets).
+
+The file keeps HA1 values per Digest algorithm (MD5, SHA-256), never the password. The
+password is read from standard input when it is not a terminal, else prompted twice; it is
+never a flag (flags show in ``ps`` and shell history). Only ``file:`` credentials URLs can be
+managed here: a Kamailio table is managed with Kamailio's own tools (``kamctl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from typing import Any
+
+from sipcert.errors import ConfigError
+from sipcert.server.credentials import FileCredentials, open_credentials
+from sipcert.server.dev import DEFAULT_DEV_DIR
+
+__all__ = ["register"]
+
+_MAX_PASSWORD = 1024
+
+
+def _default_credentials() -> str:
+    return f"file:{(DEFAULT_DEV_DIR / 'users.json').absolute()}"
+
+
+def register(commands: Any) -> None:
+    """Add the ``user`` subcommand and its actions."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "user",
+        help="manage the Store's users file (Digest credentials for enrollment)",
+        description=__doc__,
+        allow_abbrev=False,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--credentials",
+        metavar="URL",
+        help=f"file:///path/users.json (default: the --dev one, {_default_credentials()})",
+    )
+    for name, help_text in (
+        ("add", "add a user; the password comes from standard input or a prompt"),
+        ("passwd", "change a user's password"),
+        ("remove", "remove a user"),
+    ):
+        action = actions.add_parser(name, help=help_text, parents=[common], allow_abbrev=False)
+        action.add_argument("aor", help="the user's address of record, user@domain")
+        action.set_defaults(run=run)
+    listing = actions.add_parser("list", help="list the users", parents=[common])
+    listing.set_defaults(run=run)
+
+
+def _source(args: argparse.Namespace) -> FileCredentials:
+    url = args.credentials or _default_credentials()
+    source = open_credentials(url)
+    if not isinstance(source, FileCredentials):
+        raise ConfigError(
+            "only file: credentials can be managed by sipcert; manage Kamailio's subscriber "
+            "table with Kamailio's tools"
+        )
+    return source
+
+
+def read_new_password(aor: str) -> str:
+    """The new password: one line of standard input, or typed twice at a prompt."""
+    if not sys.stdin.isatty():
+        password = sys.stdin.readline(_MAX_PASSWORD + 2).removesuffix("\n").removesuffix("\r")
+    else:
+        password = getpass.getpass(f"password for {aor}: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("the two passwords differ")
+    if not password:
+        raise ConfigError("empty password")
+    if len(password) > _MAX_PASSWORD:
+        raise ConfigError(f"password longer than {_MAX_PASSWORD} characters")
+    return password
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out one action; print one line about what changed."""
+    source = _source(args)
+    if args.action == "list":
+        for listed in source.list():
+            print(listed)
+        return 0
+    aor: str = args.aor
+    if args.action == "remove":
+        source.remove(aor)
+        print(f"removed {aor}")
+        return 0
+    password = read_new_password(aor)
+    if args.action == "add":
+        source.add(aor, password)
+        print(f"added {aor} to {source.path}")
+    else:
+        source.set_password(aor, password)
+        print(f"changed the password of {aor}")
+    return 0

@@ -1,0 +1,342 @@
+"""The Store's HTTP handling: ``/search-cgi`` GET, HEAD, PUT and DELETE (draft §4.3-§5).
+
+A thin I/O layer: the decisions are :mod:`sipcert.proto.store` (query, answers, upload
+checks) and :mod:`sipcert.proto.digest`; this module reads the request, looks up storage and
+credentials, and turns every :class:`~sipcert.errors.SipCertError` into its answer through
+:func:`~sipcert.proto.store.error_to_response`, in one place.
+
+Rules that belong to the connection rather than the request:
+
+* the TLS server name (SNI) is the domain the connection speaks for; an AOR of another
+  domain, served here or not, is answered 404 (draft §4.3: the Store proves its domain in
+  the handshake, so it may only answer for that domain);
+* the Digest realm is that domain (draft §5: the same secret as for SIP registration), and
+  an unknown user fails exactly like a wrong password;
+* the PUT body is read with a size limit, and a declared ``Content-Length`` over it is
+  refused (413) without reading anything.
+
+The handler is an ``aiohttp`` low-level handler (``aiohttp.web.Server``): no router or
+middleware layer, because the Store has one resource and GET speed matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from sipcert.errors import (
+    AuthenticationError,
+    InputError,
+    InputTooLargeError,
+    NotFoundError,
+    SipCertError,
+    StaleNonceError,
+)
+from sipcert.proto.aor import AOR
+from sipcert.proto.certs import certificate_der
+from sipcert.proto.digest import (
+    DEFAULT_NONCE_LIFETIME,
+    DigestServer,
+    NonceCounter,
+    parse_authorization,
+)
+from sipcert.proto.store import (
+    Response,
+    StorePolicy,
+    StoreQuery,
+    authorize_delete,
+    authorize_upload,
+    certificates_response,
+    error_response,
+    error_to_response,
+    parse_query,
+    parse_upload,
+)
+from sipcert.server.credentials import CredentialSource
+from sipcert.server.tls import sni_domain
+from sipcert.storage import CertificateStore, StoredCertificate
+
+__all__ = ["ALLOWED_METHODS", "SEARCH_PATH", "StoreApp", "access_log_format"]
+
+log = logging.getLogger("sipcert.server")
+
+#: The one resource (draft §4.5: ``https://host:port/search-cgi?email=aor``).
+SEARCH_PATH = "/search-cgi"
+ALLOWED_METHODS = ("GET", "HEAD", "PUT", "DELETE")
+_ALLOW = ", ".join(ALLOWED_METHODS)
+#: The same body for every non-stale 401, so that nothing tells unknown users apart.
+_UNAUTHORIZED = "Digest authentication required: use this domain's SIP credentials (draft §5)"
+_STALE = "stale Digest nonce: retry with the new nonce"
+_INTERNAL = "internal error"
+
+
+def access_log_format() -> str:
+    """aiohttp access log format: peer, request line, status, size, seconds. No headers."""
+    return '%a "%r" %s %b %Tf'
+
+
+class _RefusalError(Exception):
+    """A finished answer that bypasses the normal path (401 with challenges, 405)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _to_web(answer: Response) -> web.Response:
+    return web.Response(status=answer.status, headers=CIMultiDict(answer.headers), body=answer.body)
+
+
+def _plain(status: int, text: str) -> web.Response:
+    return _to_web(error_response(status, text))
+
+
+class StoreApp:
+    """The request handler of one Store process.
+
+    ``clock`` gives Unix time; tests pass their own to move time (production uses
+    :func:`time.time`). ``sni_of`` finds a request's TLS domain (default: the tag set by
+    :mod:`sipcert.server.tls`).
+    """
+
+    def __init__(
+        self,
+        *,
+        domains: Iterable[str],
+        storage: CertificateStore,
+        credentials: CredentialSource,
+        policy: StorePolicy,
+        nonce_secret: bytes,
+        nonce_counter: NonceCounter | None = None,
+        nonce_lifetime: float = DEFAULT_NONCE_LIFETIME,
+        clock: Callable[[], float] = time.time,
+        sni_of: Callable[[web.BaseRequest], str | None] | None = None,
+    ) -> None:
+        self.domains = frozenset(domains)
+        self.storage = storage
+        self.credentials = credentials
+        self.policy = policy
+        self._clock = clock
+        self._sni_of = sni_of or (lambda request: sni_domain(request.transport))
+        self._digest = {
+            domain: DigestServer(
+                nonce_secret, domain, nonce_counter=nonce_counter, nonce_lifetime=nonce_lifetime
+            )
+            for domain in self.domains
+        }
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request; nothing but a prepared answer ever leaves this method."""
+        try:
+            return await self._dispatch(request)
+        except _RefusalError as refusal:
+            return self._finish(request, refusal.response)
+        except SipCertError as exc:
+            return self._finish(request, self._error(request, exc))
+        except Exception:
+            log.exception("internal error answering %s %s", request.method, request.path)
+            return self._finish(request, _plain(500, _INTERNAL))
+
+    # -- routing -------------------------------------------------------------------------
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != SEARCH_PATH:
+            raise NotFoundError(f"no such resource; the Store answers at {SEARCH_PATH}")
+        method = request.method
+        if method not in ALLOWED_METHODS:
+            response = _plain(405, f"method {method} is not allowed; use {_ALLOW}")
+            response.headers["Allow"] = _ALLOW
+            raise _RefusalError(response)
+        domain = self._sni_of(request)
+        if domain is None or domain not in self.domains:
+            raise NotFoundError("this connection names no domain served here (TLS SNI)")
+        query = parse_query(request.raw_path.partition("?")[2])
+        if method in ("GET", "HEAD"):
+            return await self._get(request, query, domain)
+        if method == "PUT":
+            return await self._put(request, query, domain)
+        return await self._delete(request, query, domain)
+
+    def _aor_for(self, query: StoreQuery, domain: str, method: str) -> AOR:
+        if query.aor is None:
+            raise InputError(f"{method} needs the AOR: ?email=<aor> or ?sip=<aor>")
+        self._check_domain(query.aor, domain)
+        return query.aor
+
+    def _check_domain(self, aor: AOR, domain: str) -> None:
+        """Draft §4.3: a connection speaks for its SNI domain only."""
+        if aor.host == domain:
+            return
+        if aor.host in self.domains:
+            raise NotFoundError(
+                f"{aor.host} is not the domain of this connection; connect with SNI {aor.host}"
+            )
+        raise NotFoundError(f"this Store does not serve the domain {aor.host}")
+
+    # -- GET / HEAD ----------------------------------------------------------------------
+
+    async def _get(
+        self, request: web.BaseRequest, query: StoreQuery, domain: str
+    ) -> web.StreamResponse:
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        if query.aor is not None:
+            self._check_domain(query.aor, domain)
+            certs = await self.storage.get_by_aor(str(query.aor), now)
+            if query.cert_hash is not None:
+                certs = [c for c in certs if c.cert_hash == query.cert_hash]
+        else:
+            found = await self.storage.get_by_cert_hash(query.cert_hash or "", now)
+            certs = [found] if found is not None and _domain_of(found) == domain else []
+        answer = certificates_response(
+            [c.der for c in certs],
+            [c.sha256 for c in certs],
+            max_age=self.policy.max_age,
+            if_none_match=request.headers.get("If-None-Match"),
+        )
+        return _to_web(answer)
+
+    # -- PUT -----------------------------------------------------------------------------
+
+    async def _put(
+        self, request: web.BaseRequest, query: StoreQuery, domain: str
+    ) -> web.StreamResponse:
+        aor = self._aor_for(query, domain, "PUT")
+        if query.cert_hash is not None:
+            raise InputError("PUT takes no certHash: the certificate is the body")
+        limit = self.policy.max_certificate_size
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise InputTooLargeError(f"certificate upload larger than {limit} bytes")
+        username = await self._authenticate(request, domain)
+        body = await _read_body(request, limit)
+        cert = parse_upload(body, request.headers.get("Content-Type"), max_size=limit)
+        now_ts = self._clock()
+        now = datetime.fromtimestamp(now_ts, UTC)
+        authorize_upload(
+            cert, aor, digest_username=username, tls_domain=domain, now=now, policy=self.policy
+        )
+        stored = StoredCertificate.from_der(
+            str(aor),
+            certificate_der(cert),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            created=now,
+        )
+        created = await self.storage.add(stored, max_per_aor=self.policy.max_per_aor, now=now)
+        status = 201 if created else 200
+        what = "enrolled" if created else "already enrolled"
+        log.info("%s certificate %s for %s", what, stored.cert_hash, aor)
+        response = web.Response(
+            status=status,
+            text=f"{what}: certHash={stored.cert_hash}\n",
+            content_type="text/plain",
+        )
+        response.headers["Location"] = f"{SEARCH_PATH}?certHash={quote(stored.cert_hash, safe='')}"
+        return response
+
+    # -- DELETE --------------------------------------------------------------------------
+
+    async def _delete(
+        self, request: web.BaseRequest, query: StoreQuery, domain: str
+    ) -> web.StreamResponse:
+        aor = self._aor_for(query, domain, "DELETE")
+        username = await self._authenticate(request, domain)
+        authorize_delete(aor, digest_username=username)
+        removed = await self.storage.delete(str(aor), query.cert_hash)
+        if removed == 0:
+            what = "that certificate" if query.cert_hash is not None else "any certificate"
+            raise NotFoundError(f"{aor} has not {what} here")
+        log.info("revoked %d certificate(s) of %s", removed, aor)
+        return web.Response(status=204)
+
+    # -- Digest (RFC 7616; draft §5) ------------------------------------------------------
+
+    async def _authenticate(self, request: web.BaseRequest, domain: str) -> str:
+        """The Digest username of a correct answer; else a 401 with fresh challenges."""
+        server = self._digest[domain]
+        header = request.headers.get("Authorization")
+        try:
+            if header is None or not header.strip():
+                raise AuthenticationError("no Authorization header")
+            if header.split(None, 1)[0].lower() != "digest":
+                raise AuthenticationError("Authorization is not Digest")
+            answer = parse_authorization(header)
+            credential = await self.credentials.lookup(answer.username, domain)
+            return server.verify(
+                answer,
+                credential,
+                method=request.method,
+                request_uri=request.raw_path,
+                now=self._clock(),
+            )
+        except AuthenticationError as exc:
+            stale = isinstance(exc, StaleNonceError)
+            log.info("401 for %s %s: %s", request.method, request.path, exc)
+            response = _plain(401, _STALE if stale else _UNAUTHORIZED)
+            for value in server.challenges(self._clock(), stale=stale):
+                response.headers.add("WWW-Authenticate", value)
+            raise _RefusalError(response) from exc
+
+    # -- errors --------------------------------------------------------------------------
+
+    def _error(self, request: web.BaseRequest, exc: SipCertError) -> web.Response:
+        if exc.http_status >= 500:
+            # Storage and configuration failures name paths and hosts: log them, say little.
+            log.error("%s %s failed: %s", request.method, request.path, exc)
+            return _plain(
+                exc.http_status, "service unavailable" if exc.http_status == 503 else _INTERNAL
+            )
+        return _to_web(error_to_response(exc))
+
+    @staticmethod
+    def _finish(request: web.BaseRequest, response: web.Response) -> web.Response:
+        """Close the connection when a request body was left unread and may never come."""
+        if request.can_read_body and (
+            response.status == 413 or request.headers.get("Expect", "").lower() == "100-continue"
+        ):
+            response.force_close()
+        return response
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    async def purge_forever(self, interval: float) -> None:
+        """Discard expired certificates every ``interval`` seconds (draft §5.1 "may discard")."""
+        while True:
+            try:
+                removed = await self.storage.purge_expired(
+                    datetime.fromtimestamp(self._clock(), UTC)
+                )
+            except SipCertError as exc:
+                log.error("purging expired certificates failed: %s", exc)
+            else:
+                if removed:
+                    log.info("purged %d expired certificate(s)", removed)
+            await asyncio.sleep(interval)
+
+
+def _domain_of(cert: StoredCertificate) -> str:
+    return cert.aor.rpartition("@")[2]
+
+
+async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it grows past ``limit`` bytes."""
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the answer's size
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise InputTooLargeError(f"certificate upload larger than {limit} bytes")
+        chunks.append(chunk)

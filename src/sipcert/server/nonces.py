@@ -1,0 +1,162 @@
+"""Digest nonce state shared by every Store process: the nonce secret and the nonce counts.
+
+Nonces are stateless HMACs (:class:`sipcert.proto.digest.DigestServer`), so every worker
+process and every restart must hold the same secret: it comes from the configuration or is
+generated once (32 random bytes) into a 0600 file of the data folder. It is never logged.
+
+Replays are refused by the highest ``nc`` seen per nonce (RFC 7616 §3.4). That state must be
+shared by all workers (a client's next request may land on another process) and survive a
+restart (the secret does, so old nonces stay valid for their lifetime): an SQLite table.
+It is consulted only on PUT and DELETE, so the synchronous calls cost the event loop little.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+from pathlib import Path
+from urllib.parse import quote
+
+from sipcert.errors import ConfigError, StorageError
+from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_NONCE_LIFETIME
+from sipcert.storage.sqlite import storage_error
+
+__all__ = ["SECRET_FILE", "SqliteNonceCounter", "load_or_create_secret"]
+
+#: Name of the nonce secret file inside the data folder.
+SECRET_FILE = "nonce-secret"  # noqa: S105 (a file name)
+_SECRET_BYTES = 32
+#: How often (seconds of ``now``) forgotten nonces are deleted.
+_PRUNE_EVERY = 60.0
+
+
+def load_or_create_secret(data_dir: Path) -> bytes:
+    """The nonce secret in ``data_dir/nonce-secret``, created (0600, exclusive) if missing."""
+    path = data_dir / SECRET_FILE
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.write(fd, secrets.token_bytes(_SECRET_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        secret = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"nonce secret {path}: {exc.strerror or exc}") from exc
+    if len(secret) < 16:
+        raise ConfigError(
+            f"nonce secret {path} is shorter than 16 bytes; delete it to have a new one made"
+        )
+    return secret
+
+
+class SqliteNonceCounter:
+    """A :class:`~sipcert.proto.digest.NonceCounter` in an SQLite file (WAL), for all workers.
+
+    A nonce is forgotten ``retention`` seconds after its first use, which is safe when that is
+    at least the nonce lifetime plus clock skew: an older nonce is refused as stale before its
+    count is looked at. Each :meth:`advance` is one ``BEGIN IMMEDIATE`` transaction, so two
+    processes can never both accept the same count.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        retention: float = DEFAULT_NONCE_LIFETIME + DEFAULT_MAX_CLOCK_SKEW,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if not retention > 0:
+            raise ConfigError("SqliteNonceCounter needs retention > 0")
+        self.path = Path(path).absolute()
+        self._retention = retention
+        self._lock = threading.Lock()
+        self._last_prune = float("-inf")
+        self._subject = f"nonce database {self.path}"
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StorageError(f"{self._subject}: cannot create it: {exc.strerror}") from exc
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                f"file:{quote(str(self.path))}?mode=rw",
+                uri=True,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            # A lost count after a power cut only re-opens nonces of the last few minutes.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS nonces ("
+                "nonce TEXT PRIMARY KEY, first_seen REAL NOT NULL, nc INTEGER NOT NULL)"
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS nonces_by_age ON nonces (first_seen)")
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise storage_error(self._subject, "opening", exc) from exc
+        self._conn: sqlite3.Connection | None = conn
+
+    def __repr__(self) -> str:
+        return f"SqliteNonceCounter({str(self.path)!r})"
+
+    def advance(self, nonce: str, nc: int, now: float) -> bool:
+        """Record ``nc`` for ``nonce``; True iff it is above every count seen for it."""
+        if nc < 1:
+            return False
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StorageError(f"{self._subject} is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if now - self._last_prune >= _PRUNE_EVERY:
+                    conn.execute(
+                        "DELETE FROM nonces WHERE first_seen < ?", (now - self._retention,)
+                    )
+                    self._last_prune = now
+                row = conn.execute("SELECT nc FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO nonces (nonce, first_seen, nc) VALUES (?, ?, ?)",
+                        (nonce, now, nc),
+                    )
+                    accepted = True
+                elif nc > row[0]:
+                    conn.execute("UPDATE nonces SET nc = ? WHERE nonce = ?", (nc, nonce))
+                    accepted = True
+                else:
+                    accepted = False
+                conn.execute("COMMIT")
+                return accepted
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise storage_error(self._subject, "recording a nonce count", exc) from exc
+
+    def __len__(self) -> int:
+        with self._lock:
+            if self._conn is None:
+                return 0
+            return int(self._conn.execute("SELECT count(*) FROM nonces").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the connection; further :meth:`advance` calls raise :class:`StorageError`."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

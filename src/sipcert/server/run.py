@@ -1,0 +1,285 @@
+"""Starting and stopping the Store: sockets, worker processes, signals, clean shutdown.
+
+Design (measured before the project, FIELD-NOTES "Speed of HTTPS servers"): aiohttp's
+low-level server on uvloop, one listening socket per ``listen`` address with one SNI
+context (:mod:`sipcert.server.tls`). ``workers`` > 1 pre-forks: the parent binds every
+socket once, forks the workers, which all accept on them, and forwards SIGTERM/SIGINT to
+them. Everything that can be wrong with the configuration is checked in the parent before
+anything is forked, so a mistake is one clear error, not N crashing workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from sipcert.errors import ConfigError, SipCertError
+from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW
+from sipcert.server.app import StoreApp, access_log_format
+from sipcert.server.config import ListenAddress, StoreConfig
+from sipcert.server.credentials import (
+    FileCredentials,
+    KamailioSQLiteCredentials,
+    open_credentials,
+)
+from sipcert.server.nonces import SqliteNonceCounter, load_or_create_secret
+from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
+from sipcert.storage import open_store
+
+__all__ = ["bind_sockets", "build_tls", "run", "serve_app", "setup_logging"]
+
+log = logging.getLogger("sipcert.server")
+
+_BACKLOG = 1024
+_SHUTDOWN_TIMEOUT = 5.0
+#: File of the nonce counts inside the data folder.
+NONCE_DB = "nonces.db"
+
+
+def setup_logging(level: str) -> None:
+    """Log lines on standard error: ``time level logger: message``."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def build_tls(config: StoreConfig) -> ssl.SSLContext:
+    """The listening SNI context for every configured domain (:class:`ConfigError`)."""
+    now = datetime.now(UTC)
+    contexts: dict[str, DomainContext] = {
+        d.name: load_domain_context(d.name, d.tls_cert, d.tls_key, now=now) for d in config.domains
+    }
+    return build_sni_context(contexts)
+
+
+def bind_sockets(addresses: Sequence[ListenAddress]) -> list[socket.socket]:
+    """Bound, listening sockets (SO_REUSEADDR; IPv6 sockets are IPv6-only)."""
+    sockets: list[socket.socket] = []
+    try:
+        for address in addresses:
+            try:
+                infos = socket.getaddrinfo(
+                    address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )
+                family, kind, proto, _, sockaddr = infos[0]
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(sockaddr)
+                sock.listen(_BACKLOG)
+                sock.setblocking(False)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def serve_app(
+    app: StoreApp,
+    ssl_context: ssl.SSLContext,
+    sockets: Sequence[socket.socket],
+    stop: asyncio.Event,
+    *,
+    access_log: bool = True,
+    purge_interval: float = 3600.0,
+) -> None:
+    """Serve ``app`` on ``sockets`` until ``stop`` is set, then shut down cleanly."""
+    server = web.Server(
+        app,
+        access_log=logging.getLogger("sipcert.access") if access_log else None,
+        access_log_format=access_log_format(),
+    )
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    purger: asyncio.Task[None] | None = None
+    try:
+        for sock in sockets:
+            await web.SockSite(runner, sock, ssl_context=ssl_context, backlog=_BACKLOG).start()
+        purger = asyncio.create_task(app.purge_forever(purge_interval))
+        await stop.wait()
+    finally:
+        if purger is not None:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+        await runner.cleanup()
+
+
+async def _worker_main(
+    config: StoreConfig, ssl_context: ssl.SSLContext, sockets: Sequence[socket.socket]
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    secret = config.nonce_secret or load_or_create_secret(config.data_dir)
+    storage = open_store(config.db)
+    credentials = open_credentials(config.credentials)
+    nonces = SqliteNonceCounter(
+        config.data_dir / NONCE_DB, retention=config.nonce_lifetime + DEFAULT_MAX_CLOCK_SKEW
+    )
+    try:
+        app = StoreApp(
+            domains=config.domain_names,
+            storage=storage,
+            credentials=credentials,
+            policy=config.policy,
+            nonce_secret=secret,
+            nonce_counter=nonces,
+            nonce_lifetime=config.nonce_lifetime,
+        )
+        await serve_app(
+            app,
+            ssl_context,
+            sockets,
+            stop,
+            access_log=config.access_log,
+            purge_interval=config.purge_interval,
+        )
+        log.info("worker %d stopped", os.getpid())
+    finally:
+        nonces.close()
+        await credentials.close()
+        await storage.close()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _run_worker(
+    config: StoreConfig, ssl_context: ssl.SSLContext, sockets: Sequence[socket.socket]
+) -> None:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_worker_main(config, ssl_context, sockets))
+
+
+async def _check_sources(config: StoreConfig) -> None:
+    """Open storage and local credential sources once, so mistakes show before serving."""
+    storage = open_store(config.db)
+    await storage.close()
+    credentials = open_credentials(config.credentials)
+    try:
+        if isinstance(credentials, FileCredentials | KamailioSQLiteCredentials):
+            await credentials.lookup("sipcert-startup-check", config.domains[0].name)
+    finally:
+        await credentials.close()
+    if config.nonce_secret is None:
+        load_or_create_secret(config.data_dir)
+    SqliteNonceCounter(config.data_dir / NONCE_DB).close()
+
+
+def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
+    ssl_context = build_tls(config)
+    asyncio.run(_check_sources(config))
+    sockets = bind_sockets(config.listen)
+    try:
+        bound = ", ".join(_address_of(s) for s in sockets)
+        message = (
+            f"serving {', '.join(config.domain_names)} on {bound} "
+            f"(pid {os.getpid()}, {config.workers} worker(s))"
+        )
+        log.info("%s", message)
+        if announce is not None:
+            announce(message)
+        if config.workers == 1:
+            _run_worker(config, ssl_context, sockets)
+            return 0
+        return _prefork(config, ssl_context, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _address_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _spawn(
+    config: StoreConfig, ssl_context: ssl.SSLContext, sockets: Sequence[socket.socket]
+) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child; covered by the integration tests
+        status = 1
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _run_worker(config, ssl_context, sockets)
+            status = 0
+        except SipCertError as exc:
+            log.error("worker %d: %s", os.getpid(), exc)
+        except BaseException:
+            log.exception("worker %d crashed", os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(status)
+    return pid
+
+
+def _prefork(
+    config: StoreConfig, ssl_context: ssl.SSLContext, sockets: Sequence[socket.socket]
+) -> int:
+    """Run ``config.workers`` processes; restart one that dies, stop all on a signal."""
+    stopping = False
+    children: set[int] = set()
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    restarts: list[float] = []
+    status = 0
+    try:
+        for _ in range(config.workers):
+            children.add(_spawn(config, ssl_context, sockets))
+        while children:
+            try:
+                pid, wait_status = os.wait()
+            except ChildProcessError:
+                break
+            children.discard(pid)
+            if stopping:
+                continue
+            code = os.waitstatus_to_exitcode(wait_status)
+            log.error("worker %d exited unexpectedly (%d); starting a new one", pid, code)
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 10] + [now]
+            if len(restarts) > 2 * config.workers:
+                log.error("workers keep dying; stopping the Store")
+                status = 1
+                forward(signal.SIGTERM, None)
+                continue
+            children.add(_spawn(config, ssl_context, sockets))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return status

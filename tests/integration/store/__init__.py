@@ -1,0 +1,1 @@
+"""End-to-end tests of a real ``sipcert serve`` process."""

@@ -1,0 +1,254 @@
+"""The Store's HTTP handling in-process, over real TLS on 127.0.0.1 (memory storage).
+
+The clock is injected (``StoreApp(clock=...)``), so expiry and stale nonces are tested
+without waiting; the end-to-end tests in tests/integration/store drive the real process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from sipcert.client.fetch import DigestAuth
+from sipcert.errors import StorageError
+from sipcert.proto.ca import TestCA
+from sipcert.proto.digest import MemoryNonceCounter
+from sipcert.proto.store import StorePolicy
+from sipcert.server.app import StoreApp
+from sipcert.server.credentials import FileCredentials
+from sipcert.server.run import serve_app
+from sipcert.server.tls import build_sni_context, load_domain_context
+from sipcert.storage import MemoryStore, cert_hash_of
+from tests.factories import make_cert, make_key
+
+START = datetime(2030, 1, 1, tzinfo=UTC)
+PASSWORDS = {"alice@example.com": "alice-pw", "bob@example.net": "bob-pw"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Env:
+    app: StoreApp
+    clock: Clock
+    port: int
+    ca_file: Path
+
+    def client(self, domain: str) -> httpx.AsyncClient:
+        verify = ssl.create_default_context(cafile=self.ca_file)
+        inner = httpx.AsyncHTTPTransport(verify=verify)
+        return httpx.AsyncClient(mounts={f"all://{domain}": _Redirected(inner, self.port)})
+
+    def url(self, domain: str, target: str) -> str:
+        return f"https://{domain}:{self.port}{target}"
+
+
+class _Redirected(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncHTTPTransport, port: int) -> None:
+        self._inner, self._port = inner, port
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        domain = request.url.host
+        headers = httpx.Headers(request.headers)
+        headers["Host"] = f"{domain}:{self._port}"
+        redirected = httpx.Request(
+            request.method,
+            request.url.copy_with(host="127.0.0.1"),
+            headers=headers,
+            stream=request.stream,
+            extensions={**request.extensions, "sni_hostname": domain},
+        )
+        return await self._inner.handle_async_request(redirected)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+Scenario = Callable[[Env], Awaitable[None]]
+
+
+def run_store(tmp_path: Path, scenario: Scenario, *, storage: object = None) -> None:
+    """Serve a Store for example.com and example.net while ``scenario`` runs."""
+    ca = TestCA.create(now=datetime.now(UTC))
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem)
+    contexts = {}
+    for domain in ("example.com", "example.net"):
+        issued = ca.issue([domain], now=datetime.now(UTC))
+        (tmp_path / f"{domain}.pem").write_bytes(issued.cert_pem)
+        (tmp_path / f"{domain}.key").write_bytes(issued.key_pem)
+        contexts[domain] = load_domain_context(
+            domain, tmp_path / f"{domain}.pem", tmp_path / f"{domain}.key", now=datetime.now(UTC)
+        )
+    users = FileCredentials(tmp_path / "users.json")
+    for aor, password in PASSWORDS.items():
+        users.add(aor, password)
+    clock = Clock()
+
+    async def main() -> None:
+        store = storage if storage is not None else MemoryStore()
+        app = StoreApp(
+            domains=contexts,
+            storage=store,  # type: ignore[arg-type]
+            credentials=users,
+            policy=StorePolicy(max_age=0, max_per_aor=2),
+            nonce_secret=b"k" * 32,
+            nonce_counter=MemoryNonceCounter(),
+            clock=clock,
+        )
+        sock = socket.create_server(("127.0.0.1", 0))
+        sock.setblocking(False)
+        stop = asyncio.Event()
+        server = asyncio.create_task(
+            serve_app(app, build_sni_context(contexts), [sock], stop, purge_interval=0.05)
+        )
+        try:
+            await asyncio.sleep(0.05)
+            await scenario(Env(app, clock, sock.getsockname()[1], ca_file))
+        finally:
+            stop.set()
+            await server
+            sock.close()
+            await app.storage.close()
+
+    asyncio.run(main())
+
+
+def alice_cert(slot: int = 0, days: float = 10) -> bytes:
+    key = make_key("ec-p256", "alice@example.com", slot)
+    cert = make_cert(
+        key,
+        "alice@example.com",
+        not_before=START - timedelta(minutes=1),
+        not_after=START + timedelta(days=days),
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+ALICE = "/search-cgi?email=alice%40example.com"
+
+
+def test_enroll_then_expiry_and_purge_follow_the_clock(tmp_path: Path) -> None:
+    async def scenario(env: Env) -> None:
+        body = alice_cert(days=1)
+        async with env.client("example.com") as client:
+            auth = DigestAuth("alice", "alice-pw")
+            put = await client.put(env.url("example.com", ALICE), content=body, auth=auth)
+            assert put.status_code == 201
+            got = await client.get(env.url("example.com", ALICE))
+            assert (got.status_code, got.content) == (200, body)
+            assert got.headers["cache-control"] == "max-age=0"
+            env.clock.advance(2 * 86400)
+            assert (await client.get(env.url("example.com", ALICE))).status_code == 404
+            await asyncio.sleep(0.2)  # the purge task runs every 0.05 s here
+            assert await env.app.storage.delete("alice@example.com", None) == 0
+
+    run_store(tmp_path, scenario)
+
+
+def test_stale_nonce_with_the_clock_and_retry(tmp_path: Path) -> None:
+    async def scenario(env: Env) -> None:
+        async with env.client("example.com") as client:
+            auth = DigestAuth("alice", "alice-pw")
+            url = env.url("example.com", ALICE)
+            assert (await client.put(url, content=alice_cert(0), auth=auth)).status_code == 201
+            env.clock.advance(400)  # past the 300 s nonce lifetime
+            # The pre-emptive answer is stale; DigestAuth retries once with the new nonce.
+            second = await client.put(url, content=alice_cert(1), auth=auth)
+            assert second.status_code == 201
+
+    run_store(tmp_path, scenario)
+
+
+def test_cert_hash_of_another_domain_is_404_and_delete_needs_the_aor_user(
+    tmp_path: Path,
+) -> None:
+    async def scenario(env: Env) -> None:
+        body = alice_cert()
+        by_hash = f"/search-cgi?certHash={quote(cert_hash_of(body), safe='')}"
+        async with env.client("example.com") as client:
+            auth = DigestAuth("alice", "alice-pw")
+            assert (
+                await client.put(env.url("example.com", ALICE), content=body, auth=auth)
+            ).status_code == 201
+            assert (await client.get(env.url("example.com", by_hash))).status_code == 200
+        async with env.client("example.net") as client:
+            assert (await client.get(env.url("example.net", by_hash))).status_code == 404
+            bob = DigestAuth("bob", "bob-pw")
+            other = await client.delete(
+                env.url("example.net", "/search-cgi?email=alice%40example.net"), auth=bob
+            )
+            assert other.status_code == 403
+            assert other.text.startswith("aor-user-mismatch: ")
+
+    run_store(tmp_path, scenario)
+
+
+class BrokenStore(MemoryStore):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def get_by_aor(self, aor: str, now: datetime) -> list:  # type: ignore[type-arg]
+        raise self.error
+
+
+def test_unexpected_exception_is_500_without_details(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(env: Env) -> None:
+        async with env.client("example.com") as client:
+            answer = await client.get(env.url("example.com", ALICE))
+        assert answer.status_code == 500
+        assert answer.text == "internal error\n"
+        assert "secret-detail" not in answer.text
+
+    with caplog.at_level(logging.ERROR, logger="sipcert.server"):
+        run_store(tmp_path, scenario, storage=BrokenStore(RuntimeError("secret-detail")))
+    assert any("secret-detail" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_storage_failure_is_503_without_paths(tmp_path: Path) -> None:
+    async def scenario(env: Env) -> None:
+        async with env.client("example.com") as client:
+            answer = await client.get(env.url("example.com", ALICE))
+        assert answer.status_code == 503
+        assert "/var/lib" not in answer.text
+
+    error = StorageError("certificate database /var/lib/x.db: reading failed")
+    run_store(tmp_path, scenario, storage=BrokenStore(error))
+
+
+def test_access_log_has_no_authorization(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(env: Env) -> None:
+        async with env.client("example.com") as client:
+            auth = DigestAuth("alice", "alice-pw")
+            put = await client.put(env.url("example.com", ALICE), content=alice_cert(), auth=auth)
+            assert put.status_code == 201
+
+    with caplog.at_level(logging.INFO, logger="sipcert.access"):
+        run_store(tmp_path, scenario)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sipcert.access"]
+    assert len(lines) == 2
+    assert all("Digest" not in line and "response=" not in line for line in lines)
+    assert '"PUT /search-cgi?email=alice%40example.com HTTP/1.1" 201' in lines[1]

@@ -1,0 +1,174 @@
+"""StoreConfig: TOML file, flags over it, precise ConfigError messages."""
+
+# ruff: noqa: S104 (0.0.0.0 is the documented default listen address)
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sipcert.errors import ConfigError
+from sipcert.proto.ca import TestCA
+from sipcert.server.config import (
+    Flags,
+    ListenAddress,
+    StoreConfig,
+    apply_flags,
+    parse_listen,
+    read_config_file,
+)
+from sipcert.server.tls import build_sni_context, load_domain_context
+
+TOML = """
+listen = ["127.0.0.1:8443", "[::1]:8443"]
+data_dir = "data"
+db = "sqlite:///certs.db"
+credentials = "kamailio+sqlite:///kamailio.db"
+workers = 2
+log_level = "DEBUG"
+nonce_lifetime = 120
+nonce_secret = "0123456789abcdef0123"
+
+[policy]
+max_age = 0
+max_per_aor = 4
+max_lifetime_days = 30
+
+[[domain]]
+name = "Example.COM"
+tls_cert = "tls/example.com.pem"
+tls_key = "tls/example.com.key"
+"""
+
+
+def write(tmp_path: Path, text: str = TOML) -> Path:
+    path = tmp_path / "store.toml"
+    path.write_text(text)
+    return path
+
+
+def test_file_settings_and_relative_paths(tmp_path: Path) -> None:
+    config = StoreConfig.from_document(read_config_file(write(tmp_path)))
+    assert config.listen == (ListenAddress("127.0.0.1", 8443), ListenAddress("::1", 8443))
+    assert config.domains[0].name == "example.com"
+    assert config.domains[0].tls_cert == tmp_path / "tls/example.com.pem"
+    assert config.data_dir == tmp_path / "data"
+    assert config.db == f"sqlite:///{tmp_path}/certs.db"
+    assert config.credentials == f"kamailio+sqlite:///{tmp_path}/kamailio.db"
+    assert (config.workers, config.log_level, config.nonce_lifetime) == (2, "debug", 120.0)
+    assert config.policy.max_age == 0
+    assert config.policy.max_per_aor == 4
+    assert config.policy.max_lifetime == timedelta(days=30)
+    assert config.nonce_secret == b"0123456789abcdef0123"
+    assert "0123456789" not in repr(config)
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    doc = read_config_file(write(tmp_path))
+    flags = Flags(
+        listen=["0.0.0.0:9443"],
+        domains=[
+            ("example.com", Path("a.pem"), Path("a.key")),
+            ("example.net", Path("n.pem"), Path("n.key")),
+        ],
+        db="sqlite:////tmp/x.db",
+        workers=1,
+        max_age=5,
+        max_per_aor=1,
+        max_lifetime_days=7,
+    )
+    config = StoreConfig.from_document(apply_flags(doc, flags))
+    assert config.listen == (ListenAddress("0.0.0.0", 9443),)
+    assert config.domain_names == ("example.com", "example.net")
+    assert config.domains[0].tls_cert == Path("a.pem").absolute()
+    assert config.db == "sqlite:////tmp/x.db"
+    assert config.workers == 1
+    assert (config.policy.max_age, config.policy.max_per_aor) == (5, 1)
+    assert config.policy.max_lifetime == timedelta(days=7)
+    assert config.credentials.startswith("kamailio+sqlite:")  # not overridden
+
+
+def test_defaults_from_the_data_dir() -> None:
+    doc = apply_flags({}, Flags(domains=[("example.com", Path("c"), Path("k"))]))
+    config = StoreConfig.from_document(doc)
+    assert config.listen == (ListenAddress("0.0.0.0", 443),)
+    assert config.db == "sqlite:///.sipcert/certificates.db"
+    assert config.credentials == "file:.sipcert/users.json"
+    assert config.workers == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("colour = 1\n", "unknown setting 'colour'"),
+        ("listen = 'x'\n", "listen: expected a non-empty list"),
+        ("listen = ['nohost']\n", "expected HOST:PORT"),
+        ("listen = ['::1:80']\n", "[ADDRESS]:PORT"),
+        ("listen = ['a:99999']\n", "port must be a number"),
+        ("workers = 0\n", "workers: 0 is below the minimum of 1"),
+        ("workers = 'two'\n", "workers: expected a whole number"),
+        ("log_level = 'loud'\n", "log_level: 'loud' is not one of"),
+        ("nonce_secret = 'short'\n", "at least 16 bytes"),
+        ("[policy]\nmax_age = -1\n", "policy.max_age: -1 is below the minimum of 0"),
+        ("[policy]\nmax_per_aor = true\n", "policy.max_per_aor: expected a whole number"),
+        ("[policy]\ncolour = 1\n", "policy: unknown setting 'colour'"),
+        ("[[domain]]\nname = 'bad_name!'\ntls_cert = 'c'\ntls_key = 'k'\n", "domain #1"),
+        ("[[domain]]\nname = 'example.com'\ntls_cert = 'c'\n", "no tls_key"),
+        (
+            "[[domain]]\nname = 'a.example'\ntls_cert = 'c'\ntls_key = 'k'\n"
+            "[[domain]]\nname = 'A.example'\ntls_cert = 'c'\ntls_key = 'k'\n",
+            "configured twice",
+        ),
+        ("x = [\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_setting(tmp_path: Path, text: str, message: str) -> None:
+    if "[[domain]]" not in text:
+        text += "[[domain]]\nname = 'example.com'\ntls_cert = 'c'\ntls_key = 'k'\n"
+    with pytest.raises(ConfigError) as info:
+        StoreConfig.from_document(read_config_file(write(tmp_path, text)))
+    assert message in str(info.value)
+
+
+def test_no_domain_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no domain to serve"):
+        StoreConfig.from_document({})
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        read_config_file(tmp_path / "absent.toml")
+
+
+def test_parse_listen_forms() -> None:
+    assert parse_listen(":443") == ListenAddress("0.0.0.0", 443)
+    assert str(parse_listen("[::]:8443")) == "[::]:8443"
+
+
+def test_tls_files_are_checked_with_clear_messages(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    ca = TestCA.create(now=now)
+    good = ca.issue(["example.com"], now=now)
+    other = ca.issue(["example.com"], now=now)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_bytes(good.cert_pem)
+    key.write_bytes(good.key_pem)
+    ctx = load_domain_context("example.com", cert, key, now=now)
+    assert ctx.sni_domain == "example.com"
+    assert build_sni_context({"example.com": ctx}).minimum_version.name == "TLSv1_2"
+    with pytest.raises(ConfigError, match=r"names example\.com, not the AOR domain 'example\.net'"):
+        load_domain_context("example.net", cert, key, now=now)
+    with pytest.raises(ConfigError, match="cannot read the TLS key file"):
+        load_domain_context("example.com", cert, tmp_path / "none.pem", now=now)
+    with pytest.raises(ConfigError, match="expired"):
+        load_domain_context("example.com", cert, key, now=now + timedelta(days=400))
+    key.write_bytes(other.key_pem)
+    with pytest.raises(ConfigError, match="the key does not belong to the certificate"):
+        load_domain_context("example.com", cert, key, now=now)
+    key.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="no usable PEM private key"):
+        load_domain_context("example.com", cert, key, now=now)
+    cert.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="holds no PEM certificate"):
+        load_domain_context("example.com", cert, key, now=now)
+    with pytest.raises(ConfigError, match="no domain to serve"):
+        build_sni_context({})
