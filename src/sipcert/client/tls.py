@@ -182,6 +182,11 @@ class _CheckedStream(httpcore.AsyncNetworkStream):
         if isinstance(exc, httpcore.ConnectTimeout):
             return TransportError(f"TLS handshake with the Store at {where} timed out")
         detail = str(cause or exc) or type(cause or exc).__name__
+        if detail in ("EndOfStream", "") or "EOF" in detail:
+            detail = (
+                f"the server closed the connection before presenting a certificate "
+                f"(it may not serve {self._domain}: TLS server name refused)"
+            )
         return TLSHandshakeError(f"TLS handshake with the Store at {where} failed: {detail}")
 
 
