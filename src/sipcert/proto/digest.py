@@ -634,7 +634,6 @@ class NonceCounter(Protocol):
 
     def advance(self, nonce: str, nc: int, now: float) -> bool:
         """Record ``nc`` and return True iff it is greater than every nc seen for ``nonce``."""
-        ...
 
 
 class MemoryNonceCounter:

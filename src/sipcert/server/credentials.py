@@ -60,11 +60,9 @@ class CredentialSource(Protocol):
 
     async def lookup(self, username: str, domain: str) -> StoredCredential | None:
         """The credential of ``username`` in ``domain`` (= the realm), or ``None``."""
-        ...
 
     async def close(self) -> None:
         """Release connections; the source must not be used afterwards."""
-        ...
 
 
 # -- AORs ----------------------------------------------------------------------------------

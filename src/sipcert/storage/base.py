@@ -119,11 +119,9 @@ class CertificateStore(Protocol):
 
     async def get_by_aor(self, aor: str, now: datetime) -> list[StoredCertificate]:
         """The AOR's unexpired certificates, ordered by ``created`` then ``sha256`` (§4.4)."""
-        ...
 
     async def get_by_cert_hash(self, cert_hash: str, now: datetime) -> StoredCertificate | None:
         """The unexpired certificate with this RFC 4387 certHash, or ``None``."""
-        ...
 
     async def add(self, cert: StoredCertificate, *, max_per_aor: int, now: datetime) -> bool:
         """Store ``cert``; True if new, False if the AOR already had it (same sha256).
@@ -132,19 +130,15 @@ class CertificateStore(Protocol):
         AOR already holds ``max_per_aor`` unexpired certificates, even against concurrent adds
         from other connections or processes. Expired ones do not count.
         """
-        ...
 
     async def delete(self, aor: str, cert_hash: str | None) -> int:
         """Remove the AOR's certificate with ``cert_hash`` (or all of them if ``None``).
 
         Returns how many were removed; expired ones are removed too (draft §5 revocation).
         """
-        ...
 
     async def purge_expired(self, now: datetime) -> int:
         """Remove every expired certificate ("The Store may discard", draft §5.1)."""
-        ...
 
     async def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
-        ...
