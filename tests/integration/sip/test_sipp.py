@@ -1,0 +1,422 @@
+"""Our SIP UA against SIPp, a real and strict SIP peer, in both roles.
+
+SIPp as UAS receives our MESSAGE and INVITE (and checks the body arrived intact); SIPp as
+UAC sends MESSAGE and INVITE/ACK/BYE to our UA. SIPp's exit code 0 means every call of the
+scenario succeeded, so SIPp itself vouches that our framing and dialog handling are valid SIP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from sipcert.errors import TransportError
+from sipcert.proto.mime import MimePart
+from sipcert.sip.transport import Hop, Transport
+from sipcert.sip.ua import IncomingRequest, Timers, UserAgent
+from tests.conftest import require_program
+
+pytestmark = pytest.mark.peer("sipp")
+
+T = TypeVar("T")
+TIMERS = Timers(t1=0.1, t2=0.8, invite_answer=10.0)
+TEXT = MimePart("text/plain", b"hello from sipcert")
+SDP = MimePart(
+    "application/sdp",
+    b"v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=sipcert\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 4000 RTP/AVP 0\r\n",
+)
+
+HEADER = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<!DOCTYPE scenario SYSTEM "sipp.dtd">\n'
+
+UAS_MESSAGE = (
+    HEADER
+    + """<scenario name="sipcert: SIPp receives a MESSAGE">
+  <recv request="MESSAGE" crlf="true">
+    <action>
+      <ereg regexp="^hello from sipcert$" search_in="body" check_it="true" assign_to="text"/>
+      <ereg regexp="text/plain" search_in="hdr" header="Content-Type:" check_it="true"
+            assign_to="ctype"/>
+      <ereg regexp="branch=z9hG4bK" search_in="hdr" header="Via:" check_it="true"
+            assign_to="cookie"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+    ]]>
+  </send>
+  <Reference variables="text,ctype,cookie"/>
+</scenario>
+"""
+)
+
+UAS_INVITE = (
+    HEADER
+    + """<scenario name="sipcert: SIPp answers an INVITE">
+  <recv request="INVITE" crlf="true">
+    <action>
+      <ereg regexp="o=alice 1 1 IN IP4" search_in="body" check_it="true" assign_to="offer"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+SIP/2.0 180 Ringing
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+Content-Length: 0
+
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=sipp 2 2 IN IP[local_ip_type] [local_ip]
+s=sipp
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+
+    ]]>
+  </send>
+  <recv request="ACK" crlf="true"/>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+    ]]>
+  </send>
+  <Reference variables="offer"/>
+</scenario>
+"""
+)
+
+UAC_MESSAGE = (
+    HEADER
+    + """<scenario name="sipcert: SIPp sends a MESSAGE">
+  <send retrans="500">
+    <![CDATA[
+MESSAGE sip:bob@example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:sipp@example.net>;tag=[pid]SIPpTag00[call_number]
+To: <sip:bob@example.com>
+Call-ID: [call_id]
+CSeq: 1 MESSAGE
+Max-Forwards: 70
+Content-Type: text/plain;charset=utf-8
+Content-Length: [len]
+
+hello from sipp
+    ]]>
+  </send>
+  <recv response="200">
+    <action>
+      <ereg regexp=";tag=" search_in="hdr" header="To:" check_it="true" assign_to="totag"/>
+    </action>
+  </recv>
+  <Reference variables="totag"/>
+</scenario>
+"""
+)
+
+UAC_INVITE = (
+    HEADER
+    + """<scenario name="sipcert: SIPp calls our UA">
+  <send retrans="500">
+    <![CDATA[
+INVITE sip:bob@example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:sipp@example.net>;tag=[pid]SIPpTag00[call_number]
+To: <sip:bob@example.com>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=sipp 1 1 IN IP[local_ip_type] [local_ip]
+s=sipp
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true">
+    <action>
+      <ereg regexp="o=bob 7 7 IN IP4" search_in="body" check_it="true" assign_to="answer"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:sipp@example.net>;tag=[pid]SIPpTag00[call_number]
+[last_To:]
+[routes]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="200"/>
+  <send retrans="500">
+    <![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:sipp@example.net>;tag=[pid]SIPpTag00[call_number]
+[last_To:]
+[routes]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <Reference variables="answer"/>
+</scenario>
+"""
+)
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await asyncio.wait_for(coro, 60)
+
+    return asyncio.run(main())
+
+
+def free_port() -> int:
+    """A port free for UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Sipp:
+    """One SIPp run: the process, its port and the files it writes."""
+
+    process: asyncio.subprocess.Process
+    command: list[str]
+    port: int
+    folder: Path
+    name: str
+
+    async def finish(self, timeout: float = 20.0) -> tuple[int, str]:
+        """Wait for SIPp to exit; its exit code and a description for failure messages."""
+        try:
+            stdout, _ = await asyncio.wait_for(self.process.communicate(), timeout)
+        except TimeoutError:
+            self.process.kill()
+            stdout, _ = await self.process.communicate()
+        errors = self.folder / f"{self.name}-errors.log"
+        messages = self.folder / f"{self.name}-messages.log"
+        text = (
+            f"$ {' '.join(self.command)}\nexit {self.process.returncode}\n"
+            f"--- stdout ---\n{stdout.decode(errors='replace')[-2500:]}\n"
+            f"--- errors ---\n{errors.read_text(errors='replace') if errors.exists() else ''}\n"
+            f"--- messages ---\n{messages.read_text(errors='replace') if messages.exists() else ''}"
+        )
+        return self.process.returncode or 0, text
+
+
+@contextlib.asynccontextmanager
+async def sipp(
+    scenario: str,
+    folder: Path,
+    name: str,
+    *,
+    transport: Transport = Transport.UDP,
+    remote: tuple[str, int] | None = None,
+) -> AsyncIterator[Sipp]:
+    """Start SIPp with ``scenario`` for one call (UAS when ``remote`` is None)."""
+    binary = require_program("sipp")
+    path = folder / f"{name}.xml"
+    path.write_text(scenario, encoding="iso-8859-1")
+    port = free_port()
+    command = [
+        binary,
+        *([f"{remote[0]}:{remote[1]}"] if remote else []),
+        "-sf",
+        str(path),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-t",
+        "u1" if transport is Transport.UDP else "t1",
+        "-m",
+        "1",
+        "-timeout",
+        "15s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str(folder / f"{name}-errors.log"),
+        "-trace_msg",
+        "-message_file",
+        str(folder / f"{name}-messages.log"),
+    ]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=folder,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    run = Sipp(process, command, port, folder, name)
+    try:
+        yield run
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
+
+
+# --- SIPp as UAS ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", [Transport.UDP, Transport.TCP])
+def test_sipp_receives_our_message(tmp_path: Path, transport: Transport) -> None:
+    async def main() -> None:
+        async with sipp(UAS_MESSAGE, tmp_path, "uas-message", transport=transport) as peer:
+            proxy = Hop(transport, "127.0.0.1", peer.port)
+            async with UserAgent(
+                "alice@example.com", transport=transport, proxy=proxy, timers=TIMERS
+            ) as alice:
+                for _ in range(50):  # SIPp needs a moment before its TCP socket listens
+                    try:
+                        response = await alice.send_message("sipp@example.net", TEXT)
+                        break
+                    except TransportError:
+                        if transport is Transport.UDP:
+                            raise
+                        await asyncio.sleep(0.1)
+                else:
+                    pytest.fail("SIPp did not start listening")
+            code, report = await peer.finish()
+        assert code == 0, report
+        assert response.status == 200
+        assert (response.to.tag or "").startswith(str(peer.process.pid))
+
+    run(main())
+
+
+def test_sipp_answers_our_invite_and_we_hang_up(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with sipp(UAS_INVITE, tmp_path, "uas-invite") as peer:
+            proxy = Hop(Transport.UDP, "127.0.0.1", peer.port)
+            async with UserAgent("alice@example.com", proxy=proxy, timers=TIMERS) as alice:
+                call = await alice.invite("sipp@example.net", SDP)
+                assert call.established, call.response
+                assert [r.status for r in call.provisional] == [180]
+                assert call.remote_body is not None
+                assert call.remote_body.media_type == "application/sdp"
+                assert b"o=sipp 2 2 IN IP4 127.0.0.1" in call.remote_body.body
+                assert call.dialog is not None
+                assert call.dialog.remote_target == f"sip:sipp@127.0.0.1:{peer.port};transport=UDP"
+                await asyncio.sleep(0.2)
+                bye = await call.bye()
+            code, report = await peer.finish()
+        assert code == 0, report
+        assert bye.status == 200
+
+    run(main())
+
+
+# --- SIPp as UAC ---------------------------------------------------------------------------------
+
+
+def test_sipp_sends_us_a_message(tmp_path: Path) -> None:
+    async def main() -> None:
+        received: list[IncomingRequest] = []
+
+        async def on_message(incoming: IncomingRequest) -> int:
+            received.append(incoming)
+            return 200
+
+        async with UserAgent("bob@example.com", on_message=on_message, timers=TIMERS) as bob:
+            async with sipp(UAC_MESSAGE, tmp_path, "uac-message", remote=bob.local_address) as peer:
+                code, report = await peer.finish()
+        assert code == 0, report
+        assert len(received) == 1
+        incoming = received[0]
+        assert incoming.body == MimePart("text/plain;charset=utf-8", b"hello from sipp\r\n")
+        assert str(incoming.sender.aor) == "sipp@example.net"
+
+    run(main())
+
+
+def test_sipp_calls_us_and_hangs_up(tmp_path: Path) -> None:
+    async def main() -> None:
+        offers: list[IncomingRequest] = []
+
+        async def on_invite(incoming: IncomingRequest) -> MimePart:
+            offers.append(incoming)
+            return MimePart("application/sdp", b"v=0\r\no=bob 7 7 IN IP4 127.0.0.1\r\ns=-\r\n")
+
+        async with UserAgent("bob@example.com", on_invite=on_invite, timers=TIMERS) as bob:
+            async with sipp(UAC_INVITE, tmp_path, "uac-invite", remote=bob.local_address) as peer:
+                code, report = await peer.finish()
+            call = await asyncio.wait_for(bob.incoming_calls.get(), 5)
+        assert code == 0, report
+        assert offers[0].body is not None
+        assert b"o=sipp 1 1 IN IP4 127.0.0.1" in offers[0].body.body
+        assert call.confirmed.is_set()  # SIPp's ACK matched our dialog
+        assert call.ended.is_set()
+        assert call.ended_by == "remote BYE"
+
+    run(main())

@@ -1,0 +1,771 @@
+"""The SIP user agent against in-process peers on loopback (RFC 3261 §8-§17, §22)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from sipcert.errors import AuthenticationError, ConfigError, NameMismatchError, TransportError
+from sipcert.proto.ca import TestCA
+from sipcert.proto.digest import (
+    Algorithm,
+    DigestServer,
+    StoredCredential,
+    parse_authorization,
+)
+from sipcert.proto.indirection import certificate_reference, parse_external_body
+from sipcert.proto.mime import MimePart
+from sipcert.proto.sip import Request, Response, body_part, make_response
+from sipcert.sip.transport import Hop, Origin, SipTransport, Transport, client_tls_context
+from sipcert.sip.ua import Call, IncomingRequest, Timers, UserAgent
+
+T = TypeVar("T")
+FAST = Timers(t1=0.02, t2=0.16, t4=0.2, invite_answer=5.0)
+SDP_OFFER = MimePart("application/sdp", b"v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\n")
+SDP_ANSWER = MimePart("application/sdp", b"v=0\r\no=bob 2 2 IN IP4 127.0.0.1\r\ns=-\r\n")
+TEXT = MimePart("text/plain; charset=utf-8", "héllo\r\n\r\nbinary\x00".encode())
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await asyncio.wait_for(coro, 30)
+
+    return asyncio.run(main())
+
+
+class RawPeer:
+    """A scripted SIP endpoint on one UDP socket: records everything, answers via ``script``."""
+
+    def __init__(self, script: Callable[[RawPeer, Request | Response, Origin], None]) -> None:
+        self.script = script
+        self.received: list[Request | Response] = []
+        self._arrived = asyncio.Event()
+        self.transport = SipTransport(self._on)
+
+    def _on(self, message: Request | Response, origin: Origin) -> None:
+        self.received.append(message)
+        self._arrived.set()
+        self.script(self, message, origin)
+
+    async def start(self) -> Hop:
+        host, port = await self.transport.listen(Transport.UDP)
+        return Hop(Transport.UDP, host, port)
+
+    def reply(self, response: Response, origin: Origin) -> None:
+        asyncio.get_running_loop().create_task(self.transport.reply(response, origin))
+
+    def requests(self, method: str) -> list[Request]:
+        return [m for m in self.received if isinstance(m, Request) and m.method == method]
+
+    def responses(self) -> list[Response]:
+        return [m for m in self.received if isinstance(m, Response)]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+def _ignore(peer: RawPeer, message: Request | Response, origin: Origin) -> None:
+    pass
+
+
+# --- MESSAGE ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", [Transport.UDP, Transport.TCP])
+def test_message_body_is_delivered_as_a_mime_part(transport: Transport) -> None:
+    async def main() -> None:
+        got: list[IncomingRequest] = []
+
+        async def on_message(incoming: IncomingRequest) -> int | None:
+            got.append(incoming)
+            return None
+
+        async with UserAgent(
+            "bob@example.com", transport=transport, on_message=on_message, timers=FAST
+        ) as bob:
+            proxy = Hop(transport, *bob.local_address)
+            async with UserAgent(
+                "alice@example.com", transport=transport, proxy=proxy, timers=FAST
+            ) as alice:
+                response = await alice.send_message("bob@example.com", TEXT)
+                assert response.status == 200
+                assert response.to.tag is not None
+                assert len(got) == 1
+                incoming = got[0]
+                assert incoming.body == TEXT
+                assert incoming.sender.aor == alice.aor
+                assert incoming.request.uri == "sip:bob@example.com"
+                assert incoming.origin.transport is transport
+                assert incoming.request.top_via.transport == transport.via_name
+
+    run(main())
+
+
+def test_message_inbox_and_handler_status() -> None:
+    async def main() -> None:
+        async with UserAgent("bob@example.com", timers=FAST) as bob:
+            proxy = Hop(Transport.UDP, *bob.local_address)
+            async with UserAgent("alice@example.com", proxy=proxy, timers=FAST) as alice:
+                assert (await alice.send_message("bob@example.com", TEXT)).status == 200
+                incoming = bob.inbox.get_nowait()
+                assert incoming.body == TEXT
+
+                async def refuse(incoming: IncomingRequest) -> int:
+                    return 415
+
+                bob.on_message = refuse
+                refused = await alice.send_message("bob@example.com", TEXT)
+                assert (refused.status, refused.reason) == (415, "Unsupported Media Type")
+
+                async def crash(incoming: IncomingRequest) -> int:
+                    raise RuntimeError("handler bug")
+
+                bob.on_message = crash
+                assert (await alice.send_message("bob@example.com", TEXT)).status == 500
+
+    run(main())
+
+
+def test_server_transaction_absorbs_retransmissions() -> None:
+    async def main() -> None:
+        calls: list[IncomingRequest] = []
+
+        async def on_message(incoming: IncomingRequest) -> int:
+            calls.append(incoming)
+            return 202
+
+        peer = RawPeer(_ignore)
+        await peer.start()
+        async with UserAgent("bob@example.com", on_message=on_message, timers=FAST) as bob:
+            bob_hop = Hop(Transport.UDP, *bob.local_address)
+            host, port = peer.transport.local_address(Transport.UDP)
+            message = Request(
+                "MESSAGE",
+                "sip:bob@example.com",
+                headers=(
+                    ("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKretrans"),
+                    ("From", "<sip:alice@example.com>;tag=a"),
+                    ("To", "<sip:bob@example.com>"),
+                    ("Call-ID", "retrans-1"),
+                    ("CSeq", "7 MESSAGE"),
+                    ("Content-Type", "text/plain"),
+                ),
+                body=b"once",
+            )
+            await peer.transport.send(message, bob_hop)
+            await peer.wait_for(lambda: len(peer.responses()) == 1)
+            await peer.transport.send(message, bob_hop)
+            await peer.wait_for(lambda: len(peer.responses()) == 2)
+            first, second = peer.responses()
+            assert first.status == second.status == 202
+            assert first.to.tag == second.to.tag
+            assert len(calls) == 1
+
+            no_type = message.without("Content-Type").replacing(
+                "Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKnotype"
+            )
+            await peer.transport.send(no_type, bob_hop)
+            await peer.wait_for(lambda: len(peer.responses()) == 3)
+            assert peer.responses()[2].status == 400
+        await peer.transport.aclose()
+
+    run(main())
+
+
+def test_udp_retransmission_timer_e() -> None:
+    """Timer E: resend at T1, 2*T1, ... until a response (RFC 3261 §17.1.2.2)."""
+
+    def answer_third(peer: RawPeer, message: Request | Response, origin: Origin) -> None:
+        if isinstance(message, Request) and len(peer.requests("MESSAGE")) == 3:
+            peer.reply(make_response(message, 200, to_tag="late"), origin)
+
+    async def main() -> None:
+        peer = RawPeer(answer_third)
+        hop = await peer.start()
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            started = time.monotonic()
+            response = await alice.send_message("bob@example.com", TEXT)
+            elapsed = time.monotonic() - started
+        await peer.transport.aclose()
+        assert response.status == 200
+        copies = peer.requests("MESSAGE")
+        assert len(copies) == 3
+        assert len({c.to_bytes() for c in copies}) == 1  # identical retransmissions
+        assert elapsed >= FAST.t1 + 2 * FAST.t1 - 0.005
+
+    run(main())
+
+
+def test_timer_f_gives_up() -> None:
+    async def main() -> None:
+        peer = RawPeer(_ignore)
+        hop = await peer.start()
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            with pytest.raises(TransportError, match="Timer F fired"):
+                await alice.send_message("bob@example.com", TEXT)
+        await peer.transport.aclose()
+        # T1=20 ms doubling to T2=160 ms within 64*T1=1.28 s: 1 + 9 or so copies.
+        assert 7 <= len(peer.requests("MESSAGE")) <= 12
+
+    run(main())
+
+
+def test_provisional_switches_non_invite_retransmission_to_t2() -> None:
+    def trying_then_ok(peer: RawPeer, message: Request | Response, origin: Origin) -> None:
+        if not isinstance(message, Request):
+            return
+        count = len(peer.requests("MESSAGE"))
+        if count == 1:
+            peer.reply(make_response(message, 100), origin)
+        elif count == 3:
+            peer.reply(make_response(message, 200, to_tag="x"), origin)
+
+    async def main() -> None:
+        peer = RawPeer(trying_then_ok)
+        hop = await peer.start()
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            started = time.monotonic()
+            assert (await alice.send_message("bob@example.com", TEXT)).status == 200
+            assert time.monotonic() - started >= 2 * FAST.t2 - 0.01
+        await peer.transport.aclose()
+
+    run(main())
+
+
+# --- Digest ----------------------------------------------------------------------------------
+
+
+class Registrar:
+    """A registrar / proxy that challenges with sipcert's DigestServer (nonce counts enforced)."""
+
+    def __init__(self, algorithm: Algorithm, password: str, *, status: int = 401) -> None:
+        self.digest = DigestServer(b"s" * 32, "example.com", algorithms=[algorithm])
+        self.password = password
+        self.status = status
+        self.authorizations: list[str] = []
+        self.peer = RawPeer(self.handle)
+
+    def handle(self, peer: RawPeer, message: Request | Response, origin: Origin) -> None:
+        if not isinstance(message, Request):
+            return
+        header = "Authorization" if self.status == 401 else "Proxy-Authorization"
+        value = message.get(header)
+        if value is not None:
+            self.authorizations.append(value)
+            try:
+                self.digest.verify(
+                    parse_authorization(value),
+                    StoredCredential(password=self.password),
+                    method=message.method,
+                    request_uri=message.uri,
+                    now=time.time(),
+                )
+            except AuthenticationError:
+                pass
+            else:
+                peer.reply(make_response(message, 200, to_tag="reg"), origin)
+                return
+        challenge = "WWW-Authenticate" if self.status == 401 else "Proxy-Authenticate"
+        headers = [(challenge, c) for c in self.digest.challenges(time.time())]
+        peer.reply(make_response(message, self.status, to_tag="ch", headers=headers), origin)
+
+
+@pytest.mark.parametrize("algorithm", [Algorithm.MD5, Algorithm.SHA256])
+def test_register_answers_401_and_counts_nc(algorithm: Algorithm) -> None:
+    async def main() -> None:
+        registrar = Registrar(algorithm, "secret")
+        hop = await registrar.peer.start()
+        async with UserAgent(
+            "alice@example.com", password="secret", proxy=hop, timers=FAST
+        ) as alice:
+            assert (await alice.register(expires=120)).status == 200
+            assert (await alice.register(expires=120)).status == 200
+            assert (await alice.unregister()).status == 200
+        await registrar.peer.transport.aclose()
+        registers = registrar.peer.requests("REGISTER")
+        assert len(registers) == 4  # unauthenticated, answered, then two pre-emptive
+        first, answered, again, gone = registers
+        assert first.get("Authorization") is None
+        assert first.uri == "sip:example.com"
+        assert first.to.uri == first.from_.uri == "sip:alice@example.com"
+        assert answered.call_id == first.call_id == again.call_id  # §10.2: one Call-ID
+        assert [r.cseq[0] for r in registers] == [1, 2, 3, 4]
+        assert answered.top_via.branch != first.top_via.branch
+        assert first.get("Expires") == "120"
+        assert gone.get("Expires") == "0"
+        creds = [parse_authorization(v) for v in registrar.authorizations]
+        assert [c.nc for c in creds] == [1, 2, 3]
+        assert len({c.nonce for c in creds}) == 1
+        assert {c.algorithm for c in creds} == {algorithm.value}
+        assert {c.uri for c in creds} == {"sip:example.com"}
+        assert creds[0].username == "alice"
+
+    run(main())
+
+
+def test_message_answers_407_with_proxy_authorization() -> None:
+    async def main() -> None:
+        proxy = Registrar(Algorithm.SHA256, "secret", status=407)
+        hop = await proxy.peer.start()
+        async with UserAgent(
+            "alice@example.com", password="secret", proxy=hop, timers=FAST
+        ) as alice:
+            assert (await alice.send_message("bob@example.net", TEXT)).status == 200
+        await proxy.peer.transport.aclose()
+        first, second = proxy.peer.requests("MESSAGE")
+        assert second.get("Proxy-Authorization") is not None
+        assert second.get("Authorization") is None
+        assert (second.call_id, second.from_.tag) == (first.call_id, first.from_.tag)
+        assert second.cseq[0] == first.cseq[0] + 1
+        assert second.body == first.body
+        assert parse_authorization(proxy.authorizations[0]).uri == "sip:bob@example.net"
+
+    run(main())
+
+
+def test_wrong_password_ends_with_the_challenge() -> None:
+    async def main() -> None:
+        registrar = Registrar(Algorithm.MD5, "right")
+        hop = await registrar.peer.start()
+        async with UserAgent("alice@example.com", password="wrong", proxy=hop, timers=FAST) as ua:
+            assert (await ua.register()).status == 401
+        await registrar.peer.transport.aclose()
+        assert len(registrar.peer.requests("REGISTER")) == 3  # gives up after two answers
+
+    run(main())
+
+
+def test_without_password_a_challenge_is_returned() -> None:
+    async def main() -> None:
+        registrar = Registrar(Algorithm.MD5, "x")
+        hop = await registrar.peer.start()
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as ua:
+            assert (await ua.register()).status == 401
+        await registrar.peer.transport.aclose()
+
+    run(main())
+
+
+# --- INVITE ----------------------------------------------------------------------------------
+
+
+async def _answer(incoming: IncomingRequest) -> MimePart:
+    return SDP_ANSWER
+
+
+@pytest.mark.parametrize("transport", [Transport.UDP, Transport.TCP])
+def test_invite_ack_bye(transport: Transport) -> None:
+    async def main() -> None:
+        offers: list[IncomingRequest] = []
+
+        async def on_invite(incoming: IncomingRequest) -> MimePart:
+            offers.append(incoming)
+            return SDP_ANSWER
+
+        async with UserAgent(
+            "bob@example.com", transport=transport, on_invite=on_invite, timers=FAST
+        ) as bob:
+            proxy = Hop(transport, *bob.local_address)
+            async with UserAgent(
+                "alice@example.com", transport=transport, proxy=proxy, timers=FAST
+            ) as alice:
+                call = await alice.invite("bob@example.com", SDP_OFFER)
+                assert call.established
+                assert [r.status for r in call.provisional] == [100, 180]
+                assert call.response is not None and call.response.status == 200
+                assert call.remote_body == SDP_ANSWER
+                assert offers[0].body == SDP_OFFER
+                assert offers[0].dialog is not None
+                answered = await bob.incoming_calls.get()
+                await asyncio.wait_for(answered.confirmed.wait(), 5)
+                assert answered.ack is not None
+                assert answered.ack.cseq == (call.invite.cseq[0], "ACK")
+                assert answered.remote_body == SDP_OFFER
+                bye = await call.bye()
+                assert bye.status == 200
+                await asyncio.wait_for(answered.ended.wait(), 5)
+                assert (call.ended_by, answered.ended_by) == ("local BYE", "remote BYE")
+                assert not call.established
+                with pytest.raises(ConfigError, match="not established"):
+                    await call.bye()
+
+    run(main())
+
+
+def test_callee_hangs_up() -> None:
+    async def main() -> None:
+        async with UserAgent("bob@example.com", on_invite=_answer, timers=FAST) as bob:
+            proxy = Hop(Transport.UDP, *bob.local_address)
+            async with UserAgent("alice@example.com", proxy=proxy, timers=FAST) as alice:
+                call = await alice.invite("bob@example.com", SDP_OFFER)
+                answered = await bob.incoming_calls.get()
+                await asyncio.wait_for(answered.confirmed.wait(), 5)
+                assert (await answered.bye()).status == 200
+                await asyncio.wait_for(call.ended.wait(), 5)
+                assert call.ended_by == "remote BYE"
+
+    run(main())
+
+
+def test_refused_and_unanswerable_invites() -> None:
+    async def main() -> None:
+        async def busy(incoming: IncomingRequest) -> int:
+            return 486
+
+        async with UserAgent("bob@example.com", on_invite=busy, timers=FAST) as bob:
+            proxy = Hop(Transport.UDP, *bob.local_address)
+            async with UserAgent("alice@example.com", proxy=proxy, timers=FAST) as alice:
+                call = await alice.invite("bob@example.com", SDP_OFFER)
+                assert call.response is not None and call.response.status == 486
+                assert not call.established
+                assert call.ended.is_set()
+                bob.on_invite = None
+                call = await alice.invite("bob@example.com", SDP_OFFER)
+                assert call.response is not None and call.response.status == 480
+
+    run(main())
+
+
+def test_non_2xx_is_acked_in_the_transaction() -> None:
+    """ACK for a non-2xx final: same branch, To from the response (RFC 3261 §17.1.1.3)."""
+
+    def busy(peer: RawPeer, message: Request | Response, origin: Origin) -> None:
+        if isinstance(message, Request) and message.method == "INVITE":
+            peer.reply(make_response(message, 486, to_tag="busy"), origin)
+
+    async def main() -> None:
+        peer = RawPeer(busy)
+        hop = await peer.start()
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            call = await alice.invite("bob@example.com", SDP_OFFER)
+            await peer.wait_for(lambda: bool(peer.requests("ACK")))
+        await peer.transport.aclose()
+        assert call.response is not None and call.response.status == 486
+        invite, ack = peer.requests("INVITE")[0], peer.requests("ACK")[0]
+        assert ack.top_via.branch == invite.top_via.branch
+        assert ack.cseq == (invite.cseq[0], "ACK")
+        assert ack.to.tag == "busy"
+        assert ack.uri == invite.uri
+
+    run(main())
+
+
+def _ok(message: Request, tag: str, contact: str, record_route: str | None = None) -> Response:
+    headers = [("Contact", contact)]
+    if record_route is not None:
+        headers.append(("Record-Route", record_route))
+    response = make_response(message, 200, to_tag=tag, headers=headers)
+    return response
+
+
+def test_record_route_makes_a_loose_route_set() -> None:
+    """UAC route set = reversed Record-Route; ACK/BYE go to its first hop (§12.1.2, §12.2.1.1)."""
+
+    async def main() -> None:
+        def proxy_like(peer: RawPeer, message: Request | Response, origin: Origin) -> None:
+            if isinstance(message, Request) and message.method == "INVITE":
+                rr = f"<sip:10.0.0.2:5060;lr>, <sip:127.0.0.1:{port};lr;ftag=x>"
+                peer.reply(_ok(message, "uas", "<sip:bob@192.0.2.9:5070>", rr), origin)
+            elif isinstance(message, Request) and message.method == "BYE":
+                peer.reply(make_response(message, 200), origin)
+
+        peer = RawPeer(proxy_like)
+        hop = await peer.start()
+        port = hop.port
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            call = await alice.invite("bob@example.com", SDP_OFFER)
+            assert call.established
+            assert call.dialog is not None
+            assert call.dialog.route_set == [
+                f"<sip:127.0.0.1:{port};lr;ftag=x>",
+                "<sip:10.0.0.2:5060;lr>",
+            ]
+            await peer.wait_for(lambda: bool(peer.requests("ACK")))
+            assert (await call.bye()).status == 200
+        await peer.transport.aclose()
+        invite = peer.requests("INVITE")[0]
+        assert invite.values("Route") == [f"<sip:127.0.0.1:{port};lr>"]  # pre-loaded (§8.1.2)
+        for request in (peer.requests("ACK")[0], peer.requests("BYE")[0]):
+            assert request.uri == "sip:bob@192.0.2.9:5070"  # remote target
+            assert request.values("Route") == call.dialog.route_set
+            assert request.to.tag == "uas"
+            assert request.from_.tag == invite.from_.tag
+            assert request.call_id == invite.call_id
+        assert peer.requests("BYE")[0].cseq == (invite.cseq[0] + 1, "BYE")
+        assert peer.requests("ACK")[0].top_via.branch != invite.top_via.branch  # §13.2.2.4
+
+    run(main())
+
+
+def test_strict_router_in_the_route_set() -> None:
+    async def main() -> None:
+        def strict(peer: RawPeer, message: Request | Response, origin: Origin) -> None:
+            if isinstance(message, Request) and message.method == "INVITE":
+                rr = f"<sip:127.0.0.1:{port}>"
+                peer.reply(_ok(message, "uas", "<sip:bob@192.0.2.9>", rr), origin)
+
+        peer = RawPeer(strict)
+        hop = await peer.start()
+        port = hop.port
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            await alice.invite("bob@example.com", SDP_OFFER)
+            await peer.wait_for(lambda: bool(peer.requests("ACK")))
+        await peer.transport.aclose()
+        ack = peer.requests("ACK")[0]
+        assert ack.uri == f"sip:127.0.0.1:{port}"
+        assert ack.values("Route") == ["<sip:bob@192.0.2.9>"]
+
+    run(main())
+
+
+def test_retransmitted_and_forked_2xx() -> None:
+    """A repeated 2xx is ACKed again; a 2xx from a second fork is ACKed then ended (§13.2.2.4)."""
+
+    async def main() -> None:
+        def forking(peer: RawPeer, message: Request | Response, origin: Origin) -> None:
+            if not isinstance(message, Request):
+                return
+            contact = f"<sip:bob@127.0.0.1:{port}>"
+            if message.method == "INVITE":
+                first = _ok(message, "one", contact)
+                peer.reply(first, origin)
+                peer.reply(first, origin)  # a retransmission of the same 2xx
+                peer.reply(_ok(message, "two", contact), origin)
+            elif message.method == "BYE":
+                peer.reply(make_response(message, 200), origin)
+
+        peer = RawPeer(forking)
+        hop = await peer.start()
+        port = hop.port
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            call = await alice.invite("bob@example.com", SDP_OFFER)
+            await peer.wait_for(lambda: len(peer.requests("ACK")) >= 3 and peer.requests("BYE"))
+            assert call.established
+            assert call.dialog is not None and call.dialog.remote_tag == "one"
+        await peer.transport.aclose()
+        acked = sorted(a.to.tag or "" for a in peer.requests("ACK"))
+        assert acked == ["one", "one", "two"]
+        assert [b.to.tag for b in peer.requests("BYE")] == ["two"]
+
+    run(main())
+
+
+def test_2xx_is_retransmitted_until_the_ack() -> None:
+    """The UAS resends its 200 at T1, 2*T1 ... until the ACK (RFC 3261 §13.3.1.4)."""
+
+    async def main() -> None:
+        peer = RawPeer(_ignore)
+        await peer.start()
+        host, port = peer.transport.local_address(Transport.UDP)
+        async with UserAgent("bob@example.com", on_invite=_answer, timers=FAST) as bob:
+            bob_hop = Hop(Transport.UDP, *bob.local_address)
+            invite = Request(
+                "INVITE",
+                "sip:bob@example.com",
+                headers=(
+                    ("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKinv"),
+                    ("From", "<sip:alice@example.com>;tag=caller"),
+                    ("To", "<sip:bob@example.com>"),
+                    ("Call-ID", "inv-1"),
+                    ("CSeq", "1 INVITE"),
+                    ("Contact", f"<sip:alice@{host}:{port}>"),
+                    ("Content-Type", "application/sdp"),
+                ),
+                body=SDP_OFFER.body,
+            )
+            await peer.transport.send(invite, bob_hop)
+            oks = lambda: [r for r in peer.responses() if r.status == 200]  # noqa: E731
+            await peer.wait_for(lambda: len(oks()) >= 3)
+            ok = oks()[0]
+            assert all(r.to_bytes() == ok.to_bytes() for r in oks())
+            assert [r.status for r in peer.responses()][:2] == [100, 180]
+            assert body_part(ok) == SDP_ANSWER
+            ack = Request(
+                "ACK",
+                "sip:bob@example.com",
+                headers=(
+                    ("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKack"),
+                    ("From", "<sip:alice@example.com>;tag=caller"),
+                    ("To", ok.require("To")),
+                    ("Call-ID", "inv-1"),
+                    ("CSeq", "1 ACK"),
+                ),
+            )
+            await peer.transport.send(ack, bob_hop)
+            answered = await bob.incoming_calls.get()
+            await asyncio.wait_for(answered.confirmed.wait(), 5)
+            count = len(oks())
+            await asyncio.sleep(8 * FAST.t1)
+            assert len(oks()) <= count + 1  # at most one already in flight
+            assert answered.established
+        await peer.transport.aclose()
+
+    run(main())
+
+
+def test_cancel_ends_an_unanswered_invite() -> None:
+    async def main() -> None:
+        never = asyncio.Event()
+
+        async def ringing_forever(incoming: IncomingRequest) -> MimePart:
+            await never.wait()
+            return SDP_ANSWER
+
+        peer = RawPeer(_ignore)
+        await peer.start()
+        host, port = peer.transport.local_address(Transport.UDP)
+        async with UserAgent("bob@example.com", on_invite=ringing_forever, timers=FAST) as bob:
+            bob_hop = Hop(Transport.UDP, *bob.local_address)
+            common = (
+                ("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKcancelme"),
+                ("From", "<sip:alice@example.com>;tag=c"),
+                ("To", "<sip:bob@example.com>"),
+                ("Call-ID", "cancel-1"),
+            )
+            invite = Request(
+                "INVITE",
+                "sip:bob@example.com",
+                headers=(*common, ("CSeq", "5 INVITE"), ("Contact", f"<sip:a@{host}:{port}>")),
+            )
+            await peer.transport.send(invite, bob_hop)
+            await peer.wait_for(lambda: any(r.status == 180 for r in peer.responses()))
+            cancel = Request(
+                "CANCEL", "sip:bob@example.com", headers=(*common, ("CSeq", "5 CANCEL"))
+            )
+            await peer.transport.send(cancel, bob_hop)
+            await peer.wait_for(lambda: any(r.status == 487 for r in peer.responses()))
+            statuses = {(r.cseq[1], r.status) for r in peer.responses()}
+            assert ("CANCEL", 200) in statuses
+            assert ("INVITE", 487) in statuses
+            stray = cancel.replacing("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKnone")
+            await peer.transport.send(stray, bob_hop)
+            await peer.wait_for(lambda: any(r.status == 481 for r in peer.responses()))
+        await peer.transport.aclose()
+
+    run(main())
+
+
+def test_options_unknown_methods_and_unknown_dialogs() -> None:
+    async def main() -> None:
+        reference = certificate_reference(
+            "https://certs.example.com/search-cgi?email=bob%40example.com"
+        )
+
+        async def on_options(incoming: IncomingRequest) -> MimePart:
+            return reference
+
+        async with UserAgent("bob@example.com", on_options=on_options, timers=FAST) as bob:
+            proxy = Hop(Transport.UDP, *bob.local_address)
+            async with UserAgent("alice@example.com", proxy=proxy, timers=FAST) as alice:
+                response = await alice.options("bob@example.com")
+                assert response.status == 200
+                assert "MESSAGE" in (response.get("Allow") or "")
+                part = body_part(response)
+                assert part is not None
+                assert parse_external_body(part).host == "certs.example.com"
+
+                request = await alice._out_of_dialog(
+                    "SUBSCRIBE",
+                    "bob@example.com",
+                    body=None,
+                    headers=(),
+                    tag="t",
+                    call_id="sub-1",
+                    contact=True,
+                )
+                _, refused = await alice._send(request, proxy)
+                assert refused.status == 405
+                assert refused.get("Allow") == "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE"
+
+                bye = (
+                    await alice._out_of_dialog(
+                        "BYE",
+                        "bob@example.com",
+                        body=None,
+                        headers=(),
+                        tag="t",
+                        call_id="none",
+                        contact=False,
+                    )
+                ).replacing("To", "<sip:bob@example.com>;tag=nosuch")
+                _, gone = await alice._send(bye, proxy)
+                assert gone.status == 481
+
+    run(main())
+
+
+def test_configuration_errors() -> None:
+    async def main() -> None:
+        async with UserAgent("alice@example.com", timers=FAST) as alice:
+            with pytest.raises(ConfigError, match="no proxy configured"):
+                await alice.register()
+            assert alice.contact == f"sip:alice@127.0.0.1:{alice.local_address[1]}"
+        tcp = UserAgent("carol@example.com", transport=Transport.TCP)
+        async with tcp:
+            assert tcp.contact.endswith(";transport=tcp")
+
+    run(main())
+
+
+def test_call_api_shape() -> None:
+    """Call is what the S/MIME layer reads: the INVITE, the final response, the bodies."""
+    fields = set(Call.__dataclass_fields__)
+    assert {"invite", "response", "remote_body", "dialog", "provisional"} <= fields
+
+
+def test_message_and_call_over_tls(tmp_path: Path) -> None:
+    """Both UAs on TLS: the caller verifies the callee's certificate for example.com."""
+    now = datetime.now(UTC)
+    ca = TestCA.create(now=now)
+    issued = ca.issue(["example.com"], now=now)
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    (tmp_path / "s.pem").write_bytes(issued.cert_pem)
+    (tmp_path / "s.key").write_bytes(issued.key_pem)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "s.pem", tmp_path / "s.key")
+    client = client_tls_context(tmp_path / "ca.pem")
+
+    async def main() -> None:
+        async with UserAgent(
+            "bob@example.com",
+            transport=Transport.TLS,
+            server_tls_context=server,
+            tls_context=client,
+            on_invite=_answer,
+            timers=FAST,
+        ) as bob:
+            proxy = Hop(Transport.TLS, *bob.local_address, domain="example.com")
+            async with UserAgent(
+                "alice@example.com",
+                transport=Transport.TLS,
+                tls_context=client,
+                server_tls_context=server,
+                proxy=proxy,
+                timers=FAST,
+            ) as alice:
+                assert alice.contact.endswith(";transport=tls")
+                assert (await alice.send_message("bob@example.com", TEXT)).status == 200
+                assert bob.inbox.get_nowait().origin.transport is Transport.TLS
+                call = await alice.invite("bob@example.com", SDP_OFFER)
+                assert call.established
+                assert (await call.bye()).status == 200
+            wrong = Hop(Transport.TLS, *bob.local_address, domain="example.net")
+            async with UserAgent(
+                "carol@example.net", transport=Transport.TLS, tls_context=client, proxy=wrong
+            ) as carol:
+                with pytest.raises(NameMismatchError):
+                    await carol.send_message("bob@example.com", TEXT)
+                with pytest.raises(ConfigError, match="server_tls_context"):
+                    _ = carol.contact
+
+    run(main())
