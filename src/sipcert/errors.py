@@ -18,6 +18,7 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     ├── AuthenticationError            Digest credentials missing or wrong (401)
     │   └── StaleNonceError            a genuine nonce that has expired (401, stale=true)
     ├── ForbiddenError                 authenticated but not allowed (403)
+    ├── RateLimitedError               too many failed attempts; retry later (429)
     ├── NotFoundError                  nothing there (404)
     ├── CryptoError                    a cryptographic operation failed
     │   ├── SignatureError             a signature does not verify
@@ -50,6 +51,7 @@ __all__ = [
     "MIMEError",
     "NameMismatchError",
     "NotFoundError",
+    "RateLimitedError",
     "SignatureError",
     "SipCertError",
     "StaleNonceError",
@@ -134,6 +136,17 @@ class ForbiddenError(SipCertError):
     def __init__(self, message: str, reason: str = "forbidden") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class RateLimitedError(SipCertError):
+    """Too many failed attempts from this client or for this user; retry later."""
+
+    http_status = 429
+    exit_code = 14
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFoundError(SipCertError):
