@@ -26,6 +26,7 @@ from sipcert.errors import (
     InputTooLargeError,
     MIMEError,
     NotFoundError,
+    RateLimitedError,
     StoreResponseError,
 )
 from sipcert.proto.aor import AOR
@@ -194,8 +195,15 @@ async def get_certificates(
         return Retrieved(200, tuple(bodies), _target_of(response), _max_age(response))
 
 
-def _refusal(status: int, body: bytes, reason_phrase: str, what: str) -> Exception:
+def _refusal(
+    status: int, body: bytes, reason_phrase: str, what: str, retry_after: str | None = None
+) -> Exception:
     reason = _clean_reason(body, reason_phrase)
+    if status == 429:
+        wait = int(retry_after) if retry_after and retry_after.isdigit() else 60
+        return RateLimitedError(
+            f"the Store is limiting attempts for {what}; retry in {wait} s", retry_after=wait
+        )
     if status == 401:
         return AuthenticationError(f"the Store refused the Digest credentials for {what}")
     if status == 403:
@@ -225,6 +233,7 @@ async def put_certificate(
         response.content[:4096],
         response.reason_phrase,
         f"the enrollment of {location.aor}",
+        response.headers.get("Retry-After"),
     )
 
 
@@ -238,7 +247,13 @@ async def delete_certificates(
     if response.status_code in (200, 204):
         return
     what = f"certificate {cert_hash} of {location.aor}" if cert_hash else str(location.aor)
-    raise _refusal(response.status_code, response.content[:4096], response.reason_phrase, what)
+    raise _refusal(
+        response.status_code,
+        response.content[:4096],
+        response.reason_phrase,
+        what,
+        response.headers.get("Retry-After"),
+    )
 
 
 class DigestAuth(httpx.Auth):

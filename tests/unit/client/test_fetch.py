@@ -26,6 +26,7 @@ from sipcert.errors import (
     ForbiddenError,
     InputTooLargeError,
     NotFoundError,
+    RateLimitedError,
     StoreResponseError,
 )
 from sipcert.proto.aor import parse_aor
@@ -248,3 +249,14 @@ def test_delete_with_cert_hash_and_404() -> None:
         b"/search-cgi?email=bob%40example.com&certHash=q%2B%2F%3D",
         b"/search-cgi?email=bob%40example.com",
     ]
+
+
+def test_429_is_a_rate_limit_error_with_retry_after() -> None:
+    limited = httpx.Response(429, headers={"Retry-After": "17"}, text="too many attempts\n")
+    with pytest.raises(RateLimitedError) as caught:
+        run(
+            lambda r: limited,
+            lambda c: put_certificate(c, LOCATION, PHONE, DigestAuth("bob", "pw")),
+        )
+    assert caught.value.retry_after == 17
+    assert caught.value.exit_code == 14
