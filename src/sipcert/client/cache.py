@@ -42,6 +42,9 @@ Clock = Callable[[], float]
 class _Entry:
     result: FetchResult
     expires: float
+    #: When it was cached: an entry kept on disk under a longer TTL is not served past the
+    #: TTL of the cache reading it.
+    stored: float
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class CertificateCache:
         entry = self._entries.get(aor) or self._load(aor)
         if entry is None:
             return None
-        if self._clock() >= entry.expires:
+        if self._clock() >= min(entry.expires, entry.stored + self.ttl):
             self.invalidate(aor)
             return None
         self._entries[aor] = entry
@@ -104,7 +107,8 @@ class CertificateCache:
         if lifetime <= 0:
             self.invalidate(result.aor)
             return
-        entry = _Entry(result, self._clock() + lifetime)
+        now = self._clock()
+        entry = _Entry(result, now + lifetime, now)
         self._entries[result.aor] = entry
         self._save(entry)
 
@@ -157,6 +161,7 @@ class CertificateCache:
             "url": result.url,
             "status": result.status,
             "expires": entry.expires,
+            "stored": entry.stored,
             "certificates": [
                 c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in result.kept
             ],
@@ -196,7 +201,7 @@ class CertificateCache:
                 discarded=discarded,
                 status=int(data["status"]),
             )
-            return _Entry(result, float(data["expires"]))
+            return _Entry(result, float(data["expires"]), float(data["stored"]))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, InputError):
