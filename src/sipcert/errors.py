@@ -176,9 +176,9 @@ class NameMismatchError(SipCertError):
     exit_code = 5
 
     def __init__(self, expected: str, presented: list[str]) -> None:
-        shown = ", ".join(presented) if presented else "no DNS name"
+        shown = f"names {', '.join(presented)}" if presented else "presents no DNS name"
         super().__init__(
-            f"server certificate names {shown}, not the AOR domain {expected!r} (draft §4.3)"
+            f"server certificate {shown}, not the AOR domain {expected!r} (draft §4.3)"
         )
         self.expected = expected
         self.presented = presented

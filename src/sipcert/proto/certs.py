@@ -116,7 +116,8 @@ def generate_identity(
 
     The SAN URIs are exactly ``sip:user@host`` and ``im:user@host`` (the draft's own example,
     draft §4.5), because those are what Callers check. ``not_before`` is back-dated by
-    :data:`CLOCK_SKEW`; ``validity`` must be positive and at most :data:`MAX_VALIDITY`
+    :data:`CLOCK_SKEW` and the lifetime is exactly ``validity``, so a Store allowing that
+    much accepts it; ``validity`` must be positive and at most :data:`MAX_VALIDITY`
     (the draft recommends short-lived certificates, draft §5).
     """
     _require_aware(now)
@@ -142,7 +143,7 @@ def generate_identity(
         .public_key(public_key)
         .serial_number(secrets.randbits(159) or 1)
         .not_valid_before(start - CLOCK_SKEW)
-        .not_valid_after(start + validity)
+        .not_valid_after(start - CLOCK_SKEW + validity)
         .add_extension(
             x509.SubjectAlternativeName(
                 [
@@ -480,7 +481,8 @@ def check_enrollment(
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     if lifetime > max_lifetime:
         raise ForbiddenError(
-            f"certificate lifetime {lifetime} is longer than the allowed {max_lifetime}",
+            f"certificate lifetime {_duration(lifetime)} is longer than the allowed "
+            f"{_duration(max_lifetime)}",
             reason="lifetime-too-long",
         )
 
@@ -561,6 +563,16 @@ def _check_der_envelope(der: bytes) -> None:
         raise CertificateParseError(
             f"{len(der) - total} bytes of trailing data after the certificate"
         )
+
+
+def _duration(value: timedelta) -> str:
+    """``30 days`` or ``30 days 00:05:00``: a lifetime as people read it."""
+    days, rest = value.days, value - timedelta(days=value.days)
+    text = f"{days} day{'s' if days != 1 else ''}"
+    if rest:
+        hours, seconds = divmod(int(rest.total_seconds()), 3600)
+        text += f" {hours:02d}:{seconds // 60:02d}:{seconds % 60:02d}"
+    return text
 
 
 def _require_aware(now: datetime) -> None:

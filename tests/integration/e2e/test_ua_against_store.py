@@ -361,9 +361,9 @@ def test_store_certificate_not_naming_the_domain(
     assert fetched.returncode == 5, fetched.stderr
     assert fetched.stdout == ""
     error = fetched.stderr.splitlines()[-1]
-    shown = ", ".join(names) if names else "no DNS name"
+    shown = f"names {', '.join(names)}" if names else "presents no DNS name"
     assert error == (
-        f"sipcert: error: server certificate names {shown}, not the AOR domain "
+        f"sipcert: error: server certificate {shown}, not the AOR domain "
         f"'{domain}' (draft §4.3)"
     )
     assert f"TCP connected to {target}:{misconfigured_store.port}" in fetched.stderr

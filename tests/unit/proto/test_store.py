@@ -259,3 +259,24 @@ def test_authorize_upload_applies_policy_lifetime(bob: Identity) -> None:
 def test_policy_validates_itself() -> None:
     with pytest.raises(ValueError, match="negative"):
         StorePolicy(max_age=-1)
+
+
+def test_default_ua_certificate_fits_a_store_allowing_exactly_its_validity(bob: Identity) -> None:
+    """The clock-skew back-dating is inside the 30 days, not added to them."""
+    authorize_upload(
+        bob.certificate,
+        BOB,
+        digest_username="bob",
+        tls_domain="example.com",
+        now=NOW,
+        policy=StorePolicy(max_lifetime=timedelta(days=30)),
+    )
+    with pytest.raises(ForbiddenError, match="lifetime 30 days is longer than the allowed 29 days"):
+        authorize_upload(
+            bob.certificate,
+            BOB,
+            digest_username="bob",
+            tls_domain="example.com",
+            now=NOW,
+            policy=StorePolicy(max_lifetime=timedelta(days=29)),
+        )
