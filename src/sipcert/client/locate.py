@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import dns.asyncresolver
 import dns.exception
@@ -25,8 +25,9 @@ import dns.resolver
 import dns.rrset
 from dns.rdtypes.IN.SRV import SRV
 
-from sipcert.errors import ConfigError, LocationError
+from sipcert.errors import ConfigError, InputError, LocationError
 from sipcert.proto.aor import AOR
+from sipcert.proto.store import parse_query
 
 __all__ = [
     "DEFAULT_HTTPS_PORT",
@@ -36,6 +37,7 @@ __all__ = [
     "Location",
     "Locator",
     "Target",
+    "location_from_url",
     "make_resolver",
     "parse_dns_server",
     "query_string",
@@ -49,6 +51,8 @@ SRV_SERVICE = "_certificates._tcp"
 DEFAULT_HTTPS_PORT = 443
 #: Query attribute naming the AOR: ``email`` (draft §4.1) or ``sip`` (draft §8).
 Attribute = Literal["email", "sip"]
+#: The one resource of a Store (draft §4.1, §4.5).
+SEARCH_CGI = "/search-cgi"
 
 Narrate = Callable[[str], None]
 
@@ -155,6 +159,68 @@ def parse_store_address(text: str) -> Target:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"--store {text!r}: port must be 1-65535")
     return Target(host.lower(), int(port_text))
+
+
+def location_from_url(aor: AOR, url: str) -> Location:
+    """The :class:`Location` of a Store URL learnt in signaling instead of DNS (draft §4.2).
+
+    Location with SIP hands the Caller a URL (an RFC 4483 reference in an OPTIONS answer);
+    retrieval from it must follow the same rules as HTTP location (draft §4.3, §4.5). So the
+    URL only contributes *where* to connect -- one :class:`Target` from its host and port --
+    while *whom* TLS must prove stays the AOR's domain, never the URL's host. The request
+    itself is rebuilt from ``aor``, so the URL must say exactly what that request would:
+    ``https``, no user information or fragment, the path ``/search-cgi`` and a query that
+    names ``aor`` with ``email`` or ``sip`` and nothing else. A URL naming another AOR or
+    domain is refused rather than followed: a reference handed out for bob@example.com must
+    not make us fetch, and cache as Bob's, what the Store says about someone else.
+
+    Raises :class:`LocationError` naming the problem.
+    """
+    shown = url[:120]
+    if len(url) > 2048 or not url.isascii() or any(c.isspace() or ord(c) < 0x21 for c in url):
+        raise LocationError(f"Store URL {shown!r} is too long or contains invalid characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise LocationError(f"Store URL {shown!r} does not parse: {exc}") from exc
+    if parts.scheme.lower() != "https":
+        raise LocationError(f"Store URL {shown!r} is not https (draft §4.3: HTTPS is a MUST)")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise LocationError(f"Store URL {shown!r} has no host")
+    if parts.username is not None or parts.password is not None:
+        raise LocationError(f"Store URL {shown!r} carries user information")
+    if parts.fragment:
+        raise LocationError(f"Store URL {shown!r} has a fragment")
+    if port == 0:
+        raise LocationError(f"Store URL {shown!r} has port 0")
+    if parts.path != SEARCH_CGI:
+        raise LocationError(
+            f"Store URL {shown!r}: the path must be {SEARCH_CGI} (draft §4.1), "
+            f"not {parts.path[:40] or '/'!r}"
+        )
+    try:
+        query = parse_query(parts.query)
+    except InputError as exc:
+        raise LocationError(f"Store URL {shown!r}: {exc}") from exc
+    if query.cert_hash is not None or query.attribute not in ("email", "sip"):
+        raise LocationError(
+            f"Store URL {shown!r} must name the AOR with email= or sip= and nothing else"
+        )
+    if query.aor != aor:
+        raise LocationError(
+            f"Store URL {shown!r} names {query.aor}, not {aor}: refusing a certificate "
+            "location for another AOR"
+        )
+    attribute: Attribute = "sip" if query.attribute == "sip" else "email"
+    target = Target(host, port if port is not None else DEFAULT_HTTPS_PORT)
+    steps = (
+        f"AOR {aor}: Store URL given in signaling (draft §4.2): {url}",
+        f"target {target.host} port {target.port}; its TLS certificate must name "
+        f"{aor.host}, not the URL's host (draft §4.3)",
+    )
+    return Location(aor, (target,), False, attribute, steps)
 
 
 def make_resolver(server: str | None = None, *, timeout: float = 5.0) -> dns.asyncresolver.Resolver:

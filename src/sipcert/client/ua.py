@@ -44,6 +44,7 @@ from sipcert.client.locate import (
     DNSResolver,
     Location,
     Locator,
+    location_from_url,
     make_resolver,
     parse_store_address,
 )
@@ -308,6 +309,39 @@ class AsyncUA:
         self.cache.put(result)
         return result
 
+    async def fetch_url(self, aor: AOR | str, url: str) -> FetchResult:
+        """The certificates of ``aor`` from a Store URL learnt by SIP location (draft §4.2).
+
+        The alternative to DNS location: an OPTIONS answer (see
+        :func:`sipcert.sip.locate.locate_by_sip`) names the Store URL. Retrieval is then
+        exactly :meth:`fetch`'s (draft §4.3, §4.5): TLS to the URL's host and port, but SNI
+        and the exact name check are the AOR's domain and complete before any HTTP byte;
+        the answer goes through :func:`~sipcert.proto.certs.validate_retrieved`. The URL
+        must name ``aor`` itself (:func:`~sipcert.client.locate.location_from_url`), else
+        :class:`~sipcert.errors.LocationError`. The result is cached like :meth:`fetch`'s;
+        the cache is not consulted, since the caller asked for this URL.
+
+        Connections are pooled per AOR domain, as for :meth:`fetch`: one already verified
+        for that domain may carry the request. That is the draft's trust unit -- any server
+        that proved the AOR's domain may answer for it -- and ``result.url`` names the
+        target that actually answered.
+        """
+        parsed = _aor(aor)
+        location = location_from_url(parsed, url)
+        for step in location.steps:
+            self._say(step)
+        self.backend.set_route(location.domain, location.targets)
+        retrieved = await get_certificates(
+            self.http, location, max_size=self.config.max_response_size
+        )
+        result = FetchResult.from_retrieved(location, retrieved, self._now())
+        self._say(
+            f"GET {result.url}: {retrieved.status}, {len(result.kept)} kept, "
+            f"{len(result.discarded)} discarded"
+        )
+        self.cache.put(result)
+        return result
+
     async def certificate_in_signaling(
         self, aor: AOR | str, certificate: x509.Certificate
     ) -> SignaledCheck:
@@ -533,6 +567,9 @@ class UA:
 
     def fetch(self, aor: AOR | str, *, use_cache: bool = True) -> FetchResult:
         return self._run(self._ua.fetch(aor, use_cache=use_cache))
+
+    def fetch_url(self, aor: AOR | str, url: str) -> FetchResult:
+        return self._run(self._ua.fetch_url(aor, url))
 
     def certificate_in_signaling(
         self, aor: AOR | str, certificate: x509.Certificate
