@@ -1,0 +1,426 @@
+"""``sipcert ua`` and ``sipcert message send``: protected SIP from the command line.
+
+Argument parsing and output only; the work is :class:`sipcert.sip.secure.SecureUA`. The
+common options (``--dns``, ``--store``, ``--ca-file``, ``--home``, ``--json``, ...) and the
+password rules (``--password-file``, else standard input when it is not a terminal, else a
+prompt; never a flag) are those of ``sipcert enroll`` (:mod:`sipcert.cli.ua`).
+
+``--json`` prints one JSON object per line and per event (``certificate``, ``registered``,
+``message``, ``invite``, ``bye``, ``unregistered``, ``sent``, ``error``), so a program can
+follow a running UA line by line.
+
+Exit codes: 0 success (``message send``: a 2xx), 1 a negative SIP answer (``message send``:
+any other final status, e.g. 493 when no device of the callee could decrypt), 6 the
+registrar refused the credentials, and the error classes' codes otherwise (README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import signal
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sipcert.cli.ua import _common, _config, _credential_options, _passphrase, read_password
+from sipcert.client.ua import DEFAULT_RENEW_WINDOW, AsyncUA, Credentials
+from sipcert.errors import (
+    AuthenticationError,
+    ConfigError,
+    InputError,
+    NotFoundError,
+    SipCertError,
+    TransportError,
+)
+from sipcert.proto.aor import AOR, parse_aor
+from sipcert.proto.certs import sha256_fingerprint
+from sipcert.proto.sip import Response, parse_uri
+from sipcert.sip.secure import Received, SecureUA, Sent, StartupCheck, ensure_enrolled
+from sipcert.sip.transport import Hop, Transport, client_tls_context
+from sipcert.sip.ua import Call, UserAgent
+
+__all__ = ["parse_proxy", "register"]
+
+#: Re-register when this share of the granted expiry has passed (RFC 3261 §10.2.4).
+_REFRESH_SHARE = 0.8
+
+
+def register(commands: Any) -> None:
+    """Add ``ua`` and ``message send``."""
+    common = _common()
+
+    parser = commands.add_parser(
+        "ua",
+        help="run a SIP UA that verifies and answers protected MESSAGE and INVITE (draft §1)",
+        description=(
+            "Register AOR at the proxy, keep its certificate enrolled (draft §5.1), print every "
+            "received MESSAGE with its verification outcome and answer INVITEs with a protected "
+            "SDP, until SIGINT or SIGTERM; then unregister."
+        ),
+        parents=[common],
+        allow_abbrev=False,
+    )
+    parser.set_defaults(run=_ua)
+    parser.add_argument("aor")
+    _sip_options(parser)
+    _credential_options(parser, key=True)
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=DEFAULT_RENEW_WINDOW.days,
+        metavar="DAYS",
+        help="renew the certificate when it expires within DAYS (draft §5)",
+    )
+    parser.add_argument("--expires", type=int, default=300, help="registration expiry (seconds)")
+    parser.add_argument(
+        "--accept-unverified",
+        action="store_true",
+        help="answer INVITEs whose signer is not confirmed by its Store (default: 603)",
+    )
+
+    message = commands.add_parser(
+        "message", help="send SIP MESSAGEs", description="Send SIP MESSAGEs (RFC 3428)."
+    )
+    actions = message.add_subparsers(dest="message_command", metavar="ACTION", required=True)
+    send = actions.add_parser(
+        "send",
+        help="send one signed and encrypted MESSAGE (draft §4.4, RFC 3261 §23)",
+        description=(
+            "Fetch every certificate of TO-AOR, sign TEXT with this device's key, encrypt it "
+            "for all of them and send it as one MESSAGE through the proxy. No REGISTER: the "
+            "proxy authenticates the MESSAGE itself (407)."
+        ),
+        parents=[common],
+        allow_abbrev=False,
+    )
+    send.set_defaults(run=_send)
+    send.add_argument("from_aor", metavar="FROM-AOR")
+    send.add_argument("to_aor", metavar="TO-AOR")
+    send.add_argument("--text", required=True, help="the message text (UTF-8)")
+    _sip_options(send)
+    _credential_options(send, key=False)
+    send.add_argument(
+        "--key-passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help="the passphrase of this device's private key, when it is encrypted",
+    )
+
+
+def _sip_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SIP")
+    group.add_argument(
+        "--proxy",
+        required=True,
+        metavar="URI",
+        help="outbound proxy and registrar, sip:HOST[:PORT][;transport=udp|tcp|tls]",
+    )
+    group.add_argument(
+        "--listen",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="local address for SIP (default 127.0.0.1; it is also the Contact)",
+    )
+
+
+def parse_proxy(text: str, aor: AOR) -> Hop:
+    """``sip:HOST[:PORT][;transport=...]`` to a hop; TLS verifies HOST, or the AOR's domain
+    when HOST is an address (RFC 5922 §4: the domain the UA meant to reach)."""
+    try:
+        uri = parse_uri(text if ":" in text.partition(";")[0] else f"sip:{text}")
+    except InputError as exc:
+        raise ConfigError(f"--proxy {text!r}: {exc}") from exc
+    if uri.user is not None:
+        raise ConfigError(f"--proxy {text!r} names a user; give sip:HOST[:PORT][;transport=...]")
+    host = uri.host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        domain = aor.host
+    except ValueError:
+        domain = host
+    return Hop.from_uri(uri, domain=domain)
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+class _Printer:
+    """One line per event: JSON with ``--json``, else a short human form."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, event: str, line: str, /, **fields: Any) -> None:
+        if self.as_json:
+            print(json.dumps({"event": event, **fields}), flush=True)
+        else:
+            print(line, flush=True)
+
+
+def _received_fields(received: Received) -> dict[str, Any]:
+    outcome = received.outcome
+    fields: dict[str, Any] = {
+        "from": str(outcome.sender),
+        "device": received.device,
+        "verified": outcome.verified,
+        "outcome": str(outcome.reason),
+        "detail": outcome.detail,
+        "status": received.status,
+        "call_id": received.message.call_id,
+        "signer": outcome.signer_sha256,
+        "reference": outcome.reference.url if outcome.reference is not None else None,
+    }
+    if received.check is not None:
+        fields["store_check"] = {
+            "cached": received.check.cached,
+            "in_store": received.check.in_store,
+        }
+    if received.kind == "message":
+        fields["text"] = outcome.text
+    elif outcome.content is not None:
+        fields["sdp"] = outcome.content.body.decode("utf-8", "replace")
+    return fields
+
+
+def _describe(received: Received) -> str:
+    label = {"message": "MESSAGE", "invite": "INVITE", "answer": "answer"}[received.kind]
+    line = f"{label} from {received.sender}: {received.outcome} -> {received.status}"
+    if received.kind == "message" and received.text is not None:
+        line += "\n  " + received.text.replace("\n", "\n  ")
+    return line
+
+
+def _startup_fields(check: StartupCheck) -> dict[str, Any]:
+    return {
+        "aor": str(check.aor),
+        "device": check.device,
+        "action": check.action,
+        "sha256": sha256_fingerprint(check.certificate),
+        "not_after": check.certificate.not_valid_after_utc.isoformat(),
+        "warnings": list(check.status.warnings),
+    }
+
+
+def _registered(printer: _Printer, event: str, response: Response, contact: str) -> None:
+    printer.emit(
+        event,
+        f"{event} {contact}: {response.status} {response.reason}",
+        status=response.status,
+        reason=response.reason,
+        contact=contact,
+    )
+
+
+def _check_registration(response: Response) -> None:
+    if response.status in (401, 403, 407):
+        raise AuthenticationError(f"the registrar refused the credentials: {response.status}")
+    if not 200 <= response.status < 300:
+        raise TransportError(f"registration failed: {response.status} {response.reason}")
+
+
+# -- sipcert ua ------------------------------------------------------------------------------
+
+
+def _ua(args: argparse.Namespace) -> int:
+    aor = parse_aor(args.aor)
+    proxy = parse_proxy(args.proxy, aor)
+    if proxy.transport is Transport.TLS:
+        raise ConfigError(
+            "sipcert ua receives requests, and a TLS listener needs a certificate of its own: "
+            "use transport=tcp or udp (sipcert message send works over TLS)"
+        )
+    password = read_password(args, aor)
+    credentials = Credentials(password=password, username=args.username)
+    passphrase = _passphrase(args)
+    printer = _Printer(args.json)
+    return asyncio.run(_run_ua(args, aor, proxy, password, credentials, passphrase, printer))
+
+
+async def _run_ua(
+    args: argparse.Namespace,
+    aor: AOR,
+    proxy: Hop,
+    password: str,
+    credentials: Credentials,
+    passphrase: bytes | None,
+    printer: _Printer,
+) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    watchers: set[asyncio.Task[None]] = set()
+    try:
+        await _serve(args, aor, proxy, password, credentials, passphrase, printer, stop, watchers)
+    except SipCertError as exc:
+        printer.emit("error", f"error: {exc}", message=str(exc), kind=type(exc).__name__)
+        raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+async def _serve(
+    args: argparse.Namespace,
+    aor: AOR,
+    proxy: Hop,
+    password: str,
+    credentials: Credentials,
+    passphrase: bytes | None,
+    printer: _Printer,
+    stop: asyncio.Event,
+    watchers: set[asyncio.Task[None]],
+) -> None:
+    """Start-up check, register, serve until ``stop``, unregister."""
+    async with AsyncUA(_config(args)) as client:
+        check = await ensure_enrolled(
+            client,
+            aor,
+            credentials,
+            device=args.device,
+            window=timedelta(days=args.window),
+            validity=timedelta(days=args.validity),
+            passphrase=passphrase,
+        )
+        printer.emit(
+            "certificate",
+            f"certificate {check.action}: {sha256_fingerprint(check.certificate)} "
+            f"(not after {check.certificate.not_valid_after_utc.isoformat()})",
+            **_startup_fields(check),
+        )
+
+        async def on_received(received: Received) -> None:
+            printer.emit(received.kind, _describe(received), **_received_fields(received))
+
+        ua = UserAgent(
+            aor,
+            password=password,
+            username=args.username,
+            proxy=proxy,
+            transport=proxy.transport,
+            host=args.listen,
+        )
+        secure = SecureUA(
+            ua,
+            client,
+            device=args.device,
+            passphrase=passphrase,
+            on_received=on_received,
+            accept_unverified=args.accept_unverified,
+        )
+        async with secure:
+            response = await secure.register(args.expires)
+            _registered(printer, "registered", response, ua.contact)
+            _check_registration(response)
+            calls = asyncio.create_task(_watch_calls(ua, printer, watchers))
+            try:
+                await _refresh_until(stop, secure, args.expires, response)
+            finally:
+                calls.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await calls
+                for task in watchers:
+                    task.cancel()
+            response = await secure.unregister()
+            _registered(printer, "unregistered", response, ua.contact)
+
+
+def _granted(response: Response, asked: int) -> int:
+    """The expiry the registrar granted (Expires header), else what we asked."""
+    value = response.get("Expires")
+    return int(value) if value is not None and value.isdigit() else asked
+
+
+async def _refresh_until(
+    stop: asyncio.Event, secure: SecureUA, expires: int, response: Response
+) -> None:
+    """Wait for ``stop``, re-registering before the binding expires (RFC 3261 §10.2.4)."""
+    while True:
+        interval = max(1.0, _granted(response, expires) * _REFRESH_SHARE)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+            return
+        response = await secure.register(expires)
+        _check_registration(response)
+
+
+async def _watch_calls(ua: UserAgent, printer: _Printer, watchers: set[asyncio.Task[None]]) -> None:
+    """Print ``bye`` when a call this UA answered ends."""
+
+    async def watch(call: Call) -> None:
+        await call.ended.wait()
+        printer.emit(
+            "bye",
+            f"call {call.invite.call_id} ended ({call.ended_by})",
+            call_id=call.invite.call_id,
+            ended_by=call.ended_by,
+        )
+
+    while True:
+        call = await ua.incoming_calls.get()
+        task = asyncio.create_task(watch(call))
+        watchers.add(task)
+        task.add_done_callback(watchers.discard)
+
+
+# -- sipcert message send --------------------------------------------------------------------
+
+
+def _send(args: argparse.Namespace) -> int:
+    sender = parse_aor(args.from_aor)
+    target = parse_aor(args.to_aor)
+    proxy = parse_proxy(args.proxy, sender)
+    password = read_password(args, sender)
+    passphrase = _passphrase(args)
+    printer = _Printer(args.json)
+
+    async def main() -> Sent:
+        async with AsyncUA(_config(args)) as client:
+            if not client.home.has_identity(sender, args.device):
+                raise NotFoundError(
+                    f"no certificate for {sender} (device {args.device!r}) in {client.home.root}: "
+                    f"run `sipcert enroll {sender}` first"
+                )
+            tls = client_tls_context(args.ca_file) if proxy.transport is Transport.TLS else None
+            ua = UserAgent(
+                sender,
+                password=password,
+                username=args.username,
+                proxy=proxy,
+                transport=proxy.transport,
+                host=args.listen,
+                tls_context=tls,
+            )
+            async with SecureUA(ua, client, device=args.device, passphrase=passphrase) as secure:
+                return await secure.send_message(target, args.text)
+
+    sent = asyncio.run(main())
+    _print_sent(printer, sent, sender)
+    return 0 if sent.ok else 1
+
+
+def _print_sent(printer: _Printer, sent: Sent, sender: AOR) -> None:
+    response = sent.response
+    hint = (
+        " -- no device of the callee could decrypt it (493, RFC 3261 §21.4.27)"
+        if sent.undecipherable
+        else ""
+    )
+    printer.emit(
+        "sent",
+        f"MESSAGE {sender} -> {sent}{hint}",
+        **{
+            "from": str(sender),
+            "to": str(sent.to),
+            "status": sent.status,
+            "reason": response.reason if response is not None else "",
+            "recipients": [sha256_fingerprint(c) for c in sent.recipients],
+            "reference": sent.reference_url,
+            "retried": sent.retried,
+        },
+    )
