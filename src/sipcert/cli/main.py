@@ -21,7 +21,7 @@ EXIT_INTERNAL = 70
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
-    from sipcert.cli import selftest, serve, user
+    from sipcert.cli import demo, selftest, serve, sipua, user
     from sipcert.cli import ua as ua_commands
 
     parser = argparse.ArgumentParser(
@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show a traceback on errors (for bug reports)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo.register(commands)
     selftest.register(commands)
     ua_commands.register(commands)
+    sipua.register(commands)
     serve.register(commands)
     user.register(commands)
     return parser
