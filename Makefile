@@ -4,13 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: selftest test lint typecheck clean
+.PHONY: demo selftest test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sipcert demo
 
 selftest: $(STAMP)
 	$(VENV)/bin/sipcert selftest

@@ -7,6 +7,8 @@ become one line on standard error and a documented exit code (README.md, "Exit c
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -60,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sipcert: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``sipcert demo | head``): stop quietly, as other tools do.
+        with contextlib.suppress(OSError, ValueError):  # no real stdout: nothing to silence
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         if args.debug:
             raise

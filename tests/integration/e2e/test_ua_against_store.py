@@ -363,8 +363,7 @@ def test_store_certificate_not_naming_the_domain(
     error = fetched.stderr.splitlines()[-1]
     shown = f"names {', '.join(names)}" if names else "presents no DNS name"
     assert error == (
-        f"sipcert: error: server certificate {shown}, not the AOR domain "
-        f"'{domain}' (draft §4.3)"
+        f"sipcert: error: server certificate {shown}, not the AOR domain '{domain}' (draft §4.3)"
     )
     assert f"TCP connected to {target}:{misconfigured_store.port}" in fetched.stderr
     assert f"TLS for {domain} refused" in fetched.stderr

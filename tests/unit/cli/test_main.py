@@ -65,3 +65,11 @@ def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "build_parser", lambda: _parser_running(KeyError("boom")))
     with pytest.raises(KeyError):
         cli.main(["--debug"])
+
+
+def test_broken_pipe_ends_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_running(BrokenPipeError()))
+    assert cli.main([]) == 141
+    assert capsys.readouterr().err == ""
