@@ -17,18 +17,26 @@ Rules that belong to the connection rather than the request:
 
 The handler is an ``aiohttp`` low-level handler (``aiohttp.web.Server``): no router or
 middleware layer, because the Store has one resource and GET speed matters.
+
+The access log (:class:`AccessLog`) is for the same reason not a :mod:`logging` record per
+request: formatting a record and writing it costs more than answering the GET (measured in
+docs/benchmarks.md). It writes the same line format to standard error, buffered, at least
+once a second, when 64 KiB are waiting and when the server stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any, TextIO
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from multidict import CIMultiDict
 
 from sipcert.errors import (
@@ -63,9 +71,20 @@ from sipcert.server.credentials import CredentialSource
 from sipcert.server.tls import sni_domain
 from sipcert.storage import CertificateStore, StoredCertificate
 
-__all__ = ["ALLOWED_METHODS", "SEARCH_PATH", "StoreApp", "access_log_format"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "ALLOWED_METHODS",
+    "SEARCH_PATH",
+    "AccessLog",
+    "StoreAccessLogger",
+    "StoreApp",
+    "access_log_format",
+    "access_log_options",
+]
 
 log = logging.getLogger("sipcert.server")
+#: Logger name of the access log lines (also the name written in front of each line).
+ACCESS_LOGGER = "sipcert.access"
 
 #: The one resource (draft §4.5: ``https://host:port/search-cgi?email=aor``).
 SEARCH_PATH = "/search-cgi"
@@ -75,11 +94,164 @@ _ALLOW = ", ".join(ALLOWED_METHODS)
 _UNAUTHORIZED = "Digest authentication required: use this domain's SIP credentials (draft §5)"
 _STALE = "stale Digest nonce: retry with the new nonce"
 _INTERNAL = "internal error"
+#: ``PIPE_BUF`` on Linux: the largest write a pipe never interleaves with other writers'.
+_ATOMIC_WRITE = 4096
 
 
 def access_log_format() -> str:
-    """aiohttp access log format: peer, request line, status, size, seconds. No headers."""
+    """aiohttp access log format: peer, request line, status, size, seconds. No headers.
+
+    The format of aiohttp's own ``AccessLogger``; :class:`StoreAccessLogger` writes the same
+    fields without interpreting it.
+    """
     return '%a "%r" %s %b %Tf'
+
+
+def _access_line(request: web.BaseRequest, response: web.StreamResponse, seconds: float) -> str:
+    """The fields of :func:`access_log_format`: never a header, so never ``Authorization``."""
+    version = request.version
+    return (
+        f'{request.remote or "-"} "{request.method} {request.path_qs} '
+        f'HTTP/{version.major}.{version.minor}" {response.status} {response.body_length} '
+        f"{seconds:06f}"
+    )
+
+
+class AccessLog:
+    """The access log of one worker: lines buffered in memory, written in batches.
+
+    Each line looks exactly like a :mod:`logging` line of the ``sipcert.access`` logger under
+    :func:`sipcert.server.run.setup_logging` (``time level logger: message``), so the log
+    reads as before. The buffer is written to ``stream`` (default: the current
+    ``sys.stderr``) ``flush_interval`` seconds after its first line, as soon as it holds
+    ``max_buffer`` bytes, and by :meth:`close`; a hard crash loses at most that much. Writes
+    are whole lines of at most 4 KiB each, so workers sharing standard error never cut into
+    each other's lines; one worker's lines stay in order.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        flush_interval: float = 1.0,
+        max_buffer: int = 64 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stream = stream
+        self._flush_interval = flush_interval
+        self._max_buffer = max_buffer
+        self._clock = clock
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+        self._closed = False
+        self._failed = False
+
+    def write(self, message: str) -> None:
+        """Add one line (``message`` without time, level or newline)."""
+        now = self._clock()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        line = f"{self._stamp},{int((now - second) * 1000):03d} INFO {ACCESS_LOGGER}: {message}\n"
+        self._lines.append(line)
+        self._size += len(line) if line.isascii() else len(line.encode())
+        if self._closed or self._size >= self._max_buffer:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop: nothing would ever flush later
+                self.flush()
+            else:
+                self._timer = loop.call_later(self._flush_interval, self.flush)
+
+    def flush(self) -> None:
+        """Write every waiting line now (a few writes of whole lines, see above)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        lines, self._lines, self._size = self._lines, [], 0
+        stream = self._stream if self._stream is not None else sys.stderr
+        try:
+            for chunk in _atomic_chunks(lines):
+                stream.write(chunk)
+                stream.flush()
+        except (OSError, ValueError) as exc:  # a closed or broken stream: drop, say it once
+            if not self._failed:
+                self._failed = True
+                log.error("access log lines lost: cannot write them: %s", exc)
+
+    def close(self) -> None:
+        """Write what is waiting; later lines are written one by one."""
+        self._closed = True
+        self.flush()
+
+
+def _atomic_chunks(lines: list[str]) -> Iterable[str]:
+    """Whole lines joined into writes of at most :data:`_ATOMIC_WRITE` bytes.
+
+    Several workers share standard error; a pipe (or journald's socket) keeps a write up to
+    ``PIPE_BUF`` in one piece, so no line of one worker is cut by another worker's lines.
+    """
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line) if line.isascii() else len(line.encode())
+        if chunk and size + length > _ATOMIC_WRITE:
+            yield "".join(chunk)
+            chunk, size = [], 0
+        chunk.append(line)
+        size += length
+    if chunk:
+        yield "".join(chunk)
+
+
+class StoreAccessLogger(AbstractAccessLogger):
+    """aiohttp's access-log hook for the Store (``access_log_class``).
+
+    aiohttp makes one per connection with the ``access_log`` object given to
+    ``web.Server``: an :class:`AccessLog` gets the buffered line, a :class:`logging.Logger`
+    gets the same message as one INFO record (slower; for embedding and tests).
+    """
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, logger: Any, log_format: str = "") -> None:
+        super().__init__(logger, log_format)
+        self._sink: AccessLog | logging.Logger = logger
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        sink = self._sink
+        try:
+            message = _access_line(request, response, time)
+            if isinstance(sink, AccessLog):
+                sink.write(message)
+            else:
+                sink.info("%s", message)
+        except Exception:
+            log.exception("writing the access log failed")
+
+    @property
+    def enabled(self) -> bool:
+        sink = self._sink
+        return isinstance(sink, AccessLog) or sink.isEnabledFor(logging.INFO)
+
+
+def access_log_options(access_log: AccessLog | logging.Logger | None) -> dict[str, Any]:
+    """The ``web.Server`` keyword arguments for this access log (``None``: no access log)."""
+    if access_log is None:
+        return {"access_log": None}
+    return {
+        "access_log": access_log,
+        "access_log_class": StoreAccessLogger,
+        "access_log_format": access_log_format(),
+    }
 
 
 class _RefusalError(Exception):

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from sipcert.errors import ConfigError, SipCertError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW
-from sipcert.server.app import StoreApp, access_log_format
+from sipcert.server.app import AccessLog, StoreApp, access_log_options
 from sipcert.server.config import ListenAddress, StoreConfig
 from sipcert.server.credentials import (
     FileCredentials,
@@ -102,11 +102,8 @@ async def serve_app(
     purge_interval: float = 3600.0,
 ) -> None:
     """Serve ``app`` on ``sockets`` until ``stop`` is set, then shut down cleanly."""
-    server = web.Server(
-        app,
-        access_log=logging.getLogger("sipcert.access") if access_log else None,
-        access_log_format=access_log_format(),
-    )
+    writer = AccessLog() if access_log else None
+    server = web.Server(app, **access_log_options(writer))
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT)
     await runner.setup()
     purger: asyncio.Task[None] | None = None
@@ -121,6 +118,8 @@ async def serve_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
         await runner.cleanup()
+        if writer is not None:
+            writer.close()
 
 
 async def _worker_main(
