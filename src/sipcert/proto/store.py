@@ -24,6 +24,7 @@ from sipcert.errors import (
     ForbiddenError,
     InputError,
     InputTooLargeError,
+    RateLimitedError,
     SipCertError,
     UnsupportedMediaTypeError,
 )
@@ -245,7 +246,14 @@ def error_to_response(exc: SipCertError) -> Response:
     reason = str(exc)
     if isinstance(exc, ForbiddenError):
         reason = f"{exc.reason}: {exc}"
-    return error_response(exc.http_status, reason)
+    response = error_response(exc.http_status, reason)
+    if isinstance(exc, RateLimitedError):  # RFC 6585 §4
+        response = Response(
+            response.status,
+            (*response.headers, ("Retry-After", str(exc.retry_after))),
+            response.body,
+        )
+    return response
 
 
 def parse_upload(body: bytes, content_type: str | None, *, max_size: int) -> x509.Certificate:

@@ -44,6 +44,7 @@ from sipcert.errors import (
     InputError,
     InputTooLargeError,
     NotFoundError,
+    RateLimitedError,
     SipCertError,
     StaleNonceError,
 )
@@ -55,6 +56,7 @@ from sipcert.proto.digest import (
     NonceCounter,
     parse_authorization,
 )
+from sipcert.proto.ratelimit import RateLimiter
 from sipcert.proto.store import (
     Response,
     StorePolicy,
@@ -288,6 +290,8 @@ class StoreApp:
         nonce_secret: bytes,
         nonce_counter: NonceCounter | None = None,
         nonce_lifetime: float = DEFAULT_NONCE_LIFETIME,
+        auth_failures: int = 20,
+        auth_failure_window: float = 60.0,
         clock: Callable[[], float] = time.time,
         sni_of: Callable[[web.BaseRequest], str | None] | None = None,
     ) -> None:
@@ -303,6 +307,10 @@ class StoreApp:
             )
             for domain in self.domains
         }
+        # Digest is an online password oracle: failed answers cost a token per client
+        # address and per user; an empty bucket answers 429 (proto.ratelimit).
+        self._failures_by_address = RateLimiter(auth_failures, auth_failure_window)
+        self._failures_by_user = RateLimiter(auth_failures, auth_failure_window)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; nothing but a prepared answer ever leaves this method."""
@@ -431,30 +439,56 @@ class StoreApp:
     # -- Digest (RFC 7616; draft §5) ------------------------------------------------------
 
     async def _authenticate(self, request: web.BaseRequest, domain: str) -> str:
-        """The Digest username of a correct answer; else a 401 with fresh challenges."""
+        """The Digest username of a correct answer; else a 401 with fresh challenges.
+
+        A wrong answer is charged to the client address and to ``user@domain``; while
+        either has failed too often the answer is 429 with ``Retry-After``, before any
+        credential is looked up, so guessing runs at the refill rate at best.
+        """
         server = self._digest[domain]
         header = request.headers.get("Authorization")
+        now = self._clock()
+        address = request.remote or "-"
+        self._check_rate(address, now)
         try:
             if header is None or not header.strip():
                 raise AuthenticationError("no Authorization header")
             if header.split(None, 1)[0].lower() != "digest":
                 raise AuthenticationError("Authorization is not Digest")
             answer = parse_authorization(header)
+            user_key = f"{answer.username}@{domain}"
+            self._check_rate(user_key, now)
             credential = await self.credentials.lookup(answer.username, domain)
-            return server.verify(
-                answer,
-                credential,
-                method=request.method,
-                request_uri=request.raw_path,
-                now=self._clock(),
-            )
+            try:
+                return server.verify(
+                    answer,
+                    credential,
+                    method=request.method,
+                    request_uri=request.raw_path,
+                    now=now,
+                )
+            except StaleNonceError:
+                raise
+            except AuthenticationError:
+                self._failures_by_address.charge(address, now)
+                self._failures_by_user.charge(user_key, now)
+                raise
         except AuthenticationError as exc:
             stale = isinstance(exc, StaleNonceError)
             log.info("401 for %s %s: %s", request.method, request.path, exc)
             response = _plain(401, _STALE if stale else _UNAUTHORIZED)
-            for value in server.challenges(self._clock(), stale=stale):
+            for value in server.challenges(now, stale=stale):
                 response.headers.add("WWW-Authenticate", value)
             raise _RefusalError(response) from exc
+
+    def _check_rate(self, key: str, now: float) -> None:
+        for limiter in (self._failures_by_address, self._failures_by_user):
+            if not limiter.allowed(key, now):
+                wait = limiter.retry_after(key, now)
+                log.warning("429 for %s: too many failed Digest answers", key)
+                raise RateLimitedError(
+                    f"too many failed authentication attempts; retry in {wait} s", wait
+                )
 
     # -- errors --------------------------------------------------------------------------
 

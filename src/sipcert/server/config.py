@@ -49,6 +49,8 @@ _TOP_KEYS = frozenset(
         "purge_interval",
         "nonce_secret",
         "nonce_lifetime",
+        "auth_failures",
+        "auth_failure_window",
         "policy",
         "domain",
     }
@@ -94,6 +96,9 @@ class StoreConfig:
     purge_interval: float = 3600.0
     nonce_secret: bytes | None = field(default=None, repr=False)
     nonce_lifetime: float = 300.0
+    #: Failed Digest answers allowed per client address, and per user, in each window.
+    auth_failures: int = 20
+    auth_failure_window: float = 60.0
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -126,6 +131,8 @@ class StoreConfig:
             if len(nonce_secret) < 16:
                 raise ConfigError("nonce_secret: must be at least 16 bytes (better 32 random ones)")
         nonce_lifetime = _int(doc, "nonce_lifetime", 300, minimum=1)
+        auth_failures = _int(doc, "auth_failures", 20, minimum=1)
+        auth_failure_window = _int(doc, "auth_failure_window", 60, minimum=1)
         return cls(
             domains=domains,
             listen=listen,
@@ -139,6 +146,8 @@ class StoreConfig:
             purge_interval=float(purge_interval),
             nonce_secret=nonce_secret,
             nonce_lifetime=float(nonce_lifetime),
+            auth_failures=auth_failures,
+            auth_failure_window=float(auth_failure_window),
         )
 
     @property

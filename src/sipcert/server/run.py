@@ -144,6 +144,8 @@ async def _worker_main(
             nonce_secret=secret,
             nonce_counter=nonces,
             nonce_lifetime=config.nonce_lifetime,
+            auth_failures=config.auth_failures,
+            auth_failure_window=config.auth_failure_window,
         )
         await serve_app(
             app,

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from sipcert.client.fetch import DigestAuth
 from sipcert.errors import StorageError
 from sipcert.proto.ca import TestCA
-from sipcert.proto.digest import MemoryNonceCounter
+from sipcert.proto.digest import DigestClient, MemoryNonceCounter
 from sipcert.proto.store import StorePolicy
 from sipcert.server.app import StoreApp
 from sipcert.server.credentials import FileCredentials
@@ -87,7 +87,9 @@ class _Redirected(httpx.AsyncBaseTransport):
 Scenario = Callable[[Env], Awaitable[None]]
 
 
-def run_store(tmp_path: Path, scenario: Scenario, *, storage: object = None) -> None:
+def run_store(
+    tmp_path: Path, scenario: Scenario, *, storage: object = None, auth_failures: int = 20
+) -> None:
     """Serve a Store for example.com and example.net while ``scenario`` runs."""
     ca = TestCA.create(now=datetime.now(UTC))
     ca_file = tmp_path / "ca.pem"
@@ -114,6 +116,8 @@ def run_store(tmp_path: Path, scenario: Scenario, *, storage: object = None) -> 
             policy=StorePolicy(max_age=0, max_per_aor=2),
             nonce_secret=b"k" * 32,
             nonce_counter=MemoryNonceCounter(),
+            auth_failures=auth_failures,
+            auth_failure_window=60.0,
             clock=clock,
         )
         sock = socket.create_server(("127.0.0.1", 0))
@@ -254,3 +258,49 @@ def test_access_log_has_no_authorization(
     assert len(lines) == 2
     assert all("Digest" not in line and "response=" not in line for line in lines)
     assert '"PUT /search-cgi?email=alice%40example.com HTTP/1.1" 201' in lines[1]
+
+
+def test_failed_digest_answers_are_rate_limited(tmp_path: Path) -> None:
+    """Digest is a password oracle: after 3 failures the address and user get 429."""
+
+    async def answer(client: httpx.AsyncClient, url: str, password: str) -> httpx.Response:
+        challenge = await client.put(url, content=alice_cert())
+        if challenge.status_code != 401:
+            return challenge  # a limited address is refused before it is even challenged
+        authorization = DigestClient("alice", password).answer(
+            challenge.headers.get_list("WWW-Authenticate"),
+            method="PUT",
+            uri=httpx.URL(url).raw_path.decode(),
+        )
+        return await client.put(url, content=alice_cert(), headers={"Authorization": authorization})
+
+    async def scenario(env: Env) -> None:
+        async with env.client("example.com") as client:
+            url = env.url("example.com", ALICE)
+            for _ in range(3):
+                assert (await answer(client, url, "wrong")).status_code == 401
+            limited = await answer(client, url, "wrong")
+            assert limited.status_code == 429
+            assert limited.headers["Retry-After"] == "20"  # one token per 60/3 s
+            assert limited.text.startswith("too many failed authentication attempts")
+            # Even the right password waits: the check comes before any credential lookup.
+            assert (await answer(client, url, "alice-pw")).status_code == 429
+            assert (await client.get(url)).status_code == 404  # reads are never limited
+            env.clock.advance(21)
+            assert (await answer(client, url, "alice-pw")).status_code == 201
+
+    run_store(tmp_path, scenario, auth_failures=3)
+
+
+def test_a_challenge_alone_costs_nothing(tmp_path: Path) -> None:
+    """Every client's first request is unauthenticated: 401s without an answer are free."""
+
+    async def scenario(env: Env) -> None:
+        async with env.client("example.com") as client:
+            url = env.url("example.com", ALICE)
+            for _ in range(5):
+                assert (await client.put(url, content=alice_cert())).status_code == 401
+            ok = await client.put(url, content=alice_cert(), auth=DigestAuth("alice", "alice-pw"))
+            assert ok.status_code == 201
+
+    run_store(tmp_path, scenario, auth_failures=2)
