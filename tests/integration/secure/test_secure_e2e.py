@@ -54,7 +54,7 @@ from tests.integration.secure.conftest import (  # noqa: F401 - fixtures used by
     stores,
     subscriber_db,
 )
-from tests.integration.sip.test_sipp import HEADER, sipp
+from tests.integration.sip.peers import HEADER, sipp
 
 pytestmark = [pytest.mark.peer("kamailio"), pytest.mark.peer("dnsmasq")]
 
