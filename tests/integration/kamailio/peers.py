@@ -660,6 +660,19 @@ class SipcertStore:
     def describe(self) -> str:
         return f"$ {' '.join(self.command)}\n--- sipcert serve log ---\n{self.log()}"
 
+    def log_contains(self, text: str, timeout: float = 5.0) -> bool:
+        """Whether ``text`` shows up in the log within ``timeout`` seconds.
+
+        The Store buffers its access log for up to a second (docs/store.md), so a request
+        just answered may not be in the file yet.
+        """
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
