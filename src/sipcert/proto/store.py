@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,8 +138,12 @@ def _parse_cert_hash(value: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+@functools.lru_cache(maxsize=1024)  # at most ~2 MiB: queries are <= 2048 characters
 def parse_query(query: str) -> StoreQuery:
     """Parse a ``search-cgi`` query string (draft §4.1, §4.5, §8; RFC 4387 §3.2).
+
+    Memoised: the Store is asked for the same few AORs again and again, and the answer is
+    an immutable value of the string alone (errors are not cached).
 
     Exactly one of ``email``/``sip``/``uri`` may name the AOR, in any form
     :func:`~sipcert.proto.aor.parse_aor` accepts; ``certHash`` may come with it or alone.
