@@ -1,5 +1,10 @@
 """The Store's HTTP handling: ``/search-cgi`` GET, HEAD, PUT and DELETE (draft §4.3-§5).
 
+The Subscriber's revocation page (draft §5: "some other authenticated, out of band
+mechanism for the Subscriber to revoke certificates"), ``/account`` and
+``/account/revoke``, is :mod:`sipcert.server.web`; this module only routes to it and lends
+it the Store's Digest check, so both paths share the realm, nonces and rate limits.
+
 A thin I/O layer: the decisions are :mod:`sipcert.proto.store` (query, answers, upload
 checks) and :mod:`sipcert.proto.digest`; this module reads the request, looks up storage and
 credentials, and turns every :class:`~sipcert.errors.SipCertError` into its answer through
@@ -71,6 +76,7 @@ from sipcert.proto.store import (
 )
 from sipcert.server.credentials import CredentialSource
 from sipcert.server.tls import sni_domain
+from sipcert.server.web import ACCOUNT_PATH, REVOKE_PATH, AccountPages, CsrfTokens
 from sipcert.storage import CertificateStore, StoredCertificate
 
 __all__ = [
@@ -311,6 +317,15 @@ class StoreApp:
         # address and per user; an empty bucket answers 429 (proto.ratelimit).
         self._failures_by_address = RateLimiter(auth_failures, auth_failure_window)
         self._failures_by_user = RateLimiter(auth_failures, auth_failure_window)
+        # Draft §5 revocation page; its CSRF key is derived from the nonce secret, which
+        # every worker shares, so a token of one worker is good at every other.
+        self.account_pages = AccountPages(
+            storage=storage,
+            authenticate=self._authenticate,
+            read_body=_read_body,
+            csrf=CsrfTokens(nonce_secret),
+            clock=clock,
+        )
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; nothing but a prepared answer ever leaves this method."""
@@ -328,6 +343,8 @@ class StoreApp:
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path != SEARCH_PATH:
+            if request.path in (ACCOUNT_PATH, REVOKE_PATH):
+                return await self.account_pages.handle(request, self._domain_of(request))
             raise NotFoundError(f"no such resource; the Store answers at {SEARCH_PATH}")
         method = request.method
         if method not in ALLOWED_METHODS:
@@ -343,6 +360,13 @@ class StoreApp:
         if method == "PUT":
             return await self._put(request, query, domain)
         return await self._delete(request, query, domain)
+
+    def _domain_of(self, request: web.BaseRequest) -> str:
+        """The served domain this connection speaks for (TLS SNI), or 404 (draft §4.3)."""
+        domain = self._sni_of(request)
+        if domain is None or domain not in self.domains:
+            raise NotFoundError("this connection names no domain served here (TLS SNI)")
+        return domain
 
     def _aor_for(self, query: StoreQuery, domain: str, method: str) -> AOR:
         if query.aor is None:
