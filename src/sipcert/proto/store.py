@@ -43,6 +43,7 @@ __all__ = [
     "certificates_response",
     "error_response",
     "etag_for",
+    "parse_cert_hash",
     "parse_query",
     "parse_upload",
 ]
@@ -128,7 +129,8 @@ def _decode_component(raw: str, name: str) -> str:
         raise InputError(f"query parameter {name!r} is not UTF-8 after %-decoding") from exc
 
 
-def _parse_cert_hash(value: str) -> str:
+def parse_cert_hash(value: str) -> str:
+    """A canonical RFC 4387 certHash (base64 SHA-1), or :class:`InputError` (400)."""
     try:
         digest = base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
@@ -175,7 +177,7 @@ def parse_query(query: str) -> StoreQuery:
     attribute = attributes[0] if attributes else None
     if attribute is not None:
         aor = parse_aor(seen[attribute])
-    cert_hash = _parse_cert_hash(seen["certHash"]) if "certHash" in seen else None
+    cert_hash = parse_cert_hash(seen["certHash"]) if "certHash" in seen else None
     return StoreQuery(aor=aor, attribute=attribute, cert_hash=cert_hash)
 
 

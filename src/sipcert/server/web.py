@@ -32,7 +32,6 @@ through :func:`html.escape` (a SAN URI is chosen by whoever made the certificate
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import html
 import logging
@@ -55,6 +54,7 @@ from sipcert.errors import (
 )
 from sipcert.proto.aor import AOR, escape_user
 from sipcert.proto.certs import san_uris
+from sipcert.proto.store import parse_cert_hash
 from sipcert.storage import CertificateStore, StoredCertificate
 
 __all__ = [
@@ -108,7 +108,6 @@ PAGE_HEADERS: tuple[tuple[str, str], ...] = (
 )
 
 _CSRF_LABEL = b"sipcert account-page csrf key v1"
-_CERT_HASH_BYTES = 20
 _FORM_FIELDS = frozenset({"certHash", "all", "csrf"})
 _HEX = frozenset("0123456789abcdefABCDEF")
 #: Largest ``?revoked=N`` shown: more than any per-AOR limit, small enough to read.
@@ -220,21 +219,10 @@ def parse_revoke_form(body: bytes) -> RevokeForm:
         if fields["all"] != "1":
             raise InputError("form field 'all' must be 1")
         revoke_all = True
-    cert_hash = _parse_cert_hash(fields["certHash"]) if "certHash" in fields else None
+    cert_hash = parse_cert_hash(fields["certHash"]) if "certHash" in fields else None
     if revoke_all == (cert_hash is not None):
         raise InputError("give either certHash or all=1")
     return RevokeForm(cert_hash=cert_hash, revoke_all=revoke_all, csrf=fields.get("csrf"))
-
-
-def _parse_cert_hash(value: str) -> str:
-    """A canonical RFC 4387 certHash (base64 SHA-1), or :class:`InputError`."""
-    try:
-        digest = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise InputError("certHash is not base64 (RFC 4387 §3.2)") from exc
-    if len(digest) != _CERT_HASH_BYTES:
-        raise InputError(f"certHash decodes to {len(digest)} bytes, a SHA-1 has 20")
-    return base64.b64encode(digest).decode("ascii")
 
 
 def check_same_origin(
