@@ -54,12 +54,16 @@ TARGET_INFO = "sipcert_target"
 _HOSTNAME_MISMATCH = 62
 
 
-def make_ssl_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
+def make_ssl_context(
+    ca_file: str | Path | None = None, *, check_hostname: bool = True
+) -> ssl.SSLContext:
     """A client context: TLS 1.2+, chain verified, exact host names only (draft §4.3).
 
     Trusts the system store, or only ``ca_file`` (PEM) when given. OpenSSL's hostname check
     stays on, without Common Name fallback and without wildcards, as a second line behind
-    the explicit check of :func:`~sipcert.proto.names.check_server_certificate`.
+    the explicit check of :func:`~sipcert.proto.names.check_server_certificate`; a caller
+    that reports the presented names itself after the handshake (the SIP transport) turns
+    it off with ``check_hostname=False`` and relies on that explicit check alone.
     """
     try:
         if ca_file is None:
@@ -70,7 +74,7 @@ def make_ssl_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
         raise ConfigError(f"cannot load CA file {ca_file}: {exc}") from exc
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.check_hostname = True
+    ctx.check_hostname = check_hostname
     ctx.hostname_checks_common_name = False
     ctx._host_flags |= ssl._ssl.HOSTFLAG_NO_WILDCARDS  # type: ignore[attr-defined]
     return ctx

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from sipcert.client.tls import make_ssl_context
 from sipcert.errors import (
     AORError,
     CertificateParseError,
@@ -138,16 +139,7 @@ def client_tls_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
     by :func:`check_server_certificate` after the handshake, which reports the names the
     peer presented in a :class:`~sipcert.errors.NameMismatchError`.
     """
-    try:
-        ctx = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=None if ca_file is None else str(ca_file)
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load CA file {ca_file}: {exc}") from exc
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return make_ssl_context(ca_file, check_hostname=False)
 
 
 @dataclass(eq=False)
