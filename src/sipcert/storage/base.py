@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sipcert.errors import InputError
+from sipcert.errors import ConfigError, ForbiddenError, InputError
 
 __all__ = [
     "CertificateStore",
     "StoredCertificate",
     "cert_hash_of",
+    "check_limit",
     "ensure_utc",
     "sha256_of",
+    "too_many",
 ]
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -52,6 +54,20 @@ def ensure_utc(value: datetime, what: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise InputError(f"{what} must be a timezone-aware datetime, not naive")
     return value.astimezone(UTC)
+
+
+def check_limit(max_per_aor: int) -> None:
+    """Refuse a limit that would forbid every enrollment (a configuration mistake)."""
+    if max_per_aor < 1:
+        raise ConfigError(f"max_per_aor must be at least 1, not {max_per_aor}")
+
+
+def too_many(aor: str, max_per_aor: int) -> ForbiddenError:
+    """The error for an AOR at its certificate limit (draft §5 allows several, not unbounded)."""
+    return ForbiddenError(
+        f"{aor} already has {max_per_aor} valid certificates; delete one first",
+        reason="too-many-certificates",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,24 +10,10 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from sipcert.errors import ConfigError, ForbiddenError, StorageError
-from sipcert.storage.base import StoredCertificate, ensure_utc
+from sipcert.errors import StorageError
+from sipcert.storage.base import StoredCertificate, check_limit, ensure_utc, too_many
 
 __all__ = ["MemoryStore"]
-
-
-def check_limit(max_per_aor: int) -> None:
-    """Refuse a limit that would forbid every enrollment (a configuration mistake)."""
-    if max_per_aor < 1:
-        raise ConfigError(f"max_per_aor must be at least 1, not {max_per_aor}")
-
-
-def too_many(aor: str, max_per_aor: int) -> ForbiddenError:
-    """The error for an AOR at its certificate limit (draft §5 allows several, not unbounded)."""
-    return ForbiddenError(
-        f"{aor} already has {max_per_aor} valid certificates; delete one first",
-        reason="too-many-certificates",
-    )
 
 
 class MemoryStore:

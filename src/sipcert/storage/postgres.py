@@ -38,8 +38,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from sipcert.errors import ConfigError, StorageError
-from sipcert.storage.base import StoredCertificate, ensure_utc
-from sipcert.storage.memory import check_limit, too_many
+from sipcert.storage.base import StoredCertificate, check_limit, ensure_utc, too_many
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "quote_ident"]
 
