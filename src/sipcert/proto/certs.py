@@ -352,28 +352,26 @@ def validate_retrieved(
     discarded: list[Discarded] = []
     seen: set[str] = set()
     for item in items:
-        problem: tuple[DiscardReason, str] | None = None
-        cert: x509.Certificate | None
         if isinstance(item, x509.Certificate):
             cert = item
         else:
             try:
                 cert = load_certificate(item)
             except InputError as exc:
-                cert, problem = None, (DiscardReason.MALFORMED, str(exc))
-                fingerprint = hashlib.sha256(item).hexdigest()
-        if cert is not None:
-            fingerprint = sha256_fingerprint(cert)
+                raw_fingerprint = hashlib.sha256(item).hexdigest()
+                if raw_fingerprint not in seen:
+                    seen.add(raw_fingerprint)
+                    discarded.append(Discarded(raw_fingerprint, DiscardReason.MALFORMED, str(exc)))
+                continue
+        fingerprint = sha256_fingerprint(cert)
         if fingerprint in seen:
             continue
         seen.add(fingerprint)
-        if cert is not None:
-            problem = _retrieval_problem(cert, aor, now)
-            if problem is None:
-                kept.append(cert)
-                continue
-        if problem is not None:
-            discarded.append(Discarded(fingerprint, problem[0], problem[1]))
+        problem = _retrieval_problem(cert, aor, now)
+        if problem is None:
+            kept.append(cert)
+        else:
+            discarded.append(Discarded(fingerprint, *problem))
     return ValidationResult(kept=kept, discarded=discarded)
 
 

@@ -696,7 +696,7 @@ _RANDOM_LEN = 16
 _MAC_LEN = 16  # HMAC-SHA256 truncated to 128 bits
 _NONCE_BYTES = _STAMP_LEN + _RANDOM_LEN + _MAC_LEN
 _NONCE_CHARS = 54  # unpadded base64url of 40 bytes
-_NONCE_SHAPE = re.compile(r"[A-Za-z0-9_-]{54}")
+_NONCE_SHAPE = re.compile(rf"[A-Za-z0-9_-]{{{_NONCE_CHARS}}}")
 _NOT_OUR_NONCE = "Digest nonce was not issued by this server for this realm"
 
 

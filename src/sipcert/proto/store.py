@@ -42,6 +42,7 @@ __all__ = [
     "authorize_upload",
     "certificates_response",
     "error_response",
+    "error_to_response",
     "etag_for",
     "parse_cert_hash",
     "parse_query",
@@ -198,11 +199,11 @@ def _etag_matches(if_none_match: str, etag: str) -> bool:
 
 def _boundary(etag: str, parts: Sequence[bytes]) -> str:
     """A multipart boundary that occurs in no part (RFC 2046 §5.1.1)."""
-    boundary = "sipcert-" + etag.strip('"')
-    salt = 0
+    base = "sipcert-" + etag.strip('"')
+    boundary, salt = base, 0
     while any(boundary.encode("ascii") in part for part in parts):
         salt += 1
-        boundary = f"sipcert-{etag.strip(chr(34))}-{salt}"
+        boundary = f"{base}-{salt}"
     return boundary
 
 
