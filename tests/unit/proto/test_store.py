@@ -119,9 +119,12 @@ def test_query_too_long_is_413() -> None:
 @given(st.text(max_size=300))
 def test_query_parser_only_raises_input_errors(text: str) -> None:
     try:
-        parse_query(text)
+        query = parse_query(text)
     except InputError:
-        pass
+        return
+    # Anything accepted asks for something: an AOR (named by its attribute) or a certHash.
+    assert (query.aor is None) == (query.attribute is None)
+    assert query.aor is not None or query.cert_hash is not None
 
 
 # --- certificates_response ---------------------------------------------------------------
