@@ -351,9 +351,7 @@ class StoreApp:
             response = _plain(405, f"method {method} is not allowed; use {_ALLOW}")
             response.headers["Allow"] = _ALLOW
             raise _RefusalError(response)
-        domain = self._sni_of(request)
-        if domain is None or domain not in self.domains:
-            raise NotFoundError("this connection names no domain served here (TLS SNI)")
+        domain = self._domain_of(request)
         query = parse_query(request.raw_path.partition("?")[2])
         if method in ("GET", "HEAD"):
             return await self._get(request, query, domain)
@@ -397,7 +395,7 @@ class StoreApp:
                 certs = [c for c in certs if c.cert_hash == query.cert_hash]
         else:
             found = await self.storage.get_by_cert_hash(query.cert_hash or "", now)
-            certs = [found] if found is not None and _domain_of(found) == domain else []
+            certs = [found] if found is not None and _cert_domain(found) == domain else []
         answer = certificates_response(
             [c.der for c in certs],
             [c.sha256 for c in certs],
@@ -473,7 +471,7 @@ class StoreApp:
         header = request.headers.get("Authorization")
         now = self._clock()
         address = request.remote or "-"
-        self._check_rate(address, now)
+        self._check_rate(self._failures_by_address, address, now)
         try:
             if header is None or not header.strip():
                 raise AuthenticationError("no Authorization header")
@@ -481,7 +479,7 @@ class StoreApp:
                 raise AuthenticationError("Authorization is not Digest")
             answer = parse_authorization(header)
             user_key = f"{answer.username}@{domain}"
-            self._check_rate(user_key, now)
+            self._check_rate(self._failures_by_user, user_key, now)
             credential = await self.credentials.lookup(answer.username, domain)
             try:
                 return server.verify(
@@ -505,14 +503,15 @@ class StoreApp:
                 response.headers.add("WWW-Authenticate", value)
             raise _RefusalError(response) from exc
 
-    def _check_rate(self, key: str, now: float) -> None:
-        for limiter in (self._failures_by_address, self._failures_by_user):
-            if not limiter.allowed(key, now):
-                wait = limiter.retry_after(key, now)
-                log.warning("429 for %s: too many failed Digest answers", key)
-                raise RateLimitedError(
-                    f"too many failed authentication attempts; retry in {wait} s", wait
-                )
+    @staticmethod
+    def _check_rate(limiter: RateLimiter, key: str, now: float) -> None:
+        """429 while ``key`` has no token left in ``limiter`` (nothing is charged here)."""
+        if not limiter.allowed(key, now):
+            wait = limiter.retry_after(key, now)
+            log.warning("429 for %s: too many failed Digest answers", key)
+            raise RateLimitedError(
+                f"too many failed authentication attempts; retry in {wait} s", wait
+            )
 
     # -- errors --------------------------------------------------------------------------
 
@@ -551,7 +550,7 @@ class StoreApp:
             await asyncio.sleep(interval)
 
 
-def _domain_of(cert: StoredCertificate) -> str:
+def _cert_domain(cert: StoredCertificate) -> str:
     return cert.aor.rpartition("@")[2]
 
 
