@@ -33,6 +33,7 @@ from sipcert.proto.aor import AOR
 from sipcert.proto.certs import Discarded, validate_retrieved
 from sipcert.proto.digest import Algorithm, DigestClient, parse_challenges
 from sipcert.proto.mime import MimeLimits, parse_content_type, parse_multipart
+from sipcert.proto.store import PKIX_CERT
 
 __all__ = [
     "MAX_RESPONSE_SIZE",
@@ -47,7 +48,6 @@ __all__ = [
     "request_url",
 ]
 
-PKIX_CERT = "application/pkix-cert"
 #: Largest Store answer read (a few dozen certificates of a few KiB each).
 MAX_RESPONSE_SIZE = 1 << 20
 #: Most certificates taken from one multipart answer.
@@ -195,11 +195,12 @@ async def get_certificates(
         return Retrieved(200, tuple(bodies), _target_of(response), _max_age(response))
 
 
-def _refusal(
-    status: int, body: bytes, reason_phrase: str, what: str, retry_after: str | None = None
-) -> Exception:
-    reason = _clean_reason(body, reason_phrase)
+def _refusal(response: httpx.Response, what: str) -> Exception:
+    """The error for an unexpected answer to the PUT or DELETE of ``what``."""
+    status = response.status_code
+    reason = _clean_reason(response.content[:4096], response.reason_phrase)
     if status == 429:
+        retry_after = response.headers.get("Retry-After")
         wait = int(retry_after) if retry_after and retry_after.isdigit() else 60
         return RateLimitedError(
             f"the Store is limiting attempts for {what}; retry in {wait} s", retry_after=wait
@@ -228,13 +229,7 @@ async def put_certificate(
     )
     if response.status_code in (200, 201):
         return response.status_code
-    raise _refusal(
-        response.status_code,
-        response.content[:4096],
-        response.reason_phrase,
-        f"the enrollment of {location.aor}",
-        response.headers.get("Retry-After"),
-    )
+    raise _refusal(response, f"the enrollment of {location.aor}")
 
 
 async def delete_certificates(
@@ -247,13 +242,7 @@ async def delete_certificates(
     if response.status_code in (200, 204):
         return
     what = f"certificate {cert_hash} of {location.aor}" if cert_hash else str(location.aor)
-    raise _refusal(
-        response.status_code,
-        response.content[:4096],
-        response.reason_phrase,
-        what,
-        response.headers.get("Retry-After"),
-    )
+    raise _refusal(response, what)
 
 
 class DigestAuth(httpx.Auth):

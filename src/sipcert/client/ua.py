@@ -297,17 +297,7 @@ class AsyncUA:
                     kept=tuple(still.kept),
                     discarded=cached.discarded + tuple(still.discarded),
                 )
-        location = await self._route(parsed)
-        retrieved = await get_certificates(
-            self.http, location, max_size=self.config.max_response_size
-        )
-        result = FetchResult.from_retrieved(location, retrieved, now)
-        self._say(
-            f"GET {result.url}: {retrieved.status}, {len(result.kept)} kept, "
-            f"{len(result.discarded)} discarded"
-        )
-        self.cache.put(result)
-        return result
+        return await self._retrieve(await self._route(parsed), now)
 
     async def fetch_url(self, aor: AOR | str, url: str) -> FetchResult:
         """The certificates of ``aor`` from a Store URL learnt by SIP location (draft §4.2).
@@ -331,10 +321,14 @@ class AsyncUA:
         for step in location.steps:
             self._say(step)
         self.backend.set_route(location.domain, location.targets)
+        return await self._retrieve(location, self._now())
+
+    async def _retrieve(self, location: Location, now: datetime) -> FetchResult:
+        """GET a routed ``location``, check the answer at ``now``, narrate and cache it."""
         retrieved = await get_certificates(
             self.http, location, max_size=self.config.max_response_size
         )
-        result = FetchResult.from_retrieved(location, retrieved, self._now())
+        result = FetchResult.from_retrieved(location, retrieved, now)
         self._say(
             f"GET {result.url}: {retrieved.status}, {len(result.kept)} kept, "
             f"{len(result.discarded)} discarded"

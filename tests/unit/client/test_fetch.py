@@ -228,6 +228,7 @@ def test_put_refusals() -> None:
                 lambda c: put_certificate(c, LOCATION, PHONE, DigestAuth("bob", "pw")),
             )
         assert error.value.status == status
+        assert error.value.reason == "why"  # the Store's reason reaches the user
 
 
 def test_delete_with_cert_hash_and_404() -> None:
