@@ -324,16 +324,21 @@ class SecureUA:
         """The protected body for ``to`` (draft §4.4, §4.2), the fetch and our reference URL."""
         fetched = await self.recipients(to, use_cache=use_cache)
         url = await self.reference_url()
+        return self._seal(content, fetched.kept, url), fetched, url
+
+    def _seal(
+        self, content: MimePart, recipients: Sequence[x509.Certificate], url: str | None
+    ) -> MimePart:
+        """``content`` signed with our key and encrypted for ``recipients`` (draft §4.4)."""
         identity = self.identity
-        body = protect(
+        return protect(
             content,
             identity.key,
             identity.certificate,
-            fetched.kept,
+            recipients,
             certificate_url=url,
             domain=self.aor.host,
         )
-        return body, fetched, url
 
     async def send_message(
         self,
@@ -452,15 +457,7 @@ class SecureUA:
         )
         if not fetched.kept:
             raise NoCertificatesError(f"{caller} has no usable certificate at {fetched.url}")
-        identity = self.identity
-        return protect(
-            self._answer(received),
-            identity.key,
-            identity.certificate,
-            fetched.kept,
-            certificate_url=await self.reference_url(),
-            domain=self.aor.host,
-        )
+        return self._seal(self._answer(received), fetched.kept, await self.reference_url())
 
 
 # -- start-up (draft §5, §5.1) ---------------------------------------------------------------

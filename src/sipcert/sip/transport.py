@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -59,6 +59,7 @@ __all__ = [
     "SipTransport",
     "StreamConnection",
     "Transport",
+    "cancel_and_wait",
     "client_tls_context",
 ]
 
@@ -140,6 +141,16 @@ def client_tls_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
     peer presented in a :class:`~sipcert.errors.NameMismatchError`.
     """
     return make_ssl_context(ca_file, check_hostname=False)
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until each has finished, ignoring how it ended."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 @dataclass(eq=False)
@@ -475,12 +486,7 @@ class SipTransport:
             self._udp.close()
         for conn in list(self._connections):
             conn.writer.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         for conn in list(self._connections):
             await conn.aclose()
         self._connections.clear()

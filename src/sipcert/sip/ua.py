@@ -25,8 +25,9 @@ import contextlib
 import logging
 import secrets
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sipcert.errors import ConfigError, InputError, SipCertError, TransportError
 from sipcert.proto.aor import AOR, parse_aor
@@ -46,7 +47,7 @@ from sipcert.proto.sip import (
     parse_uri,
     with_body,
 )
-from sipcert.sip.transport import Hop, Origin, SipTransport, Transport
+from sipcert.sip.transport import Hop, Origin, SipTransport, Transport, cancel_and_wait
 
 __all__ = [
     "ALLOWED_METHODS",
@@ -272,12 +273,7 @@ class UserAgent:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         await self._transport.aclose()
 
     @property
@@ -299,14 +295,10 @@ class UserAgent:
         """Our Contact URI (§8.1.1.8): the listener's address and transport."""
         host, port = self.local_address
         suffix = "" if self.transport_kind is Transport.UDP else f";transport={self.transport_kind}"
-        scheme = "sip"
-        return f"{scheme}:{self.aor.user}@{host}:{port}{suffix}"
+        return f"sip:{self.aor.user}@{host}:{port}{suffix}"
 
-    def _spawn(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
-        async def run() -> None:
-            await coroutine
-
-        task = asyncio.get_running_loop().create_task(run())
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -350,7 +342,7 @@ class UserAgent:
         display = f'"{self._display}" ' if self._display else ""
         return f"{display}<{self.uri}>;tag={tag}"
 
-    def _common(self, hop: Hop) -> list[tuple[str, str]]:
+    def _common(self) -> list[tuple[str, str]]:
         return [("Max-Forwards", "70"), ("User-Agent", self._user_agent)]
 
     def _contact_header(self) -> tuple[str, str]:
@@ -524,7 +516,7 @@ class UserAgent:
             ("Route", f"<{self._proxy_uri(hop)}>"),
             self._contact_header(),
             ("Expires", str(expires)),
-            *self._common(hop),
+            *self._common(),
             *self._preemptive("REGISTER", uri),
         ]
         request, response = await self._send(Request("REGISTER", uri, headers=tuple(headers)), hop)
@@ -559,22 +551,22 @@ class UserAgent:
             ("CSeq", f"{secrets.randbelow(10000) + 1} {method}"),
             ("Route", f"<{self._proxy_uri(hop)}>"),
             *([self._contact_header()] if contact else []),
-            *self._common(hop),
+            *self._common(),
             *self._preemptive(method, to_uri),
             *headers,
         ]
         return with_body(Request(method, to_uri, headers=tuple(pairs)), body)
 
-    async def send_message(
+    async def _outside_dialog(
         self,
+        method: str,
         to: str,
-        body: MimePart,
-        *,
-        headers: Sequence[tuple[str, str]] = (),
+        body: MimePart | None,
+        headers: Sequence[tuple[str, str]],
     ) -> Response:
-        """Send a MESSAGE (RFC 3428) with ``body`` to ``to`` via the proxy; final response."""
+        """A non-INVITE request outside any dialog, through the proxy; its final response."""
         request = await self._out_of_dialog(
-            "MESSAGE",
+            method,
             to,
             body=body,
             headers=headers,
@@ -585,19 +577,21 @@ class UserAgent:
         _, response = await self._send(request, self._require_proxy())
         return response
 
+    async def send_message(
+        self,
+        to: str,
+        body: MimePart,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> Response:
+        """Send a MESSAGE (RFC 3428) with ``body`` to ``to`` via the proxy; final response."""
+        return await self._outside_dialog("MESSAGE", to, body, headers)
+
     async def options(self, to: str) -> Response:
         """Send OPTIONS to ``to`` via the proxy (draft §4.2 location by SIP); final response."""
-        request = await self._out_of_dialog(
-            "OPTIONS",
-            to,
-            body=None,
-            headers=[("Accept", "message/external-body, application/sdp")],
-            tag=new_tag(),
-            call_id=new_call_id(self._host),
-            contact=False,
+        return await self._outside_dialog(
+            "OPTIONS", to, None, [("Accept", "message/external-body, application/sdp")]
         )
-        _, response = await self._send(request, self._require_proxy())
-        return response
 
     async def invite(
         self,
@@ -742,7 +736,7 @@ class UserAgent:
             ("Call-ID", dialog.call_id),
             ("CSeq", f"{cseq} {method}"),
             *(("Route", r) for r in route),
-            *self._common(hop),
+            *self._common(),
         ]
         return Request(method, uri, headers=tuple(headers)), hop
 
