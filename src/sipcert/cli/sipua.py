@@ -23,10 +23,16 @@ import ipaddress
 import json
 import signal
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-from sipcert.cli.ua import _common, _config, _credential_options, _passphrase, read_password
+from sipcert.cli.ua import (
+    _common,
+    _config,
+    _credential_options,
+    _credentials,
+    _passphrase,
+    read_password,
+)
 from sipcert.client.ua import DEFAULT_RENEW_WINDOW, AsyncUA, Credentials
 from sipcert.errors import (
     AuthenticationError,
@@ -40,7 +46,7 @@ from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import sha256_fingerprint
 from sipcert.proto.sip import Response, parse_uri
 from sipcert.sip.secure import Received, SecureUA, Sent, StartupCheck, ensure_enrolled
-from sipcert.sip.transport import Hop, Transport, client_tls_context
+from sipcert.sip.transport import Hop, Transport, cancel_and_wait, client_tls_context
 from sipcert.sip.ua import Call, UserAgent
 
 __all__ = ["parse_proxy", "register"]
@@ -102,13 +108,7 @@ def register(commands: Any) -> None:
     send.add_argument("to_aor", metavar="TO-AOR")
     send.add_argument("--text", required=True, help="the message text (UTF-8)")
     _sip_options(send)
-    _credential_options(send, key=False)
-    send.add_argument(
-        "--key-passphrase-file",
-        type=Path,
-        metavar="FILE",
-        help="the passphrase of this device's private key, when it is encrypted",
-    )
+    _credential_options(send, key=False, existing_key=True)
 
 
 def _sip_options(parser: argparse.ArgumentParser) -> None:
@@ -233,18 +233,16 @@ def _ua(args: argparse.Namespace) -> int:
             "sipcert ua receives requests, and a TLS listener needs a certificate of its own: "
             "use transport=tcp or udp (sipcert message send works over TLS)"
         )
-    password = read_password(args, aor)
-    credentials = Credentials(password=password, username=args.username)
+    credentials = _credentials(args, aor)
     passphrase = _passphrase(args)
     printer = _Printer(args.json)
-    return asyncio.run(_run_ua(args, aor, proxy, password, credentials, passphrase, printer))
+    return asyncio.run(_run_ua(args, aor, proxy, credentials, passphrase, printer))
 
 
 async def _run_ua(
     args: argparse.Namespace,
     aor: AOR,
     proxy: Hop,
-    password: str,
     credentials: Credentials,
     passphrase: bytes | None,
     printer: _Printer,
@@ -253,9 +251,8 @@ async def _run_ua(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    watchers: set[asyncio.Task[None]] = set()
     try:
-        await _serve(args, aor, proxy, password, credentials, passphrase, printer, stop, watchers)
+        await _serve(args, aor, proxy, credentials, passphrase, printer, stop)
     except SipCertError as exc:
         printer.emit("error", f"error: {exc}", message=str(exc), kind=type(exc).__name__)
         raise
@@ -269,12 +266,10 @@ async def _serve(
     args: argparse.Namespace,
     aor: AOR,
     proxy: Hop,
-    password: str,
     credentials: Credentials,
     passphrase: bytes | None,
     printer: _Printer,
     stop: asyncio.Event,
-    watchers: set[asyncio.Task[None]],
 ) -> None:
     """Start-up check, register, serve until ``stop``, unregister."""
     async with AsyncUA(_config(args)) as client:
@@ -299,8 +294,8 @@ async def _serve(
 
         ua = UserAgent(
             aor,
-            password=password,
-            username=args.username,
+            password=credentials.password,
+            username=credentials.username,
             proxy=proxy,
             transport=proxy.transport,
             host=args.listen,
@@ -317,15 +312,12 @@ async def _serve(
             response = await secure.register(args.expires)
             _registered(printer, "registered", response, ua.contact)
             _check_registration(response)
+            watchers: set[asyncio.Task[None]] = set()
             calls = asyncio.create_task(_watch_calls(ua, printer, watchers))
             try:
                 await _refresh_until(stop, secure, args.expires, response)
             finally:
-                calls.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await calls
-                for task in watchers:
-                    task.cancel()
+                await cancel_and_wait([calls, *watchers])
             response = await secure.unregister()
             _registered(printer, "unregistered", response, ua.contact)
 

@@ -82,7 +82,12 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def _credential_options(parser: argparse.ArgumentParser, *, key: bool) -> None:
+def _credential_options(
+    parser: argparse.ArgumentParser, *, key: bool, existing_key: bool = False
+) -> None:
+    """Password, user name and device; with ``key`` the options of a key this command may
+    create (its passphrase, its certificate's lifetime); with ``existing_key`` only the
+    passphrase that unlocks this device's key."""
     group = parser.add_argument_group("credentials")
     group.add_argument(
         "--password-file",
@@ -92,13 +97,16 @@ def _credential_options(parser: argparse.ArgumentParser, *, key: bool) -> None:
     )
     group.add_argument("--username", help="Digest user name (default: the AOR's user part)")
     group.add_argument("--device", default=DEFAULT_DEVICE, help="this device's name in the home")
-    if key:
+    if key or existing_key:
         group.add_argument(
             "--key-passphrase-file",
             type=Path,
             metavar="FILE",
-            help="encrypt the private key with the passphrase in FILE",
+            help="encrypt the private key with the passphrase in FILE"
+            if key
+            else "the passphrase of this device's private key, when it is encrypted",
         )
+    if key:
         group.add_argument(
             "--validity",
             type=float,

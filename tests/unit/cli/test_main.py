@@ -73,3 +73,25 @@ def test_broken_pipe_ends_quietly(
     monkeypatch.setattr(cli, "build_parser", lambda: _parser_running(BrokenPipeError()))
     assert cli.main([]) == 141
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "has_validity"),
+    [
+        (["enroll", "alice@example.com"], True),
+        (["renew"], True),
+        (["ua", "alice@example.com", "--proxy", "sip:127.0.0.1"], True),
+        (["message", "send", "alice@example.com", "bob@example.net"], False),
+    ],
+)
+def test_commands_with_a_key_take_its_passphrase_file(argv: list[str], has_validity: bool) -> None:
+    extra = ["--text", "hi", "--proxy", "sip:127.0.0.1"] if argv[0] == "message" else []
+    args = cli.build_parser().parse_args([*argv, *extra, "--key-passphrase-file", "pass.txt"])
+    assert str(args.key_passphrase_file) == "pass.txt"
+    assert hasattr(args, "validity") is has_validity
+
+
+def test_revoke_takes_no_key_options(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["revoke", "alice@example.com", "--key-passphrase-file", "pass.txt"]
+    assert cli.main(argv) == 2
+    assert "--key-passphrase-file" in capsys.readouterr().err
