@@ -54,9 +54,10 @@ class Env:
     port: int
     ca_file: Path
 
-    def client(self, domain: str) -> httpx.AsyncClient:
+    def client(self, domain: str, *, source: str | None = None) -> httpx.AsyncClient:
+        """A client for ``domain``; ``source`` picks the local address (any 127.x works)."""
         verify = ssl.create_default_context(cafile=self.ca_file)
-        inner = httpx.AsyncHTTPTransport(verify=verify)
+        inner = httpx.AsyncHTTPTransport(verify=verify, local_address=source)
         return httpx.AsyncClient(mounts={f"all://{domain}": _Redirected(inner, self.port)})
 
     def url(self, domain: str, target: str) -> str:
@@ -260,34 +261,36 @@ def test_access_log_has_no_authorization(
     assert '"PUT /search-cgi?email=alice%40example.com HTTP/1.1" 201' in lines[1]
 
 
+async def digest_put(client: httpx.AsyncClient, url: str, password: str) -> httpx.Response:
+    """One PUT answered with ``password`` (a limited address is refused before any challenge)."""
+    challenge = await client.put(url, content=alice_cert())
+    if challenge.status_code != 401:
+        return challenge  # a limited address is refused before it is even challenged
+    authorization = DigestClient("alice", password).answer(
+        challenge.headers.get_list("WWW-Authenticate"),
+        method="PUT",
+        uri=httpx.URL(url).raw_path.decode(),
+    )
+    return await client.put(url, content=alice_cert(), headers={"Authorization": authorization})
+
+
 def test_failed_digest_answers_are_rate_limited(tmp_path: Path) -> None:
     """Digest is a password oracle: after 3 failures the address and user get 429."""
-
-    async def answer(client: httpx.AsyncClient, url: str, password: str) -> httpx.Response:
-        challenge = await client.put(url, content=alice_cert())
-        if challenge.status_code != 401:
-            return challenge  # a limited address is refused before it is even challenged
-        authorization = DigestClient("alice", password).answer(
-            challenge.headers.get_list("WWW-Authenticate"),
-            method="PUT",
-            uri=httpx.URL(url).raw_path.decode(),
-        )
-        return await client.put(url, content=alice_cert(), headers={"Authorization": authorization})
 
     async def scenario(env: Env) -> None:
         async with env.client("example.com") as client:
             url = env.url("example.com", ALICE)
             for _ in range(3):
-                assert (await answer(client, url, "wrong")).status_code == 401
-            limited = await answer(client, url, "wrong")
+                assert (await digest_put(client, url, "wrong")).status_code == 401
+            limited = await digest_put(client, url, "wrong")
             assert limited.status_code == 429
             assert limited.headers["Retry-After"] == "20"  # one token per 60/3 s
             assert limited.text.startswith("too many failed authentication attempts")
             # Even the right password waits: the check comes before any credential lookup.
-            assert (await answer(client, url, "alice-pw")).status_code == 429
+            assert (await digest_put(client, url, "alice-pw")).status_code == 429
             assert (await client.get(url)).status_code == 404  # reads are never limited
             env.clock.advance(21)
-            assert (await answer(client, url, "alice-pw")).status_code == 201
+            assert (await digest_put(client, url, "alice-pw")).status_code == 201
 
     run_store(tmp_path, scenario, auth_failures=3)
 
@@ -304,3 +307,21 @@ def test_a_challenge_alone_costs_nothing(tmp_path: Path) -> None:
             assert ok.status_code == 201
 
     run_store(tmp_path, scenario, auth_failures=2)
+
+
+def test_the_user_bucket_holds_across_client_addresses(tmp_path: Path) -> None:
+    """Guessing one user's password from many addresses still hits the per-user limit."""
+
+    async def scenario(env: Env) -> None:
+        url = env.url("example.com", ALICE)
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            async with env.client("example.com", source=source) as client:
+                assert (await digest_put(client, url, "wrong")).status_code == 401
+        async with env.client("example.com", source="127.0.0.5") as client:
+            limited = await digest_put(client, url, "alice-pw")
+            assert limited.status_code == 429  # a fresh address, but alice's bucket is empty
+            bob = env.url("example.com", "/search-cgi?email=bob%40example.com")
+            other = await client.put(bob, content=b"x")
+            assert other.status_code == 401  # other users are not affected
+
+    run_store(tmp_path, scenario, auth_failures=3)
