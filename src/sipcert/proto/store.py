@@ -47,6 +47,7 @@ __all__ = [
     "parse_cert_hash",
     "parse_query",
     "parse_upload",
+    "percent_decode",
 ]
 
 #: The query attributes that name an AOR: ``email`` and ``sip`` from the draft (§4.1, §8),
@@ -112,22 +113,26 @@ class Response:
     body: bytes
 
 
-def _decode_component(raw: str, name: str) -> str:
-    """Strict percent-decoding: a bad escape or non-UTF-8 result is an error, ``+`` stays ``+``.
+def percent_decode(raw: str, what: str, *, plus_is_space: bool = False) -> str:
+    """Strict percent-decoding: a bad escape or a non-UTF-8 result is an :class:`InputError`.
 
-    ``+`` is kept literally (not read as a space) because it is a legal character of an AOR
-    user part (RFC 3261 ``user-unreserved``) and of base64 ``certHash`` values.
+    In ``search-cgi`` queries ``+`` stays ``+``: it is a legal character of an AOR user part
+    (RFC 3261 ``user-unreserved``) and of base64 ``certHash`` values. HTML forms
+    (``application/x-www-form-urlencoded``) encode a space as ``+``: ``plus_is_space``.
+    ``what`` names the value in error messages (e.g. ``query parameter 'email'``).
     """
+    if plus_is_space:
+        raw = raw.replace("+", " ")
     i = raw.find("%")
     while i != -1:
         pair = raw[i + 1 : i + 3]
         if len(pair) != 2 or any(c not in "0123456789abcdefABCDEF" for c in pair):
-            raise InputError(f"query parameter {name!r} has a malformed %-escape at {i}")
+            raise InputError(f"{what} has a malformed %-escape at {i}")
         i = raw.find("%", i + 3)
     try:
         return unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"query parameter {name!r} is not UTF-8 after %-decoding") from exc
+        raise InputError(f"{what} is not UTF-8 after %-decoding") from exc
 
 
 def parse_cert_hash(value: str) -> str:
@@ -167,7 +172,7 @@ def parse_query(query: str) -> StoreQuery:
             raise InputError(f"unsupported search attribute {name[:40]!r}")
         if name in seen:
             raise InputError(f"query parameter {name!r} given twice")
-        value = _decode_component(raw, name)
+        value = percent_decode(raw, f"query parameter {name!r}")
         if not value:
             raise InputError(f"query parameter {name!r} is empty")
         seen[name] = value

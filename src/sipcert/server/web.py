@@ -38,7 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from cryptography import x509
@@ -54,7 +54,7 @@ from sipcert.errors import (
 )
 from sipcert.proto.aor import AOR, escape_user
 from sipcert.proto.certs import san_uris
-from sipcert.proto.store import parse_cert_hash
+from sipcert.proto.store import parse_cert_hash, percent_decode
 from sipcert.storage import CertificateStore, StoredCertificate
 
 __all__ = [
@@ -109,7 +109,6 @@ PAGE_HEADERS: tuple[tuple[str, str], ...] = (
 
 _CSRF_LABEL = b"sipcert account-page csrf key v1"
 _FORM_FIELDS = frozenset({"certHash", "all", "csrf"})
-_HEX = frozenset("0123456789abcdefABCDEF")
 #: Largest ``?revoked=N`` shown: more than any per-AOR limit, small enough to read.
 _MAX_FLASH = 1000
 
@@ -173,24 +172,6 @@ class RevokeForm:
     csrf: str | None
 
 
-def _decode_field(raw: str, name: str) -> str:
-    """``application/x-www-form-urlencoded`` decoding with malformed escapes refused.
-
-    ``+`` is a space here (HTML form encoding), unlike in ``/search-cgi`` queries: browsers
-    encode a ``+`` of a base64 certHash as ``%2B``.
-    """
-    i = raw.find("%")
-    while i != -1:
-        pair = raw[i + 1 : i + 3]
-        if len(pair) != 2 or not set(pair) <= _HEX:
-            raise InputError(f"form field {name!r} has a malformed %-escape")
-        i = raw.find("%", i + 3)
-    try:
-        return unquote_plus(raw, errors="strict")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"form field {name!r} is not UTF-8 after %-decoding") from exc
-
-
 def parse_revoke_form(body: bytes) -> RevokeForm:
     """Parse the revocation form strictly: no guessing what a malformed request meant.
 
@@ -208,12 +189,12 @@ def parse_revoke_form(body: bytes) -> RevokeForm:
     fields: dict[str, str] = {}
     for item in text.split("&") if text else []:
         raw_name, sep, raw_value = item.partition("=")
-        name = _decode_field(raw_name, "name")
+        name = percent_decode(raw_name, "a form field name", plus_is_space=True)
         if not sep or name not in _FORM_FIELDS:
             raise InputError(f"unknown or malformed form field {name[:40]!r}")
         if name in fields:
             raise InputError(f"form field {name!r} given twice")
-        fields[name] = _decode_field(raw_value, name)
+        fields[name] = percent_decode(raw_value, f"form field {name!r}", plus_is_space=True)
     revoke_all = False
     if "all" in fields:
         if fields["all"] != "1":
