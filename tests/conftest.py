@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 import pytest
 
@@ -24,6 +25,21 @@ def require_program(name: str) -> str:
             pytest.fail(message + " (CI=true: peers are required)")
         pytest.skip(message)
     return path
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq, Kamailio and SIPp bind both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -35,6 +35,7 @@ from sipcert.proto.store import (
     parse_query,
     parse_upload,
 )
+from tests.conftest import free_port
 
 Handler = Callable[["Request"], tuple[int, list[tuple[str, str]], bytes]]
 
@@ -182,27 +183,17 @@ class TLSServer:
             thread.join(5)
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
 def closed_port() -> int:
     """A TCP port on 127.0.0.1 where nothing listens (connection refused)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def srv(domain: str, target: str, port: int, priority: int = 10, weight: int = 0) -> str:
+    """A dnsmasq ``--srv-host`` option for the Store of ``domain`` (draft §4.1)."""
+    return f"--srv-host=_certificates._tcp.{domain},{target},{port},{priority},{weight}"
 
 
 @contextlib.contextmanager

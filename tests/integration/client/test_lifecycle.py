@@ -1,6 +1,7 @@
-"""Enrollment, status, renewal and revocation over real TLS and DNS (draft §5, §5.1), and the
-CLI on top; the Store here is a stand-in built from the protocol core (the real ``sipcert
-serve`` end-to-end tests come with the Store)."""
+"""The client's side of enrollment, status, renewal and revocation over real TLS and DNS
+(draft §5, §5.1), and the CLI on top, against a stand-in Store built from the protocol core
+whose every request can be inspected. The same flows against a real ``sipcert serve`` are
+in ``tests/integration/e2e``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from sipcert.proto.aor import parse_aor
 from sipcert.proto.ca import TestCA
 from sipcert.proto.certs import certificate_der, generate_identity, sha256_fingerprint
 from tests.integration.client.conftest import DNSFactory
-from tests.integration.client.peers import FakeStore, TLSServer, server_context
+from tests.integration.client.peers import FakeStore, TLSServer, server_context, srv
 
 pytestmark = pytest.mark.peer("dnsmasq")
 
@@ -43,7 +44,7 @@ def config(
     try:
         dns = dns_server(
             [
-                f"--srv-host=_certificates._tcp.example.com,a.example.com,{server.port},10,0",
+                srv("example.com", "a.example.com", server.port),
                 "--host-record=a.example.com,127.0.0.1",
             ],
             ["example.com"],

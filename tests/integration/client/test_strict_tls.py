@@ -1,4 +1,8 @@
-"""The UA against real peers: dnsmasq for DNS and a real TLS server on 127.0.0.1.
+"""The UA against real dnsmasq and a recording TLS stand-in for the Store on 127.0.0.1.
+
+The stand-in (``peers.TLSServer``) records every byte it receives, so the tests can show
+that no HTTP byte follows a failed name check, and can present the wrong certificates an
+attacker would; the same flows against a real ``sipcert serve`` are in ``tests/integration/e2e``.
 
 Covers draft §4.1 (SRV location, priority/weight failover, ``certificates.<domain>``
 fallback) and draft §4.3 (the Store's TLS certificate must name the AOR's domain exactly;
@@ -26,7 +30,13 @@ from sipcert.proto.aor import parse_aor
 from sipcert.proto.ca import TestCA
 from sipcert.proto.certs import certificate_der, generate_identity, sha256_fingerprint
 from tests.integration.client.conftest import DNSFactory
-from tests.integration.client.peers import FakeStore, TLSServer, closed_port, server_context
+from tests.integration.client.peers import (
+    FakeStore,
+    TLSServer,
+    closed_port,
+    server_context,
+    srv,
+)
 
 pytestmark = pytest.mark.peer("dnsmasq")
 
@@ -70,6 +80,15 @@ def start(
     return server
 
 
+def start_bob_store(
+    servers: list[TLSServer], ca: TestCA, tmp_path: Path, bob_identity_der: bytes
+) -> TLSServer:
+    """The stand-in Store of example.com, with a correct certificate, holding Bob's one."""
+    store = FakeStore({})
+    store.certificates[str(BOB)] = [bob_identity_der]
+    return start(servers, ca, tmp_path, {"example.com": ["example.com"]}, store=store)
+
+
 def run_ua(config: ClientConfig, aor: str, **kwargs: object) -> object:
     async def main() -> object:
         async with AsyncUA(config, **kwargs) as ua:  # type: ignore[arg-type]
@@ -78,8 +97,12 @@ def run_ua(config: ClientConfig, aor: str, **kwargs: object) -> object:
     return asyncio.run(main())
 
 
-def srv(domain: str, target: str, port: int, priority: int = 10, weight: int = 0) -> str:
-    return f"--srv-host=_certificates._tcp.{domain},{target},{port},{priority},{weight}"
+def dns_for(dns_server: DNSFactory, port: int, domain: str = "example.com") -> str:
+    """dnsmasq with one SRV record: ``domain``'s Store is a.example.com (127.0.0.1) at ``port``."""
+    return dns_server(
+        [srv(domain, "a.example.com", port), "--host-record=a.example.com,127.0.0.1"],
+        ["example.com"],
+    )
 
 
 def test_srv_location_and_fetch(
@@ -90,13 +113,8 @@ def test_srv_location_and_fetch(
     servers: list[TLSServer],
     bob_identity_der: bytes,
 ) -> None:
-    store = FakeStore({})
-    store.certificates[str(BOB)] = [bob_identity_der]
-    server = start(servers, ca, tmp_path, {"example.com": ["example.com"]}, store=store)
-    dns = dns_server(
-        [srv("example.com", "a.example.com", server.port), "--host-record=a.example.com,127.0.0.1"],
-        ["example.com"],
-    )
+    server = start_bob_store(servers, ca, tmp_path, bob_identity_der)
+    dns = dns_for(dns_server, server.port)
     lines: list[str] = []
 
     async def main() -> None:
@@ -139,10 +157,7 @@ def test_name_mismatch_sends_no_http(
 ) -> None:
     server = start(servers, ca, tmp_path, {}, default=sans, ips=ips)
     domain = parse_aor(aor).host
-    dns = dns_server(
-        [srv(domain, "a.example.com", server.port), "--host-record=a.example.com,127.0.0.1"],
-        ["example.com"],
-    )
+    dns = dns_for(dns_server, server.port, domain)
     config = ClientConfig(dns=dns, ca_file=ca_file, home=tmp_path / "home")
     with pytest.raises(NameMismatchError) as caught:
         run_ua(config, aor)
@@ -162,10 +177,7 @@ def test_untrusted_ca(
 ) -> None:
     other = TestCA.create(now=NOW, name="not trusted")
     server = start(servers, other, tmp_path, {"example.com": ["example.com"]})
-    dns = dns_server(
-        [srv("example.com", "a.example.com", server.port), "--host-record=a.example.com,127.0.0.1"],
-        ["example.com"],
-    )
+    dns = dns_for(dns_server, server.port)
     config = ClientConfig(dns=dns, ca_file=ca_file, home=tmp_path / "home")
     with pytest.raises(UntrustedCertificateError, match="does not verify") as caught:
         run_ua(config, "bob@example.com")
@@ -181,9 +193,7 @@ def test_srv_failover_to_next_target(
     servers: list[TLSServer],
     bob_identity_der: bytes,
 ) -> None:
-    store = FakeStore({})
-    store.certificates[str(BOB)] = [bob_identity_der]
-    server = start(servers, ca, tmp_path, {"example.com": ["example.com"]}, store=store)
+    server = start_bob_store(servers, ca, tmp_path, bob_identity_der)
     dead = closed_port()
     dns = dns_server(
         [
@@ -223,9 +233,7 @@ def test_fallback_to_certificates_host(
     servers: list[TLSServer],
     bob_identity_der: bytes,
 ) -> None:
-    store = FakeStore({})
-    store.certificates[str(BOB)] = [bob_identity_der]
-    server = start(servers, ca, tmp_path, {"example.com": ["example.com"]}, store=store)
+    server = start_bob_store(servers, ca, tmp_path, bob_identity_der)
     dns = dns_server(["--host-record=certificates.example.com,127.0.0.1"], ["example.com"])
 
     async def main() -> None:
@@ -321,10 +329,7 @@ def test_cli_name_mismatch_is_exit_5_one_line(
     from sipcert.cli import main as cli
 
     server = start(servers, ca, tmp_path, {}, default=["store.example.org"])
-    dns = dns_server(
-        [srv("example.com", "a.example.com", server.port), "--host-record=a.example.com,127.0.0.1"],
-        ["example.com"],
-    )
+    dns = dns_for(dns_server, server.port)
     argv = ["fetch", "bob@example.com", "--dns", dns, "--ca-file", str(ca_file)]
     assert cli.main([*argv, "--home", str(tmp_path / "home")]) == 5
     err = capsys.readouterr().err

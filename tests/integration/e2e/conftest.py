@@ -34,6 +34,7 @@ import pytest
 from sipcert.proto.ca import TestCA
 from sipcert.server.credentials import FileCredentials
 from tests.integration.client.conftest import DNSFactory, dns_server
+from tests.integration.client.peers import srv
 from tests.integration.store.conftest import (
     SIPCERT,
     USERS,
@@ -80,11 +81,6 @@ CLI_TIMEOUT = 60.0
 
 def password(aor: str) -> str:
     return {**USERS, **EXTRA_USERS}[aor]
-
-
-def srv(domain: str, target: str, port: int, priority: int = 10, weight: int = 0) -> str:
-    """A dnsmasq ``--srv-host`` option for the Store of ``domain`` (draft §4.1)."""
-    return f"--srv-host=_certificates._tcp.{domain},{target},{port},{priority},{weight}"
 
 
 def sipcert(*args: str, secret: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from sipcert.proto.digest import Algorithm, DigestClient, compute_ha1
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 KAMAILIO_CFG = REPO / "contrib" / "kamailio" / "kamailio.cfg"
@@ -87,24 +88,6 @@ def create_subscriber_db(path: Path, subscribers: Iterable[Subscriber]) -> None:
         conn.commit()
     finally:
         conn.close()
-
-
-# -- ports ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (Kamailio binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 # -- SIP messages over UDP ----------------------------------------------------------------------

@@ -28,6 +28,7 @@ import pytest
 from sipcert.client import ClientConfig
 from sipcert.proto.ca import TestCA
 from tests.integration.client.conftest import DNSFactory, dns_server
+from tests.integration.client.peers import srv
 from tests.integration.kamailio.conftest import (
     ALICE,
     KamailioFactory,
@@ -124,7 +125,7 @@ def network(dns_server: DNSFactory, stores: dict[str, SipcertStore], ca_file: Pa
     """dnsmasq with SRV records for both Stores (draft §4.1): ``certs.<domain>`` -> 127.0.0.1."""
     records: list[str] = []
     for domain, server in stores.items():
-        records.append(f"--srv-host=_certificates._tcp.{domain},certs.{domain},{server.port},10,0")
+        records.append(srv(domain, f"certs.{domain}", server.port))
         records.append(f"--host-record=certs.{domain},127.0.0.1")
     return Network(dns_server(records, DOMAINS), ca_file, stores)
 

@@ -29,7 +29,6 @@ from typing import IO, Any
 import pytest
 
 from sipcert.client import AsyncUA, Credentials
-from sipcert.errors import TransportError
 from sipcert.proto import cms
 from sipcert.proto.aor import parse_aor
 from sipcert.proto.certs import Identity, generate_identity, sha256_fingerprint
@@ -54,7 +53,7 @@ from tests.integration.secure.conftest import (  # noqa: F401 - fixtures used by
     stores,
     subscriber_db,
 )
-from tests.integration.sip.peers import HEADER, sipp
+from tests.integration.sip.peers import ANSWER_SDP_THEN_BYE, HEADER, SEND_200, sipp
 
 pytestmark = [pytest.mark.peer("kamailio"), pytest.mark.peer("dnsmasq")]
 
@@ -208,19 +207,9 @@ SIPP_MESSAGE = (
       <ereg regexp="handling=required" search_in="body" check_it="true" assign_to="handling"/>
     </action>
   </recv>
-  <send>
-    <![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-    ]]>
-  </send>
-  <Reference variables="mixed,p7m,handling"/>
+"""
+    + SEND_200
+    + """  <Reference variables="mixed,p7m,handling"/>
 </scenario>
 """
 )
@@ -236,42 +225,9 @@ SIPP_INVITE = (
             search_in="body" check_it="true" assign_to="p7m"/>
     </action>
   </recv>
-  <send>
-    <![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=sipp 2 2 IN IP[local_ip_type] [local_ip]
-s=sipp
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-
-    ]]>
-  </send>
-  <recv request="ACK" crlf="true"/>
-  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-    ]]>
-  </send>
-  <Reference variables="mixed,p7m"/>
+"""
+    + ANSWER_SDP_THEN_BYE
+    + """  <Reference variables="mixed,p7m"/>
 </scenario>
 """
 )
@@ -296,14 +252,7 @@ def test_sipp_receives_our_protected_message_and_invite(
             ) as peer:
                 hop = Hop(Transport.TCP, "127.0.0.1", peer.port)
                 async with secure_device(alice_client, ALICE, "default", hop) as alice:
-                    for _ in range(50):  # SIPp needs a moment before its TCP socket listens
-                        try:
-                            sent = await alice.send_message(BOB.aor, "hello SIPp")
-                            break
-                        except TransportError:
-                            await asyncio.sleep(0.1)
-                    else:
-                        pytest.fail("SIPp did not start listening")
+                    sent = await peer.reach(lambda: alice.send_message(BOB.aor, "hello SIPp"))
                 code, report = await peer.finish()
             assert code == 0, report
             assert sent.status == 200 and sent.recipients == (bob_cert,)
@@ -311,14 +260,7 @@ def test_sipp_receives_our_protected_message_and_invite(
             async with sipp(SIPP_INVITE, tmp_path, "smime-invite", transport=Transport.TCP) as peer:
                 hop = Hop(Transport.TCP, "127.0.0.1", peer.port)
                 async with secure_device(alice_client, ALICE, "default", hop) as alice:
-                    for _ in range(50):
-                        try:
-                            call = await alice.invite(BOB.aor, OFFER)
-                            break
-                        except TransportError:
-                            await asyncio.sleep(0.1)
-                    else:
-                        pytest.fail("SIPp did not start listening")
+                    call = await peer.reach(lambda: alice.invite(BOB.aor, OFFER))
                     assert call.established, call.sent
                     # SIPp cannot sign: its plain SDP answer is reported, not trusted.
                     assert call.answer is not None

@@ -4,31 +4,75 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import pytest
+
+from sipcert.errors import TransportError
 from sipcert.sip.transport import Transport
-from tests.conftest import require_program
+from tests.conftest import free_port, require_program
+
+T = TypeVar("T")
 
 #: The prologue of every SIPp scenario file.
 HEADER = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<!DOCTYPE scenario SYSTEM "sipp.dtd">\n'
 
+#: Scenario steps, SIPp as UAS: a 200 OK (with SIPp's To tag, no body) to the request received.
+SEND_200 = """  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
 
-def free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
+    ]]>
+  </send>
+"""
+
+#: Scenario steps, SIPp as UAS after an INVITE: answer 200 OK with SIPp's own SDP (``o=sipp 2
+#: 2``), expect the ACK, then the caller's BYE, and confirm it with 200 OK.
+ANSWER_SDP_THEN_BYE = """  <send retrans="500">
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=sipp 2 2 IN IP[local_ip_type] [local_ip]
+s=sipp
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+
+    ]]>
+  </send>
+  <recv request="ACK" crlf="true"/>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+    ]]>
+  </send>
+"""
 
 
 @dataclass
@@ -40,6 +84,21 @@ class Sipp:
     port: int
     folder: Path
     name: str
+    transport: Transport
+
+    async def reach(self, send: Callable[[], Awaitable[T]], attempts: int = 50) -> T:
+        """``await send()``, retried while SIPp's TCP socket is not listening yet.
+
+        Over UDP there is no connection to refuse, so a transport error fails at once.
+        """
+        for _ in range(attempts):
+            try:
+                return await send()
+            except TransportError:
+                if self.transport is Transport.UDP:
+                    raise
+                await asyncio.sleep(0.1)
+        pytest.fail("SIPp did not start listening")
 
     async def finish(self, timeout: float = 20.0) -> tuple[int, str]:
         """Wait for SIPp to exit; its exit code and a description for failure messages."""
@@ -104,7 +163,7 @@ async def sipp(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    run = Sipp(process, command, port, folder, name)
+    run = Sipp(process, command, port, folder, name, transport)
     try:
         yield run
     finally:

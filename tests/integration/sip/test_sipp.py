@@ -14,11 +14,10 @@ from typing import TypeVar
 
 import pytest
 
-from sipcert.errors import TransportError
 from sipcert.proto.mime import MimePart
 from sipcert.sip.transport import Hop, Transport
 from sipcert.sip.ua import IncomingRequest, Timers, UserAgent
-from tests.integration.sip.peers import HEADER, sipp
+from tests.integration.sip.peers import ANSWER_SDP_THEN_BYE, HEADER, SEND_200, sipp
 
 pytestmark = pytest.mark.peer("sipp")
 
@@ -44,19 +43,9 @@ UAS_MESSAGE = (
             assign_to="cookie"/>
     </action>
   </recv>
-  <send>
-    <![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-    ]]>
-  </send>
-  <Reference variables="text,ctype,cookie"/>
+"""
+    + SEND_200
+    + """  <Reference variables="text,ctype,cookie"/>
 </scenario>
 """
 )
@@ -82,42 +71,9 @@ Content-Length: 0
 
     ]]>
   </send>
-  <send retrans="500">
-    <![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=sipp 2 2 IN IP[local_ip_type] [local_ip]
-s=sipp
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-
-    ]]>
-  </send>
-  <recv request="ACK" crlf="true"/>
-  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-    ]]>
-  </send>
-  <Reference variables="offer"/>
+"""
+    + ANSWER_SDP_THEN_BYE
+    + """  <Reference variables="offer"/>
 </scenario>
 """
 )
@@ -236,16 +192,7 @@ def test_sipp_receives_our_message(tmp_path: Path, transport: Transport) -> None
             async with UserAgent(
                 "alice@example.com", transport=transport, proxy=proxy, timers=TIMERS
             ) as alice:
-                for _ in range(50):  # SIPp needs a moment before its TCP socket listens
-                    try:
-                        response = await alice.send_message("sipp@example.net", TEXT)
-                        break
-                    except TransportError:
-                        if transport is Transport.UDP:
-                            raise
-                        await asyncio.sleep(0.1)
-                else:
-                    pytest.fail("SIPp did not start listening")
+                response = await peer.reach(lambda: alice.send_message("sipp@example.net", TEXT))
             code, report = await peer.finish()
         assert code == 0, report
         assert response.status == 200
