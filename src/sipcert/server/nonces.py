@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from sipcert.errors import ConfigError, StorageError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_NONCE_LIFETIME
-from sipcert.storage.sqlite import storage_error
+from sipcert.storage.sqlite import enable_wal, storage_error
 
 __all__ = ["SECRET_FILE", "SqliteNonceCounter", "load_or_create_secret"]
 
@@ -94,7 +94,7 @@ class SqliteNonceCounter:
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute("PRAGMA journal_mode = WAL")
+            enable_wal(conn, busy_timeout)
             # A lost count after a power cut only re-opens nonces of the last few minutes.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(

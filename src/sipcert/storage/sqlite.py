@@ -26,6 +26,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,6 +113,25 @@ def _row_to_cert(row: tuple[Any, ...]) -> StoredCertificate:
     )
 
 
+def enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch the file to WAL, retrying while another opener holds it (up to ``busy_timeout``).
+
+    Switching needs the file to itself, and SQLite answers SQLITE_BUSY at once here rather
+    than through the busy handler, so several processes opening a new file together (the
+    Store's workers, or racing tests) failed now and then.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def storage_error(subject: str, action: str, exc: sqlite3.Error) -> StorageError:
     """A :class:`StorageError` naming the database, the operation and SQLite's reason."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -194,7 +214,7 @@ class SqliteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             conn.execute("PRAGMA synchronous = FULL")
             if not self.read_only:
-                conn.execute("PRAGMA journal_mode = WAL")
+                enable_wal(conn, self._busy_timeout)
             return conn
         except sqlite3.Error as exc:
             if conn is not None:
