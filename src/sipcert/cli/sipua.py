@@ -22,8 +22,10 @@ import contextlib
 import ipaddress
 import json
 import signal
+import sys
+from collections.abc import Coroutine, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sipcert.cli.ua import (
     _common,
@@ -53,6 +55,17 @@ __all__ = ["parse_proxy", "register"]
 
 #: Re-register when this share of the granted expiry has passed (RFC 3261 §10.2.4).
 _REFRESH_SHARE = 0.8
+#: Seconds without an answer before each "still trying" line: over UDP a dead proxy is only
+#: given up after Timer F, 64*T1 = 32 s (RFC 3261 §17.1.2.2), far too long to stay silent.
+PROGRESS_EVERY = 3.0
+
+T = TypeVar("T")
+
+
+class StoppedError(SipCertError):
+    """SIGINT or SIGTERM arrived before the proxy answered (exit 130, as for Ctrl-C)."""
+
+    exit_code = 130
 
 
 def register(commands: Any) -> None:
@@ -70,7 +83,7 @@ def register(commands: Any) -> None:
         parents=[common],
         allow_abbrev=False,
     )
-    parser.set_defaults(run=_ua)
+    parser.set_defaults(run=_ua, json_events=True)
     parser.add_argument("aor")
     _sip_options(parser)
     _credential_options(parser, key=True)
@@ -103,7 +116,7 @@ def register(commands: Any) -> None:
         parents=[common],
         allow_abbrev=False,
     )
-    send.set_defaults(run=_send)
+    send.set_defaults(run=_send, json_events=True)
     send.add_argument("from_aor", metavar="FROM-AOR")
     send.add_argument("to_aor", metavar="TO-AOR")
     send.add_argument("--text", required=True, help="the message text (UTF-8)")
@@ -194,14 +207,14 @@ def _describe(received: Received) -> str:
     return line
 
 
-def _startup_fields(check: StartupCheck) -> dict[str, Any]:
+def _startup_fields(check: StartupCheck, warnings: Sequence[str]) -> dict[str, Any]:
     return {
         "aor": str(check.aor),
         "device": check.device,
         "action": check.action,
         "sha256": sha256_fingerprint(check.certificate),
         "not_after": check.certificate.not_valid_after_utc.isoformat(),
-        "warnings": list(check.status.warnings),
+        "warnings": list(warnings),
     }
 
 
@@ -213,6 +226,44 @@ def _registered(printer: _Printer, event: str, response: Response, contact: str)
         reason=response.reason,
         contact=contact,
     )
+
+
+class _Waiting:
+    """Await one SIP transaction, saying every few seconds that it is still unanswered."""
+
+    def __init__(self, printer: _Printer, doing: str, proxy: str) -> None:
+        self.printer = printer
+        self.doing = doing
+        self.proxy = proxy
+
+    async def until(self, work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
+        """The result of ``work``; :class:`StoppedError` when ``stop`` is set first."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(stop.wait())
+        waited = 0.0
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {task, stopped}, timeout=PROGRESS_EVERY, return_when=asyncio.FIRST_COMPLETED
+                )
+                if task in done:
+                    return task.result()
+                if stopped in done:
+                    raise StoppedError(f"stopped while trying to {self.doing} {self.proxy}")
+                waited += PROGRESS_EVERY
+                self.printer.emit(
+                    "progress",
+                    f"still trying to {self.doing} {self.proxy} (no answer for {waited:.0f} s)",
+                    proxy=self.proxy,
+                    waiting=waited,
+                )
+        finally:
+            task.cancel()
+            stopped.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopped
 
 
 def _check_registration(response: Response) -> None:
@@ -253,9 +304,6 @@ async def _run_ua(
         loop.add_signal_handler(signum, stop.set)
     try:
         await _serve(args, aor, proxy, credentials, passphrase, printer, stop)
-    except SipCertError as exc:
-        printer.emit("error", f"error: {exc}", message=str(exc), kind=type(exc).__name__)
-        raise
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -282,12 +330,20 @@ async def _serve(
             validity=timedelta(days=args.validity),
             passphrase=passphrase,
         )
+        status = check.status
+        if check.action != "ok":  # the warnings that led to enrolling no longer hold
+            status = await client.status(
+                aor, device=args.device, window=timedelta(days=args.window)
+            )
         printer.emit(
             "certificate",
             f"certificate {check.action}: {sha256_fingerprint(check.certificate)} "
             f"(not after {check.certificate.not_valid_after_utc.isoformat()})",
-            **_startup_fields(check),
+            **_startup_fields(check, status.warnings),
         )
+        if not printer.as_json:
+            for warning in status.warnings:
+                print(f"sipcert: warning: {warning}", file=sys.stderr, flush=True)
 
         async def on_received(received: Received) -> None:
             printer.emit(received.kind, _describe(received), **_received_fields(received))
@@ -309,16 +365,19 @@ async def _serve(
             accept_unverified=args.accept_unverified,
         )
         async with secure:
-            response = await secure.register(args.expires)
+            registering = _Waiting(printer, "register with", args.proxy)
+            response = await registering.until(secure.register(args.expires), stop)
+            _check_registration(response)  # a refusal is the error, never "registered"
             _registered(printer, "registered", response, ua.contact)
-            _check_registration(response)
             watchers: set[asyncio.Task[None]] = set()
             calls = asyncio.create_task(_watch_calls(ua, printer, watchers))
             try:
                 await _refresh_until(stop, secure, args.expires, response)
             finally:
                 await cancel_and_wait([calls, *watchers])
-            response = await secure.unregister()
+            stop.clear()  # a second signal abandons the unregistration
+            unregistering = _Waiting(printer, "unregister from", args.proxy)
+            response = await unregistering.until(secure.unregister(), stop)
             _registered(printer, "unregistered", response, ua.contact)
 
 
@@ -389,24 +448,40 @@ def _send(args: argparse.Namespace) -> int:
                 tls_context=tls,
             )
             async with SecureUA(ua, client, device=args.device, passphrase=passphrase) as secure:
-                return await secure.send_message(target, args.text)
+                sending = _Waiting(printer, "send the MESSAGE through", args.proxy)
+                return await sending.until(secure.send_message(target, args.text), asyncio.Event())
 
     sent = asyncio.run(main())
-    _print_sent(printer, sent, sender)
-    return 0 if sent.ok else 1
+    if sent.status in (401, 403, 407):
+        # Kamailio answers a wrong password with 403 (contrib/kamailio/kamailio.cfg): the same
+        # refusal as a REGISTER's in `sipcert ua`, so the same exit code (6). The answer came
+        # through our proxy, not necessarily from the callee: name the proxy.
+        reason = sent.response.reason if sent.response is not None else ""
+        raise AuthenticationError(
+            f"the proxy {proxy.host}:{proxy.port} ({proxy.transport}) answered the MESSAGE to "
+            f"{target} with {sent.status} {reason}: wrong SIP credentials for {sender}, "
+            "or not allowed to send it"
+        )
+    code = 0 if sent.ok else 1
+    _print_sent(printer, sent, sender, proxy, code)
+    return code
 
 
-def _print_sent(printer: _Printer, sent: Sent, sender: AOR) -> None:
+def _print_sent(printer: _Printer, sent: Sent, sender: AOR, proxy: Hop, code: int) -> None:
     response = sent.response
     hint = (
         " -- no device of the callee could decrypt it (493, RFC 3261 §21.4.27)"
         if sent.undecipherable
         else ""
     )
+    reason = f" {response.reason}" if response is not None else ""
     printer.emit(
         "sent",
-        f"MESSAGE {sender} -> {sent}{hint}",
+        f"MESSAGE {sender} -> {sent.to}: {sent.status}{reason} through {proxy.host}:{proxy.port} "
+        f"(encrypted for {len(sent.recipients)} certificate(s)){hint}",
         **{
+            "ok": code == 0,
+            "exit_code": code,
             "from": str(sender),
             "to": str(sent.to),
             "status": sent.status,

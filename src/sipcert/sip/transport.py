@@ -342,6 +342,11 @@ class SipTransport:
             self._tasks.add(task)
         try:
             await self._read_loop(conn)
+        except asyncio.CancelledError:
+            # Closing cancels this task. It is asyncio.start_server's callback task, and
+            # Python 3.11 asks a finished one for task.exception(), which raises for a
+            # cancelled task and is logged with a traceback: so end it normally instead.
+            pass
         finally:
             if task is not None:
                 self._tasks.discard(task)

@@ -434,7 +434,7 @@ def test_cli_ua_prints_the_verified_message_of_message_send(
         check=False,
     )
     assert nobody.returncode == 1, nobody.stderr
-    assert "carol@example.net has no usable certificate" in nobody.stderr
+    assert "carol@example.net has no usable certificate" in json.loads(nobody.stdout)["error"]
 
     # A wrong password: the start-up enrollment is refused, reported as an error event.
     secret.write_text("not-the-password\n")
@@ -448,4 +448,5 @@ def test_cli_ua_prints_the_verified_message_of_message_send(
     )
     assert refused.returncode == 6, (refused.stdout, refused.stderr)
     error = json.loads(refused.stdout.splitlines()[-1])
-    assert error["event"] == "error" and error["kind"] == "AuthenticationError", error
+    assert (error["event"], error["ok"], error["exit_code"]) == ("error", False, 6), error
+    assert refused.stdout.count('"event": "error"') == 1  # printed once
