@@ -29,6 +29,7 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     │   └── TLSHandshakeError          the TLS handshake failed
     │       └── UntrustedCertificateError  the server's chain does not verify
     ├── StoreResponseError             the Store answered with an unexpected status
+    │   └── StoreUnavailableError      the Store answered 503: its database failed
     ├── StorageError                   the database failed
     └── ConfigError                    bad configuration or command-line usage
 """
@@ -57,6 +58,7 @@ __all__ = [
     "StaleNonceError",
     "StorageError",
     "StoreResponseError",
+    "StoreUnavailableError",
     "TLSHandshakeError",
     "TransportError",
     "UnsupportedMediaTypeError",
@@ -213,6 +215,20 @@ class StoreResponseError(SipCertError):
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"store answered {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class StoreUnavailableError(StoreResponseError):
+    """The Store answered 503: what our Store answers when its database fails
+    (:class:`StorageError`), so the client exits with the same code, 12, for any request."""
+
+    exit_code = 12
+
+    def __init__(self, status: int, reason: str) -> None:
+        SipCertError.__init__(
+            self, f"the Store is unavailable (it answered {status}: {reason}); try again later"
+        )
         self.status = status
         self.reason = reason
 

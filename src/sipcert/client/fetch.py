@@ -28,6 +28,7 @@ from sipcert.errors import (
     NotFoundError,
     RateLimitedError,
     StoreResponseError,
+    StoreUnavailableError,
 )
 from sipcert.proto.aor import AOR
 from sipcert.proto.certs import Discarded, validate_retrieved
@@ -188,9 +189,7 @@ async def get_certificates(
             return Retrieved(404, (), _target_of(response), _max_age(response))
         body = await _read_limited(response, max_size)
         if response.status_code != 200:
-            raise StoreResponseError(
-                response.status_code, _clean_reason(body, response.reason_phrase)
-            )
+            raise store_error(response.status_code, _clean_reason(body, response.reason_phrase))
         bodies = parse_certificate_bodies(response.headers.get("content-type"), body)
         return Retrieved(200, tuple(bodies), _target_of(response), _max_age(response))
 
@@ -214,6 +213,13 @@ def _refusal(response: httpx.Response, what: str) -> Exception:
         )
     if status == 404:
         return NotFoundError(f"the Store has nothing to remove for {what}")
+    return store_error(status, reason)
+
+
+def store_error(status: int, reason: str) -> StoreResponseError:
+    """The error for an unexpected status; 503 (database down) has its own exit code, 12."""
+    if status == 503:
+        return StoreUnavailableError(status, reason)
     return StoreResponseError(status, reason)
 
 

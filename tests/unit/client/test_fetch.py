@@ -28,6 +28,7 @@ from sipcert.errors import (
     NotFoundError,
     RateLimitedError,
     StoreResponseError,
+    StoreUnavailableError,
 )
 from sipcert.proto.aor import parse_aor
 from sipcert.proto.certs import DiscardReason, certificate_der, generate_identity
@@ -111,13 +112,14 @@ def test_404_is_an_empty_answer_not_an_error() -> None:
 
 
 def test_other_statuses_and_oversized_answers() -> None:
-    with pytest.raises(StoreResponseError, match="503: busy") as caught:
+    with pytest.raises(StoreResponseError, match="502: busy") as caught:
         run(
-            lambda r: httpx.Response(503, text="busy\x1b[31m\nmore"),
+            lambda r: httpx.Response(502, text="busy\x1b[31m\nmore"),
             lambda c: get_certificates(c, LOCATION),
         )
     assert "\x1b" not in str(caught.value)  # no terminal escapes from a Store reach the user
-    assert caught.value.status == 503
+    assert caught.value.status == 502
+    assert caught.value.exit_code == 11
     big = httpx.Response(
         200, headers={"Content-Type": "application/pkix-cert"}, content=b"x" * 2000
     )
@@ -261,3 +263,20 @@ def test_429_is_a_rate_limit_error_with_retry_after() -> None:
         )
     assert caught.value.retry_after == 17
     assert caught.value.exit_code == 14
+
+
+@pytest.mark.parametrize("verb", ["GET", "PUT", "DELETE"])
+def test_a_store_answering_503_is_exit_12_for_every_request(verb: str) -> None:
+    """Our Store answers 503 when its database fails (StorageError): one client code, 12."""
+    work: dict[str, Callable[[httpx.AsyncClient], object]] = {
+        "GET": lambda c: get_certificates(c, LOCATION),
+        "PUT": lambda c: put_certificate(c, LOCATION, PHONE, httpx.BasicAuth("bob", "x")),
+        "DELETE": lambda c: delete_certificates(c, LOCATION, httpx.BasicAuth("bob", "x")),
+    }
+    with pytest.raises(StoreUnavailableError) as caught:
+        run(lambda r: httpx.Response(503, text="service unavailable"), work[verb])
+    assert caught.value.exit_code == 12
+    assert caught.value.status == 503
+    assert str(caught.value) == (
+        "the Store is unavailable (it answered 503: service unavailable); try again later"
+    )
