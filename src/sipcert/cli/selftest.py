@@ -8,6 +8,7 @@ with exit code 1 and the reason.
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -50,6 +51,9 @@ def register(commands: Any) -> None:
         help="walk through the protocol core (certificates, Digest, S/MIME) offline",
         description=__doc__,
     )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object with every step and check"
+    )
     parser.set_defaults(run=run)
 
 
@@ -67,22 +71,29 @@ def _expect_raises(error: type[SipCertError], action: Callable[[], object], what
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run every step; print a line per check."""
-    del args
+    """Run every step; print a line per check (with ``--json``, one object at the end)."""
     now = datetime.now(UTC)
     alice = parse_aor("sip:alice@example.com")
     bob = parse_aor("bob@example.net")
+    steps: list[dict[str, Any]] = []
+
+    def heading(title: str) -> None:
+        steps.append({"title": title, "checks": []})
+        if not args.json:
+            print(title)
 
     def say(line: str) -> None:
-        print(f"  ok  {line}")
+        steps[-1]["checks"].append(line)
+        if not args.json:
+            print(f"  ok  {line}")
 
-    print("Step 0 - each UA makes a key and a self-signed certificate (draft §1, §5.1)")
+    heading("Step 0 - each UA makes a key and a self-signed certificate (draft §1, §5.1)")
     alice_phone = generate_identity(alice, now=now)
     bob_phone = generate_identity(bob, now=now)
     bob_laptop = generate_identity(bob, now=now)
     say(f"{alice}: 1 device, {bob}: 2 devices, RSA-2048, 30-day certificates")
 
-    print("Step 0 - enrollment is Digest-challenged with the SIP secret (draft §5)")
+    heading("Step 0 - enrollment is Digest-challenged with the SIP secret (draft §5)")
     server = DigestServer(b"selftest-nonce-secret-0123456789", "example.net")
     password = secrets.token_urlsafe(12)  # Bob's SIP secret, shared with the registrar
     client = DigestClient("bob", password)
@@ -129,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     )
     say(f"Bob uploading Alice's certificate is refused ({reason.split(' (')[0]})")
 
-    print("Step 1 - the caller checks the Store's TLS name, then retrieves (draft §4.3, §4.5)")
+    heading("Step 1 - the caller checks the Store's TLS name, then retrieves (draft §4.3, §4.5)")
     ca = TestCA.create(now=now)
     check_server_certificate(ca.issue(["example.net"], now=now).certificate, "example.net")
     say("a server certificate naming example.net is accepted for bob@example.net")
@@ -163,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     )
     say(f"multipart/mixed answer: {len(result.kept)} kept; expired and foreign discarded")
 
-    print("Steps 2-4 - Alice signs with her key and encrypts to every Bob device (draft §4.4)")
+    heading("Steps 2-4 - Alice signs with her key and encrypts to every Bob device (draft §4.4)")
     message = MimePart(content_type="text/plain; charset=utf-8", body=b"Hello Bob, it's Alice.")
     protected = sign_and_encrypt(
         message,
@@ -173,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     )
     say(f"{protected.content_type.split(';')[0]}, {len(protected.body)} bytes, 2 recipients")
 
-    print("Step 5 - each of Bob's devices decrypts and checks Alice's signature")
+    heading("Step 5 - each of Bob's devices decrypts and checks Alice's signature")
     for name, device in (("phone", bob_phone), ("laptop", bob_laptop)):
         verified = decrypt_and_verify(protected, device.key, device.certificate)
         _expect(verified.content.body == message.body, f"Bob's {name} reads the message")
@@ -186,5 +197,8 @@ def run(args: argparse.Namespace) -> int:
         "decryption by a non-recipient",
     )
     say("a key that was not a recipient cannot decrypt it")
-    print("selftest passed")
+    if args.json:
+        print(json.dumps({"ok": True, "exit_code": 0, "steps": steps}, indent=2))
+    else:
+        print("selftest passed")
     return 0

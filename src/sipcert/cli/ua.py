@@ -67,7 +67,13 @@ def _common() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="cache fetched certificates under the home this long (default 0: no cache, draft §5)",
     )
-    group.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for each network step",
+    )
     group.add_argument(
         "--sip", action="store_true", help="query with sip= instead of email= (draft §8)"
     )
@@ -243,8 +249,10 @@ def _cert_json(cert: x509.Certificate) -> dict[str, Any]:
     }
 
 
-def _print_json(value: dict[str, Any]) -> None:
-    print(json.dumps(value, indent=2))
+def _print_json(value: dict[str, Any], code: int = 0) -> int:
+    """Print a command's one JSON object, with ``ok`` and ``exit_code`` (README.md, "JSON")."""
+    print(json.dumps({"ok": code == 0, "exit_code": code, **value}, indent=2))
+    return code
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -289,8 +297,9 @@ def _fetch(args: argparse.Namespace) -> int:
         for cert in result.kept:
             path = args.out / f"{sha256_fingerprint(cert)}.pem"
             path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    code = 0 if result.kept else 1
     if args.json:
-        _print_json(_fetch_json(result))
+        return _print_json(_fetch_json(result), code)
     else:
         source = " (cached)" if result.from_cache else ""
         print(f"{aor}: {len(result.kept)} certificate(s) from {result.url}{source}")
@@ -301,7 +310,7 @@ def _fetch(args: argparse.Namespace) -> int:
             print(f"    not after {cert.not_valid_after_utc.isoformat()}")
         for item in result.discarded:
             print(f"  discarded {item.sha256}: {item.reason.value} ({item.detail})")
-    return 0 if result.kept else 1
+    return code
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -345,7 +354,7 @@ def _status(args: argparse.Namespace) -> int:
     for warning in status.warnings:
         print(f"sipcert: warning: {warning}", file=sys.stderr)
     if args.json:
-        _print_json(
+        return _print_json(
             {
                 "aor": str(aor),
                 "device": status.device,
@@ -356,7 +365,8 @@ def _status(args: argparse.Namespace) -> int:
                 "expires_in_days": status.expires_in.days if status.expires_in else None,
                 "unknown": [sha256_fingerprint(c) for c in status.unknown],
                 "warnings": list(status.warnings),
-            }
+            },
+            0 if status.ok else 1,
         )
     elif status.certificate is not None:
         state = "enrolled" if status.in_store else "NOT at the Store"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
 from typing import Any
 
@@ -41,6 +42,7 @@ def register(commands: Any) -> None:
         metavar="URL",
         help=f"file:///path/users.json (default: the --dev one, {_default_credentials()})",
     )
+    common.add_argument("--json", action="store_true", help="print one JSON object")
     for name, help_text in (
         ("add", "add a user; the password comes from standard input or a prompt"),
         ("passwd", "change a user's password"),
@@ -79,23 +81,37 @@ def read_new_password(aor: str) -> str:
     return password
 
 
+def _done(args: argparse.Namespace, line: str, **fields: object) -> int:
+    """One line, or with ``--json`` one object (README.md, "JSON output")."""
+    if args.json:
+        print(json.dumps({"ok": True, "exit_code": 0, "action": args.action, **fields}))
+    else:
+        print(line)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out one action; print one line about what changed."""
     source = _source(args)
+    path = str(source.path)
     if args.action == "list":
-        for listed in source.list():
+        if not source.path.exists():  # a typo in --credentials is not "no users"
+            raise ConfigError(
+                f"credentials file {source.path} does not exist (add users with `sipcert user add`)"
+            )
+        users = source.list()
+        if args.json:
+            return _done(args, "", credentials=path, users=users)
+        for listed in users:
             print(listed)
         return 0
     aor: str = args.aor
     if args.action == "remove":
         source.remove(aor)
-        print(f"removed {aor}")
-        return 0
+        return _done(args, f"removed {aor}", aor=aor, credentials=path)
     password = read_new_password(aor)
     if args.action == "add":
         source.add(aor, password)
-        print(f"added {aor} to {source.path}")
-    else:
-        source.set_password(aor, password)
-        print(f"changed the password of {aor}")
-    return 0
+        return _done(args, f"added {aor} to {source.path}", aor=aor, credentials=path)
+    source.set_password(aor, password)
+    return _done(args, f"changed the password of {aor}", aor=aor, credentials=path)

@@ -177,7 +177,7 @@ class Narrator:
         self._flush(ok=True)
         kept = f"; files kept in {folder}" if folder is not None else ""
         if self.as_json:
-            line = {"step": "done", "ok": True, "seconds": round(seconds, 2)}
+            line = {"step": "done", "ok": True, "exit_code": 0, "seconds": round(seconds, 2)}
             if folder is not None:
                 line["folder"] = str(folder)
             print(json.dumps(line), file=self.out, flush=True)
@@ -965,7 +965,9 @@ def main(
         say.failed(str(exc))
         raise
     except SipCertError as exc:
-        failure = say.failure(f"{type(exc).__name__}: {exc}")
+        if not say.steps:  # nothing ran yet (``--keep`` on a full folder): the message says it
+            raise
+        failure = say.failure(str(exc))
         failure.exit_code = exc.exit_code
         say.failed(str(failure))
         raise failure from exc

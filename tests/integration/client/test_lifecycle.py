@@ -160,7 +160,7 @@ def test_cli_enroll_fetch_revoke(
     code = cli.main(cli_args(config, "fetch", str(BOB), "--json", "--out", str(out_dir)))
     assert code == 0
     document = json.loads(capsys.readouterr().out)
-    assert set(document) == {"aor", "url", "certificates", "discarded"}
+    assert set(document) == {"ok", "exit_code", "aor", "url", "certificates", "discarded"}
     assert document["aor"] == "bob@example.com"
     (certificate,) = document["certificates"]
     assert set(certificate) == {"sha256", "serial", "san", "not_before", "not_after", "pem"}

@@ -110,7 +110,8 @@ def check_certificate_json(item: dict[str, Any], aor: str) -> x509.Certificate:
 
 def check_fetch_json(data: dict[str, Any], aor: str) -> tuple[list[str], dict[str, str]]:
     """Check a ``fetch --json`` object; return the kept fingerprints and discarded reasons."""
-    assert set(data) == {"aor", "url", "certificates", "discarded"}
+    assert set(data) == {"ok", "exit_code", "aor", "url", "certificates", "discarded"}
+    assert data["ok"] is (data["exit_code"] == 0) and data["ok"] is bool(data["certificates"])
     assert data["aor"] == aor
     assert re.fullmatch(r"https://[a-z0-9.-]+:\d+/search-cgi\?email=[^&]+", data["url"])
     kept = [check_certificate_json(item, aor) for item in data["certificates"]]
@@ -223,7 +224,16 @@ def test_cli_enroll_fetch_revoke_fetch(
     secret = password(aor)
 
     phone = ok(sipcert("enroll", aor, *options, "--validity", VALIDITY, "--json", secret=secret))
-    assert set(phone) == {"aor", "device", "url", "status", "home", "certificate"}
+    assert set(phone) == {
+        "ok",
+        "exit_code",
+        "aor",
+        "device",
+        "url",
+        "status",
+        "home",
+        "certificate",
+    }
     assert phone["aor"] == aor and phone["status"] == 201
     assert phone["url"] == search_url("store.example.com", real_store.port, aor)
     check_certificate_json(phone["certificate"], aor)
@@ -359,12 +369,13 @@ def test_store_certificate_not_naming_the_domain(
 
     fetched = sipcert("fetch", aor, *options, "--json", "-v")
     assert fetched.returncode == 5, fetched.stderr
-    assert fetched.stdout == ""
-    error = fetched.stderr.splitlines()[-1]
+    failure = json.loads(fetched.stdout)  # --json: the error is one object on stdout
+    assert (failure["ok"], failure["exit_code"]) == (False, 5)
     shown = f"names {', '.join(names)}" if names else "presents no DNS name"
-    assert error == (
-        f"sipcert: error: server certificate {shown}, not the AOR domain '{domain}' (draft §4.3)"
+    assert failure["error"] == (
+        f"server certificate {shown}, not the AOR domain '{domain}' (draft §4.3)"
     )
+    error = f"sipcert: error: {failure['error']}"
     assert f"TCP connected to {target}:{misconfigured_store.port}" in fetched.stderr
     assert f"TLS for {domain} refused" in fetched.stderr
     for address in addresses:
@@ -389,9 +400,10 @@ def test_store_certificate_from_an_untrusted_ca(
 
     fetched = sipcert("fetch", aor, *options, "--json")
     assert fetched.returncode == 13, fetched.stderr
-    assert fetched.stdout == ""
-    assert "does not verify" in fetched.stderr
-    assert "unable to get local issuer certificate" in fetched.stderr
+    failure = json.loads(fetched.stdout)
+    assert (failure["ok"], failure["exit_code"]) == (False, 13)
+    assert "does not verify" in failure["error"]
+    assert "unable to get local issuer certificate" in failure["error"]
     enrolled = sipcert("enroll", aor, *options, secret="never-sent")
     assert enrolled.returncode == 13 and "does not verify" in enrolled.stderr
     assert log.requests() == []
