@@ -1,7 +1,8 @@
 """``sipcert serve``: run the certificate Store (draft §4.3-§5).
 
 Settings come from ``--config FILE`` (TOML) with the flags laid over it; ``--dev`` fills in
-everything else (:mod:`sipcert.server.dev`). Every setting is described in docs/store.md.
+everything else (a local test CA, SQLite and a users file in ./.sipcert-dev). Every setting
+is described in docs/store.md.
 """
 
 from __future__ import annotations
@@ -129,10 +130,11 @@ def run(args: argparse.Namespace) -> int:
 
     config, notes = build_config(args)
     setup_logging(config.log_level)
-    for line in notes:
-        print(line, file=sys.stderr)
 
     def announce(message: str) -> None:
+        # Only once the sockets are bound: a failed start is its one error line, no banner.
+        for line in notes:
+            print(line, file=sys.stderr)
         print(f"sipcert: {message}", file=sys.stderr, flush=True)
 
     return run_store(config, announce=announce)

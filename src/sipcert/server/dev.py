@@ -11,6 +11,7 @@ well-known CA; this one stands in for it).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,17 +137,17 @@ def _instructions(doc: Mapping[str, Any], folder: Path) -> list[str]:
         address = parse_listen(DEFAULT_DEV_LISTEN)
     host = "127.0.0.1" if address.host in ("0.0.0.0", "") else address.host  # noqa: S104
     port = address.port
-    credentials = doc.get("credentials", "")
+    credentials = str(doc.get("credentials", ""))
     url = f"https://{first}:{port}/search-cgi?email=alice%40{first}"
     curl = f"curl --cacert {ca_file} --resolve {first}:{port}:{host}"
+    store = f"--store {host}:{port} --ca-file {ca_file}"
     return [
         f"sipcert dev Store: data in {folder}",
         f"  trust this CA:   {ca_file}",
         f"  domains:         {', '.join(names)} on {host}:{port}",
-        f"  credentials:     {credentials}",
+        f"  credentials:     {_without_password(credentials)}",
         "",
-        "  1. add a user (the password is read from standard input or prompted):",
-        f"       sipcert user add alice@{first} --credentials {credentials}",
+        *_add_user_lines(credentials, first),
         "  2. make a self-signed certificate for alice:",
         "       openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout alice.key"
         f" -out alice.pem -subj /CN=alice@{first} -addext subjectAltName=URI:sip:alice@{first}",
@@ -154,6 +155,28 @@ def _instructions(doc: Mapping[str, Any], folder: Path) -> list[str]:
         f"       {curl} --digest -u alice -T alice.pem '{url}'",
         "  4. fetch it (draft §4.3):",
         f"       {curl} -o alice.der '{url}'",
-        "  sipcert fetch/enroll find the Store through DNS SRV (_certificates._tcp."
-        f"{first} -> {host}:{port}) with --dns and --ca-file {ca_file}",
+        "  5. or let sipcert do both (--store connects here; TLS must still name the domain):",
+        f"       sipcert enroll alice@{first} {store}",
+        f"       sipcert fetch alice@{first} {store}",
+        f"     without --store, sipcert finds a Store by DNS SRV (_certificates._tcp.{first}):"
+        " --dns HOST:PORT picks the DNS server",
+    ]
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password in it replaced (a PostgreSQL URL may hold one)."""
+    return re.sub(r"^([a-z+]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _add_user_lines(credentials: str, domain: str) -> list[str]:
+    """Step 1 for this credentials source: sipcert manages only users files."""
+    if credentials.startswith("file:"):
+        return [
+            "  1. add a user (the password is read from standard input or prompted):",
+            f"       sipcert user add alice@{domain} --credentials {credentials}",
+        ]
+    return [
+        "  1. add the user in Kamailio's subscriber table, which this Store reads",
+        "     (sipcert user manages only file: credentials), e.g.:",
+        f"       kamctl add alice@{domain} PASSWORD",
     ]

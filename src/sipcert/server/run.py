@@ -123,12 +123,17 @@ async def serve_app(
 
 
 async def _worker_main(
-    config: StoreConfig, ssl_context: ssl.SSLContext, sockets: Sequence[socket.socket]
+    config: StoreConfig,
+    ssl_context: ssl.SSLContext,
+    sockets: Sequence[socket.socket],
+    ready: Callable[[], None] | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if ready is not None:  # announced only now, so a SIGTERM right after it stops cleanly
+        ready()
     secret = config.nonce_secret or load_or_create_secret(config.data_dir)
     storage = open_store(config.db)
     credentials = open_credentials(config.credentials)
@@ -172,10 +177,13 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _run_worker(
-    config: StoreConfig, ssl_context: ssl.SSLContext, sockets: Sequence[socket.socket]
+    config: StoreConfig,
+    ssl_context: ssl.SSLContext,
+    sockets: Sequence[socket.socket],
+    ready: Callable[[], None] | None = None,
 ) -> None:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_worker_main(config, ssl_context, sockets))
+        runner.run(_worker_main(config, ssl_context, sockets, ready))
 
 
 async def _check_sources(config: StoreConfig) -> None:
@@ -204,13 +212,17 @@ def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -
             f"serving {', '.join(config.domain_names)} on {bound} "
             f"(pid {os.getpid()}, {config.workers} worker(s))"
         )
-        log.info("%s", message)
-        if announce is not None:
-            announce(message)
+
+        def ready() -> None:
+            if announce is not None:  # the CLI prints it: logging it too showed it twice
+                announce(message)
+            else:
+                log.info("%s", message)
+
         if config.workers == 1:
-            _run_worker(config, ssl_context, sockets)
+            _run_worker(config, ssl_context, sockets, ready)
             return 0
-        return _prefork(config, ssl_context, sockets)
+        return _prefork(config, ssl_context, sockets, ready)
     finally:
         for sock in sockets:
             sock.close()
@@ -243,7 +255,10 @@ def _spawn(
 
 
 def _prefork(
-    config: StoreConfig, ssl_context: ssl.SSLContext, sockets: Sequence[socket.socket]
+    config: StoreConfig,
+    ssl_context: ssl.SSLContext,
+    sockets: Sequence[socket.socket],
+    ready: Callable[[], None],
 ) -> int:
     """Run ``config.workers`` processes; restart one that dies, stop all on a signal."""
     stopping = False
@@ -257,6 +272,7 @@ def _prefork(
                 os.kill(pid, signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    ready()
     restarts: list[float] = []
     status = 0
     try:

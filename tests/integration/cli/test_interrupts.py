@@ -4,7 +4,6 @@ traceback (README.md, "Exit codes")."""
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.cli.lines import LineReader
 from tests.integration.kamailio.conftest import sipcert_program
 
 # Installed through PYTHONPATH as ``sitecustomize``: the first import of ``MODULE`` announces
@@ -30,14 +30,6 @@ class _Block(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, _Block())
 """
-
-
-def _read_line(stream: object, timeout: float) -> str:
-    fd = stream.fileno()  # type: ignore[attr-defined]
-    ready, _, _ = select.select([fd], [], [], timeout)
-    if not ready:
-        pytest.fail(f"no line within {timeout} s")
-    return stream.readline()  # type: ignore[attr-defined, no-any-return]
 
 
 @pytest.mark.parametrize(
@@ -62,15 +54,19 @@ def test_ctrl_c_during_start_up_is_exit_130_without_traceback(module: str, tmp_p
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stderr is not None and process.stdout is not None
+    lines = LineReader(process.stderr)
     try:
-        assert process.stderr is not None
-        assert _read_line(process.stderr, 60) == "import blocked\n"
+        assert lines.next(60) == "import blocked\n"
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
+        process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        err = lines.rest()
+        with process.stdout:
+            out = process.stdout.read()
     assert process.returncode == 130, err
     assert "Traceback" not in err
     assert err == "sipcert: interrupted\n"

@@ -92,7 +92,10 @@ def test_json_prints_one_object_per_step_and_keep_keeps_the_files(tmp_path: Path
 
     again, _ = run_cli("--keep", str(folder))  # never clobbers a folder with files in it
     assert again.returncode == 2
-    assert "not an empty folder" in again.stderr
+    assert again.stderr == (
+        f"sipcert: error: --keep {folder}: not an empty folder; give a new or empty one\n"
+    )  # the message, once, and no error class name ("demo failed: ConfigError")
+    assert again.stdout == ""
 
 
 def test_a_store_that_cannot_prove_the_domain_stops_step_1() -> None:

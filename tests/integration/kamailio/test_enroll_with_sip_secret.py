@@ -128,7 +128,7 @@ def test_a_wrong_password_fails_at_kamailio_and_at_the_store(
         enroll(ua_config, ALICE, wrong)
     result = sipcert_enroll_cli(store, ca_file, tmp_path / "cli-home", ALICE, wrong)
     assert result.returncode == AuthenticationError.exit_code, result.stdout + result.stderr
-    assert "Digest" in result.stderr
+    assert "Digest" in json.loads(result.stdout)["error"]  # --json: the error on stdout
     # Unknown users fail the same way as wrong passwords (nothing to tell them apart).
     with pytest.raises(AuthenticationError):
         enroll(ua_config, Subscriber("ghost", "example.com", "x"), "x")

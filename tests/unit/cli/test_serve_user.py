@@ -148,3 +148,45 @@ def test_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
         "--max-lifetime-days",
     ):
         assert flag in out
+
+
+def test_user_list_of_a_missing_file_is_an_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo.json"
+    assert run(["user", "list", "--credentials", f"file:{missing}"]) == 2
+    assert capsys.readouterr().err == (
+        f"sipcert: error: credentials file {missing} does not exist "
+        "(add users with `sipcert user add`)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    ["kamailio+sqlite:///kamailio.db", "kamailio+postgresql://kam:S3cret@db.example/kamailio"],
+)
+def test_dev_banner_with_kamailio_credentials_says_how_to_add_a_user(
+    credentials: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _, notes = build_config(_dev_args("--credentials", credentials))  # type: ignore[arg-type]
+    text = "\n".join(notes)
+    assert "sipcert user add" not in text  # it would refuse a Kamailio table
+    assert "kamctl add alice@example.com" in text
+    assert "S3cret" not in text  # a database password is never shown
+
+
+def test_dev_banner_first_command_and_store_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The banner's first command works as printed; it shows --store as well as --dns."""
+    monkeypatch.chdir(tmp_path)
+    _, notes = build_config(_dev_args())  # type: ignore[arg-type]
+    first = next(line.split() for line in notes if line.startswith("       sipcert "))
+    assert first[:3] == ["sipcert", "user", "add"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert run(first[1:]) == 0
+    assert "added alice@example.com" in capsys.readouterr().out
+    text = "\n".join(notes)
+    assert "--store 127.0.0.1:8443" in text
+    assert "--dns" in text
