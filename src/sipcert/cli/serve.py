@@ -13,13 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from sipcert.errors import ConfigError
-from sipcert.server.config import Flags, StoreConfig, apply_flags, read_config_file
+from sipcert.proto.store import StorePolicy
+from sipcert.server.config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_LISTEN,
+    Flags,
+    StoreConfig,
+    apply_flags,
+    read_config_file,
+)
 
 __all__ = ["register"]
 
 
 def register(commands: Any) -> None:
-    """Add the ``serve`` subcommand."""
+    """Add the ``serve`` subcommand (defaults shown are the built-in ones, under the file's)."""
+    policy = StorePolicy()
     parser: argparse.ArgumentParser = commands.add_parser(
         "serve",
         help="run the certificate Store (HTTPS, one certificate per domain by SNI)",
@@ -32,7 +41,8 @@ def register(commands: Any) -> None:
         action="append",
         default=[],
         metavar="HOST:PORT",
-        help="address to listen on; repeatable ([ADDR]:PORT for IPv6); replaces the file's list",
+        help="address to listen on; repeatable ([ADDR]:PORT for IPv6); replaces the file's list "
+        f"(default: {DEFAULT_LISTEN}; with --dev 127.0.0.1:8443)",
     )
     parser.add_argument(
         "--domain", action="append", default=[], metavar="NAME", help="a served domain; repeatable"
@@ -66,17 +76,30 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--dev", action="store_true", help="run on embedded defaults with a local test CA"
     )
-    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="data folder")
-    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default 1)")
-    parser.add_argument("--max-age", type=int, metavar="SECONDS", help="Cache-Control max-age")
     parser.add_argument(
-        "--max-per-aor", type=int, metavar="N", help="most valid certificates per AOR"
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"data folder (default: {DEFAULT_DATA_DIR}; with --dev .sipcert-dev)",
+    )
+    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (default: 1)")
+    parser.add_argument(
+        "--max-age",
+        type=int,
+        metavar="SECONDS",
+        help=f"Cache-Control max-age (default: {policy.max_age})",
+    )
+    parser.add_argument(
+        "--max-per-aor",
+        type=int,
+        metavar="N",
+        help=f"most valid certificates per AOR (default: {policy.max_per_aor})",
     )
     parser.add_argument(
         "--max-lifetime-days",
         type=int,
         metavar="DAYS",
-        help="longest certificate lifetime accepted",
+        help=f"longest certificate lifetime accepted (default: {policy.max_lifetime.days})",
     )
     parser.set_defaults(run=run)
 
