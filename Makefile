@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo selftest test lint clean
 
 $(STAMP): pyproject.toml
+	@echo "Installing sipcert and its tools into $(VENV)/ (about a minute, the first time only)..."
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
