@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from sipcert.client.cache import DEFAULT_CACHE_TTL
 from sipcert.client.fetch import FetchResult
 from sipcert.client.home import DEFAULT_DEVICE, Home, default_home
 from sipcert.client.ua import (
@@ -63,7 +64,7 @@ def _common() -> argparse.ArgumentParser:
     group.add_argument(
         "--cache-ttl",
         type=float,
-        default=0.0,
+        default=DEFAULT_CACHE_TTL,
         metavar="SECONDS",
         help="cache fetched certificates under the home this long (default 0: no cache, draft §5)",
     )

@@ -33,9 +33,13 @@ from sipcert.errors import ConfigError, InputError
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import Discarded, DiscardReason, load_certificate, sha256_fingerprint
 
-__all__ = ["CertificateCache", "SignaledCheck"]
+__all__ = ["DEFAULT_CACHE_TTL", "CertificateCache", "SignaledCheck"]
 
 Clock = Callable[[], float]
+
+#: Default TTL (seconds) of ``ClientConfig`` and of ``--cache-ttl``: the draft §5 zero, so a
+#: revocation is seen at once unless the embedder or the user asks for a cache.
+DEFAULT_CACHE_TTL = 0.0
 
 
 @dataclass(frozen=True)
