@@ -244,6 +244,21 @@ def _cert_json(cert: x509.Certificate) -> dict[str, Any]:
     }
 
 
+def _noted(cert: x509.Certificate, fetched: FetchResult) -> dict[str, Any]:
+    """:func:`_cert_json` plus the Store's device label and enrolled-on date (display only)."""
+    note = fetched.note(cert)
+    enrolled = note.enrolled.isoformat() if note.enrolled is not None else None
+    return {**_cert_json(cert), "label": note.label, "enrolled": enrolled}
+
+
+def _note_lines(cert: x509.Certificate, fetched: FetchResult) -> list[str]:
+    note = fetched.note(cert)
+    lines = [f"    label {note.label}"] if note.label is not None else []
+    if note.enrolled is not None:
+        lines.append(f"    enrolled on {note.enrolled.isoformat()}")
+    return lines
+
+
 def _print_json(value: dict[str, Any]) -> None:
     print(json.dumps(value, indent=2))
 
@@ -277,7 +292,7 @@ def _fetch_json(result: FetchResult) -> dict[str, Any]:
     return {
         "aor": str(result.aor),
         "url": result.url,
-        "certificates": [_cert_json(c) for c in result.kept],
+        "certificates": [_noted(c, result) for c in result.kept],
         "discarded": [{"sha256": d.sha256, "reason": d.reason.value} for d in result.discarded],
     }
 
@@ -300,6 +315,8 @@ def _fetch(args: argparse.Namespace) -> int:
             print(f"    serial {format(cert.serial_number, 'x')}")
             print(f"    san {', '.join(san_uris(cert))}")
             print(f"    not after {cert.not_valid_after_utc.isoformat()}")
+            for line in _note_lines(cert, result):
+                print(line)
         for item in result.discarded:
             print(f"  discarded {item.sha256}: {item.reason.value} ({item.detail})")
     return 0 if result.kept else 1
@@ -352,7 +369,9 @@ def _status(args: argparse.Namespace) -> int:
                 "device": status.device,
                 "url": status.fetch.url,
                 "enrolled": status.ok,
-                "certificate": _cert_json(status.certificate) if status.certificate else None,
+                "certificate": _noted(status.certificate, status.fetch)
+                if status.certificate
+                else None,
                 "in_store": status.in_store,
                 "expires_in_days": status.expires_in.days if status.expires_in else None,
                 "unknown": [sha256_fingerprint(c) for c in status.unknown],
@@ -364,6 +383,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{aor} (device {status.device}): {state}")
         print(f"  sha256 {sha256_fingerprint(status.certificate)}")
         print(f"  not after {status.certificate.not_valid_after_utc.isoformat()}")
+        for line in _note_lines(status.certificate, status.fetch):
+            print(line[2:])
         print(f"  the Store serves {len(status.fetch.kept)} certificate(s) for {aor}")
     else:
         print(f"{aor} (device {status.device}): not enrolled")

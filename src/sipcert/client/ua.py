@@ -363,7 +363,9 @@ class AsyncUA:
         """Create a key and self-signed certificate and PUT it with Digest (draft §5.1).
 
         The identity is kept in the home only once the Store accepted it; the identity it
-        replaces is retired there (see :meth:`renew`).
+        replaces is retired there (see :meth:`renew`). ``device`` is also sent as the
+        certificate's label (``Content-Description``), which the Store shows on its
+        revocation page and in every GET answer, so a renewal keeps it.
         """
         parsed = _aor(aor)
         auth = credentials.for_aor(parsed)
@@ -372,7 +374,7 @@ class AsyncUA:
         identity = generate_identity(parsed, now=self._now(), key_type=key_type, validity=validity)
         location = await self._route(parsed)
         status = await put_certificate(
-            self.http, location, certificate_der(identity.certificate), auth
+            self.http, location, certificate_der(identity.certificate), auth, label=device
         )
         self._say(f"PUT {location.url}: {status}")
         self.home.save(parsed, identity, device=device, passphrase=passphrase)

@@ -71,6 +71,7 @@ from sipcert.proto.store import (
     certificates_response,
     error_response,
     error_to_response,
+    parse_description,
     parse_query,
     parse_upload,
 )
@@ -401,6 +402,8 @@ class StoreApp:
             [c.sha256 for c in certs],
             max_age=self.policy.max_age,
             if_none_match=request.headers.get("If-None-Match"),
+            labels=[c.label for c in certs],
+            enrolled=[c.created for c in certs],
         )
         return _to_web(answer)
 
@@ -416,6 +419,11 @@ class StoreApp:
         declared = request.content_length
         if declared is not None and declared > limit:
             raise InputTooLargeError(f"certificate upload larger than {limit} bytes")
+        descriptions = request.headers.getall("Content-Description", [])
+        if len(descriptions) > 1:
+            raise InputError("give one Content-Description (the device label), not several")
+        # Display text only (the /account page): never logged, never trusted (RFC 2045 §8).
+        label = parse_description(descriptions[0] if descriptions else None)
         username = await self._authenticate(request, domain)
         body = await _read_body(request, limit)
         cert = parse_upload(body, request.headers.get("Content-Type"), max_size=limit)
@@ -430,6 +438,7 @@ class StoreApp:
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
             created=now,
+            label=label,
         )
         created = await self.storage.add(stored, max_per_aor=self.policy.max_per_aor, now=now)
         status = 201 if created else 200

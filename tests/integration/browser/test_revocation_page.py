@@ -166,7 +166,7 @@ def open_account_page(browser: Any, store: StoreProcess) -> None:
 
 
 def rows(browser: Any) -> list[Any]:
-    return list(browser.find_elements(By.CSS_SELECTOR, "tr[data-cert-hash]"))
+    return list(browser.find_elements(By.CSS_SELECTOR, "li[data-cert-hash]"))
 
 
 def body_text(browser: Any) -> str:
