@@ -99,8 +99,24 @@ ACCESS_LOGGER = "sipcert.access"
 SEARCH_PATH = "/search-cgi"
 ALLOWED_METHODS = ("GET", "HEAD", "PUT", "DELETE")
 _ALLOW = ", ".join(ALLOWED_METHODS)
-#: The same body for every non-stale 401, so that nothing tells unknown users apart.
-_UNAUTHORIZED = "Digest authentication required: use this domain's SIP credentials (draft §5)"
+
+
+def unauthorized_text(domain: str) -> str:
+    """The body of every non-stale 401 of ``domain``: the same for every user, so nothing
+    tells unknown users apart, and it says which user name to type.
+
+    The login dialog cannot say it: the realm must stay the domain, because stored HA1 values
+    (the users file, Kamailio's ``ha1``) are ``H(user:realm:password)``, and Chromium (since
+    2015) and Firefox (since 93) no longer show the realm anyway. A browser shows this body
+    when its dialog is dismissed.
+    """
+    return (
+        f"Digest authentication required (draft §5): the user name is the part of your "
+        f"address before @{domain} (for alice@{domain}, type alice), the password your SIP "
+        "password"
+    )
+
+
 _STALE = "stale Digest nonce: retry with the new nonce"
 _INTERNAL = "internal error"
 #: ``PIPE_BUF`` on Linux: the largest write a pipe never interleaves with other writers'.
@@ -507,7 +523,7 @@ class StoreApp:
         except AuthenticationError as exc:
             stale = isinstance(exc, StaleNonceError)
             log.info("401 for %s %s: %s", request.method, request.path, exc)
-            response = _plain(401, _STALE if stale else _UNAUTHORIZED)
+            response = _plain(401, _STALE if stale else unauthorized_text(domain))
             for value in server.challenges(now, stale=stale):
                 response.headers.add("WWW-Authenticate", value)
             raise _RefusalError(response) from exc

@@ -107,15 +107,23 @@ def test_account_is_digest_challenged_like_put(tmp_path: Path) -> None:
                 "MD5",
             ]
             assert all('realm="example.com"' in c for c in challenges)
+            # The realm stays the domain (HA1 depends on it); the body says what to type.
+            assert "user name is the part of your address before @example.com" in bare.text
+            assert "for alice@example.com, type alice" in bare.text
             wrong = await client.get(
                 env.url("example.com", "/account"), auth=DigestAuth("alice", "nope")
             )
             assert wrong.status_code == 401
+            unknown = await client.get(
+                env.url("example.com", "/account"), auth=DigestAuth("nobody", "nope")
+            )
+            assert wrong.text == unknown.text == bare.text  # nothing tells users apart
             post = await client.post(env.url("example.com", "/account/revoke"), data={"all": "1"})
             assert post.status_code == 401
         async with env.client("example.net") as client:  # the realm follows the SNI domain
             net = await client.get(env.url("example.net", "/account"))
             assert 'realm="example.net"' in net.headers["www-authenticate"]
+            assert "before @example.net (for alice@example.net, type alice)" in net.text
 
     run_store(tmp_path, scenario)
 
