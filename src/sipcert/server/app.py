@@ -106,9 +106,9 @@ def unauthorized_text(domain: str) -> str:
     tells unknown users apart, and it says which user name to type.
 
     The login dialog cannot say it: the realm must stay the domain, because stored HA1 values
-    (the users file, Kamailio's ``ha1``) are ``H(user:realm:password)``, and Chromium (since
-    2015) and Firefox (since 93) no longer show the realm anyway. A browser shows this body
-    when its dialog is dismissed.
+    (the users file, Kamailio's ``ha1``) are ``H(user:realm:password)``, and Chromium and
+    Firefox (since 93) no longer show the realm anyway. A browser shows this body when its
+    dialog is dismissed.
     """
     return (
         f"Digest authentication required (draft §5): the user name is the part of your "
