@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from sipcert.client.cache import DEFAULT_CACHE_TTL
 from sipcert.client.fetch import FetchResult
 from sipcert.client.home import DEFAULT_DEVICE, Home, default_home
 from sipcert.client.ua import (
@@ -63,7 +64,7 @@ def _common() -> argparse.ArgumentParser:
     group.add_argument(
         "--cache-ttl",
         type=float,
-        default=0.0,
+        default=DEFAULT_CACHE_TTL,
         metavar="SECONDS",
         help="cache fetched certificates under the home this long (default 0: no cache, draft §5)",
     )
@@ -261,6 +262,21 @@ def _cert_json(cert: x509.Certificate) -> dict[str, Any]:
     }
 
 
+def _noted(cert: x509.Certificate, fetched: FetchResult) -> dict[str, Any]:
+    """:func:`_cert_json` plus the Store's device label and enrolled-on date (display only)."""
+    note = fetched.note(cert)
+    enrolled = note.enrolled.isoformat() if note.enrolled is not None else None
+    return {**_cert_json(cert), "label": note.label, "enrolled": enrolled}
+
+
+def _note_lines(cert: x509.Certificate, fetched: FetchResult) -> list[str]:
+    note = fetched.note(cert)
+    lines = [f"    label {note.label}"] if note.label is not None else []
+    if note.enrolled is not None:
+        lines.append(f"    enrolled on {note.enrolled.isoformat()}")
+    return lines
+
+
 def _print_json(value: dict[str, Any], code: int = 0) -> int:
     """Print a command's one JSON object, with ``ok`` and ``exit_code`` (README.md, "JSON")."""
     print(json.dumps({"ok": code == 0, "exit_code": code, **value}, indent=2))
@@ -296,7 +312,7 @@ def _fetch_json(result: FetchResult) -> dict[str, Any]:
     return {
         "aor": str(result.aor),
         "url": result.url,
-        "certificates": [_cert_json(c) for c in result.kept],
+        "certificates": [_noted(c, result) for c in result.kept],
         "discarded": [{"sha256": d.sha256, "reason": d.reason.value} for d in result.discarded],
     }
 
@@ -320,6 +336,8 @@ def _fetch(args: argparse.Namespace) -> int:
             print(f"    serial {format(cert.serial_number, 'x')}")
             print(f"    san {', '.join(san_uris(cert))}")
             print(f"    not after {cert.not_valid_after_utc.isoformat()}")
+            for line in _note_lines(cert, result):
+                print(line)
         for item in result.discarded:
             print(f"  discarded {item.sha256}: {item.reason.value} ({item.detail})")
     return code
@@ -372,7 +390,9 @@ def _status(args: argparse.Namespace) -> int:
                 "device": status.device,
                 "url": status.fetch.url,
                 "enrolled": status.ok,
-                "certificate": _cert_json(status.certificate) if status.certificate else None,
+                "certificate": _noted(status.certificate, status.fetch)
+                if status.certificate
+                else None,
                 "in_store": status.in_store,
                 "expires_in_days": status.expires_in.days if status.expires_in else None,
                 "unknown": [sha256_fingerprint(c) for c in status.unknown],
@@ -385,6 +405,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{aor} (device {status.device}): {state}")
         print(f"  sha256 {sha256_fingerprint(status.certificate)}")
         print(f"  not after {status.certificate.not_valid_after_utc.isoformat()}")
+        for line in _note_lines(status.certificate, status.fetch):
+            print(line[2:])
         print(f"  the Store serves {len(status.fetch.kept)} certificate(s) for {aor}")
     else:
         print(f"{aor} (device {status.device}): not enrolled")

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,14 +29,19 @@ from urllib.parse import quote
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sipcert.client.fetch import FetchResult
+from sipcert.client.fetch import CertificateNote, FetchResult
 from sipcert.errors import ConfigError, InputError
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import Discarded, DiscardReason, load_certificate, sha256_fingerprint
+from sipcert.proto.store import parse_description
 
-__all__ = ["CertificateCache", "SignaledCheck"]
+__all__ = ["DEFAULT_CACHE_TTL", "CertificateCache", "SignaledCheck"]
 
 Clock = Callable[[], float]
+
+#: Default TTL (seconds) of ``ClientConfig`` and of ``--cache-ttl``: the draft §5 zero, so a
+#: revocation is seen at once unless the embedder or the user asks for a cache.
+DEFAULT_CACHE_TTL = 0.0
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,14 @@ class CertificateCache:
                 {"sha256": d.sha256, "reason": d.reason.value, "detail": d.detail}
                 for d in result.discarded
             ],
+            "notes": [
+                {
+                    "sha256": n.sha256,
+                    "label": n.label,
+                    "enrolled": n.enrolled.isoformat() if n.enrolled else None,
+                }
+                for n in result.notes
+            ],
         }
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".cache-")
@@ -194,12 +208,21 @@ class CertificateCache:
                 Discarded(d["sha256"], DiscardReason(d["reason"]), d["detail"])
                 for d in data["discarded"]
             )
+            notes = tuple(
+                CertificateNote(
+                    str(n["sha256"]),
+                    parse_description(n["label"]),
+                    datetime.fromisoformat(n["enrolled"]) if n["enrolled"] else None,
+                )
+                for n in data.get("notes", ())
+            )
             result = FetchResult(
                 aor=aor,
                 url=str(data["url"]),
                 kept=kept,
                 discarded=discarded,
                 status=int(data["status"]),
+                notes=notes,
             )
             return _Entry(result, float(data["expires"]), float(data["stored"]))
         except FileNotFoundError:

@@ -10,8 +10,9 @@ matching 401/403/404 error), with the Store's reason cleaned up for a terminal.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -23,6 +24,7 @@ from sipcert.client.tls import TARGET_INFO
 from sipcert.errors import (
     AuthenticationError,
     ForbiddenError,
+    InputError,
     InputTooLargeError,
     MIMEError,
     NotFoundError,
@@ -31,20 +33,28 @@ from sipcert.errors import (
     StoreUnavailableError,
 )
 from sipcert.proto.aor import AOR
-from sipcert.proto.certs import Discarded, validate_retrieved
+from sipcert.proto.certs import Discarded, sha256_fingerprint, validate_retrieved
 from sipcert.proto.digest import Algorithm, DigestClient, parse_challenges
 from sipcert.proto.mime import MimeLimits, parse_content_type, parse_multipart
-from sipcert.proto.store import PKIX_CERT
+from sipcert.proto.store import (
+    PKIX_CERT,
+    format_description,
+    parse_description,
+    parse_enrolled_on,
+)
 
 __all__ = [
     "MAX_RESPONSE_SIZE",
     "PKIX_CERT",
+    "CertificateNote",
+    "CertificatePart",
     "DigestAuth",
     "FetchResult",
     "Retrieved",
     "delete_certificates",
     "get_certificates",
     "parse_certificate_bodies",
+    "parse_certificate_parts",
     "put_certificate",
     "request_url",
 ]
@@ -66,6 +76,36 @@ def request_url(location: Location, **extra: str) -> str:
     return f"https://{location.domain}{search_path(location.aor, location.attribute, **extra)}"
 
 
+@dataclass(frozen=True)
+class CertificatePart:
+    """One certificate body of a GET answer and what the Store says about it for a person:
+    the device label (``Content-Description``) and when it was enrolled (RFC 2183
+    ``creation-date``). Both are display text from the Store, ``None`` when absent or
+    malformed, and never used to decide anything."""
+
+    der: bytes
+    label: str | None = None
+    enrolled: datetime | None = None
+
+
+def _label(value: str | None) -> str | None:
+    try:
+        return parse_description(value)
+    except InputError:
+        return None  # a bad label hides nothing: the certificate is still checked and used
+
+
+def _part(der: bytes, headers: Mapping[str, str] | None) -> CertificatePart:
+    if headers is None:
+        return CertificatePart(der)
+    lowered = {name.lower(): value for name, value in headers.items()}
+    return CertificatePart(
+        der,
+        _label(lowered.get("content-description")),
+        parse_enrolled_on(lowered.get("content-disposition")),
+    )
+
+
 def parse_certificate_bodies(content_type: str | None, body: bytes) -> list[bytes]:
     """The certificate bodies of a 200 answer (draft §4.5; RFC 2585 §4.1).
 
@@ -74,6 +114,17 @@ def parse_certificate_bodies(content_type: str | None, body: bytes) -> list[byte
     else is a :class:`StoreResponseError`. The bytes are not decoded here: undecodable ones
     are discarded with a reason by :func:`~sipcert.proto.certs.validate_retrieved`.
     """
+    return [part.der for part in parse_certificate_parts(content_type, body)]
+
+
+def parse_certificate_parts(
+    content_type: str | None, body: bytes, headers: Mapping[str, str] | None = None
+) -> list[CertificatePart]:
+    """:func:`parse_certificate_bodies` with each body's label and enrolled-on date.
+
+    ``headers`` are the answer's own header fields, which describe a single
+    ``application/pkix-cert`` answer; a multipart answer describes each part in the part.
+    """
     if content_type is None:
         raise StoreResponseError(200, "the answer has no Content-Type")
     try:
@@ -81,7 +132,7 @@ def parse_certificate_bodies(content_type: str | None, body: bytes) -> list[byte
     except MIMEError as exc:
         raise StoreResponseError(200, f"unreadable Content-Type: {exc}") from exc
     if media_type == PKIX_CERT:
-        return [body]
+        return [_part(body, headers)]
     if media_type != "multipart/mixed":
         raise StoreResponseError(
             200, f"the answer is {media_type}, not {PKIX_CERT} or multipart/mixed (draft §4.5)"
@@ -91,14 +142,14 @@ def parse_certificate_bodies(content_type: str | None, body: bytes) -> list[byte
         multipart = parse_multipart(content_type, body, limits=limits)
     except (MIMEError, InputTooLargeError) as exc:
         raise StoreResponseError(200, f"malformed multipart/mixed answer: {exc}") from exc
-    bodies: list[bytes] = []
+    parts: list[CertificatePart] = []
     for number, part in enumerate(multipart.parts, start=1):
         if part.media_type != PKIX_CERT:
             raise StoreResponseError(
                 200, f"part {number} of the answer is {part.media_type}, not {PKIX_CERT}"
             )
-        bodies.append(part.body)
-    return bodies
+        parts.append(_part(part.body, dict(part.headers)))
+    return parts
 
 
 def _clean_reason(body: bytes, fallback: str) -> str:
@@ -138,12 +189,26 @@ def _max_age(response: httpx.Response) -> int | None:
 
 @dataclass(frozen=True)
 class Retrieved:
-    """A GET answer reduced to what matters: status, certificate bodies, where and how long."""
+    """A GET answer reduced to what matters: status, certificate bodies, where and how long.
+
+    ``parts`` repeats the bodies with the Store's label and enrolled-on date of each.
+    """
 
     status: int
     bodies: tuple[bytes, ...]
     target: Target | None
     max_age: int | None
+    parts: tuple[CertificatePart, ...] = ()
+
+
+@dataclass(frozen=True)
+class CertificateNote:
+    """What the Store said about one kept certificate, for a person: its device label and
+    when it was enrolled (``None`` when the Store did not say). Display only (draft §5)."""
+
+    sha256: str
+    label: str | None
+    enrolled: datetime | None
 
 
 @dataclass(frozen=True)
@@ -162,12 +227,29 @@ class FetchResult:
     max_age: int | None = None
     from_cache: bool = False
     target: Target | None = field(default=None, compare=False)
+    #: The Store's label and enrolled-on date of kept certificates (see :meth:`note`).
+    notes: tuple[CertificateNote, ...] = field(default=(), compare=False)
+
+    def note(self, certificate: x509.Certificate) -> CertificateNote:
+        """The Store's label and enrolled-on date of ``certificate`` (``None`` fields when
+        it said nothing); for display only."""
+        fingerprint = sha256_fingerprint(certificate)
+        return next(
+            (n for n in self.notes if n.sha256 == fingerprint),
+            CertificateNote(fingerprint, None, None),
+        )
 
     @classmethod
     def from_retrieved(cls, location: Location, retrieved: Retrieved, now: datetime) -> FetchResult:
         """Apply :func:`~sipcert.proto.certs.validate_retrieved` to a GET answer."""
         result = validate_retrieved(retrieved.bodies, location.aor, now)
         target = retrieved.target or location.targets[0]
+        kept = {sha256_fingerprint(c) for c in result.kept}
+        notes = []
+        for part in retrieved.parts:
+            fingerprint = hashlib.sha256(part.der).hexdigest()
+            if fingerprint in kept and (part.label is not None or part.enrolled is not None):
+                notes.append(CertificateNote(fingerprint, part.label, part.enrolled))
         return cls(
             aor=location.aor,
             url=target.url(location.aor, location.attribute),
@@ -176,6 +258,7 @@ class FetchResult:
             status=retrieved.status,
             max_age=retrieved.max_age,
             target=target,
+            notes=tuple(notes),
         )
 
 
@@ -190,8 +273,16 @@ async def get_certificates(
         body = await _read_limited(response, max_size)
         if response.status_code != 200:
             raise store_error(response.status_code, _clean_reason(body, response.reason_phrase))
-        bodies = parse_certificate_bodies(response.headers.get("content-type"), body)
-        return Retrieved(200, tuple(bodies), _target_of(response), _max_age(response))
+        parts = parse_certificate_parts(
+            response.headers.get("content-type"), body, dict(response.headers)
+        )
+        return Retrieved(
+            200,
+            tuple(part.der for part in parts),
+            _target_of(response),
+            _max_age(response),
+            tuple(parts),
+        )
 
 
 def _refusal(response: httpx.Response, what: str) -> Exception:
@@ -224,13 +315,25 @@ def store_error(status: int, reason: str) -> StoreResponseError:
 
 
 async def put_certificate(
-    client: httpx.AsyncClient, location: Location, der: bytes, auth: httpx.Auth
+    client: httpx.AsyncClient,
+    location: Location,
+    der: bytes,
+    auth: httpx.Auth,
+    *,
+    label: str | None = None,
 ) -> int:
-    """Enroll ``der`` (draft §5, §5.1): 201 new, 200 already stored; others raise."""
+    """Enroll ``der`` (draft §5, §5.1): 201 new, 200 already stored; others raise.
+
+    ``label`` names the device for the Subscriber's revocation page; it travels as the
+    ``Content-Description`` of the body (RFC 2045 §8), RFC 2047-encoded when not ASCII.
+    """
+    headers = {"Content-Type": PKIX_CERT}
+    if label is not None:
+        headers["Content-Description"] = format_description(label)
     response = await client.put(
         request_url(location),
         content=der,
-        headers={"Content-Type": PKIX_CERT},
+        headers=headers,
         auth=auth,
     )
     if response.status_code in (200, 201):

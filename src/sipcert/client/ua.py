@@ -28,7 +28,7 @@ import httpx
 from cryptography import x509
 
 from sipcert import __version__
-from sipcert.client.cache import CertificateCache, SignaledCheck
+from sipcert.client.cache import DEFAULT_CACHE_TTL, CertificateCache, SignaledCheck
 from sipcert.client.fetch import (
     MAX_RESPONSE_SIZE,
     DigestAuth,
@@ -86,14 +86,16 @@ class ClientConfig:
 
     ``fallback_port`` is the port of ``certificates.<domain>`` when there is no SRV record;
     the draft fixes it to 443 and only tests change it. ``persist_cache`` keeps the cache
-    under ``home`` so that it outlives the process (the CLI).
+    under ``home`` so that it outlives the process (the CLI). ``cache_ttl`` defaults to
+    :data:`~sipcert.client.cache.DEFAULT_CACHE_TTL` (0: no cache), the same as the CLI's
+    ``--cache-ttl``; a long-running UA may set a short TTL (draft §5).
     """
 
     dns: str | None = None
     ca_file: Path | None = None
     home: Path | None = None
     timeout: float = 10.0
-    cache_ttl: float = 60.0
+    cache_ttl: float = DEFAULT_CACHE_TTL
     persist_cache: bool = False
     attribute: Attribute = "email"
     fallback_port: int = DEFAULT_HTTPS_PORT
@@ -361,7 +363,9 @@ class AsyncUA:
         """Create a key and self-signed certificate and PUT it with Digest (draft §5.1).
 
         The identity is kept in the home only once the Store accepted it; the identity it
-        replaces is retired there (see :meth:`renew`).
+        replaces is retired there (see :meth:`renew`). ``device`` is also sent as the
+        certificate's label (``Content-Description``), which the Store shows on its
+        revocation page and in every GET answer, so a renewal keeps it.
         """
         parsed = _aor(aor)
         auth = credentials.for_aor(parsed)
@@ -370,7 +374,7 @@ class AsyncUA:
         identity = generate_identity(parsed, now=self._now(), key_type=key_type, validity=validity)
         location = await self._route(parsed)
         status = await put_certificate(
-            self.http, location, certificate_der(identity.certificate), auth
+            self.http, location, certificate_der(identity.certificate), auth, label=device
         )
         self._say(f"PUT {location.url}: {status}")
         self.home.save(parsed, identity, device=device, passphrase=passphrase)

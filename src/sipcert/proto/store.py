@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.errors
+import email.header
+import email.message
+import email.utils
 import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote_to_bytes
 
 from cryptography import x509
@@ -34,6 +38,7 @@ from sipcert.proto.certs import check_enrollment, load_certificate
 
 __all__ = [
     "AOR_ATTRIBUTES",
+    "MAX_LABEL_LENGTH",
     "MAX_QUERY_LENGTH",
     "Response",
     "StorePolicy",
@@ -41,10 +46,14 @@ __all__ = [
     "authorize_delete",
     "authorize_upload",
     "certificates_response",
+    "enrolled_on_header",
     "error_response",
     "error_to_response",
     "etag_for",
+    "format_description",
     "parse_cert_hash",
+    "parse_description",
+    "parse_enrolled_on",
     "parse_query",
     "parse_upload",
     "percent_decode",
@@ -56,6 +65,11 @@ AOR_ATTRIBUTES = ("email", "sip", "uri")
 #: Longest query string looked at (an AOR is at most 512 characters, escaped up to 3x).
 MAX_QUERY_LENGTH = 2048
 _CERT_HASH_BYTES = 20  # RFC 4387 §3.2: certHash is the base64 SHA-1 of the certificate
+
+#: Longest device label kept (characters, after RFC 2047 decoding): a name, not a note.
+MAX_LABEL_LENGTH = 64
+#: Longest ``Content-Description`` value looked at (an encoded-word triples the length).
+_MAX_DESCRIPTION_FIELD = 512
 
 PKIX_CERT = "application/pkix-cert"
 #: Upload media types taken as a certificate; the body may be DER or PEM either way.
@@ -146,6 +160,67 @@ def parse_cert_hash(value: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+def parse_description(value: str | None) -> str | None:
+    """The device label of a PUT's ``Content-Description`` (RFC 2045 §8), or None.
+
+    The label is what a person reads on the revocation page to tell their devices apart
+    (draft §5: one certificate per device); it is display text and nothing else. RFC 2047
+    encoded-words (allowed in Content-Description, RFC 2047 §5(1)) are decoded, so any
+    printable Unicode can be sent in an ASCII header. Surrounding white space is dropped;
+    an empty value is no label. Raises :class:`InputError` (400) for a label longer than
+    :data:`MAX_LABEL_LENGTH` characters or holding a control, format or unassigned
+    character; the message never repeats the value.
+    """
+    if value is None:
+        return None
+    if len(value) > _MAX_DESCRIPTION_FIELD:
+        raise InputError(f"Content-Description longer than {_MAX_DESCRIPTION_FIELD} characters")
+    try:
+        label = str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, email.errors.HeaderParseError) as exc:
+        raise InputError("Content-Description has a malformed RFC 2047 encoded-word") from exc
+    label = label.strip()
+    if not label:
+        return None
+    if len(label) > MAX_LABEL_LENGTH:
+        raise InputError(f"the device label is longer than {MAX_LABEL_LENGTH} characters")
+    if not label.isprintable():
+        raise InputError("the device label holds control or other non-printable characters")
+    return label
+
+
+def format_description(label: str) -> str:
+    """``label`` as a ``Content-Description`` value: as is when printable ASCII, else one
+    RFC 2047 encoded-word (UTF-8, base64), which :func:`parse_description` reverses."""
+    if label.isascii() and label.isprintable() and "=?" not in label:
+        return label
+    return email.header.Header(label, "utf-8").encode(maxlinelen=10_000)
+
+
+def enrolled_on_header(created: datetime) -> str:
+    """The ``Content-Disposition`` of one certificate: RFC 2183 §2.4 ``creation-date``, the
+    moment the Store accepted it ("enrolled on")."""
+    date = email.utils.format_datetime(created.astimezone(UTC))
+    return f'attachment; creation-date="{date}"'
+
+
+def parse_enrolled_on(value: str | None) -> datetime | None:
+    """The ``creation-date`` of a ``Content-Disposition`` (RFC 2183 §2.4), or None when absent
+    or unreadable: it is shown to a person and never decides anything."""
+    if not value or len(value) > _MAX_DESCRIPTION_FIELD:
+        return None
+    message = email.message.Message()
+    try:
+        message["Content-Disposition"] = value
+        date = message.get_param("creation-date", header="content-disposition")
+        if not isinstance(date, str):
+            return None
+        parsed = email.utils.parsedate_to_datetime(date)
+    except (ValueError, TypeError, IndexError, email.errors.MessageError):
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
 @functools.lru_cache(maxsize=1024)  # at most ~2 MiB: queries are <= 2048 characters
 def parse_query(query: str) -> StoreQuery:
     """Parse a ``search-cgi`` query string (draft §4.1, §4.5, §8; RFC 4387 §3.2).
@@ -212,19 +287,38 @@ def _boundary(etag: str, parts: Sequence[bytes]) -> str:
     return boundary
 
 
+def _about(
+    labels: Sequence[str | None], enrolled: Sequence[datetime], i: int
+) -> tuple[tuple[str, str], ...]:
+    """The descriptive headers of certificate ``i``: its device label and enrolled on."""
+    headers: list[tuple[str, str]] = []
+    label = labels[i] if i < len(labels) else None
+    if label:
+        headers.append(("Content-Description", format_description(label)))
+    if i < len(enrolled):
+        headers.append(("Content-Disposition", enrolled_on_header(enrolled[i])))
+    return tuple(headers)
+
+
 def certificates_response(
     ders: Sequence[bytes],
     fingerprints: Sequence[str],
     *,
     max_age: int,
     if_none_match: str | None = None,
+    labels: Sequence[str | None] = (),
+    enrolled: Sequence[datetime] = (),
 ) -> Response:
     """The answer to a GET for these certificates (draft §4.3, §4.5; RFC 2585 §4.1).
 
     None: 404. One: ``application/pkix-cert`` with the DER bytes. Several:
     ``multipart/mixed`` with one binary ``application/pkix-cert`` part each. Every answer
     carries an ETag and ``Cache-Control: max-age`` (draft §5: callers may cache briefly), and
-    a matching ``If-None-Match`` gives 304.
+    a matching ``If-None-Match`` gives 304. ``labels`` and ``enrolled`` (parallel to
+    ``ders``) describe each certificate for a person: ``Content-Description`` (RFC 2045 §8)
+    and ``Content-Disposition: attachment; creation-date`` (RFC 2183 §2.4), as headers of
+    the single answer or of each part. A certificate's label cannot change while it is
+    stored, so the ETag still depends on the fingerprints alone.
     """
     if not ders:
         return error_response(404, "no certificates for this address of record")
@@ -233,12 +327,14 @@ def certificates_response(
     if if_none_match is not None and _etag_matches(if_none_match, etag):
         return Response(304, caching, b"")
     if len(ders) == 1:
-        return Response(200, (("Content-Type", PKIX_CERT), *caching), bytes(ders[0]))
+        headers = (("Content-Type", PKIX_CERT), *_about(labels, enrolled, 0), *caching)
+        return Response(200, headers, bytes(ders[0]))
     boundary = _boundary(etag, ders)
     chunks: list[bytes] = []
-    for der in ders:
+    for i, der in enumerate(ders):
+        part = "".join(f"{name}: {value}\r\n" for name, value in _about(labels, enrolled, i))
         chunks.append(
-            f"--{boundary}\r\nContent-Type: {PKIX_CERT}\r\n"
+            f"--{boundary}\r\nContent-Type: {PKIX_CERT}\r\n{part}"
             "Content-Transfer-Encoding: binary\r\n\r\n".encode("ascii")
         )
         chunks.append(der)

@@ -71,6 +71,7 @@ from sipcert.proto.store import (
     certificates_response,
     error_response,
     error_to_response,
+    parse_description,
     parse_query,
     parse_upload,
 )
@@ -98,8 +99,24 @@ ACCESS_LOGGER = "sipcert.access"
 SEARCH_PATH = "/search-cgi"
 ALLOWED_METHODS = ("GET", "HEAD", "PUT", "DELETE")
 _ALLOW = ", ".join(ALLOWED_METHODS)
-#: The same body for every non-stale 401, so that nothing tells unknown users apart.
-_UNAUTHORIZED = "Digest authentication required: use this domain's SIP credentials (draft §5)"
+
+
+def unauthorized_text(domain: str) -> str:
+    """The body of every non-stale 401 of ``domain``: the same for every user, so nothing
+    tells unknown users apart, and it says which user name to type.
+
+    The login dialog cannot say it: the realm must stay the domain, because stored HA1 values
+    (the users file, Kamailio's ``ha1``) are ``H(user:realm:password)``, and Chromium and
+    Firefox (since 93) no longer show the realm anyway. A browser shows this body when its
+    dialog is dismissed.
+    """
+    return (
+        f"Digest authentication required (draft §5): the user name is the part of your "
+        f"address before @{domain} (for alice@{domain}, type alice), the password your SIP "
+        "password"
+    )
+
+
 _STALE = "stale Digest nonce: retry with the new nonce"
 _INTERNAL = "internal error"
 #: ``PIPE_BUF`` on Linux: the largest write a pipe never interleaves with other writers'.
@@ -401,6 +418,8 @@ class StoreApp:
             [c.sha256 for c in certs],
             max_age=self.policy.max_age,
             if_none_match=request.headers.get("If-None-Match"),
+            labels=[c.label for c in certs],
+            enrolled=[c.created for c in certs],
         )
         return _to_web(answer)
 
@@ -416,6 +435,11 @@ class StoreApp:
         declared = request.content_length
         if declared is not None and declared > limit:
             raise InputTooLargeError(f"certificate upload larger than {limit} bytes")
+        descriptions = request.headers.getall("Content-Description", [])
+        if len(descriptions) > 1:
+            raise InputError("give one Content-Description (the device label), not several")
+        # Display text only (the /account page): never logged, never trusted (RFC 2045 §8).
+        label = parse_description(descriptions[0] if descriptions else None)
         username = await self._authenticate(request, domain)
         body = await _read_body(request, limit)
         cert = parse_upload(body, request.headers.get("Content-Type"), max_size=limit)
@@ -430,6 +454,7 @@ class StoreApp:
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
             created=now,
+            label=label,
         )
         created = await self.storage.add(stored, max_per_aor=self.policy.max_per_aor, now=now)
         status = 201 if created else 200
@@ -498,7 +523,7 @@ class StoreApp:
         except AuthenticationError as exc:
             stale = isinstance(exc, StaleNonceError)
             log.info("401 for %s %s: %s", request.method, request.path, exc)
-            response = _plain(401, _STALE if stale else _UNAUTHORIZED)
+            response = _plain(401, _STALE if stale else unauthorized_text(domain))
             for value in server.challenges(now, stale=stale):
                 response.headers.add("WWW-Authenticate", value)
             raise _RefusalError(response) from exc

@@ -278,6 +278,10 @@ class CertificateView:
     not_after: datetime
     expires_in_days: int
     not_yet_valid: bool
+    #: The device label sent with the PUT (display only), or None.
+    label: str | None = None
+    #: When the Store accepted it.
+    enrolled: datetime | None = None
 
 
 def describe(stored: StoredCertificate, now: datetime) -> CertificateView:
@@ -303,26 +307,35 @@ def describe(stored: StoredCertificate, now: datetime) -> CertificateView:
         not_after=stored.not_after,
         expires_in_days=max(0, (stored.not_after - now).days),
         not_yet_valid=stored.not_before > now,
+        label=stored.label,
+        enrolled=stored.created,
     )
 
 
+#: One column of cards, whatever the width: a phone (390 px) never scrolls sideways, a
+#: fingerprint or a label wraps anywhere, and every Revoke button sits in its card.
 _STYLE = """
-body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0 1rem;
-color:#1d1d1f}
-h1{font-size:1.4rem}table{border-collapse:collapse;width:100%}
-th,td{border-bottom:1px solid #ddd;padding:.45rem;text-align:left;vertical-align:top}
-code{font-size:.8rem;word-break:break-all}.flash{background:#e7f5e7;border:1px solid #9c9;
-padding:.5rem 1rem}button{cursor:pointer}.danger{color:#fff;background:#b3261e;border:0;
-padding:.35rem .8rem;border-radius:4px}.note{color:#555;font-size:.9rem}
+*{box-sizing:border-box}
+body{font:16px/1.45 system-ui,sans-serif;margin:0 auto;max-width:48rem;padding:1rem;
+color:#1d1d1f;overflow-wrap:anywhere}
+h1{font-size:1.35rem;margin:.2rem 0 .8rem}
+ul.certs{list-style:none;margin:0;padding:0}
+li.cert{border:1px solid #ccc;border-radius:8px;margin:0 0 1rem;padding:.75rem 1rem}
+h2.label{font-size:1.1rem;margin:0 0 .4rem}
+dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.2rem .8rem;margin:0}
+dt{color:#555}dd{margin:0;min-width:0}
+code{font-size:.85rem;word-break:break-all;overflow-wrap:anywhere}
+.flash{background:#e7f5e7;border:1px solid #9c9;padding:.5rem 1rem}
+button{cursor:pointer;font:inherit}
+.danger{color:#fff;background:#b3261e;border:0;padding:.5rem 1rem;border-radius:4px;
+margin-top:.6rem;min-height:44px}
+.note{color:#555;font-size:.9rem}
+@media (max-width:30rem){dl{grid-template-columns:minmax(0,1fr)}dd{margin-bottom:.3rem}}
 """.strip()
 
 
 def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _fingerprint(sha256: str) -> str:
-    return ":".join(sha256[i : i + 2] for i in range(0, len(sha256), 2)).upper()
 
 
 def _expiry(view: CertificateView) -> str:
@@ -346,6 +359,39 @@ def _flash(revoked: int | None) -> str:
     return f'<p class="flash" role="status">{_e(text)}</p>\n'
 
 
+def _when(value: datetime) -> str:
+    return _e(value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")) + " UTC"
+
+
+def _card(view: CertificateView, csrf_token: str) -> str:
+    """One certificate: its label as the heading, then what tells it apart, then Revoke.
+
+    The label is whatever the enrolling device sent: escaped like everything else, and
+    shown as the device's own name for itself, not as something the Store vouches for.
+    """
+    uris = "<br>".join(f"<code>{_e(uri)}</code>" for uri in view.san_uris) or "(none)"
+    heading = _e(view.label) if view.label else '<span class="note">(no device label)</span>'
+    name = view.label or view.sha256[:16]
+    enrolled = (
+        f"<dt>Enrolled on</dt><dd>{_when(view.enrolled)}</dd>" if view.enrolled is not None else ""
+    )
+    return (
+        f'<li class="cert" data-cert-hash="{_e(view.cert_hash)}">'
+        f'<h2 class="label">{heading}</h2><dl>'
+        f'<dt>SHA-256</dt><dd><code class="fingerprint">{_e(view.sha256)}</code></dd>'
+        f"{enrolled}"
+        f"<dt>Valid</dt><dd>{_when(view.not_before)} &ndash; {_when(view.not_after)}<br>"
+        f'<span class="note">{_e(_expiry(view))}'
+        f"{' (not yet valid)' if view.not_yet_valid else ''}</span></dd>"
+        f"<dt>Addresses</dt><dd>{uris}</dd>"
+        f"<dt>Serial</dt><dd><code>{_e(view.serial)}</code></dd></dl>"
+        f'<form method="post" action="{REVOKE_PATH}">'
+        f"{_hidden('certHash', view.cert_hash)}{_hidden('csrf', csrf_token)}"
+        f'<button type="submit" class="danger revoke" aria-label="Revoke {_e(name)}">'
+        "Revoke</button></form></li>"
+    )
+
+
 def render_account_page(
     *,
     aor: str,
@@ -353,33 +399,17 @@ def render_account_page(
     csrf_token: str,
     revoked: int | None = None,
 ) -> str:
-    """The whole page; every value from a certificate, the AOR or the token is escaped."""
-    rows = []
-    for view in certs:
-        uris = "<br>".join(f"<code>{_e(uri)}</code>" for uri in view.san_uris) or "(none)"
-        valid = (
-            f"{_e(view.not_before.strftime('%Y-%m-%d %H:%M'))} UTC &ndash; "
-            f"{_e(view.not_after.strftime('%Y-%m-%d %H:%M'))} UTC<br>"
-            f'<span class="note">{_e(_expiry(view))}'
-            f"{' (not yet valid)' if view.not_yet_valid else ''}</span>"
-        )
-        rows.append(
-            f'<tr data-cert-hash="{_e(view.cert_hash)}">'
-            f"<td><code>{_e(_fingerprint(view.sha256))}</code></td>"
-            f"<td><code>{_e(view.serial)}</code></td>"
-            f"<td>{uris}</td>"
-            f"<td>{valid}</td>"
-            f'<td><form method="post" action="{REVOKE_PATH}">'
-            f"{_hidden('certHash', view.cert_hash)}{_hidden('csrf', csrf_token)}"
-            f'<button type="submit" class="danger revoke">Revoke</button></form></td>'
-            "</tr>"
-        )
-    if rows:
+    """The whole page; every value from a certificate, the AOR or the token is escaped.
+
+    Fingerprints are spelled as everywhere else a person sees one (``sipcert status``,
+    ``fetch --json``): lowercase hex SHA-256 of the DER
+    (:func:`~sipcert.proto.certs.sha256_fingerprint`).
+    """
+    if certs:
         body = (
-            "<table>\n<thead><tr><th>SHA-256 fingerprint</th><th>Serial</th>"
-            "<th>SubjectAltName URIs</th><th>Valid</th><th></th></tr></thead>\n<tbody>\n"
-            + "\n".join(rows)
-            + "\n</tbody>\n</table>\n"
+            '<ul class="certs">\n'
+            + "\n".join(_card(view, csrf_token) for view in certs)
+            + "\n</ul>\n"
             f'<form method="post" action="{REVOKE_PATH}">'
             f"{_hidden('all', '1')}{_hidden('csrf', csrf_token)}"
             '<p><button type="submit" class="danger revoke-all">Revoke all</button> '
@@ -395,9 +425,10 @@ def render_account_page(
         f"<title>Certificates of {_e(aor)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         f"<h1>Certificates of {_e(aor)}</h1>\n"
         + _flash(revoked)
-        + f'<p class="note">{count} certificate{"" if count == 1 else "s"} enrolled. Callers '
-        "fetch these to encrypt to you; revoke the certificate of a device you no longer "
-        "use or have lost (draft-jennings-sipping-certs-02 &sect;5).</p>\n"
+        + f'<p class="note">{count} certificate{"" if count == 1 else "s"} enrolled, one per '
+        "device. Callers fetch these to encrypt to you; revoke the certificate of a device you "
+        "no longer use or have lost (draft-jennings-sipping-certs-02 &sect;5). Device labels "
+        "are the names the devices gave themselves when they enrolled.</p>\n"
         + body
         + "</body>\n</html>\n"
     )

@@ -203,6 +203,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _sdp_part(sdp: str | bytes | MimePart) -> MimePart:
+    """An offer given as text or bytes, as the ``application/sdp`` part it is sent as."""
+    if isinstance(sdp, MimePart):
+        return sdp
+    if isinstance(sdp, str):
+        lines = sdp.replace("\r\n", "\n").split("\n")
+        sdp = "\r\n".join(lines).encode("utf-8")
+    return MimePart("application/sdp", sdp)
+
+
 def _aor(value: AOR | str) -> AOR:
     return value if isinstance(value, AOR) else parse_aor(value)
 
@@ -366,16 +376,19 @@ class SecureUA:
     async def invite(
         self,
         to: AOR | str,
-        sdp: MimePart,
+        sdp: str | bytes | MimePart,
         *,
         headers: Sequence[tuple[str, str]] = (),
     ) -> SecureCall:
         """Place a call with the SDP protected; check the protected answer (draft §5 step 5).
 
+        ``sdp`` is the offer: a :class:`MimePart`, or the SDP itself as bytes or text (sent as
+        ``application/sdp``; text is UTF-8 with its line ends made CRLF, RFC 8866 §5).
         ``SecureCall.answer`` is the outcome of the 200's body (verified as the callee's
         AOR, or why not); it is also put on :attr:`received`.
         """
         target = _aor(to)
+        sdp = _sdp_part(sdp)
         body, fetched, url = await self.protect(target, sdp)
         call = await self.ua.invite(str(target), body, headers=headers)
         retried = False

@@ -76,8 +76,12 @@ class StoredCertificate:
 
     ``aor`` is the canonical ``user@host`` (the caller canonicalises it); ``sha256`` is the
     lowercase hex SHA-256 of ``der`` and, with the AOR, identifies the row; ``cert_hash`` is
-    the RFC 4387 certHash (base64 SHA-1 of ``der``) used in URLs. Datetimes are aware and UTC.
-    Build one with :meth:`from_der` so that the hashes always match the bytes.
+    the RFC 4387 certHash (base64 SHA-1 of ``der``) used in URLs. Datetimes are aware and UTC;
+    ``created`` is when the Store accepted it ("enrolled on"). ``label`` is the device label
+    sent with the PUT (``Content-Description``), checked by
+    :func:`~sipcert.proto.store.parse_description` and kept for display only: nothing looks a
+    row up by it or trusts it. Build one with :meth:`from_der` so that the hashes always
+    match the bytes.
     """
 
     aor: str
@@ -87,6 +91,7 @@ class StoredCertificate:
     not_before: datetime
     not_after: datetime
     created: datetime
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if not self.aor:
@@ -107,6 +112,7 @@ class StoredCertificate:
         not_before: datetime,
         not_after: datetime,
         created: datetime,
+        label: str | None = None,
     ) -> StoredCertificate:
         """A record for ``der`` with both hashes computed from it."""
         return cls(
@@ -117,6 +123,7 @@ class StoredCertificate:
             not_before=not_before,
             not_after=not_after,
             created=created,
+            label=label,
         )
 
     def is_expired(self, now: datetime) -> bool:

@@ -43,7 +43,7 @@ from sipcert.storage.base import StoredCertificate, check_limit, ensure_utc, too
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "quote_ident"]
 
 #: Value in ``sipcert_schema_version`` for the schema below; bump it with a migration.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Statements that take the schema from version ``n - 1`` to ``n``, run in one transaction.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -71,6 +71,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "INSERT INTO sipcert_schema_version (version) VALUES (0)",
     ),
+    # The device label of each certificate (display only; NULL for rows enrolled before).
+    2: ('ALTER TABLE sipcert_certificates ADD COLUMN IF NOT EXISTS label text COLLATE "C"',),
 }
 
 # Advisory lock "classes" (first key of the two-int4 form): 'SIPC' and 'SIPD' in ASCII, so that
@@ -78,7 +80,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 _AOR_LOCK_CLASS = 0x53495043
 _SCHEMA_LOCK_CLASS = 0x53495044
 
-_COLUMNS = "aor, sha256, cert_hash, der, not_before, not_after, created"
+_COLUMNS = "aor, sha256, cert_hash, der, not_before, not_after, created, label"
 _SELECT_BY_AOR = (
     f"SELECT {_COLUMNS} FROM sipcert_certificates "  # noqa: S608 (constant column list)
     "WHERE aor = $1 AND not_after >= $2 ORDER BY created, sha256"
@@ -97,7 +99,7 @@ _HELD_AND_COUNT = (
 # ON CONFLICT only matters if something writes without the lock (an operator, say).
 _INSERT = (
     f"INSERT INTO sipcert_certificates ({_COLUMNS}) "  # noqa: S608 (constant column list)
-    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (aor, sha256) DO NOTHING"
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (aor, sha256) DO NOTHING"
 )
 _DELETE_ALL = "DELETE FROM sipcert_certificates WHERE aor = $1"
 _DELETE_ONE = "DELETE FROM sipcert_certificates WHERE aor = $1 AND cert_hash = $2"
@@ -183,6 +185,7 @@ def _row_to_cert(row: Any) -> StoredCertificate:
         not_before=row["not_before"],
         not_after=row["not_after"],
         created=row["created"],
+        label=row["label"],
     )
 
 
@@ -402,6 +405,7 @@ class PostgresStore:
                     cert.not_before,
                     cert.not_after,
                     cert.created,
+                    cert.label,
                 )
                 return _affected(status) == 1
 

@@ -39,7 +39,8 @@ from sipcert.storage.base import StoredCertificate, check_limit, ensure_utc, too
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 #: Value of ``PRAGMA user_version`` for the schema below; bump it with a migration.
-SCHEMA_VERSION = 1
+#: 2 added ``label`` (the device label, migrated in place from 1 by :data:`_MIGRATIONS`).
+SCHEMA_VERSION = 2
 
 # Datetimes are stored as integer microseconds since the Unix epoch, UTC: exact, compact,
 # ordered, and free of the text-format pitfalls of comparing ISO strings.
@@ -53,6 +54,7 @@ _SCHEMA = (
         not_before INTEGER NOT NULL,
         not_after INTEGER NOT NULL,
         created INTEGER NOT NULL,
+        label TEXT,
         UNIQUE (aor, sha256)
     )""",
     # GET by AOR: the search and the ORDER BY in one index, no sort step.
@@ -63,7 +65,10 @@ _SCHEMA = (
     "CREATE INDEX certificates_by_not_after ON certificates (not_after)",
 )
 
-_COLUMNS = "aor, sha256, cert_hash, der, not_before, not_after, created"
+#: Columns each version adds to ``certificates``, added when missing: version -> (name, type).
+_MIGRATIONS: dict[int, tuple[str, str]] = {2: ("label", "TEXT")}
+
+_COLUMNS = "aor, sha256, cert_hash, der, not_before, not_after, created, label"
 _SELECT_BY_AOR = (
     f"SELECT {_COLUMNS} FROM certificates WHERE aor = ? AND not_after >= ? "  # noqa: S608
     "ORDER BY created, sha256"
@@ -101,7 +106,7 @@ def _from_us(value: int) -> datetime:
 
 
 def _row_to_cert(row: tuple[Any, ...]) -> StoredCertificate:
-    aor, sha256, cert_hash, der, not_before, not_after, created = row
+    aor, sha256, cert_hash, der, not_before, not_after, created, label = row
     return StoredCertificate(
         aor=aor,
         sha256=sha256,
@@ -110,6 +115,7 @@ def _row_to_cert(row: tuple[Any, ...]) -> StoredCertificate:
         not_before=_from_us(not_before),
         not_after=_from_us(not_after),
         created=_from_us(created),
+        label=label,
     )
 
 
@@ -229,8 +235,16 @@ class SqliteStore:
                 # Re-checked under the write lock: several processes may start at once.
                 self._in_write_transaction("creating the schema", self._create_schema)
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if 0 < version < SCHEMA_VERSION and not self.read_only:
+                self._in_write_transaction("migrating the schema", self._migrate)
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
             raise storage_error(self._subject, "reading the schema version", exc) from exc
+        if 0 < version < SCHEMA_VERSION:
+            raise StorageError(
+                f"certificate database {self.path}: schema version {version} is older than "
+                f"version {SCHEMA_VERSION}: open it once read-write (sipcert serve) to migrate"
+            )
         if version != SCHEMA_VERSION:
             raise StorageError(
                 f"certificate database {self.path}: schema version {version} is not the "
@@ -248,6 +262,20 @@ class SqliteStore:
         for statement in _SCHEMA:
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring an older schema up to :data:`SCHEMA_VERSION`, under the write lock.
+
+        Each step adds a column only when it is missing (``ALTER TABLE ... ADD COLUMN``), so a
+        file that another process migrated meanwhile, or a half-done manual upgrade, is fine.
+        """
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(certificates)")}
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            name, kind = _MIGRATIONS[target]
+            if name not in columns:
+                conn.execute(f"ALTER TABLE certificates ADD COLUMN {name} {kind}")
+            conn.execute(f"PRAGMA user_version = {target}")
 
     # -- the two paths -------------------------------------------------------------------
 
@@ -307,7 +335,7 @@ class SqliteStore:
             if count >= max_per_aor:
                 raise too_many(cert.aor, max_per_aor)
             conn.execute(
-                f"INSERT INTO certificates ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO certificates ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     cert.aor,
                     cert.sha256,
@@ -316,6 +344,7 @@ class SqliteStore:
                     _to_us(cert.not_before),
                     _to_us(cert.not_after),
                     _to_us(cert.created),
+                    cert.label,
                 ),
             )
             return True

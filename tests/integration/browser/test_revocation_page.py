@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sipcert.client.fetch import DigestAuth, parse_certificate_bodies
+from sipcert.proto.store import format_description
 from sipcert.storage import cert_hash_of
 from tests.conftest import IN_CI
 from tests.factories import make_cert, make_key
@@ -126,13 +128,14 @@ def start_over(store: StoreProcess) -> None:
     assert answer.status_code in (204, 404), answer.text
 
 
-def enroll_two(store: StoreProcess) -> list[str]:
-    """Two certificates for alice (two devices, draft §5), enrolled with the Digest PUT."""
+def enroll_two(store: StoreProcess, labels: tuple[str | None, ...] = (None, None)) -> list[str]:
+    """Certificates for alice (one per device, draft §5), enrolled with the Digest PUT, each
+    with its device label (``Content-Description``) when given."""
     start_over(store)
     now = datetime.now(UTC)
     hashes = []
     with store.client("example.com") as client:
-        for slot in (0, 1):
+        for slot, label in enumerate(labels):
             cert = make_cert(
                 make_key("ec-p256", ALICE, slot),
                 ALICE,
@@ -141,7 +144,10 @@ def enroll_two(store: StoreProcess) -> list[str]:
             )
             der = cert.public_bytes(serialization.Encoding.DER)
             put = client.put(
-                store.url("example.com", SEARCH), content=der, auth=DigestAuth("alice", PASSWORD)
+                store.url("example.com", SEARCH),
+                content=der,
+                auth=DigestAuth("alice", PASSWORD),
+                headers={"Content-Description": format_description(label)} if label else {},
             )
             assert put.status_code == 201, put.text
             hashes.append(cert_hash_of(der))
@@ -166,7 +172,7 @@ def open_account_page(browser: Any, store: StoreProcess) -> None:
 
 
 def rows(browser: Any) -> list[Any]:
-    return list(browser.find_elements(By.CSS_SELECTOR, "tr[data-cert-hash]"))
+    return list(browser.find_elements(By.CSS_SELECTOR, "li[data-cert-hash]"))
 
 
 def body_text(browser: Any) -> str:
@@ -233,3 +239,81 @@ def test_a_cross_site_form_gets_digest_but_revokes_nothing(
         body_text(browser) == "cross-origin: the form was not sent from this site's page (Origin)"
     )
     assert served(store) == before
+
+
+#: Labels as people name their devices, and the worst case: 64 characters without a space.
+LABELS = ("laptop", "Alice's phone (work)", "x" * 64)
+#: Where the screenshots go: a temporary folder, or (to refresh the ones in docs/) the
+#: folder in ``SIPCERT_SCREENSHOT_DIR``.
+SCREENSHOTS = os.environ.get("SIPCERT_SCREENSHOT_DIR")
+
+
+def emulate(browser: Any, width: int, height: int, *, mobile: bool) -> None:
+    """Give the page a device's viewport; ``mobile`` also makes Chromium honour (or miss)
+    the viewport meta element, as a phone's browser does."""
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+    )
+
+
+def reachable(browser: Any, button: Any) -> bool:
+    """Scrolled into view, the button lies inside the viewport and is what a tap there hits."""
+    return bool(
+        browser.execute_script(
+            """
+            const button = arguments[0];
+            button.scrollIntoView({block: "center", inline: "nearest"});
+            const box = button.getBoundingClientRect();
+            const inside = box.left >= 0 && box.top >= 0 && box.right <= innerWidth
+                && box.bottom <= innerHeight && box.width > 0 && box.height > 0;
+            const hit = document.elementFromPoint(box.left + box.width / 2,
+                                                  box.top + box.height / 2);
+            return inside && (hit === button || button.contains(hit));
+            """,
+            button,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "height", "mobile"),
+    [("phone", 390, 844, True), ("desktop", 1280, 800, False)],
+)
+def test_page_fits_the_screen_and_every_revoke_button_is_reachable(
+    store: StoreProcess,
+    browser: Any,
+    tmp_path: Path,
+    name: str,
+    width: int,
+    height: int,
+    mobile: bool,
+) -> None:
+    """No sideways scrolling at 390x844 or on a desktop, whatever the labels; every Revoke
+    button can be scrolled to and tapped; labels, enrolled-on and fingerprints are shown."""
+    hashes = enroll_two(store, LABELS)
+    emulate(browser, width, height, mobile=mobile)
+    open_account_page(browser, store)
+    # The viewport meta element makes the layout as wide as the device, not 980 px.
+    assert browser.execute_script("return innerWidth") == width
+    scroll_width = browser.execute_script("return document.scrollingElement.scrollWidth")
+    assert scroll_width <= width
+    cards = rows(browser)
+    assert sorted(card.get_attribute("data-cert-hash") for card in cards) == sorted(hashes)
+    labels = [card.find_element(By.CSS_SELECTOR, "h2.label").text for card in cards]
+    assert sorted(labels) == sorted(LABELS)
+    text = body_text(browser)
+    assert text.count("Enrolled on") == len(LABELS)
+    with store.client("example.com") as client:
+        answer = client.get(store.url("example.com", SEARCH))
+    for der in parse_certificate_bodies(answer.headers.get("content-type"), answer.content):
+        assert hashlib.sha256(der).hexdigest() in text  # the spelling of status and fetch
+    buttons = browser.find_elements(By.CSS_SELECTOR, "button.revoke, button.revoke-all")
+    assert len(buttons) == len(LABELS) + 1
+    for button in buttons:
+        assert reachable(browser, button), button.get_attribute("aria-label")
+    browser.execute_script("scrollTo(0, 0)")
+    folder = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    shot = folder / f"account-page-{name}.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.read_bytes().startswith(PNG_MAGIC)

@@ -163,7 +163,18 @@ def test_cli_enroll_fetch_revoke(
     assert set(document) == {"ok", "exit_code", "aor", "url", "certificates", "discarded"}
     assert document["aor"] == "bob@example.com"
     (certificate,) = document["certificates"]
-    assert set(certificate) == {"sha256", "serial", "san", "not_before", "not_after", "pem"}
+    assert set(certificate) == {
+        "sha256",
+        "serial",
+        "san",
+        "not_before",
+        "not_after",
+        "pem",
+        "label",
+        "enrolled",
+    }
+    # This stand-in Store sends no label or date (certificates_response's defaults).
+    assert certificate["label"] is None and certificate["enrolled"] is None
     assert certificate["san"] == ["sip:bob@example.com", "im:bob@example.com"]
     assert (out_dir / f"{certificate['sha256']}.pem").read_text() == certificate["pem"]
     assert cli.main(cli_args(config, "status", "--json")) == 0

@@ -94,8 +94,10 @@ _REASONS = {
 
 
 def check_certificate_json(item: dict[str, Any], aor: str) -> x509.Certificate:
-    """``{"sha256", "serial", "san", "not_before", "not_after", "pem"}``, all consistent."""
-    assert set(item) == {"sha256", "serial", "san", "not_before", "not_after", "pem"}
+    """``{"sha256", "serial", "san", "not_before", "not_after", "pem"}``, all consistent;
+    what the Store said about it (``label``, ``enrolled``) comes along from fetch and status."""
+    fields = {"sha256", "serial", "san", "not_before", "not_after", "pem"}
+    assert set(item) in (fields, fields | {"label", "enrolled"})
     assert _HEX64.fullmatch(item["sha256"])
     assert re.fullmatch(r"[0-9a-f]+", item["serial"])
     assert isinstance(item["san"], list) and item["san"]

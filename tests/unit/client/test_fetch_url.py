@@ -178,7 +178,7 @@ async def ua_over(network: FakeNetwork, home: Path, *, dns: bool = False) -> Asy
     Without ``dns`` any DNS query fails the test; with it, host names go to the system
     resolver (here: straight to the fake network).
     """
-    ua = AsyncUA(ClientConfig(home=home), resolver=None if dns else NoDNS())
+    ua = AsyncUA(ClientConfig(home=home, cache_ttl=60), resolver=None if dns else NoDNS())
     await ua.http.aclose()
     ua.backend = RoutedBackend(ua.locator, inner=network, on_event=ua.events.append)
     ua.transport = StrictTransport(make_ssl_context(), ua.backend)

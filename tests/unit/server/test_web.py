@@ -107,15 +107,23 @@ def test_account_is_digest_challenged_like_put(tmp_path: Path) -> None:
                 "MD5",
             ]
             assert all('realm="example.com"' in c for c in challenges)
+            # The realm stays the domain (HA1 depends on it); the body says what to type.
+            assert "user name is the part of your address before @example.com" in bare.text
+            assert "for alice@example.com, type alice" in bare.text
             wrong = await client.get(
                 env.url("example.com", "/account"), auth=DigestAuth("alice", "nope")
             )
             assert wrong.status_code == 401
+            unknown = await client.get(
+                env.url("example.com", "/account"), auth=DigestAuth("nobody", "nope")
+            )
+            assert wrong.text == unknown.text == bare.text  # nothing tells users apart
             post = await client.post(env.url("example.com", "/account/revoke"), data={"all": "1"})
             assert post.status_code == 401
         async with env.client("example.net") as client:  # the realm follows the SNI domain
             net = await client.get(env.url("example.net", "/account"))
             assert 'realm="example.net"' in net.headers["www-authenticate"]
+            assert "before @example.net (for alice@example.net, type alice)" in net.text
 
     run_store(tmp_path, scenario)
 
@@ -142,9 +150,15 @@ def test_failed_answers_on_the_page_share_the_stores_rate_limit(
 def test_page_lists_both_certificates_with_headers(tmp_path: Path) -> None:
     async def scenario(env: Env) -> None:
         ders = [alice_cert(0), alice_cert(1)]  # ECDSA: every call signs anew, other bytes
+        labels = ["laptop", "=?utf-8?q?T=C3=A9l=C3=A9phone?="]  # RFC 2047 §5(1)
         async with env.client("example.com") as client:
-            for der in ders:
-                put = await client.put(env.url("example.com", ALICE), content=der, auth=alice())
+            for der, label in zip(ders, labels, strict=True):
+                put = await client.put(
+                    env.url("example.com", ALICE),
+                    content=der,
+                    auth=alice(),
+                    headers={"Content-Description": label},
+                )
                 assert put.status_code == 201
             answer = await page(client, env)
         assert answer.headers["content-type"] == "text/html; charset=utf-8"
@@ -157,18 +171,58 @@ def test_page_lists_both_certificates_with_headers(tmp_path: Path) -> None:
         for der in ders:
             cert_hash = cert_hash_of(der)
             cert = x509.load_der_x509_certificate(der)
-            fingerprint = hashlib.sha256(der).hexdigest()
-            assert ":".join(re.findall("..", fingerprint.upper())) in text
+            fingerprint = hashlib.sha256(der).hexdigest()  # the one spelling: lowercase hex
+            assert f'<code class="fingerprint">{fingerprint}</code>' in text
             assert f"<code>{cert.serial_number:X}</code>" in text
             assert f'name="certHash" value="{cert_hash}"' in text
         assert text.count("<code>sip:alice@example.com</code>") == 2
         assert text.count("expires in 10 days") == 2  # alice_cert: START + 10 days, now START
         assert "2029-12-31 23:59 UTC" in text  # notBefore = START - 1 minute
+        assert '<h2 class="label">laptop</h2>' in text
+        assert '<h2 class="label">Téléphone</h2>' in text
+        assert text.count("<dt>Enrolled on</dt><dd>2030-01-01 00:00 UTC</dd>") == 2
         assert text.count('class="danger revoke"') == 2
         assert 'name="all" value="1"' in text
         assert "Revoke all" in text
 
     run_store(tmp_path, scenario)
+
+
+def test_hostile_label_is_escaped_and_bad_labels_are_400(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The label is chosen by whoever enrolls: escaped on the page, refused when it is not a
+    short printable name, and never written to a log line."""
+    hostile = "<script>alert(1)</script> & co"
+
+    async def scenario(env: Env) -> None:
+        async with env.client("example.com") as client:
+            url = env.url("example.com", ALICE)
+            for bad in ("tab\there", "x" * 65, "=?utf-8?q?a=1B[2J?="):
+                put = await client.put(
+                    url, content=alice_cert(2), auth=alice(), headers={"Content-Description": bad}
+                )
+                assert put.status_code == 400, put.text
+                assert bad not in put.text
+            two = await client.put(
+                url,
+                content=alice_cert(2),
+                auth=alice(),
+                headers=[("Content-Description", "a"), ("Content-Description", "b")],
+            )
+            assert two.status_code == 400
+            put = await client.put(
+                url, content=alice_cert(0), auth=alice(), headers={"Content-Description": hostile}
+            )
+            assert put.status_code == 201
+            text = (await page(client, env)).text
+        assert hostile not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in text
+        assert "<script" not in text
+
+    with caplog.at_level("DEBUG"):
+        run_store(tmp_path, scenario)
+    assert "alert(1)" not in caplog.text
 
 
 def test_hostile_san_is_escaped(tmp_path: Path) -> None:

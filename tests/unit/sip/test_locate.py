@@ -181,7 +181,7 @@ class FakeClient(AsyncUA):
     """An AsyncUA whose fetch_url answers from a table (the real one is tested elsewhere)."""
 
     def __init__(self, answers: dict[str, FetchResult | Exception]) -> None:
-        super().__init__(ClientConfig(home=Path("/nonexistent/sipcert-home")))
+        super().__init__(ClientConfig(home=Path("/nonexistent/sipcert-home"), cache_ttl=60))
         self.answers = answers
         self.fetched: list[str] = []
 

@@ -277,6 +277,28 @@ def test_invite_both_directions_protected(
     run(main())
 
 
+@pytest.mark.parametrize("sdp", [OFFER.body.decode("ascii"), OFFER.body])
+def test_invite_takes_the_sdp_as_text_or_bytes(
+    stores: Stores, alice_id: Identity, bob_ids: tuple[Identity, Identity], sdp: str | bytes
+) -> None:
+    """docs/sip.md's ``invite(to, sdp)``: a plain SDP string is sent as application/sdp."""
+
+    async def main() -> None:
+        bob_ua = UserAgent(BOB, timers=TIMERS)
+        async with SecureUA(bob_ua, stores, identity=bob_ids[0]) as bob:
+            alice_ua = UserAgent(
+                ALICE, proxy=Hop(Transport.UDP, *bob_ua.local_address), timers=TIMERS
+            )
+            async with SecureUA(alice_ua, stores, identity=alice_id) as alice:
+                call = await alice.invite(BOB, sdp)
+                assert call.established, call.sent
+                offer = bob.received.get_nowait()
+                assert offer.verified and offer.outcome.content == OFFER
+                assert (await call.bye()).status == 200
+
+    run(main())
+
+
 def test_invite_from_an_unconfirmed_signer_is_declined(
     stores: Stores, bob_ids: tuple[Identity, Identity]
 ) -> None:

@@ -187,6 +187,7 @@ def test_lookups_are_single_index_scans(schema: str) -> None:
                 cert.not_before,
                 cert.not_after,
                 cert.created,
+                cert.label,
             )
             for cert in (make_cert(f"user{i}@example.com", n) for i in range(2000) for n in (0, 1))
         ]
