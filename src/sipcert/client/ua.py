@@ -261,6 +261,7 @@ class AsyncUA:
         text = {
             "connect-failed": f"connect to {where} failed: {event.detail}; trying the next target",
             "connected": f"TCP connected to {where} for {event.domain}",
+            "tls-failed": f"TLS with {where} failed: {event.detail}; trying the next target",
             "tls-verified": f"TLS for {event.domain} verified: {event.detail}",
             "tls-refused": f"TLS for {event.domain} refused: {event.detail}",
         }.get(event.kind, f"{event.kind} {where} {event.detail}")

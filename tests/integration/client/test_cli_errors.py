@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.client.conftest import DNSFactory
 from tests.integration.client.peers import closed_port
 
 SIPCERT = str(Path(sys.executable).with_name("sipcert"))
@@ -41,3 +42,25 @@ def test_invalid_idna_host_is_exit_4(command: str, tmp_path: Path) -> None:
     assert done.returncode == 4, done.stderr
     assert "'xn--zz'" in one_line(done) and "IDNA2008" in done.stderr
     assert not (tmp_path / "h").exists() or not any((tmp_path / "h").rglob("*.pem"))
+
+
+def test_misspelled_domain_is_exit_3_with_the_system_resolver(tmp_path: Path) -> None:
+    """No --dns: the system resolver. Under the reserved .invalid TLD (RFC 6761 §6.4) the
+    name exists nowhere, so whether this machine's resolver answers NXDOMAIN at once or
+    not at all (no network: a timeout), the Store is not located: exit 3, not 9."""
+    done = sipcert("fetch", "bob@exmaple.invalid", "--home", str(tmp_path / "h"), "--timeout", "3")
+    assert done.returncode == 3, done.stderr
+    line = one_line(done)
+    assert "exmaple.invalid" in line
+    assert "Errno" not in line and "Name or service" not in line
+
+
+@pytest.mark.peer("dnsmasq")
+def test_misspelled_domain_is_exit_3_with_a_dns_server(
+    dns_server: DNSFactory, tmp_path: Path
+) -> None:
+    """dnsmasq answers NXDOMAIN for the SRV name and for certificates.<domain>."""
+    dns = dns_server([], ["exmaple.com"])
+    done = sipcert("fetch", "bob@exmaple.com", "--home", str(tmp_path / "h"), "--dns", dns)
+    assert done.returncode == 3, done.stderr
+    assert "no address record for certificates.exmaple.com" in one_line(done)
