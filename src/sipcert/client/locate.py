@@ -248,7 +248,7 @@ def _dns_failure(name: str, rdtype: str, exc: Exception) -> LocationError:
     elif isinstance(exc, dns.resolver.NoNameservers):
         what = "failed (SERVFAIL or refused by every server)"
     else:
-        what = f"failed ({type(exc).__name__}: {exc})"
+        what = f"failed ({str(exc).rstrip('.') or 'no usable answer'})"
     return LocationError(f"DNS {rdtype} lookup of {name} {what}")
 
 

@@ -43,11 +43,15 @@ from sipcert.errors import (
 from sipcert.proto.names import check_server_certificate, server_certificate_names
 
 __all__ = [
+    "CONNECT",
+    "HANDSHAKE",
     "TARGET_INFO",
     "ConnectionEvent",
     "RoutedBackend",
     "StrictTransport",
+    "in_words",
     "make_ssl_context",
+    "peer",
 ]
 
 #: ``get_extra_info`` key (and response ``network_stream``) giving the :class:`Target` used.
