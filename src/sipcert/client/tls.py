@@ -334,10 +334,13 @@ class _Walk:
         self._local_address = local_address
         self._socket_options = socket_options
         self._reached = False  # some address was tried: not merely a location failure
+        self._handshakes_only = True  # every address reached failed in the TLS handshake
 
     def fail(self, target: Target, address: str | None, why: str, kind: str) -> None:
         where = f"{target.host}:{target.port}" + (f" ({address})" if address else "")
         self.failures.append(f"{where}: {why}")
+        if address is not None and kind != "tls-failed":
+            self._handshakes_only = False
         self.backend.emit(kind, self.domain, target, address or "-", why)
 
     def context(self, where: str) -> str:
@@ -382,6 +385,8 @@ class _Walk:
         tried = "; ".join(self.failures) or "no target"
         if not self._reached:  # no target has an address: the domain is not there
             raise LocationError(f"could not locate the Store of {self.domain}: {tried}")
+        if self._handshakes_only:  # every server answered TCP: say it was TLS that failed
+            raise TLSHandshakeError(f"no TLS handshake with a Store of {self.domain}: {tried}")
         raise TransportError(f"no Store target of {self.domain} could be reached: {tried}")
 
 
