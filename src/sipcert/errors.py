@@ -177,10 +177,10 @@ class NameMismatchError(SipCertError):
 
     exit_code = 5
 
-    def __init__(self, expected: str, presented: list[str]) -> None:
+    def __init__(self, expected: str, presented: list[str], *, context: str = "") -> None:
         shown = f"names {', '.join(presented)}" if presented else "presents no DNS name"
         super().__init__(
-            f"server certificate {shown}, not the AOR domain {expected!r} (draft §4.3)"
+            f"server certificate {shown}, not the AOR domain {expected!r} (draft §4.3){context}"
         )
         self.expected = expected
         self.presented = presented

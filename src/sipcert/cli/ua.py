@@ -32,6 +32,7 @@ from sipcert.client.ua import (
     AsyncUA,
     ClientConfig,
     Credentials,
+    parse_cert_reference,
 )
 from sipcert.errors import ConfigError
 from sipcert.proto.aor import AOR, parse_aor
@@ -171,7 +172,11 @@ def register(commands: Any) -> None:
     parser = add("revoke", "remove certificates from the Store (draft §5)", _revoke)
     parser.add_argument("aor")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--cert", metavar="SHA256", help="the certificate's SHA-256 fingerprint")
+    which.add_argument(
+        "--cert",
+        metavar="HASH",
+        help="the certificate's certHash (RFC 4387, 27 characters) or SHA-256 fingerprint",
+    )
     which.add_argument("--all", action="store_true", help="every certificate of the AOR")
     _credential_options(parser, key=False)
 
@@ -457,11 +462,12 @@ def _renew(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     aor = parse_aor(args.aor)
+    parse_cert_reference(args.cert)  # malformed --cert is exit 4, before any password prompt
     credentials = _credentials(args, aor)
     revocation = _run(
         args,
         lambda ua: ua.revoke(
-            aor, credentials, sha256=args.cert, everything=args.all, device=args.device
+            aor, credentials, cert=args.cert, everything=args.all, device=args.device
         ),
     )
     if args.json:

@@ -13,11 +13,13 @@ to ``certificates.<domain>`` because an attacker dropped a DNS answer would be a
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
+import anyio
 import dns.asyncresolver
 import dns.exception
 import dns.name
@@ -246,8 +248,34 @@ def _dns_failure(name: str, rdtype: str, exc: Exception) -> LocationError:
     elif isinstance(exc, dns.resolver.NoNameservers):
         what = "failed (SERVFAIL or refused by every server)"
     else:
-        what = f"failed ({type(exc).__name__}: {exc})"
+        what = f"failed ({str(exc).rstrip('.') or 'no usable answer'})"
     return LocationError(f"DNS {rdtype} lookup of {name} {what}")
+
+
+async def system_addresses(host: str) -> list[str]:
+    """The operating system's addresses of ``host`` (``/etc/hosts`` included), A and AAAA.
+
+    A name that does not exist gives ``[]`` as with our own resolver, so a misspelled domain
+    is a location failure (exit 3) with either; a resolver failure is a
+    :class:`LocationError`.
+    """
+    try:
+        infos = await anyio.getaddrinfo(host.encode("ascii"), None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in _NO_SUCH_NAME:
+            return []
+        raise LocationError(
+            f"the system resolver could not look up {host}: {exc.strerror or 'failed'}"
+        ) from exc
+    except (OSError, UnicodeError) as exc:
+        raise LocationError(f"the system resolver could not look up {host!r}") from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+# getaddrinfo's "no such name" and "no address for that name" (glibc EAI_NODATA).
+_NO_SUCH_NAME = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
 
 
 class Locator:
@@ -339,10 +367,10 @@ class Locator:
         return Location(aor, tuple(targets), True, attribute, tuple(steps))
 
     async def addresses(self, host: str) -> list[str]:
-        """IP addresses of a target host (A then AAAA); ``[host]`` when resolved by the OS.
+        """IP addresses of a target host (A then AAAA), from our resolver or the OS's.
 
         An IP literal is returned as is. A name with neither record gives ``[]``; a DNS
-        failure raises :class:`LocationError`.
+        failure raises :class:`LocationError` unless the other address family resolved.
         """
         try:
             ipaddress.ip_address(host)
@@ -351,16 +379,22 @@ class Locator:
         else:
             return [host]
         if self.system_addresses:
-            return [host]
+            return await system_addresses(host)
         found: list[str] = []
+        failed: tuple[LocationError, Exception] | None = None
         for rdtype in ("A", "AAAA"):
             try:
                 answer = await self.resolver.resolve(f"{host}.", rdtype, search=False)
             except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
                 continue
             except dns.exception.DNSException as exc:
-                raise _dns_failure(host, rdtype, exc) from exc
+                # A refused or failed AAAA (or A) query must not discard the other family's
+                # answer: only when neither gave an address is it this target's failure.
+                failed = failed or (_dns_failure(host, rdtype, exc), exc)
+                continue
             rrset: dns.rrset.RRset | None = answer.rrset
             if rrset is not None:
                 found.extend(record.address for record in rrset)
+        if not found and failed is not None:
+            raise failed[0] from failed[1]
         return found

@@ -17,6 +17,8 @@ ever reused for the domain it was verified for.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -41,11 +43,15 @@ from sipcert.errors import (
 from sipcert.proto.names import check_server_certificate, server_certificate_names
 
 __all__ = [
+    "CONNECT",
+    "HANDSHAKE",
     "TARGET_INFO",
     "ConnectionEvent",
     "RoutedBackend",
     "StrictTransport",
+    "in_words",
     "make_ssl_context",
+    "peer",
 ]
 
 #: ``get_extra_info`` key (and response ``network_stream``) giving the :class:`Target` used.
@@ -84,7 +90,7 @@ def make_ssl_context(
 class ConnectionEvent:
     """One step of connecting, for narration and tests: what, for which domain, where."""
 
-    kind: str  # "connect-failed", "connected", "tls-verified", "tls-refused"
+    kind: str  # "connect-failed", "connected", "tls-failed", "tls-verified", "tls-refused"
     domain: str
     target: Target
     address: str
@@ -92,19 +98,20 @@ class ConnectionEvent:
 
 
 class _CheckedStream(httpcore.AsyncNetworkStream):
-    """A TCP stream whose ``start_tls`` insists on the AOR domain and checks it exactly."""
+    """A TCP stream whose ``start_tls`` insists on the AOR domain and checks it exactly.
+
+    A handshake that fails before the server presents a certificate (a dead backend: reset,
+    closed, timed out, a TLS alert) moves on to the next target of the ``walk`` (RFC 2782);
+    a certificate that is refused stops there (draft §4.5), before any HTTP byte.
+    """
 
     def __init__(
-        self,
-        inner: httpcore.AsyncNetworkStream,
-        backend: RoutedBackend,
-        domain: str,
-        target: Target,
-        address: str,
+        self, inner: httpcore.AsyncNetworkStream, walk: _Walk, target: Target, address: str
     ) -> None:
         self._inner = inner
-        self._backend = backend
-        self._domain = domain
+        self._walk = walk
+        self._backend = walk.backend
+        self._domain = walk.domain
         self._target = target
         self._address = address
 
@@ -134,11 +141,33 @@ class _CheckedStream(httpcore.AsyncNetworkStream):
             raise TransportError(
                 f"TLS server name {server_hostname!r} is not the AOR domain {self._domain!r}"
             )
+        current = self
+        while True:
+            verified = await current._handshake(ssl_context, timeout)
+            if verified is not None:
+                return verified
+            current = await self._walk.connect(timeout)
+
+    async def _handshake(
+        self, ssl_context: ssl.SSLContext, timeout: float | None
+    ) -> httpcore.AsyncNetworkStream | None:
+        """The verified stream; ``None`` after a dead-backend failure (recorded in the walk).
+
+        Raises the refusal when the server presented a certificate we do not accept.
+        """
         where = f"{self._target.host} port {self._target.port} ({self._address})"
         try:
             tls = await self._inner.start_tls(ssl_context, self._domain, timeout)
-        except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-            error = await self._handshake_error(exc, ssl_context, timeout, where)
+        except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
+            verification = _verification_failure(exc)
+            if verification is None:
+                with contextlib.suppress(OSError, httpcore.NetworkError):
+                    await self._inner.aclose()
+                why = in_words(exc, peer(self._address, self._target.port), timeout, HANDSHAKE)
+                why = _server_name_hint(why, self._domain)
+                self._walk.fail(self._target, self._address, why, kind="tls-failed")
+                return None
+            error = await self._refusal(verification, ssl_context, timeout, where)
             self._backend.emit("tls-refused", self._domain, self._target, self._address, str(error))
             raise error from exc
         ssl_object = tls.get_extra_info("ssl_object")
@@ -150,7 +179,12 @@ class _CheckedStream(httpcore.AsyncNetworkStream):
                 certificate = x509.load_der_x509_certificate(der)
             except ValueError as exc:
                 raise CertificateParseError(f"Store TLS certificate does not parse: {exc}") from exc
-            check_server_certificate(certificate, self._domain)
+            try:
+                check_server_certificate(certificate, self._domain)
+            except NameMismatchError as exc:
+                raise NameMismatchError(
+                    exc.expected, exc.presented, context=self._walk.context(where)
+                ) from exc
         except SipCertError as error:
             await tls.aclose()
             self._backend.emit("tls-refused", self._domain, self._target, self._address, str(error))
@@ -165,33 +199,85 @@ class _CheckedStream(httpcore.AsyncNetworkStream):
         )
         return _TargetStream(tls, self._target)
 
-    async def _handshake_error(
+    async def _refusal(
         self,
-        exc: Exception,
+        cause: ssl.SSLCertVerificationError,
         ssl_context: ssl.SSLContext,
         timeout: float | None,
         where: str,
     ) -> SipCertError:
-        cause = exc.__cause__
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            if cause.verify_code == _HOSTNAME_MISMATCH:
-                names = await self._backend.presented_names(
-                    self._address, self._target.port, self._domain, ssl_context, timeout
-                )
-                return NameMismatchError(self._domain, names)
-            return UntrustedCertificateError(
-                f"the Store at {where} presented a certificate for {self._domain} that does "
-                f"not verify: {cause.verify_message} (use --ca-file for a private CA)"
+        """The error for a certificate OpenSSL refused: the name (draft §4.3) or the chain."""
+        if cause.verify_code == _HOSTNAME_MISMATCH:
+            names = await self._backend.presented_names(
+                self._address, self._target.port, self._domain, ssl_context, timeout
             )
-        if isinstance(exc, httpcore.ConnectTimeout):
-            return TransportError(f"TLS handshake with the Store at {where} timed out")
-        detail = str(cause or exc) or type(cause or exc).__name__
-        if detail in ("EndOfStream", "") or "EOF" in detail:
-            detail = (
-                f"the server closed the connection before presenting a certificate "
-                f"(it may not serve {self._domain}: TLS server name refused)"
-            )
-        return TLSHandshakeError(f"TLS handshake with the Store at {where} failed: {detail}")
+            return NameMismatchError(self._domain, names, context=self._walk.context(where))
+        return UntrustedCertificateError(
+            f"the Store at {where} presented a certificate for {self._domain} that does "
+            f"not verify: {cause.verify_message} (use --ca-file for a private CA)"
+        )
+
+
+def _verification_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification error behind a failed handshake, if that was the cause."""
+    for link in _causes(exc):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return link
+    return None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first (the first of each exception group)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 16:
+        chain.append(current)
+        if isinstance(current, BaseExceptionGroup) and current.exceptions:
+            current = current.exceptions[0]
+        else:
+            current = current.__cause__ or current.__context__
+    return chain
+
+
+#: The step names used in failure descriptions.
+CONNECT = "TCP connect"
+HANDSHAKE = "TLS handshake"
+
+
+def peer(address: str, port: int) -> str:
+    """``127.0.0.1:8443`` or ``[::1]:8443``."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def in_words(exc: BaseException, where: str | None, timeout: float | None, step: str) -> str:
+    """What a network failure means, for a person: no library class names or errno codes.
+
+    ``where`` is the peer (``127.0.0.1:8443``) or ``None``; ``step`` says when it happened
+    (:data:`CONNECT`, :data:`HANDSHAKE`, or e.g. ``"reading the answer"``).
+    """
+    by = f" by {where}" if where else ""
+    during = f" during the {step}" if step == HANDSHAKE else f" while {step}"
+    for link in _causes(exc):
+        if isinstance(link, (TimeoutError, httpcore.TimeoutException)):
+            return f"{step} timed out" + (f" after {timeout:g} s" if timeout else "")
+        if isinstance(link, ConnectionRefusedError):
+            return "connection refused" + by
+        if isinstance(link, ConnectionResetError):
+            return f"connection reset{by}{during}"
+        if isinstance(link, ssl.SSLError):  # its errno is an OpenSSL code, not an OS one
+            reason = (link.reason or "").replace("_", " ").lower()
+            if reason and "eof" not in reason and not isinstance(link, ssl.SSLEOFError):
+                return f"TLS error{during}: {reason}"
+        elif isinstance(link, OSError) and link.errno is not None:
+            return f"{os.strerror(link.errno).lower()}{during}"
+    return f"{where or 'the peer'} closed the connection{during}"
+
+
+def _server_name_hint(why: str, domain: str) -> str:
+    """A handshake ended without a certificate: say the likely reason, SNI (draft §4.5)."""
+    if "closed the connection" in why or "unrecognized name" in why:
+        return f"{why} (it may not serve {domain}: TLS server name refused)"
+    return why
 
 
 class _TargetStream(httpcore.AsyncNetworkStream):
@@ -224,6 +310,86 @@ class _TargetStream(httpcore.AsyncNetworkStream):
         return self._inner.get_extra_info(info)
 
 
+class _Walk:
+    """One connection's walk over a domain's targets in RFC 2782 order (draft §4.1).
+
+    Shared by the TCP connect and the TLS handshake, so that a dead backend at either step
+    moves on to the next address or target. A target's addresses are looked up when it is
+    reached. ``failures`` says in words, in order, why each one was given up.
+    """
+
+    def __init__(
+        self,
+        backend: RoutedBackend,
+        domain: str,
+        route: tuple[Target, ...],
+        local_address: str | None,
+        socket_options: Iterable[Any] | None,
+    ) -> None:
+        self.backend = backend
+        self.domain = domain
+        self.failures: list[str] = []
+        self._targets = list(route)
+        self._pending: list[tuple[Target, str]] = []
+        self._local_address = local_address
+        self._socket_options = socket_options
+        self._reached = False  # some address was tried: not merely a location failure
+        self._handshakes_only = True  # every address reached failed in the TLS handshake
+
+    def fail(self, target: Target, address: str | None, why: str, kind: str) -> None:
+        where = f"{target.host}:{target.port}" + (f" ({address})" if address else "")
+        self.failures.append(f"{where}: {why}")
+        if address is not None and kind != "tls-failed":
+            self._handshakes_only = False
+        self.backend.emit(kind, self.domain, target, address or "-", why)
+
+    def context(self, where: str) -> str:
+        """Where a refusal happened, and what failed before it (for the error message)."""
+        before = f"; before it: {'; '.join(self.failures)}" if self.failures else ""
+        return f" -- at {where}{before}"
+
+    async def _next(self) -> tuple[Target, str] | None:
+        while not self._pending:
+            if not self._targets:
+                return None
+            target = self._targets.pop(0)
+            try:
+                addresses = await self.backend.locator.addresses(target.host)
+            except LocationError as exc:
+                self.fail(target, None, str(exc), "connect-failed")
+                continue
+            if not addresses:
+                self.fail(target, None, f"no address record for {target.host}", "connect-failed")
+            self._pending = [(target, address) for address in addresses]
+        return self._pending.pop(0)
+
+    async def connect(self, timeout: float | None) -> _CheckedStream:
+        """A TCP connection to the next target that accepts one, or the error naming all."""
+        while (candidate := await self._next()) is not None:
+            target, address = candidate
+            self._reached = True
+            try:
+                stream = await self.backend.inner.connect_tcp(
+                    address,
+                    target.port,
+                    timeout=timeout,
+                    local_address=self._local_address,
+                    socket_options=self._socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                why = in_words(exc, peer(address, target.port), timeout, CONNECT)
+                self.fail(target, address, why, "connect-failed")
+                continue
+            self.backend.emit("connected", self.domain, target, address)
+            return _CheckedStream(stream, self, target, address)
+        tried = "; ".join(self.failures) or "no target"
+        if not self._reached:  # no target has an address: the domain is not there
+            raise LocationError(f"could not locate the Store of {self.domain}: {tried}")
+        if self._handshakes_only:  # every server answered TCP: say it was TLS that failed
+            raise TLSHandshakeError(f"no TLS handshake with a Store of {self.domain}: {tried}")
+        raise TransportError(f"no Store target of {self.domain} could be reached: {tried}")
+
+
 class RoutedBackend(httpcore.AsyncNetworkBackend):
     """httpcore network backend: ``<AOR domain>`` → the located targets, tried in order.
 
@@ -239,8 +405,8 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
         inner: httpcore.AsyncNetworkBackend | None = None,
         on_event: Callable[[ConnectionEvent], None] | None = None,
     ) -> None:
-        self._locator = locator
-        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
+        self.locator = locator
+        self.inner = inner if inner is not None else httpcore.AnyIOBackend()
         self._routes: dict[str, tuple[Target, ...]] = {}
         self.on_event = on_event
 
@@ -266,37 +432,8 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
         route = self._routes.get(host)
         if route is None:
             raise TransportError(f"no located Store for {host}: locate it first (draft §4.5)")
-        failures: list[str] = []
-        for target in route:
-            try:
-                addresses = await self._locator.addresses(target.host)
-            except LocationError as exc:
-                failures.append(f"{target.host}: {exc}")
-                self.emit("connect-failed", host, target, "-", str(exc))
-                continue
-            if not addresses:
-                failures.append(f"{target.host}: no address record")
-                self.emit("connect-failed", host, target, "-", "no address record")
-                continue
-            for address in addresses:
-                try:
-                    stream = await self._inner.connect_tcp(
-                        address,
-                        target.port,
-                        timeout=timeout,
-                        local_address=local_address,
-                        socket_options=socket_options,
-                    )
-                except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                    detail = "timed out" if isinstance(exc, httpcore.ConnectTimeout) else str(exc)
-                    failures.append(f"{target.host}:{target.port} ({address}): {detail}")
-                    self.emit("connect-failed", host, target, address, detail)
-                    continue
-                self.emit("connected", host, target, address)
-                return _CheckedStream(stream, self, host, target, address)
-        raise TransportError(
-            f"could not connect to the Store of {host}: " + "; ".join(failures or ["no target"])
-        )
+        walk = _Walk(self, host, route, local_address, socket_options)
+        return await walk.connect(timeout)
 
     async def presented_names(
         self,
@@ -316,7 +453,7 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
         probe.check_hostname = False
         probe.verify_mode = ssl.CERT_NONE
         try:
-            stream = await self._inner.connect_tcp(address, port, timeout=timeout)
+            stream = await self.inner.connect_tcp(address, port, timeout=timeout)
             tls = await stream.start_tls(probe, domain, timeout)
             try:
                 der = tls.get_extra_info("ssl_object").getpeercert(binary_form=True)
@@ -335,7 +472,7 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
         raise TransportError("a Store is reached over TCP, not a Unix socket")
 
     async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        await self.inner.sleep(seconds)
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -352,8 +489,9 @@ class _ResponseStream(httpx.AsyncByteStream):
                 f"reading the answer of the Store of {self._domain} timed out"
             ) from exc
         except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            why = in_words(exc, None, None, "reading the answer")
             raise TransportError(
-                f"reading the answer of the Store of {self._domain} failed: {exc}"
+                f"reading the answer of the Store of {self._domain} failed: {why}"
             ) from exc
 
     async def aclose(self) -> None:
@@ -411,8 +549,13 @@ class StrictTransport(httpx.AsyncBaseTransport):
             response = await self._pool.handle_async_request(core_request)
         except httpcore.TimeoutException as exc:
             raise TransportError(f"talking to the Store of {domain} timed out") from exc
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
-            raise TransportError(f"talking to the Store of {domain} failed: {exc}") from exc
+        except (httpcore.NetworkError, httpcore.UnsupportedProtocol) as exc:
+            why = in_words(exc, None, None, "talking to it")
+            raise TransportError(f"talking to the Store of {domain} failed: {why}") from exc
+        except httpcore.ProtocolError as exc:
+            raise TransportError(
+                f"the Store of {domain} broke the HTTP/1.1 protocol: {exc}"
+            ) from exc
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,

@@ -49,7 +49,7 @@ from sipcert.client.locate import (
     parse_store_address,
 )
 from sipcert.client.tls import ConnectionEvent, RoutedBackend, StrictTransport, make_ssl_context
-from sipcert.errors import ConfigError, NotFoundError, SipCertError
+from sipcert.errors import ConfigError, InputError, NotFoundError, SipCertError
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import (
     KeyType,
@@ -59,6 +59,7 @@ from sipcert.proto.certs import (
     sha256_fingerprint,
     validate_retrieved,
 )
+from sipcert.proto.store import CERT_HASH_LENGTH, parse_cert_hash
 
 __all__ = [
     "UA",
@@ -69,6 +70,7 @@ __all__ = [
     "Renewal",
     "Revocation",
     "Status",
+    "parse_cert_reference",
 ]
 
 T = TypeVar("T")
@@ -261,6 +263,7 @@ class AsyncUA:
         text = {
             "connect-failed": f"connect to {where} failed: {event.detail}; trying the next target",
             "connected": f"TCP connected to {where} for {event.domain}",
+            "tls-failed": f"TLS with {where} failed: {event.detail}; trying the next target",
             "tls-verified": f"TLS for {event.domain} verified: {event.detail}",
             "tls-refused": f"TLS for {event.domain} refused: {event.detail}",
         }.get(event.kind, f"{event.kind} {where} {event.detail}")
@@ -478,23 +481,29 @@ class AsyncUA:
         credentials: Credentials,
         *,
         sha256: str | None = None,
+        cert: str | None = None,
         everything: bool = False,
         device: str = DEFAULT_DEVICE,
     ) -> Revocation:
         """DELETE with Digest (draft §5): one certificate by ``certHash``, or all of them.
 
-        Without ``sha256`` and ``everything`` this device's current certificate is revoked.
-        A SHA-256 fingerprint is looked up in the home and then at the Store.
+        Without ``cert``, ``sha256`` and ``everything`` this device's current certificate is
+        revoked. ``cert`` names one by its RFC 4387 certHash or its SHA-256 fingerprint
+        (:func:`parse_cert_reference`; ``sha256`` is the older spelling of the latter); it is
+        looked up in the home and then at the Store.
         """
         parsed = _aor(aor)
-        if sha256 is not None and everything:
+        if sha256 is not None and cert is not None:
+            raise ConfigError("give the certificate once: cert or sha256, not both")
+        wanted = parse_cert_reference(cert if cert is not None else sha256)
+        if wanted is not None and everything:
             raise ConfigError("give a certificate or 'all', not both")
         auth = credentials.for_aor(parsed)
         if everything:
             await delete_certificates(self.http, await self._route(parsed), auth)
             self.cache.invalidate(parsed)
             return Revocation(parsed, (), (), True)
-        target = await self._find(parsed, sha256, device)
+        target = await self._find(parsed, wanted, device)
         location = await self._route(parsed)
         await delete_certificates(self.http, location, auth, cert_hash(target))
         fingerprint = sha256_fingerprint(target)
@@ -503,22 +512,47 @@ class AsyncUA:
         self.cache.invalidate(parsed)
         return Revocation(parsed, (cert_hash(target),), (fingerprint,), False)
 
-    async def _find(self, aor: AOR, sha256: str | None, device: str) -> x509.Certificate:
-        if sha256 is None:
+    async def _find(
+        self, aor: AOR, wanted: tuple[str, str] | None, device: str
+    ) -> x509.Certificate:
+        if wanted is None:
             return self.home.certificate(aor, device)
-        wanted = sha256.lower().replace(":", "")
+        kind, value = wanted
+        identify = sha256_fingerprint if kind == "sha256" else cert_hash
         candidates: list[x509.Certificate] = []
         for name in self.home.devices(aor):
             candidates.append(self.home.certificate(aor, name))
             candidates.extend(self.home.retired(aor, name))
         for certificate in candidates:
-            if sha256_fingerprint(certificate) == wanted:
+            if identify(certificate) == value:
                 return certificate
         fetched = await self.fetch(aor, use_cache=False)
         for certificate in fetched.kept:
-            if sha256_fingerprint(certificate) == wanted:
+            if identify(certificate) == value:
                 return certificate
-        raise NotFoundError(f"no certificate with SHA-256 {wanted} for {aor} here or at the Store")
+        shown = "SHA-256" if kind == "sha256" else "certHash"
+        raise NotFoundError(f"no certificate with {shown} {value} for {aor} here or at the Store")
+
+
+def parse_cert_reference(text: str | None) -> tuple[str, str] | None:
+    """``("certHash", h)`` or ``("sha256", hex)`` for a certificate named by the user.
+
+    Two spellings name one certificate: the RFC 4387 §2.1 certHash the Store speaks
+    (27 base64 characters, no ``=``) and our SHA-256 fingerprint (64 hex digits, any case,
+    ``:`` separators allowed). Anything else is malformed input (:class:`InputError`, exit
+    4), said before any prompt or network traffic rather than as "not found" after it.
+    """
+    if text is None:
+        return None
+    hex_form = text.replace(":", "").lower()
+    if len(hex_form) == 64 and all(c in "0123456789abcdef" for c in hex_form):
+        return ("sha256", hex_form)
+    if len(text) == CERT_HASH_LENGTH or text.endswith("="):
+        return ("certHash", parse_cert_hash(text))
+    raise InputError(
+        f"{text[:80]!r} names no certificate: give its certHash (27 base64 characters, "
+        "RFC 4387 §2.1) or its SHA-256 fingerprint (64 hex digits)"
+    )
 
 
 class UA:

@@ -7,7 +7,9 @@ checks are only as good as the comparison, so parsing here is strict and canonic
 
 * the host is compared case-insensitively (RFC 3261 §19.1.4) and stored lower-cased; it must
   be a DNS domain name (LDH labels), because the draft matches it against a TLS server
-  certificate's dNSName (draft §4.3) -- IP literals and ports have no place in an AOR;
+  certificate's dNSName (draft §4.3) -- IP literals and ports have no place in an AOR; an
+  internationalised host is given as IDNA2008 A-labels (``xn--...``), each checked
+  (RFC 5891 §5.4);
 * the user is compared case-sensitively (RFC 3261 §19.1.4) after canonicalising escapes:
   ``%HH`` of an unreserved character is decoded (it is equivalent to the character), every
   other escape is kept with upper-case hex;
@@ -21,6 +23,8 @@ import re
 import string
 import unicodedata
 from dataclasses import dataclass
+
+import idna
 
 from sipcert.errors import AORError, InputTooLargeError
 
@@ -267,4 +271,33 @@ def _check_host(host: str) -> str:
             raise AORError(f"invalid character {bad!r} in host name {host!r}")
     if labels[-1].isdigit():
         raise AORError(f"top-level label {labels[-1]!r} of host name is all-numeric")
+    if any(label.startswith("xn--") for label in labels):
+        _check_idna(lowered, labels)
     return lowered
+
+
+def _check_idna(host: str, labels: list[str]) -> None:
+    """Refuse an ``xn--`` label that is not a valid IDNA2008 A-label (RFC 5890 §2.3.2.1).
+
+    RFC 5891 §5.3-§5.4: decode it, check the U-label, encode it again and compare. The name
+    as a whole must then decode too: HTTP libraries decode every label of such a name (httpx
+    does, and raised from deep inside on a bad one), so what passes here must pass there.
+    """
+    for label in labels:
+        if not label.startswith("xn--"):
+            continue
+        try:
+            valid = idna.alabel(idna.ulabel(label)).decode("ascii") == label
+        except ValueError:  # idna.IDNAError and its InvalidCodepoint are UnicodeErrors
+            valid = False
+        if not valid:
+            raise AORError(
+                f"label {label[:63]!r} of host name {host[:80]!r} is not a valid IDNA2008 "
+                "A-label (RFC 5891 §5.4)"
+            )
+    try:
+        idna.decode(host)
+    except ValueError as exc:
+        raise AORError(
+            f"host name {host[:80]!r} is not a valid IDNA2008 domain name: {exc}"
+        ) from exc

@@ -51,6 +51,7 @@ __all__ = [
     "cert_hash",
     "certificate_der",
     "check_enrollment",
+    "format_cert_hash",
     "generate_identity",
     "load_certificate",
     "load_private_key",
@@ -273,9 +274,13 @@ def sha256_fingerprint(cert: x509.Certificate) -> str:
 
 
 def cert_hash(cert: x509.Certificate) -> str:
-    """RFC 4387 ``certHash``: base64 of the SHA-1 of the DER certificate (not for security)."""
-    digest = hashlib.sha1(certificate_der(cert), usedforsecurity=False).digest()
-    return base64.b64encode(digest).decode("ascii")
+    """RFC 4387 ``certHash`` of the DER certificate (§2.1, §2.2; SHA-1, not for security)."""
+    return format_cert_hash(hashlib.sha1(certificate_der(cert), usedforsecurity=False).digest())
+
+
+def format_cert_hash(sha1: bytes) -> str:
+    """RFC 4387 §2.1 spelling of a SHA-1: base64 without the trailing ``=`` (27 characters)."""
+    return base64.b64encode(sha1).decode("ascii").rstrip("=")
 
 
 def san_uris(cert: x509.Certificate) -> list[str]:

@@ -10,13 +10,13 @@ look-ups stay in the server, so the same rules serve every server and every test
 from __future__ import annotations
 
 import base64
-import binascii
 import email.errors
 import email.header
 import email.message
 import email.utils
 import functools
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,11 +34,12 @@ from sipcert.errors import (
     UnsupportedMediaTypeError,
 )
 from sipcert.proto.aor import AOR, escape_user, parse_aor
-from sipcert.proto.certs import check_enrollment, load_certificate
+from sipcert.proto.certs import check_enrollment, format_cert_hash, load_certificate
 
 __all__ = [
     "AOR_ATTRIBUTES",
     "MAX_LABEL_LENGTH",
+    "CERT_HASH_LENGTH",
     "MAX_QUERY_LENGTH",
     "Response",
     "StorePolicy",
@@ -64,7 +65,10 @@ __all__ = [
 AOR_ATTRIBUTES = ("email", "sip", "uri")
 #: Longest query string looked at (an AOR is at most 512 characters, escaped up to 3x).
 MAX_QUERY_LENGTH = 2048
-_CERT_HASH_BYTES = 20  # RFC 4387 §3.2: certHash is the base64 SHA-1 of the certificate
+_CERT_HASH_BYTES = 20  # RFC 4387 §2.2: certHash is derived from the certificate's SHA-1
+#: Length of an RFC 4387 §2.1 certHash: 20 bytes in base64 without the ``=`` padding.
+CERT_HASH_LENGTH = 27
+_CERT_HASH_RE = re.compile(r"[A-Za-z0-9+/]+")
 
 #: Longest device label kept (characters, after RFC 2047 decoding): a name, not a note.
 MAX_LABEL_LENGTH = 64
@@ -110,7 +114,7 @@ class StoreQuery:
     """What a ``search-cgi`` query string asks for.
 
     ``attribute`` is the name that carried the AOR (``email``, ``sip`` or ``uri``);
-    ``cert_hash`` is the canonical base64 of a SHA-1 (RFC 4387 ``certHash``).
+    ``cert_hash`` is the RFC 4387 §2.1 ``certHash`` (27-character base64 SHA-1).
     """
 
     aor: AOR | None
@@ -150,14 +154,25 @@ def percent_decode(raw: str, what: str, *, plus_is_space: bool = False) -> str:
 
 
 def parse_cert_hash(value: str) -> str:
-    """A canonical RFC 4387 certHash (base64 SHA-1), or :class:`InputError` (400)."""
-    try:
-        digest = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise InputError("certHash is not base64 (RFC 4387 §3.2)") from exc
-    if len(digest) != _CERT_HASH_BYTES:
-        raise InputError(f"certHash decodes to {len(digest)} bytes, a SHA-1 has 20")
-    return base64.b64encode(digest).decode("ascii")
+    """An RFC 4387 certHash as the RFC spells it, or :class:`InputError` (400).
+
+    RFC 4387 §2.1 turns the 20-byte SHA-1 into base64 and drops the trailing ``=``: 27
+    characters, and a value with any character outside ``A-Za-z0-9+/`` MUST be rejected.
+    So the padded 28-character form (our 0.1 spelling) is refused too: its ``=`` is such a
+    character, and the values are compared exactly (§2.2). The last character must leave
+    the unused low bits zero (RFC 4648 §3.5), so one digest has exactly one spelling.
+    """
+    if len(value) != CERT_HASH_LENGTH or not _CERT_HASH_RE.fullmatch(value):
+        if value.endswith("=") and _CERT_HASH_RE.fullmatch(value.rstrip("=")):
+            raise InputError("certHash must not end with '=': RFC 4387 §2.1 drops the padding")
+        raise InputError(
+            f"certHash must be {CERT_HASH_LENGTH} characters of A-Za-z0-9+/ "
+            "(base64 SHA-1 without '=', RFC 4387 §2.1)"
+        )
+    digest = base64.b64decode(value + "=")
+    if len(digest) != _CERT_HASH_BYTES or format_cert_hash(digest) != value:
+        raise InputError("certHash is not the canonical base64 of a SHA-1 (RFC 4387 §2.1)")
+    return value
 
 
 def parse_description(value: str | None) -> str | None:

@@ -200,7 +200,11 @@ def parse_revoke_form(body: bytes) -> RevokeForm:
         if fields["all"] != "1":
             raise InputError("form field 'all' must be 1")
         revoke_all = True
-    cert_hash = parse_cert_hash(fields["certHash"]) if "certHash" in fields else None
+    cert_hash = None
+    if "certHash" in fields:
+        # Browsers send '+' as %2B; a hand-made form (curl -d certHash=a+b) sends it bare,
+        # which form decoding turns into a space. base64 has no space: it can only be '+'.
+        cert_hash = parse_cert_hash(fields["certHash"].replace(" ", "+"))
     if revoke_all == (cert_hash is not None):
         raise InputError("give either certHash or all=1")
     return RevokeForm(cert_hash=cert_hash, revoke_all=revoke_all, csrf=fields.get("csrf"))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from sipcert.client.tls import make_ssl_context
+from sipcert.client.tls import CONNECT, HANDSHAKE, in_words, make_ssl_context, peer
 from sipcert.errors import (
     AORError,
     CertificateParseError,
@@ -183,8 +183,9 @@ class StreamConnection:
                 self.writer.write(data)
                 await self.writer.drain()
             except (ConnectionError, OSError) as exc:
+                why = in_words(exc, peer(self.host, self.port), None, "sending")
                 raise TransportError(
-                    f"sending over {self.transport} to {self.host}:{self.port} failed: {exc}"
+                    f"sending over {self.transport} to {self.host}:{self.port} failed: {why}"
                 ) from exc
 
     async def aclose(self) -> None:
@@ -453,11 +454,14 @@ class SipTransport:
                 f"verify: {exc.verify_message}"
             ) from exc
         except ssl.SSLError as exc:
-            raise TLSHandshakeError(f"TLS handshake with {where} failed: {exc}") from exc
+            why = in_words(exc, peer(hop.host, hop.port), self._connect_timeout, HANDSHAKE)
+            raise TLSHandshakeError(f"TLS handshake with {where} failed: {why}") from exc
         except TimeoutError as exc:
             raise TransportError(f"connecting to {where} timed out") from exc
-        except OSError as exc:
-            raise TransportError(f"cannot connect to {where}: {exc}") from exc
+        except OSError as exc:  # words, not "[Errno 111] Connect call failed (...)"
+            step = HANDSHAKE if ctx is not None else CONNECT
+            why = in_words(exc, peer(hop.host, hop.port), self._connect_timeout, step)
+            raise TransportError(f"cannot connect to {where}: {why}") from exc
         conn = StreamConnection(hop.transport, hop.host, hop.port, domain or None, reader, writer)
         if ctx is not None:
             try:

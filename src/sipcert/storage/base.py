@@ -14,7 +14,6 @@ synchronously inside them so that the hot GET path never hops threads.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -22,10 +21,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sipcert.errors import ConfigError, ForbiddenError, InputError
+from sipcert.proto.certs import format_cert_hash
 
 __all__ = [
     "CertificateStore",
     "StoredCertificate",
+    "cert_hash_column",
+    "cert_hash_from_column",
     "cert_hash_of",
     "check_limit",
     "ensure_utc",
@@ -34,8 +36,8 @@ __all__ = [
 ]
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-# RFC 4387 §2.2: certHash is the base64 (RFC 4648 §4, with padding) SHA-1 of the DER: 28 chars.
-_CERT_HASH = re.compile(r"[A-Za-z0-9+/]{27}=")
+# RFC 4387 §2.1: certHash is the base64 SHA-1 of the DER without the '=' padding: 27 chars.
+_CERT_HASH = re.compile(r"[A-Za-z0-9+/]{27}")
 
 
 def sha256_of(der: bytes) -> str:
@@ -44,9 +46,22 @@ def sha256_of(der: bytes) -> str:
 
 
 def cert_hash_of(der: bytes) -> str:
-    """RFC 4387 ``certHash`` of a DER certificate: base64 of its SHA-1 (28 characters)."""
-    digest = hashlib.sha1(der, usedforsecurity=False).digest()
-    return base64.b64encode(digest).decode("ascii")
+    """RFC 4387 §2.1 ``certHash`` of a DER certificate: base64 SHA-1 without ``=`` (27 chars)."""
+    return format_cert_hash(hashlib.sha1(der, usedforsecurity=False).digest())
+
+
+def cert_hash_column(cert_hash: str) -> str:
+    """The ``cert_hash`` column's spelling: the padded base64 sipcert 0.1 wrote (28 chars).
+
+    The backends keep that spelling and translate at their edge, so databases written by
+    0.1 need no migration and old and new workers can share one during an upgrade.
+    """
+    return cert_hash + "="
+
+
+def cert_hash_from_column(value: str) -> str:
+    """The RFC 4387 §2.1 certHash of a ``cert_hash`` column value (see :func:`cert_hash_column`)."""
+    return value.removesuffix("=")
 
 
 def ensure_utc(value: datetime, what: str) -> datetime:

@@ -38,7 +38,14 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from sipcert.errors import ConfigError, StorageError
-from sipcert.storage.base import StoredCertificate, check_limit, ensure_utc, too_many
+from sipcert.storage.base import (
+    StoredCertificate,
+    cert_hash_column,
+    cert_hash_from_column,
+    check_limit,
+    ensure_utc,
+    too_many,
+)
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "quote_ident"]
 
@@ -180,7 +187,7 @@ def _row_to_cert(row: Any) -> StoredCertificate:
     return StoredCertificate(
         aor=row["aor"],
         sha256=row["sha256"],
-        cert_hash=row["cert_hash"],
+        cert_hash=cert_hash_from_column(row["cert_hash"]),
         der=bytes(row["der"]),
         not_before=row["not_before"],
         not_after=row["not_after"],
@@ -379,7 +386,7 @@ class PostgresStore:
             return None
 
         async def work(pool: Any) -> Any:
-            return await pool.fetchrow(_SELECT_BY_CERT_HASH, cert_hash, now)
+            return await pool.fetchrow(_SELECT_BY_CERT_HASH, cert_hash_column(cert_hash), now)
 
         row = await self._run("reading", work)
         return _row_to_cert(row) if row is not None else None
@@ -400,7 +407,7 @@ class PostgresStore:
                     _INSERT,
                     cert.aor,
                     cert.sha256,
-                    cert.cert_hash,
+                    cert_hash_column(cert.cert_hash),
                     cert.der,
                     cert.not_before,
                     cert.not_after,
@@ -419,7 +426,7 @@ class PostgresStore:
         async def work(pool: Any) -> int:
             if cert_hash is None:
                 return _affected(await pool.execute(_DELETE_ALL, aor))
-            return _affected(await pool.execute(_DELETE_ONE, aor, cert_hash))
+            return _affected(await pool.execute(_DELETE_ONE, aor, cert_hash_column(cert_hash)))
 
         return await self._run("deleting certificates", work)
 

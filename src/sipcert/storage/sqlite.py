@@ -34,7 +34,14 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sipcert.errors import StorageError
-from sipcert.storage.base import StoredCertificate, check_limit, ensure_utc, too_many
+from sipcert.storage.base import (
+    StoredCertificate,
+    cert_hash_column,
+    cert_hash_from_column,
+    check_limit,
+    ensure_utc,
+    too_many,
+)
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -110,7 +117,7 @@ def _row_to_cert(row: tuple[Any, ...]) -> StoredCertificate:
     return StoredCertificate(
         aor=aor,
         sha256=sha256,
-        cert_hash=cert_hash,
+        cert_hash=cert_hash_from_column(cert_hash),
         der=bytes(der),
         not_before=_from_us(not_before),
         not_after=_from_us(not_after),
@@ -316,7 +323,9 @@ class SqliteStore:
         return [_row_to_cert(row) for row in rows]
 
     async def get_by_cert_hash(self, cert_hash: str, now: datetime) -> StoredCertificate | None:
-        rows = self._read(_SELECT_BY_CERT_HASH, (cert_hash, _to_us(ensure_utc(now, "now"))))
+        rows = self._read(
+            _SELECT_BY_CERT_HASH, (cert_hash_column(cert_hash), _to_us(ensure_utc(now, "now")))
+        )
         return _row_to_cert(rows[0]) if rows else None
 
     async def add(self, cert: StoredCertificate, *, max_per_aor: int, now: datetime) -> bool:
@@ -339,7 +348,7 @@ class SqliteStore:
                 (
                     cert.aor,
                     cert.sha256,
-                    cert.cert_hash,
+                    cert_hash_column(cert.cert_hash),
                     cert.der,
                     _to_us(cert.not_before),
                     _to_us(cert.not_after),
@@ -357,7 +366,8 @@ class SqliteStore:
                 cursor = conn.execute("DELETE FROM certificates WHERE aor = ?", (aor,))
             else:
                 cursor = conn.execute(
-                    "DELETE FROM certificates WHERE aor = ? AND cert_hash = ?", (aor, cert_hash)
+                    "DELETE FROM certificates WHERE aor = ? AND cert_hash = ?",
+                    (aor, cert_hash_column(cert_hash)),
                 )
             return cursor.rowcount
 

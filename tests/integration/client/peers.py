@@ -326,7 +326,7 @@ class FakeStore:
             self.certificates[aor] = []
             return 204, [], b""
         for der in held:
-            digest = base64.b64encode(hashlib.sha1(der).digest()).decode()  # noqa: S324
+            digest = base64.b64encode(hashlib.sha1(der).digest()).decode().rstrip("=")  # noqa: S324
             if digest == query.cert_hash:
                 held.remove(der)
                 return 204, [], b""

@@ -16,11 +16,16 @@ from pathlib import Path
 import pytest
 
 from sipcert.cli import main as cli
-from sipcert.client import AsyncUA, ClientConfig, Credentials
+from sipcert.client import UA, AsyncUA, ClientConfig, Credentials
 from sipcert.errors import AuthenticationError, ForbiddenError
 from sipcert.proto.aor import parse_aor
 from sipcert.proto.ca import TestCA
-from sipcert.proto.certs import certificate_der, generate_identity, sha256_fingerprint
+from sipcert.proto.certs import (
+    cert_hash,
+    certificate_der,
+    generate_identity,
+    sha256_fingerprint,
+)
 from tests.integration.client.conftest import DNSFactory
 from tests.integration.client.peers import FakeStore, TLSServer, server_context, srv
 
@@ -186,6 +191,37 @@ def test_cli_enroll_fetch_revoke(
     assert cli.main(cli_args(config, "status")) == 1
     captured = capsys.readouterr()
     assert "NOT ENROLLED" in captured.err
+
+
+def test_cli_revoke_by_cert_hash_or_sha256_and_malformed_is_4(
+    config: ClientConfig, store: FakeStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``revoke --cert`` takes the RFC 4387 §2.1 certHash the Store speaks (27 characters)
+    or our SHA-256; anything else is malformed input (exit 4) and reaches no Store."""
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    enroll = ("--password-file", str(password_file))
+    revoke = (*enroll, "--json")
+    with UA(config) as ua:
+        first = ua.enroll(BOB, Credentials(PASSWORD), device="one").certificate
+        second = ua.enroll(BOB, Credentials(PASSWORD), device="two").certificate
+    served = len(store.statuses)
+    for bad in ("zz", cert_hash(first) + "=", cert_hash(first)[:-1] + "-", "ab" * 31):
+        assert cli.main(cli_args(config, "revoke", str(BOB), "--cert", bad, *enroll)) == 4
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert len(store.statuses) == served  # refused before any request
+
+    rfc_hash = cert_hash(first)
+    assert len(rfc_hash) == 27 and "=" not in rfc_hash
+    assert cli.main(cli_args(config, "revoke", str(BOB), "--cert", rfc_hash, *revoke)) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["cert_hashes"] == [rfc_hash]
+    assert document["revoked"] == [sha256_fingerprint(first)]
+    fingerprint = sha256_fingerprint(second).upper()
+    assert cli.main(cli_args(config, "revoke", str(BOB), "--cert", fingerprint, *revoke)) == 0
+    assert json.loads(capsys.readouterr().out)["cert_hashes"] == [cert_hash(second)]
+    assert store.certificates[str(BOB)] == []
 
 
 def test_cli_locate_narrates(config: ClientConfig, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,6 +36,7 @@ USERS = {
     "dave@example.com": "dave-secret",
     "erin@example.com": "erin-secret",
     "carol@example.net": "carol-secret",
+    "hash@example.com": "hash-secret",  # the RFC 4387 certHash spellings test
 }
 MAX_PER_AOR = 3
 MAX_LIFETIME_DAYS = 30

@@ -288,6 +288,56 @@ def test_curl_digest_enroll_get_head_304_delete(store: StoreProcess, tmp_path: P
     assert body == b"no certificates for this address of record\n"
 
 
+@pytest.mark.peer("curl")
+def test_curl_rfc_4387_cert_hash_spellings(store: StoreProcess, tmp_path: Path) -> None:
+    """RFC 4387 §2.1: certHash is 27 characters of base64 without '='; GET and DELETE take it
+    as curl sends it, '+' and '/' bare or %-escaped; the padded form is refused (400)."""
+    aor = "hash@example.com"
+    # A certificate whose certHash holds both '+' and '/' (a third of them do).
+    cert = next(
+        c
+        for c in (user_cert(aor, slot=slot) for slot in range(200))
+        if {"+", "/"} <= set(cert_hash_of(der(c)))
+    )
+    cert_hash = cert_hash_of(der(cert))
+    assert len(cert_hash) == 27 and "=" not in cert_hash
+    cert_file = tmp_path / "hash.der"
+    cert_file.write_bytes(der(cert))
+    auth = ("--digest", "-u", f"hash:{pw(aor)}")
+    status, headers, body = curl(
+        store,
+        "example.com",
+        target(aor),
+        *auth,
+        "-T",
+        str(cert_file),
+        "-H",
+        f"Content-Type: {PKIX}",
+        tmp=tmp_path,
+    )
+    assert status == 201, body
+    assert body == f"enrolled: certHash={cert_hash}\n".encode()
+    assert headers["location"] == [f"/search-cgi?certHash={quote(cert_hash, safe='')}"]
+
+    bare = f"/search-cgi?certHash={cert_hash}"  # curl sends '+' and '/' as typed
+    assert curl(store, "example.com", bare, tmp=tmp_path)[::2] == (200, der(cert))
+    encoded = ("-G", "--data-urlencode", f"certHash={cert_hash}")  # %2B and %2F
+    status, _, body = curl(store, "example.com", "/search-cgi", *encoded, tmp=tmp_path)
+    assert (status, body) == (200, der(cert))
+    for padded in (f"{bare}=", f"{bare}%3D"):
+        status, _, body = curl(store, "example.com", padded, tmp=tmp_path)
+        assert status == 400
+        assert b"must not end with '='" in body
+
+    delete = (*auth, "-X", "DELETE")
+    with_aor = f"{target(aor)}&certHash={cert_hash}"
+    status, _, body = curl(store, "example.com", f"{with_aor}=", *delete, tmp=tmp_path)
+    assert status == 400, body
+    status, _, body = curl(store, "example.com", with_aor, *delete, tmp=tmp_path)
+    assert status == 204, body
+    assert curl(store, "example.com", bare, tmp=tmp_path)[0] == 404
+
+
 # -- httpx: both Digest implementations, several certificates ------------------------------------
 
 
@@ -355,7 +405,7 @@ def test_400_404_405_413_415(store: StoreProcess) -> None:
         big = client.put(url, content=b"\x30" * 17000, headers={"Content-Type": PKIX})
         assert big.status_code == 413
         # 413 while reading a chunked body (pre-emptive Digest after a first exchange).
-        warm = client.delete(at(target("alice@example.com", certHash="A" * 27 + "=")), auth=auth)
+        warm = client.delete(at(target("alice@example.com", certHash="A" * 27)), auth=auth)
         assert warm.status_code == 404
 
         def chunks() -> Iterator[bytes]:
@@ -377,7 +427,7 @@ def test_400_404_405_413_415(store: StoreProcess) -> None:
         )
         assert typed.status_code == 415
         with_hash = client.put(
-            at(target("alice@example.com", certHash="A" * 27 + "=")),
+            at(target("alice@example.com", certHash="A" * 27)),
             content=der(user_cert("alice@example.com")),
             auth=auth,
         )

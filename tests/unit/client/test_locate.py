@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import dns.exception
 import dns.resolver
 import dns.rrset
@@ -129,10 +131,43 @@ def test_addresses_via_resolver_and_system() -> None:
     assert asyncio.run(locator.addresses("none.example.com")) == []
     assert asyncio.run(locator.addresses("198.51.100.7")) == ["198.51.100.7"]
     system = Locator(resolver, system_addresses=True)
-    assert asyncio.run(system.addresses("a.example.com")) == ["a.example.com"]
+    assert "127.0.0.1" in asyncio.run(system.addresses("localhost"))  # /etc/hosts
     failing = FakeResolver({("x.example.com.", "A"): dns.resolver.NoNameservers()})
     with pytest.raises(LocationError):
         asyncio.run(Locator(failing).addresses("x.example.com"))
+
+
+def test_a_failed_aaaa_query_keeps_the_a_answer() -> None:
+    """A REFUSED/SERVFAIL AAAA (dnspython: NoNameservers) must not discard a resolved A."""
+    a = dns.rrset.from_text("a.example.com.", 60, "IN", "A", "192.0.2.1")
+    refused = dns.resolver.NoNameservers()
+    resolver = FakeResolver({("a.example.com.", "A"): a, ("a.example.com.", "AAAA"): refused})
+    assert asyncio.run(Locator(resolver).addresses("a.example.com")) == ["192.0.2.1"]
+    both = FakeResolver({("b.example.com.", "A"): refused, ("b.example.com.", "AAAA"): refused})
+    with pytest.raises(LocationError, match=r"DNS A lookup of b\.example\.com failed"):
+        asyncio.run(Locator(both).addresses("b.example.com"))
+
+
+@pytest.mark.parametrize(
+    ("errno", "expected"),
+    [(socket.EAI_NONAME, "none"), (socket.EAI_AGAIN, "error"), (socket.EAI_FAIL, "error")],
+)
+def test_system_addresses_no_such_name_is_empty_else_location_error(
+    monkeypatch: pytest.MonkeyPatch, errno: int, expected: str
+) -> None:
+    """As with our resolver: a name that does not exist has no address (the caller makes
+    that a location failure, exit 3); a resolver that fails is a LocationError."""
+
+    async def getaddrinfo(*args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(errno, "from the test")
+
+    monkeypatch.setattr(anyio, "getaddrinfo", getaddrinfo)
+    locator = Locator(FakeResolver({}), system_addresses=True)
+    if expected == "none":
+        assert asyncio.run(locator.addresses("nowhere.invalid")) == []
+    else:
+        with pytest.raises(LocationError, match="system resolver could not look up"):
+            asyncio.run(locator.addresses("nowhere.invalid"))
 
 
 def test_url_forms() -> None:

@@ -86,9 +86,16 @@ def der_for(*names: str) -> bytes:
     return CA.issue(list(names), now=NOW).certificate.public_bytes(serialization.Encoding.DER)
 
 
+class NamesLocator(Locator):
+    """Each target's "address" is its name, so the fake backend logs names."""
+
+    async def addresses(self, host: str) -> list[str]:
+        return [host]
+
+
 def backend_for(der: bytes, open_port: int) -> tuple[RoutedBackend, FakeBackend]:
     inner = FakeBackend(der, open_port)
-    routed = RoutedBackend(Locator(object(), system_addresses=True), inner=inner)  # type: ignore[arg-type]
+    routed = RoutedBackend(NamesLocator(object()), inner=inner)  # type: ignore[arg-type]
     routed.set_route("example.com", [Target("a.example.com", 1), Target("b.example.com", 2)])
     return routed, inner
 

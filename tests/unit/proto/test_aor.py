@@ -229,6 +229,37 @@ def test_normalize_domain_rejects(text: str, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("host", "fragment"),
+    [
+        ("xn--zz.example.com", "'xn--zz' of host name"),  # Punycode of nothing valid
+        ("a.xn--a.example", "'xn--a' of host name"),  # decodes to U+0080, not PVALID
+        ("xn--ls8h.example", "'xn--ls8h' of host name"),  # an emoji: not IDNA2008
+        ("xn--bcher-kva0.example", "'xn--bcher-kva0' of host name"),
+        ("xn--bcher-kva.ab--cd.example", "not a valid IDNA2008 domain name"),
+    ],
+)
+def test_invalid_a_labels_are_aor_errors(host: str, fragment: str) -> None:
+    """RFC 5891 §5.4: an xn-- label must decode to a valid U-label and encode back to itself.
+
+    httpx decodes such hosts with ``idna`` and raised from deep inside (exit 70): the AOR
+    parser is where a bad one must stop, as input (exit 4).
+    """
+    for parse in (parse_aor, aor_from_uri):
+        with pytest.raises(AORError, match="IDNA2008") as info:
+            parse(f"sip:bob@{host}")
+        assert fragment in str(info.value)
+        assert info.value.exit_code == 4
+    with pytest.raises(AORError, match="IDNA2008"):
+        normalize_domain(host)
+
+
+def test_valid_a_labels_and_plain_double_hyphens_stay_accepted() -> None:
+    assert parse_aor("bob@XN--Bcher-KVA.example").host == "xn--bcher-kva.example"
+    assert normalize_domain("sip.xn--fiqs8s") == "sip.xn--fiqs8s"  # 中国
+    assert normalize_domain("r3---sn-4g5e.example") == "r3---sn-4g5e.example"  # no A-label
+
+
 def test_canonical_user_and_escape_user() -> None:
     assert canonical_user("%61%62%2f") == "ab%2F"
     assert escape_user("alice") == "alice"
@@ -241,8 +272,13 @@ def test_canonical_user_and_escape_user() -> None:
 # --- property tests -------------------------------------------------------------------------
 
 _USER_CHARS = string.ascii_letters + string.digits + "-_.!~*'()&=+$,;?/"
-_LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
-_TLD = st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+# Without "xn--": a random one is almost never a valid A-label (RFC 5891 §5.4).
+_LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True).filter(
+    lambda label: not label.startswith("xn--")
+)
+_TLD = st.from_regex(r"[a-z]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True).filter(
+    lambda label: not label.startswith("xn--")
+)
 _ESCAPE = st.integers(0, 255).map(lambda b: f"%{b:02x}")
 _USER = st.lists(
     st.one_of(st.sampled_from(list(_USER_CHARS)), _ESCAPE), min_size=1, max_size=40

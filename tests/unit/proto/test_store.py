@@ -22,12 +22,14 @@ from sipcert.errors import (
 from sipcert.proto.aor import AOR
 from sipcert.proto.certs import (
     Identity,
+    cert_hash,
     certificate_der,
     generate_identity,
     sha256_fingerprint,
 )
 from sipcert.proto.mime import parse_multipart
 from sipcert.proto.store import (
+    CERT_HASH_LENGTH,
     MAX_QUERY_LENGTH,
     StorePolicy,
     authorize_upload,
@@ -35,13 +37,17 @@ from sipcert.proto.store import (
     error_response,
     error_to_response,
     etag_for,
+    parse_cert_hash,
     parse_query,
     parse_upload,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 BOB = AOR("bob", "example.com")
-HASH = base64.b64encode(hashlib.sha1(b"x", usedforsecurity=False).digest()).decode()
+# RFC 4387 §2.1: the base64 SHA-1 without its trailing "=": 27 characters.
+HASH = base64.b64encode(hashlib.sha1(b"x", usedforsecurity=False).digest()).decode().rstrip("=")
+# A certHash using both '+' and '/', the two characters that need care in a URL.
+PLUS_SLASH = base64.b64encode(bytes([0xFB, 0xFF] * 10)).decode().rstrip("=")
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +82,50 @@ def test_query_names_the_aor(query: str, attribute: str) -> None:
 
 def test_query_cert_hash_alone_and_with_aor() -> None:
     assert parse_query(f"certHash={HASH}").cert_hash == HASH
-    escaped = HASH.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
-    both = parse_query(f"email=bob%40example.com&certHash={escaped}")
+    both = parse_query(f"email=bob%40example.com&certHash={HASH}")
     assert both.aor == BOB
     assert both.cert_hash == HASH
+
+
+def test_cert_hash_is_the_rfc_4387_form(bob: Identity) -> None:
+    """RFC 4387 §2.1: base64 of the SHA-1 without '=', 27 characters; we emit exactly that."""
+    digest = hashlib.sha1(certificate_der(bob.certificate), usedforsecurity=False).digest()
+    expected = base64.b64encode(digest).decode().rstrip("=")
+    assert len(expected) == CERT_HASH_LENGTH == 27
+    assert cert_hash(bob.certificate) == expected
+    assert parse_cert_hash(expected) == expected
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"certHash={PLUS_SLASH}",  # '+' and '/' sent bare: '+' stays '+' in a query
+        "certHash=" + PLUS_SLASH.replace("+", "%2B").replace("/", "%2F"),  # curl --data-urlencode
+        "certHash=" + PLUS_SLASH.replace("+", "%2b").replace("/", "%2f"),  # lower-case hex
+    ],
+)
+def test_cert_hash_with_plus_and_slash_in_any_escaping(query: str) -> None:
+    assert PLUS_SLASH.startswith("+/")
+    assert parse_query(query).cert_hash == PLUS_SLASH
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (HASH + "=", "must not end with '='"),  # the padded form: '=' is outside the alphabet
+        (HASH[:-1], "27 characters"),
+        (HASH + "A", "27 characters"),
+        (HASH[:-1] + "-", "27 characters"),  # base64url is another alphabet (RFC 4648 §5)
+        (HASH[:-1] + "_", "27 characters"),
+        (HASH[:-1] + " ", "27 characters"),
+        ("A" * 26 + "B", "canonical"),  # non-zero unused bits: a second spelling of a digest
+    ],
+)
+def test_cert_hash_outside_rfc_4387_is_rejected(value: str, message: str) -> None:
+    """RFC 4387 §2.1: "Queries containing any other character MUST be rejected"."""
+    with pytest.raises(InputError, match=message) as info:
+        parse_cert_hash(value)
+    assert info.value.http_status == 400
 
 
 def test_plus_is_literal_not_space() -> None:
@@ -98,8 +144,9 @@ def test_plus_is_literal_not_space() -> None:
         ("email=bob%4", "malformed %-escape"),
         ("email=bob%zz%40example.com", "malformed %-escape"),
         ("email=bob%ff%40example.com", "not UTF-8"),
-        ("certHash=not*base64", "not base64"),
-        ("certHash=" + base64.b64encode(b"short").decode(), "SHA-1 has 20"),
+        ("certHash=not*base64", "A-Za-z0-9+/"),
+        ("certHash=" + base64.b64encode(b"short").decode().rstrip("="), "27 characters"),
+        ("certHash=" + HASH + "%3D", "must not end with '='"),
         ("email=bob", "not user@host"),
     ],
 )

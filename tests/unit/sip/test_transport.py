@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -233,8 +234,36 @@ def test_tcp_connect_refused() -> None:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         async with SipTransport(Collector()) as transport:
-            with pytest.raises(TransportError, match=r"cannot connect to tcp 127\.0\.0\.1"):
+            with pytest.raises(TransportError, match=r"cannot connect to tcp 127\.0\.0\.1") as info:
                 await transport.send(request("TCP"), Hop(Transport.TCP, "127.0.0.1", port))
+            # In words, not "[Errno 111] Connect call failed ('127.0.0.1', ...)".
+            assert str(info.value).endswith(f": connection refused by 127.0.0.1:{port}")
+
+    run(main())
+
+
+def test_tls_reset_during_the_handshake_is_said_in_words(ca: TestCA, tmp_path: Path) -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the ClientHello has arrived
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST
+
+    async def main() -> None:
+        server = await asyncio.start_server(reset, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            tls = client_tls_context(_ca_file(ca, tmp_path))
+            async with SipTransport(Collector(), tls_context=tls) as client:
+                hop = Hop(Transport.TLS, "127.0.0.1", port, domain="example.com")
+                with pytest.raises(TransportError) as info:
+                    await client.send(request("TLS"), hop)
+        finally:
+            server.close()
+            await server.wait_closed()
+        message = str(info.value)
+        assert message.endswith(f"connection reset by 127.0.0.1:{port} during the TLS handshake")
+        assert "Errno" not in message and "Error" not in message
 
     run(main())
 

@@ -450,7 +450,9 @@ def test_stored_certificate_hashes_and_times() -> None:
     )
     assert cert.sha256 == hashlib.sha256(der).hexdigest()
     sha1 = hashlib.sha1(der, usedforsecurity=False).digest()
-    assert cert.cert_hash == base64.b64encode(sha1).decode() and len(cert.cert_hash) == 28
+    # RFC 4387 §2.1: base64 without the trailing '=', 27 characters.
+    assert cert.cert_hash == base64.b64encode(sha1).decode().rstrip("=")
+    assert len(cert.cert_hash) == 27
     assert cert.not_before == datetime(2026, 1, 1, tzinfo=UTC)
     assert cert.not_before.tzinfo is UTC
     assert "DER" not in repr(cert)
@@ -565,6 +567,35 @@ def test_sqlite_file_setup(db_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_backend.SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     run(SqliteStore(db_path).close())  # reopening an existing database works
+
+
+def test_sqlite_column_keeps_the_padded_spelling_of_0_1(db_path: Path) -> None:
+    """The column holds base64 with '=' as 0.1 wrote it; the API speaks RFC 4387 §2.1.
+
+    So a database written by 0.1 is found by the RFC form without a migration, and a
+    row written now is found by a 0.1 worker sharing the file during an upgrade.
+    """
+    old, new = make_cert(n=1), make_cert(n=2)
+
+    async def scenario() -> None:
+        async with opened(f"sqlite:///{db_path}") as store:
+            await store.add(new, max_per_aor=5, now=NOW)
+        with raw(db_path) as conn:
+            conn.execute(
+                "INSERT INTO certificates (aor, sha256, cert_hash, der, not_before, not_after,"
+                " created) SELECT aor, ?, ?, ?, not_before, not_after, created FROM certificates",
+                (old.sha256, old.cert_hash + "=", old.der),
+            )
+            columns = {r[0] for r in conn.execute("SELECT cert_hash FROM certificates")}
+        assert columns == {old.cert_hash + "=", new.cert_hash + "="}
+        async with opened(f"sqlite:///{db_path}") as store:
+            found = await store.get_by_cert_hash(old.cert_hash, NOW)
+            assert found is not None and found.cert_hash == old.cert_hash
+            assert len(found.cert_hash) == 27
+            assert await store.delete(ALICE, old.cert_hash) == 1
+            assert await store.get_by_aor(ALICE, NOW) == [new]
+
+    run(scenario())
 
 
 def test_sqlite_lookups_are_single_index_searches(db_path: Path) -> None:
