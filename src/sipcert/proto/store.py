@@ -38,8 +38,8 @@ from sipcert.proto.certs import check_enrollment, format_cert_hash, load_certifi
 
 __all__ = [
     "AOR_ATTRIBUTES",
-    "MAX_LABEL_LENGTH",
     "CERT_HASH_LENGTH",
+    "MAX_LABEL_LENGTH",
     "MAX_QUERY_LENGTH",
     "Response",
     "StorePolicy",
