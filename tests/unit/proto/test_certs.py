@@ -525,6 +525,37 @@ def test_retrieved_validity_window(alice: Identity) -> None:
     assert [d.reason for d in early.discarded] == [DiscardReason.NOT_YET_VALID]
 
 
+MICROSECOND = timedelta(microseconds=1)
+
+
+def test_retrieved_validity_boundary_is_exact_to_the_microsecond(alice: Identity) -> None:
+    # RFC 5280 §4.1.2.5: valid through notAfter inclusive, so one microsecond later (and
+    # one before notBefore) it is refused -- not a second later, as a rounded "now" would.
+    cert = alice.certificate
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    late = validate_retrieved([cert], ALICE, not_after + MICROSECOND)
+    assert late.kept == [] and [d.reason for d in late.discarded] == [DiscardReason.EXPIRED]
+    almost = validate_retrieved([cert], ALICE, not_after + timedelta(microseconds=999_999))
+    assert [d.reason for d in almost.discarded] == [DiscardReason.EXPIRED]
+    early = validate_retrieved([cert], ALICE, not_before - MICROSECOND)
+    assert [d.reason for d in early.discarded] == [DiscardReason.NOT_YET_VALID]
+    assert validate_retrieved([cert], ALICE, not_after).kept == [cert]
+    assert validate_retrieved([cert], ALICE, not_before).kept == [cert]
+
+
+def test_enrollment_validity_boundary_is_exact_to_the_microsecond(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    # draft §5.1: the Store refuses an expired certificate; the same exact RFC 5280 window.
+    cert = build(ec_key, ["sip:alice@example.com"], not_before=NOW - DAY, not_after=NOW)
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    assert refusal(cert, now=not_after + MICROSECOND).reason == "expired"
+    assert refusal(cert, now=not_after + timedelta(microseconds=999_999)).reason == "expired"
+    assert refusal(cert, now=not_before - MICROSECOND).reason == "not-yet-valid"
+    enroll(cert, now=not_after)
+    enroll(cert, now=not_before)
+
+
 def test_retrieved_tampered_signature(alice: Identity) -> None:
     result = validate_retrieved([tampered(alice.certificate)], ALICE, NOW)
     assert result.kept == []
