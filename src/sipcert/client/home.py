@@ -139,8 +139,10 @@ class Home:
         it says yes to root on a read-only mount.
         """
         target = self.root if directory is None else directory
+        # Probe the deepest folder that exists, so that a check creates nothing.
+        while not target.exists() and target.parent != target:
+            target = target.parent
         try:
-            self._make_directory(target)
             fd, probe = tempfile.mkstemp(dir=target, prefix=".probe-")
             try:
                 os.write(fd, b"x")
@@ -149,8 +151,7 @@ class Home:
                 os.close(fd)
                 os.unlink(probe)
         except OSError as exc:
-            failed = Path(exc.filename) if isinstance(exc.filename, str) else target
-            raise _not_writable(failed, exc) from exc
+            raise _not_writable(target, exc) from exc
 
     def has_identity(self, aor: AOR, device: str = DEFAULT_DEVICE) -> bool:
         return (self.device_directory(aor, device) / _CERT).is_file()
@@ -212,13 +213,15 @@ class Home:
         return directory
 
     def discard_pending(self, aor: AOR, device: str = DEFAULT_DEVICE) -> None:
-        """Forget a pending identity whose certificate the Store does not hold."""
+        """Forget a pending identity whose certificate the Store does not hold, and the
+        folders made only for it: a refused enrollment leaves the home as it was."""
         pending = self.device_directory(aor, device) / _PENDING
         with contextlib.suppress(OSError):
             for name in (_KEY, _CERT):
                 with contextlib.suppress(FileNotFoundError):
                     (pending / name).unlink()
-            pending.rmdir()
+            for empty in (pending, pending.parent, pending.parent.parent, self.root / "identities"):
+                empty.rmdir()  # OSError once a folder is not empty: stop there
 
     def _retire(self, directory: Path, source: Path | None = None) -> None:
         """Copy the identity in ``source`` (default: the device's current one) to retired/."""
