@@ -402,9 +402,9 @@ class AsyncUA:
                 self.http, location, certificate_der(identity.certificate), auth
             )
         except SipCertError as exc:
-            # A refusal, or a failure before the request went out: the Store does not hold
-            # it. A connection lost mid-request (or a cancellation, below) may have stored
-            # it, so the pending key stays; the next enrollment retires it (Home.stage).
+            # A refusal, or a TLS failure before the request went out: the Store does not
+            # hold it. After a connection lost mid-request (or a cancellation, not caught
+            # here) it may, so the pending key stays; the next enrollment retires it.
             if not isinstance(exc, TransportError) or isinstance(exc, TLSHandshakeError):
                 self.home.discard_pending(parsed, device)
             raise
