@@ -243,6 +243,8 @@ class Home:
             raise NotFoundError(
                 f"no certificate for {aor} (device {device!r}) in {self.root}"
             ) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
         try:
             return load_certificate(data)
         except InputError as exc:
@@ -258,6 +260,8 @@ class Home:
             data = path.read_bytes()
         except FileNotFoundError as exc:
             raise NotFoundError(f"no private key for {aor} (device {device!r})") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
         return Identity(key=load_private_key(data, passphrase), certificate=certificate)
 
     def retired(self, aor: AOR, device: str = DEFAULT_DEVICE) -> list[x509.Certificate]:

@@ -297,6 +297,21 @@ def test_ensure_writable_probes_with_a_real_write(
     assert [p.name for p in tmp_path.iterdir()] == []  # the probe cleaned up after itself
 
 
+def test_an_unreadable_identity_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    home = home_module.Home(tmp_path)
+    directory = home.device_directory(BOB)
+    directory.mkdir(parents=True)
+    (directory / "cert.pem").mkdir()  # a folder where the certificate should be
+    with pytest.raises(ConfigError, match=r"cannot read .*cert\.pem"):
+        home.certificate(BOB)
+    (directory / "cert.pem").rmdir()
+    home.save(BOB, generate_identity(BOB, now=NOW))
+    (directory / "key.pem").unlink()
+    (directory / "key.pem").mkdir()
+    with pytest.raises(ConfigError, match=r"cannot read .*key\.pem"):
+        home.identity(BOB)
+
+
 # -- one clock: a certificate that expires while cached is dropped (draft §4.5, §5) -------------
 
 
