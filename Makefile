@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo selftest test lint clean
+.PHONY: demo selftest test test-random lint clean
 
 $(STAMP): pyproject.toml
 	@echo "Installing sipcert and its tools into $(VENV)/ (about a minute, the first time only)..."
@@ -24,6 +24,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest --cov --cov-report=term
+
+# Only the Hypothesis tests, with a fresh random seed and more examples each run (the
+# "random" profile in tests/conftest.py); `make test` stays derandomized.
+test-random: $(STAMP)
+	HYPOTHESIS_PROFILE=random $(VENV)/bin/pytest -m hypothesis -p no:cacheprovider -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format src tests

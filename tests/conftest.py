@@ -3,6 +3,14 @@
 Tests that need a real peer program carry ``@pytest.mark.peer("openssl")`` (any number of
 names). Locally such a test skips when the program is absent; with ``CI=true`` it fails
 instead, so CI can never pass by skipping the interoperability tests.
+
+Hypothesis runs under one of two profiles, chosen by ``HYPOTHESIS_PROFILE``:
+
+- ``default`` (``make test``, the README's command): derandomized, no example database, so
+  every machine and every run tries exactly the same examples -- a failure reproduces
+  everywhere and a clone never replays an example it found once;
+- ``random`` (``make test-random``): a fresh random seed and five times the examples, to go
+  looking for new failures; a failure prints its ``@reproduce_failure`` blob.
 """
 
 from __future__ import annotations
@@ -12,6 +20,17 @@ import shutil
 import socket
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("default", derandomize=True, database=None, print_blob=True)
+settings.register_profile(
+    "random",
+    derandomize=False,
+    database=None,
+    print_blob=True,
+    max_examples=500,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

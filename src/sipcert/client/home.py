@@ -8,10 +8,15 @@ Layout under the home directory (default ``$XDG_DATA_HOME/sipcert``, i.e.
     identities/<aor>/<device>/cert.pem        the enrolled self-signed certificate
     identities/<aor>/<device>/retired/<sha256>.{pem,key}
                                               replaced by renewal, kept until revoked
+    identities/<aor>/<device>/pending/{key,cert}.pem
+                                              a new identity saved before its PUT
     cache/                                    the Caller's certificate cache (draft §5)
 
 Several AORs and several devices per AOR (draft §4.4, §5: "upload a different certificate
-for each UA") live side by side. Directories are 0700; files are written atomically.
+for each UA") live side by side. Directories are 0700; files are written atomically and
+durably (temporary file, fsync, rename, fsync of the directory), so a private key is on disk
+before the Store ever sees its certificate: enrollment never leaves a certificate at the
+Store whose key was lost.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ DEFAULT_DEVICE = "default"
 _DEVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _KEY = "key.pem"
 _CERT = "cert.pem"
+_PENDING = "pending"
 
 
 def default_home(environ: Mapping[str, str] | None = None) -> Path:
@@ -63,8 +69,18 @@ def _check_device(device: str) -> str:
     return device
 
 
+def _fsync_directory(path: Path) -> None:
+    """Make renames and new entries in ``path`` survive a crash (POSIX needs the dir fsync)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` so that ``path`` is either the old or the new file, created ``mode``."""
+    """Write ``data`` so that ``path`` is either the old or the new file, created ``mode``,
+    and still there after a crash: temporary file, fsync, rename, fsync of the directory."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         os.fchmod(fd, mode)
@@ -77,6 +93,12 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+    _fsync_directory(path.parent)
+
+
+def _not_writable(path: Path, exc: OSError) -> ConfigError:
+    reason = exc.strerror or type(exc).__name__
+    return ConfigError(f"the sipcert home is not writable: {path}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,30 @@ class Home:
                 break
             if parent.is_relative_to(self.root):
                 parent.chmod(0o700)
+                _fsync_directory(parent.parent)
+
+    def ensure_writable(self, directory: Path | None = None) -> None:
+        """Prove with a real write that ``directory`` (default: the root) can hold files.
+
+        Called before any network request, so a read-only or missing home (or a home whose
+        parent is a file) is a :class:`ConfigError` naming the path, never a certificate
+        enrolled at the Store that could not be saved here. ``os.access`` is not enough:
+        it says yes to root on a read-only mount.
+        """
+        target = self.root if directory is None else directory
+        # Probe the deepest folder that exists, so that a check creates nothing.
+        while not target.exists() and target.parent != target:
+            target = target.parent
+        try:
+            fd, probe = tempfile.mkstemp(dir=target, prefix=".probe-")
+            try:
+                os.write(fd, b"x")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise _not_writable(target, exc) from exc
 
     def has_identity(self, aor: AOR, device: str = DEFAULT_DEVICE) -> bool:
         return (self.device_directory(aor, device) / _CERT).is_file()
@@ -119,24 +165,74 @@ class Home:
         passphrase: bytes | None = None,
     ) -> Path:
         """Store ``identity`` as the device's current one; the replaced one is retired."""
-        directory = self.device_directory(aor, device)
-        self._make_directory(directory)
-        if (directory / _CERT).is_file():
-            self._retire(directory)
+        self.stage(aor, identity, device=device, passphrase=passphrase)
+        return self.promote(aor, device)
+
+    def stage(
+        self,
+        aor: AOR,
+        identity: Identity,
+        *,
+        device: str = DEFAULT_DEVICE,
+        passphrase: bytes | None = None,
+    ) -> Path:
+        """Durably save ``identity`` as the device's pending one, before its PUT (draft §5.1).
+
+        The current identity is untouched until :meth:`promote`; :meth:`discard_pending`
+        drops a pending one the Store refused. A pending identity left by an enrollment
+        whose outcome was unknown (connection lost during the PUT) is retired first, so
+        its key stays known and revocable.
+        """
         key = serialize_private_key(identity.key, passphrase)
-        _write_atomic(directory / _KEY, key, 0o600)
         cert = identity.certificate.public_bytes(serialization.Encoding.PEM)
-        _write_atomic(directory / _CERT, cert, 0o644)
+        pending = self.device_directory(aor, device) / _PENDING
+        try:
+            self._make_directory(pending)
+            if (pending / _CERT).is_file():
+                self._retire(pending.parent, pending)
+            _write_atomic(pending / _KEY, key, 0o600)
+            _write_atomic(pending / _CERT, cert, 0o644)
+        except OSError as exc:
+            raise _not_writable(pending, exc) from exc
+        return pending
+
+    def promote(self, aor: AOR, device: str = DEFAULT_DEVICE) -> Path:
+        """Make the pending identity the current one; the one it replaces is retired."""
+        directory = self.device_directory(aor, device)
+        pending = directory / _PENDING
+        try:
+            if (directory / _CERT).is_file():
+                self._retire(directory)
+            os.replace(pending / _KEY, directory / _KEY)
+            os.replace(pending / _CERT, directory / _CERT)
+            _fsync_directory(directory)
+            pending.rmdir()
+            _fsync_directory(directory)
+        except OSError as exc:
+            raise _not_writable(directory, exc) from exc
         return directory
 
-    def _retire(self, directory: Path) -> None:
+    def discard_pending(self, aor: AOR, device: str = DEFAULT_DEVICE) -> None:
+        """Forget a pending identity whose certificate the Store does not hold, and the
+        folders made only for it: a refused enrollment leaves the home as it was."""
+        pending = self.device_directory(aor, device) / _PENDING
+        with contextlib.suppress(OSError):
+            for name in (_KEY, _CERT):
+                with contextlib.suppress(FileNotFoundError):
+                    (pending / name).unlink()
+            for empty in (pending, pending.parent, pending.parent.parent, self.root / "identities"):
+                empty.rmdir()  # OSError once a folder is not empty: stop there
+
+    def _retire(self, directory: Path, source: Path | None = None) -> None:
+        """Copy the identity in ``source`` (default: the device's current one) to retired/."""
+        source = directory if source is None else source
         retired = directory / "retired"
         self._make_directory(retired)
-        cert_pem = (directory / _CERT).read_bytes()
+        cert_pem = (source / _CERT).read_bytes()
         fingerprint = sha256_fingerprint(load_certificate(cert_pem))
         _write_atomic(retired / f"{fingerprint}.pem", cert_pem, 0o644)
-        if (directory / _KEY).is_file():
-            _write_atomic(retired / f"{fingerprint}.key", (directory / _KEY).read_bytes(), 0o600)
+        if (source / _KEY).is_file():
+            _write_atomic(retired / f"{fingerprint}.key", (source / _KEY).read_bytes(), 0o600)
 
     def certificate(self, aor: AOR, device: str = DEFAULT_DEVICE) -> x509.Certificate:
         """The device's current certificate; :class:`NotFoundError` when not enrolled."""
@@ -147,6 +243,8 @@ class Home:
             raise NotFoundError(
                 f"no certificate for {aor} (device {device!r}) in {self.root}"
             ) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
         try:
             return load_certificate(data)
         except InputError as exc:
@@ -162,6 +260,8 @@ class Home:
             data = path.read_bytes()
         except FileNotFoundError as exc:
             raise NotFoundError(f"no private key for {aor} (device {device!r})") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
         return Identity(key=load_private_key(data, passphrase), certificate=certificate)
 
     def retired(self, aor: AOR, device: str = DEFAULT_DEVICE) -> list[x509.Certificate]:

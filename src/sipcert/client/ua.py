@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote
 
 import httpx
@@ -49,9 +48,17 @@ from sipcert.client.locate import (
     parse_store_address,
 )
 from sipcert.client.tls import ConnectionEvent, RoutedBackend, StrictTransport, make_ssl_context
-from sipcert.errors import ConfigError, InputError, NotFoundError, SipCertError
+from sipcert.errors import (
+    ConfigError,
+    InputError,
+    NotFoundError,
+    SipCertError,
+    TLSHandshakeError,
+    TransportError,
+)
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import (
+    Identity,
     KeyType,
     cert_hash,
     certificate_der,
@@ -193,9 +200,11 @@ def _now() -> datetime:
 class AsyncUA:
     """The UA side of the draft, as an async API.
 
-    ``resolver`` replaces the DNS resolver (tests); ``now`` gives the wall-clock time used
-    for certificate validity, ``cache_clock`` the time used for cache expiry. ``narrate``
-    receives one line per location and connection step.
+    ``resolver`` replaces the DNS resolver (tests); ``now`` is the one clock of the UA:
+    certificate validity, and cache expiry unless ``cache_clock`` (seconds) is given apart.
+    So one injected clock moves both, and a cached certificate that expires while cached
+    is dropped on the next :meth:`fetch` (draft §4.5, §5). ``narrate`` receives one line
+    per location and connection step.
     """
 
     def __init__(
@@ -205,11 +214,17 @@ class AsyncUA:
         resolver: DNSResolver | None = None,
         ssl_context: ssl.SSLContext | None = None,
         now: Callable[[], datetime] = _now,
-        cache_clock: Callable[[], float] = time.time,
+        cache_clock: Callable[[], float] | None = None,
         narrate: Narrate | None = None,
     ) -> None:
         self.config = config or ClientConfig()
         self._now = now
+        if cache_clock is None:
+
+            def cache_clock() -> float:
+                return now().timestamp()
+
+        self._cache_checked = False
         self._narrate = narrate
         system = resolver is None and self.config.dns is None
         self.locator = Locator(
@@ -291,6 +306,7 @@ class AsyncUA:
         were cached are dropped on the way out.
         """
         parsed = _aor(aor)
+        self._check_cache_writable()
         now = self._now()
         if use_cache:
             cached = self.cache.get(parsed)
@@ -322,11 +338,19 @@ class AsyncUA:
         target that actually answered.
         """
         parsed = _aor(aor)
+        self._check_cache_writable()
         location = location_from_url(parsed, url)
         for step in location.steps:
             self._say(step)
         self.backend.set_route(location.domain, location.targets)
         return await self._retrieve(location, self._now())
+
+    def _check_cache_writable(self) -> None:
+        """A cache kept in the home needs a writable home: say so before any request."""
+        if self._cache_checked or not (self.cache.enabled and self.config.persist_cache):
+            return
+        self.home.ensure_writable(self.home.cache_directory)
+        self._cache_checked = True
 
     async def _retrieve(self, location: Location, now: datetime) -> FetchResult:
         """GET a routed ``location``, check the answer at ``now``, narrate and cache it."""
@@ -365,24 +389,67 @@ class AsyncUA:
     ) -> Enrollment:
         """Create a key and self-signed certificate and PUT it with Digest (draft §5.1).
 
-        The identity is kept in the home only once the Store accepted it; the identity it
-        replaces is retired there (see :meth:`renew`). ``device`` is also sent as the
-        certificate's label (``Content-Description``), which the Store shows on its
-        revocation page and in every GET answer, so a renewal keeps it.
+        The home is proved writable before any network request (else :class:`ConfigError`)
+        and the new key and certificate are durably saved, as pending, before the PUT. They
+        become the device's identity once the Store accepted them; the identity they replace
+        is retired (see :meth:`renew`). If saving fails after a successful PUT, the
+        certificate just enrolled is revoked again (DELETE by ``certHash``) and the error
+        says so: the Store never keeps a certificate whose key is lost.
+        ``device`` is also sent as the certificate's label (``Content-Description``),
+        which the Store shows on its revocation page and in every GET answer, so a renewal
+        keeps it.
         """
         parsed = _aor(aor)
         auth = credentials.for_aor(parsed)
         directory = self.home.device_directory(parsed, device)
-        self.home.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # fail before the PUT
+        self.home.ensure_writable(directory)
         identity = generate_identity(parsed, now=self._now(), key_type=key_type, validity=validity)
-        location = await self._route(parsed)
-        status = await put_certificate(
-            self.http, location, certificate_der(identity.certificate), auth, label=device
-        )
+        self.home.stage(parsed, identity, device=device, passphrase=passphrase)
+        try:
+            location = await self._route(parsed)
+            status = await put_certificate(
+                self.http, location, certificate_der(identity.certificate), auth, label=device
+            )
+        except SipCertError as exc:
+            # A refusal, or a TLS failure before the request went out: the Store does not
+            # hold it. After a connection lost mid-request (or a cancellation, not caught
+            # here) it may, so the pending key stays; the next enrollment retires it.
+            if not isinstance(exc, TransportError) or isinstance(exc, TLSHandshakeError):
+                self.home.discard_pending(parsed, device)
+            raise
         self._say(f"PUT {location.url}: {status}")
-        self.home.save(parsed, identity, device=device, passphrase=passphrase)
+        try:
+            self.home.promote(parsed, device)
+        except Exception as exc:
+            await self._undo_enrollment(parsed, device, location, auth, identity, exc)
         self.cache.invalidate(parsed)
         return Enrollment(parsed, device, identity.certificate, status, location.url, directory)
+
+    async def _undo_enrollment(
+        self,
+        aor: AOR,
+        device: str,
+        location: Location,
+        auth: DigestAuth,
+        identity: Identity,
+        failure: Exception,
+    ) -> NoReturn:
+        """Revoke the certificate just PUT because it could not be kept here, and say so."""
+        reason = str(failure) if isinstance(failure, SipCertError) else type(failure).__name__
+        target = cert_hash(identity.certificate)
+        self._say(f"saving the new identity failed after the PUT: revoking certHash {target}")
+        try:
+            await delete_certificates(self.http, location, auth, target)
+        except SipCertError as exc:
+            pending = self.home.device_directory(aor, device) / "pending"
+            raise ConfigError(
+                f"{reason}; the certificate just enrolled could not be revoked ({exc}): "
+                f"its key is kept in {pending}; revoke certHash {target} yourself"
+            ) from failure
+        self.home.discard_pending(aor, device)
+        raise ConfigError(
+            f"{reason}; the certificate just enrolled was revoked at the Store again"
+        ) from failure
 
     async def status(
         self,

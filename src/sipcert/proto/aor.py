@@ -125,7 +125,9 @@ def aor_from_uri(uri: str) -> AOR:
     scheme, rest = _split_scheme(uri)
     if scheme is None:
         raise AORError("URI has no scheme (expected e.g. sip:user@host)")
-    if rest.startswith("//"):
+    # In sip:, im:, ... a user part may start with "//" (RFC 3261 §25.1 user-unreserved "/"):
+    # "sip://x@host" is user "//x", not an authority, and is what such an AOR's SAN holds.
+    if rest.startswith("//") and scheme.lower() not in AOR_SCHEMES:
         raise AORError(f"{scheme}: URI with an authority component does not name an AOR")
     return _parse_user_host(rest)
 

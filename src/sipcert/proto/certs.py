@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import re
 import secrets
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -252,14 +253,30 @@ def load_certificate(data: bytes, *, max_size: int = MAX_CERTIFICATE_SIZE) -> x5
     # happens to contain "-----BEGIN" somewhere is still read as DER.
     der = _pem_to_der(data) if data[0] != 0x30 and b"-----BEGIN" in data else data
     _check_der_envelope(der)
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise CertificateParseError(f"malformed certificate: {exc}") from exc
-    try:
-        _ = cert.extensions
-    except EXTENSION_ERRORS as exc:
-        raise CertificateParseError(f"malformed certificate extensions: {exc}") from exc
+    # cryptography reports some defects with a warning (a serial that is not positive,
+    # RFC 5280 §4.1.2.2), which ``-W error`` turns into an exception: record them instead
+    # and refuse the certificate, so no warning reaches the caller either way.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except x509.InvalidVersion as exc:
+            raise CertificateParseError(f"unsupported certificate version: {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise CertificateParseError(f"malformed certificate: {exc}") from exc
+        try:
+            _ = cert.extensions
+        except EXTENSION_ERRORS as exc:
+            raise CertificateParseError(f"malformed certificate extensions: {exc}") from exc
+        try:
+            # Decoded lazily by cryptography: read each once so later reads cannot fail.
+            _ = (cert.serial_number, cert.issuer, cert.subject)
+            _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
+            _ = cert.signature_algorithm_oid
+        except (ValueError, TypeError) as exc:
+            raise CertificateParseError(f"malformed certificate: {exc}") from exc
+    if caught:
+        raise CertificateParseError(f"malformed certificate: {caught[0].message}")
     return cert
 
 

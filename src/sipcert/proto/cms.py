@@ -39,12 +39,14 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from sipcert.errors import (
+    CertificateParseError,
     CMSError,
     CryptoError,
     DecryptionError,
     InputTooLargeError,
     SignatureError,
 )
+from sipcert.proto.certs import load_certificate
 
 __all__ = [
     "DEFAULT_MAX_DER",
@@ -313,9 +315,12 @@ def verify_detached(
             raise SignatureError("messageDigest does not match the signed content")
         signed_bytes = data.signed_attrs
     try:
-        cert = x509.load_der_x509_certificate(data.certificate_der)
+        # load_certificate, not cryptography directly: it also refuses what cryptography
+        # only warns about (a serial that is not positive) and decodes every lazy field.
+        der = data.certificate_der
+        cert = load_certificate(der, max_size=len(der))
         public_key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+    except (ValueError, UnsupportedAlgorithm, CertificateParseError) as exc:
         raise CMSError(f"signer certificate does not parse: {exc}") from exc
     try:
         if data.scheme == "ecdsa":

@@ -10,6 +10,7 @@ is the AOR domain (SNI and Host header), the connection goes to 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import ssl
@@ -48,6 +49,28 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def children_of(parent: int) -> list[int]:
+    """Pids whose parent is ``parent`` (from /proc; no psutil needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process went away while we looked
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, already dead, counts as gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z"
 
 
 @dataclass
@@ -133,8 +156,13 @@ class StoreProcess:
         self.log_path = self.files.root / f"serve-{self.port}-{time.monotonic_ns()}.log"
         log = open(self.log_path, "wb")
         try:
+            # Its own process group, so that stop() reaches pre-forked workers too.
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             log.close()
@@ -172,9 +200,21 @@ class StoreProcess:
             self.process.kill()
             return self.process.wait(5)
 
+    def workers(self) -> list[int]:
+        """Pids of the worker processes (children of the Store's parent process)."""
+        assert self.process is not None
+        return children_of(self.process.pid)
+
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        """Kill the whole process group: a SIGKILL to the parent alone would leave its
+        pre-forked workers running after a failed test (they would be re-parented)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
             self.kill(signal.SIGKILL)
+        self.process.wait(5)
 
     # -- clients ---------------------------------------------------------------------------
 

@@ -7,12 +7,15 @@ exercised against the real process; see docs/store.md for the interface.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -40,6 +43,7 @@ from tests.integration.store.conftest import (
     USERS,
     StoreFiles,
     StoreProcess,
+    is_running,
     make_store_files,
 )
 
@@ -674,16 +678,48 @@ def test_201_survives_kill_9(fresh_files: StoreFiles) -> None:
         process.stop()
 
 
-def test_two_workers_share_nonces_and_stop_on_sigterm(fresh_files: StoreFiles) -> None:
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll ``condition`` until true (a bounded wait on a condition, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _only(worker: int, others: list[int]) -> Iterator[None]:
+    """Freeze every worker but ``worker`` (SIGSTOP): only it can accept a new connection."""
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_two_workers_both_serve_share_nonces_and_stop_on_sigterm(
+    fresh_files: StoreFiles,
+) -> None:
+    """Both workers serve, and a nonce count one worker saw is refused by the other.
+
+    Which worker accepts a connection is up to the kernel, so each request is steered: the
+    other worker is frozen (SIGSTOP) while it is made, on a new connection. No request can
+    reach a frozen process, so the worker that answered is known, not guessed.
+    """
     process = StoreProcess(fresh_files, extra=["--workers", "2"])
     process.start()
     try:
+        _wait_for(lambda: len(process.workers()) == 2, "two workers")
+        one, two = process.workers()
         aor = "bob@example.com"
         url = process.url("example.com", target(aor))
         body = der(user_cert(aor))
-        # A new connection per request, so the kernel spreads them over both workers.
+        close = {"Connection": "close"}
         with process.client("example.com") as client:
-            first = client.put(url, content=body, headers={"Connection": "close"})
+            with _only(one, [two]):
+                first = client.put(url, content=body, headers=close)
+            assert first.status_code == 401
             sha256 = next(
                 c
                 for c in parse_challenges(first.headers.get_list("www-authenticate"))
@@ -698,15 +734,59 @@ def test_two_workers_share_nonces_and_stop_on_sigterm(fresh_files: StoreFiles) -
                 nc=1,
                 cnonce="feedface",
             )
-            headers = {"Authorization": value, "Connection": "close"}
-            assert client.put(url, content=body, headers=headers).status_code == 201
-            replays = [client.put(url, content=body, headers=headers).status_code for _ in range(6)]
-            assert replays == [401] * 6  # whichever worker got it, the count was seen
-            assert client.delete(url, auth=DigestAuth("bob", pw(aor))).status_code == 204
+            headers = {"Authorization": value, **close}
+            with _only(two, [one]):  # worker two accepts the nonce worker one issued
+                assert client.put(url, content=body, headers=headers).status_code == 201
+            for worker, other in ((one, two), (two, one)):  # a replay on either is refused
+                with _only(worker, [other]):
+                    assert client.put(url, content=body, headers=headers).status_code == 401
+            with _only(one, [two]):
+                answer = client.get(url, headers=close)
+            assert (answer.status_code, answer.content) == (200, body)
+            with _only(two, [one]):
+                deleted = client.delete(url, headers=close, auth=DigestAuth("bob", pw(aor)))
+            assert deleted.status_code == 204
         assert process.kill(signal.SIGTERM) == 0
-        assert process.output().count("stopped") == 2
+        for pid in (one, two):
+            assert f"worker {pid} stopped" in process.output()
     finally:
         process.stop()
+
+
+def test_a_failed_store_test_leaves_no_worker_running(tmp_path: Path) -> None:
+    """A deliberately failing test with a two-worker Store: after its run, no process of
+    that Store is left (StoreProcess.stop kills the whole process group)."""
+    pids = tmp_path / "pids"
+    failing = tmp_path / "test_deliberately_failing.py"
+    failing.write_text(
+        "from pathlib import Path\n"
+        "from tests.integration.store.conftest import StoreProcess, make_store_files\n\n"
+        "def test_fails(tmp_path):\n"
+        "    process = StoreProcess(make_store_files(tmp_path), extra=['--workers', '2'])\n"
+        "    process.start()\n"
+        "    try:\n"
+        "        import time\n"
+        "        while len(process.workers()) < 2:\n"
+        "            time.sleep(0.02)\n"
+        "        pids = [process.process.pid, *process.workers()]\n"
+        f"        Path({str(pids)!r}).write_text(' '.join(map(str, pids)))\n"
+        "        assert False, 'deliberately failing'\n"
+        "    finally:\n"
+        "        process.stop()\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(failing)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1 and "deliberately failing" in result.stdout, result.stdout
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 3  # the parent and its two workers
+    _wait_for(lambda: not any(is_running(pid) for pid in started), "the Store to be gone")
 
 
 def _kamailio_db(path: Path) -> None:

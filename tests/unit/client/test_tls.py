@@ -169,3 +169,37 @@ def test_transport_is_https_only() -> None:
                 await client.get("http://example.com/search-cgi?email=bob%40example.com")
 
     asyncio.run(main())
+
+
+def test_no_byte_is_written_before_the_tls_check_passed() -> None:
+    """draft §4.3: nothing of HTTP reaches the Store before its certificate is checked --
+    not on the plain TCP stream, and not on it after a refused certificate either."""
+    routed, inner = backend_for(der_for("certificates.example.com"), open_port=1)
+
+    async def main() -> None:
+        stream = await routed.connect_tcp("example.com", 443)
+        with pytest.raises(TransportError, match="before the TLS check"):
+            await stream.write(b"GET /search-cgi?email=bob%40example.com HTTP/1.1\r\n\r\n")
+        with pytest.raises(NameMismatchError):
+            await stream.start_tls(make_ssl_context(), "example.com")
+        with pytest.raises(TransportError, match="before the TLS check"):
+            await stream.write(b"GET / HTTP/1.1\r\n\r\n")
+
+    asyncio.run(main())
+    assert "write" not in inner.log
+    assert inner.log == ["connect a.example.com:1", "tls example.com", "close"]
+
+
+def test_bytes_flow_only_on_the_stream_returned_by_a_passed_check() -> None:
+    routed, inner = backend_for(der_for("example.com"), open_port=1)
+
+    async def main() -> None:
+        stream = await routed.connect_tcp("example.com", 443)
+        verified = await stream.start_tls(make_ssl_context(), "example.com")
+        assert verified is not stream
+        await verified.write(b"GET / HTTP/1.1\r\n\r\n")
+        with pytest.raises(TransportError, match="before the TLS check"):
+            await stream.write(b"x")  # the unchecked TCP stream stays closed to writes
+
+    asyncio.run(main())
+    assert inner.log == ["connect a.example.com:1", "tls example.com", "write"]

@@ -304,6 +304,16 @@ def test_valid_aors_round_trip(aor: AOR) -> None:
     assert aor.host == aor.host.lower()
 
 
+@pytest.mark.parametrize("scheme", ["sip", "sips", "im", "SIP"])
+def test_user_starting_with_slashes_is_not_an_authority(scheme: str) -> None:
+    # Found by `make test-random`: "/" is user-unreserved (RFC 3261 §25.1), so the SAN URI
+    # of AOR "//x@a.example" is "sip://x@a.example" and must name that AOR (draft §4.5).
+    aor = AOR("//x", "a.example")
+    assert parse_aor(str(aor)) == aor
+    assert aor_from_uri(f"{scheme}:{aor}") == aor
+    assert aor_from_uri(aor.sip_uri) == aor
+
+
 @given(_USER)
 def test_canonical_user_is_idempotent(user: str) -> None:
     once = canonical_user(user)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -360,17 +361,77 @@ def test_oversized_certificate(der: bytes) -> None:
     assert certificate_der(load_certificate(der, max_size=len(der))) == der
 
 
+def _patched(der: bytes, offset: int, value: int) -> bytes:
+    return der[:offset] + bytes([value]) + der[offset + 1 :]
+
+
+def version_2(der: bytes) -> bytes:
+    """``der`` relabelled as X.509 v2 (version INTEGER 1): RFC 5280 §4.1.2.1 allows it, but
+    ``cryptography`` raises its own ``InvalidVersion`` (not a ValueError) on it."""
+    at = der.index(b"\xa0\x03\x02\x01\x02") + 4
+    return _patched(der, at, 1)
+
+
+def negative_serial(der: bytes) -> bytes:
+    """``der`` with the top bit of its serial set: RFC 5280 §4.1.2.2 wants it positive and
+    ``cryptography`` warns (an error under ``-W error``)."""
+    at = der.index(b"\xa0\x03\x02\x01\x02") + 7
+    return _patched(der, at, der[at] | 0x80)
+
+
+def bad_subject(der: bytes) -> bytes:
+    """``der`` whose issuer and subject UTF8String are not UTF-8: decoded only when read."""
+    return der.replace(b"\x0c\x11alice@", b"\x0c\x11\xfflice@")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (version_2, "version"),
+        (negative_serial, "serial"),
+        (bad_subject, "malformed certificate"),
+    ],
+)
+def test_one_bad_certificate_never_hides_the_good_ones(
+    der: bytes, alice: Identity, mutate: object, fragment: str
+) -> None:
+    # Issue 8 / draft §4.4: every certificate of the AOR is used, so a bad one is discarded
+    # with its reason and the good one is still kept. No warning may escape either.
+    assert callable(mutate)
+    bad = mutate(der)
+    assert bad != der
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CertificateParseError, match=fragment):
+            load_certificate(bad)
+        result = validate_retrieved([der, bad], ALICE, NOW)
+    assert caught == []
+    assert result.kept == [alice.certificate]
+    [discarded] = result.discarded
+    assert discarded.reason == DiscardReason.MALFORMED
+    assert discarded.sha256 == hashlib.sha256(bad).hexdigest()
+    assert fragment in discarded.detail
+
+
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_der_only_raises_parse_errors(der: bytes, data: st.DataObject) -> None:
+def test_mutated_der_only_raises_parse_errors(
+    der: bytes, alice: Identity, data: st.DataObject
+) -> None:
     position = data.draw(st.integers(0, len(der) - 1))
     value = data.draw(st.integers(0, 255))
     mutated = der[:position] + bytes([value]) + der[position + 1 :]
+    # Whatever the mutation, the good certificate beside it survives (draft §4.4).
+    assert validate_retrieved([der, mutated], ALICE, NOW).kept[0] == alice.certificate
     try:
         cert = load_certificate(mutated)
     except CertificateParseError:
         return
     assert certificate_der(cert) == mutated
+    try:
+        enroll(cert)
+    except ForbiddenError:
+        pass
 
 
 @given(st.binary(max_size=300))
@@ -463,6 +524,37 @@ def test_retrieved_validity_window(alice: Identity) -> None:
     assert [d.reason for d in late.discarded] == [DiscardReason.EXPIRED]
     early = validate_retrieved([cert], ALICE, not_before - timedelta(seconds=1))
     assert [d.reason for d in early.discarded] == [DiscardReason.NOT_YET_VALID]
+
+
+MICROSECOND = timedelta(microseconds=1)
+
+
+def test_retrieved_validity_boundary_is_exact_to_the_microsecond(alice: Identity) -> None:
+    # RFC 5280 §4.1.2.5: valid through notAfter inclusive, so one microsecond later (and
+    # one before notBefore) it is refused -- not a second later, as a rounded "now" would.
+    cert = alice.certificate
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    late = validate_retrieved([cert], ALICE, not_after + MICROSECOND)
+    assert late.kept == [] and [d.reason for d in late.discarded] == [DiscardReason.EXPIRED]
+    almost = validate_retrieved([cert], ALICE, not_after + timedelta(microseconds=999_999))
+    assert [d.reason for d in almost.discarded] == [DiscardReason.EXPIRED]
+    early = validate_retrieved([cert], ALICE, not_before - MICROSECOND)
+    assert [d.reason for d in early.discarded] == [DiscardReason.NOT_YET_VALID]
+    assert validate_retrieved([cert], ALICE, not_after).kept == [cert]
+    assert validate_retrieved([cert], ALICE, not_before).kept == [cert]
+
+
+def test_enrollment_validity_boundary_is_exact_to_the_microsecond(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    # draft §5.1: the Store refuses an expired certificate; the same exact RFC 5280 window.
+    cert = build(ec_key, ["sip:alice@example.com"], not_before=NOW - DAY, not_after=NOW)
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    assert refusal(cert, now=not_after + MICROSECOND).reason == "expired"
+    assert refusal(cert, now=not_after + timedelta(microseconds=999_999)).reason == "expired"
+    assert refusal(cert, now=not_before - MICROSECOND).reason == "not-yet-valid"
+    enroll(cert, now=not_after)
+    enroll(cert, now=not_before)
 
 
 def test_retrieved_tampered_signature(alice: Identity) -> None:

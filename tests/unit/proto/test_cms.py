@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -240,6 +241,23 @@ def test_enveloped_data_is_not_a_signature() -> None:
 def test_arbitrary_bytes_only_raise_cms_error(data: bytes) -> None:
     with pytest.raises(CMSError):
         cms.verify_detached(data, CONTENT)
+
+
+def test_signer_certificate_with_a_negative_serial_is_a_cms_error() -> None:
+    """The SID and the embedded certificate are outside the signature, so an attacker can
+    give the signer a serial that is not positive (RFC 5280 §4.1.2.2); cryptography only
+    warns about it (an exception under -W error). It must be a CMSError, and no warning."""
+    key, cert = make_identity("alice@example.com", "rsa2048")
+    der = cms.sign_detached(CONTENT, key, cert)
+    serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 8) // 8, "big")
+    assert der.count(b"\x02" + bytes([len(serial)]) + serial) == 2  # certificate and SID
+    negative = bytes([serial[0] | 0x80]) + serial[1:]
+    mutated = der.replace(serial, negative)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CMSError, match=r"signer certificate does not parse.*serial"):
+            cms.verify_detached(mutated, CONTENT)
+    assert caught == []
 
 
 # --- tampering ------------------------------------------------------------------------------

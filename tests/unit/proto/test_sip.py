@@ -548,9 +548,30 @@ _KNOWN = {
 }
 
 
+#: Headers the generator writes itself or whose value the parser checks (RFC 3261 §8.1.1,
+#: §20): a generated "extra" header must never be a second one of these.
+_RESERVED = {"Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Type"}
+
+
 def _extra_name(name: str) -> bool:
     lower = name.lower()
-    return lower not in _KNOWN and canonical_header_name(name) == name and lower != "content-length"
+    canonical = canonical_header_name(name)
+    return (
+        lower not in _KNOWN
+        and canonical == name
+        and lower != "content-length"
+        and canonical not in _RESERVED
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["CSeq", "Call-ID", "From", "To", "Via", "Max-Forwards", "Content-Type"]
+)
+def test_generator_adds_no_second_required_header(name: str) -> None:
+    # The parser rightly refuses a second From/To/Call-ID/CSeq (RFC 3261 §20); a generator
+    # that could add one made test_generated_messages_round_trip fail for some seeds.
+    assert canonical_header_name(name) == name
+    assert not _extra_name(name)
 
 
 @st.composite
