@@ -220,11 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):  # no real stdout: nothing to silence
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except Exception as exc:
+    except Exception:
         if args.debug:
             raise
         return fail(
-            f"internal error ({type(exc).__name__}); rerun with --debug and report it",
+            "internal error (a bug in sipcert); rerun with --debug and report it",
             EXIT_INTERNAL,
             as_json=as_json,
             event=event,

@@ -97,7 +97,7 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
 
 
 def _not_writable(path: Path, exc: OSError) -> ConfigError:
-    reason = exc.strerror or type(exc).__name__
+    reason = exc.strerror or "the write failed"
     return ConfigError(f"the sipcert home is not writable: {path}: {reason}")
 
 

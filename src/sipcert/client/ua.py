@@ -435,7 +435,11 @@ class AsyncUA:
         failure: Exception,
     ) -> NoReturn:
         """Revoke the certificate just PUT because it could not be kept here, and say so."""
-        reason = str(failure) if isinstance(failure, SipCertError) else type(failure).__name__
+        if isinstance(failure, SipCertError):
+            reason = str(failure)
+        else:  # never a library class name in a user message
+            why = failure.strerror if isinstance(failure, OSError) else None
+            reason = f"saving the new identity failed: {why or 'an unexpected error'}"
         target = cert_hash(identity.certificate)
         self._say(f"saving the new identity failed after the PUT: revoking certHash {target}")
         try:

@@ -417,7 +417,7 @@ class SecureUA:
         try:
             check = await self.client.certificate_in_signaling(sender, outcome.signer)
         except SipCertError as exc:
-            return outcome.after_store_check(None, f"{type(exc).__name__}: {exc}"), None
+            return outcome.after_store_check(None, f"the Store check failed: {exc}"), None
         if check.in_store:
             how = "cached" if check.cached else "fetched"
             detail = f"signer {check.sha256[:16]} is enrolled at the Store of {sender.host} ({how})"

@@ -58,6 +58,7 @@ def test_unexpected_error_hides_the_traceback(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "secret" not in err
+    assert "KeyError" not in err  # issue 8: no library class name in a user message
     assert "--debug" in err
 
 

@@ -242,7 +242,9 @@ def test_unconfirmed_signers_are_delivered_but_flagged(
                 assert sent.status == 200
                 unreachable = bob.received.get_nowait()
                 assert unreachable.outcome.reason is Reason.STORE_UNREACHABLE
-                assert "TransportError" in unreachable.outcome.detail
+                detail = unreachable.outcome.detail
+                assert "the Store check failed: connection to certificates." in detail
+                assert "Error" not in detail  # said in words, no class name (issue 8)
 
     run(main())
 
@@ -359,6 +361,6 @@ def test_identity_from_the_home_and_no_reference_when_unlocatable(
                 assert received.outcome.reference is None
                 # Erin's Store cannot be located: delivered, flagged.
                 assert received.outcome.reason is Reason.STORE_UNREACHABLE
-                assert received.outcome.detail.startswith("LocationError")
+                assert received.outcome.detail == "the Store check failed: no SRV and no A record"
 
     run(main())
