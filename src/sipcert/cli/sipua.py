@@ -33,9 +33,10 @@ from sipcert.cli.ua import (
     _credential_options,
     _credentials,
     _passphrase,
+    _window_option,
     read_password,
 )
-from sipcert.client.ua import DEFAULT_RENEW_WINDOW, AsyncUA, Credentials
+from sipcert.client.ua import AsyncUA, Credentials
 from sipcert.errors import (
     AuthenticationError,
     ConfigError,
@@ -87,13 +88,7 @@ def register(commands: Any) -> None:
     parser.add_argument("aor")
     _sip_options(parser)
     _credential_options(parser, key=True)
-    parser.add_argument(
-        "--window",
-        type=float,
-        default=DEFAULT_RENEW_WINDOW.days,
-        metavar="DAYS",
-        help="renew the certificate when it expires within DAYS (draft §5)",
-    )
+    _window_option(parser, "renew the certificate when it expires within DAYS (draft §5)")
     parser.add_argument("--expires", type=int, default=300, help="registration expiry (seconds)")
     parser.add_argument(
         "--accept-unverified",

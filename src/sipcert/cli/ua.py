@@ -90,6 +90,13 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def _window_option(parser: argparse.ArgumentParser, text: str) -> None:
+    """``--window DAYS``: how close to expiry a certificate is renewed (draft §5)."""
+    parser.add_argument(
+        "--window", type=float, default=DEFAULT_RENEW_WINDOW.days, metavar="DAYS", help=text
+    )
+
+
 def _credential_options(
     parser: argparse.ArgumentParser, *, key: bool, existing_key: bool = False
 ) -> None:
@@ -149,24 +156,12 @@ def register(commands: Any) -> None:
     parser = add("status", "check this device's certificate at the Store (draft §5.1)", _status)
     parser.add_argument("aor", nargs="?")
     parser.add_argument("--device", default=DEFAULT_DEVICE, help="this device's name in the home")
-    parser.add_argument(
-        "--window",
-        type=float,
-        default=DEFAULT_RENEW_WINDOW.days,
-        metavar="DAYS",
-        help="a certificate expiring within DAYS is due for renewal (draft §5)",
-    )
+    _window_option(parser, "a certificate expiring within DAYS is due for renewal (draft §5)")
 
     parser = add("renew", "enroll a new certificate near expiry, revoke the old (draft §5)", _renew)
     parser.add_argument("aor", nargs="?")
     _credential_options(parser, key=True)
-    parser.add_argument(
-        "--window",
-        type=float,
-        default=DEFAULT_RENEW_WINDOW.days,
-        metavar="DAYS",
-        help="a certificate expiring within DAYS is due for renewal (draft §5)",
-    )
+    _window_option(parser, "a certificate expiring within DAYS is due for renewal (draft §5)")
     parser.add_argument("--force", action="store_true", help="renew even outside the window")
 
     parser = add("revoke", "remove certificates from the Store (draft §5)", _revoke)
