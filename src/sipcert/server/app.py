@@ -46,6 +46,7 @@ from multidict import CIMultiDict
 
 from sipcert.errors import (
     AuthenticationError,
+    DigestHeaderError,
     InputError,
     InputTooLargeError,
     NotFoundError,
@@ -61,7 +62,13 @@ from sipcert.proto.digest import (
     NonceCounter,
     parse_authorization,
 )
-from sipcert.proto.ratelimit import RateLimiter
+from sipcert.proto.ratelimit import (
+    Admission,
+    LoginLimiter,
+    LoginLimits,
+    MemoryLoginLimiter,
+    address_key,
+)
 from sipcert.proto.store import (
     Response,
     StorePolicy,
@@ -315,6 +322,7 @@ class StoreApp:
         nonce_lifetime: float = DEFAULT_NONCE_LIFETIME,
         auth_failures: int = 20,
         auth_failure_window: float = 60.0,
+        limiter: LoginLimiter | None = None,
         clock: Callable[[], float] = time.time,
         sni_of: Callable[[web.BaseRequest], str | None] | None = None,
     ) -> None:
@@ -330,10 +338,16 @@ class StoreApp:
             )
             for domain in self.domains
         }
-        # Digest is an online password oracle: failed answers cost a token per client
-        # address and per user; an empty bucket answers 429 (proto.ratelimit).
-        self._failures_by_address = RateLimiter(auth_failures, auth_failure_window)
-        self._failures_by_user = RateLimiter(auth_failures, auth_failure_window)
+        # Digest is an online password oracle: checked answers and 429s cost tokens per
+        # client address, checked answers per user (proto.ratelimit). Workers pass one
+        # shared ``limiter``; without it the state is this process's own.
+        self._limiter = limiter or MemoryLoginLimiter(
+            LoginLimits(
+                address_failures=auth_failures,
+                user_failures=2 * auth_failures,
+                window=auth_failure_window,
+            )
+        )
         # Draft §5 revocation page; its CSRF key is derived from the nonce secret, which
         # every worker shares, so a token of one worker is good at every other.
         self.account_pages = AccountPages(
@@ -488,55 +502,71 @@ class StoreApp:
     async def _authenticate(self, request: web.BaseRequest, domain: str) -> str:
         """The Digest username of a correct answer; else a 401 with fresh challenges.
 
-        A wrong answer is charged to the client address and to ``user@domain``; while
-        either has failed too often the answer is 429 with ``Retry-After``, before any
-        credential is looked up, so guessing runs at the refill rate at best.
+        The limiter decides first, from the address, the user name and the time only
+        (never the password, before any credential lookup): 429 with ``Retry-After``, and
+        the refusal is charged to the address. An admitted answer has reserved its tokens;
+        a success (or an answer that guessed nothing) gets them back.
         """
         server = self._digest[domain]
         header = request.headers.get("Authorization")
         now = self._clock()
-        address = request.remote or "-"
-        self._check_rate(self._failures_by_address, address, now)
+        address = address_key(request.remote)
         try:
             if header is None or not header.strip():
                 raise AuthenticationError("no Authorization header")
             if header.split(None, 1)[0].lower() != "digest":
                 raise AuthenticationError("Authorization is not Digest")
             answer = parse_authorization(header)
-            user_key = f"{answer.username}@{domain}"
-            self._check_rate(self._failures_by_user, user_key, now)
-            credential = await self.credentials.lookup(answer.username, domain)
-            try:
-                return server.verify(
-                    answer,
-                    credential,
-                    method=request.method,
-                    request_uri=request.raw_path,
-                    now=now,
-                )
-            except StaleNonceError:
-                raise
-            except AuthenticationError:
-                self._failures_by_address.charge(address, now)
-                self._failures_by_user.charge(user_key, now)
-                raise
         except AuthenticationError as exc:
-            stale = isinstance(exc, StaleNonceError)
-            log.info("401 for %s %s: %s", request.method, request.path, exc)
-            response = _plain(401, _STALE if stale else unauthorized_text(domain))
-            for value in server.challenges(now, stale=stale):
-                response.headers.add("WWW-Authenticate", value)
-            raise _RefusalError(response) from exc
+            self._check_rate(address, None, now)
+            raise self._challenge(request, server, domain, now, exc) from exc
+        except DigestHeaderError:
+            self._check_rate(address, None, now)
+            raise
+        user_key = f"{answer.username}@{domain}"
+        admission = self._check_rate(address, user_key, now)
+        try:
+            credential = await self.credentials.lookup(answer.username, domain)
+            username = server.verify(
+                answer, credential, method=request.method, request_uri=request.raw_path, now=now
+            )
+        except StaleNonceError as exc:  # only claimed for a correct answer: not a guess
+            self._limiter.release(address, user_key, admission, now, trust=False)
+            raise self._challenge(request, server, domain, now, exc) from exc
+        except AuthenticationError as exc:  # a failed guess keeps its reserved tokens
+            raise self._challenge(request, server, domain, now, exc) from exc
+        except BaseException:  # storage, malformed answer: nothing was guessed
+            self._limiter.release(address, user_key, admission, now, trust=False)
+            raise
+        self._limiter.release(address, user_key, admission, now, trust=True)
+        return username
 
     @staticmethod
-    def _check_rate(limiter: RateLimiter, key: str, now: float) -> None:
-        """429 while ``key`` has no token left in ``limiter`` (nothing is charged here)."""
-        if not limiter.allowed(key, now):
-            wait = limiter.retry_after(key, now)
-            log.warning("429 for %s: too many failed Digest answers", key)
-            raise RateLimitedError(
-                f"too many failed authentication attempts; retry in {wait} s", wait
+    def _challenge(
+        request: web.BaseRequest, server: DigestServer, domain: str, now: float, exc: Exception
+    ) -> _RefusalError:
+        """A 401 with fresh challenges (``stale`` for an expired nonce), to raise."""
+        stale = isinstance(exc, StaleNonceError)
+        log.info("401 for %s %s: %s", request.method, request.path, exc)
+        response = _plain(401, _STALE if stale else unauthorized_text(domain))
+        for value in server.challenges(now, stale=stale):
+            response.headers.add("WWW-Authenticate", value)
+        return _RefusalError(response)
+
+    def _check_rate(self, address: str, user: str | None, now: float) -> Admission:
+        """429 unless the limiter admits the request (a refusal is charged to ``address``)."""
+        admission = self._limiter.admit(address, user, now)
+        if not admission.admitted:
+            log.warning(
+                "429 for %s: too many failed Digest answers (%s)",
+                user or address,
+                "for this user" if admission.reason == "user" else "from this address",
             )
+            raise RateLimitedError(
+                f"too many failed authentication attempts; retry in {admission.retry_after} s",
+                admission.retry_after,
+            )
+        return admission
 
     # -- errors --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from sipcert.errors import AORError, ConfigError, InputTooLargeError
 from sipcert.proto.aor import normalize_domain
+from sipcert.proto.ratelimit import LoginLimits
 from sipcert.proto.store import StorePolicy
 
 __all__ = [
@@ -51,6 +52,8 @@ _TOP_KEYS = frozenset(
         "nonce_lifetime",
         "auth_failures",
         "auth_failure_window",
+        "auth_failures_per_user",
+        "auth_trust_days",
         "policy",
         "domain",
     }
@@ -96,9 +99,14 @@ class StoreConfig:
     purge_interval: float = 3600.0
     nonce_secret: bytes | None = field(default=None, repr=False)
     nonce_lifetime: float = 300.0
-    #: Failed Digest answers allowed per client address, and per user, in each window.
+    #: Checked Digest answers allowed per client address in each window (proto.ratelimit).
     auth_failures: int = 20
     auth_failure_window: float = 60.0
+    #: The per-user bucket across all addresses (refilled at the same rate); by default
+    #: twice ``auth_failures``, so one address alone can never empty it.
+    auth_failures_per_user: int = 40
+    #: Days a (user, address) pair that succeeded is not refused for the user's bucket.
+    auth_trust_days: int = 30
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -133,6 +141,8 @@ class StoreConfig:
         nonce_lifetime = _int(doc, "nonce_lifetime", 300, minimum=1)
         auth_failures = _int(doc, "auth_failures", 20, minimum=1)
         auth_failure_window = _int(doc, "auth_failure_window", 60, minimum=1)
+        auth_failures_per_user = _int(doc, "auth_failures_per_user", 2 * auth_failures, minimum=1)
+        auth_trust_days = _int(doc, "auth_trust_days", 30, minimum=0)
         return cls(
             domains=domains,
             listen=listen,
@@ -148,6 +158,18 @@ class StoreConfig:
             nonce_lifetime=float(nonce_lifetime),
             auth_failures=auth_failures,
             auth_failure_window=float(auth_failure_window),
+            auth_failures_per_user=auth_failures_per_user,
+            auth_trust_days=auth_trust_days,
+        )
+
+    @property
+    def login_limits(self) -> LoginLimits:
+        """The Digest guessing limiter's numbers."""
+        return LoginLimits(
+            address_failures=self.auth_failures,
+            user_failures=self.auth_failures_per_user,
+            window=self.auth_failure_window,
+            trust_period=self.auth_trust_days * 86400.0,
         )
 
     @property

@@ -33,6 +33,7 @@ from sipcert.server.credentials import (
     KamailioSQLiteCredentials,
     open_credentials,
 )
+from sipcert.server.limits import SqliteLoginLimiter
 from sipcert.server.nonces import SqliteNonceCounter, load_or_create_secret
 from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
 from sipcert.storage import open_store
@@ -45,6 +46,8 @@ _BACKLOG = 1024
 _SHUTDOWN_TIMEOUT = 5.0
 #: File of the nonce counts inside the data folder.
 NONCE_DB = "nonces.db"
+#: File of the Digest guessing limiter's state inside the data folder.
+LIMITS_DB = "ratelimit.db"
 
 
 def setup_logging(level: str) -> None:
@@ -140,6 +143,7 @@ async def _worker_main(
     nonces = SqliteNonceCounter(
         config.data_dir / NONCE_DB, retention=config.nonce_lifetime + DEFAULT_MAX_CLOCK_SKEW
     )
+    limiter = SqliteLoginLimiter(config.data_dir / LIMITS_DB, config.login_limits)
     try:
         app = StoreApp(
             domains=config.domain_names,
@@ -151,6 +155,7 @@ async def _worker_main(
             nonce_lifetime=config.nonce_lifetime,
             auth_failures=config.auth_failures,
             auth_failure_window=config.auth_failure_window,
+            limiter=limiter,
         )
         await serve_app(
             app,
@@ -162,6 +167,7 @@ async def _worker_main(
         )
         log.info("worker %d stopped", os.getpid())
     finally:
+        limiter.close()
         nonces.close()
         await credentials.close()
         await storage.close()
@@ -199,6 +205,7 @@ async def _check_sources(config: StoreConfig) -> None:
     if config.nonce_secret is None:
         load_or_create_secret(config.data_dir)
     SqliteNonceCounter(config.data_dir / NONCE_DB).close()
+    SqliteLoginLimiter(config.data_dir / LIMITS_DB).close()
 
 
 def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -> int:

@@ -310,18 +310,25 @@ def test_a_challenge_alone_costs_nothing(tmp_path: Path) -> None:
 
 
 def test_the_user_bucket_holds_across_client_addresses(tmp_path: Path) -> None:
-    """Guessing one user's password from many addresses still hits the per-user limit."""
+    """Guessing one user's password from many addresses still hits the per-user limit
+    (2 x auth_failures), except from an address where she logged in before."""
 
     async def scenario(env: Env) -> None:
         url = env.url("example.com", ALICE)
+        async with env.client("example.com", source="127.0.0.9") as client:
+            assert (await digest_put(client, url, "alice-pw")).status_code == 201
         for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
             async with env.client("example.com", source=source) as client:
-                assert (await digest_put(client, url, "wrong")).status_code == 401
+                for _ in range(2):
+                    assert (await digest_put(client, url, "wrong")).status_code == 401
         async with env.client("example.com", source="127.0.0.5") as client:
             limited = await digest_put(client, url, "alice-pw")
             assert limited.status_code == 429  # a fresh address, but alice's bucket is empty
+            assert limited.headers["Retry-After"] == "20"
             bob = env.url("example.com", "/search-cgi?email=bob%40example.com")
             other = await client.put(bob, content=b"x")
             assert other.status_code == 401  # other users are not affected
+        async with env.client("example.com", source="127.0.0.9") as client:
+            assert (await digest_put(client, url, "alice-pw")).status_code == 201  # trusted
 
     run_store(tmp_path, scenario, auth_failures=3)
