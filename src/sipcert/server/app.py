@@ -557,10 +557,11 @@ class StoreApp:
         """429 unless the limiter admits the request (a refusal is charged to ``address``)."""
         admission = self._limiter.admit(address, user, now)
         if not admission.admitted:
+            by_user = admission.reason == "user"
             log.warning(
-                "429 for %s: too many failed Digest answers (%s)",
-                user or address,
-                "for this user" if admission.reason == "user" else "from this address",
+                "429 for %s: too many failed Digest answers %s",
+                user if by_user else address,
+                "for this user" if by_user else "from this address",
             )
             raise RateLimitedError(
                 f"too many failed authentication attempts; retry in {admission.retry_after} s",
