@@ -295,6 +295,31 @@ def test_failed_digest_answers_are_rate_limited(tmp_path: Path) -> None:
     run_store(tmp_path, scenario, auth_failures=3)
 
 
+def test_a_guesser_elsewhere_does_not_lock_the_user_out(tmp_path: Path) -> None:
+    """Issue 9's attack on the clock: 20 wrong guesses from one address, then one every
+    0.2 s for 24 s; alice logs in every second from another address and always gets in,
+    while the guesser's knocking keeps him refused."""
+
+    async def scenario(env: Env) -> None:
+        url = env.url("example.com", ALICE)
+        async with (
+            env.client("example.com", source="127.0.0.1") as attacker,
+            env.client("example.com", source="127.0.0.2") as victim,
+        ):
+            for _ in range(20):
+                assert (await digest_put(attacker, url, "wrong")).status_code == 401
+            logged_in = 0
+            for step in range(120):
+                env.clock.advance(0.2)
+                assert (await digest_put(attacker, url, "wrong")).status_code == 429
+                if step % 5 == 4:
+                    status = (await digest_put(victim, url, "alice-pw")).status_code
+                    logged_in += status not in (401, 429)  # 201, or 403 for a third device
+            assert logged_in == 24
+
+    run_store(tmp_path, scenario)
+
+
 def test_a_challenge_alone_costs_nothing(tmp_path: Path) -> None:
     """Every client's first request is unauthenticated: 401s without an answer are free."""
 
