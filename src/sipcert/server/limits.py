@@ -85,7 +85,22 @@ class SqliteLoginLimiter:
         return f"SqliteLoginLimiter({str(self.path)!r})"
 
     def admit(self, address: str, user: str | None, now: float) -> Admission:
-        """See :meth:`sipcert.proto.ratelimit.LoginLimiter.admit`."""
+        """See :meth:`sipcert.proto.ratelimit.LoginLimiter.admit`.
+
+        A challenge (no ``user``) that is admitted changes nothing: it is answered from one
+        read, without the write lock, so unauthenticated requests do not queue on it.
+        """
+        if user is None:
+            with self._lock:
+                conn = self._conn
+                if conn is None:
+                    raise StorageError(f"{self._subject} is closed")
+                try:
+                    state = LimitState(self._get(conn, "addresses", address), None, None)
+                except sqlite3.Error as exc:
+                    raise storage_error(self._subject, "checking a rate limit", exc) from exc
+            if decide(self.limits, state, now, checks=False).admitted:
+                return Admission(True)
         result: list[Admission] = []
 
         def step(state: LimitState) -> None:

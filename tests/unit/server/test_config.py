@@ -172,3 +172,17 @@ def test_tls_files_are_checked_with_clear_messages(tmp_path: Path) -> None:
         load_domain_context("example.com", cert, key, now=now)
     with pytest.raises(ConfigError, match="no domain to serve"):
         build_sni_context({})
+
+
+def test_guessing_limits() -> None:
+    base = apply_flags({}, Flags(domains=[("example.com", Path("c"), Path("k"))]))
+    default = StoreConfig.from_document(base).login_limits
+    assert (default.address_failures, default.user_failures, default.window) == (20, 40, 60.0)
+    assert default.trust_period == 30 * 86400.0
+    doc = {**base, "auth_failures": 5, "auth_failure_window": 30}
+    assert StoreConfig.from_document(doc).login_limits.user_failures == 10  # 2 x by default
+    doc = {**doc, "auth_failures_per_user": 7, "auth_trust_days": 0}
+    limits = StoreConfig.from_document(doc).login_limits
+    assert (limits.user_failures, limits.trust_period, limits.interval) == (7, 0.0, 6.0)
+    with pytest.raises(ConfigError, match="auth_failures_per_user"):
+        StoreConfig.from_document({**base, "auth_failures_per_user": 0})
