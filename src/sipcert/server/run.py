@@ -33,6 +33,7 @@ from sipcert.server.credentials import (
     KamailioSQLiteCredentials,
     open_credentials,
 )
+from sipcert.server.logsafe import SafeFormatter
 from sipcert.server.nonces import SqliteNonceCounter, load_or_create_secret
 from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
 from sipcert.storage import open_store
@@ -49,11 +50,10 @@ NONCE_DB = "nonces.db"
 
 def setup_logging(level: str) -> None:
     """Log lines on standard error: ``time level logger: message``."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # One record, one line of printable ASCII, whatever a request put in it (issue 9).
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def build_tls(config: StoreConfig) -> ssl.SSLContext:
