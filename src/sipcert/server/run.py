@@ -33,6 +33,7 @@ from sipcert.server.credentials import (
     KamailioSQLiteCredentials,
     open_credentials,
 )
+from sipcert.server.http import StoreServer
 from sipcert.server.logsafe import SafeFormatter
 from sipcert.server.nonces import SqliteNonceCounter, load_or_create_secret
 from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
@@ -103,7 +104,7 @@ async def serve_app(
 ) -> None:
     """Serve ``app`` on ``sockets`` until ``stop`` is set, then shut down cleanly."""
     writer = AccessLog() if access_log else None
-    server = web.Server(app, **access_log_options(writer))
+    server = StoreServer(app, **access_log_options(writer))
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT)
     await runner.setup()
     purger: asyncio.Task[None] | None = None

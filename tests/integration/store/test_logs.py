@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import pytest
 
+from sipcert.server.http import REFUSALS_PER_SECOND
 from tests.integration.store.conftest import StoreFiles, StoreProcess
 
 #: What an attacker would like a log line to say, after a character that ends a line.
@@ -98,6 +99,7 @@ def check_log(path: Path) -> list[str]:
         match = LINE.match(line)
         assert match is not None, f"not a log record: {line!r}"
         assert not line[match.end() :].startswith("FORGED"), f"forged: {line!r}"
+        assert "Traceback" not in line
     return lines
 
 
@@ -161,3 +163,79 @@ def test_no_request_value_can_forge_a_log_line(store: StoreProcess) -> None:
     # The feeds did reach the log, escaped: the 429 line of every breaker is there.
     for escaped in (r"\x0d", r"\x0a", r"\x00", r"\x1b", r"\u2028", r"\x85", r"\u202e"):
         assert any(f"429 for mallory{escaped}{FORGED}" in line for line in lines), escaped
+
+
+#: Requests aiohttp's parser refuses, and the reason the Store gives for each.
+MALFORMED = [
+    (b"GET * HTTP/1.1\r\nHost: example.com\r\n\r\n", "malformed request target"),
+    (b"GARBAGE\r\n\r\n", "malformed request line: not an HTTP method"),
+    (b"G\xc3\xa9T / HTTP/1.1\r\n\r\n", "malformed request line: not an HTTP method"),
+    (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", "malformed request: invalid header token"),
+    (b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", "malformed request target"),
+    (b"GET / HTTP/1.1\r\nUser-Agent: a\x1bb\r\n\r\n", "malformed request: invalid header value"),
+    (b"GET / HTTP/9.9\r\n\r\n", "malformed request"),
+    (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", "malformed request"),
+]
+
+
+def parse_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def test_malformed_http_is_answered_with_a_reason_and_one_rate_limited_line(
+    store: StoreProcess,
+) -> None:
+    context = ssl.create_default_context(cafile=store.files.ca_file)
+    # Handshakes first, then every request at once: far more refusals in a second than
+    # the log takes one by one.
+    count = 12 * REFUSALS_PER_SECOND
+    connections = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", store.port), timeout=10)
+            connections.append(context.wrap_socket(sock, server_hostname="example.com"))
+        for i, tls in enumerate(connections):
+            tls.sendall(MALFORMED[i % len(MALFORMED)][0])
+        for i, tls in enumerate(connections):
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            status, headers, body = parse_answer(answer)
+            expected = MALFORMED[i % len(MALFORMED)][1]
+            assert status == 400, answer
+            assert headers["server"] == "sipcert"
+            assert headers["content-type"] == "text/plain; charset=utf-8"
+            assert body.decode().startswith(expected), (MALFORMED[i % len(MALFORMED)][0], body)
+            assert body.endswith(b"\n") and body.count(b"\n") == 1  # one line, no echo
+    finally:
+        for tls in connections:
+            tls.close()
+    assert store.kill(signal.SIGTERM) == 0
+    lines = check_log(store.log_path)  # type: ignore[arg-type]
+    logged = [line for line in lines if "refused a request from" in line]
+    summaries = [
+        int(m.group(1))
+        for line in lines
+        if (m := re.search(r"WARNING sipcert.server: (\d+) more refused requests", line))
+    ]
+    assert all(" WARNING sipcert.server: " in line for line in logged)
+    assert len(logged) + sum(summaries) == count  # every refusal is counted, once
+    assert summaries and sum(summaries) >= count - 11 * REFUSALS_PER_SECOND
+    assert not [line for line in lines if " ERROR " in line or "aiohttp" in line]
+
+
+def test_no_answer_names_a_version(store: StoreProcess) -> None:
+    for data in (
+        request(),  # our own 200
+        request(target="/nowhere"),  # our own 404
+        request("PUT", headers={"Content-Length": "0"}),  # our own 401
+        b"GET * HTTP/1.1\r\n\r\n",  # aiohttp's parser
+    ):
+        status, headers, _ = parse_answer(raw(store, data))
+        assert headers["server"] == "sipcert", (status, headers)
