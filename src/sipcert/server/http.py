@@ -78,8 +78,10 @@ class _StoreRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         reason = refusal_reason(status, exc)
+        # A 5xx here is aiohttp's (the Store's handler answers its own): say what failed.
+        detail = f" ({type(exc).__name__}: {exc})" if status >= 500 and exc is not None else ""
         self.refusals.warning(
-            "refused a request from %s: %d %s", request.remote or "-", status, reason
+            "refused a request from %s: %d %s%s", request.remote or "-", status, reason, detail
         )
         if request.writer.output_size > 0:  # as aiohttp: the answer has begun, drop it
             raise ConnectionError("an answer was already being sent")
