@@ -62,6 +62,7 @@ from sipcert.proto.digest import (
     NonceCounter,
     parse_authorization,
 )
+from sipcert.proto.logsafe import log_safe
 from sipcert.proto.ratelimit import (
     Admission,
     LoginLimiter,
@@ -182,7 +183,8 @@ class AccessLog:
         self._failed = False
 
     def write(self, message: str) -> None:
-        """Add one line (``message`` without time, level or newline)."""
+        """Add one line (``message`` without time, level or newline), escaped (issue 9)."""
+        message = log_safe(message)
         now = self._clock()
         second = int(now)
         if second != self._second:

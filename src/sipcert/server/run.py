@@ -33,7 +33,9 @@ from sipcert.server.credentials import (
     KamailioSQLiteCredentials,
     open_credentials,
 )
+from sipcert.server.http import StoreServer
 from sipcert.server.limits import SqliteLoginLimiter
+from sipcert.server.logsafe import SafeFormatter
 from sipcert.server.nonces import SqliteNonceCounter, load_or_create_secret
 from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
 from sipcert.storage import open_store
@@ -52,11 +54,10 @@ LIMITS_DB = "ratelimit.db"
 
 def setup_logging(level: str) -> None:
     """Log lines on standard error: ``time level logger: message``."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # One record, one line of printable ASCII, whatever a request put in it (issue 9).
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def build_tls(config: StoreConfig) -> ssl.SSLContext:
@@ -106,7 +107,7 @@ async def serve_app(
 ) -> None:
     """Serve ``app`` on ``sockets`` until ``stop`` is set, then shut down cleanly."""
     writer = AccessLog() if access_log else None
-    server = web.Server(app, **access_log_options(writer))
+    server = StoreServer(app, **access_log_options(writer))
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT)
     await runner.setup()
     purger: asyncio.Task[None] | None = None

@@ -1,0 +1,125 @@
+"""aiohttp's low-level server with the Store's manners (issue 9).
+
+:class:`StoreServer` is ``aiohttp.web.Server`` with a request handler that
+
+* answers every request aiohttp itself refuses (a malformed request line, ``GET *``, a bad
+  header) like the Store's own errors: the status and a ``text/plain`` reason, with one
+  WARNING line, rate limited (:class:`~sipcert.server.logsafe.RateLimitedLog`), instead of
+  aiohttp's ERROR record with a traceback per request and a body that echoes the bytes;
+* logs aiohttp's other internal failures as one line without a traceback;
+* names no versions: the ``Server`` header of every answer, aiohttp's own included, is
+  :data:`SERVER_NAME`.
+
+It reads two attributes aiohttp's ``Server.__call__`` reads too (``_loop``, ``_kwargs``).
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+)
+from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
+
+from sipcert.proto.store import error_response
+from sipcert.server.logsafe import RateLimitedLog
+
+__all__ = ["SERVER_NAME", "StoreServer", "refusal_reason"]
+
+log = logging.getLogger("sipcert.server")
+
+#: The ``Server`` header of every answer: no library, no versions.
+SERVER_NAME = "sipcert"
+#: WARNING lines about refused requests, per worker and second, before they are summarized.
+REFUSALS_PER_SECOND = 10
+
+
+def refusal_reason(status: int, exc: BaseException | None) -> str:
+    """The reason sent with an answer aiohttp made (never the request's bytes)."""
+    if status == 500:
+        return "internal error"
+    if status == 504:
+        return "the request took too long to answer"
+    if isinstance(exc, BadHttpMethod):
+        return "malformed request line: not an HTTP method"
+    if isinstance(exc, InvalidURLError):
+        return "malformed request target: the Store answers at /search-cgi"
+    if isinstance(exc, LineTooLong):
+        return "request line or header too long"
+    if isinstance(exc, InvalidHeader):
+        return "malformed header"
+    if isinstance(exc, BadHttpMessage):
+        # The C parser's first line is llhttp's description; the bytes follow on later lines.
+        first = exc.message.split("\n", 1)[0].strip().rstrip(":").strip()[:80]
+        return f"malformed request: {first.lower()}" if first else "malformed request"
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "refused"
+
+
+class _StoreRequestHandler(RequestHandler):
+    refusals: RateLimitedLog
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        reason = refusal_reason(status, exc)
+        # A 5xx here is aiohttp's (the Store's handler answers its own): say what failed.
+        detail = f" ({type(exc).__name__}: {exc})" if status >= 500 and exc is not None else ""
+        self.refusals.warning(
+            "refused a request from %s: %d %s%s", request.remote or "-", status, reason, detail
+        )
+        if request.writer.output_size > 0:  # as aiohttp: the answer has begun, drop it
+            raise ConnectionError("an answer was already being sent")
+        answer = error_response(status, reason)
+        response = web.Response(
+            status=answer.status, headers=CIMultiDict(answer.headers), body=answer.body
+        )
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        what = args[0] % args[1:] if args else "aiohttp failed"
+        if isinstance(exc, BaseException):
+            log.error("%s: %s: %s", what, type(exc).__name__, exc)
+        else:
+            log.error("%s", what)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if not resp.prepared:
+            resp.headers["Server"] = SERVER_NAME
+        return await super().finish_response(request, resp, start_time)
+
+
+class StoreServer(web.Server):
+    """``aiohttp.web.Server`` whose connections use the Store's request handler (above)."""
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.refusals = RateLimitedLog(log, "refused requests", per_second=REFUSALS_PER_SECOND)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        self.refusals.summarize()  # the lines left out of the last window, before exiting
+        await super().shutdown(timeout)
+
+    def __call__(self) -> RequestHandler:
+        handler = _StoreRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.refusals = self.refusals
+        return handler

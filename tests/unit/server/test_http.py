@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+)
+
+from sipcert.server.http import StoreServer, refusal_reason
+
+
+@pytest.mark.parametrize(
+    ("status", "exc", "reason"),
+    [
+        (500, RuntimeError("x"), "internal error"),
+        (504, None, "the request took too long to answer"),
+        (400, BadHttpMethod("G\\xc3T"), "malformed request line: not an HTTP method"),
+        (400, InvalidURLError("*"), "malformed request target: the Store answers at /search-cgi"),
+        (400, LineTooLong("line", "8190", "9000"), "request line or header too long"),
+        (400, InvalidHeader(b"X-A\nb"), "malformed header"),
+        (
+            400,
+            BadHttpMessage("Invalid header token:\n\n  b'Bad Header'\n  ^"),
+            "malformed request: invalid header token",
+        ),
+        (400, BadHttpMessage(""), "malformed request"),
+        (413, None, "request entity too large"),
+        (499, None, "refused"),
+    ],
+)
+def test_refusal_reason_never_echoes_the_request(
+    status: int, exc: BaseException | None, reason: str
+) -> None:
+    assert refusal_reason(status, exc) == reason
+
+
+def test_a_failure_inside_aiohttp_is_one_line_with_what_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(request: web.BaseRequest) -> web.StreamResponse:
+        raise RuntimeError("boom")
+
+    async def exchange() -> bytes:
+        runner = web.ServerRunner(StoreServer(broken), handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            port = runner.addresses[0][1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            return answer
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level(logging.WARNING, "sipcert.server"):
+        answer = asyncio.run(exchange())
+    assert answer.startswith(b"HTTP/1.1 500 ")
+    assert b"\r\nServer: sipcert\r\n" in answer
+    assert answer.endswith(b"\r\n\r\ninternal error\n")
+    [record] = [r for r in caplog.records if r.name == "sipcert.server"]
+    assert record.getMessage() == (
+        "refused a request from 127.0.0.1: 500 internal error (RuntimeError: boom)"
+    )
+    assert record.exc_info is None
