@@ -104,7 +104,9 @@ def check_log(path: Path) -> list[str]:
 @pytest.fixture
 def store(store_files: StoreFiles, tmp_path: Path) -> Iterator[StoreProcess]:
     config = tmp_path / "store.toml"
-    config.write_text('access_log = true\nauth_failures = 2\nlog_level = "info"\n')
+    config.write_text(
+        'access_log = true\nauth_failures = 2\nauth_failures_per_user = 2\nlog_level = "info"\n'
+    )
     process = StoreProcess(store_files, extra=["--config", str(config)])
     process.start()
     try:
