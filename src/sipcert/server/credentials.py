@@ -113,7 +113,8 @@ class RefusedEntry:
 
     def describe(self, path: Path) -> str:
         """One line for a log or a terminal: where, which user (escaped) and why."""
-        return f"credentials file {path} line {self.line}: user {self.key!a} refused: {self.reason}"
+        reason = self.reason.encode("ascii", "backslashreplace").decode("ascii")
+        return f"credentials file {path} line {self.line}: user {self.key!a} refused: {reason}"
 
 
 _Refused = list[RefusedEntry]
@@ -195,8 +196,8 @@ class FileCredentials:
         users, _ = self._load(missing_ok=True)
         return sorted(users)
 
-    def add(self, aor: str, password: str) -> None:
-        """Add a user; :class:`ConfigError` if the AOR is already there."""
+    def add(self, aor: str, password: str) -> str:
+        """Add a user and return its key; :class:`ConfigError` if the AOR is already there."""
         parsed, user = _account(aor)
 
         def change(users: _Users) -> None:
@@ -206,9 +207,10 @@ class FileCredentials:
             users[key] = _ha1_values(user, parsed.host, password)
 
         self._modify(change)
+        return str(parsed)
 
-    def set_password(self, aor: str, password: str) -> None:
-        """Replace a user's HA1 values; :class:`NotFoundError` if the AOR is not there."""
+    def set_password(self, aor: str, password: str) -> str:
+        """Replace a user's HA1 values and return its key; :class:`NotFoundError` if absent."""
         parsed, user = _account(aor)
 
         def change(users: _Users) -> None:
@@ -218,9 +220,10 @@ class FileCredentials:
             users[key] = _ha1_values(user, parsed.host, password)
 
         self._modify(change)
+        return str(parsed)
 
-    def remove(self, aor: str) -> None:
-        """Remove a user, or refused entries whose key is exactly ``aor``.
+    def remove(self, aor: str) -> str:
+        """Remove a user, or refused entries whose key is exactly ``aor``; return the key.
 
         Raises :class:`NotFoundError` if there is neither.
         """
@@ -229,7 +232,10 @@ class FileCredentials:
         except (AORError, InputTooLargeError):
             key = None
 
+        removed = key
+
         def change(users: _Users) -> None:
+            nonlocal removed
             if key is not None and users.pop(key, None) is not None:
                 return
             kept = [entry for entry in self.refused if entry.key != aor]
@@ -237,9 +243,10 @@ class FileCredentials:
                 if key is None:
                     parse_aor(aor)  # raises the AORError that says what is wrong
                 raise NotFoundError(f"no user {key} in {self.path}")
-            self.refused = kept
+            self.refused, removed = kept, aor
 
         self._modify(change)
+        return removed or aor
 
     # -- reading and writing ----------------------------------------------------------------
 
