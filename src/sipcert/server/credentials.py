@@ -409,24 +409,15 @@ def _user_entries(text: str) -> Iterator[tuple[int, str, object]]:
 
     ``text`` is known to be JSON with objects at both levels; this walks it again with the
     json module's own decoder to learn where each member starts (``json.loads`` keeps only
-    the last of repeated keys and no positions).
+    the last of repeated keys and no positions). Like it, the last ``"users"`` counts.
     """
     decoder = json.JSONDecoder()
-    for _, key, value in _members(text, 0, decoder):
-        if key == "users" and isinstance(value, dict):
-            start = _skip(text, _value_start(text, key, decoder))
-            for position, user, entry in _members(text, start, decoder):
-                yield text.count("\n", 0, position) + 1, user, entry
-            return
-
-
-def _value_start(text: str, wanted: str, decoder: json.JSONDecoder) -> int:
-    """Where the value of the last top-level member ``wanted`` starts."""
-    found = 0
-    for position, key, _ in _members(text, 0, decoder, value_positions=True):
-        if key == wanted:
-            found = position
-    return found
+    users_at = 0
+    for _, value_at, key, _ in _members(text, 0, decoder):
+        if key == "users":
+            users_at = value_at
+    for key_at, _, user, entry in _members(text, users_at, decoder):
+        yield text.count("\n", 0, key_at) + 1, user, entry
 
 
 def _skip(text: str, position: int) -> int:
@@ -435,9 +426,9 @@ def _skip(text: str, position: int) -> int:
 
 
 def _members(
-    text: str, start: int, decoder: json.JSONDecoder, *, value_positions: bool = False
-) -> Iterator[tuple[int, str, object]]:
-    """``(position, key, value)`` of the members of the object at ``start`` (valid JSON)."""
+    text: str, start: int, decoder: json.JSONDecoder
+) -> Iterator[tuple[int, int, str, object]]:
+    """``(key position, value position, key, value)`` of the object at ``start`` (valid JSON)."""
     position = _skip(text, start) + 1  # past "{"
     while True:
         position = _skip(text, position)
@@ -447,10 +438,9 @@ def _members(
             position = _skip(text, position + 1)
         key_at = position
         key, position = decoder.raw_decode(text, position)
-        position = _skip(text, _skip(text, position) + 1)  # past ":"
-        value_at = position
-        value, position = decoder.raw_decode(text, position)
-        yield (value_at if value_positions else key_at), key, value
+        value_at = _skip(text, _skip(text, position) + 1)  # past ":"
+        value, position = decoder.raw_decode(text, value_at)
+        yield key_at, value_at, key, value
 
 
 def _ha1_values(user: str, domain: str, password: str) -> dict[Algorithm, str]:

@@ -80,19 +80,23 @@ def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreProcess]
         store.stop()
 
 
-def put(store: StoreProcess, aor: str, username: str, password: str) -> httpx.Response:
+def cert_der(aor: str, slot: int = 0) -> bytes:
     now = datetime.now(UTC)
     cert = make_cert(
-        make_key("ec-p256", aor),
+        make_key("ec-p256", aor, slot),
         aor,
         not_before=now - timedelta(minutes=5),
         not_after=now + timedelta(days=5),
     )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def put(store: StoreProcess, aor: str, username: str, password: str) -> httpx.Response:
     domain = aor.rpartition("@")[2]
     with store.client(domain) as client:
         return client.put(
             store.url(domain, f"/search-cgi?email={quote(aor, safe='')}"),
-            content=cert.public_bytes(serialization.Encoding.DER),
+            content=cert_der(aor),
             headers={"Content-Type": PKIX},
             auth=DigestAuth(username, password),
         )
@@ -122,6 +126,28 @@ def test_users_added_with_escapes_authenticate_with_the_unescaped_name(
         assert answer.status_code == 201, (aor, answer.text)
     # The escaped spelling is not the Digest username: no account has it.
     assert put(poisoned, "zo%C3%AB@example.com", "zo%C3%AB", "zoe-secret").status_code == 401
+
+
+@pytest.mark.peer("curl")
+def test_curl_authenticates_with_the_unescaped_user_part(
+    poisoned: StoreProcess, tmp_path: Path
+) -> None:
+    for n, (aor, (username, password)) in enumerate(ESCAPED.items()):
+        upload = tmp_path / f"{n}.der"
+        upload.write_bytes(cert_der(aor, slot=1))
+        answer = subprocess.run(
+            [
+                *poisoned.curl_args("example.com"),
+                *("--digest", "-u", f"{username}:{password}", "-T", str(upload)),
+                *("-H", f"Content-Type: {PKIX}", "-o", "/dev/null", "-w", "%{http_code}"),
+                poisoned.url("example.com", f"/search-cgi?email={quote(aor, safe='')}"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert answer.stdout == "201", (aor, answer.stdout, answer.stderr)
 
 
 def test_refused_entries_do_not_authenticate_nor_answer_500(poisoned: StoreProcess) -> None:
