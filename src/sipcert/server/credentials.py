@@ -416,8 +416,11 @@ def _user_entries(text: str) -> Iterator[tuple[int, str, object]]:
     for _, value_at, key, _ in _members(text, 0, decoder):
         if key == "users":
             users_at = value_at
+    line, counted = 1, 0
     for key_at, _, user, entry in _members(text, users_at, decoder):
-        yield text.count("\n", 0, key_at) + 1, user, entry
+        line += text.count("\n", counted, key_at)  # counted once: a big file stays linear
+        counted = key_at
+        yield line, user, entry
 
 
 def _skip(text: str, position: int) -> int:
