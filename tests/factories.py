@@ -18,7 +18,7 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KeyKind = Literal["rsa2048", "rsa3072", "ec-p256", "ec-p384"]
@@ -151,3 +151,25 @@ def write_pem(
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
+
+
+_SHA256_WITH_RSA = bytes.fromhex("06092a864886f70d01010b")  # OID 1.2.840.113549.1.1.11
+_SHA1_WITH_RSA = bytes.fromhex("06092a864886f70d010105")  # OID 1.2.840.113549.1.1.5
+
+
+def resign_with_sha1(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> x509.Certificate:
+    """``cert`` (RSA, SHA-256, signed by ``key``) correctly re-signed with SHA-1.
+
+    ``cryptography`` refuses to build SHA-1 certificates, so the DER is edited: both
+    signature AlgorithmIdentifiers become sha1WithRSAEncryption (an OID of the same length)
+    and the signature, of the same length for the same RSA key, is recomputed over the new
+    TBSCertificate. The result is what ``openssl req -x509 -sha1`` makes.
+    """
+    der = cert.public_bytes(serialization.Encoding.DER)
+    signature = cert.signature
+    assert der.count(_SHA256_WITH_RSA) == 2 and der.endswith(signature)
+    tbs = cert.tbs_certificate_bytes.replace(_SHA256_WITH_RSA, _SHA1_WITH_RSA)
+    new_signature = key.sign(tbs, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303 (the point)
+    assert len(new_signature) == len(signature)
+    body = der[: -len(signature)].replace(_SHA256_WITH_RSA, _SHA1_WITH_RSA)
+    return x509.load_der_x509_certificate(body + new_signature)

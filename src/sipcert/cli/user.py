@@ -4,6 +4,10 @@ The file keeps HA1 values per Digest algorithm (MD5, SHA-256), never the passwor
 password is read from standard input when it is not a terminal, else prompted twice; it is
 never a flag (flags show in ``ps`` and shell history). Only ``file:`` credentials URLs can be
 managed here: a Kamailio table is managed with Kamailio's own tools (``kamctl``).
+
+Users are named by their AOR, stored in its canonical spelling (RFC 3261 escapes in the user
+part: ``zo%C3%AB@example.com``); a UA authenticates with the user part unescaped (``zoë``) as
+its Digest username. An AOR that no Digest username can name is refused.
 """
 
 from __future__ import annotations
@@ -91,8 +95,20 @@ def _done(args: argparse.Namespace, line: str, **fields: object) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Carry out one action; print one line about what changed."""
+    """Carry out one action; print one line about what changed.
+
+    Entries of the file that do not load are named on standard error, one warning each
+    (line number and reason); they do not stop the action and are kept as they are.
+    """
     source = _source(args)
+    try:
+        return _run(args, source)
+    finally:
+        for refused in source.refused:
+            print(f"sipcert: warning: {refused.describe(source.path)}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, source: FileCredentials) -> int:
     path = str(source.path)
     if args.action == "list":
         if not source.path.exists():  # a typo in --credentials is not "no users"
@@ -107,11 +123,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     aor: str = args.aor
     if args.action == "remove":
-        source.remove(aor)
-        return _done(args, f"removed {aor}", aor=aor, credentials=path)
+        key = source.remove(aor)
+        shown = key if key.isascii() and key.isprintable() else ascii(key)
+        return _done(args, f"removed {shown}", aor=key, credentials=path)
     password = read_new_password(aor)
     if args.action == "add":
-        source.add(aor, password)
-        return _done(args, f"added {aor} to {source.path}", aor=aor, credentials=path)
-    source.set_password(aor, password)
-    return _done(args, f"changed the password of {aor}", aor=aor, credentials=path)
+        key = source.add(aor, password)
+        return _done(args, f"added {key} to {source.path}", aor=key, credentials=path)
+    key = source.set_password(aor, password)
+    return _done(args, f"changed the password of {key}", aor=key, credentials=path)

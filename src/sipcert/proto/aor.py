@@ -23,6 +23,7 @@ import re
 import string
 import unicodedata
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 import idna
 
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_USER_LENGTH",
     "aor_from_uri",
     "canonical_user",
+    "digest_username",
     "escape_user",
     "normalize_domain",
     "parse_aor",
@@ -185,6 +187,42 @@ def escape_user(raw: str) -> str:
         for char in raw
     )
     return canonical_user(escaped)
+
+
+def digest_username(aor: AOR) -> str:
+    """The Digest ``username`` that authenticates as ``aor``: its user part, unescaped.
+
+    Draft §5.1 makes the Digest username the AOR's user part; a UA sends it unescaped
+    (``zoë``, ``a b``) and the Store compares ``escape_user(username) == aor.user``. This is
+    the inverse, and the one rule for which AORs can hold an account (the users file's
+    writer and loader both apply it). Raises :class:`AORError` when no Digest username can
+    name ``aor``: its escapes are not UTF-8, decode to a control or format character, or
+    escape a character the user grammar allows literally (the username ``a;b`` names
+    ``a;b@host``, never ``a%3Bb@host``; the message gives the spelling to use).
+    """
+    try:
+        name = unquote_to_bytes(aor.user).decode("utf-8")
+    except UnicodeDecodeError:
+        raise AORError(
+            f"user part {aor.user!r} does not unescape to UTF-8 text, so no Digest username "
+            "can name it"
+        ) from None
+    for char in name:
+        if unicodedata.category(char) in _NO_USERNAME:
+            raise AORError(
+                f"user part {aor.user!r} unescapes to control or format character "
+                f"U+{ord(char):04X}, which a Digest username must not hold"
+            )
+    spelling = escape_user(name)
+    if spelling != aor.user:
+        raise AORError(
+            f"user part {aor.user!r} escapes a character that the user grammar allows "
+            f"literally; its Digest username {name!a} names {spelling}@{aor.host}"
+        )
+    return name
+
+
+_NO_USERNAME = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def _check_text(text: str, what: str) -> None:

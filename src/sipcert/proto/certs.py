@@ -61,6 +61,7 @@ __all__ = [
     "sha256_fingerprint",
     "validate_retrieved",
     "verify_self_signature",
+    "weak_signature_problem",
 ]
 
 #: How far ``not_before`` is back-dated so peers with a slow clock accept a new certificate.
@@ -328,6 +329,29 @@ def verify_self_signature(cert: x509.Certificate) -> bool:
     return True
 
 
+#: Signature hashes refused whatever the key: collisions can be made for SHA-1 (SHAttered,
+#: 2017; chosen-prefix 2020) and MD5, and OpenSSL 3 no longer verifies them.
+_WEAK_SIGNATURE_HASHES = ("md5", "sha1")
+
+
+def weak_signature_problem(cert: x509.Certificate) -> str | None:
+    """Why ``cert``'s signature algorithm is refused (MD5 or SHA-1), or ``None``.
+
+    Checked before :func:`verify_self_signature` so that a certificate correctly signed with
+    SHA-1 is refused for what it is, not as a failed proof of possession.
+    """
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return None  # not a hash we know of: the signature check refuses it
+    if algorithm is None or algorithm.name not in _WEAK_SIGNATURE_HASHES:
+        return None
+    return (
+        f"certificate is signed with {algorithm.name.upper()}: MD5 and SHA-1 "
+        "signatures are not accepted: sign it with SHA-256 or better"
+    )
+
+
 class DiscardReason(StrEnum):
     """Why ``validate_retrieved`` dropped a certificate (draft §4.5)."""
 
@@ -337,6 +361,7 @@ class DiscardReason(StrEnum):
     SAN_MISMATCH = "san-mismatch"
     NOT_YET_VALID = "not-yet-valid"
     EXPIRED = "expired"
+    WEAK_SIGNATURE_ALGORITHM = "weak-signature-algorithm"
     BAD_SELF_SIGNATURE = "bad-self-signature"
 
 
@@ -366,7 +391,8 @@ def validate_retrieved(
     one SAN URI (``no-san-uri``); EVERY SAN URI, whatever its scheme, must name ``aor``
     (``san-malformed`` / ``san-mismatch``, draft §4.5 "all the SubjectAltNames in all the
     certificates"); it must be inside its validity period (``not-yet-valid`` / ``expired``,
-    draft §4.5); its self-signature must verify (``bad-self-signature``). Order is kept and
+    draft §4.5); it must not be signed with MD5 or SHA-1 (``weak-signature-algorithm``) and
+    its self-signature must verify (``bad-self-signature``). Order is kept and
     repeats of a certificate already seen are dropped silently.
     """
     _require_aware(now)
@@ -417,6 +443,9 @@ def _retrieval_problem(
     window = _validity_problem(cert, now)
     if window is not None:
         return DiscardReason(window[0]), window[1]
+    weak = weak_signature_problem(cert)
+    if weak is not None:
+        return DiscardReason.WEAK_SIGNATURE_ALGORITHM, weak
     if not verify_self_signature(cert):
         return DiscardReason.BAD_SELF_SIGNATURE, "self-signature does not verify"
     return None
@@ -442,7 +471,8 @@ def check_enrollment(
        ``san-domain-mismatch`` when the host is not the TLS domain;
     3. ``weak-key``: not RSA of at least 2048 bits or EC on P-256/P-384/P-521 (checked before
        the signature so that no odd key reaches the verifier);
-    4. ``bad-self-signature``: not self-issued or the signature does not verify -- this
+    4. ``weak-signature-algorithm``: signed with MD5 or SHA-1 (however correctly), then
+       ``bad-self-signature``: not self-issued or the signature does not verify -- this
        proves the uploader holds the private key;
     5. ``not-yet-valid`` / ``expired`` at ``now``;
     6. ``lifetime-too-long``: ``not_after - not_before`` over ``max_lifetime`` (draft §5
@@ -490,6 +520,9 @@ def check_enrollment(
     weak = _key_problem(cert)
     if weak is not None:
         raise ForbiddenError(weak, reason="weak-key")
+    weak = weak_signature_problem(cert)
+    if weak is not None:
+        raise ForbiddenError(weak, reason="weak-signature-algorithm")
     if not verify_self_signature(cert):
         raise ForbiddenError(
             "certificate is not self-signed by its own key (proof of possession failed)",

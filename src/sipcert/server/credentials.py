@@ -31,17 +31,19 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
-from sipcert.errors import AORError, ConfigError, NotFoundError, StorageError
-from sipcert.proto.aor import parse_aor
+from sipcert.errors import AORError, ConfigError, InputTooLargeError, NotFoundError, StorageError
+from sipcert.proto.aor import AOR, digest_username, escape_user, parse_aor
 from sipcert.proto.digest import Algorithm, StoredCredential, compute_ha1
 from sipcert.storage import sqlite_path_of
 from sipcert.storage.sqlite import storage_error
@@ -51,8 +53,11 @@ __all__ = [
     "FileCredentials",
     "KamailioPostgresCredentials",
     "KamailioSQLiteCredentials",
+    "RefusedEntry",
     "open_credentials",
 ]
+
+log = logging.getLogger("sipcert.server")
 
 
 class CredentialSource(Protocol):
@@ -71,11 +76,18 @@ class CredentialSource(Protocol):
 def split_aor(aor: str) -> tuple[str, str]:
     """``user@domain`` → ``(Digest user name, lowercased domain)``, or :class:`AORError`.
 
-    Parsed with :func:`sipcert.proto.aor.parse_aor`; the user part comes back unescaped,
-    because that is the name a client puts in its Digest ``username`` (draft §5.1).
+    Parsed with :func:`sipcert.proto.aor.parse_aor`; the user part comes back unescaped by
+    :func:`sipcert.proto.aor.digest_username`, because that is the name a client puts in its
+    Digest ``username`` (draft §5.1). An AOR no Digest username can name is refused.
     """
     parsed = parse_aor(aor)
-    return unquote(parsed.user), parsed.host
+    return digest_username(parsed), parsed.host
+
+
+def _account(text: str) -> tuple[AOR, str]:
+    """The canonical AOR of ``text`` and its Digest username (the one rule, proto/aor.py)."""
+    parsed = parse_aor(text)
+    return parsed, digest_username(parsed)
 
 
 # -- the file managed by the CLI ------------------------------------------------------------
@@ -85,8 +97,27 @@ _HA1_HEX = {
     Algorithm.MD5: re.compile(r"[0-9a-f]{32}"),
     Algorithm.SHA256: re.compile(r"[0-9a-f]{64}"),
 }
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 _Users = dict[str, dict[Algorithm, str]]
+
+
+@dataclass(frozen=True)
+class RefusedEntry:
+    """An entry of the users file that the loader refused; the others still work."""
+
+    line: int
+    key: str
+    value: object
+    reason: str
+
+    def describe(self, path: Path) -> str:
+        """One line for a log or a terminal: where, which user (escaped) and why."""
+        reason = self.reason.encode("ascii", "backslashreplace").decode("ascii")
+        return f"credentials file {path} line {self.line}: user {self.key!a} refused: {reason}"
+
+
+_Refused = list[RefusedEntry]
 
 
 class FileCredentials:
@@ -95,19 +126,36 @@ class FileCredentials:
     Format (``version`` lets the format evolve)::
 
         {"version": 1,
-         "users": {"alice@example.com": {"MD5": "<32 hex>", "SHA-256": "<64 hex>"}}}
+         "users": {"alice@example.com": {"MD5": "<32 hex>", "SHA-256": "<64 hex>"},
+                   "zo%C3%AB@example.com": {...}}}
+
+    Each key is a canonical AOR (:func:`~sipcert.proto.aor.parse_aor` gives it back
+    unchanged: RFC 3261 escapes in the user part, lower-case host), the spelling of the
+    certificate's SAN URI and of ``sipcert user list``; the HA1 values are over its Digest
+    username, the user part unescaped (:func:`~sipcert.proto.aor.digest_username`: ``zoë``),
+    and the domain as realm. A lookup escapes the Digest username it is given
+    (:func:`~sipcert.proto.aor.escape_user`) to find the key.
+
+    An entry that breaks this rule (or has bad HA1 values, or repeats a key) is refused on
+    its own, with a warning naming its line; the other users keep working. ``sipcert user``
+    keeps refused entries as they are when it rewrites the file (fix them by hand, or
+    remove one by its exact key with ``sipcert user remove``). A file that is not such a
+    JSON document at all is a :class:`ConfigError`.
 
     The server notices when ``sipcert user add`` replaced the file: each lookup costs one
     ``stat`` and re-reads only when inode, size or mtime changed. Writes go to a temporary file
-    in the same directory, are fsynced and renamed over the old one, so a reader sees the old or
-    the new file, never half of one; the file is 0600. Writers serialise on a lock file beside
-    it (``.NAME.lock``) so that two concurrent ``sipcert user`` commands lose no update.
+    in the same directory, are fsynced, read back and parsed (they must give exactly the
+    users written), renamed over the old one and the directory fsynced, so a reader sees the
+    old or the new file, never half of one; the file is 0600. Writers serialise on a lock file
+    beside it (``.NAME.lock``) so that two concurrent ``sipcert user`` commands lose no update.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
         self._users: _Users = {}
         self._signature: tuple[int, int, int, int] | None = None
+        #: The entries refused by the last read of the file.
+        self.refused: _Refused = []
 
     def __repr__(self) -> str:
         return f"FileCredentials({str(self.path)!r})"
@@ -115,7 +163,12 @@ class FileCredentials:
     # -- server side ----------------------------------------------------------------------
 
     async def lookup(self, username: str, domain: str) -> StoredCredential | None:
-        entry = self._current().get(f"{username}@{domain.lower()}")
+        users = self._current()
+        try:
+            key = str(AOR(escape_user(username), domain))
+        except (AORError, InputTooLargeError):
+            return None  # no AOR has this Digest username
+        entry = users.get(key)
         return StoredCredential(ha1=dict(entry)) if entry else None
 
     async def close(self) -> None:
@@ -132,49 +185,68 @@ class FileCredentials:
             raise ConfigError(f"credentials file {self.path}: {exc.strerror or exc}") from exc
         if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self._signature:
             self._users, self._signature = self._load(missing_ok=False)
+            for refused in self.refused:
+                log.warning("%s", refused.describe(self.path))
         return self._users
 
     # -- CLI side -------------------------------------------------------------------------
 
     def list(self) -> list[str]:
-        """Every AOR in the file, sorted."""
+        """Every AOR in the file that loads, sorted (refused ones are in :attr:`refused`)."""
         users, _ = self._load(missing_ok=True)
         return sorted(users)
 
-    def add(self, aor: str, password: str) -> None:
-        """Add a user; :class:`ConfigError` if the AOR is already there."""
-        user, domain = split_aor(aor)
+    def add(self, aor: str, password: str) -> str:
+        """Add a user and return its key; :class:`ConfigError` if the AOR is already there."""
+        parsed, user = _account(aor)
 
         def change(users: _Users) -> None:
-            key = f"{user}@{domain}"
+            key = str(parsed)
             if key in users:
                 raise ConfigError(f"user {key} already exists; change the password instead")
-            users[key] = _ha1_values(user, domain, password)
+            users[key] = _ha1_values(user, parsed.host, password)
 
         self._modify(change)
+        return str(parsed)
 
-    def set_password(self, aor: str, password: str) -> None:
-        """Replace a user's HA1 values; :class:`NotFoundError` if the AOR is not there."""
-        user, domain = split_aor(aor)
+    def set_password(self, aor: str, password: str) -> str:
+        """Replace a user's HA1 values and return its key; :class:`NotFoundError` if absent."""
+        parsed, user = _account(aor)
 
         def change(users: _Users) -> None:
-            key = f"{user}@{domain}"
+            key = str(parsed)
             if key not in users:
                 raise NotFoundError(f"no user {key} in {self.path}")
-            users[key] = _ha1_values(user, domain, password)
+            users[key] = _ha1_values(user, parsed.host, password)
 
         self._modify(change)
+        return str(parsed)
 
-    def remove(self, aor: str) -> None:
-        """Remove a user; :class:`NotFoundError` if the AOR is not there."""
-        user, domain = split_aor(aor)
+    def remove(self, aor: str) -> str:
+        """Remove a user, or refused entries whose key is exactly ``aor``; return the key.
+
+        Raises :class:`NotFoundError` if there is neither.
+        """
+        try:
+            key: str | None = str(parse_aor(aor))
+        except (AORError, InputTooLargeError):
+            key = None
+
+        removed = key
 
         def change(users: _Users) -> None:
-            key = f"{user}@{domain}"
-            if users.pop(key, None) is None:
+            nonlocal removed
+            if key is not None and users.pop(key, None) is not None:
+                return
+            kept = [entry for entry in self.refused if entry.key != aor]
+            if len(kept) == len(self.refused):
+                if key is None:
+                    parse_aor(aor)  # raises the AORError that says what is wrong
                 raise NotFoundError(f"no user {key} in {self.path}")
+            self.refused, removed = kept, aor
 
         self._modify(change)
+        return removed or aor
 
     # -- reading and writing ----------------------------------------------------------------
 
@@ -185,48 +257,46 @@ class FileCredentials:
                 data = file.read()
         except FileNotFoundError as exc:
             if missing_ok:
+                self.refused = []
                 return {}, None
             raise ConfigError(f"credentials file {self.path} does not exist") from exc
         except OSError as exc:
             raise ConfigError(f"credentials file {self.path}: {exc.strerror or exc}") from exc
-        return self._parse(data), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        users, self.refused = self._parse(data)
+        return users, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _malformed(self, what: str) -> ConfigError:
         return ConfigError(f"credentials file {self.path} is malformed: {what}")
 
-    def _parse(self, data: bytes) -> _Users:
+    def _parse(self, data: bytes) -> tuple[_Users, _Refused]:
+        """The users that load, and the entries refused (each with its line and reason)."""
         try:
-            doc = json.loads(data)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise self._malformed(f"not UTF-8 JSON ({exc})") from exc
+            text = data.decode("utf-8")
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise self._malformed(f"not JSON (line {exc.lineno}: {exc.msg})") from exc
+        except ValueError as exc:  # UnicodeDecodeError
+            raise self._malformed(f"not UTF-8 ({exc})") from exc
         if not isinstance(doc, dict):
             raise self._malformed("the top level is not an object")
         if doc.get("version") != _FILE_VERSION:
             raise self._malformed(f'"version" is not {_FILE_VERSION}')
-        entries = doc.get("users")
-        if not isinstance(entries, dict):
+        if not isinstance(doc.get("users"), dict):
             raise self._malformed('"users" is missing or not an object')
         users: _Users = {}
-        for key, value in entries.items():
+        refused: _Refused = []
+        first_line: dict[str, int] = {}
+        for line, key, value in _user_entries(text):
+            if key in first_line:
+                reason = f"a second entry for this user (the first is on line {first_line[key]})"
+                refused.append(RefusedEntry(line, key, value, reason))
+                continue
+            first_line[key] = line
             try:
-                user, domain = split_aor(key)
-            except AORError as exc:
-                raise self._malformed(f"user {key!r} is not user@domain") from exc
-            if key != f"{user}@{domain}":
-                raise self._malformed(f"user {key!r} has upper-case letters in its domain")
-            if not isinstance(value, dict) or not value:
-                raise self._malformed(f"user {key}: expected an object of HA1 values")
-            ha1: dict[Algorithm, str] = {}
-            for name, digest in value.items():
-                try:
-                    algorithm = Algorithm(name)
-                except ValueError:
-                    raise self._malformed(f"user {key}: unknown algorithm {name!r}") from None
-                if not isinstance(digest, str) or not _HA1_HEX[algorithm].fullmatch(digest):
-                    raise self._malformed(f"user {key}: {name} is not a lowercase hex HA1")
-                ha1[algorithm] = digest
-            users[key] = ha1
-        return users
+                users[key] = _entry(key, value)
+            except ValueError as exc:
+                refused.append(RefusedEntry(line, key, value, str(exc)))
+        return users, refused
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -246,27 +316,32 @@ class FileCredentials:
         with self._locked():
             users, _ = self._load(missing_ok=True)
             change(users)
-            self._write(users)
+            self._write(users, self.refused)
 
-    def _write(self, users: _Users) -> None:
-        doc = {
-            "version": _FILE_VERSION,
-            "users": {
-                key: {str(alg): users[key][alg] for alg in sorted(users[key])}
-                for key in sorted(users)
-            },
-        }
-        text = json.dumps(doc, indent=2) + "\n"
+    def _serialize(self, users: _Users, refused: _Refused) -> str:
+        """The file's text: loadable users sorted, then refused entries kept as they were."""
+        members: list[tuple[str, object]] = [
+            (key, {str(alg): users[key][alg] for alg in sorted(users[key])})
+            for key in sorted(users)
+        ]
+        members += [(entry.key, entry.value) for entry in refused]
+        body = ",\n".join(f"    {json.dumps(key)}: {json.dumps(value)}" for key, value in members)
+        inner = f"{{\n{body}\n  }}" if members else "{}"
+        return f'{{\n  "version": {_FILE_VERSION},\n  "users": {inner}\n}}\n'
+
+    def _write(self, users: _Users, refused: _Refused) -> None:
+        data = self._serialize(users, refused).encode("utf-8")
         tmp: str | None = None
         try:
             # mkstemp creates the file 0600.
             fd, tmp = tempfile.mkstemp(
                 dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
             )
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(text)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
+            self._check_written(Path(tmp), users, refused)
             os.replace(tmp, self.path)
             tmp = None
             dir_fd = os.open(self.path.parent, os.O_RDONLY)
@@ -282,6 +357,93 @@ class FileCredentials:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+    def _check_written(self, tmp: Path, users: _Users, refused: _Refused) -> None:
+        """Read the new file back before it replaces the old: it must load as meant."""
+        try:
+            loaded, again = self._parse(tmp.read_bytes())
+        except ConfigError as exc:
+            raise StorageError(f"credentials file {self.path}: not replaced: {exc}") from exc
+        if loaded != users or [e.key for e in again] != [e.key for e in refused]:
+            raise StorageError(
+                f"credentials file {self.path}: not replaced: the new file does not read "
+                "back as the users written"
+            )
+
+
+def _entry(key: str, value: object) -> dict[Algorithm, str]:
+    """One user's HA1 values, or ValueError saying why the entry is refused."""
+    try:
+        aor, _ = _account(key)
+    except (AORError, InputTooLargeError) as exc:
+        raise ValueError(f"not an AOR that a Digest username can name: {exc}{_hint(key)}") from None
+    if str(aor) != key:
+        raise ValueError(f"not the canonical spelling of its AOR (write it as {aor})")
+    if not isinstance(value, dict) or not value:
+        raise ValueError("expected an object of HA1 values")
+    ha1: dict[Algorithm, str] = {}
+    for name, digest in value.items():
+        try:
+            algorithm = Algorithm(name)
+        except ValueError:
+            raise ValueError(f"unknown algorithm {name!a}") from None
+        if not isinstance(digest, str) or not _HA1_HEX[algorithm].fullmatch(digest):
+            raise ValueError(f"{name} is not a lowercase hex HA1")
+        ha1[algorithm] = digest
+    return ha1
+
+
+def _hint(key: str) -> str:
+    """Older ``sipcert user add`` wrote the user part unescaped: name the spelling to use."""
+    user, _, host = key.rpartition("@")
+    try:
+        spelling = str(AOR(escape_user(user), host))
+        digest_username(AOR(spelling.rpartition("@")[0], host))
+    except (AORError, InputTooLargeError):
+        return ""
+    return f"; if it means the Digest username {user!a}, rename the key to {spelling}"
+
+
+def _user_entries(text: str) -> Iterator[tuple[int, str, object]]:
+    """``(line, key, value)`` of each member of the top-level ``"users"`` object, in order.
+
+    ``text`` is known to be JSON with objects at both levels; this walks it again with the
+    json module's own decoder to learn where each member starts (``json.loads`` keeps only
+    the last of repeated keys and no positions). Like it, the last ``"users"`` counts.
+    """
+    decoder = json.JSONDecoder()
+    users_at = 0
+    for _, value_at, key, _ in _members(text, 0, decoder):
+        if key == "users":
+            users_at = value_at
+    line, counted = 1, 0
+    for key_at, _, user, entry in _members(text, users_at, decoder):
+        line += text.count("\n", counted, key_at)  # counted once: a big file stays linear
+        counted = key_at
+        yield line, user, entry
+
+
+def _skip(text: str, position: int) -> int:
+    match = _WHITESPACE.match(text, position)
+    return match.end() if match else position
+
+
+def _members(
+    text: str, start: int, decoder: json.JSONDecoder
+) -> Iterator[tuple[int, int, str, object]]:
+    """``(key position, value position, key, value)`` of the object at ``start`` (valid JSON)."""
+    position = _skip(text, start) + 1  # past "{"
+    while True:
+        position = _skip(text, position)
+        if text[position] == "}":
+            return
+        if text[position] == ",":
+            position = _skip(text, position + 1)
+        key_at = position
+        key, position = decoder.raw_decode(text, position)
+        value_at = _skip(text, _skip(text, position) + 1)  # past ":"
+        value, position = decoder.raw_decode(text, value_at)
+        yield key_at, value_at, key, value
 
 
 def _ha1_values(user: str, domain: str, password: str) -> dict[Algorithm, str]:

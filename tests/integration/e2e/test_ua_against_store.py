@@ -89,6 +89,7 @@ _REASONS = {
     "san-mismatch",
     "not-yet-valid",
     "expired",
+    "weak-signature-algorithm",
     "bad-self-signature",
 }
 

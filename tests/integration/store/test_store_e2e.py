@@ -35,7 +35,7 @@ from sipcert.proto.digest import (
 )
 from sipcert.proto.names import server_certificate_names
 from sipcert.storage import SqliteStore, StoredCertificate, cert_hash_of
-from tests.factories import make_cert, make_key
+from tests.factories import make_cert, make_key, resign_with_sha1
 from tests.integration.store.conftest import (
     MAX_LIFETIME_DAYS,
     MAX_PER_AOR,
@@ -516,6 +516,17 @@ def _foreign_signature(aor: str) -> x509.Certificate:
     )
 
 
+def _sha1_signed(aor: str) -> x509.Certificate:
+    """A certificate correctly self-signed with SHA-1 (issue 9: not "bad-self-signature")."""
+    now = datetime.now(UTC)
+    key = make_key("rsa2048", aor, 7)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    cert = make_cert(
+        key, aor, not_before=now - timedelta(minutes=5), not_after=now + timedelta(days=5)
+    )
+    return resign_with_sha1(cert, key)
+
+
 REFUSALS = {
     "aor-user-mismatch": (
         "bob@example.com",
@@ -574,6 +585,12 @@ REFUSALS = {
         "alice",
         "alice@example.com",
         lambda: _rsa1024_cert("alice@example.com"),
+    ),
+    "weak-signature-algorithm": (
+        "alice@example.com",
+        "alice",
+        "alice@example.com",
+        lambda: _sha1_signed("alice@example.com"),
     ),
     "no-san-uri": (
         "alice@example.com",

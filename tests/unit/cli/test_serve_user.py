@@ -190,3 +190,86 @@ def test_dev_banner_first_command_and_store_option(
     text = "\n".join(notes)
     assert "--store 127.0.0.1:8443" in text
     assert "--dns" in text
+
+
+# -- issue 9: what `user add` accepts loads back; a bad entry does not take the file down ----
+
+
+def test_user_add_of_escaped_names_lists_and_removes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"file:{tmp_path / 'users.json'}"
+    for aor in ["zo%C3%AB@example.com", "a%20b@example.com", "alice@example.com"]:
+        monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+        assert run(["user", "add", aor, "--credentials", url]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"added zo%C3%AB@example.com to {tmp_path / 'users.json'}"
+    )
+    assert run(["user", "list", "--credentials", url]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        "a%20b@example.com",
+        "alice@example.com",
+        "zo%C3%AB@example.com",
+    ]
+    assert captured.err == ""
+    assert run(["user", "remove", "zo%c3%ab@example.com", "--credentials", url]) == 0
+    assert capsys.readouterr().out == "removed zo%C3%AB@example.com\n"
+    assert run(["user", "remove", "a%20b@example.com", "--credentials", url]) == 0
+    assert FileCredentials(tmp_path / "users.json").list() == ["alice@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("aor", "fragment"),
+    [
+        ("%FF@example.com", "does not unescape to UTF-8"),
+        ("a%0Ab@example.com", "U+000A"),
+        ("a%3Bb@example.com", "names a;b@example.com"),
+    ],
+)
+def test_user_add_refuses_a_name_no_digest_username_names(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    aor: str,
+    fragment: str,
+) -> None:
+    url = f"file:{tmp_path / 'users.json'}"
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert run(["user", "add", aor, "--credentials", url]) == 4
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "users.json").exists()
+
+
+def test_user_commands_work_on_a_file_with_a_bad_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "users.json"
+    url = f"file:{path}"
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert run(["user", "add", "alice@example.com", "--credentials", url]) == 0
+    doc = json.loads(path.read_text())
+    # What the old `user add 'zo%C3%AB@example.com'` wrote: the user part unescaped.
+    doc["users"]["zoë@example.com"] = doc["users"]["alice@example.com"]
+    path.write_text(json.dumps(doc, indent=2))
+    capsys.readouterr()
+    assert run(["user", "list", "--credentials", url]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "alice@example.com\n"
+    assert captured.err == (
+        f"sipcert: warning: credentials file {path} line 8: user 'zo\\xeb@example.com' "
+        "refused: not an AOR that a Digest username can name: invalid character '\\xeb' in "
+        "user part (RFC 3261 user grammar); if it means the Digest username 'zo\\xeb', "
+        "rename the key to zo%C3%AB@example.com\n"
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert run(["user", "add", "bob@example.com", "--credentials", url]) == 0
+    assert run(["user", "remove", "alice@example.com", "--credentials", url]) == 0
+    assert FileCredentials(path).list() == ["bob@example.com"]
+    capsys.readouterr()
+    assert run(["user", "remove", "zoë@example.com", "--credentials", url]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "removed 'zo\\xeb@example.com'\n"
+    assert captured.err == ""
+    assert json.loads(path.read_text())["users"].keys() == {"bob@example.com"}

@@ -13,6 +13,7 @@ from sipcert.proto.aor import (
     AOR,
     aor_from_uri,
     canonical_user,
+    digest_username,
     escape_user,
     normalize_domain,
     parse_aor,
@@ -342,3 +343,66 @@ def test_printable_text_only_raises_aor_errors(text: str) -> None:
     except (AORError, InputTooLargeError):
         return
     assert parse_aor(str(result)) == result
+
+
+# -- the Digest username of an AOR (the users file's rule, issue 9) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("aor", "username"),
+    [
+        ("alice@example.com", "alice"),
+        ("zo%C3%AB@example.com", "zoë"),
+        ("zo%c3%ab@example.com", "zoë"),
+        ("a%20b@example.com", "a b"),
+        ("b%6Fb%25x@example.com", "bob%x"),
+        ("a%40b@example.com", "a@b"),
+        ("a;b@example.com", "a;b"),
+        ("%F0%9F%98%80@example.com", "\U0001f600"),
+    ],
+)
+def test_digest_username(aor: str, username: str) -> None:
+    parsed = parse_aor(aor)
+    assert digest_username(parsed) == username
+    assert escape_user(username) == parsed.user
+
+
+@pytest.mark.parametrize(
+    ("aor", "fragment"),
+    [
+        ("%FF@example.com", "does not unescape to UTF-8"),
+        ("zo%C3@example.com", "does not unescape to UTF-8"),
+        ("a%0Ab@example.com", "U+000A"),
+        ("a%00b@example.com", "U+0000"),
+        ("a%E2%80%A8b@example.com", "U+2028"),
+        ("a%E2%80%8Bb@example.com", "U+200B"),
+        ("a%3Bb@example.com", "names a;b@example.com"),
+        ("a%2Fb@example.com", "names a/b@example.com"),
+    ],
+)
+def test_digest_username_refuses(aor: str, fragment: str) -> None:
+    with pytest.raises(AORError) as info:
+        digest_username(parse_aor(aor))
+    assert fragment in str(info.value)
+
+
+@given(aors())
+def test_digest_username_inverts_escape_user(aor: AOR) -> None:
+    try:
+        name = digest_username(aor)
+    except AORError:
+        return
+    assert AOR(escape_user(name), aor.host) == aor
+    assert digest_username(parse_aor(str(aor))) == name
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_every_digest_username_names_one_aor(name: str) -> None:
+    try:
+        aor = AOR(escape_user(name), "example.com")
+    except (AORError, InputTooLargeError):
+        return
+    try:
+        assert digest_username(aor) == name
+    except AORError as exc:  # only a control or format character has no AOR account
+        assert "control or format character" in str(exc)

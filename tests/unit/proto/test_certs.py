@@ -42,6 +42,7 @@ from sipcert.proto.certs import (
     validate_retrieved,
     verify_self_signature,
 )
+from tests.factories import resign_with_sha1
 
 NOW = datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
 ALICE = parse_aor("alice@example.com")
@@ -657,6 +658,27 @@ def test_enrollment_signature_refusals(
     assert refusal(tampered(alice.certificate)).reason == "bad-self-signature"
     foreign_signed = build(ec_key, ["sip:alice@example.com"], signer=rsa_key, issuer="CA")
     assert refusal(foreign_signed).reason == "bad-self-signature"
+
+
+def test_enrollment_refuses_a_correct_sha1_self_signature(rsa_key: rsa.RSAPrivateKey) -> None:
+    # Issue 9: SHA-1 was refused as "bad-self-signature ... proof of possession failed".
+    sha1 = resign_with_sha1(build(rsa_key, ["sip:alice@example.com"]), rsa_key)
+    assert isinstance(sha1.signature_hash_algorithm, hashes.SHA1)
+    error = refusal(sha1)
+    assert error.reason == "weak-signature-algorithm"
+    assert "SHA1" in str(error) and "possession" not in str(error)
+    # A tampered SHA-1 certificate is refused for its algorithm too: it is checked first.
+    assert refusal(tampered(sha1)).reason == "weak-signature-algorithm"
+
+
+def test_retrieved_sha1_certificate_has_its_own_discard_reason(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    sha1 = resign_with_sha1(build(rsa_key, ["sip:alice@example.com"]), rsa_key)
+    result = validate_retrieved([sha1], ALICE, NOW)
+    assert result.kept == []
+    assert [d.reason for d in result.discarded] == [DiscardReason.WEAK_SIGNATURE_ALGORITHM]
+    assert str(DiscardReason.WEAK_SIGNATURE_ALGORITHM) == "weak-signature-algorithm"
 
 
 def test_enrollment_time_refusals(ec_key: ec.EllipticCurvePrivateKey) -> None:

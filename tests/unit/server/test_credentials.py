@@ -8,6 +8,7 @@ import os
 import re
 import sqlite3
 import stat
+import tempfile
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -15,8 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from sipcert.errors import AORError, ConfigError, NotFoundError, StorageError
+from sipcert.errors import AORError, ConfigError, InputTooLargeError, NotFoundError, StorageError
+from sipcert.proto.aor import digest_username, parse_aor
 from sipcert.proto.digest import Algorithm, StoredCredential, compute_ha1
 from sipcert.server.credentials import (
     FileCredentials,
@@ -182,20 +186,11 @@ MD5_HEX = "0" * 32
 @pytest.mark.parametrize(
     ("content", "what"),
     [
-        (b"{not json", "not UTF-8 JSON"),
-        (b"\xff\xfe", "not UTF-8 JSON"),
+        (b"{not json", "not JSON .line 1"),
+        (b"\xff\xfe", "not UTF-8"),
         (b"[]", "top level"),
         (b'{"users": {}}', "version"),
         (b'{"version": 1}', "users"),
-        (b'{"version": 1, "users": {"alice": {"MD5": "%s"}}}' % MD5_HEX.encode(), "not user@"),
-        (b'{"version": 1, "users": {"a@Example.com": {"MD5": "%s"}}}' % MD5_HEX.encode(), "upper"),
-        (b'{"version": 1, "users": {"a@example.com": {}}}', "HA1 values"),
-        (b'{"version": 1, "users": {"a@example.com": {"SHA-1": "00"}}}', "unknown algorithm"),
-        (b'{"version": 1, "users": {"a@example.com": {"MD5": "xyz"}}}', "lowercase hex"),
-        (
-            b'{"version": 1, "users": {"a@example.com": {"SHA-256": "%s"}}}' % MD5_HEX.encode(),
-            "hex",
-        ),
     ],
 )
 def test_file_malformed(users_path: Path, content: bytes, what: str) -> None:
@@ -208,6 +203,74 @@ def test_file_malformed(users_path: Path, content: bytes, what: str) -> None:
     with pytest.raises(ConfigError, match=what):
         source.add("b@example.com", "x")  # a CLI write never clobbers a broken file
     assert users_path.read_bytes() == content
+
+
+def _poisoned(entry: bytes) -> bytes:
+    """A users file: alice on line 4, then the bad entry on line 5, then bob."""
+    good = {alg: ha1 for alg, ha1 in both_ha1("alice", "example.com", PASSWORD).items()}
+    bob = both_ha1("bob", "example.com", "bobs")
+    return (
+        b'{\n  "version": 1,\n  "users": {\n'
+        + b"    %s,\n" % json.dumps({"alice@example.com": good}).encode()[1:-1]
+        + b"    %s,\n" % entry
+        + b"    %s\n  }\n}\n" % json.dumps({"bob@example.com": bob}).encode()[1:-1]
+    )
+
+
+HA1S = json.dumps({str(a): h for a, h in both_ha1("x", "example.com", "x").items()}).encode()
+
+
+@pytest.mark.parametrize(
+    ("entry", "what"),
+    [
+        # What the old `user add 'zo%C3%AB@example.com'` / 'a%20b@...' wrote (issue 9).
+        (b'"zo\\u00eb@example.com": ' + HA1S, "rename the key to zo%C3%AB@example.com"),
+        (b'"a b@example.com": ' + HA1S, "rename the key to a%20b@example.com"),
+        (b'"a%0Ab@example.com": ' + HA1S, "control or format character U.000A"),
+        (b'"%FF@example.com": ' + HA1S, "UTF-8"),
+        (b'"a%3Bb@example.com": ' + HA1S, "names a;b@example.com"),
+        (b'"alice": ' + HA1S, "not user@"),
+        (b'"a@Example.com": ' + HA1S, "canonical spelling .* a@example.com"),
+        (b'"b%6Fb@example.com": ' + HA1S, "canonical spelling .* bob@example.com"),
+        (b'"a@example.com": {}', "HA1 values"),
+        (b'"a@example.com": []', "HA1 values"),
+        (b'"a@example.com": {"SHA-1": "00"}', "unknown algorithm"),
+        (b'"a@example.com": {"MD5": "xyz"}', "lowercase hex"),
+        (b'"a@example.com": {"SHA-256": "%s"}' % MD5_HEX.encode(), "hex"),
+        (b'"alice@example.com": ' + HA1S, "second entry .*line 4"),
+    ],
+)
+def test_file_bad_entry_is_refused_alone(
+    users_path: Path, entry: bytes, what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    users_path.parent.mkdir()
+    content = _poisoned(entry)
+    users_path.write_bytes(content)
+    source = FileCredentials(users_path)
+    alice, bob = (
+        run(source.lookup("alice", "example.com")),
+        run(source.lookup("bob", "example.com")),
+    )
+    assert alice is not None and bob is not None
+    assert alice.ha1_for(Algorithm.SHA256, "alice", "example.com") == compute_ha1(
+        Algorithm.SHA256, "alice", "example.com", PASSWORD
+    )
+    [refused] = source.refused
+    line = 5
+    assert refused.line == line
+    assert re.search(what, refused.reason), refused.reason
+    [record] = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert f"{users_path} line {line}: user " in record.getMessage()
+    assert re.search(what, record.getMessage())
+    assert source.list() == ["alice@example.com", "bob@example.com"]
+    # A CLI write keeps the refused entry as it was and loses nobody.
+    source.add("carol@example.com", "carols")
+    again = FileCredentials(users_path)
+    assert again.list() == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    assert [(e.key, e.value, e.reason) for e in again.refused] == [
+        (refused.key, refused.value, refused.reason)
+    ]
 
 
 # -- Kamailio's subscriber table --------------------------------------------------------------
@@ -426,3 +489,127 @@ def test_open_credentials_refuses(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         open_credentials(url)
     assert "s3cr3t" not in str(info.value)
+
+
+# -- the users file's one rule: what `user add` accepts loads back (issue 9) ----------------
+
+
+def test_file_escaped_user_parts_load_back(users_path: Path) -> None:
+    writer = FileCredentials(users_path)
+    for aor, password in [
+        ("zo%C3%AB@example.com", "zoes"),
+        ("a%20b@example.com", "spaces"),
+        ("b%6Fb%25x@Example.com", "percent"),
+        ("alice@example.com", PASSWORD),
+    ]:
+        writer.add(aor, password)
+    reader = FileCredentials(users_path)
+    assert reader.list() == [
+        "a%20b@example.com",
+        "alice@example.com",
+        "bob%25x@example.com",
+        "zo%C3%AB@example.com",
+    ]
+    assert reader.refused == []
+    # Looked up by the Digest username a UA sends (the user part unescaped), HA1 over it.
+    for username, password in [("zoë", "zoes"), ("a b", "spaces"), ("bob%x", "percent")]:
+        found = run(reader.lookup(username, "example.com"))
+        assert found is not None, username
+        assert found.ha1 == both_ha1(username, "example.com", password)
+    assert run(reader.lookup("zo%C3%AB", "example.com")) is None  # that is another name
+    assert run(reader.lookup("a\nb", "example.com")) is None
+    assert run(reader.lookup("x" * 300, "example.com")) is None
+    reader.set_password("zo%c3%ab@example.com", "new")
+    reader.remove("a%20b@example.com")
+    assert FileCredentials(users_path).list() == [
+        "alice@example.com",
+        "bob%25x@example.com",
+        "zo%C3%AB@example.com",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("aor", "fragment"),
+    [
+        ("%FF@example.com", "UTF-8"),
+        ("a%0Ab@example.com", "U+000A"),
+        ("a%3Bb@example.com", "names a;b@example.com"),
+        ("zoë@example.com", "invalid character"),
+    ],
+)
+def test_file_add_refuses_what_no_digest_username_names(
+    users_path: Path, aor: str, fragment: str
+) -> None:
+    source = FileCredentials(users_path)
+    source.add("alice@example.com", PASSWORD)
+    before = users_path.read_bytes()
+    with pytest.raises(AORError, match=re.escape(fragment)):
+        source.add(aor, "x")
+    assert users_path.read_bytes() == before
+
+
+@given(
+    user=st.lists(
+        st.one_of(
+            st.sampled_from([*"aZ09-_.!~*'()&=+$,;?/%@ ", "%20", "%25", "%3B", "%C3%AB"]),
+            st.integers(0, 255).map(lambda b: f"%{b:02X}"),
+            st.characters(),
+        ),
+        min_size=1,
+        max_size=12,
+    ).map("".join),
+    host=st.sampled_from(["example.com", "Example.NET", "xn--bcher-kva.example", "bad host"]),
+)
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+def test_every_name_user_add_accepts_loads_back(user: str, host: str) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "users.json"
+        try:
+            FileCredentials(path).add(f"{user}@{host}", "pw")
+        except (AORError, InputTooLargeError):
+            assert not path.exists()
+            return
+        reader = FileCredentials(path)
+        [key] = reader.list()
+        assert reader.refused == []
+        aor = parse_aor(f"{user}@{host}")
+        assert key == str(aor)
+        username = digest_username(aor)
+        found = run(reader.lookup(username, host))
+        assert found is not None
+        assert found.ha1 == both_ha1(username, aor.host, "pw")
+
+
+def test_file_remove_takes_a_refused_entry_by_its_exact_key(users_path: Path) -> None:
+    users_path.parent.mkdir()
+    users_path.write_bytes(_poisoned(b'"zo\\u00eb@example.com": ' + HA1S))
+    source = FileCredentials(users_path)
+    with pytest.raises(NotFoundError):
+        source.remove("zo%C3%AB@example.com")  # not what the file says
+    source.remove("zoë@example.com")
+    again = FileCredentials(users_path)
+    assert again.list() == ["alice@example.com", "bob@example.com"]
+    assert again.refused == []
+    with pytest.raises(AORError):
+        again.remove("zoë@example.com")
+
+
+def test_file_write_is_read_back_before_the_rename(
+    users_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = FileCredentials(users_path)
+    source.add("alice@example.com", PASSWORD)
+    before = users_path.read_bytes()
+    real = FileCredentials._serialize
+
+    def lossy(self: FileCredentials, users: Any, refused: Any) -> str:
+        return real(self, {}, refused)  # e.g. a bug that drops every user
+
+    monkeypatch.setattr(FileCredentials, "_serialize", lossy)
+    with pytest.raises(StorageError, match="does not read back"):
+        source.add("bob@example.com", "bobs")
+    monkeypatch.setattr(FileCredentials, "_serialize", lambda *_: "{")
+    with pytest.raises(StorageError, match=r"not replaced.*not JSON"):
+        source.add("bob@example.com", "bobs")
+    assert users_path.read_bytes() == before
+    assert sorted(p.name for p in users_path.parent.iterdir()) == [".users.json.lock", "users.json"]
