@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from sipcert.client.fetch import DigestAuth
+from sipcert.proto.logsafe import log_safe
 from tests.factories import make_cert, make_key
 from tests.integration.store.conftest import SIPCERT, USERS, StoreProcess, make_store_files
 
@@ -107,7 +108,7 @@ def test_start_up_names_each_refused_entry_and_its_line(poisoned: StoreProcess) 
     log = poisoned.output()
     for key in POISON:
         expected = f"credentials file {path} line {line_of(path, key)}: user {key!a} refused: "
-        assert expected in log, log
+        assert log_safe(expected) in log, log  # every log line is escaped (issue 9)
     assert "rename the key to yv%C3%A9@example.com" in log
     assert "Traceback" not in log
 
