@@ -23,6 +23,7 @@ from sipcert.proto.store import StorePolicy
 __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_LISTEN",
+    "ConnectionLimits",
     "DomainConfig",
     "Flags",
     "ListenAddress",
@@ -51,6 +52,11 @@ _TOP_KEYS = frozenset(
         "nonce_lifetime",
         "auth_failures",
         "auth_failure_window",
+        "tls_handshake_timeout",
+        "header_timeout",
+        "keepalive_timeout",
+        "max_connections",
+        "max_head_size",
         "policy",
         "domain",
     }
@@ -58,6 +64,7 @@ _TOP_KEYS = frozenset(
 _POLICY_KEYS = frozenset({"max_age", "max_per_aor", "max_lifetime_days", "max_certificate_size"})
 _DOMAIN_KEYS = frozenset({"name", "tls_cert", "tls_key"})
 _MAX_WORKERS = 64
+_MAX_TIMEOUT = 3600
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,22 @@ class DomainConfig:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """Deadlines and caps of client connections, per worker (docs/store.md, "Connections").
+
+    The defaults follow nginx: ``client_header_timeout`` 60 s, ``keepalive_timeout`` 75 s,
+    ``worker_connections`` 1024 (its sample configuration). A TLS handshake takes
+    milliseconds, so 10 s is generous (nginx bounds it with ``client_header_timeout``).
+    """
+
+    tls_handshake_timeout: float = 10.0
+    header_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 1024
+    max_head_size: int = 16384
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """Everything ``sipcert serve`` needs, validated."""
 
@@ -99,6 +122,7 @@ class StoreConfig:
     #: Failed Digest answers allowed per client address, and per user, in each window.
     auth_failures: int = 20
     auth_failure_window: float = 60.0
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -134,6 +158,7 @@ class StoreConfig:
         auth_failures = _int(doc, "auth_failures", 20, minimum=1)
         auth_failure_window = _int(doc, "auth_failure_window", 60, minimum=1)
         return cls(
+            connections=_connection_limits(doc),
             domains=domains,
             listen=listen,
             db=db,
@@ -169,6 +194,11 @@ class Flags:
     max_age: int | None = None
     max_per_aor: int | None = None
     max_lifetime_days: int | None = None
+    tls_handshake_timeout: float | None = None
+    header_timeout: float | None = None
+    keepalive_timeout: float | None = None
+    max_connections: int | None = None
+    max_head_size: int | None = None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -240,6 +270,11 @@ def apply_flags(doc: Mapping[str, Any], flags: Flags) -> dict[str, Any]:
         ("db", flags.db),
         ("credentials", flags.credentials),
         ("workers", flags.workers),
+        ("tls_handshake_timeout", flags.tls_handshake_timeout),
+        ("header_timeout", flags.header_timeout),
+        ("keepalive_timeout", flags.keepalive_timeout),
+        ("max_connections", flags.max_connections),
+        ("max_head_size", flags.max_head_size),
     ):
         if value is not None:
             merged[setting] = value
@@ -303,6 +338,28 @@ def _int(doc: Mapping[str, Any], key: str, default: int, *, minimum: int, where:
     if value < minimum:
         raise ConfigError(f"{where}{key}: {value} is below the minimum of {minimum}")
     return value
+
+
+def _seconds(doc: Mapping[str, Any], key: str, default: float) -> float:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number of seconds")
+    if not 0 < value <= _MAX_TIMEOUT:
+        raise ConfigError(f"{key}: {value} is not between 0 and {_MAX_TIMEOUT} seconds")
+    return float(value)
+
+
+def _connection_limits(doc: Mapping[str, Any]) -> ConnectionLimits:
+    defaults = ConnectionLimits()
+    return ConnectionLimits(
+        tls_handshake_timeout=_seconds(
+            doc, "tls_handshake_timeout", defaults.tls_handshake_timeout
+        ),
+        header_timeout=_seconds(doc, "header_timeout", defaults.header_timeout),
+        keepalive_timeout=_seconds(doc, "keepalive_timeout", defaults.keepalive_timeout),
+        max_connections=_int(doc, "max_connections", defaults.max_connections, minimum=1),
+        max_head_size=_int(doc, "max_head_size", defaults.max_head_size, minimum=1024),
+    )
 
 
 def _domains(raw: object) -> tuple[DomainConfig, ...]:
