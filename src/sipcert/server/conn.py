@@ -236,6 +236,7 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_body",
+        "_early",
         "_guard",
         "_head_bytes",
         "_loop",
@@ -262,6 +263,7 @@ class _Conn(asyncio.Protocol):
         self._requests = 0
         self._body: StreamReader | None = None
         self._refused = False
+        self._early: list[bytes] = []
 
     # -- asyncio.Protocol (first of the TCP transport, then of the TLS one) ---------------
 
@@ -290,7 +292,11 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         handler = self.handler
-        if handler is None or self._refused or not data:
+        if handler is None:  # asyncio's own loop delivers before start_tls() returns
+            if self.state is not None:
+                self._early.append(data)
+            return
+        if self._refused or not data:
             return
         body = self._body
         if body is None or body.is_eof():
@@ -383,6 +389,9 @@ class _Conn(asyncio.Protocol):
         handler.connection_made(tls)
         self._guard.move(self, _IDLE, self._loop.time())
         self._arm(self._guard.limits.header_timeout)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
 
     def _handshake_failed(self, exc: BaseException) -> None:
         log.debug("TLS handshake with %s failed: %s", self._peer(), exc)
