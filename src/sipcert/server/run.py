@@ -224,9 +224,9 @@ def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -
     """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
     ssl_context = build_tls(config)
     asyncio.run(_check_sources(config))
-    config = _fit_descriptor_limit(config)
     sockets = bind_sockets(config.listen)
     try:
+        config = _fit_descriptor_limit(config)
         bound = ", ".join(_address_of(s) for s in sockets)
         message = (
             f"serving {', '.join(config.domain_names)} on {bound} "
@@ -261,7 +261,7 @@ def _fit_descriptor_limit(config: StoreConfig) -> StoreConfig:
             cap,
             nofile,
         )
-    log.info("at most %d connections per worker (descriptor limit %d)", cap, nofile)
+    log.debug("at most %d connections per worker (descriptor limit %d)", cap, nofile)
     return dataclasses.replace(config, connections=dataclasses.replace(limits, max_connections=cap))
 
 

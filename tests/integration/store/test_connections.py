@@ -182,7 +182,7 @@ def test_a_flood_over_the_descriptor_limit_leaves_room_for_a_normal_client(
         assert store.process.poll() is None, store.output()
         output = store.output()
     # The soft limit was raised to the hard one, and the cap fits under it.
-    assert "descriptor limit 1024" in output, output
+    assert "from 1024 to 960 per worker: the descriptor limit is 1024" in output, output
     assert "Too many open files" not in output, output
     assert report["fds"] < 1024
     for status, elapsed in report["gets"]:
