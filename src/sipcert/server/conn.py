@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import itertools
 import logging
 import resource
 import socket
@@ -207,7 +208,7 @@ class ConnectionGuard:
 
     def _shed_idle(self, wanted: int) -> None:
         idle = self._states[_IDLE]
-        for conn in list(idle)[: wanted + 8]:
+        for conn in list(itertools.islice(idle, wanted + 8)):
             if wanted <= 0:
                 break
             if conn.waiting():
