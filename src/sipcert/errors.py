@@ -9,6 +9,7 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     SipCertError
     ├── InputError                     malformed input (400)
     │   ├── InputTooLargeError         input over a size limit (413)
+    │   │   └── HeaderTooLargeError    a request head or header over its limit (431)
     │   ├── UnsupportedMediaTypeError  an upload that is not a certificate type (415)
     │   ├── AORError                   not an address of record / SIP URI
     │   ├── CertificateParseError      DER/PEM that is not a certificate
@@ -46,6 +47,7 @@ __all__ = [
     "DecryptionError",
     "DigestHeaderError",
     "ForbiddenError",
+    "HeaderTooLargeError",
     "InputError",
     "InputTooLargeError",
     "LocationError",
@@ -86,6 +88,12 @@ class InputTooLargeError(InputError):
     """Input larger than the limit that applies to it."""
 
     http_status = 413
+
+
+class HeaderTooLargeError(InputTooLargeError):
+    """A request head, or one header in it, over its limit (RFC 6585 §5)."""
+
+    http_status = 431
 
 
 class UnsupportedMediaTypeError(InputError):

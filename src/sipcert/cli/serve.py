@@ -17,6 +17,7 @@ from sipcert.proto.store import StorePolicy
 from sipcert.server.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
+    ConnectionLimits,
     Flags,
     StoreConfig,
     apply_flags,
@@ -101,6 +102,39 @@ def register(commands: Any) -> None:
         metavar="DAYS",
         help=f"longest certificate lifetime accepted (default: {policy.max_lifetime.days})",
     )
+    limits = ConnectionLimits()
+    for flag, kind, metavar, default, what in (
+        (
+            "--tls-handshake-timeout",
+            float,
+            "SECONDS",
+            limits.tls_handshake_timeout,
+            "deadline of a TLS handshake",
+        ),
+        ("--header-timeout", float, "SECONDS", limits.header_timeout, "deadline of a request head"),
+        (
+            "--keepalive-timeout",
+            float,
+            "SECONDS",
+            limits.keepalive_timeout,
+            "idle time before a kept-alive connection is closed",
+        ),
+        (
+            "--max-connections",
+            int,
+            "N",
+            limits.max_connections,
+            "connections per worker (lowered to fit the descriptor limit)",
+        ),
+        (
+            "--max-head-size",
+            int,
+            "BYTES",
+            limits.max_head_size,
+            "largest request head; larger ones get 431",
+        ),
+    ):
+        parser.add_argument(flag, type=kind, metavar=metavar, help=f"{what} (default: {default:g})")
     parser.set_defaults(run=run)
 
 
@@ -138,6 +172,11 @@ def build_config(args: argparse.Namespace) -> tuple[StoreConfig, list[str]]:
         max_age=args.max_age,
         max_per_aor=args.max_per_aor,
         max_lifetime_days=args.max_lifetime_days,
+        tls_handshake_timeout=args.tls_handshake_timeout,
+        header_timeout=args.header_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        max_connections=args.max_connections,
+        max_head_size=args.max_head_size,
     )
     doc = apply_flags(doc, flags)
     notes: list[str] = []

@@ -34,6 +34,7 @@ from sipcert.errors import (
     AuthenticationError,
     ConfigError,
     DigestHeaderError,
+    HeaderTooLargeError,
     InputTooLargeError,
     StaleNonceError,
 )
@@ -340,7 +341,7 @@ def _parse_params(scan: _Scanner, item: _Item) -> None:
 
 def _check_length(value: str, header: str) -> None:
     if len(value) > MAX_HEADER_LENGTH:
-        raise InputTooLargeError(
+        raise HeaderTooLargeError(
             f"{header} header is {len(value)} characters, over the {MAX_HEADER_LENGTH} limit"
         )
 
@@ -413,7 +414,7 @@ def parse_authorization(value: str) -> DigestResponse:
 
     Raises :class:`DigestHeaderError` for anything malformed, including another scheme (use
     :meth:`DigestServer.authenticate` to answer ``Basic`` with a challenge rather than 400),
-    and :class:`InputTooLargeError` over :data:`MAX_HEADER_LENGTH`. Unknown directives are
+    and :class:`HeaderTooLargeError` (431) over :data:`MAX_HEADER_LENGTH`. Unknown directives are
     ignored (§3.4); ``nc``/``cnonce`` without ``qop`` or vice versa are malformed (§3.4).
     """
     _check_length(value, "Authorization")

@@ -24,6 +24,7 @@ from sipcert.proto.store import StorePolicy
 __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_LISTEN",
+    "ConnectionLimits",
     "DomainConfig",
     "Flags",
     "ListenAddress",
@@ -54,6 +55,11 @@ _TOP_KEYS = frozenset(
         "auth_failure_window",
         "auth_failures_per_user",
         "auth_trust_days",
+        "tls_handshake_timeout",
+        "header_timeout",
+        "keepalive_timeout",
+        "max_connections",
+        "max_head_size",
         "policy",
         "domain",
     }
@@ -61,6 +67,7 @@ _TOP_KEYS = frozenset(
 _POLICY_KEYS = frozenset({"max_age", "max_per_aor", "max_lifetime_days", "max_certificate_size"})
 _DOMAIN_KEYS = frozenset({"name", "tls_cert", "tls_key"})
 _MAX_WORKERS = 64
+_MAX_TIMEOUT = 3600
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,22 @@ class DomainConfig:
     name: str
     tls_cert: Path
     tls_key: Path
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Deadlines and caps of client connections, per worker (docs/store.md, "Connections").
+
+    The defaults follow nginx: ``client_header_timeout`` 60 s, ``keepalive_timeout`` 75 s,
+    ``worker_connections`` 1024 (its sample configuration). A TLS handshake takes
+    milliseconds, so 10 s is generous (nginx bounds it with ``client_header_timeout``).
+    """
+
+    tls_handshake_timeout: float = 10.0
+    header_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 1024
+    max_head_size: int = 16384
 
 
 @dataclass(frozen=True)
@@ -107,6 +130,7 @@ class StoreConfig:
     auth_failures_per_user: int = 40
     #: Days a (user, address) pair that succeeded is not refused for the user's bucket.
     auth_trust_days: int = 30
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -144,6 +168,7 @@ class StoreConfig:
         auth_failures_per_user = _int(doc, "auth_failures_per_user", 2 * auth_failures, minimum=1)
         auth_trust_days = _int(doc, "auth_trust_days", 30, minimum=0)
         return cls(
+            connections=_connection_limits(doc),
             domains=domains,
             listen=listen,
             db=db,
@@ -191,6 +216,11 @@ class Flags:
     max_age: int | None = None
     max_per_aor: int | None = None
     max_lifetime_days: int | None = None
+    tls_handshake_timeout: float | None = None
+    header_timeout: float | None = None
+    keepalive_timeout: float | None = None
+    max_connections: int | None = None
+    max_head_size: int | None = None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -262,6 +292,11 @@ def apply_flags(doc: Mapping[str, Any], flags: Flags) -> dict[str, Any]:
         ("db", flags.db),
         ("credentials", flags.credentials),
         ("workers", flags.workers),
+        ("tls_handshake_timeout", flags.tls_handshake_timeout),
+        ("header_timeout", flags.header_timeout),
+        ("keepalive_timeout", flags.keepalive_timeout),
+        ("max_connections", flags.max_connections),
+        ("max_head_size", flags.max_head_size),
     ):
         if value is not None:
             merged[setting] = value
@@ -325,6 +360,28 @@ def _int(doc: Mapping[str, Any], key: str, default: int, *, minimum: int, where:
     if value < minimum:
         raise ConfigError(f"{where}{key}: {value} is below the minimum of {minimum}")
     return value
+
+
+def _seconds(doc: Mapping[str, Any], key: str, default: float) -> float:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number of seconds")
+    if not 0 < value <= _MAX_TIMEOUT:
+        raise ConfigError(f"{key}: {value} is not between 0 and {_MAX_TIMEOUT} seconds")
+    return float(value)
+
+
+def _connection_limits(doc: Mapping[str, Any]) -> ConnectionLimits:
+    defaults = ConnectionLimits()
+    return ConnectionLimits(
+        tls_handshake_timeout=_seconds(
+            doc, "tls_handshake_timeout", defaults.tls_handshake_timeout
+        ),
+        header_timeout=_seconds(doc, "header_timeout", defaults.header_timeout),
+        keepalive_timeout=_seconds(doc, "keepalive_timeout", defaults.keepalive_timeout),
+        max_connections=_int(doc, "max_connections", defaults.max_connections, minimum=1),
+        max_head_size=_int(doc, "max_head_size", defaults.max_head_size, minimum=1024),
+    )
 
 
 def _domains(raw: object) -> tuple[DomainConfig, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -27,7 +28,14 @@ from aiohttp import web
 from sipcert.errors import ConfigError, SipCertError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW
 from sipcert.server.app import AccessLog, StoreApp, access_log_options
-from sipcert.server.config import ListenAddress, StoreConfig
+from sipcert.server.config import ConnectionLimits, ListenAddress, StoreConfig
+from sipcert.server.conn import (
+    ConnectionGuard,
+    GuardedSite,
+    connection_cap,
+    fix_malloc_mmap_threshold,
+    raise_nofile_limit,
+)
 from sipcert.server.credentials import (
     FileCredentials,
     KamailioSQLiteCredentials,
@@ -104,16 +112,26 @@ async def serve_app(
     *,
     access_log: bool = True,
     purge_interval: float = 3600.0,
+    limits: ConnectionLimits | None = None,
 ) -> None:
-    """Serve ``app`` on ``sockets`` until ``stop`` is set, then shut down cleanly."""
+    """Serve ``app`` on ``sockets`` until ``stop`` is set, then shut down cleanly.
+
+    Connections go through a :class:`~sipcert.server.conn.ConnectionGuard` (deadlines, the
+    per-worker cap, the request-head limit) before aiohttp sees them.
+    """
+    limits = limits or ConnectionLimits()
     writer = AccessLog() if access_log else None
-    server = StoreServer(app, **access_log_options(writer))
+    guard = ConnectionGuard(ssl_context, limits)
+    server = StoreServer(
+        guard.wrap(app), keepalive_timeout=limits.keepalive_timeout, **access_log_options(writer)
+    )
+    guard.bind(server)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT)
     await runner.setup()
     purger: asyncio.Task[None] | None = None
     try:
         for sock in sockets:
-            await web.SockSite(runner, sock, ssl_context=ssl_context, backlog=_BACKLOG).start()
+            await GuardedSite(runner, sock, guard, _BACKLOG).start()
         purger = asyncio.create_task(app.purge_forever(purge_interval))
         await stop.wait()
     finally:
@@ -165,6 +183,7 @@ async def _worker_main(
             stop,
             access_log=config.access_log,
             purge_interval=config.purge_interval,
+            limits=config.connections,
         )
         log.info("worker %d stopped", os.getpid())
     finally:
@@ -215,6 +234,7 @@ def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -
     asyncio.run(_check_sources(config))
     sockets = bind_sockets(config.listen)
     try:
+        config = _fit_descriptor_limit(config)
         bound = ", ".join(_address_of(s) for s in sockets)
         message = (
             f"serving {', '.join(config.domain_names)} on {bound} "
@@ -234,6 +254,23 @@ def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _fit_descriptor_limit(config: StoreConfig) -> StoreConfig:
+    """Raise the soft descriptor limit to the hard one; lower the connection cap to fit it."""
+    nofile = raise_nofile_limit()
+    fix_malloc_mmap_threshold()  # inherited by the forked workers
+    limits = config.connections
+    cap = connection_cap(limits.max_connections, nofile)
+    if cap < limits.max_connections:
+        log.warning(
+            "max_connections lowered from %d to %d per worker: the descriptor limit is %d",
+            limits.max_connections,
+            cap,
+            nofile,
+        )
+    log.debug("at most %d connections per worker (descriptor limit %d)", cap, nofile)
+    return dataclasses.replace(config, connections=dataclasses.replace(limits, max_connections=cap))
 
 
 def _address_of(sock: socket.socket) -> str:

@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,6 +130,8 @@ class StoreProcess:
     credentials: str | None = None
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    #: Run in the child before ``sipcert`` starts (e.g. to set resource limits).
+    preexec: Callable[[], None] | None = None
 
     def command(self) -> list[str]:
         command = [SIPCERT, "serve", "--listen", f"127.0.0.1:{self.port}"]
@@ -163,6 +165,7 @@ class StoreProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=self.preexec,
             )
         finally:
             log.close()

@@ -15,6 +15,7 @@ from sipcert.errors import (
     AuthenticationError,
     ConfigError,
     DigestHeaderError,
+    HeaderTooLargeError,
     InputTooLargeError,
     StaleNonceError,
 )
@@ -872,8 +873,10 @@ def test_error_names_the_offset() -> None:
 
 def test_oversized_headers_are_refused() -> None:
     big = VALID + ", pad=" + "x" * MAX_HEADER_LENGTH
-    with pytest.raises(InputTooLargeError, match="over the 4096 limit"):
+    with pytest.raises(InputTooLargeError, match="over the 4096 limit") as info:
         parse_authorization(big)
+    assert isinstance(info.value, HeaderTooLargeError)
+    assert info.value.http_status == 431  # a header too large, not a body (issue 9)
     with pytest.raises(InputTooLargeError, match="WWW-Authenticate"):
         parse_challenges([big])
     with pytest.raises(InputTooLargeError, match="values"):

@@ -12,6 +12,7 @@ import pytest
 from sipcert.errors import ConfigError
 from sipcert.proto.ca import TestCA
 from sipcert.server.config import (
+    ConnectionLimits,
     Flags,
     ListenAddress,
     StoreConfig,
@@ -122,6 +123,11 @@ def test_defaults_from_the_data_dir() -> None:
             "configured twice",
         ),
         ("x = [\n", "not valid TOML"),
+        ("header_timeout = 0\n", "header_timeout: 0 is not between 0 and 3600 seconds"),
+        ("keepalive_timeout = 'long'\n", "keepalive_timeout: expected a number of seconds"),
+        ("tls_handshake_timeout = 7200\n", "tls_handshake_timeout: 7200 is not between"),
+        ("max_connections = 0\n", "max_connections: 0 is below the minimum of 1"),
+        ("max_head_size = 100\n", "max_head_size: 100 is below the minimum of 1024"),
     ],
 )
 def test_errors_name_the_setting(tmp_path: Path, text: str, message: str) -> None:
@@ -130,6 +136,24 @@ def test_errors_name_the_setting(tmp_path: Path, text: str, message: str) -> Non
     with pytest.raises(ConfigError) as info:
         StoreConfig.from_document(read_config_file(write(tmp_path, text)))
     assert message in str(info.value)
+
+
+def test_connection_limits_from_the_file_and_flags(tmp_path: Path) -> None:
+    domain = Flags(domains=[("example.com", Path("c"), Path("k"))])
+    assert StoreConfig.from_document(apply_flags({}, domain)).connections == ConnectionLimits(
+        tls_handshake_timeout=10.0,
+        header_timeout=60.0,
+        keepalive_timeout=75.0,
+        max_connections=1024,
+        max_head_size=16384,
+    )
+    text = "tls_handshake_timeout = 2.5\nheader_timeout = 5\nmax_connections = 100\n"
+    doc = read_config_file(write(tmp_path, text))
+    flags = Flags(
+        domains=domain.domains, header_timeout=1.5, keepalive_timeout=9.0, max_head_size=4096
+    )
+    limits = StoreConfig.from_document(apply_flags(doc, flags)).connections
+    assert limits == ConnectionLimits(2.5, 1.5, 9.0, 100, 4096)
 
 
 def test_no_domain_and_missing_file(tmp_path: Path) -> None:

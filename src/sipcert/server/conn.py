@@ -1,0 +1,461 @@
+"""Connection limits of the Store: deadlines, a per-worker cap with shedding, a request-head cap.
+
+aiohttp's server alone keeps an idle connection for about an hour, waits for a request head
+forever and accepts until the process runs out of descriptors (issue 9). This module sits
+between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.RequestHandler`:
+
+* :class:`ConnectionGuard` is the protocol factory of the plain TCP listener. Each accepted
+  connection is a :class:`_Conn` that does the TLS handshake itself (``loop.start_tls`` with
+  a deadline), so the guard counts every descriptor from ``accept`` to close, handshakes
+  included, and only then hands the TLS transport to aiohttp.
+* A connection is in one of four states: ``handshake``, ``idle`` (waiting for a request),
+  ``head`` (a request head is arriving) or ``busy`` (a request is being handled). The head
+  of the first request must be complete ``header_timeout`` seconds after the handshake, a
+  later one ``header_timeout`` seconds after its first byte; aiohttp's ``keepalive_timeout``
+  closes idle connections between requests.
+* The cap (``max_connections``, never more than the descriptor limit minus
+  :data:`FD_RESERVE`): from 90 % of it on, each new connection closes the connection idle for
+  longest (nginx's reuse of keep-alive connections); at the cap, the oldest connection still
+  in its handshake or head is closed instead, and when every connection is busy the new one
+  is. A connection with a request being handled is never shed.
+* A request head over ``max_head_size`` bytes is answered ``431 Request Header Fields Too
+  Large`` through aiohttp's own error path and the connection is closed; the bytes are
+  counted before aiohttp's parser sees them, so it never holds more than the limit (plus at
+  most one read when requests are pipelined).
+
+It relies on three details of aiohttp 3.x's ``RequestHandler``: the ``_messages`` queue the
+parser fills, the ``_waiter`` future its loop waits on, and ``_ErrInfo`` for parser refusals;
+tests/unit/server/test_conn.py exercises each of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import itertools
+import logging
+import resource
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+
+from sipcert.errors import HeaderTooLargeError
+from sipcert.server.config import ConnectionLimits
+
+__all__ = [
+    "FD_RESERVE",
+    "ConnectionGuard",
+    "GuardedSite",
+    "connection_cap",
+    "fix_malloc_mmap_threshold",
+    "raise_nofile_limit",
+]
+
+log = logging.getLogger("sipcert.server")
+
+#: Descriptors a worker keeps for everything but client connections (listening sockets,
+#: SQLite files and their journals, the event loop, standard streams, the users file).
+FD_RESERVE = 64
+#: Fraction of the cap from which idle connections are shed.
+SHED_IDLE_FROM = 0.9
+
+_HANDSHAKE = "handshake"
+_IDLE = "idle"
+_HEAD = "head"
+_BUSY = "busy"
+
+_Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; the soft limit in force after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+        else:
+            soft = hard
+    return soft
+
+
+#: glibc's ``mallopt`` parameter number and the threshold it has by default.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 128 * 1024
+
+
+def fix_malloc_mmap_threshold() -> bool:
+    """Keep glibc from moving its mmap threshold up (``mallopt(M_MMAP_THRESHOLD, 128 KiB)``).
+
+    Each TLS connection has a 256 KiB read buffer. By default glibc raises the threshold the
+    first time such a block is freed, so later buffers come from the heap, where freed blocks
+    stay in RSS: 100 connections that sent large heads left the worker 31 MiB larger after
+    they closed, 5 MiB with the threshold fixed (tests/integration/store/test_connections.py).
+    ``False`` where there is no glibc.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:  # pragma: no cover - Linux always has a C library
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - musl, other systems
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+
+
+def connection_cap(configured: int, nofile: int) -> int:
+    """``configured``, lowered to leave :data:`FD_RESERVE` descriptors of ``nofile`` free."""
+    return max(1, min(configured, nofile - FD_RESERVE))
+
+
+class ConnectionGuard:
+    """Counts, times and sheds the connections of one worker (the listener's protocol factory).
+
+    Call :meth:`wrap` on the request handler before building the ``web.Server`` and
+    :meth:`bind` with that server before listening.
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext, limits: ConnectionLimits) -> None:
+        self.ssl_context = ssl_context
+        self.limits = limits
+        self.cap = limits.max_connections
+        self._shed_from = max(1, int(self.cap * SHED_IDLE_FROM))
+        self._server: web.Server | None = None
+        #: Connections per state, oldest (in that state) first.
+        self._states: dict[str, dict[_Conn, None]] = {
+            state: {} for state in (_HANDSHAKE, _IDLE, _HEAD, _BUSY)
+        }
+        self._by_handler: dict[RequestHandler, _Conn] = {}
+        self.count = 0
+        self.closing = False
+        #: Connections closed to make room (shed) and refused at the cap.
+        self.shed = 0
+        self.refused = 0
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def bind(self, server: web.Server) -> None:
+        """Hand established connections to ``server``'s request handlers."""
+        self._server = server
+
+    def wrap(self, handler: _Handler) -> _Handler:
+        """``handler``, marking its connection busy while it runs."""
+        by_handler = self._by_handler
+
+        async def guarded(request: web.BaseRequest) -> web.StreamResponse:
+            conn = by_handler.get(request.protocol)
+            if conn is not None:
+                conn.set_busy()
+            try:
+                return await handler(request)
+            finally:
+                if conn is not None:
+                    conn.request_done()
+
+        return guarded
+
+    def __call__(self) -> _Conn:
+        return _Conn(self)
+
+    def new_handler(self, conn: _Conn) -> RequestHandler:
+        if self._server is None:
+            raise RuntimeError("ConnectionGuard.bind() was not called")
+        handler = self._server()
+        self._by_handler[handler] = conn
+        return handler
+
+    # -- accounting ------------------------------------------------------------------------
+
+    def admit(self, conn: _Conn, now: float) -> bool:
+        """Register a new connection, making room for it; ``False`` if it must be closed."""
+        if self.closing:
+            return False
+        if self.count >= self._shed_from:
+            self._shed_idle(self.count - self._shed_from + 1)
+        if self.count >= self.cap and not self._evict_unfinished():
+            self.refused += 1
+            return False
+        self.count += 1
+        conn.state = _HANDSHAKE
+        conn.since = now
+        self._states[_HANDSHAKE][conn] = None
+        return True
+
+    def move(self, conn: _Conn, state: str, now: float) -> None:
+        if conn.state is None or conn.state == state:
+            return
+        del self._states[conn.state][conn]
+        conn.state = state
+        conn.since = now
+        self._states[state][conn] = None
+
+    def forget(self, conn: _Conn) -> None:
+        """The connection is closed (or being closed): it no longer counts."""
+        if conn.state is None:
+            return
+        del self._states[conn.state][conn]
+        conn.state = None
+        self.count -= 1
+        if conn.handler is not None:
+            self._by_handler.pop(conn.handler, None)
+
+    def _shed_idle(self, wanted: int) -> None:
+        idle = self._states[_IDLE]
+        for conn in list(itertools.islice(idle, wanted + 8)):
+            if wanted <= 0:
+                break
+            if conn.waiting():
+                self.shed += 1
+                wanted -= 1
+                conn.close_now("shed (idle, the connection cap is near)")
+
+    def _evict_unfinished(self) -> bool:
+        firsts = [next(iter(self._states[s]), None) for s in (_HANDSHAKE, _HEAD)]
+        candidates = [c for c in firsts if c is not None]
+        if not candidates:
+            return False
+        min(candidates, key=lambda c: c.since).close_now("shed (unfinished, at the cap)")
+        self.shed += 1
+        return True
+
+    def close_handshakes(self) -> None:
+        """On shutdown: stop admitting and close connections that have no handler yet."""
+        self.closing = True
+        for conn in list(self._states[_HANDSHAKE]):
+            conn.close_now("shutting down")
+
+
+class _Conn(asyncio.Protocol):
+    """One accepted connection: TLS handshake, then aiohttp's handler behind the deadlines."""
+
+    __slots__ = (
+        "_body",
+        "_early",
+        "_guard",
+        "_head_bytes",
+        "_loop",
+        "_raw",
+        "_refused",
+        "_requests",
+        "_timer",
+        "_tls",
+        "handler",
+        "since",
+        "state",
+    )
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self._guard = guard
+        self._loop = asyncio.get_running_loop()
+        self._raw: asyncio.Transport | None = None
+        self._tls: asyncio.Transport | None = None
+        self.handler: RequestHandler | None = None
+        self.state: str | None = None
+        self.since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._requests = 0
+        self._body: StreamReader | None = None
+        self._refused = False
+        self._early: list[bytes] = []
+
+    # -- asyncio.Protocol (first of the TCP transport, then of the TLS one) ---------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = transport  # type: ignore[assignment]  # a stream server: a Transport
+        if not self._guard.admit(self, self._loop.time()):
+            transport.close()
+            return
+        limits = self._guard.limits
+        handshake: Any = self._loop.start_tls(
+            self._raw,  # type: ignore[arg-type]
+            self,
+            self._guard.ssl_context,
+            server_side=True,
+            ssl_handshake_timeout=limits.tls_handshake_timeout,
+            ssl_shutdown_timeout=limits.tls_handshake_timeout,
+        )
+        # Run start_tls() up to its wait now, not in a task: the event loop starts reading
+        # as soon as this method returns, and the ClientHello must reach TLS, not us.
+        try:
+            waiter = handshake.send(None)
+        except (OSError, RuntimeError) as exc:  # pragma: no cover - it waits at least once
+            self._handshake_failed(exc)
+            return
+        waiter.add_done_callback(lambda _: self._handshake_done(handshake))
+
+    def data_received(self, data: bytes) -> None:
+        handler = self.handler
+        if handler is None:  # asyncio's own loop delivers before start_tls() returns
+            if self.state is not None:
+                self._early.append(data)
+            return
+        if self._refused or not data:
+            return
+        body = self._body
+        if body is None or body.is_eof():
+            if self._head_bytes == 0:
+                self._body = None
+                self._guard.move(self, _HEAD, self._loop.time())
+                if self._requests:  # the first request's deadline runs since the handshake
+                    self._arm(self._guard.limits.header_timeout)
+            self._head_bytes += len(data)
+            if self._head_bytes > self._guard.limits.max_head_size:
+                self._refuse_head()
+                return
+        queued = len(handler._messages)
+        handler.data_received(data)
+        messages = handler._messages
+        if len(messages) > queued:  # a head is complete
+            self._requests += 1
+            self._head_bytes = 0
+            self._cancel_timer()
+            self._body = messages[-1][1] if messages else None
+            self._guard.move(self, _BUSY, self._loop.time())
+
+    def eof_received(self) -> bool | None:
+        if self.handler is not None:
+            self.handler.eof_received()
+        return None
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_timer()
+        self._guard.forget(self)
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.connection_lost(exc)
+
+    # -- states ----------------------------------------------------------------------------
+
+    def set_busy(self) -> None:
+        self._guard.move(self, _BUSY, self._loop.time())
+
+    def request_done(self) -> None:
+        if self.handler is not None and not self.handler._messages and self._head_bytes == 0:
+            self._guard.move(self, _IDLE, self._loop.time())
+
+    def waiting(self) -> bool:
+        """Whether aiohttp's handler is between requests (its response is written)."""
+        handler = self.handler
+        if handler is None or handler._messages or self._head_bytes:
+            return False
+        waiter = handler._waiter
+        return waiter is not None and not waiter.done()
+
+    def close_now(self, why: str) -> None:
+        """Close at once (no TLS close_notify exchange): the peer has had its time."""
+        log.debug("closing connection from %s: %s", self._peer(), why)
+        self._guard.forget(self)
+        self._cancel_timer()
+        transport = self._tls or self._raw
+        if transport is not None:
+            transport.abort()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _handshake_done(self, handshake: Any) -> None:
+        try:
+            handshake.send(None)
+        except StopIteration as done:
+            tls = done.value
+        except (OSError, RuntimeError) as exc:
+            # Refused SNI, a timeout, a reset: start_tls() closed the transport already.
+            self._handshake_failed(exc)
+            return
+        else:  # pragma: no cover - start_tls() waits for its handshake only
+            handshake.close()
+            self.close_now("unexpected TLS start-up")
+            return
+        if self.state is None:  # shed while the handshake finished
+            tls.abort()
+            return
+        self._tls = tls
+        handler = self._guard.new_handler(self)
+        self.handler = handler
+        handler.connection_made(tls)
+        self._guard.move(self, _IDLE, self._loop.time())
+        self._arm(self._guard.limits.header_timeout)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        log.debug("TLS handshake with %s failed: %s", self._peer(), exc)
+        self._guard.forget(self)
+
+    def _arm(self, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_later(seconds, self._head_expired)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_expired(self) -> None:
+        self._timer = None
+        if self.state in (_IDLE, _HEAD) and not (self.handler and self.handler._messages):
+            self.close_now(f"no complete request head within {self._guard.limits.header_timeout} s")
+
+    def _refuse_head(self) -> None:
+        """431 through aiohttp's error path (it closes the connection after the answer)."""
+        self._refused = True
+        self._cancel_timer()
+        handler = self.handler
+        if handler is None:  # pragma: no cover - only called with a handler
+            return
+        limit = self._guard.limits.max_head_size
+        exc = HeaderTooLargeError(f"request head over the limit of {limit} bytes")
+        handler._messages.append((_ErrInfo(status=431, exc=exc, message=str(exc)), EMPTY_PAYLOAD))
+        waiter = handler._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._guard.move(self, _BUSY, self._loop.time())
+
+    def _peer(self) -> str:
+        transport = self._tls or self._raw
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+
+
+class GuardedSite(web.BaseSite):
+    """A listening socket whose connections go through a :class:`ConnectionGuard`."""
+
+    __slots__ = ("_guard", "_name", "_sock")
+
+    def __init__(
+        self, runner: web.BaseRunner, sock: socket.socket, guard: ConnectionGuard, backlog: int
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._sock = sock
+        self._guard = guard
+        host, port = sock.getsockname()[:2]
+        self._name = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._guard, sock=self._sock, backlog=self._backlog)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._guard.close_handshakes()
