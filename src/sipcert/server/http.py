@@ -30,6 +30,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from sipcert.errors import SipCertError
 from sipcert.proto.store import error_response
 from sipcert.server.logsafe import RateLimitedLog
 
@@ -49,6 +50,8 @@ def refusal_reason(status: int, exc: BaseException | None) -> str:
         return "internal error"
     if status == 504:
         return "the request took too long to answer"
+    if isinstance(exc, SipCertError):  # our own refusal (e.g. the 431 of server.conn): as said
+        return str(exc)
     if isinstance(exc, BadHttpMethod):
         return "malformed request line: not an HTTP method"
     if isinstance(exc, InvalidURLError):

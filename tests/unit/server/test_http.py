@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import (
     LineTooLong,
 )
 
+from sipcert.errors import HeaderTooLargeError
 from sipcert.server.http import StoreServer, refusal_reason
 
 
@@ -72,3 +73,9 @@ def test_a_failure_inside_aiohttp_is_one_line_with_what_failed(
         "refused a request from 127.0.0.1: 500 internal error (RuntimeError: boom)"
     )
     assert record.exc_info is None
+
+
+def test_our_own_refusal_keeps_its_reason() -> None:
+    """The 431 of server.conn reaches the client with its own words, not the status phrase."""
+    exc = HeaderTooLargeError("request head over the limit of 16384 bytes")
+    assert refusal_reason(431, exc) == "request head over the limit of 16384 bytes"
