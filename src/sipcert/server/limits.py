@@ -18,7 +18,6 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 from sipcert.errors import StorageError
 from sipcert.proto.ratelimit import (
@@ -28,7 +27,7 @@ from sipcert.proto.ratelimit import (
     decide,
     release,
 )
-from sipcert.storage.sqlite import enable_wal, storage_error
+from sipcert.storage.sqlite import open_shared_sqlite, storage_error
 
 __all__ = ["SqliteLoginLimiter"]
 
@@ -52,33 +51,17 @@ class SqliteLoginLimiter:
         self._lock = threading.Lock()
         self._new_rows = 0
         self._subject = f"rate-limit database {self.path}"
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        except OSError as exc:
-            raise StorageError(f"{self._subject}: cannot create it: {exc.strerror}") from exc
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = sqlite3.connect(
-                f"file:{quote(str(self.path))}?mode=rw",
-                uri=True,
-                timeout=busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
+        # A power cut forgets some recent failures: the buckets start fuller, no harm.
+        schema = [
+            statement
+            for table in _TABLES
+            for statement in (
+                f"CREATE TABLE IF NOT EXISTS {table} "
+                "(key TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID",
+                f"CREATE INDEX IF NOT EXISTS {table}_by_time ON {table} (until)",
             )
-            enable_wal(conn, busy_timeout)
-            # A power cut forgets some recent failures: the buckets start fuller, no harm.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            for table in _TABLES:
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {table} "
-                    "(key TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID"
-                )
-                conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_by_time ON {table} (until)")
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            raise storage_error(self._subject, "opening", exc) from exc
+        ]
+        conn = open_shared_sqlite(self.path, self._subject, schema, busy_timeout)
         self._conn: sqlite3.Connection | None = conn
 
     def __repr__(self) -> str:

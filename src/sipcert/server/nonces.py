@@ -17,11 +17,10 @@ import secrets
 import sqlite3
 import threading
 from pathlib import Path
-from urllib.parse import quote
 
 from sipcert.errors import ConfigError, StorageError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_NONCE_LIFETIME
-from sipcert.storage.sqlite import enable_wal, storage_error
+from sipcert.storage.sqlite import open_shared_sqlite, storage_error
 
 __all__ = ["SECRET_FILE", "SqliteNonceCounter", "load_or_create_secret"]
 
@@ -80,32 +79,13 @@ class SqliteNonceCounter:
         self._lock = threading.Lock()
         self._last_prune = float("-inf")
         self._subject = f"nonce database {self.path}"
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        except OSError as exc:
-            raise StorageError(f"{self._subject}: cannot create it: {exc.strerror}") from exc
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = sqlite3.connect(
-                f"file:{quote(str(self.path))}?mode=rw",
-                uri=True,
-                timeout=busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            enable_wal(conn, busy_timeout)
-            # A lost count after a power cut only re-opens nonces of the last few minutes.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS nonces ("
-                "nonce TEXT PRIMARY KEY, first_seen REAL NOT NULL, nc INTEGER NOT NULL)"
-            )
-            conn.execute("CREATE INDEX IF NOT EXISTS nonces_by_age ON nonces (first_seen)")
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            raise storage_error(self._subject, "opening", exc) from exc
+        # A lost count after a power cut only re-opens nonces of the last few minutes.
+        schema = (
+            "CREATE TABLE IF NOT EXISTS nonces ("
+            "nonce TEXT PRIMARY KEY, first_seen REAL NOT NULL, nc INTEGER NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS nonces_by_age ON nonces (first_seen)",
+        )
+        conn = open_shared_sqlite(self.path, self._subject, schema, busy_timeout)
         self._conn: sqlite3.Connection | None = conn
 
     def __repr__(self) -> str:

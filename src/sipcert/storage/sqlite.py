@@ -27,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -143,6 +143,40 @@ def enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
             if not busy or time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
+
+
+def open_shared_sqlite(
+    path: Path, subject: str, schema: Sequence[str], busy_timeout: float
+) -> sqlite3.Connection:
+    """Open (creating, mode 0600) a small SQLite file that a Store's workers share.
+
+    WAL, ``synchronous = NORMAL`` (a power cut may forget the last few writes: callers keep
+    only state whose loss is harmless, such as nonce counts and rate-limit buckets) and
+    ``schema`` run once. Any failure is a :class:`StorageError` naming ``subject``.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise StorageError(f"{subject}: cannot create it: {exc.strerror}") from exc
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            f"file:{quote(str(path))}?mode=rw",
+            uri=True,
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        enable_wal(conn, busy_timeout)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        for statement in schema:
+            conn.execute(statement)
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise storage_error(subject, "opening", exc) from exc
+    return conn
 
 
 def storage_error(subject: str, action: str, exc: sqlite3.Error) -> StorageError:
