@@ -183,14 +183,12 @@ class LoginLimiter(Protocol):
 
     def admit(self, address: str, user: str | None, now: float) -> Admission:
         """Decide before anything is checked; reserve the tokens of an admitted answer."""
-        ...
 
     def release(
         self, address: str, user: str, admission: Admission, now: float, *, trust: bool
     ) -> None:
         """Give back ``admission``'s tokens (it succeeded, or was not a guess); ``trust``
         records a success."""
-        ...
 
 
 class _Capped(OrderedDict[str, float]):
