@@ -306,7 +306,9 @@ class _Conn(asyncio.Protocol):
                 self._guard.move(self, _HEAD, self._loop.time())
                 if self._requests:  # the first request's deadline runs since the handshake
                     self._arm(self._guard.limits.header_timeout)
-            self._head_bytes += len(data)
+            # Only the head counts: a body (or the next request) may share this read.
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
             if self._head_bytes > self._guard.limits.max_head_size:
                 self._refuse_head()
                 return
