@@ -289,3 +289,15 @@ def _nonce_config(root: Path) -> Path:
     path = root / "store.toml"
     path.write_text(f"nonce_lifetime = {NONCE_LIFETIME}\naccess_log = true\n")
     return path
+
+
+@contextlib.contextmanager
+def only_worker(worker: int, others: list[int]) -> Iterator[None]:
+    """Freeze every worker but ``worker`` (SIGSTOP): only it accepts a new connection."""
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)

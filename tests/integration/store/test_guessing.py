@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import signal
 import ssl
 import threading
 import time
@@ -28,6 +26,7 @@ from tests.integration.store.conftest import (
     StoreProcess,
     _Redirected,
     make_store_files,
+    only_worker,
 )
 
 ATTACKER, VICTIM = "127.0.0.1", "127.0.0.2"
@@ -114,18 +113,6 @@ def test_a_guesser_elsewhere_cannot_lock_the_user_out(fresh_files: StoreFiles) -
     assert "429 for 127.0.0.1" in store.output()
 
 
-@contextlib.contextmanager
-def only(worker: int, others: list[int]) -> Iterator[None]:
-    """Freeze every worker but ``worker`` (SIGSTOP): only it accepts a new connection."""
-    for pid in others:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in others:
-            os.kill(pid, signal.SIGCONT)
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_limits_are_the_same_with_two_workers(fresh_files: StoreFiles, workers: int) -> None:
     """With ``auth_failures = 10``: one address gets 10 guesses checked, one user 20 across
@@ -146,7 +133,7 @@ def test_the_limits_are_the_same_with_two_workers(fresh_files: StoreFiles, worke
 
         def steered(client: httpx.Client, answer: str) -> int:
             worker, others = next(turns)
-            with only(worker, others):
+            with only_worker(worker, others):
                 return guess(client, store, answer, **close)
 
         with client_from(store, "127.0.0.10") as client:

@@ -7,9 +7,7 @@ exercised against the real process; see docs/store.md for the interface.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -45,6 +43,7 @@ from tests.integration.store.conftest import (
     StoreProcess,
     is_running,
     make_store_files,
+    only_worker,
 )
 
 PKIX = "application/pkix-cert"
@@ -703,18 +702,6 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -
         time.sleep(0.02)
 
 
-@contextlib.contextmanager
-def _only(worker: int, others: list[int]) -> Iterator[None]:
-    """Freeze every worker but ``worker`` (SIGSTOP): only it can accept a new connection."""
-    for pid in others:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in others:
-            os.kill(pid, signal.SIGCONT)
-
-
 def test_two_workers_both_serve_share_nonces_and_stop_on_sigterm(
     fresh_files: StoreFiles,
 ) -> None:
@@ -734,7 +721,7 @@ def test_two_workers_both_serve_share_nonces_and_stop_on_sigterm(
         body = der(user_cert(aor))
         close = {"Connection": "close"}
         with process.client("example.com") as client:
-            with _only(one, [two]):
+            with only_worker(one, [two]):
                 first = client.put(url, content=body, headers=close)
             assert first.status_code == 401
             sha256 = next(
@@ -752,15 +739,15 @@ def test_two_workers_both_serve_share_nonces_and_stop_on_sigterm(
                 cnonce="feedface",
             )
             headers = {"Authorization": value, **close}
-            with _only(two, [one]):  # worker two accepts the nonce worker one issued
+            with only_worker(two, [one]):  # worker two accepts the nonce worker one issued
                 assert client.put(url, content=body, headers=headers).status_code == 201
             for worker, other in ((one, two), (two, one)):  # a replay on either is refused
-                with _only(worker, [other]):
+                with only_worker(worker, [other]):
                     assert client.put(url, content=body, headers=headers).status_code == 401
-            with _only(one, [two]):
+            with only_worker(one, [two]):
                 answer = client.get(url, headers=close)
             assert (answer.status_code, answer.content) == (200, body)
-            with _only(two, [one]):
+            with only_worker(two, [one]):
                 deleted = client.delete(url, headers=close, auth=DigestAuth("bob", pw(aor)))
             assert deleted.status_code == 204
         assert process.kill(signal.SIGTERM) == 0
