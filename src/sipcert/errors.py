@@ -15,6 +15,9 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     │   ├── CertificateParseError      DER/PEM that is not a certificate
     │   ├── DigestHeaderError          a malformed WWW-Authenticate / Authorization header
     │   ├── MIMEError                  a malformed MIME entity or multipart body
+    │   ├── SipMessageError            a framed SIP message that is not valid (400)
+    │   │   ├── SipVersionError        a SIP version other than 2.0 (505)
+    │   │   └── SipFramingError        a stream message without a usable Content-Length
     │   └── CMSError                   a malformed CMS (PKCS#7) structure
     ├── AuthenticationError            Digest credentials missing or wrong (401)
     │   └── StaleNonceError            a genuine nonce that has expired (401, stale=true)
@@ -57,6 +60,9 @@ __all__ = [
     "RateLimitedError",
     "SignatureError",
     "SipCertError",
+    "SipFramingError",
+    "SipMessageError",
+    "SipVersionError",
     "StaleNonceError",
     "StorageError",
     "StoreResponseError",
@@ -116,6 +122,29 @@ class DigestHeaderError(InputError):
 
 class MIMEError(InputError):
     """A MIME entity or multipart body that does not parse."""
+
+
+class SipMessageError(InputError):
+    """A SIP message whose boundaries are known but whose content is invalid.
+
+    ``head`` holds the raw header section as received, so a UAS can still copy Via, From,
+    To, Call-ID and CSeq into its error response (RFC 3261 §8.2.6) when the message itself
+    cannot be built.
+    """
+
+    def __init__(self, message: str, *, head: bytes = b"") -> None:
+        super().__init__(message)
+        self.head = head
+
+
+class SipVersionError(SipMessageError):
+    """A request in a SIP version other than 2.0 (RFC 3261 §8.2.6 / §21.5.7: 505)."""
+
+    http_status = 505
+
+
+class SipFramingError(SipMessageError):
+    """A stream message without a usable Content-Length: the framing is lost (§18.3)."""
 
 
 class CMSError(InputError):

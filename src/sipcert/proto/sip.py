@@ -28,9 +28,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NoReturn, TypeVar
 
-from sipcert.errors import AORError, InputError, InputTooLargeError
+from sipcert.errors import (
+    AORError,
+    InputError,
+    InputTooLargeError,
+    SipFramingError,
+    SipMessageError,
+    SipVersionError,
+)
 from sipcert.proto.aor import AOR, aor_from_uri
-from sipcert.proto.mime import MimePart, parse_mime_part
+from sipcert.proto.logsafe import log_safe
+from sipcert.proto.mime import MimePart, parse_content_type, parse_mime_part
 
 __all__ = [
     "BRANCH_MAGIC",
@@ -46,6 +54,7 @@ __all__ = [
     "Via",
     "body_part",
     "canonical_header_name",
+    "error_response",
     "make_response",
     "new_branch",
     "new_call_id",
@@ -208,8 +217,11 @@ REASON_PHRASES = {
     405: "Method Not Allowed",
     407: "Proxy Authentication Required",
     408: "Request Timeout",
+    406: "Not Acceptable",
     413: "Request Entity Too Large",
     415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
     480: "Temporarily Unavailable",
     481: "Call/Transaction Does Not Exist",
     486: "Busy Here",
@@ -217,6 +229,8 @@ REASON_PHRASES = {
     500: "Server Internal Error",
     501: "Not Implemented",
     503: "Service Unavailable",
+    505: "Version Not Supported",
+    513: "Message Too Large",
     603: "Decline",
 }
 
@@ -235,8 +249,34 @@ def canonical_header_name(name: str) -> str:
     return _CANONICAL.get(lower, name)
 
 
+def _bare_control(value: str) -> bool:
+    """Whether ``value`` has a control character other than inside a quoted-pair.
+
+    RFC 3261 §25.1: ``quoted-pair = "\\" (%x00-09 / %x0B-0C / %x0E-7F)`` inside a quoted
+    string, so a display name may carry an escaped NUL, BEL or DEL (RFC 4475 §3.1.1.2);
+    anywhere else a control character (other than HTAB) is malformed.
+    """
+    if not _CTL_RE.search(value):
+        return False
+    quoted = False
+    pos = 0
+    while pos < len(value):
+        char = value[pos]
+        if quoted and char == "\\":
+            if value[pos + 1 : pos + 2] in ("", "\r", "\n"):
+                return True
+            pos += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif _CTL_RE.match(char):
+            return True
+        pos += 1
+    return False
+
+
 def _check_value(name: str, value: str) -> None:
-    if _CTL_RE.search(value):
+    if _bare_control(value):
         raise InputError(f"malformed SIP message: {name} header contains a control character")
     if value != value.strip(" \t"):
         raise InputError(f"{name} header value has leading or trailing whitespace")
@@ -459,13 +499,19 @@ def _parse_status_line(line: str) -> tuple[int, str]:
 
 
 def _parse_request_line(line: str) -> tuple[str, str]:
-    """``INVITE sip:bob@example.com SIP/2.0`` → ``("INVITE", "sip:bob@example.com")`` (§7.1)."""
+    """``INVITE sip:bob@example.com SIP/2.0`` → ``("INVITE", "sip:bob@example.com")`` (§7.1).
+
+    Exactly one SP separates the three elements and none ends the line (§25.1
+    Request-Line; RFC 4475 §3.1.2.9 "lwsstart", §3.1.2.10 "trws").
+    """
     parts = line.split(" ")
     if len(parts) != 3:
         _fail(f"request line {line[:80]!r} is not 'METHOD Request-URI SIP/2.0'")
     method, uri, version = parts
     if version.upper() != SIP_VERSION:
-        _fail(f"unsupported SIP version {version[:20]!r} (only SIP/2.0)")
+        if re.fullmatch(r"SIP/[0-9]+\.[0-9]+", version, re.IGNORECASE):
+            raise SipVersionError(f"unsupported SIP version {version[:20]!r} (only SIP/2.0)")
+        _fail(f"request line {line[:80]!r} does not end with the SIP version")
     return method, uri
 
 
@@ -502,10 +548,32 @@ def _parse_head(head: bytes, limits: SipLimits) -> tuple[str, list[tuple[str, st
     headers: list[tuple[str, str]] = []
     for name, pieces in fields:
         value = " ".join(p for p in pieces if p)
-        if _CTL_RE.search(value):
+        if _bare_control(value):
             _fail(f"{name} header contains a control character")
         headers.append((canonical_header_name(name), value))
     return start, headers
+
+
+def _lenient_fields(head: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """Start line and the header fields that can be read, skipping lines that cannot.
+
+    Used only to frame a stream message and to answer one that failed to parse; never to
+    build a message.
+    """
+    text = head.decode("utf-8", "replace").replace("\r\n", "\n")
+    lines = text.split("\n")
+    fields: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if fields:
+                name, value = fields[-1]
+                fields[-1] = (name, (value + " " + line.strip(" \t")).strip(" \t"))
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if colon and name.isascii() and _TOKEN_RE.fullmatch(name):
+            fields.append((canonical_header_name(name), value.strip(" \t")))
+    return lines[0], fields
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:
@@ -517,6 +585,34 @@ def _content_length(headers: list[tuple[str, str]]) -> int | None:
     if not _DIGITS_RE.fullmatch(values[0]):
         _fail(f"Content-Length {values[0][:20]!r} is not a number")
     return int(values[0])
+
+
+def _validate(message: Request | Response) -> None:
+    """Read now every header the UA relies on, so a parsed message is a usable one.
+
+    To, From, Contact, Max-Forwards, Content-Type and a sip:/sips: Request-URI are parsed
+    here rather than when first used, so a message is either usable or refused with a
+    reason (RFC 3261 §8.2.2, §20).
+    """
+    message.to  # noqa: B018 - parsed for the error it raises
+    message.from_  # noqa: B018
+    for contact in message.values("Contact"):
+        if contact != "*":
+            parse_name_addr(contact)
+    max_forwards = message.get("Max-Forwards")
+    if max_forwards is not None and (
+        not _DIGITS_RE.fullmatch(max_forwards) or int(max_forwards) > 255
+    ):
+        _fail(f"Max-Forwards {max_forwards[:20]!r} is not 0..255 (RFC 3261 §20.22)")
+    content_type = message.get("Content-Type")
+    if content_type is not None:
+        parse_content_type(content_type)
+    elif message.body:
+        _fail("a body without Content-Type (RFC 3261 §20.15)")
+    if isinstance(message, Request) and message.uri.partition(":")[0].lower() in ("sip", "sips"):
+        uri = parse_uri(message.uri)
+        if uri.headers is not None:
+            _fail("a Request-URI cannot carry headers (RFC 3261 §19.1.5)")
 
 
 def _build(start: str, headers: list[tuple[str, str]], body: bytes) -> Request | Response:
@@ -541,6 +637,7 @@ def _build(start: str, headers: list[tuple[str, str]], body: bytes) -> Request |
         _fail(f"CSeq method {cseq_method!r} differs from the request method {message.method!r}")
     for via in message.values("Via"):
         parse_via(via)
+    _validate(message)
     return message
 
 
@@ -560,6 +657,12 @@ def parse_message(
     ``datagram=True`` (UDP, §18.3): Content-Length may be absent (the body is the rest of
     the datagram); bytes beyond it are dropped; a Content-Length larger than what arrived
     is an error. ``datagram=False``: Content-Length is required and must be exact.
+
+    Raises:
+        SipMessageError: once the header section is delimited, for any defect; it carries
+            the raw head so that :func:`error_response` can answer (505 for
+            :class:`~sipcert.errors.SipVersionError`, else 400).
+        InputError: for input that is not even a delimited header section.
     """
     if len(data) > limits.max_message:
         raise InputTooLargeError(f"SIP message is {len(data)} octets (limit {limits.max_message})")
@@ -569,53 +672,88 @@ def parse_message(
     match = _BLANK_LINE.search(data)
     if match is None:
         _fail("no empty line ends the header section")
-    start, headers = _parse_head(data[: match.start()], limits)
-    rest = data[match.end() :]
-    length = _content_length(headers)
-    if length is None:
-        if not datagram:
-            _fail("Content-Length is required on a stream transport (RFC 3261 §18.3)")
-        body = rest
-    elif length > len(rest):
-        _fail(f"Content-Length {length} exceeds the {len(rest)} octets of body received")
-    elif not datagram and length != len(rest):
-        _fail(f"{len(rest) - length} octets follow the {length}-octet body")
-    else:
-        body = rest[:length]
-    return _build(start, headers, body)
+    head = data[: match.start()]
+    try:
+        start, headers = _parse_head(head, limits)
+        rest = data[match.end() :]
+        length = _content_length(headers)
+        if length is None:
+            if not datagram:
+                _fail("Content-Length is required on a stream transport (RFC 3261 §18.3)")
+            body = rest
+        elif length > len(rest):
+            _fail(f"Content-Length {length} exceeds the {len(rest)} octets of body received")
+        elif not datagram and length != len(rest):
+            _fail(f"{len(rest) - length} octets follow the {length}-octet body")
+        else:
+            body = rest[:length]
+        return _build(start, headers, body)
+    except SipMessageError as error:
+        error.head = head
+        raise
+    except InputTooLargeError:
+        raise
+    except InputError as error:
+        raise SipMessageError(str(error), head=head) from error
+
+
+def _frame_length(head: bytes) -> int:
+    """The body length a stream message announces (§18.3); SipFramingError if unusable."""
+    _, fields = _lenient_fields(head)
+    values = [v for k, v in fields if k == "Content-Length"]
+    if not values:
+        raise SipFramingError(
+            "malformed SIP message: Content-Length is required on a stream transport "
+            "(RFC 3261 §18.3)",
+            head=head,
+        )
+    if len(values) > 1 or not _DIGITS_RE.fullmatch(values[0]):
+        raise SipFramingError(
+            f"malformed SIP message: Content-Length {', '.join(values)[:40]!r} cannot frame "
+            "the message (RFC 3261 §18.3)",
+            head=head,
+        )
+    return int(values[0])
+
+
+StreamEvent = Request | Response | InputError
 
 
 class StreamParser:
     """Frames SIP messages on a byte stream (TCP, TLS) by Content-Length (RFC 3261 §18.3).
 
-    Feed received bytes; get back each complete message. Any error leaves the stream
-    unusable (the framing is lost), so the caller must close the connection.
+    Feed received bytes; get back, in order, each complete message and each error. A
+    :class:`~sipcert.errors.SipMessageError` that is not a framing error concerns one
+    message only: the stream goes on (the UAS answers it with 400). A framing error (no
+    usable Content-Length, a header section over the limit) is the last event: the
+    framing is lost, :attr:`failed` is set and the caller must close the connection.
     """
 
     def __init__(self, limits: SipLimits = DEFAULT_LIMITS) -> None:
         self._limits = limits
         self._buffer = bytearray()
-        self._head: tuple[str, list[tuple[str, str]], int] | None = None
+        self._head: tuple[bytes, int] | None = None
         self.failed = False
 
     @property
     def buffered(self) -> int:
         """Octets received but not yet part of a complete message."""
-        return len(self._buffer)
+        return len(self._buffer) + (len(self._head[0]) if self._head is not None else 0)
 
-    def feed(self, data: bytes) -> list[Request | Response]:
-        """Add ``data`` and return the messages it completes, in order."""
+    def feed(self, data: bytes) -> list[StreamEvent]:
+        """Add ``data`` and return the messages and errors it completes, in order."""
         if self.failed:
             raise InputError("the SIP stream already failed to parse")
         self._buffer += data
+        out: list[StreamEvent] = []
         try:
-            return self._drain()
-        except InputError:
+            self._drain(out)
+        except InputError as error:
             self.failed = True
-            raise
+            out.append(error)
+        return out
 
-    def _drain(self) -> list[Request | Response]:
-        out: list[Request | Response] = []
+    def _drain(self, out: list[StreamEvent]) -> None:
         limits = self._limits
         while True:
             if self._head is None:
@@ -627,24 +765,25 @@ class StreamParser:
                         raise InputTooLargeError(
                             f"SIP header section over {limits.max_message} octets"
                         )
-                    return out
-                start, headers = _parse_head(bytes(self._buffer[: match.start()]), limits)
-                length = _content_length(headers)
-                if length is None:
-                    _fail("Content-Length is required on a stream transport (RFC 3261 §18.3)")
+                    return
+                head = bytes(self._buffer[: match.end()])
+                length = _frame_length(head[: match.start()])
                 if match.end() + length > limits.max_message:
                     raise InputTooLargeError(
                         f"SIP message of {match.end() + length} octets (limit {limits.max_message})"
                     )
                 del self._buffer[: match.end()]
-                self._head = (start, headers, length)
-            start, headers, length = self._head
+                self._head = (head, length)
+            head, length = self._head
             if len(self._buffer) < length:
-                return out
+                return
             body = bytes(self._buffer[:length])
             del self._buffer[:length]
             self._head = None
-            out.append(_build(start, headers, body))
+            try:
+                out.append(parse_message(head + body, datagram=False, limits=limits))
+            except SipMessageError as error:
+                out.append(error)
 
 
 # --- header value grammar --------------------------------------------------------------------
@@ -710,16 +849,28 @@ def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
         raise InputError(f"{what}: {text[:60]!r} does not start with a host")
     host = match.group(0)
     if host.startswith("["):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError as exc:
-            raise InputError(f"{what}: {host!r} is not an IPv6 reference") from exc
+        host = f"[{_ipv6_reference(host[1:-1], what)}]"
     rest = text[match.end() :]
     if not rest:
         return host, None
     if rest[0] != ":" or not _DIGITS_RE.fullmatch(rest[1:]) or not 0 < int(rest[1:]) < 65536:
         raise InputError(f"{what}: {text[:60]!r} has an invalid port")
     return host, int(rest[1:])
+
+
+def _ipv6_reference(inner: str, what: str) -> str:
+    """The address inside ``[...]``; RFC 5118 §4.10's three-colon form is tolerated.
+
+    RFC 3261's ABNF let ``2001:db8:::192.0.2.1`` through; RFC 5118 asks implementations to
+    accept it, so it is read as ``2001:db8::192.0.2.1``.
+    """
+    for candidate in (inner, inner.replace(":::", "::", 1)):
+        try:
+            ipaddress.IPv6Address(candidate)
+        except ValueError:
+            continue
+        return candidate
+    raise InputError(f"{what}: [{inner[:60]}] is not an IPv6 reference")
 
 
 @dataclass(frozen=True)
@@ -765,12 +916,14 @@ def parse_uri(text: str) -> SipUri:
     scheme, colon, rest = text.partition(":")
     if not colon or scheme.lower() not in ("sip", "sips"):
         raise InputError(f"{what} is not a sip: or sips: URI")
-    rest, question, headers = rest.partition("?")
+    # The user part may hold "?", ";" and "," (RFC 3261 §25.1 user-unreserved, RFC 4475
+    # §3.1.1.2); "@" can appear only there, so the last "@" ends it.
     user: str | None = None
     if "@" in rest:
         user, _, rest = rest.rpartition("@")
         if not user:
             raise InputError(f"{what} has an empty user part")
+    rest, question, headers = rest.partition("?")
     hostport, semicolon, params_text = rest.partition(";")
     host, port = _parse_hostport(hostport, what)
     params = _parse_params(semicolon + params_text, what) if semicolon else ()
@@ -853,6 +1006,7 @@ def parse_name_addr(value: str) -> NameAddr:
         rest = text[close + 1 :]
     else:
         uri, semicolon, rest = text.partition(";")
+        uri = uri.rstrip(" \t")  # "sip:b@example.com ;tag=x" (RFC 4475 §3.1.1.1)
         rest = semicolon + rest
         if any(c in uri for c in ",?"):
             raise InputError(f"{what}: a URI with ',' or '?' must be in <...> (§20.10)")
@@ -954,6 +1108,50 @@ def make_response(
         copied += [("Record-Route", v) for v in request.get_all("Record-Route")]
     phrase = REASON_PHRASES.get(status, "") if reason is None else reason
     return Response(status, phrase, headers=(*copied, *headers), body=body)
+
+
+def _copyable(value: str) -> bool:
+    return not _bare_control(value) and value == value.strip(" \t") and "\ufffd" not in value
+
+
+def error_response(
+    error: SipMessageError, *, to_tag: str | None = None, limit: int = 120
+) -> Response | None:
+    """The response to a request that could not be parsed (RFC 3261 §8.2.6, §21.4.1).
+
+    The status is the error's (505 for a version other than 2.0, else 400) and the reason
+    phrase names the problem in printable ASCII (peer text escaped with
+    :func:`~sipcert.proto.logsafe.log_safe`, so it cannot split the line). Via, From, To,
+    Call-ID and CSeq are copied as received when they can be; To gets ``to_tag`` only when
+    it parses. None for a response or an ACK, which are never answered (§17.1.1.3).
+    """
+    start, fields = _lenient_fields(error.head)
+    words = start.split()
+    if not words or words[0].upper().startswith("SIP/") or words[0] == "ACK":
+        return None
+    status = error.http_status if error.http_status in (400, 505) else 400
+    copied: list[tuple[str, str]] = []
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        values = [v for k, v in fields if k == name and v and _copyable(v)]
+        if name != "Via":
+            values = values[:1]
+        if name == "To" and values and to_tag is not None:
+            with_tag = _tagged(values[0], to_tag)
+            values = [with_tag] if with_tag is not None else values
+        copied += [(name, v) for v in values]
+    problem = str(error).removeprefix("malformed SIP message: ")
+    reason = log_safe(f"{REASON_PHRASES[status]} ({problem})")
+    if len(reason) > limit:
+        reason = reason[: limit - 4] + "...)"
+    return Response(status, reason, headers=tuple(copied))
+
+
+def _tagged(to: str, tag: str) -> str | None:
+    try:
+        address = parse_name_addr(to)
+    except InputError:
+        return None
+    return to if address.tag is not None else f"{to};tag={tag}"
 
 
 def body_part(message: Message) -> MimePart | None:

@@ -130,7 +130,8 @@ class Origin:
 
 
 MessageHandler = Callable[[Request | Response, Origin], None]
-ErrorHandler = Callable[[SipCertError, Origin], None]
+ErrorHandler = Callable[[SipCertError, Origin], "Response | None"]
+"""Told of input that did not parse; may return the response to send back (a 400, 505)."""
 
 
 def client_tls_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
@@ -224,8 +225,11 @@ class SipTransport:
     """The UA's SIP sockets: listen, send, reply, close (RFC 3261 §18).
 
     ``handler`` receives every parsed message with its :class:`Origin`; ``on_error``
-    receives input that did not parse (it is dropped; a stream that fails to frame is
-    closed, since its framing is lost).
+    receives input that did not parse and may return a response, which is sent back the
+    way the input came before anything else happens. Over TCP and TLS only a framing error
+    closes the connection (RFC 3261 §18.3: its framing is lost), after that response; a
+    message that stays incomplete for ``incomplete_timeout`` seconds is given up and the
+    connection closed (RFC 4475 §3.1.2.2 "clerr" over a stream).
     """
 
     def __init__(
@@ -236,12 +240,14 @@ class SipTransport:
         tls_context: ssl.SSLContext | None = None,
         connect_timeout: float = 5.0,
         on_error: ErrorHandler | None = None,
+        incomplete_timeout: float = 32.0,
     ) -> None:
         self._handler = handler
         self._limits = limits
         self._tls_context = tls_context
         self._connect_timeout = connect_timeout
         self._on_error = on_error
+        self._incomplete_timeout = incomplete_timeout
         self._udp: asyncio.DatagramTransport | None = None
         self._local: dict[Transport, tuple[str, int]] = {}
         self._servers: list[asyncio.Server] = []
@@ -306,11 +312,12 @@ class SipTransport:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def _report(self, error: SipCertError, origin: Origin) -> None:
+    def _report(self, error: SipCertError, origin: Origin) -> Response | None:
         self.dropped.append(error)
         del self.dropped[:-32]
-        if self._on_error is not None:
-            self._on_error(error, origin)
+        if self._on_error is None:
+            return None
+        return self._on_error(error, origin)
 
     def _deliver(self, message: Request | Response, origin: Origin) -> None:
         try:
@@ -327,7 +334,10 @@ class SipTransport:
             if isinstance(message, Request):
                 message = _stamp_received(message, host, port)
         except InputError as error:
-            self._report(error, origin)
+            response = self._report(error, origin)
+            if response is not None:
+                with contextlib.suppress(TransportError):
+                    self._sendto(response.to_bytes(), host, port)
             return
         self._deliver(message, origin)
 
@@ -355,17 +365,32 @@ class SipTransport:
     async def _read_loop(self, conn: StreamConnection) -> None:
         parser = StreamParser(self._limits)
         try:
-            while True:
-                data = await conn.reader.read(65536)
+            while not parser.failed:
+                read = conn.reader.read(65536)
+                try:
+                    if parser.buffered:
+                        data = await asyncio.wait_for(read, self._incomplete_timeout)
+                    else:
+                        data = await read
+                except TimeoutError:
+                    self._report(
+                        InputError(
+                            f"an incomplete SIP message ({parser.buffered} octets) stayed "
+                            f"incomplete for {self._incomplete_timeout:g} s"
+                        ),
+                        conn.origin,
+                    )
+                    break
                 if not data:
                     break
-                try:
-                    messages = parser.feed(data)
-                except InputError as error:
-                    self._report(error, conn.origin)
-                    break
-                for message in messages:
-                    self._deliver(message, conn.origin)
+                for event in parser.feed(data):
+                    if isinstance(event, InputError):
+                        response = self._report(event, conn.origin)
+                        if response is not None:
+                            with contextlib.suppress(TransportError):
+                                await conn.send(response.to_bytes())
+                    else:
+                        self._deliver(event, conn.origin)
         except (ConnectionError, OSError, ssl.SSLError):
             pass
         finally:

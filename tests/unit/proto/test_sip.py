@@ -6,7 +6,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sipcert.errors import InputError, InputTooLargeError, MIMEError
+from sipcert.errors import (
+    InputError,
+    InputTooLargeError,
+    MIMEError,
+    SipFramingError,
+    SipMessageError,
+)
 from sipcert.proto.aor import AOR
 from sipcert.proto.mime import MimePart
 from sipcert.proto.sip import (
@@ -55,6 +61,7 @@ def _request(**changes: object) -> Request:
         ("To", "<sip:bob@example.com>"),
         ("Call-ID", "c1"),
         ("CSeq", "1 MESSAGE"),
+        ("Content-Type", "text/plain"),
     )
     values: dict[str, object] = {"headers": headers, "body": b"hi"}
     values.update(changes)
@@ -260,15 +267,17 @@ def test_line_length_limit() -> None:
 
 def test_stream_limits_a_header_section_without_end() -> None:
     parser = StreamParser(SipLimits(max_message=64))
-    with pytest.raises(InputTooLargeError):
-        parser.feed(b"MESSAGE sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 20)
+    [error] = parser.feed(b"MESSAGE sip:a@b SIP/2.0\r\n" + b"X: y\r\n" * 20)
+    assert isinstance(error, InputTooLargeError)
+    assert parser.failed
 
 
 def test_stream_limits_the_announced_body() -> None:
     parser = StreamParser(SipLimits(max_message=300))
     wire = _request().to_bytes().replace(b"Content-Length: 2", b"Content-Length: 5000")
-    with pytest.raises(InputTooLargeError, match="limit 300"):
-        parser.feed(wire)
+    [error] = parser.feed(wire)
+    assert isinstance(error, InputTooLargeError)
+    assert "limit 300" in str(error)
 
 
 # --- stream framing ---------------------------------------------------------------------------
@@ -294,13 +303,38 @@ def test_stream_parser_byte_by_byte() -> None:
     assert out == [message, message]
 
 
-def test_stream_parser_is_unusable_after_an_error() -> None:
+def test_stream_parser_is_unusable_after_a_framing_error() -> None:
     parser = StreamParser()
-    with pytest.raises(InputError):
-        parser.feed(b"garbage without colon\r\nfoo\r\n\r\n")
+    [error] = parser.feed(b"garbage without colon\r\nfoo\r\n\r\n")
+    assert isinstance(error, SipFramingError)
+    assert "Content-Length is required" in str(error)
     assert parser.failed
     with pytest.raises(InputError, match="already failed"):
         parser.feed(_request().to_bytes())
+
+
+def test_stream_parser_keeps_messages_framed_before_a_framing_error() -> None:
+    """A complete REGISTER followed by junk in the same read is still delivered (issue 12)."""
+    first = _request(body=b"one")
+    parser = StreamParser()
+    events = parser.feed(first.to_bytes() + b"junk\r\nContent-Length: -1\r\n\r\n")
+    assert events[0] == first
+    assert isinstance(events[1], SipFramingError)
+    assert "cannot frame" in str(events[1])
+    assert parser.failed
+
+
+def test_stream_parser_goes_on_after_an_invalid_but_framed_message() -> None:
+    """Only framing errors lose the stream; a bad message in between is one 400 (§18.3)."""
+    good = _request(body=b"ok")
+    bad = good.to_bytes().replace(b"CSeq: 1 MESSAGE", b"CSeq: 1 INVITE")
+    parser = StreamParser()
+    events = parser.feed(bad + good.to_bytes())
+    assert isinstance(events[0], SipMessageError)
+    assert "differs from the request method" in str(events[0])
+    assert events[0].head.startswith(b"MESSAGE ")
+    assert events[1] == good
+    assert not parser.failed
 
 
 # --- header values ----------------------------------------------------------------------------
@@ -483,12 +517,15 @@ def test_body_part_and_with_body_round_trip() -> None:
 
 
 def test_body_without_content_type_is_refused() -> None:
+    untyped = _request().without("Content-Type")
     with pytest.raises(InputError, match="no Content-Type"):
-        body_part(_request())
+        body_part(untyped)
+    with pytest.raises(SipMessageError, match="without Content-Type"):
+        parse_message(untyped.to_bytes())
 
 
 def test_body_part_wraps_mime_errors() -> None:
-    bad = _request(headers=(*_request().headers, ("Content-Type", "not a type")))
+    bad = _request().replacing("Content-Type", "not a type")
     with pytest.raises(MIMEError):
         body_part(bad)
     gz = _request(headers=(*_request().headers, ("Content-Type", "text/plain"), ("e", "gzip")))
@@ -550,7 +587,7 @@ _KNOWN = {
 
 #: Headers the generator writes itself or whose value the parser checks (RFC 3261 §8.1.1,
 #: §20): a generated "extra" header must never be a second one of these.
-_RESERVED = {"Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Type"}
+_RESERVED = {"Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Type", "Contact"}
 
 
 def _extra_name(name: str) -> bool:
@@ -586,11 +623,15 @@ def messages(draw: st.DrawFn) -> Request | Response:
         ("CSeq", f"{draw(st.integers(0, 2**31 - 1))} {method}"),
     ]
     extra_names = st.one_of(
-        st.sampled_from(["Subject", "User-Agent", "Route", "Contact"]), _TOKEN.filter(_extra_name)
+        st.sampled_from(["Subject", "User-Agent", "Route"]), _TOKEN.filter(_extra_name)
     )
     extras = draw(st.lists(st.tuples(extra_names, _VALUE), max_size=6))
-    order = draw(st.permutations([*headers, *extras]))
+    if draw(st.booleans()):  # Contact is read when parsing, so it must be an address
+        extras.append(("Contact", f"<sip:{user}@192.0.2.1:{draw(st.integers(1, 65535))}>"))
     body = draw(st.binary(max_size=300))
+    if body:  # a body needs its type (RFC 3261 §20.15)
+        extras.append(("Content-Type", "application/octet-stream"))
+    order = draw(st.permutations([*headers, *extras]))
     if draw(st.booleans()):
         return Request(method, f"sip:{user}@example.net", headers=tuple(order), body=body)
     reason = draw(_VALUE)
@@ -610,7 +651,7 @@ def test_generated_messages_round_trip(message: Request | Response) -> None:
 def test_generated_messages_frame_on_a_stream(message: Request | Response, cuts: list[int]) -> None:
     wire = message.to_bytes() * 2
     parser = StreamParser()
-    out: list[Request | Response] = []
+    out: list[object] = []
     pos = 0
     for cut in cuts:
         out += parser.feed(wire[pos : pos + cut])
