@@ -91,6 +91,13 @@ def register(commands: Any) -> None:
     _window_option(parser, "renew the certificate when it expires within DAYS (draft §5)")
     parser.add_argument("--expires", type=int, default=300, help="registration expiry (seconds)")
     parser.add_argument(
+        "--incomplete-timeout",
+        type=float,
+        default=32.0,
+        metavar="SECONDS",
+        help="close a TCP/TLS connection whose message stays incomplete this long (default 32)",
+    )
+    parser.add_argument(
         "--accept-unverified",
         action="store_true",
         help="answer INVITEs whose signer is not confirmed by its Store (default: 603)",
@@ -350,6 +357,7 @@ async def _serve(
             proxy=proxy,
             transport=proxy.transport,
             host=args.listen,
+            incomplete_timeout=args.incomplete_timeout,
         )
         secure = SecureUA(
             ua,

@@ -1139,6 +1139,8 @@ def error_response(
             with_tag = _tagged(values[0], to_tag)
             values = [with_tag] if with_tag is not None else values
         copied += [(name, v) for v in values]
+    if not any(name == "Via" for name, _ in copied):
+        return None  # nowhere to send it (§8.2.6.2 copies the Via; §18.2.2 routes by it)
     problem = str(error).removeprefix("malformed SIP message: ")
     reason = log_safe(f"{REASON_PHRASES[status]} ({problem})")
     if len(reason) > limit:

@@ -165,6 +165,22 @@ class StreamConnection:
     reader: asyncio.StreamReader = field(repr=False)
     writer: asyncio.StreamWriter = field(repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    #: Requests received here whose final response has not been sent yet.
+    unanswered: int = 0
+    _answered: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
+
+    async def note_answered(self) -> None:
+        async with self._answered:
+            self.unanswered = max(0, self.unanswered - 1)
+            self._answered.notify_all()
+
+    async def all_answered(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every request received here has its answer."""
+        async with self._answered:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._answered.wait_for(lambda: self.unanswered == 0), timeout
+                )
 
     @property
     def closed(self) -> bool:
@@ -390,7 +406,11 @@ class SipTransport:
                             with contextlib.suppress(TransportError):
                                 await conn.send(response.to_bytes())
                     else:
+                        if isinstance(event, Request) and event.method != "ACK":
+                            conn.unanswered += 1
                         self._deliver(event, conn.origin)
+            if parser.failed:  # answer what was framed before the framing was lost
+                await conn.all_answered(self._incomplete_timeout)
         except (ConnectionError, OSError, ssl.SSLError):
             pass
         finally:
@@ -427,6 +447,8 @@ class SipTransport:
                 f"the {origin.transport} connection from {origin.host}:{origin.port} is gone"
             )
         await origin.connection.send(response.to_bytes())
+        if response.status >= 200:
+            await origin.connection.note_answered()
 
     def _sendto(self, data: bytes, host: str, port: int) -> None:
         if self._udp is None or self._udp.is_closing():

@@ -29,16 +29,24 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sipcert.errors import ConfigError, InputError, SipCertError, TransportError
+from sipcert.errors import (
+    ConfigError,
+    InputError,
+    SipCertError,
+    SipMessageError,
+    TransportError,
+)
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.digest import DigestClient
-from sipcert.proto.mime import MimePart
+from sipcert.proto.logsafe import log_safe
+from sipcert.proto.mime import MimePart, parse_content_type
 from sipcert.proto.sip import (
     NameAddr,
     Request,
     Response,
     SipLimits,
     body_part,
+    error_response,
     make_response,
     new_branch,
     new_call_id,
@@ -50,6 +58,7 @@ from sipcert.proto.sip import (
 from sipcert.sip.transport import Hop, Origin, SipTransport, Transport, cancel_and_wait
 
 __all__ = [
+    "ACCEPTED_TYPES",
     "ALLOWED_METHODS",
     "Call",
     "Dialog",
@@ -65,6 +74,24 @@ log = logging.getLogger(__name__)
 
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "MESSAGE")
 _ALLOW = ", ".join(ALLOWED_METHODS)
+#: Methods of RFC 3261 and its extensions we know but do not serve: 405, not 501 (§8.2.1).
+_KNOWN_METHODS = frozenset(
+    {"REGISTER", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH"}
+)
+#: Request body types this UA reads (§8.2.3): SDP, text and their S/MIME protection.
+ACCEPTED_TYPES = (
+    "application/sdp",
+    "text/plain",
+    "application/pkcs7-mime",
+    "multipart/signed",
+    "multipart/mixed",
+    "multipart/alternative",
+    "message/cpim",
+    "message/sipfrag",
+    "message/external-body",
+)
+#: What the 200 to an INVITE may carry: SDP, signed or encrypted (draft §1, RFC 3261 §23).
+_ANSWER_TYPES = ("application/sdp", "multipart/signed", "application/pkcs7-mime")
 
 
 @dataclass(frozen=True)
@@ -208,6 +235,7 @@ class UserAgent:
         on_options: OptionsHandler | None = None,
         display_name: str | None = None,
         user_agent: str = "sipcert",
+        incomplete_timeout: float = 32.0,
     ) -> None:
         self.aor = aor if isinstance(aor, AOR) else parse_aor(aor)
         self.uri = f"sip:{self.aor}"
@@ -229,7 +257,11 @@ class UserAgent:
         self._port = port
         self._server_tls = server_tls_context
         self._transport = SipTransport(
-            self._on_received, limits=limits or SipLimits(), tls_context=tls_context
+            self._on_received,
+            limits=limits or SipLimits(),
+            tls_context=tls_context,
+            on_error=self._on_unparsed,
+            incomplete_timeout=incomplete_timeout,
         )
         self._www: DigestClient | None = None
         self._proxy_auth: DigestClient | None = None
@@ -779,6 +811,60 @@ class UserAgent:
         self._server_txns[key] = txn
         txn.task = self._spawn(self._serve(txn, key))
 
+    def _on_unparsed(self, error: SipCertError, origin: Origin) -> Response | None:
+        """A request that did not parse gets a 400 or 505 naming why (RFC 3261 §8.2.6)."""
+        if not isinstance(error, SipMessageError):
+            return None
+        response = error_response(error, to_tag=new_tag())
+        if response is not None:
+            log.info(
+                "refusing a request from %s:%s with %s: %s",
+                origin.host,
+                origin.port,
+                response.status,
+                log_safe(str(error)),
+            )
+        return response
+
+    def _inspect(self, request: Request) -> Response | None:
+        """The checks of RFC 3261 §8.2.1-§8.2.3 in their order; a refusal or None."""
+        tag = new_tag()
+        method = request.method
+        if method not in ALLOWED_METHODS:
+            status = 405 if method in _KNOWN_METHODS else 501
+            return make_response(request, status, to_tag=tag, headers=[("Allow", _ALLOW)])
+        if request.uri.partition(":")[0].lower() not in ("sip", "sips"):
+            return make_response(request, 416, to_tag=tag)  # §8.2.2.1
+        required = request.values("Require")
+        if required and method != "CANCEL":  # we support no extension (§8.2.2.3)
+            return make_response(
+                request, 420, to_tag=tag, headers=[("Unsupported", ", ".join(required))]
+            )
+        content_type = request.get("Content-Type")
+        encoding = (request.get("Content-Encoding") or "identity").lower()
+        if request.body or content_type is not None:
+            media = parse_content_type(content_type)[0] if content_type is not None else ""
+            if media not in ACCEPTED_TYPES or encoding != "identity":  # §8.2.3
+                return make_response(
+                    request,
+                    415,
+                    to_tag=tag,
+                    headers=[
+                        ("Accept", ", ".join(ACCEPTED_TYPES)),
+                        ("Accept-Encoding", "identity"),
+                    ],
+                )
+        if method == "INVITE" and request.get("Accept") is not None:
+            ranges = {
+                value.partition(";")[0].strip(" \t").lower() for value in request.values("Accept")
+            }
+            wanted = {"*/*", "application/*", "multipart/*", *_ANSWER_TYPES}
+            if not ranges & wanted:  # §21.4.7: we could only answer with SDP
+                return make_response(
+                    request, 406, to_tag=tag, headers=[("Accept", ", ".join(_ANSWER_TYPES))]
+                )
+        return None
+
     def _on_ack(self, ack: Request, key: tuple[str, str, str]) -> None:
         if key in self._server_txns:
             return  # ACK for a non-2xx final: absorbed by the transaction (§17.2.1)
@@ -810,7 +896,10 @@ class UserAgent:
     async def _serve(self, txn: _ServerTransaction, key: tuple[str, str, str]) -> None:
         request = txn.request
         try:
-            if request.method == "INVITE":
+            refusal = self._inspect(request)
+            if refusal is not None:
+                await self._respond(txn, refusal)
+            elif request.method == "INVITE":
                 await self._serve_invite(txn)
             else:
                 await self._respond(txn, await self._answer(request, txn.origin))
@@ -857,15 +946,13 @@ class UserAgent:
                 request, 200, to_tag=tag, headers=[("Allow", _ALLOW), self._contact_header()]
             )
             return with_body(response, body)
-        if request.to.tag is not None:
-            return make_response(request, 481)
-        return make_response(request, 405, to_tag=tag, headers=[("Allow", _ALLOW)])
+        return make_response(request, 481)
 
     async def _serve_invite(self, txn: _ServerTransaction) -> None:
         """Answer an INVITE: 100, 180, then the handler's 200 with body or refusal (§13.3)."""
         request = txn.request
-        if request.to.tag is not None:
-            await self._respond(txn, make_response(request, 488, to_tag=None))
+        if request.to.tag is not None:  # a re-INVITE of no dialog we know (§12.2.2)
+            await self._respond(txn, make_response(request, 481))
             return
         await self._respond(txn, make_response(request, 100))
         tag = new_tag()

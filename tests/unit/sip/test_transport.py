@@ -19,6 +19,7 @@ from sipcert.errors import (
     InputError,
     InputTooLargeError,
     NameMismatchError,
+    SipCertError,
     TransportError,
     UntrustedCertificateError,
 )
@@ -481,3 +482,66 @@ def test_parse_message_of_a_stream_frame_too_large() -> None:
     # The limit used by the transports is the parser's; a huge frame is refused early.
     with pytest.raises(InputTooLargeError):
         parse_message(request(body=b"x" * 70000).to_bytes())
+
+
+def test_stream_gives_up_an_incomplete_message_after_the_timeout() -> None:
+    """RFC 4475 §3.1.2.2 over TCP: a body shorter than its Content-Length is not waited
+    for forever (issue 12)."""
+
+    async def main() -> None:
+        seen: list[str] = []
+
+        def on_error(error: SipCertError, origin: Origin) -> None:
+            seen.append(str(error))
+
+        async with SipTransport(lambda m, o: None, on_error=on_error, incomplete_timeout=0.2) as t:
+            host, port = await t.listen(Transport.TCP)
+            reader, writer = await asyncio.open_connection(host, port)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            writer.write(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 50\r\n\r\nshort")
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the transport
+            assert loop.time() - started >= 0.2
+            writer.close()
+        assert len(seen) == 1 and "stayed incomplete for 0.2 s" in seen[0]
+
+    run(main())
+
+
+def test_framing_error_is_answered_then_the_connection_closed() -> None:
+    """The on_error response goes out before the close; framed requests are answered first."""
+
+    async def main() -> None:
+        transport: SipTransport
+
+        def on_message(message: Request | Response, origin: Origin) -> None:
+            assert isinstance(message, Request)
+            reply = make_response(message, 200, to_tag="x")
+            asyncio.get_running_loop().create_task(transport.reply(reply, origin))
+
+        def on_error(error: SipCertError, origin: Origin) -> Response:
+            return Response(400, "Bad Request (framing)", headers=(("Via", "SIP/2.0/TCP h"),))
+
+        transport = SipTransport(on_message, on_error=on_error)
+        async with transport:
+            host, port = await transport.listen(Transport.TCP)
+            reader, writer = await asyncio.open_connection(host, port)
+            request = Request(
+                "OPTIONS",
+                "sip:a@b",
+                headers=(
+                    ("Via", "SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK1"),
+                    ("From", "<sip:c@d>;tag=1"),
+                    ("To", "<sip:a@b>"),
+                    ("Call-ID", "framing-1"),
+                    ("CSeq", "1 OPTIONS"),
+                ),
+            )
+            writer.write(request.to_bytes() + b"X sip:a@b SIP/2.0\r\nl: -1\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 5)  # everything until the close
+            writer.close()
+        # Both answers arrived before the close (read() returned at the end of the stream).
+        assert data.count(b"SIP/2.0 400 Bad Request (framing)\r\n") == 1
+        assert data.count(b"SIP/2.0 200 OK\r\n") == 1
+
+    run(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -767,5 +768,125 @@ def test_message_and_call_over_tls(tmp_path: Path) -> None:
                     await carol.send_message("bob@example.com", TEXT)
                 with pytest.raises(ConfigError, match="server_tls_context"):
                     _ = carol.contact
+
+    run(main())
+
+
+# --- refusals (RFC 3261 §8.2, issue 12) --------------------------------------------------------
+
+
+def _plain(
+    method: str, uri: str, *extra: tuple[str, str], branch: str, body: bytes = b""
+) -> Request:
+    headers = (
+        ("Via", f"SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{branch}"),
+        ("From", "<sip:alice@example.com>;tag=a1"),
+        ("To", "<sip:bob@example.com>"),
+        ("Call-ID", f"refusal-{branch}"),
+        ("CSeq", f"1 {method}"),
+        ("Max-Forwards", "70"),
+        ("Contact", "<sip:alice@127.0.0.1:9>"),
+        *extra,
+    )
+    return Request(method, uri, headers=headers, body=body)
+
+
+@pytest.mark.parametrize("transport", [Transport.UDP, Transport.TCP])
+def test_requests_are_refused_with_the_status_rfc_3261_names(transport: Transport) -> None:
+    async def main() -> None:
+        peer = RawPeer(_ignore)
+        await peer.start()
+        async with UserAgent("bob@example.com", transport=transport, timers=FAST) as bob:
+            hop = Hop(transport, *bob.local_address)
+            sdp = (("Content-Type", "application/sdp"),)
+            sent = [
+                (_plain("FROB", "sip:bob@example.com", branch="501"), 501),
+                (_plain("OPTIONS", "tel:+15551234", branch="416"), 416),
+                (
+                    _plain("OPTIONS", "sip:bob@example.com", ("Require", "foo, bar"), branch="420"),
+                    420,
+                ),
+                (
+                    _plain(
+                        "MESSAGE",
+                        "sip:bob@example.com",
+                        ("Content-Type", "application/x-odd"),
+                        branch="415",
+                        body=b"?",
+                    ),
+                    415,
+                ),
+                (
+                    _plain(
+                        "MESSAGE",
+                        "sip:bob@example.com",
+                        ("Content-Type", "text/plain"),
+                        ("Content-Encoding", "gzip"),
+                        branch="415b",
+                        body=b"?",
+                    ),
+                    415,
+                ),
+                (
+                    _plain(
+                        "INVITE",
+                        "sip:bob@example.com",
+                        ("Accept", "text/html"),
+                        *sdp,
+                        branch="406",
+                        body=SDP_OFFER.body,
+                    ),
+                    406,
+                ),
+                (
+                    _plain(
+                        "INVITE", "sip:bob@example.com", *sdp, branch="481", body=SDP_OFFER.body
+                    ).replacing("To", "<sip:bob@example.com>;tag=gone"),
+                    481,
+                ),
+            ]
+            for request, _ in sent:
+                await peer.transport.send(request, hop)
+            finals = lambda: [r for r in peer.responses() if r.status >= 200]  # noqa: E731
+            await peer.wait_for(lambda: len(finals()) == len(sent))
+            by_call = {r.call_id: r for r in finals()}
+            for request, status in sent:
+                response = by_call[request.call_id]
+                assert response.status == status, request.call_id
+            assert (
+                by_call["refusal-501"].get("Allow") == "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE"
+            )
+            assert by_call["refusal-420"].get("Unsupported") == "foo, bar"
+            assert "text/plain" in (by_call["refusal-415"].get("Accept") or "")
+            assert by_call["refusal-415b"].get("Accept-Encoding") == "identity"
+            assert "application/sdp" in (by_call["refusal-406"].get("Accept") or "")
+        await peer.transport.aclose()
+
+    run(main())
+
+
+def test_an_unreadable_request_over_udp_gets_a_400_naming_the_problem() -> None:
+    """To cannot be parsed: the 400 still copies Via, From, Call-ID and CSeq (issue 12).
+
+    A raw socket receives it: our own parser rightly refuses a response whose To it cannot
+    read, so a SipTransport peer would drop it.
+    """
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with UserAgent("bob@example.com", timers=FAST) as bob:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                sock.connect(bob.local_address)
+                wire = _plain("OPTIONS", "sip:bob@example.com", branch="bad").to_bytes()
+                bad_to = b'To: "Bob <sip:bob@example.com>'
+                await loop.sock_sendall(sock, wire.replace(b"To: <sip:bob@example.com>", bad_to))
+                data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+        head = data.decode().split("\r\n")
+        assert head[0].startswith("SIP/2.0 400 Bad Request (address ")
+        assert "unterminated display name" in head[0]
+        assert "Call-ID: refusal-bad" in head
+        assert bad_to.decode() in head  # copied as it came, without a tag
+        assert "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbad" in head
 
     run(main())
