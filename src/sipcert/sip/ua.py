@@ -236,12 +236,15 @@ class UserAgent:
         display_name: str | None = None,
         user_agent: str = "sipcert",
         incomplete_timeout: float = 32.0,
+        path_mtu: int | None = None,
     ) -> None:
         self.aor = aor if isinstance(aor, AOR) else parse_aor(aor)
         self.uri = f"sip:{self.aor}"
         self.proxy = proxy
         self.transport_kind = transport
         self.timers = timers or Timers()
+        #: Largest request sent over UDP (RFC 3261 §18.1.1): MTU - 200, or 1300.
+        self.udp_limit = path_mtu - 200 if path_mtu is not None else 1300
         self.on_message = on_message
         self.on_invite = on_invite
         self.on_options = on_options
@@ -404,16 +407,46 @@ class UserAgent:
         on_provisional: Callable[[Response], None] | None = None,
         authenticate: bool = True,
     ) -> tuple[Request, Response]:
-        """Run the client transaction, answering 401/407 challenges (§22.2); return both."""
+        """Run the client transaction, answering 401/407 challenges (§22.2); return both.
+
+        A request too large for UDP goes over TCP (§18.1.1, :meth:`_sized`); a 513 to one
+        sent over UDP is retried once over TCP.
+        """
         challenged = 0
+        stream = False
         while True:
-            response = await self._transaction(request, hop, on_provisional)
+            request, used = await self._sized(request, hop, stream=stream)
+            response = await self._transaction(request, used, on_provisional)
+            if response.status == 513 and used.transport is Transport.UDP and not stream:
+                stream = True  # §21.5.14: too large for the server over UDP; try a stream
+                number, method = request.cseq
+                request = request.replacing("CSeq", f"{number + 1} {method}")
+                continue
             if response.status not in (401, 407) or not authenticate or self._password is None:
                 return request, response
             challenged += 1
             if challenged > 2:
                 return request, response
             request = await self._answer_challenge(request, response, hop)
+
+    async def _sized(self, request: Request, hop: Hop, *, stream: bool) -> tuple[Request, Hop]:
+        """RFC 3261 §18.1.1: over TCP when within 200 bytes of the path MTU (over 1300 bytes
+        when it is unknown), else as given. If TCP cannot be reached, UDP after all (the
+        §18.1.1 fallback for a refused connection)."""
+        if hop.transport is not Transport.UDP:
+            return request, hop
+        if not stream and len(request.to_bytes()) <= self.udp_limit:
+            return request, hop
+        tcp = Hop(Transport.TCP, hop.host, hop.port, hop.domain)
+        try:
+            via = await self._via(tcp)
+        except TransportError as error:
+            log.info(
+                "%s over TCP to %s:%s failed (%s): UDP", request.method, hop.host, hop.port, error
+            )
+            return request, hop
+        vias = request.get_all("Via")
+        return request.replacing("Via", via, *vias[1:]), tcp
 
     def _digest_client(self, proxy: bool) -> DigestClient:
         if self._password is None:

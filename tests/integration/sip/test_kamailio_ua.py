@@ -151,3 +151,36 @@ def test_wrong_password_is_forbidden_by_kamailio(
         assert response.status == 403, kamailio.describe()
 
     run(main())
+
+
+def test_a_large_message_switches_to_tcp_through_kamailio(
+    start_kamailio: KamailioFactory,  # noqa: F811
+) -> None:
+    """RFC 3261 §18.1.1: the UDP UA sends a request over 1300 bytes to Kamailio over TCP
+    (same host and port); a small one stays on UDP. Kamailio relays both to Bob."""
+    kamailio = start_kamailio(())
+    proxy = Hop(Transport.UDP, "127.0.0.1", kamailio.port)
+    big = MimePart("text/plain", b"0123456789abcdef" * 120)  # an S/MIME body's size
+
+    async def main() -> None:
+        messages: list[IncomingRequest] = []
+
+        async def on_message(incoming: IncomingRequest) -> int:
+            messages.append(incoming)
+            return 200
+
+        async with (
+            UserAgent(ALICE.aor, password=ALICE.password, proxy=proxy, timers=TIMERS) as alice,
+            UserAgent(
+                BOB.aor, password=BOB.password, proxy=proxy, timers=TIMERS, on_message=on_message
+            ) as bob,
+        ):
+            assert (await bob.register()).status == 200, kamailio.describe()
+            assert (await alice.send_message(BOB.aor, TEXT)).status == 200, kamailio.describe()
+            assert (await alice.send_message(BOB.aor, big)).status == 200, kamailio.describe()
+        small, large = messages
+        assert small.request.vias[1].transport == "UDP"  # Alice's Via, as Kamailio got it
+        assert large.request.vias[1].transport == "TCP"
+        assert large.body == big
+
+    run(main())

@@ -890,3 +890,83 @@ def test_an_unreadable_request_over_udp_gets_a_400_naming_the_problem() -> None:
         assert "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbad" in head
 
     run(main())
+
+
+# --- RFC 3261 §18.1.1: large requests over TCP ------------------------------------------------
+
+
+class _TwoTransportProxy:
+    """A stand-in proxy on UDP and TCP at the same port; answers each request ``status``."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.received: list[tuple[Transport, Request]] = []
+        self.transport = SipTransport(self._on)
+
+    def _on(self, message: Request | Response, origin: Origin) -> None:
+        assert isinstance(message, Request)
+        self.received.append((origin.transport, message))
+        status = self.statuses.pop(0) if self.statuses else 200
+        reply = make_response(message, status, to_tag="p")
+        asyncio.get_running_loop().create_task(self.transport.reply(reply, origin))
+
+    async def start(self, *, tcp: bool = True) -> Hop:
+        for _ in range(20):  # the UDP port may be taken for TCP; try another
+            host, port = await self.transport.listen(Transport.UDP)
+            if not tcp:
+                return Hop(Transport.UDP, host, port)
+            try:
+                await self.transport.listen(Transport.TCP, host, port)
+            except TransportError:
+                continue
+            return Hop(Transport.UDP, host, port)
+        raise AssertionError("no port free on both UDP and TCP")
+
+
+BIG = MimePart("text/plain", b"x" * 1400)
+
+
+def test_a_request_over_1300_bytes_goes_over_tcp() -> None:
+    async def main() -> None:
+        proxy = _TwoTransportProxy([])
+        hop = await proxy.start()
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            assert (await alice.send_message("bob@example.com", TEXT)).status == 200
+            assert (await alice.send_message("bob@example.com", BIG)).status == 200
+        await proxy.transport.aclose()
+        (small_via, small), (big_via, big) = proxy.received
+        assert small_via is Transport.UDP and small.top_via.transport == "UDP"
+        assert big_via is Transport.TCP and big.top_via.transport == "TCP"
+        assert len(big.to_bytes()) > 1300
+
+    run(main())
+
+
+def test_a_known_path_mtu_sets_the_limit_and_tcp_refused_falls_back_to_udp() -> None:
+    async def main() -> None:
+        proxy = _TwoTransportProxy([])
+        hop = await proxy.start(tcp=False)
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST, path_mtu=9000) as a:
+            assert a.udp_limit == 8800
+            assert (await a.send_message("bob@example.com", BIG)).status == 200
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            assert (await alice.send_message("bob@example.com", BIG)).status == 200
+        await proxy.transport.aclose()
+        assert [t for t, _ in proxy.received] == [Transport.UDP, Transport.UDP]
+
+    run(main())
+
+
+def test_513_over_udp_is_retried_over_tcp() -> None:
+    async def main() -> None:
+        proxy = _TwoTransportProxy([513])
+        hop = await proxy.start()
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            assert (await alice.send_message("bob@example.com", TEXT)).status == 200
+        await proxy.transport.aclose()
+        (first_via, first), (second_via, second) = proxy.received
+        assert (first_via, second_via) == (Transport.UDP, Transport.TCP)
+        assert second.cseq[0] == first.cseq[0] + 1
+        assert second.top_via.branch != first.top_via.branch
+
+    run(main())
