@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sipcert.client.locate import DNSResolver
 from sipcert.errors import (
     ConfigError,
     InputError,
@@ -55,6 +56,7 @@ from sipcert.proto.sip import (
     parse_uri,
     with_body,
 )
+from sipcert.sip.nexthop import next_hops
 from sipcert.sip.transport import Hop, Origin, SipTransport, Transport, cancel_and_wait
 
 __all__ = [
@@ -230,6 +232,7 @@ class UserAgent:
         server_tls_context: ssl.SSLContext | None = None,
         timers: Timers | None = None,
         limits: SipLimits | None = None,
+        resolver: DNSResolver | None = None,
         on_message: MessageHandler | None = None,
         on_invite: InviteHandler | None = None,
         on_options: OptionsHandler | None = None,
@@ -241,6 +244,7 @@ class UserAgent:
         self.aor = aor if isinstance(aor, AOR) else parse_aor(aor)
         self.uri = f"sip:{self.aor}"
         self.proxy = proxy
+        self._resolver = resolver
         self.transport_kind = transport
         self.timers = timers or Timers()
         #: Largest request sent over UDP (RFC 3261 §18.1.1): MTU - 200, or 1300.
@@ -351,10 +355,30 @@ class UserAgent:
 
     # -- building requests ----------------------------------------------------------------------
 
-    def _require_proxy(self) -> Hop:
-        if self.proxy is None:
-            raise ConfigError("no proxy configured: pass proxy=Hop(...) to UserAgent")
-        return self.proxy
+    async def _hops(self, target: str) -> list[Hop]:
+        """Where an out-of-dialog request for ``target`` goes: the outbound proxy, else the
+        hops RFC 3263 locates for the target's domain, in the order to try them (§4.3)."""
+        if self.proxy is not None:
+            return [self.proxy]
+        if self._resolver is None:
+            raise ConfigError(
+                "no proxy configured: pass proxy=Hop(...) or a DNS resolver to UserAgent"
+            )
+        hops = await next_hops(parse_uri(target), self._resolver)
+        for index, hop in enumerate(hops):  # §4.3: skip hops whose connection fails
+            if index == len(hops) - 1:
+                return hops[index:]
+            try:
+                await self._via(hop)
+            except TransportError as error:
+                log.info("next hop %s:%s (%s) failed: %s", hop.host, hop.port, hop.transport, error)
+                continue
+            return hops[index:]
+        return hops
+
+    def _route(self, hop: Hop) -> list[tuple[str, str]]:
+        """The pre-loaded Route to the outbound proxy (§8.1.2); none without one."""
+        return [("Route", f"<{self._proxy_uri(hop)}>")] if self.proxy is not None else []
 
     def _proxy_uri(self, hop: Hop) -> str:
         transport = "" if hop.transport is Transport.UDP else f";transport={hop.transport}"
@@ -406,6 +430,7 @@ class UserAgent:
         *,
         on_provisional: Callable[[Response], None] | None = None,
         authenticate: bool = True,
+        fallbacks: Sequence[Hop] = (),
     ) -> tuple[Request, Response]:
         """Run the client transaction, answering 401/407 challenges (§22.2); return both.
 
@@ -414,9 +439,28 @@ class UserAgent:
         """
         challenged = 0
         stream = False
+        remaining = list(fallbacks)
         while True:
             request, used = await self._sized(request, hop, stream=stream)
-            response = await self._transaction(request, used, on_provisional)
+            try:
+                response = await self._transaction(request, used, on_provisional)
+            except TransportError as error:
+                if not remaining:
+                    raise
+                # RFC 3263 §4.3: a connection failure or a timeout moves to the next hop.
+                log.info(
+                    "%s to %s:%s failed (%s): next hop", request.method, used.host, used.port, error
+                )
+                stream = False
+                while True:
+                    hop = remaining.pop(0)
+                    try:
+                        request = request.replacing("Via", await self._via(hop))
+                        break
+                    except TransportError:
+                        if not remaining:
+                            raise
+                continue
             if response.status == 513 and used.transport is Transport.UDP and not stream:
                 stream = True  # §21.5.14: too large for the server over UDP; try a stream
                 number, method = request.cseq
@@ -568,9 +612,9 @@ class UserAgent:
         The registrar's 401 is answered with Digest; later registrations reuse the nonce
         with an incremented ``nc``.
         """
-        hop = self._require_proxy()
-        self._register_cseq += 1
         uri = f"sip:{self.aor.host}"
+        hop, *others = await self._hops(uri)
+        self._register_cseq += 1
         aor = f"<{self.uri}>"
         headers = [
             ("Via", await self._via(hop)),
@@ -578,13 +622,15 @@ class UserAgent:
             ("To", aor),
             ("Call-ID", self._register_call_id),
             ("CSeq", f"{self._register_cseq} REGISTER"),
-            ("Route", f"<{self._proxy_uri(hop)}>"),
+            *self._route(hop),
             self._contact_header(),
             ("Expires", str(expires)),
             *self._common(),
             *self._preemptive("REGISTER", uri),
         ]
-        request, response = await self._send(Request("REGISTER", uri, headers=tuple(headers)), hop)
+        request, response = await self._send(
+            Request("REGISTER", uri, headers=tuple(headers)), hop, fallbacks=others
+        )
         self._register_cseq = request.cseq[0]
         return response
 
@@ -604,17 +650,16 @@ class UserAgent:
         tag: str,
         call_id: str,
         contact: bool,
+        hop: Hop,
     ) -> Request:
-        hop = self._require_proxy()
-        to_uri = target if ":" in target else f"sip:{target}"
-        parse_uri(to_uri)
+        to_uri = _target_uri(target)
         pairs = [
             ("Via", await self._via(hop)),
             ("From", self._from(tag)),
             ("To", f"<{to_uri}>"),
             ("Call-ID", call_id),
             ("CSeq", f"{secrets.randbelow(10000) + 1} {method}"),
-            ("Route", f"<{self._proxy_uri(hop)}>"),
+            *self._route(hop),
             *([self._contact_header()] if contact else []),
             *self._common(),
             *self._preemptive(method, to_uri),
@@ -630,6 +675,7 @@ class UserAgent:
         headers: Sequence[tuple[str, str]],
     ) -> Response:
         """A non-INVITE request outside any dialog, through the proxy; its final response."""
+        hop, *others = await self._hops(_target_uri(to))
         request = await self._out_of_dialog(
             method,
             to,
@@ -638,8 +684,9 @@ class UserAgent:
             tag=new_tag(),
             call_id=new_call_id(self._host),
             contact=False,
+            hop=hop,
         )
-        _, response = await self._send(request, self._require_proxy())
+        _, response = await self._send(request, hop, fallbacks=others)
         return response
 
     async def send_message(
@@ -669,7 +716,7 @@ class UserAgent:
         the final response, ACK a 2xx (§13.2.2.4). The call is established when
         :attr:`Call.established`; otherwise ``call.response`` says why not.
         """
-        hop = self._require_proxy()
+        hop, *others = await self._hops(_target_uri(to))
         tag = new_tag()
         call_id = new_call_id(self._host)
         request = await self._out_of_dialog(
@@ -680,12 +727,13 @@ class UserAgent:
             tag=tag,
             call_id=call_id,
             contact=True,
+            hop=hop,
         )
         call = Call(self, request)
         self._invites[(call_id, tag)] = call
         try:
             request, response = await self._send(
-                request, hop, on_provisional=call.provisional.append
+                request, hop, on_provisional=call.provisional.append, fallbacks=others
             )
         except BaseException:
             self._invites.pop((call_id, tag), None)
@@ -1044,3 +1092,10 @@ class UserAgent:
             with contextlib.suppress(SipCertError):
                 await self._in_dialog(call.dialog, "BYE")
         call._end("no ACK")
+
+
+def _target_uri(target: str) -> str:
+    """``bob@example.com`` or a URI, as the URI it is (checked: sip: or sips:)."""
+    uri = target if ":" in target else f"sip:{target}"
+    parse_uri(uri)
+    return uri

@@ -683,6 +683,7 @@ def test_options_unknown_methods_and_unknown_dialogs() -> None:
                     tag="t",
                     call_id="sub-1",
                     contact=True,
+                    hop=proxy,
                 )
                 _, refused = await alice._send(request, proxy)
                 assert refused.status == 405
@@ -697,6 +698,7 @@ def test_options_unknown_methods_and_unknown_dialogs() -> None:
                         tag="t",
                         call_id="none",
                         contact=False,
+                        hop=proxy,
                     )
                 ).replacing("To", "<sip:bob@example.com>;tag=nosuch")
                 _, gone = await alice._send(bye, proxy)
@@ -918,6 +920,8 @@ class _TwoTransportProxy:
             try:
                 await self.transport.listen(Transport.TCP, host, port)
             except TransportError:
+                await self.transport.aclose()
+                self.transport = SipTransport(self._on)
                 continue
             return Hop(Transport.UDP, host, port)
         raise AssertionError("no port free on both UDP and TCP")
