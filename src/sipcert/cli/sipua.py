@@ -49,7 +49,13 @@ from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import sha256_fingerprint
 from sipcert.proto.sip import Response, parse_uri
 from sipcert.sip.secure import Received, SecureUA, Sent, StartupCheck, ensure_enrolled
-from sipcert.sip.transport import Hop, Transport, cancel_and_wait, client_tls_context
+from sipcert.sip.transport import (
+    Hop,
+    Transport,
+    cancel_and_wait,
+    client_tls_context,
+    server_tls_context,
+)
 from sipcert.sip.ua import Call, UserAgent
 
 __all__ = ["parse_proxy", "register"]
@@ -90,6 +96,13 @@ def register(commands: Any) -> None:
     _credential_options(parser, key=True)
     _window_option(parser, "renew the certificate when it expires within DAYS (draft §5)")
     parser.add_argument("--expires", type=int, default=300, help="registration expiry (seconds)")
+    parser.add_argument(
+        "--tls-certificate",
+        metavar="PEM",
+        help="certificate chain of the TLS listener (with a transport=tls proxy; it should "
+        "name the --listen host as a DNS SubjectAltName, RFC 5922)",
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-certificate")
     parser.add_argument(
         "--incomplete-timeout",
         type=float,
@@ -281,10 +294,10 @@ def _check_registration(response: Response) -> None:
 def _ua(args: argparse.Namespace) -> int:
     aor = parse_aor(args.aor)
     proxy = parse_proxy(args.proxy, aor)
-    if proxy.transport is Transport.TLS:
+    if proxy.transport is Transport.TLS and not (args.tls_certificate and args.tls_key):
         raise ConfigError(
             "sipcert ua receives requests, and a TLS listener needs a certificate of its own: "
-            "use transport=tcp or udp (sipcert message send works over TLS)"
+            "give --tls-certificate and --tls-key (or use transport=tcp or udp)"
         )
     credentials = _credentials(args, aor)
     passphrase = _passphrase(args)
@@ -350,6 +363,7 @@ async def _serve(
         async def on_received(received: Received) -> None:
             printer.emit(received.kind, _describe(received), **_received_fields(received))
 
+        tls = proxy.transport is Transport.TLS
         ua = UserAgent(
             aor,
             password=credentials.password,
@@ -358,6 +372,10 @@ async def _serve(
             transport=proxy.transport,
             host=args.listen,
             incomplete_timeout=args.incomplete_timeout,
+            tls_context=client_tls_context(args.ca_file) if tls else None,
+            server_tls_context=(
+                server_tls_context(args.tls_certificate, args.tls_key) if tls else None
+            ),
         )
         secure = SecureUA(
             ua,

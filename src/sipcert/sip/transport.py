@@ -61,6 +61,7 @@ __all__ = [
     "Transport",
     "cancel_and_wait",
     "client_tls_context",
+    "server_tls_context",
 ]
 
 #: Largest UDP payload we send (IPv4 datagram limit).
@@ -142,6 +143,23 @@ def client_tls_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
     peer presented in a :class:`~sipcert.errors.NameMismatchError`.
     """
     return make_ssl_context(ca_file, check_hostname=False)
+
+
+def server_tls_context(certificate: str | Path, key: str | Path) -> ssl.SSLContext:
+    """A TLS server context for a UA's listener: TLS 1.2+, our certificate chain and key.
+
+    The certificate should name our host as a dNSName SubjectAltName, which is what a peer
+    checks under RFC 5922 §7.1. Raises ConfigError when the files do not load.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(certificate), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate {certificate} with key {key}: {exc}"
+        ) from exc
+    return context
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:

@@ -331,8 +331,11 @@ class UserAgent:
 
     @property
     def contact(self) -> str:
-        """Our Contact URI (§8.1.1.8): the listener's address and transport."""
+        """Our Contact URI (§8.1.1.8): the listener's address and transport; ``sips:`` for
+        TLS (RFC 3261 §19.1, RFC 5630 §3.1.3: ``transport=tls`` is deprecated)."""
         host, port = self.local_address
+        if self.transport_kind is Transport.TLS:
+            return f"sips:{self.aor.user}@{host}:{port}"
         suffix = "" if self.transport_kind is Transport.UDP else f";transport={self.transport_kind}"
         return f"sip:{self.aor.user}@{host}:{port}{suffix}"
 

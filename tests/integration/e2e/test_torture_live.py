@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -24,7 +25,11 @@ from tests.integration.e2e.test_cli_sip import Lines, _Proxy, finish, start
 from tests.integration.store.conftest import SIPCERT, StoreFiles, StoreProcess
 from tests.unit.proto.torture import Case, cases
 
-AORS = {"tortured-udp@example.com": "udp-secret", "tortured-tcp@example.com": "tcp-secret"}
+AORS = {
+    "tortured-udp@example.com": "udp-secret",
+    "tortured-tcp@example.com": "tcp-secret",
+    "tortured-tls@example.com": "tls-secret",
+}
 REQUESTS = [case for case in cases() if case.is_request]
 ANSWERLESS = [case for case in cases() if not case.is_request]
 WAIT = 10.0
@@ -71,6 +76,22 @@ class _UdpRegistrar(threading.Thread):
             self.sock.sendto("\r\n".join(answer).encode(), peer)
 
 
+class _TlsProxy(_Proxy):
+    """The stand-in proxy over TLS, with the certificate of example.com (RFC 5922 §7.1)."""
+
+    def __init__(self, status: str, context: ssl.SSLContext) -> None:
+        super().__init__(status)
+        self.context = context
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, address = super().get_request()
+        return self.context.wrap_socket(sock, server_side=True), address
+
+    @property
+    def uri(self) -> str:
+        return f"sip:127.0.0.1:{self.server_address[1]};transport=tls"
+
+
 @pytest.fixture(scope="module")
 def live_uas(
     store: StoreProcess, store_files: StoreFiles, tmp_path_factory: pytest.TempPathFactory
@@ -82,10 +103,20 @@ def live_uas(
     registrar = _UdpRegistrar()
     registrar.start()
     tcp_proxy = _Proxy("200 OK")
-    threading.Thread(target=tcp_proxy.serve_forever, daemon=True).start()
-    proxies = {"UDP": f"sip:127.0.0.1:{registrar.port}", "TCP": tcp_proxy.uri}
+    cert, key = store_files.tls["example.com"]
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    tls_proxy = _TlsProxy("200 OK", server)
+    for stand_in in (tcp_proxy, tls_proxy):
+        threading.Thread(target=stand_in.serve_forever, daemon=True).start()
+    proxies = {
+        "UDP": f"sip:127.0.0.1:{registrar.port}",
+        "TCP": tcp_proxy.uri,
+        "TLS": tls_proxy.uri,
+    }
     running: list[tuple[subprocess.Popen[str], Lines]] = []
     ports: dict[str, int] = {}
+    contacts: dict[str, str] = {}
     try:
         for (transport, proxy), aor in zip(proxies.items(), AORS, strict=True):
             home = tmp_path_factory.mktemp(transport.lower())
@@ -97,6 +128,8 @@ def live_uas(
                 *("--password-file", str(secret), "--validity", "20", "--json"),
                 *("--incomplete-timeout", str(INCOMPLETE)),
             ]
+            if transport == "TLS":  # the UA's own listener: the same test CA's certificate
+                command += ["--tls-certificate", str(cert), "--tls-key", str(key)]
             process = start(command)
             lines = Lines(process.stdout)
             running.append((process, lines))
@@ -104,6 +137,8 @@ def live_uas(
             registered = lines.event()
             assert (registered["event"], registered["status"]) == ("registered", 200)
             ports[transport] = int(re.findall(r":([0-9]+)", registered["contact"])[-1])
+            contacts[transport] = registered["contact"]
+        assert contacts["TLS"].startswith("sips:tortured-tls@127.0.0.1:")
         yield ports
     finally:
         for process, lines in running:
@@ -111,8 +146,9 @@ def live_uas(
             errors = finish(process, lines)
             assert "Traceback" not in errors, errors
         registrar.sock.close()
-        tcp_proxy.shutdown()
-        tcp_proxy.server_close()
+        for stand_in in (tcp_proxy, tls_proxy):
+            stand_in.shutdown()
+            stand_in.server_close()
 
 
 def _status_and_call_id(data: bytes) -> tuple[int, str]:
@@ -148,8 +184,9 @@ def test_over_udp(case: Case, live_uas: dict[str, int]) -> None:
 class _Stream:
     """One TCP connection to the UA, read as SIP responses framed by Content-Length."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.sock = tls.wrap_socket(sock, server_hostname="example.com") if tls else sock
         self.buffer = b""
 
     def response(self) -> bytes | None:
@@ -175,9 +212,19 @@ class _Stream:
         return None
 
 
+def _client_tls(store_files: StoreFiles) -> ssl.SSLContext:
+    """Our test client verifies the UA's certificate against the test CA (RFC 5922)."""
+    context = ssl.create_default_context(cafile=str(store_files.ca_file))
+    return context
+
+
+@pytest.mark.parametrize("transport", ["TCP", "TLS"])
 @pytest.mark.parametrize("case", [*REQUESTS, *ANSWERLESS], ids=lambda c: c.name)
-def test_over_tcp(case: Case, live_uas: dict[str, int]) -> None:
-    stream = _Stream(live_uas["TCP"])
+def test_over_a_stream(
+    case: Case, transport: str, live_uas: dict[str, int], store_files: StoreFiles
+) -> None:
+    tls = _client_tls(store_files) if transport == "TLS" else None
+    stream = _Stream(live_uas[transport], tls)
     with stream.sock:
         started = time.monotonic()
         stream.sock.sendall(case.wire)
@@ -190,7 +237,7 @@ def test_over_tcp(case: Case, live_uas: dict[str, int]) -> None:
             assert stream.response() is None
             assert time.monotonic() - started >= INCOMPLETE
             return
-        stream.sock.sendall(_probe("TCP"))  # the connection is still usable
+        stream.sock.sendall(_probe(transport))  # the connection is still usable
         if case.name == "dblreq":  # on a stream the INVITE is a second message: 100..488
             assert stream.final() == 400  # it has no Contact (RFC 3261 §8.1.1.8)
         assert stream.final() == 200
