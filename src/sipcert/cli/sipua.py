@@ -104,6 +104,14 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-certificate")
     parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=95.0,
+        metavar="SECONDS",
+        help="CRLF keep-alive interval on a TCP/TLS flow to the proxy; 0 turns it off "
+        "(RFC 5626 §4.4.1, default 95)",
+    )
+    parser.add_argument(
         "--incomplete-timeout",
         type=float,
         default=32.0,
@@ -372,6 +380,7 @@ async def _serve(
             transport=proxy.transport,
             host=args.listen,
             incomplete_timeout=args.incomplete_timeout,
+            keepalive=args.keepalive or None,
             tls_context=client_tls_context(args.ca_file) if tls else None,
             server_tls_context=(
                 server_tls_context(args.tls_certificate, args.tls_key) if tls else None

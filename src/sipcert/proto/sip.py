@@ -734,10 +734,14 @@ class StreamParser:
         self._buffer = bytearray()
         self._head: tuple[bytes, int] | None = None
         self.failed = False
+        #: RFC 5626 §3.5.1 keep-alive pings (CRLFCRLF between messages) not yet answered.
+        self.pings = 0
 
     @property
     def buffered(self) -> int:
-        """Octets received but not yet part of a complete message."""
+        """Octets received but not yet part of a complete message (keep-alive CRLFs are not)."""
+        if self._head is None and not self._buffer.strip(b"\r\n"):
+            return 0
         return len(self._buffer) + (len(self._head[0]) if self._head is not None else 0)
 
     def feed(self, data: bytes) -> list[StreamEvent]:
@@ -753,12 +757,27 @@ class StreamParser:
             out.append(error)
         return out
 
+    def _skip_keepalives(self) -> None:
+        """Drop CRLFs before a start line (RFC 3261 §7.5), counting CRLFCRLF pings."""
+        buffer = self._buffer
+        while True:
+            if buffer[:4] == b"\r\n\r\n":
+                self.pings += 1
+                del buffer[:4]
+            elif buffer[:2] == b"\r\n":
+                if b"\r\n".startswith(bytes(buffer[2:4])):
+                    return  # perhaps the first half of a ping: wait for the rest
+                del buffer[:2]  # a pong (RFC 5626 §4.4.1) or a stray CRLF
+            elif buffer[:1] == b"\n":
+                del buffer[:1]
+            else:
+                return
+
     def _drain(self, out: list[StreamEvent]) -> None:
         limits = self._limits
         while True:
             if self._head is None:
-                while self._buffer[:1] == b"\n" or self._buffer[:2] == b"\r\n":
-                    del self._buffer[: 1 if self._buffer[:1] == b"\n" else 2]
+                self._skip_keepalives()
                 match = _BLANK_LINE.search(self._buffer)
                 if match is None:
                     if len(self._buffer) > limits.max_message:

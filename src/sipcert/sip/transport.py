@@ -185,6 +185,9 @@ class StreamConnection:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     #: Requests received here whose final response has not been sent yet.
     unanswered: int = 0
+    #: Set whenever bytes arrive (a pong, RFC 5626 §4.4.1, or anything else); cleared by
+    #: whoever waits for the next.
+    heard: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _answered: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
 
     async def note_answered(self) -> None:
@@ -417,7 +420,13 @@ class SipTransport:
                     break
                 if not data:
                     break
-                for event in parser.feed(data):
+                conn.heard.set()
+                events = parser.feed(data)
+                while parser.pings:  # RFC 5626 §3.5.1: answer a CRLFCRLF ping with CRLF
+                    parser.pings -= 1
+                    with contextlib.suppress(TransportError):
+                        await conn.send(b"\r\n")
+                for event in events:
                     if isinstance(event, InputError):
                         response = self._report(event, conn.origin)
                         if response is not None:
@@ -474,6 +483,12 @@ class SipTransport:
         if len(data) > MAX_DATAGRAM:
             raise TransportError(f"{len(data)} octets do not fit a UDP datagram; use TCP")
         self._udp.sendto(data, (host, port))
+
+    def pooled(self, hop: Hop) -> StreamConnection | None:
+        """The open pooled connection to ``hop``, if any (no connection is made)."""
+        domain = hop.tls_domain if hop.transport is Transport.TLS else ""
+        conn = self._pool.get((hop.transport, hop.host, hop.port, domain))
+        return conn if conn is not None and not conn.closed else None
 
     async def connection(self, hop: Hop) -> StreamConnection:
         """An open, verified connection to ``hop``: pooled if one exists, else a new one."""

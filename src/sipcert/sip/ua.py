@@ -240,11 +240,20 @@ class UserAgent:
         user_agent: str = "sipcert",
         incomplete_timeout: float = 32.0,
         path_mtu: int | None = None,
+        keepalive: float | None = None,
+        keepalive_timeout: float = 10.0,
     ) -> None:
         self.aor = aor if isinstance(aor, AOR) else parse_aor(aor)
         self.uri = f"sip:{self.aor}"
         self.proxy = proxy
         self._resolver = resolver
+        self._keepalive = keepalive
+        self._keepalive_timeout = keepalive_timeout
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._expires = 300
+        #: CRLF pings sent and connections to the registrar re-established (RFC 5626 §4.4.1).
+        self.keepalive_pings = 0
+        self.reconnects = 0
         self.transport_kind = transport
         self.timers = timers or Timers()
         #: Largest request sent over UDP (RFC 3261 §18.1.1): MTU - 200, or 1300.
@@ -635,7 +644,44 @@ class UserAgent:
             Request("REGISTER", uri, headers=tuple(headers)), hop, fallbacks=others
         )
         self._register_cseq = request.cseq[0]
+        self._expires = expires
+        task = self._keepalive_task
+        running = task is not None and not task.done()
+        if expires == 0 and task is not None and running and task is not asyncio.current_task():
+            task.cancel()
+        elif (
+            200 <= response.status < 300
+            and expires > 0
+            and self._keepalive is not None
+            and hop.transport.reliable
+            and not running
+        ):
+            self._keepalive_task = self._spawn(self._keep_alive(hop, self._keepalive))
         return response
+
+    async def _keep_alive(self, hop: Hop, interval: float) -> None:
+        """RFC 5626 §4.4.1: a CRLFCRLF ping on the idle stream to the registrar every
+        ``interval`` s; without an answer (CRLF pong, or any byte) within
+        ``keepalive_timeout`` the connection is closed and the registration re-made over a
+        new one (§4.4: a flow that failed is re-established)."""
+        while True:
+            await asyncio.sleep(interval)
+            conn = self._transport.pooled(hop)
+            if conn is not None:
+                conn.heard.clear()
+                try:
+                    await conn.send(b"\r\n\r\n")
+                    self.keepalive_pings += 1
+                    await asyncio.wait_for(conn.heard.wait(), self._keepalive_timeout)
+                    continue
+                except (TransportError, TimeoutError):
+                    log.info("no keep-alive answer from %s:%s: reconnecting", hop.host, hop.port)
+                await conn.aclose()
+            self.reconnects += 1
+            try:
+                await self.register(self._expires)
+            except SipCertError as error:
+                log.info("re-registration with %s:%s failed: %s", hop.host, hop.port, error)
 
     async def unregister(self) -> Response:
         """Remove our binding (Expires: 0, §10.2.2)."""

@@ -184,3 +184,31 @@ def test_a_large_message_switches_to_tcp_through_kamailio(
         assert large.body == big
 
     run(main())
+
+
+def test_crlf_keepalive_with_kamailio(start_kamailio: KamailioFactory) -> None:  # noqa: F811
+    """RFC 5626 §4.4.1 against Kamailio: it answers our CRLFCRLF pings with CRLF, so the TCP
+    flow to the registrar stays up and is never re-established."""
+    kamailio = start_kamailio(())
+    proxy = Hop(Transport.TCP, "127.0.0.1", kamailio.port)
+
+    async def main() -> None:
+        async with UserAgent(
+            ALICE.aor,
+            password=ALICE.password,
+            proxy=proxy,
+            transport=Transport.TCP,
+            timers=TIMERS,
+            keepalive=0.1,
+            keepalive_timeout=2.0,
+        ) as ua:
+            assert (await ua.register()).status == 200, kamailio.describe()
+            flow = ua.transport.pooled(proxy)
+            async with asyncio.timeout(10):
+                while ua.keepalive_pings < 4:
+                    await asyncio.sleep(0.02)
+            assert ua.reconnects == 0, kamailio.describe()
+            assert ua.transport.pooled(proxy) is flow
+            assert (await ua.unregister()).status == 200
+
+    run(main())

@@ -687,3 +687,17 @@ def test_mutated_messages_only_raise_input_errors(
     except InputError:
         return
     assert parse_message(parsed.to_bytes()) == parsed
+
+
+def test_stream_parser_counts_keepalive_pings_across_reads() -> None:
+    """RFC 5626 §3.5.1: CRLFCRLF between messages is a ping (answered with CRLF); a lone
+    CRLF is a pong and is not an incomplete message."""
+    message = _request()
+    parser = StreamParser()
+    assert parser.feed(b"\r\n") == []
+    assert parser.buffered == 0  # a pong, or half a ping: never "incomplete"
+    assert parser.feed(b"\r") == []
+    assert parser.feed(b"\n" + message.to_bytes() + b"\r\n\r\n") == [message]
+    assert parser.pings == 2
+    assert parser.feed(b"\r\n" + message.to_bytes()) == [message]
+    assert parser.pings == 2

@@ -23,7 +23,7 @@ from sipcert.proto.digest import (
 )
 from sipcert.proto.indirection import certificate_reference, parse_external_body
 from sipcert.proto.mime import MimePart
-from sipcert.proto.sip import Request, Response, body_part, make_response
+from sipcert.proto.sip import Request, Response, StreamParser, body_part, make_response
 from sipcert.sip.transport import Hop, Origin, SipTransport, Transport, client_tls_context
 from sipcert.sip.ua import Call, IncomingRequest, Timers, UserAgent
 
@@ -972,5 +972,79 @@ def test_513_over_udp_is_retried_over_tcp() -> None:
         assert (first_via, second_via) == (Transport.UDP, Transport.TCP)
         assert second.cseq[0] == first.cseq[0] + 1
         assert second.top_via.branch != first.top_via.branch
+
+    run(main())
+
+
+# --- RFC 5626 keep-alive ----------------------------------------------------------------------
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for ``predicate`` (checked every 10 ms) or fail after ``timeout`` s."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def test_crlf_keepalive_is_answered_and_keeps_the_flow() -> None:
+    """Our transport answers CRLFCRLF with CRLF (RFC 5626 §3.5.1), so the UA keeps its
+    connection to the registrar and does not reconnect."""
+
+    async def main() -> None:
+        proxy = _TwoTransportProxy([])
+        udp = await proxy.start()
+        hop = Hop(Transport.TCP, udp.host, udp.port)
+        async with UserAgent(
+            "alice@example.com", proxy=hop, transport=Transport.TCP, timers=FAST, keepalive=0.05
+        ) as alice:
+            assert (await alice.register()).status == 200
+            first = alice.transport.pooled(hop)
+            await _until(lambda: alice.keepalive_pings >= 3)
+            assert alice.reconnects == 0
+            assert alice.transport.pooled(hop) is first
+            assert (await alice.unregister()).status == 200
+        await proxy.transport.aclose()
+        assert [r.method for _, r in proxy.received] == ["REGISTER", "REGISTER"]
+
+    run(main())
+
+
+def test_a_silent_flow_is_closed_and_the_registration_made_again() -> None:
+    """A registrar that never answers the ping: close, reconnect, REGISTER again (§4.4.1)."""
+
+    async def main() -> None:
+        registers: list[tuple[int, Request]] = []
+        connections = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            number = connections
+            parser = StreamParser()
+            while data := await reader.read(65536):
+                for event in parser.feed(data):
+                    if isinstance(event, Request):
+                        registers.append((number, event))
+                        writer.write(make_response(event, 200, to_tag="s").to_bytes())
+                parser.pings = 0  # a registrar that ignores keep-alives
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        hop = Hop(Transport.TCP, "127.0.0.1", port)
+        async with UserAgent(
+            "alice@example.com",
+            proxy=hop,
+            transport=Transport.TCP,
+            timers=FAST,
+            keepalive=0.05,
+            keepalive_timeout=0.1,
+        ) as alice:
+            assert (await alice.register()).status == 200
+            await _until(lambda: len(registers) >= 2)
+            assert alice.reconnects >= 1
+        server.close()
+        await server.wait_closed()
+        assert [number for number, _ in registers[:2]] == [1, 2]  # a new connection
 
     run(main())
