@@ -671,7 +671,12 @@ def parse_message(
         _fail("empty message")
     match = _BLANK_LINE.search(data)
     if match is None:
-        _fail("no empty line ends the header section")
+        # The head is still what it is: a datagram that lost its empty line (RFC 4475
+        # §3.1.2.15 baddn) gets its 400 from the fields that can be read.
+        raise SipMessageError(
+            "malformed SIP message: no empty line ends the header section",
+            head=data.removesuffix(b"\r\n"),
+        )
     head = data[: match.start()]
     try:
         start, headers = _parse_head(head, limits)

@@ -1,30 +1,12 @@
-"""The RFC 4475 and RFC 5118 torture messages, kept in the RFCs' own notation (see README)."""
+"""The RFC 4475 and RFC 5118 torture messages, byte-exact in ``*.dat`` files (see README)."""
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).parent
-_TAG = re.compile(r"<hex>([0-9A-Fa-f]*)</hex>|<repeat count=([0-9]+)>(.*?)</repeat>", re.S)
-
-
-def decode(text: str) -> bytes:
-    """RFC 4475 §2 notation to bytes: CRLF line ends, ``<hex>`` octets, ``<repeat>`` runs."""
-    out = bytearray()
-    pos = 0
-    wire = text.replace("\n", "\r\n")
-    for match in _TAG.finditer(wire):
-        out += wire[pos : match.start()].encode("utf-8")
-        if match.group(1) is not None:
-            out += bytes.fromhex(match.group(1))
-        else:
-            out += match.group(3).encode("utf-8") * int(match.group(2))
-        pos = match.end()
-    out += wire[pos:].encode("utf-8")
-    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -40,9 +22,21 @@ class Case:
     note: str
 
     @property
-    def wire(self) -> bytes:
+    def archived(self) -> bytes:
+        """The ``.dat`` file's octets: the RFC's Appendix A archive member, untouched."""
         folder = "rfc4475" if self.rfc == "4475" else "rfc5118"
-        return decode((HERE / folder / f"{self.name}.txt").read_text(encoding="utf-8"))
+        return (HERE / folder / f"{self.name}.dat").read_bytes()
+
+    @property
+    def wire(self) -> bytes:
+        """The message as sent: RFC 4475's files are wire bytes already (CRLF, NUL, bare CR);
+        RFC 5118's archive ends its lines in bare LF, and its two §4.10 messages stop without
+        the empty line, so those get CRLF and the empty line (RFC 3261 §7), nothing else."""
+        data = self.archived
+        if self.rfc == "4475":
+            return data
+        data = data.replace(b"\n", b"\r\n")
+        return data if b"\r\n\r\n" in data else data + b"\r\n"
 
     @property
     def is_request(self) -> bool:
