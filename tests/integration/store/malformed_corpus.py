@@ -36,7 +36,7 @@ from sipcert.proto.digest import (
     compute_ha1,
     compute_response,
 )
-from tests.factories import make_cert, make_key, resign_with_sha1
+from tests.factories import PrivateKey, make_cert, make_key, resign_with_sha1
 
 SEARCH = "/search-cgi"
 ALICE_Q = "/search-cgi?sip=alice@example.com"
@@ -146,15 +146,23 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def good_cert(aor: str = "alice@example.com", **kw: object) -> x509.Certificate:
-    key = kw.pop("key", None) or make_key("ec-p256", aor, slot=int(kw.pop("slot", 0)))  # type: ignore[call-overload]
+def good_cert(
+    aor: str = "alice@example.com",
+    *,
+    slot: int = 0,
+    key: PrivateKey | None = None,
+    uris: list[str] | None = None,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+) -> x509.Certificate:
+    """A certificate the Store would enroll for ``aor``, unless an argument spoils it."""
     now = _now()
     return make_cert(
-        key,
+        key or make_key("ec-p256", aor, slot=slot),
         aor,
-        not_before=kw.pop("not_before", now - timedelta(hours=1)),  # type: ignore[arg-type]
-        not_after=kw.pop("not_after", now + timedelta(days=10)),  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
+        uris=uris,
+        not_before=not_before or now - timedelta(hours=1),
+        not_after=not_after or now + timedelta(days=10),
     )
 
 
@@ -176,7 +184,7 @@ def _weak_rsa() -> x509.Certificate:
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
     now = _now()
     return make_cert(
-        key,  # type: ignore[arg-type]
+        key,
         "alice@example.com",
         not_before=now - timedelta(hours=1),
         not_after=now + timedelta(days=5),
