@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo selftest test test-random lint clean
+.PHONY: demo selftest test test-random fuzz lint clean
 
 $(STAMP): pyproject.toml
 	@echo "Installing sipcert and its tools into $(VENV)/ (about a minute, the first time only)..."
@@ -20,8 +20,8 @@ selftest: $(STAMP)
 	$(VENV)/bin/sipcert selftest
 
 test: $(STAMP)
-	$(VENV)/bin/ruff format --check src tests
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests fuzz
+	$(VENV)/bin/ruff check src tests fuzz
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest --cov --cov-report=term
 
@@ -30,9 +30,23 @@ test: $(STAMP)
 test-random: $(STAMP)
 	HYPOTHESIS_PROFILE=random $(VENV)/bin/pytest -m hypothesis -p no:cacheprovider -q
 
+# Every atheris target of fuzz/ for FUZZ_SECONDS each (fuzz/README.md); `make test` runs
+# each for a few seconds only. New inputs go to .fuzz/ (git-ignored), crashes to .fuzz/artifacts/.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS := query digest upload mime cms sip
+fuzz: $(STAMP)
+	@mkdir -p .fuzz/artifacts
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p .fuzz/$$target; \
+		echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+		$(VENV)/bin/python -m fuzz.run $$target -max_total_time=$(FUZZ_SECONDS) \
+			-artifact_prefix=.fuzz/artifacts/ .fuzz/$$target fuzz/corpus/$$target \
+			|| exit 1; \
+	done
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests fuzz
+	$(VENV)/bin/ruff check --fix src tests fuzz
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .fuzz

@@ -9,7 +9,8 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     SipCertError
     ├── InputError                     malformed input (400)
     │   ├── InputTooLargeError         input over a size limit (413)
-    │   │   └── HeaderTooLargeError    a request head or header over its limit (431)
+    │   │   ├── HeaderTooLargeError    a request head or header over its limit (431)
+    │   │   └── URITooLongError        a request target over its limit (414)
     │   ├── UnsupportedMediaTypeError  an upload that is not a certificate type (415)
     │   ├── AORError                   not an address of record / SIP URI
     │   ├── CertificateParseError      DER/PEM that is not a certificate
@@ -69,6 +70,7 @@ __all__ = [
     "StoreUnavailableError",
     "TLSHandshakeError",
     "TransportError",
+    "URITooLongError",
     "UnsupportedMediaTypeError",
     "UntrustedCertificateError",
 ]
@@ -100,6 +102,12 @@ class HeaderTooLargeError(InputTooLargeError):
     """A request head, or one header in it, over its limit (RFC 6585 §5)."""
 
     http_status = 431
+
+
+class URITooLongError(InputTooLargeError):
+    """A request target longer than the Store parses (RFC 9112 §3: 414, not 413)."""
+
+    http_status = 414
 
 
 class UnsupportedMediaTypeError(InputError):

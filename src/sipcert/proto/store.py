@@ -32,6 +32,7 @@ from sipcert.errors import (
     RateLimitedError,
     SipCertError,
     UnsupportedMediaTypeError,
+    URITooLongError,
 )
 from sipcert.proto.aor import AOR, escape_user, parse_aor
 from sipcert.proto.certs import check_enrollment, format_cert_hash, load_certificate
@@ -47,6 +48,7 @@ __all__ = [
     "authorize_delete",
     "authorize_upload",
     "certificates_response",
+    "check_host",
     "enrolled_on_header",
     "error_response",
     "error_to_response",
@@ -149,7 +151,7 @@ def percent_decode(raw: str, what: str, *, plus_is_space: bool = False) -> str:
         i = raw.find("%", i + 3)
     try:
         return unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError as exc:
+    except UnicodeError as exc:  # a byte that was not UTF-8 on the wire: a surrogate here
         raise InputError(f"{what} is not UTF-8 after %-decoding") from exc
 
 
@@ -192,7 +194,7 @@ def parse_description(value: str | None) -> str | None:
         raise InputError(f"Content-Description longer than {_MAX_DESCRIPTION_FIELD} characters")
     try:
         label = str(email.header.make_header(email.header.decode_header(value)))
-    except (ValueError, LookupError, email.errors.HeaderParseError) as exc:
+    except (ValueError, LookupError, email.errors.MessageError) as exc:  # CharsetError too
         raise InputError("Content-Description has a malformed RFC 2047 encoded-word") from exc
     label = label.strip()
     if not label:
@@ -247,10 +249,11 @@ def parse_query(query: str) -> StoreQuery:
     :func:`~sipcert.proto.aor.parse_aor` accepts; ``certHash`` may come with it or alone.
     Repeated, empty or unknown parameters are errors rather than guesses.
 
-    Raises :class:`InputError` (400) or :class:`InputTooLargeError` (413).
+    Raises :class:`InputError` (400) or :class:`~sipcert.errors.URITooLongError` (414, RFC
+    9112 §3: a request-target longer than the server parses).
     """
     if len(query) > MAX_QUERY_LENGTH:
-        raise InputTooLargeError(f"query string longer than {MAX_QUERY_LENGTH} characters")
+        raise URITooLongError(f"query string longer than {MAX_QUERY_LENGTH} characters")
     if not query:
         raise InputError("missing query: expected ?email=<aor>, ?sip=<aor> or ?certHash=<hash>")
     seen: dict[str, str] = {}
@@ -272,9 +275,33 @@ def parse_query(query: str) -> StoreQuery:
     aor: AOR | None = None
     attribute = attributes[0] if attributes else None
     if attribute is not None:
-        aor = parse_aor(seen[attribute])
+        try:
+            aor = parse_aor(seen[attribute])
+        except InputTooLargeError as exc:  # a part of the target, not content: 414, not 413
+            raise URITooLongError(str(exc)) from exc
     cert_hash = parse_cert_hash(seen["certHash"]) if "certHash" in seen else None
     return StoreQuery(aor=aor, attribute=attribute, cert_hash=cert_hash)
+
+
+#: RFC 9110 §7.2 / RFC 3986 §3.2.2-3.2.3: ``uri-host [ ":" port ]``; reg-name characters
+#: (unreserved, pct-encoded, sub-delims), an IPv4 address or an IP-literal in brackets.
+_HOST_RE = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?",
+)
+
+
+def check_host(values: Sequence[str]) -> None:
+    """The ``Host`` field of an HTTP/1.1 request: exactly one, with a valid value.
+
+    RFC 9112 §3.2: a server MUST answer 400 to a request "that contains more than one Host
+    header field line or a Host header field with an invalid field value" (aiohttp's parser
+    refuses a missing or repeated one itself). An https URI always has an authority (RFC
+    9110 §4.2.2), so an empty value is invalid too. Raises :class:`InputError` (400).
+    """
+    if len(values) != 1:
+        raise InputError("give exactly one Host header (RFC 9112 §3.2)")
+    if not _HOST_RE.fullmatch(values[0].strip()):
+        raise InputError("the Host header is not a valid host[:port] (RFC 9112 §3.2)")
 
 
 def etag_for(fingerprints: Sequence[str]) -> str:

@@ -77,6 +77,7 @@ from sipcert.proto.store import (
     authorize_delete,
     authorize_upload,
     certificates_response,
+    check_host,
     error_response,
     error_to_response,
     parse_description,
@@ -375,6 +376,7 @@ class StoreApp:
     # -- routing -------------------------------------------------------------------------
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        _check_framing(request)
         if request.path != SEARCH_PATH:
             if request.path in (ACCOUNT_PATH, REVOKE_PATH):
                 return await self.account_pages.handle(request, self._domain_of(request))
@@ -606,6 +608,42 @@ class StoreApp:
                 if removed:
                     log.info("purged %d expired certificate(s)", removed)
             await asyncio.sleep(interval)
+
+
+def _refuse_and_close(status: int, text: str) -> _RefusalError:
+    response = _plain(status, text)
+    response.force_close()  # the framing of what follows cannot be trusted
+    return _RefusalError(response)
+
+
+def _check_framing(request: web.BaseRequest) -> None:
+    """What aiohttp's parser lets through but RFC 9112 refuses, before anything else.
+
+    * no HTTP-version (an HTTP/0.9 "simple request"): the request-line is malformed (§3);
+    * a major version other than 1: 505 (RFC 9110 §15.6.6);
+    * a Host field with an invalid value (§3.2, :func:`~sipcert.proto.store.check_host`);
+    * Transfer-Encoding in HTTP/1.0 (§6.1: the framing is faulty) or a transfer coding
+      other than ``chunked``, which the Store does not implement: 501 (§6.1 SHOULD).
+    """
+    version = request.version
+    if version.major == 0:
+        raise _refuse_and_close(400, "malformed request line: no HTTP version (RFC 9112 §3)")
+    if version.major != 1:
+        raise _refuse_and_close(
+            505, f"HTTP/{version.major}.{version.minor} is not supported here; use HTTP/1.1"
+        )
+    hosts = request.headers.getall("Host", [])
+    if version >= (1, 1) or hosts:
+        check_host(hosts)
+    codings = [
+        coding.strip().lower()
+        for value in request.headers.getall("Transfer-Encoding", [])
+        for coding in value.split(",")
+    ]
+    if codings and version < (1, 1):
+        raise _refuse_and_close(400, "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
+    if codings and codings != ["chunked"]:
+        raise _refuse_and_close(501, "the only transfer coding accepted is chunked")
 
 
 def _cert_domain(cert: StoredCertificate) -> str:

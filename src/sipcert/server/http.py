@@ -34,7 +34,15 @@ from sipcert.errors import SipCertError
 from sipcert.proto.store import error_response
 from sipcert.server.logsafe import RateLimitedLog
 
-__all__ = ["SERVER_NAME", "StoreServer", "refusal_reason"]
+__all__ = [
+    "MAX_FIELD_SIZE",
+    "MAX_TARGET_SIZE",
+    "SERVER_NAME",
+    "StoreServer",
+    "line_too_long_status",
+    "refusal_reason",
+    "refusal_status",
+]
 
 log = logging.getLogger("sipcert.server")
 
@@ -42,6 +50,33 @@ log = logging.getLogger("sipcert.server")
 SERVER_NAME = "sipcert"
 #: WARNING lines about refused requests, per worker and second, before they are summarized.
 REFUSALS_PER_SECOND = 10
+
+
+#: aiohttp's limits on the request-target and on one header field. They differ by one so
+#: that a :class:`LineTooLong` tells which it was: RFC 9112 §3 wants 414 for a target too
+#: long to parse, RFC 6585 §5 431 for a header field.
+MAX_TARGET_SIZE = 8190
+MAX_FIELD_SIZE = 8191
+
+
+#: How aiohttp's parsers (C and Python) begin the error for more than ``max_headers`` fields.
+_TOO_MANY_HEADERS = "Too many headers"
+
+
+def line_too_long_status(exc: LineTooLong) -> int:
+    """414 when aiohttp's limit on the request-target was hit, else 431 (a header field)."""
+    return 414 if len(exc.args) > 1 and exc.args[1] == MAX_TARGET_SIZE else 431
+
+
+def refusal_status(status: int, exc: BaseException | None) -> int:
+    """The status of an answer aiohttp made, where the RFCs name a closer one than its 400:
+    414 for a request-target too long (RFC 9112 §3), 431 for a header field too long or too
+    many of them (RFC 6585 §5)."""
+    if isinstance(exc, LineTooLong):
+        return line_too_long_status(exc)
+    if isinstance(exc, BadHttpMessage) and exc.message.startswith(_TOO_MANY_HEADERS):
+        return 431
+    return status
 
 
 def refusal_reason(status: int, exc: BaseException | None) -> str:
@@ -57,7 +92,9 @@ def refusal_reason(status: int, exc: BaseException | None) -> str:
     if isinstance(exc, InvalidURLError):
         return "malformed request target: the Store answers at /search-cgi"
     if isinstance(exc, LineTooLong):
-        return "request line or header too long"
+        if line_too_long_status(exc) == 414:
+            return "request target too long (RFC 9112 §3)"
+        return "header field too long (RFC 6585 §5)"
     if isinstance(exc, InvalidHeader):
         return "malformed header"
     if isinstance(exc, BadHttpMessage):
@@ -80,6 +117,7 @@ class _StoreRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        status = refusal_status(status, exc)
         reason = refusal_reason(status, exc)
         # A 5xx here is aiohttp's (the Store's handler answers its own): say what failed.
         detail = f" ({type(exc).__name__}: {exc})" if status >= 500 and exc is not None else ""
@@ -115,6 +153,8 @@ class StoreServer(web.Server):
     """``aiohttp.web.Server`` whose connections use the Store's request handler (above)."""
 
     def __init__(self, handler: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max_line_size", MAX_TARGET_SIZE)
+        kwargs.setdefault("max_field_size", MAX_FIELD_SIZE)
         super().__init__(handler, **kwargs)
         self.refusals = RateLimitedLog(log, "refused requests", per_second=REFUSALS_PER_SECOND)
 

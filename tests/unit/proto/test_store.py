@@ -34,10 +34,12 @@ from sipcert.proto.store import (
     StorePolicy,
     authorize_upload,
     certificates_response,
+    check_host,
     error_response,
     error_to_response,
     etag_for,
     parse_cert_hash,
+    parse_description,
     parse_query,
     parse_upload,
 )
@@ -157,10 +159,46 @@ def test_query_rejects(query: str, message: str) -> None:
     assert info.value.http_status == 400
 
 
-def test_query_too_long_is_413() -> None:
+def test_query_too_long_is_414() -> None:
+    """RFC 9112 §3: a request-target longer than the server parses is 414 (URI Too Long)."""
     with pytest.raises(InputTooLargeError) as info:
         parse_query("email=" + "a" * MAX_QUERY_LENGTH)
-    assert info.value.http_status == 413
+    assert info.value.http_status == 414
+
+
+def test_an_aor_too_long_in_the_query_is_414() -> None:
+    """The AOR is part of the request-target (RFC 9112 §3), not content (RFC 9110 §15.5.14)."""
+    with pytest.raises(InputTooLargeError) as info:
+        parse_query("sip=" + "a" * 600 + "@example.com")
+    assert info.value.http_status == 414
+
+
+def test_a_byte_that_was_not_utf8_on_the_wire_is_400() -> None:
+    """Found by fuzz/targets.py (query): aiohttp hands such bytes on as surrogates, and
+    percent-decoding them raised UnicodeEncodeError (a 500)."""
+    with pytest.raises(InputError, match="not UTF-8"):
+        parse_query("sip=alice@ex\udcffample.com")
+
+
+def test_an_encoded_word_with_a_charset_name_that_is_not_ascii_is_400() -> None:
+    """Found by fuzz/targets.py (query): ``email.charset`` raised CharsetError (a 500)."""
+    with pytest.raises(InputError, match="encoded-word"):
+        parse_description("=?utf-a\udcff\udcffce@example.co8?b?w6lsw6luZQ==?=")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["a", "b"], [""], ["exa mple.com"], ["example.com:x"], ["ex/ample.com"], ["a@b"]],
+)
+def test_a_bad_host_field_is_400(values: list[str]) -> None:
+    """RFC 9112 §3.2: exactly one Host with a valid host[:port] value."""
+    with pytest.raises(InputError, match="Host"):
+        check_host(values)
+
+
+@pytest.mark.parametrize("value", ["example.com", "example.com:443", "[::1]:8443", "127.0.0.1"])
+def test_a_good_host_field_passes(value: str) -> None:
+    check_host([value])
 
 
 @given(st.text(max_size=300))

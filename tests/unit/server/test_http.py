@@ -14,7 +14,14 @@ from aiohttp.http_exceptions import (
 )
 
 from sipcert.errors import HeaderTooLargeError
-from sipcert.server.http import StoreServer, refusal_reason
+from sipcert.server.http import (
+    MAX_FIELD_SIZE,
+    MAX_TARGET_SIZE,
+    StoreServer,
+    line_too_long_status,
+    refusal_reason,
+    refusal_status,
+)
 
 
 @pytest.mark.parametrize(
@@ -24,7 +31,8 @@ from sipcert.server.http import StoreServer, refusal_reason
         (504, None, "the request took too long to answer"),
         (400, BadHttpMethod("G\\xc3T"), "malformed request line: not an HTTP method"),
         (400, InvalidURLError("*"), "malformed request target: the Store answers at /search-cgi"),
-        (400, LineTooLong("line", "8190", "9000"), "request line or header too long"),
+        (400, LineTooLong("line", 8190, "9000"), "request target too long (RFC 9112 §3)"),
+        (400, LineTooLong("line", 8191, "9000"), "header field too long (RFC 6585 §5)"),
         (400, InvalidHeader(b"X-A\nb"), "malformed header"),
         (
             400,
@@ -79,3 +87,18 @@ def test_our_own_refusal_keeps_its_reason() -> None:
     """The 431 of server.conn reaches the client with its own words, not the status phrase."""
     exc = HeaderTooLargeError("request head over the limit of 16384 bytes")
     assert refusal_reason(431, exc) == "request head over the limit of 16384 bytes"
+
+
+def test_a_line_too_long_is_414_for_the_target_and_431_for_a_header() -> None:
+    """RFC 9112 §3 (414) and RFC 6585 §5 (431): the limits differ so the error tells."""
+    assert MAX_TARGET_SIZE != MAX_FIELD_SIZE
+    assert line_too_long_status(LineTooLong(b"/x", MAX_TARGET_SIZE)) == 414
+    assert line_too_long_status(LineTooLong(b"X-A", MAX_FIELD_SIZE)) == 431
+
+
+def test_too_many_header_fields_is_431_and_other_refusals_keep_their_status() -> None:
+    """RFC 6585 §5: aiohttp's "Too many headers received" (400) becomes 431."""
+    assert refusal_status(400, BadHttpMessage("Too many headers received")) == 431
+    assert refusal_status(400, LineTooLong(b"/x", MAX_TARGET_SIZE)) == 414
+    assert refusal_status(400, BadHttpMessage("Invalid header token")) == 400
+    assert refusal_status(500, RuntimeError("x")) == 500

@@ -1,0 +1,1 @@
+"""atheris fuzz targets for the parsers of ``sipcert.proto`` (see fuzz/README.md)."""
