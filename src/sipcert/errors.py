@@ -15,7 +15,8 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     │   ├── CertificateParseError      DER/PEM that is not a certificate
     │   ├── DigestHeaderError          a malformed WWW-Authenticate / Authorization header
     │   ├── MIMEError                  a malformed MIME entity or multipart body
-    │   └── CMSError                   a malformed CMS (PKCS#7) structure
+    │   ├── CMSError                   a malformed CMS (PKCS#7) structure
+    │   └── ProxyProtocolError         a malformed or unexpected PROXY protocol header
     ├── AuthenticationError            Digest credentials missing or wrong (401)
     │   └── StaleNonceError            a genuine nonce that has expired (401, stale=true)
     ├── ForbiddenError                 authenticated but not allowed (403)
@@ -54,6 +55,7 @@ __all__ = [
     "MIMEError",
     "NameMismatchError",
     "NotFoundError",
+    "ProxyProtocolError",
     "RateLimitedError",
     "SignatureError",
     "SipCertError",
@@ -120,6 +122,11 @@ class MIMEError(InputError):
 
 class CMSError(InputError):
     """A CMS (PKCS#7) structure that does not parse or is not of the expected type."""
+
+
+class ProxyProtocolError(InputError):
+    """A PROXY protocol header (haproxy doc/proxy-protocol.txt) that is malformed, missing
+    from a trusted balancer, or sent by a source that is not trusted to send one."""
 
 
 class AuthenticationError(SipCertError):
