@@ -8,12 +8,75 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import httpx
+
 from tests.conftest import free_port, require_program
+from tests.integration.store.conftest import StoreFiles, StoreProcess, _Redirected
+
+#: Where direct (not balanced) test clients connect from: not a trusted balancer.
+DIRECT = "127.0.0.9"
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def tls_handshake(port: int, source: str, files: StoreFiles, first: bytes = b"") -> bool:
+    """Whether a TLS handshake (after ``first`` raw bytes) from ``source`` succeeds."""
+    context = ssl.create_default_context(cafile=files.ca_file)
+    try:
+        with socket.create_connection(
+            ("127.0.0.1", port), timeout=5, source_address=(source, 0)
+        ) as raw:
+            raw.sendall(first)
+            with context.wrap_socket(raw, server_hostname="example.com"):
+                return True
+    except (ssl.SSLError, OSError):
+        return False
+
+
+def proxied(process: StoreProcess) -> StoreProcess:
+    """``process``, whose readiness check connects directly from :data:`DIRECT` (from
+    127.0.0.1, a trusted balancer, a handshake needs a PROXY header first)."""
+
+    def ready(timeout: float = 20.0) -> None:
+        def up() -> bool:
+            assert process.process is not None
+            if process.process.poll() is not None:
+                raise RuntimeError(f"sipcert serve exited early:\n{process.output()}")
+            return tls_handshake(process.port, DIRECT, process.files)
+
+        wait_for(up, "the Store to accept TLS", timeout)
+
+    process.wait_ready = ready  # type: ignore[method-assign]
+    return process
+
+
+@contextlib.contextmanager
+def client_via(files: StoreFiles, port: int, source: str) -> Iterator[httpx.Client]:
+    """An httpx client for example.com to ``port``, leaving from ``source``, one connection
+    per request (so that each is balanced anew)."""
+    verify = ssl.create_default_context(cafile=files.ca_file)
+    inner = httpx.HTTPTransport(verify=verify, local_address=source)
+    mounts = {"all://example.com": _Redirected(inner, port)}
+    headers = {"Connection": "close"}
+    with httpx.Client(mounts=mounts, timeout=10, headers=headers) as client:
+        yield client
+
+
+def access_lines(store: StoreProcess) -> list[str]:
+    return [line for line in store.output().splitlines() if "sipcert.access" in line]
 
 
 @contextlib.contextmanager

@@ -9,11 +9,7 @@ two HAProxy servers are the same Store, one with ``send-proxy`` (v1), one with
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import ssl
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,53 +19,21 @@ from sipcert.proto.proxy import build_v1, build_v2
 from tests.integration.store.conftest import (
     StoreFiles,
     StoreProcess,
-    _Redirected,
     make_store_files,
 )
-from tests.integration.store.haproxy import haproxy
+from tests.integration.store.haproxy import (
+    access_lines,
+    client_via,
+    haproxy,
+    proxied,
+    tls_handshake,
+    wait_for,
+)
 from tests.integration.store.test_guessing import wrong_answer
 
 pytestmark = pytest.mark.peer("haproxy")
 
 ACCOUNT = "/account"
-
-
-@contextlib.contextmanager
-def client_via(files: StoreFiles, port: int, source: str) -> Iterator[httpx.Client]:
-    """An httpx client for example.com to ``port``, leaving from ``source``, one connection
-    per request (so that each is balanced anew)."""
-    verify = ssl.create_default_context(cafile=files.ca_file)
-    inner = httpx.HTTPTransport(verify=verify, local_address=source)
-    mounts = {"all://example.com": _Redirected(inner, port)}
-    headers = {"Connection": "close"}
-    with httpx.Client(mounts=mounts, timeout=10, headers=headers) as client:
-        yield client
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def access_lines(store: StoreProcess) -> list[str]:
-    return [line for line in store.output().splitlines() if "sipcert.access" in line]
-
-
-def tls_handshake(port: int, source: str, files: StoreFiles, first: bytes = b"") -> bool:
-    """Whether a TLS handshake (after ``first`` raw bytes) from ``source`` succeeds."""
-    context = ssl.create_default_context(cafile=files.ca_file)
-    try:
-        with socket.create_connection(
-            ("127.0.0.1", port), timeout=5, source_address=(source, 0)
-        ) as raw:
-            raw.sendall(first)
-            with context.wrap_socket(raw, server_hostname="example.com"):
-                return True
-    except (ssl.SSLError, OSError):
-        return False
 
 
 @pytest.fixture
@@ -83,20 +47,7 @@ def store(files: StoreFiles) -> Iterator[StoreProcess]:
     config.write_text(
         'access_log = true\nproxy_protocol_from = ["127.0.0.1/32"]\ntls_handshake_timeout = 2\n'
     )
-    process = StoreProcess(files, extra=["--config", str(config)])
-
-    def ready(timeout: float = 20.0) -> None:
-        """A handshake works: from 127.0.0.1 it now needs a PROXY header first."""
-
-        def up() -> bool:
-            assert process.process is not None
-            if process.process.poll() is not None:
-                raise RuntimeError(f"sipcert serve exited early:\n{process.output()}")
-            return tls_handshake(process.port, "127.0.0.1", files, build_v2(None, None))
-
-        wait_for(up, "the Store to accept TLS", timeout)
-
-    process.wait_ready = ready  # type: ignore[method-assign]
+    process = proxied(StoreProcess(files, extra=["--config", str(config)]))
     try:
         process.start()
         yield process
