@@ -1,10 +1,10 @@
 """Where a Store process keeps the state all frontends must share (issue 10).
 
 Digest nonce counts (replays, RFC 7616 §3.4) and the guessing limiter are chosen with the
-certificate storage: a PostgreSQL database holds them in its own tables, so every frontend
-on every host sees one count per nonce and one bucket per user; an SQLite store (one host)
-keeps them in local files of the data folder, shared by that host's workers. The Store
-awaits both; the SQLite ones are synchronous (microseconds) and wrapped.
+certificate storage: a PostgreSQL or MariaDB/MySQL database holds them in its own tables, so
+every frontend on every host sees one count per nonce and one bucket per user; an SQLite
+store (one host) keeps them in local files of the data folder, shared by that host's
+workers. The Store awaits both; the SQLite ones are synchronous (microseconds) and wrapped.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from sipcert.proto.digest import AsyncNonceCounter, NonceCounter
 from sipcert.proto.ratelimit import Admission, AsyncLoginLimiter, LoginLimiter, LoginLimits
 from sipcert.server.limits import SqliteLoginLimiter
 from sipcert.server.nonces import SqliteNonceCounter
-from sipcert.storage import CertificateStore, PostgresStore
+from sipcert.storage import CertificateStore, MysqlStore, PostgresStore
+from sipcert.storage.mysql import MysqlLoginLimiter, MysqlNonceCounter
 from sipcert.storage.postgres_state import PostgresLoginLimiter, PostgresNonceCounter
 
 __all__ = [
@@ -99,11 +100,18 @@ def open_shared_state(
     retention: float,
     limits: LoginLimits,
 ) -> SharedState:
-    """The state for ``storage``: in its database if it is shared (PostgreSQL), else files."""
+    """The state for ``storage``: in its database if it is shared (PostgreSQL, MySQL), else
+    files."""
     if isinstance(storage, PostgresStore):
         return SharedState(
             PostgresNonceCounter(storage, retention=retention),
             PostgresLoginLimiter(storage, limits),
+            where=f"certificate database {storage.where}",
+        )
+    if isinstance(storage, MysqlStore):
+        return SharedState(
+            MysqlNonceCounter(storage, retention=retention),
+            MysqlLoginLimiter(storage, limits),
             where=f"certificate database {storage.where}",
         )
     nonces = SqliteNonceCounter(data_dir / NONCE_DB, retention=retention)

@@ -56,3 +56,15 @@ def test_async_ones_pass_through_and_sync_ones_are_wrapped() -> None:
     admission = asyncio.run(wrapped.admit("10.0.0.1", "bob", 0.0))
     asyncio.run(wrapped.release("10.0.0.1", "bob", admission, 0.0, trust=True))
     assert admission.admitted
+
+
+def test_mysql_storage_keeps_the_state_in_its_database(tmp_path: Path) -> None:
+    from sipcert.storage import MysqlStore
+    from sipcert.storage.mysql import MysqlLoginLimiter, MysqlNonceCounter
+
+    store = MysqlStore.from_url("mysql://nobody@127.0.0.1:1/none")  # never connected
+    shared = open_shared_state(store, tmp_path, retention=360.0, limits=LoginLimits())
+    assert isinstance(shared.nonces, MysqlNonceCounter)
+    assert isinstance(shared.limiter, MysqlLoginLimiter)
+    shared.close()
+    assert list(tmp_path.iterdir()) == []
