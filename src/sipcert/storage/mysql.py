@@ -211,6 +211,7 @@ class MysqlStore:
         database: str,
         max_connections: int = 10,
         timeout: float = 10.0,
+        create_schema: bool = True,
     ) -> None:
         if max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1, not {max_connections}")
@@ -237,9 +238,10 @@ class MysqlStore:
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
         self._closed = False
+        self._create_schema = create_schema
 
     @classmethod
-    def from_url(cls, url: str) -> MysqlStore:
+    def from_url(cls, url: str, *, create_schema: bool = True) -> MysqlStore:
         """A store for ``mysql://user[:password]@host[:port]/database[?max_connections=N&
         timeout=S]`` (``mariadb://`` too). Error messages never echo the URL."""
         try:
@@ -270,6 +272,7 @@ class MysqlStore:
             user=unquote(parts.username or "root"),
             password=unquote(parts.password or ""),
             database=unquote(parts.path.lstrip("/")),
+            create_schema=create_schema,
             **kwargs,
         )
 
@@ -301,7 +304,8 @@ class MysqlStore:
                 except self._errors as exc:
                     raise self._failure("connecting", exc) from exc
                 try:
-                    await self._init_schema(pool)
+                    if self._create_schema:
+                        await self._init_schema(pool)
                 except BaseException:
                     pool.close()
                     await pool.wait_closed()
