@@ -44,6 +44,8 @@ from sipcert.server.credentials import (
 from sipcert.server.http import StoreServer
 from sipcert.server.logsafe import SafeFormatter
 from sipcert.server.nonces import load_or_create_secret
+from sipcert.server.shared import LIMITS_DB as LIMITS_DB  # where they were before issue 10
+from sipcert.server.shared import NONCE_DB as NONCE_DB
 from sipcert.server.shared import open_shared_state
 from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
 from sipcert.storage import open_store
