@@ -19,7 +19,8 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     │   ├── SipMessageError            a framed SIP message that is not valid (400)
     │   │   ├── SipVersionError        a SIP version other than 2.0 (505)
     │   │   └── SipFramingError        a stream message without a usable Content-Length
-    │   └── CMSError                   a malformed CMS (PKCS#7) structure
+    │   ├── CMSError                   a malformed CMS (PKCS#7) structure
+    │   └── ProxyProtocolError         a malformed or unexpected PROXY protocol header
     ├── AuthenticationError            Digest credentials missing or wrong (401)
     │   └── StaleNonceError            a genuine nonce that has expired (401, stale=true)
     ├── ForbiddenError                 authenticated but not allowed (403)
@@ -58,6 +59,7 @@ __all__ = [
     "MIMEError",
     "NameMismatchError",
     "NotFoundError",
+    "ProxyProtocolError",
     "RateLimitedError",
     "SignatureError",
     "SipCertError",
@@ -157,6 +159,11 @@ class SipFramingError(SipMessageError):
 
 class CMSError(InputError):
     """A CMS (PKCS#7) structure that does not parse or is not of the expected type."""
+
+
+class ProxyProtocolError(InputError):
+    """A PROXY protocol header (haproxy doc/proxy-protocol.txt) that is malformed, missing
+    from a trusted balancer, or sent by a source that is not trusted to send one."""
 
 
 class AuthenticationError(SipCertError):

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_NONCE_LIFETIME",
     "MAX_HEADER_LENGTH",
     "Algorithm",
+    "AsyncNonceCounter",
     "Challenge",
     "DigestClient",
     "DigestResponse",
@@ -50,6 +51,7 @@ __all__ = [
     "MemoryNonceCounter",
     "NonceCounter",
     "StoredCredential",
+    "VerifiedAnswer",
     "build_authorization",
     "choose_challenge",
     "compute_ha1",
@@ -637,6 +639,31 @@ class NonceCounter(Protocol):
         """Record ``nc`` and return True iff it is greater than every nc seen for ``nonce``."""
 
 
+@dataclass(frozen=True)
+class VerifiedAnswer:
+    """A Digest answer that passed every check but the nonce count (:meth:`DigestServer.check`)."""
+
+    username: str
+    nonce: str
+    nc: int
+
+
+class AsyncNonceCounter(Protocol):
+    """A :class:`NonceCounter` behind a network round trip (a table of the certificate
+    database that every frontend shares, issue 10): the Store awaits it instead of blocking
+    its event loop."""
+
+    async def advance(self, nonce: str, nc: int, now: float) -> bool:
+        """Record ``nc`` and return True iff it is greater than every nc seen for ``nonce``."""
+
+
+def replay_error(nc: int) -> AuthenticationError:
+    """The refusal of a nonce count already used (RFC 7616 §3.4), to raise."""
+    return AuthenticationError(
+        f"Digest nonce count {nc:08x} was already used for this nonce (replay)"
+    )
+
+
 class MemoryNonceCounter:
     """A bounded in-process :class:`NonceCounter`.
 
@@ -819,9 +846,37 @@ class DigestServer:
         (RFC 7616 §3.3): :class:`StaleNonceError`. ``credential`` is ``None`` for an unknown
         user, which fails exactly like a wrong password.
         """
+        answer = self.check(response, credential, method=method, request_uri=request_uri, now=now)
+        if not self.nonce_counter.advance(answer.nonce, answer.nc, now):
+            raise replay_error(answer.nc)
+        return answer.username
+
+    def check(
+        self,
+        response: DigestResponse,
+        credential: StoredCredential | None,
+        *,
+        method: str,
+        request_uri: str,
+        now: float,
+    ) -> VerifiedAnswer:
+        """Every check of :meth:`verify` but the last, the nonce count, which the caller
+        records itself in an :class:`AsyncNonceCounter` (and refuses with
+        :func:`replay_error` when ``advance`` says False)."""
         shape = _check_shape(
             response, realm=self.realm, algorithms=self.algorithms, request_uri=request_uri
         )
+        issued_at = self._check_nonce(response, now)
+        username = _check_digest(response, credential, shape, method)
+        if now - issued_at > self.nonce_lifetime:
+            raise StaleNonceError(
+                f"Digest nonce expired {now - issued_at - self.nonce_lifetime:.0f} s ago; "
+                "retry with the new nonce"
+            )
+        return VerifiedAnswer(username, response.nonce, shape.nc)
+
+    def _check_nonce(self, response: DigestResponse, now: float) -> float:
+        """When our nonce was issued; refuses a forged one, a changed opaque, a future stamp."""
         issued_at = self.nonce_issued_at(response.nonce)
         if response.opaque is not None and not hmac.compare_digest(
             response.opaque.encode(), self.opaque.encode()
@@ -829,17 +884,7 @@ class DigestServer:
             raise AuthenticationError("Digest opaque was not returned unchanged (RFC 7616 §3.4)")
         if issued_at - now > self.max_clock_skew:
             raise AuthenticationError("Digest nonce is stamped in the future; check the clocks")
-        username = _check_digest(response, credential, shape, method)
-        if now - issued_at > self.nonce_lifetime:
-            raise StaleNonceError(
-                f"Digest nonce expired {now - issued_at - self.nonce_lifetime:.0f} s ago; "
-                "retry with the new nonce"
-            )
-        if not self.nonce_counter.advance(response.nonce, shape.nc, now):
-            raise AuthenticationError(
-                f"Digest nonce count {shape.nc:08x} was already used for this nonce (replay)"
-            )
-        return username
+        return issued_at
 
     def authenticate(
         self,

@@ -38,6 +38,7 @@ from typing import Protocol
 
 __all__ = [
     "Admission",
+    "AsyncLoginLimiter",
     "LimitState",
     "LoginLimiter",
     "LoginLimits",
@@ -189,6 +190,19 @@ class LoginLimiter(Protocol):
     ) -> None:
         """Give back ``admission``'s tokens (it succeeded, or was not a guess); ``trust``
         records a success."""
+
+
+class AsyncLoginLimiter(Protocol):
+    """A :class:`LoginLimiter` behind a network round trip (tables of the certificate
+    database shared by every frontend, issue 10), awaited by the Store."""
+
+    async def admit(self, address: str, user: str | None, now: float) -> Admission:
+        """See :meth:`LoginLimiter.admit`."""
+
+    async def release(
+        self, address: str, user: str, admission: Admission, now: float, *, trust: bool
+    ) -> None:
+        """See :meth:`LoginLimiter.release`."""
 
 
 class _Capped(OrderedDict[str, float]):

@@ -57,14 +57,19 @@ from sipcert.errors import (
 from sipcert.proto.aor import AOR
 from sipcert.proto.certs import certificate_der
 from sipcert.proto.digest import (
+    DEFAULT_MAX_CLOCK_SKEW,
     DEFAULT_NONCE_LIFETIME,
+    AsyncNonceCounter,
     DigestServer,
+    MemoryNonceCounter,
     NonceCounter,
     parse_authorization,
+    replay_error,
 )
 from sipcert.proto.logsafe import log_safe
 from sipcert.proto.ratelimit import (
     Admission,
+    AsyncLoginLimiter,
     LoginLimiter,
     LoginLimits,
     MemoryLoginLimiter,
@@ -85,6 +90,7 @@ from sipcert.proto.store import (
     parse_upload,
 )
 from sipcert.server.credentials import CredentialSource
+from sipcert.server.shared import as_async_counter, as_async_limiter
 from sipcert.server.tls import sni_domain
 from sipcert.server.web import ACCOUNT_PATH, REVOKE_PATH, AccountPages, CsrfTokens
 from sipcert.storage import CertificateStore, StoredCertificate
@@ -321,11 +327,11 @@ class StoreApp:
         credentials: CredentialSource,
         policy: StorePolicy,
         nonce_secret: bytes,
-        nonce_counter: NonceCounter | None = None,
+        nonce_counter: NonceCounter | AsyncNonceCounter | None = None,
         nonce_lifetime: float = DEFAULT_NONCE_LIFETIME,
         auth_failures: int = 20,
         auth_failure_window: float = 60.0,
-        limiter: LoginLimiter | None = None,
+        limiter: LoginLimiter | AsyncLoginLimiter | None = None,
         clock: Callable[[], float] = time.time,
         sni_of: Callable[[web.BaseRequest], str | None] | None = None,
     ) -> None:
@@ -336,21 +342,26 @@ class StoreApp:
         self._clock = clock
         self._sni_of = sni_of or (lambda request: sni_domain(request.transport))
         self._digest = {
-            domain: DigestServer(
-                nonce_secret, domain, nonce_counter=nonce_counter, nonce_lifetime=nonce_lifetime
-            )
+            domain: DigestServer(nonce_secret, domain, nonce_lifetime=nonce_lifetime)
             for domain in self.domains
         }
+        # One count per nonce for every realm, awaited: with a shared database it is a
+        # round trip (issue 10); without a counter it is this process's own.
+        if nonce_counter is None:
+            nonce_counter = MemoryNonceCounter(retention=nonce_lifetime + DEFAULT_MAX_CLOCK_SKEW)
+        self._nonces = as_async_counter(nonce_counter)
         # Digest is an online password oracle: checked answers and 429s cost tokens per
-        # client address, checked answers per user (proto.ratelimit). Workers pass one
-        # shared ``limiter``; without it the state is this process's own.
-        self._limiter = limiter or MemoryLoginLimiter(
-            LoginLimits(
-                address_failures=auth_failures,
-                user_failures=2 * auth_failures,
-                window=auth_failure_window,
+        # client address, checked answers per user (proto.ratelimit). Workers and frontends
+        # pass one shared ``limiter``; without it the state is this process's own.
+        if limiter is None:
+            limiter = MemoryLoginLimiter(
+                LoginLimits(
+                    address_failures=auth_failures,
+                    user_failures=2 * auth_failures,
+                    window=auth_failure_window,
+                )
             )
-        )
+        self._limiter = as_async_limiter(limiter)
         # Draft §5 revocation page; its CSRF key is derived from the nonce secret, which
         # every worker shares, so a token of one worker is good at every other.
         self.account_pages = AccountPages(
@@ -522,28 +533,31 @@ class StoreApp:
                 raise AuthenticationError("Authorization is not Digest")
             answer = parse_authorization(header)
         except AuthenticationError as exc:
-            self._check_rate(address, None, now)
+            await self._check_rate(address, None, now)
             raise self._challenge(request, server, domain, now, exc) from exc
         except DigestHeaderError:
-            self._check_rate(address, None, now)
+            await self._check_rate(address, None, now)
             raise
         user_key = f"{answer.username}@{domain}"
-        admission = self._check_rate(address, user_key, now)
+        admission = await self._check_rate(address, user_key, now)
         try:
             credential = await self.credentials.lookup(answer.username, domain)
-            username = server.verify(
+            checked = server.check(
                 answer, credential, method=request.method, request_uri=request.raw_path, now=now
             )
+            # Last, once the answer is right: RFC 7616 §3.4 (one count per nonce, everywhere).
+            if not await self._nonces.advance(checked.nonce, checked.nc, now):
+                raise replay_error(checked.nc)
         except StaleNonceError as exc:  # only claimed for a correct answer: not a guess
-            self._limiter.release(address, user_key, admission, now, trust=False)
+            await self._limiter.release(address, user_key, admission, now, trust=False)
             raise self._challenge(request, server, domain, now, exc) from exc
         except AuthenticationError as exc:  # a failed guess keeps its reserved tokens
             raise self._challenge(request, server, domain, now, exc) from exc
         except BaseException:  # storage, malformed answer: nothing was guessed
-            self._limiter.release(address, user_key, admission, now, trust=False)
+            await self._limiter.release(address, user_key, admission, now, trust=False)
             raise
-        self._limiter.release(address, user_key, admission, now, trust=True)
-        return username
+        await self._limiter.release(address, user_key, admission, now, trust=True)
+        return checked.username
 
     @staticmethod
     def _challenge(
@@ -557,9 +571,9 @@ class StoreApp:
             response.headers.add("WWW-Authenticate", value)
         return _RefusalError(response)
 
-    def _check_rate(self, address: str, user: str | None, now: float) -> Admission:
+    async def _check_rate(self, address: str, user: str | None, now: float) -> Admission:
         """429 unless the limiter admits the request (a refusal is charged to ``address``)."""
-        admission = self._limiter.admit(address, user, now)
+        admission = await self._limiter.admit(address, user, now)
         if not admission.admitted:
             by_user = admission.reason == "user"
             log.warning(

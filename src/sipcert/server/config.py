@@ -9,6 +9,7 @@ directory), ``--dev`` may fill in defaults (:mod:`sipcert.server.dev`), and
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ _TOP_KEYS = frozenset(
         "keepalive_timeout",
         "max_connections",
         "max_head_size",
+        "proxy_protocol_from",
         "policy",
         "domain",
     }
@@ -104,6 +106,9 @@ class ConnectionLimits:
     keepalive_timeout: float = 75.0
     max_connections: int = 1024
     max_head_size: int = 16384
+    #: Load balancers whose connections start with a PROXY protocol header (v1 or v2), which
+    #: is then required from them and refused from everyone else (issue 10).
+    proxy_protocol_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -381,7 +386,18 @@ def _connection_limits(doc: Mapping[str, Any]) -> ConnectionLimits:
         keepalive_timeout=_seconds(doc, "keepalive_timeout", defaults.keepalive_timeout),
         max_connections=_int(doc, "max_connections", defaults.max_connections, minimum=1),
         max_head_size=_int(doc, "max_head_size", defaults.max_head_size, minimum=1024),
+        proxy_protocol_from=_networks(doc.get("proxy_protocol_from", [])),
     )
+
+
+def _networks(raw: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``proxy_protocol_from``: a list of addresses or networks ("10.0.0.0/8", "::1")."""
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise ConfigError('proxy_protocol_from: expected a list such as ["127.0.0.1/32"]')
+    try:
+        return tuple(ipaddress.ip_network(item) for item in raw)
+    except ValueError as exc:
+        raise ConfigError(f"proxy_protocol_from: {exc}") from exc
 
 
 def _domains(raw: object) -> tuple[DomainConfig, ...]:

@@ -23,6 +23,13 @@ between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.Request
   counted before aiohttp's parser sees them, so it never holds more than the limit (plus at
   most one read when requests are pipelined).
 
+* PROXY protocol (issue 10): when ``proxy_protocol_from`` names load balancers, the listener
+  accepts connections itself (:class:`_ProxyAcceptor`). From a balancer, the header (v1 or
+  v2, :mod:`sipcert.proto.proxy`) is required and read before the TLS ClientHello -- peeked
+  first, then consumed to its exact length, so TLS gets every byte after it -- and its source
+  address becomes the peer of every request (``request.remote``, the access log, the
+  limiter). From anyone else a connection that starts like a PROXY header is closed.
+
 It relies on three details of aiohttp 3.x's ``RequestHandler``: the ``_messages`` queue the
 parser fills, the ``_waiter`` future its loop waits on, and ``_ErrInfo`` for parser refusals;
 tests/unit/server/test_conn.py exercises each of them.
@@ -31,8 +38,10 @@ tests/unit/server/test_conn.py exercises each of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
+import ipaddress
 import itertools
 import logging
 import resource
@@ -45,8 +54,10 @@ from aiohttp import web
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from sipcert.errors import HeaderTooLargeError
+from sipcert.errors import HeaderTooLargeError, ProxyProtocolError
+from sipcert.proto.proxy import header_length, may_be_proxy, parse_header
 from sipcert.server.config import ConnectionLimits
+from sipcert.server.http import set_client_address
 
 __all__ = [
     "FD_RESERVE",
@@ -138,6 +149,8 @@ class ConnectionGuard:
         #: Connections closed to make room (shed) and refused at the cap.
         self.shed = 0
         self.refused = 0
+        #: Connections closed for a missing, malformed or untrusted PROXY header.
+        self.proxy_refused = 0
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -164,10 +177,22 @@ class ConnectionGuard:
     def __call__(self) -> _Conn:
         return _Conn(self)
 
+    def trusts(self, host: str) -> bool:
+        """Whether ``host`` is a load balancer that sends a PROXY header."""
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.limits.proxy_protocol_from)
+
     def new_handler(self, conn: _Conn) -> RequestHandler:
         if self._server is None:
             raise RuntimeError("ConnectionGuard.bind() was not called")
         handler = self._server()
+        if conn.client is not None:
+            set_client_address(handler, conn.client)
         self._by_handler[handler] = conn
         return handler
 
@@ -246,13 +271,16 @@ class _Conn(asyncio.Protocol):
         "_requests",
         "_timer",
         "_tls",
+        "client",
         "handler",
         "since",
         "state",
     )
 
-    def __init__(self, guard: ConnectionGuard) -> None:
+    def __init__(self, guard: ConnectionGuard, client: tuple[str, int] | None = None) -> None:
         self._guard = guard
+        #: The client's address from a trusted PROXY header, if there was one.
+        self.client = client
         self._loop = asyncio.get_running_loop()
         self._raw: asyncio.Transport | None = None
         self._tls: asyncio.Transport | None = None
@@ -430,15 +458,122 @@ class _Conn(asyncio.Protocol):
         self._guard.move(self, _BUSY, self._loop.time())
 
     def _peer(self) -> str:
+        if self.client is not None:
+            return self.client[0]
         transport = self._tls or self._raw
         peer = transport.get_extra_info("peername") if transport is not None else None
         return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
 
 
+#: Bytes peeked at once while a PROXY header arrives (a v1 line is at most 107).
+_PEEK = 4096
+
+
+class _ClosedError(Exception):
+    """The peer closed before sending a byte."""
+
+
+class _ProxyAcceptor:
+    """Accepts on one listening socket and reads PROXY headers before TLS (issue 10).
+
+    ``close`` stops accepting; connections already handed to a :class:`_Conn` go on.
+    """
+
+    def __init__(self, guard: ConnectionGuard, sock: socket.socket) -> None:
+        self._guard = guard
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._pending: set[asyncio.Task[None]] = set()
+        self._task = self._loop.create_task(self._accept_forever())
+
+    async def _accept_forever(self) -> None:
+        while True:
+            try:
+                conn, address = await self._loop.sock_accept(self._sock)
+            except BlockingIOError:  # another worker took it first
+                continue
+            except OSError as exc:  # EMFILE and the like: the cap logic will shed
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if len(self._pending) >= self._guard.cap or self._guard.closing:
+                self._guard.refused += 1
+                conn.close()
+                continue
+            conn.setblocking(False)
+            task = self._loop.create_task(self._start(conn, address))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _start(self, conn: socket.socket, address: Any) -> None:
+        host = str(address[0])
+        timeout = self._guard.limits.tls_handshake_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                client = await self._read_header(conn, host)
+            await self._loop.connect_accepted_socket(lambda: _Conn(self._guard, client), conn)
+        except _ClosedError:  # a balancer's health check (connect, close) or a client gone
+            conn.close()
+        except (ProxyProtocolError, OSError, TimeoutError) as exc:
+            self._guard.proxy_refused += 1
+            why = "no PROXY header in time" if isinstance(exc, TimeoutError) else str(exc)
+            log.info("closing connection from %s: %s", host, why)
+            conn.close()
+        except BaseException:
+            conn.close()
+            raise
+
+    async def _wait_readable(self, conn: socket.socket) -> None:
+        ready: asyncio.Future[None] = self._loop.create_future()
+        fd = conn.fileno()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self._loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            self._loop.remove_reader(fd)
+
+    async def _read_header(self, conn: socket.socket, host: str) -> tuple[str, int] | None:
+        """The client address of the PROXY header of a balancer; ``None`` for others."""
+        trusted = self._guard.trusts(host)
+        seen = b""
+        while True:
+            await self._wait_readable(conn)
+            peek = conn.recv(_PEEK, socket.MSG_PEEK)
+            if not peek:
+                raise _ClosedError
+            if not trusted:
+                if may_be_proxy(peek[:12]):
+                    raise ProxyProtocolError(f"a PROXY header from {host}, which is not trusted")
+                return None  # a direct client: TLS reads every byte itself
+            end = header_length(seen + peek)  # raises unless a header is starting
+            if end is None:
+                seen += conn.recv(len(peek))  # all of it belongs to the header
+                continue
+            seen += conn.recv(end - len(seen))  # exactly the header; TLS gets the rest
+            header = parse_header(seen)
+            if header is None or header.source is None:  # LOCAL/UNKNOWN: the balancer itself
+                return None
+            return header.source
+
+    def close(self) -> None:
+        self._task.cancel()
+        for task in list(self._pending):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 class GuardedSite(web.BaseSite):
     """A listening socket whose connections go through a :class:`ConnectionGuard`."""
 
-    __slots__ = ("_guard", "_name", "_sock")
+    __slots__ = ("_acceptor", "_guard", "_name", "_sock")
 
     def __init__(
         self, runner: web.BaseRunner, sock: socket.socket, guard: ConnectionGuard, backlog: int
@@ -446,6 +581,7 @@ class GuardedSite(web.BaseSite):
         super().__init__(runner, backlog=backlog)
         self._sock = sock
         self._guard = guard
+        self._acceptor: _ProxyAcceptor | None = None
         host, port = sock.getsockname()[:2]
         self._name = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
@@ -455,9 +591,16 @@ class GuardedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
+        if self._guard.limits.proxy_protocol_from:
+            self._acceptor = _ProxyAcceptor(self._guard, self._sock)
+            return
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._guard, sock=self._sock, backlog=self._backlog)
 
     async def stop(self) -> None:
+        acceptor, self._acceptor = self._acceptor, None
+        if acceptor is not None:
+            acceptor.close()
+            await acceptor.wait_closed()
         await super().stop()
         self._guard.close_handshakes()

@@ -46,11 +46,13 @@ from sipcert.errors import AORError, ConfigError, InputTooLargeError, NotFoundEr
 from sipcert.proto.aor import AOR, digest_username, escape_user, parse_aor
 from sipcert.proto.digest import Algorithm, StoredCredential, compute_ha1
 from sipcert.storage import sqlite_path_of
+from sipcert.storage.mysql import MysqlStore
 from sipcert.storage.sqlite import storage_error
 
 __all__ = [
     "CredentialSource",
     "FileCredentials",
+    "KamailioMysqlCredentials",
     "KamailioPostgresCredentials",
     "KamailioSQLiteCredentials",
     "RefusedEntry",
@@ -593,6 +595,50 @@ class KamailioPostgresCredentials:
                 self._pool = None
 
 
+class KamailioMysqlCredentials:
+    """Kamailio's ``subscriber`` table in MariaDB/MySQL (``db_mysql``), through asyncmy.
+
+    The same matching as the other Kamailio sources: the user name exactly (``BINARY``, as
+    MySQL's default collations would fold case), the domain in any ASCII case with an exact
+    spelling preferred. The pool is created on the first lookup; errors become
+    :class:`StorageError` naming host and database only.
+    """
+
+    def __init__(self, url: str, *, table: str = "subscriber") -> None:
+        # The certificate store's URL parsing, pool and retries, for this one SELECT only
+        # (``?max_connections=N&timeout=S`` as for mysql:// storage).
+        self._db = MysqlStore.from_url(url, create_schema=False)
+        self._table = _check_table(table)
+        self._where = self._db.where
+
+    def __repr__(self) -> str:
+        return f"KamailioMysqlCredentials({self._where!r})"
+
+    async def lookup(self, username: str, domain: str) -> StoredCredential | None:
+        sql = (
+            f"SELECT password, ha1 FROM {self._table} "  # noqa: S608 (checked identifier)
+            "WHERE username = BINARY %s AND LOWER(domain) = %s "
+            "ORDER BY domain = BINARY %s DESC, domain LIMIT 1"
+        )
+        domain = domain.lower()
+
+        async def work(conn: Any) -> Any:
+            async with conn.cursor() as cur:
+                await cur.execute(sql, (username, domain, domain))
+                return await cur.fetchone()
+
+        try:
+            row = await self._db.run("looking up a user", work)
+        except StorageError as exc:
+            raise StorageError(
+                str(exc).replace("certificate database", "Kamailio credentials database", 1)
+            ) from exc
+        return _credential(row[0], row[1]) if row is not None else None
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
 def _redacted(dsn: str) -> str:
     """``host:port/database`` of a DSN, for messages: no user, password or options."""
     try:
@@ -616,7 +662,9 @@ def open_credentials(url: str) -> CredentialSource:
       SQLite paths follow the same rule as the certificate store's ``sqlite:`` URLs
       (SQLAlchemy's: four slashes for an absolute path);
     * ``kamailio+postgresql://user[:password]@host[:port]/database`` (``kamailio+postgres``
-      too) — any libpq-style query options are passed on to asyncpg.
+      too) — any libpq-style query options are passed on to asyncpg;
+    * ``kamailio+mysql://user[:password]@host[:port]/database`` (``kamailio+mariadb`` too) —
+      Kamailio's ``db_mysql`` database, through asyncmy.
 
     Anything else raises :class:`ConfigError`.
     """
@@ -634,8 +682,11 @@ def open_credentials(url: str) -> CredentialSource:
         return KamailioSQLiteCredentials(sqlite_path_of(url, "kamailio+sqlite"))
     if scheme in ("kamailio+postgresql", "kamailio+postgres"):
         return KamailioPostgresCredentials("postgresql:" + rest)
+    if scheme in ("kamailio+mysql", "kamailio+mariadb"):
+        return KamailioMysqlCredentials("mysql:" + rest)
     # Only the scheme is echoed: the rest of a URL may carry a password.
     raise ConfigError(
         f"unknown credentials URL scheme {scheme!r}: expected file:///path, "
-        "kamailio+sqlite:///path or kamailio+postgresql://user@host/db"
+        "kamailio+sqlite:///path, kamailio+postgresql://user@host/db or "
+        "kamailio+mysql://user@host/db"
     )

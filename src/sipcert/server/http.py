@@ -42,6 +42,7 @@ __all__ = [
     "line_too_long_status",
     "refusal_reason",
     "refusal_status",
+    "set_client_address",
 ]
 
 log = logging.getLogger("sipcert.server")
@@ -109,6 +110,18 @@ def refusal_reason(status: int, exc: BaseException | None) -> str:
 
 class _StoreRequestHandler(RequestHandler):
     refusals: RateLimitedLog
+    #: The client behind a trusted load balancer (PROXY protocol, :mod:`sipcert.server.conn`).
+    client_address: tuple[str, int] | None = None
+
+    @property
+    def peername(self) -> Any:
+        """The client's address: from the PROXY header when there was one, else the socket's.
+
+        ``request.remote``, the access log and the limiter all read it from here.
+        """
+        if self.client_address is not None:
+            return self.client_address
+        return RequestHandler.peername.__get__(self)
 
     def handle_error(
         self,
@@ -147,6 +160,12 @@ class _StoreRequestHandler(RequestHandler):
         if not resp.prepared:
             resp.headers["Server"] = SERVER_NAME
         return await super().finish_response(request, resp, start_time)
+
+
+def set_client_address(handler: RequestHandler, address: tuple[str, int]) -> None:
+    """Make ``address`` the peer of every request of ``handler`` (a trusted PROXY header)."""
+    if isinstance(handler, _StoreRequestHandler):
+        handler.client_address = address
 
 
 class StoreServer(web.Server):

@@ -42,9 +42,11 @@ from sipcert.server.credentials import (
     open_credentials,
 )
 from sipcert.server.http import StoreServer
-from sipcert.server.limits import SqliteLoginLimiter
 from sipcert.server.logsafe import SafeFormatter
-from sipcert.server.nonces import SqliteNonceCounter, load_or_create_secret
+from sipcert.server.nonces import load_or_create_secret
+from sipcert.server.shared import LIMITS_DB as LIMITS_DB  # where they were before issue 10
+from sipcert.server.shared import NONCE_DB as NONCE_DB
+from sipcert.server.shared import open_shared_state
 from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
 from sipcert.storage import open_store
 
@@ -54,10 +56,6 @@ log = logging.getLogger("sipcert.server")
 
 _BACKLOG = 1024
 _SHUTDOWN_TIMEOUT = 5.0
-#: File of the nonce counts inside the data folder.
-NONCE_DB = "nonces.db"
-#: File of the Digest guessing limiter's state inside the data folder.
-LIMITS_DB = "ratelimit.db"
 
 
 def setup_logging(level: str) -> None:
@@ -159,10 +157,12 @@ async def _worker_main(
     secret = config.nonce_secret or load_or_create_secret(config.data_dir)
     storage = open_store(config.db)
     credentials = open_credentials(config.credentials)
-    nonces = SqliteNonceCounter(
-        config.data_dir / NONCE_DB, retention=config.nonce_lifetime + DEFAULT_MAX_CLOCK_SKEW
+    shared = open_shared_state(
+        storage,
+        config.data_dir,
+        retention=config.nonce_lifetime + DEFAULT_MAX_CLOCK_SKEW,
+        limits=config.login_limits,
     )
-    limiter = SqliteLoginLimiter(config.data_dir / LIMITS_DB, config.login_limits)
     try:
         app = StoreApp(
             domains=config.domain_names,
@@ -170,11 +170,11 @@ async def _worker_main(
             credentials=credentials,
             policy=config.policy,
             nonce_secret=secret,
-            nonce_counter=nonces,
+            nonce_counter=shared.nonces,
             nonce_lifetime=config.nonce_lifetime,
             auth_failures=config.auth_failures,
             auth_failure_window=config.auth_failure_window,
-            limiter=limiter,
+            limiter=shared.limiter,
         )
         await serve_app(
             app,
@@ -187,8 +187,7 @@ async def _worker_main(
         )
         log.info("worker %d stopped", os.getpid())
     finally:
-        limiter.close()
-        nonces.close()
+        shared.close()
         await credentials.close()
         await storage.close()
 
@@ -224,8 +223,9 @@ async def _check_sources(config: StoreConfig) -> None:
         await credentials.close()
     if config.nonce_secret is None:
         load_or_create_secret(config.data_dir)
-    SqliteNonceCounter(config.data_dir / NONCE_DB).close()
-    SqliteLoginLimiter(config.data_dir / LIMITS_DB).close()
+    open_shared_state(
+        storage, config.data_dir, retention=config.nonce_lifetime, limits=config.login_limits
+    ).close()
 
 
 def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -> int:

@@ -11,12 +11,14 @@ from urllib.parse import unquote, urlsplit
 from sipcert.errors import ConfigError
 from sipcert.storage.base import CertificateStore, StoredCertificate, cert_hash_of, sha256_of
 from sipcert.storage.memory import MemoryStore
+from sipcert.storage.mysql import MysqlStore
 from sipcert.storage.postgres import PostgresStore
 from sipcert.storage.sqlite import SqliteStore
 
 __all__ = [
     "CertificateStore",
     "MemoryStore",
+    "MysqlStore",
     "PostgresStore",
     "SqliteStore",
     "StoredCertificate",
@@ -56,6 +58,8 @@ def open_store(url: str) -> CertificateStore:
     * ``postgresql://user[:password]@host[:port]/database[?schema=NAME&max_connections=N]``
       (``postgres://`` too) — PostgreSQL through asyncpg; see
       :meth:`PostgresStore.from_url` and ``docs/storage.md``. Nothing connects until first use.
+    * ``mysql://user[:password]@host[:port]/database[?max_connections=N]`` (``mariadb://``
+      too) — MariaDB/MySQL, Galera included, through aiomysql (:meth:`MysqlStore.from_url`).
 
     Anything else raises :class:`ConfigError`. SQLite files and their directories are created
     when the store is opened; PostgreSQL schemas and tables at its first operation.
@@ -69,8 +73,11 @@ def open_store(url: str) -> CertificateStore:
         return MemoryStore()
     if scheme in ("postgresql", "postgres"):
         return PostgresStore.from_url(url)
+    if scheme in ("mysql", "mariadb"):
+        return MysqlStore.from_url(url)
     raise ConfigError(
         # Only the scheme is echoed: the rest of a URL may carry a password.
         f"unknown certificate storage URL scheme {scheme!r}: expected sqlite:///path, "
-        "sqlite:////absolute/path, memory:// or postgresql://user@host/database"
+        "sqlite:////absolute/path, memory://, postgresql://user@host/database or "
+        "mysql://user@host/database"
     )

@@ -50,7 +50,7 @@ from sipcert.storage.base import (
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "quote_ident"]
 
 #: Value in ``sipcert_schema_version`` for the schema below; bump it with a migration.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Statements that take the schema from version ``n - 1`` to ``n``, run in one transaction.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -80,6 +80,23 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # The device label of each certificate (display only; NULL for rows enrolled before).
     2: ('ALTER TABLE sipcert_certificates ADD COLUMN IF NOT EXISTS label text COLLATE "C"',),
+    # State every frontend must share (issue 10): Digest nonce counts and the guessing
+    # limiter (storage/postgres_state.py). Logged tables: a lost count would reopen replays.
+    3: (
+        """CREATE TABLE sipcert_nonces (
+            nonce text COLLATE "C" PRIMARY KEY,
+            first_seen double precision NOT NULL,
+            nc bigint NOT NULL
+        )""",
+        "CREATE INDEX sipcert_nonces_by_age ON sipcert_nonces (first_seen)",
+        """CREATE TABLE sipcert_limits (
+            kind text COLLATE "C" NOT NULL,
+            key text COLLATE "C" NOT NULL,
+            until double precision NOT NULL,
+            PRIMARY KEY (kind, key)
+        )""",
+        "CREATE INDEX sipcert_limits_by_time ON sipcert_limits (until)",
+    ),
 }
 
 # Advisory lock "classes" (first key of the two-int4 form): 'SIPC' and 'SIPD' in ASCII, so that

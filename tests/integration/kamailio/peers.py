@@ -290,6 +290,7 @@ class Kamailio:
         *,
         defines: Sequence[str] = (),
         config: Path = KAMAILIO_CFG,
+        db_url: str | None = None,
     ) -> None:
         self.port = free_port()
         self.address = ("127.0.0.1", self.port)
@@ -309,7 +310,7 @@ class Kamailio:
             "-A",
             f"SIP_PORT={self.port}",
             "-A",
-            f'DBURL="sqlite://{db_path}"',
+            f'DBURL="{db_url or f"sqlite://{db_path}"}"',
             *(arg for define in defines for arg in ("-A", define)),
         ]
         self._log_file = open(self.log_path, "wb")  # closed in stop()

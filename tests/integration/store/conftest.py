@@ -132,6 +132,10 @@ class StoreProcess:
     log_path: Path | None = None
     #: Run in the child before ``sipcert`` starts (e.g. to set resource limits).
     preexec: Callable[[], None] | None = None
+    #: Another certificate database (e.g. PostgreSQL shared by several frontends).
+    db: str | None = None
+    #: Another data folder (frontends on "different hosts" keep their own).
+    data_dir: Path | None = None
 
     def command(self) -> list[str]:
         command = [SIPCERT, "serve", "--listen", f"127.0.0.1:{self.port}"]
@@ -139,11 +143,11 @@ class StoreProcess:
             command += ["--domain", domain, "--tls-cert", str(cert), "--tls-key", str(key)]
         command += [
             "--db",
-            self.files.db_url,
+            self.db or self.files.db_url,
             "--credentials",
             self.credentials or self.files.credentials_url,
             "--data-dir",
-            str(self.files.data_dir),
+            str(self.data_dir or self.files.data_dir),
             "--max-per-aor",
             str(MAX_PER_AOR),
             "--max-lifetime-days",

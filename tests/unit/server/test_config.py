@@ -210,3 +210,32 @@ def test_guessing_limits() -> None:
     assert (limits.user_failures, limits.trust_period, limits.interval) == (7, 0.0, 6.0)
     with pytest.raises(ConfigError, match="auth_failures_per_user"):
         StoreConfig.from_document({**base, "auth_failures_per_user": 0})
+
+
+def test_proxy_protocol_sources(tmp_path: Path) -> None:
+    """Issue 10: the balancers trusted to send a PROXY header; none by default."""
+    import ipaddress
+
+    from sipcert.server.conn import ConnectionGuard
+
+    domain = Flags(domains=[("example.com", Path("c"), Path("k"))])
+    text = 'proxy_protocol_from = ["127.0.0.1/32", "10.1.0.0/16", "fd00::1"]\n'
+    doc = read_config_file(write(tmp_path, text))
+    limits = StoreConfig.from_document(apply_flags(doc, domain)).connections
+    assert limits.proxy_protocol_from == (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("10.1.0.0/16"),
+        ipaddress.ip_network("fd00::1/128"),
+    )
+    guard = ConnectionGuard(None, limits)  # type: ignore[arg-type]
+    assert guard.trusts("10.1.200.3") and guard.trusts("::ffff:127.0.0.1")
+    assert guard.trusts("fd00::1") and not guard.trusts("fd00::2")
+    assert not guard.trusts("127.0.0.2") and not guard.trusts("not an address")
+    assert not ConnectionGuard(None, ConnectionLimits()).trusts("127.0.0.1")  # type: ignore[arg-type]
+    for bad, message in (
+        ('proxy_protocol_from = "127.0.0.1"', "expected a list"),
+        ('proxy_protocol_from = ["10.0.0.1/8"]', "has host bits set"),
+        ('proxy_protocol_from = ["balancer"]', "does not appear to be"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            StoreConfig.from_document(apply_flags(read_config_file(write(tmp_path, bad)), domain))

@@ -8,6 +8,7 @@ import os
 import re
 import sqlite3
 import stat
+import subprocess
 import tempfile
 import threading
 import uuid
@@ -613,3 +614,79 @@ def test_file_write_is_read_back_before_the_rename(
         source.add("bob@example.com", "bobs")
     assert users_path.read_bytes() == before
     assert sorted(p.name for p in users_path.parent.iterdir()) == [".users.json.lock", "users.json"]
+
+
+# -- MariaDB / MySQL -------------------------------------------------------------------------------
+
+# Kamailio 5.6 utils/kamctl/mysql/auth_db-create.sql (the table in the server's default
+# collation, case-insensitive: the two spellings of erin's domain cannot both be stored).
+KAMAILIO_MYSQL_SCHEMA = """CREATE TABLE `subscriber` (
+    `id` INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    `username` VARCHAR(64) DEFAULT '' NOT NULL,
+    `domain` VARCHAR(64) DEFAULT '' NOT NULL,
+    `password` VARCHAR(64) DEFAULT '' NOT NULL,
+    `ha1` VARCHAR(128) DEFAULT '' NOT NULL,
+    `ha1b` VARCHAR(128) DEFAULT '' NOT NULL,
+    CONSTRAINT account_idx UNIQUE (`username`, `domain`)
+)"""
+
+
+@pytest.mark.peer("mysql")
+def test_kamailio_mysql() -> None:
+    from sipcert.server.credentials import KamailioMysqlCredentials
+    from tests.unit.storage.test_storage import mysql_admin, mysql_database
+
+    with mysql_database() as url:
+        database = url.rsplit("/", 1)[1]
+        rows = ", ".join(
+            "(" + ", ".join(f"'{v}'" for v in row) + ")" for row in ROWS if row[2] != "upper"
+        )
+        mysql_admin(
+            f"USE `{database}`",
+            KAMAILIO_MYSQL_SCHEMA,
+            f"INSERT INTO subscriber (username, domain, password, ha1, ha1b) VALUES {rows}",  # noqa: S608
+        )
+        source = open_credentials("kamailio+" + url)
+        assert isinstance(source, KamailioMysqlCredentials)
+
+        async def scenario() -> None:
+            try:
+                await check_kamailio_semantics(source.lookup)
+            finally:
+                await source.close()
+
+        run(scenario())
+        # The Store's schema is not created in Kamailio's database.
+        tables = subprocess.run(
+            [
+                "mysql",
+                "-h",
+                "127.0.0.1",
+                "-u",
+                "root",
+                "-N",
+                "-e",
+                f"SHOW TABLES FROM `{database}`",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert tables == ["subscriber"]
+
+
+@pytest.mark.peer("mysql")
+def test_kamailio_mysql_unreachable_hides_the_password() -> None:
+    source = open_credentials("kamailio+mysql://kam:s3cr3t@127.0.0.1:1/kamailio?timeout=2")
+
+    async def scenario() -> None:
+        try:
+            with pytest.raises(StorageError) as caught:
+                await source.lookup("alice", "example.com")
+            message = str(caught.value)
+            assert "Kamailio credentials database 127.0.0.1:1/kamailio" in message
+            assert "s3cr3t" not in message
+        finally:
+            await source.close()
+
+    run(scenario())

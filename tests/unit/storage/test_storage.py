@@ -145,10 +145,52 @@ def _postgres_url(_tmp: Path) -> Iterator[str]:
         yield postgres_url(schema)  # the store itself creates the schema
 
 
+MYSQL_SERVER = os.environ.get("SIPCERT_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
+
+
+def mysql_admin(*statements: str, server: str = MYSQL_SERVER) -> None:
+    """Run ``statements`` as an operator with the mysql client would."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    command = ["mysql", "-h", parts.hostname or "127.0.0.1", "-P", str(parts.port or 3306)]
+    command += ["-u", parts.username or "root", "--connect-timeout=5", "-e", ";".join(statements)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise OSError(done.stderr.strip())
+
+
+@contextlib.contextmanager
+def mysql_database(server: str = MYSQL_SERVER) -> Iterator[str]:
+    """A fresh database on the shared MariaDB server, dropped afterwards (the store's URL).
+
+    Skips when the server is unreachable, or fails with ``CI=true``.
+    """
+    name = f"sipcert_test_{uuid.uuid4().hex[:12]}"
+    try:
+        mysql_admin(f"CREATE DATABASE `{name}`", server=server)
+    except (OSError, subprocess.SubprocessError) as exc:
+        message = f"MariaDB at {server} is not usable: {exc}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: peers are required)")
+        pytest.skip(message)
+    try:
+        yield f"{server}/{name}"
+    finally:
+        mysql_admin(f"DROP DATABASE IF EXISTS `{name}`", server=server)
+
+
+@contextlib.contextmanager
+def _mysql_url(_tmp: Path) -> Iterator[str]:
+    with mysql_database() as url:
+        yield url
+
+
 BACKENDS = [
     Backend("memory", _memory_url, persistent=False),
     Backend("sqlite", _sqlite_url, persistent=True),
     Backend("postgresql", _postgres_url, persistent=True, marks=(pytest.mark.peer("psql"),)),
+    Backend("mysql", _mysql_url, persistent=True, marks=(pytest.mark.peer("mysql"),)),
 ]
 
 
@@ -520,7 +562,7 @@ def test_open_store_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         ("postgresql://u:secret@db/certs?timeout=soon", "not a number"),
         ("postgresql://u:secret@db/certs?schema=", "schema name"),
         ("postgres://u:secret@db/certs?schema=a&search_path=b", "not both"),
-        ("mysql://u:secret@db/certs", "unknown"),
+        ("mysql://u:secret@db/certs?sslmode=x", "unknown parameter"),
         ("certs.db", "unknown"),
         ("sqlite://host/certs.db", "expected"),
         ("sqlite:///certs.db?mode=ro", "expected"),
