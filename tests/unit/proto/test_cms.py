@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from asn1crypto import cms as asn1_cms
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +22,7 @@ from sipcert.errors import (
     SignatureError,
 )
 from sipcert.proto import cms
-from tests.factories import KeyKind, make_identity, rsa_identity
+from tests.factories import KeyKind, make_cert, make_identity, rsa_identity
 
 CONTENT = b"Content-Type: application/sdp\r\n\r\nv=0\r\no=alice 1 1 IN IP4 192.0.2.1\n"
 SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
@@ -153,6 +154,44 @@ def _two_signers(signed_data: Any) -> None:
     signed_data["signer_infos"] = asn1_cms.SignerInfos([signer, signer.copy()])
 
 
+def test_two_signers_are_each_reported() -> None:
+    """RFC 5652 §5.6: each SignerInfo is checked on its own; one bad signer is reported."""
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    der = _edit(cms.sign_detached(CONTENT, key, cert), _two_signers)
+    result = cms.verify_signed(der, CONTENT)
+    assert [r.certificate for r in result.signers] == [cert, cert]
+    assert cms.verify_detached(der, CONTENT) == cert
+
+    # A second signer (bob) whose messageDigest is over other content.
+    bob_key, bob = make_identity("bob@example.com", "ec-p256")
+    mine = asn1_cms.ContentInfo.load(cms.sign_detached(CONTENT, key, cert))
+    other = asn1_cms.ContentInfo.load(cms.sign_detached(CONTENT + b"!", bob_key, bob))
+    signed = mine["content"]
+    signed["signer_infos"] = asn1_cms.SignerInfos(
+        [_signer(mine["content"]), _signer(other["content"])]
+    )
+    signed["certificates"] = asn1_cms.CertificateSet(
+        [*mine["content"]["certificates"], *other["content"]["certificates"]]
+    )
+    result = cms.verify_signed(bytes(mine.dump(force=True)), CONTENT)
+    # SignerInfos is a SET OF: DER orders it, so look the verdicts up, not by position.
+    assert [r.certificate for r in result.verified] == [cert]
+    (bad,) = [r for r in result.signers if not r.verified]
+    assert isinstance(bad.error, SignatureError)
+    assert "messageDigest" in str(bad.error)
+    assert cms.verify_detached(bytes(mine.dump(force=True)), CONTENT) == cert
+
+
+def test_attached_signed_data() -> None:
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    der = _edit(cms.sign_detached(CONTENT, key, cert), _embed_content)
+    result = cms.verify_signed(der)
+    assert result.content == CONTENT
+    assert result.verified[0].certificate == cert
+    with pytest.raises(CMSError, match="detached SignedData"):
+        cms.verify_signed(cms.sign_detached(CONTENT, key, cert))
+
+
 def _embed_content(signed_data: Any) -> None:
     signed_data["encap_content_info"] = {"content_type": "data", "content": CONTENT}
 
@@ -173,9 +212,8 @@ def _rsa_alg_for_ec(signed_data: Any) -> None:
     ("change", "error", "fragment"),
     [
         (_digest_sha1, CMSError, "SHA-1 and MD5 are refused"),
-        (_two_signers, CMSError, "2 SignerInfos"),
         (_embed_content, CMSError, "not detached|carries its content"),
-        (_ed25519_alg, CMSError, "unsupported signature algorithm"),
+        (_ed25519_alg, CMSError, "RFC 8419 §3 needs SHA-512"),
         (_mismatched_alg, CMSError, "does not match digest"),
         (_rsa_alg_for_ec, CMSError, "no RSA key"),
         (_drop_attr("message_digest"), CMSError, "lack contentType or messageDigest"),
@@ -353,10 +391,28 @@ def test_tampered_ciphertext_fails_to_decrypt_or_changes_plaintext() -> None:
     assert plaintext != CONTENT
 
 
+def _ed25519_cert() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(b"\x01" * 32)
+    signer_key, _ = make_identity("dave@example.com", "ec-p256")
+    cert = make_cert(signer_key, "dave@example.com")
+    return (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .sign(signer_key, hashes.SHA256())
+    )
+
+
 def test_encrypt_rejects_bad_recipients() -> None:
-    _, ec_cert = make_identity("alice@example.com", "ec-p256")
-    with pytest.raises(CryptoError, match="no RSA key"):
-        cms.encrypt_enveloped(CONTENT, [ec_cert])
+    ed_cert = _ed25519_cert()
+    with pytest.raises(CryptoError, match="Ed25519PublicKey: only RSA, EC"):
+        cms.encrypt_enveloped(CONTENT, [ed_cert])
     with pytest.raises(CryptoError, match="no recipients"):
         cms.encrypt_enveloped(CONTENT, [])
     _, cert = rsa_identity("bob@example.com")
