@@ -930,7 +930,7 @@ def _names_us(rid: Any, ours: Any) -> bool:
         )
     key_id = rid.chosen.native
     if isinstance(key_id, dict):  # RecipientKeyIdentifier of a kari
-        key_id = key_id["subjectKeyIdentifier"]
+        key_id = key_id["subject_key_identifier"]
     return key_id in (ours.key_identifier, ours.public_key.sha1)
 
 
