@@ -140,10 +140,32 @@ def _load_content_info(der: bytes, expected: str) -> Any:
         if content_type != expected:
             raise CMSError(f"CMS ContentInfo holds {content_type!r}, expected {expected!r}")
         content = info["content"]
-        content.native  # noqa: B018 - force asn1crypto's lazy parse so errors surface here
+        if expected == "signed_data":
+            _parse_signed_data(content)
+        else:
+            content.native  # noqa: B018 - force asn1crypto's lazy parse so errors surface here
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS {expected} structure: {exc}") from exc
     return content
+
+
+def _parse_signed_data(signed_data: Any) -> None:
+    """Force the lazy parse of a SignedData, except attribute values.
+
+    An attribute we never read must not make the message unreadable: asn1crypto's spec for
+    some (NSS's encryption key preference, for one) is stricter than what agents send, and
+    the signature covers the attributes' bytes anyway. The ones we read are parsed later,
+    per signer.
+    """
+    for name in ("version", "digest_algorithms", "encap_content_info", "certificates"):
+        signed_data[name].native  # noqa: B018
+    for signer in signed_data["signer_infos"]:
+        for name in ("sid", "digest_algorithm", "signature_algorithm", "signature"):
+            signer[name].native  # noqa: B018
+        attrs = signer["signed_attrs"]
+        if isinstance(attrs, asn1_cms.CMSAttributes):
+            for attr in attrs:
+                attr["type"].native  # noqa: B018
 
 
 def _asn1_cert(cert: x509.Certificate) -> Any:
@@ -277,10 +299,13 @@ def _der_header(tag: int, length: int) -> bytes:
 
 def _capabilities(signed_attrs: Any) -> tuple[str, ...]:
     """The SMIMECapabilities a signer announced, in its order of preference (RFC 8551 §2.5.2)."""
-    found = [a for a in signed_attrs if a["type"].native == "smime_capabilities"]
-    if len(found) != 1 or len(found[0]["values"]) != 1:
-        return ()
-    return tuple(str(cap["capability_id"].native) for cap in found[0]["values"][0])
+    try:
+        found = [a for a in signed_attrs if a["type"].native == "smime_capabilities"]
+        if len(found) != 1 or len(found[0]["values"]) != 1:
+            return ()
+        return tuple(str(cap["capability_id"].native) for cap in found[0]["values"][0])
+    except _ASN1_ERRORS:
+        return ()  # a malformed announcement is no announcement (RFC 8551 §2.5.2)
 
 
 def _signer_data(
@@ -294,7 +319,7 @@ def _signer_data(
     message_digest: bytes | None = None
     attr_content_type: str | None = None
     capabilities: tuple[str, ...] = ()
-    if attrs.native is not None:
+    if not isinstance(attrs, asn1_core.Void):
         # [0] IMPLICIT -> SET OF, RFC 5652 §5.4; rebuilt from the contents so a BER
         # (indefinite-length) outer encoding does not leak into the signed bytes.
         contents = bytes(attrs.contents)
@@ -1121,7 +1146,7 @@ def decrypt_enveloped(
                 raise DecryptionError("AES-GCM tag length differs from aes-ICVlen")
             aad = b""
             attrs = envelope["auth_attrs"]
-            if attrs.native is not None:
+            if not isinstance(attrs, asn1_core.Void):
                 contents = bytes(attrs.contents)
                 aad = _der_header(0x31, len(contents)) + contents  # RFC 5083 §2.2
             decryptor = cipher_base.Cipher(
