@@ -787,7 +787,7 @@ def _kari(cert: x509.Certificate, public_key: Any, cek: bytes) -> Any:
             else x448.X448PrivateKey.generate()
         )
         shared = ephemeral.exchange(public_key)
-        scheme = _HKDF_SHA256
+        scheme = _HKDF_SHA256  # RFC 8551 §2.3: X25519 with HKDF-256 (RFC 8418 §2.2)
         oid = _X25519_OID if isinstance(public_key, x25519.X25519PublicKey) else _X448_OID
         originator = {
             "algorithm": {"algorithm": oid},

@@ -424,3 +424,62 @@ def test_sign_rejects_pss_with_ec_key() -> None:
     key, cert = make_identity("alice@example.com", "ec-p256")
     with pytest.raises(CryptoError, match="RSA-PSS"):
         cms.sign_detached(CONTENT, key, cert, rsa_pss=True)
+
+
+def _montgomery_cert(key: Any) -> Any:
+    issuer_key, issuer = make_identity("carol@example.com", "ec-p256")
+    return (
+        x509.CertificateBuilder()
+        .subject_name(issuer.subject)
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(25519)
+        .not_valid_before(issuer.not_valid_before_utc)
+        .not_valid_after(issuer.not_valid_after_utc)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+@pytest.mark.parametrize("kind", ["x25519", "x448"])
+@pytest.mark.parametrize("content", ["aes128-gcm", "aes256-cbc"])
+def test_x25519_and_x448_recipients_round_trip(kind: str, content: cms.ContentEncryption) -> None:
+    """RFC 8418 with HKDF-SHA-256 (RFC 8551 §2.3); no peer on this machine makes them."""
+    from cryptography.hazmat.primitives.asymmetric import x448, x25519
+
+    key: Any = (
+        x25519.X25519PrivateKey.from_private_bytes(b"\x07" * 32)
+        if kind == "x25519"
+        else x448.X448PrivateKey.from_private_bytes(b"\x07" * 56)
+    )
+    cert = _montgomery_cert(key)
+    _, rsa_cert = rsa_identity("carol@example.com")
+    der = cms.encrypt_enveloped(
+        CONTENT, [rsa_cert, cert], algorithms=cms.EnvelopeAlgorithms(content)
+    )
+    assert cms.decrypt_enveloped(der, key, cert) == CONTENT
+    info = asn1_cms.ContentInfo.load(der)["content"]["recipient_infos"][1].chosen
+    assert info["key_encryption_algorithm"]["algorithm"].dotted == "1.2.840.113549.1.9.16.3.19"
+
+
+def test_choose_algorithms_follows_announced_capabilities() -> None:
+    """RFC 8551 §2.7.1: the callee's first announced cipher we make; CBC when none."""
+    assert cms.choose_algorithms() == cms.DEFAULT_ALGORITHMS
+    assert cms.choose_algorithms(legacy=True) == cms.LEGACY_ALGORITHMS
+    openssl_default = ("aes256_cbc", "aes192_cbc", "aes128_cbc", "tripledes_3key")
+    assert cms.choose_algorithms(openssl_default) == cms.EnvelopeAlgorithms(
+        "aes256-cbc", "rsa-pkcs1v15"
+    )
+    assert cms.choose_algorithms(("aes128_gcm", "rsaes_oaep")) == cms.DEFAULT_ALGORITHMS
+    assert cms.choose_algorithms(("des",)) == cms.LEGACY_ALGORITHMS
+
+
+def test_unknown_recipient_kinds_are_skipped_and_errors_name_the_algorithm() -> None:
+    key, cert = make_identity("carol@example.com", "ec-p256")
+    der = cms.encrypt_enveloped(CONTENT, [cert])
+    with pytest.raises(DecryptionError, match="does not belong"):
+        cms.decrypt_enveloped(der, make_identity("dave@example.com", "ec-p256")[0], cert)
+    ccm = der.replace(
+        bytes.fromhex("0609608648016503040106"), bytes.fromhex("0609608648016503040107")
+    )
+    with pytest.raises(CMSError, match="AuthEnvelopedData with AES-128-CCM is not supported"):
+        cms.decrypt_enveloped(ccm, key, cert)
