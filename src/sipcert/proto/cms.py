@@ -28,6 +28,7 @@ valid *now* is the caller's decision.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -38,7 +39,6 @@ from typing import Any, Literal, NamedTuple
 from asn1crypto import algos as asn1_algos
 from asn1crypto import cms as asn1_cms
 from asn1crypto import core as asn1_core
-from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
@@ -637,16 +637,6 @@ class _GCMParameters(asn1_core.Sequence):  # type: ignore[misc]
     ]
 
 
-class _SharedInfo(asn1_core.Sequence):  # type: ignore[misc]
-    """ECC-CMS-SharedInfo of RFC 5753 §7.2, the KDF's input besides the shared secret."""
-
-    _fields = [  # noqa: RUF012 - asn1crypto's declaration style
-        ("key_info", asn1_algos.AlgorithmIdentifier),
-        ("entity_u_info", asn1_core.OctetString, {"explicit": 0, "optional": True}),
-        ("supp_pub_info", asn1_core.OctetString, {"explicit": 2}),
-    ]
-
-
 @dataclass(frozen=True)
 class EnvelopeAlgorithms:
     """How :func:`encrypt_enveloped` encrypts: the content cipher and RSA key transport.
@@ -693,27 +683,84 @@ def choose_algorithms(
     )
 
 
+# DER writing for what we send. Building asn1crypto objects from dicts cost ~97% of the
+# time of a protected body (docs/benchmarks.md), so the few structures we emit are written
+# here directly (X.690 §8, §10: definite lengths, SET OF sorted); asn1crypto still parses
+# everything we receive, and the unit and peer tests parse everything we send.
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    return _der_header(tag, len(content)) + content
+
+
+def _der_seq(*items: bytes) -> bytes:
+    return _der(0x30, b"".join(items))
+
+
+def _der_int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _der_octets(value: bytes) -> bytes:
+    return _der(0x04, value)
+
+
+@functools.cache
+def _der_oid(dotted: str) -> bytes:
+    arcs = [int(arc) for arc in dotted.split(".")]
+    body = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return _der(0x06, bytes(body))
+
+
+_OID = {
+    "data": "1.2.840.113549.1.7.1",
+    "enveloped_data": "1.2.840.113549.1.7.3",
+    "authenticated_enveloped_data": "1.2.840.113549.1.9.16.1.23",
+    "rsaes_pkcs1v15": "1.2.840.113549.1.1.1",
+    "rsaes_oaep": "1.2.840.113549.1.1.7",
+    "mgf1": "1.2.840.113549.1.1.8",
+    "sha256": "2.16.840.1.101.3.4.2.1",
+    "ec": "1.2.840.10045.2.1",
+    "aes128_gcm": "2.16.840.1.101.3.4.1.6",
+    "aes256_gcm": "2.16.840.1.101.3.4.1.46",
+    "aes128_cbc": "2.16.840.1.101.3.4.1.2",
+    "aes256_cbc": "2.16.840.1.101.3.4.1.42",
+}
+_NULL = b"\x05\x00"
+#: RSAES-OAEP with SHA-256 and MGF1-SHA-256 (RFC 4055 §4.1; hash parameters absent, §2.1)
+_OAEP_SHA256 = _der_seq(
+    _der_oid(_OID["rsaes_oaep"]),
+    _der_seq(
+        _der(0xA0, _der_seq(_der_oid(_OID["sha256"]))),
+        _der(0xA1, _der_seq(_der_oid(_OID["mgf1"]), _der_seq(_der_oid(_OID["sha256"])))),
+    ),
+)
+_PKCS1V15 = _der_seq(_der_oid(_OID["rsaes_pkcs1v15"]), _NULL)
+
+
 def _random(size: int) -> bytes:
     return os.urandom(size)
 
 
-def _issuer_and_serial(cert: x509.Certificate) -> Any:
-    ours = _asn1_cert(cert)
-    return asn1_cms.IssuerAndSerialNumber(
-        {"issuer": ours.issuer, "serial_number": ours.serial_number}
-    )
+def _issuer_and_serial(cert: x509.Certificate) -> bytes:
+    """IssuerAndSerialNumber (RFC 5652 §10.2.4) naming ``cert``."""
+    return _der_seq(cert.issuer.public_bytes(), _der_int(cert.serial_number))
 
 
 def _shared_info(wrap: str, key_size: int, ukm: bytes | None) -> bytes:
-    info = _SharedInfo(
-        {
-            "key_info": {"algorithm": _WRAP_OID[wrap]},
-            "supp_pub_info": (key_size * 8).to_bytes(4, "big"),
-        }
+    """DER of ECC-CMS-SharedInfo (RFC 5753 §7.2): the wrap algorithm, ukm, key size."""
+    return _der_seq(
+        _der_seq(_der_oid(_WRAP_OID[wrap])),
+        b"" if ukm is None else _der(0xA0, _der_octets(ukm)),
+        _der(0xA2, _der_octets((key_size * 8).to_bytes(4, "big"))),
     )
-    if ukm is not None:
-        info["entity_u_info"] = ukm
-    return bytes(info.dump())
 
 
 _WRAP_OID = {
@@ -733,53 +780,39 @@ def _kdf(scheme: str, shared: bytes, wrap: str, ukm: bytes | None) -> bytes:
     return HKDF(algorithm=hash_cls(), length=size, salt=None, info=info).derive(shared)
 
 
-def _ktri(cert: x509.Certificate, public_key: rsa.RSAPublicKey, cek: bytes, how: str) -> Any:
+def _ktri(cert: x509.Certificate, public_key: rsa.RSAPublicKey, cek: bytes, how: str) -> bytes:
     """A KeyTransRecipientInfo (RFC 5652 §6.2.1) naming ``cert`` by issuer and serial."""
     if how == "rsa-oaep":
         pad: padding.AsymmetricPadding = padding.OAEP(
             mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None
         )
-        algorithm = {
-            "algorithm": "rsaes_oaep",
-            "parameters": asn1_algos.RSAESOAEPParams(
-                {
-                    "hash_algorithm": {"algorithm": "sha256"},
-                    "mask_gen_algorithm": {
-                        "algorithm": "mgf1",
-                        "parameters": {"algorithm": "sha256"},
-                    },
-                }
-            ),
-        }
+        algorithm = _OAEP_SHA256
     else:
         pad = padding.PKCS1v15()
-        algorithm = {"algorithm": "rsaes_pkcs1v15", "parameters": asn1_core.Null()}
-    return asn1_cms.RecipientInfo(
-        name="ktri",
-        value={
-            "version": "v0",
-            "rid": asn1_cms.RecipientIdentifier(
-                name="issuer_and_serial_number", value=_issuer_and_serial(cert)
-            ),
-            "key_encryption_algorithm": algorithm,
-            "encrypted_key": public_key.encrypt(cek, pad),
-        },
+        algorithm = _PKCS1V15
+    return _der_seq(
+        _der_int(0),
+        _issuer_and_serial(cert),
+        algorithm,
+        _der_octets(public_key.encrypt(cek, pad)),
     )
 
 
-def _kari(cert: x509.Certificate, public_key: Any, cek: bytes) -> Any:
-    """A KeyAgreeRecipientInfo with a fresh ephemeral key (RFC 5753 §3.1, RFC 8418 §2)."""
+def _kari(cert: x509.Certificate, public_key: Any, cek: bytes) -> bytes:
+    """A KeyAgreeRecipientInfo with a fresh ephemeral key (RFC 5753 §3.1, RFC 8418 §2).
+
+    The originator is the ephemeral public key, id-ecPublicKey with absent parameters
+    (RFC 5753 §7.1.2; the curve is the recipient's) or id-X25519/id-X448.
+    """
     wrap = "aes128_wrap" if len(cek) == 16 else "aes256_wrap"
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         ephemeral: Any = ec.generate_private_key(public_key.curve)
         shared = ephemeral.exchange(ec.ECDH(), public_key)
         scheme = _STD_DH_SHA384 if public_key.curve.key_size >= 384 else _STD_DH_SHA256
-        originator = {
-            "algorithm": {"algorithm": "ec"},
-            "public_key": ephemeral.public_key().public_bytes(
-                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-            ),
-        }
+        oid = _OID["ec"]
+        point = ephemeral.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
     else:
         ephemeral = (
             x25519.X25519PrivateKey.generate()
@@ -789,33 +822,17 @@ def _kari(cert: x509.Certificate, public_key: Any, cek: bytes) -> Any:
         shared = ephemeral.exchange(public_key)
         scheme = _HKDF_SHA256  # RFC 8551 §2.3: X25519 with HKDF-256 (RFC 8418 §2.2)
         oid = _X25519_OID if isinstance(public_key, x25519.X25519PublicKey) else _X448_OID
-        originator = {
-            "algorithm": {"algorithm": oid},
-            "public_key": ephemeral.public_key().public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw
-            ),
-        }
+        point = ephemeral.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
     kek = _kdf(scheme, shared, wrap, None)
-    return asn1_cms.RecipientInfo(
-        name="kari",
-        value={
-            "version": "v3",
-            "originator": asn1_cms.OriginatorIdentifierOrKey(
-                name="originator_key", value=asn1_keys.PublicKeyInfo(originator)
-            ),
-            "key_encryption_algorithm": {
-                "algorithm": scheme,
-                "parameters": asn1_algos.AlgorithmIdentifier({"algorithm": _WRAP_OID[wrap]}),
-            },
-            "recipient_encrypted_keys": [
-                {
-                    "rid": asn1_cms.KeyAgreementRecipientIdentifier(
-                        name="issuer_and_serial_number", value=_issuer_and_serial(cert)
-                    ),
-                    "encrypted_key": keywrap.aes_key_wrap(kek, cek),
-                }
-            ],
-        },
+    originator = _der(0xA1, _der_seq(_der_oid(oid)) + _der(0x03, b"\x00" + point))
+    return _der(
+        0xA1,  # [1] IMPLICIT KeyAgreeRecipientInfo
+        _der_int(3)
+        + _der(0xA0, originator)
+        + _der_seq(_der_oid(scheme), _der_seq(_der_oid(_WRAP_OID[wrap])))
+        + _der_seq(_der_seq(_issuer_and_serial(cert), _der_octets(keywrap.aes_key_wrap(kek, cek)))),
     )
 
 
@@ -843,9 +860,11 @@ def encrypt_enveloped(
         if cipher not in ("aes128", "aes256"):
             raise CryptoError(f"unsupported cipher {cipher!r} (aes128 or aes256)")
         choice = f"{cipher}-{choice.rsplit('-', 1)[1]}"  # type: ignore[assignment]
-    mode, key_size = _CONTENT_CIPHERS[_OUR_CIPHER_OIDS[choice]]
+    cipher_name = _OUR_CIPHER_OIDS[choice]
+    mode, key_size = _CONTENT_CIPHERS[cipher_name]
     cek = _random(key_size)
-    infos = []
+    infos: list[bytes] = []
+    all_ktri = True
     seen: set[bytes] = set()
     try:
         for cert in recipients:
@@ -861,58 +880,35 @@ def encrypt_enveloped(
                 ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey,
             ):
                 infos.append(_kari(cert, public_key, cek))
+                all_ktri = False
             else:
                 raise CryptoError(
                     f"recipient {cert.subject.rfc4514_string()} has a "
                     f"{type(public_key).__name__}: only RSA, EC, X25519 and X448 keys "
                     "can receive"
                 )
+        recipient_infos = _der(0x31, b"".join(sorted(infos)))  # DER SET OF, X.690 §11.6
         if mode == "gcm":
             nonce = _random(12)
             sealed = AESGCM(cek).encrypt(nonce, content, None)
-            algorithm = {
-                "algorithm": _OUR_CIPHER_OIDS[choice],
-                "parameters": _GCMParameters({"aes_nonce": nonce, "aes_icvlen": 16}),
-            }
-            encrypted = {
-                "content_type": "data",
-                "content_encryption_algorithm": algorithm,
-                "encrypted_content": sealed[:-16],
-            }
-            body = asn1_cms.AuthEnvelopedData(
-                {
-                    "version": "v0",
-                    "recipient_infos": infos,
-                    "auth_encrypted_content_info": encrypted,
-                    "mac": sealed[-16:],
-                }
+            algorithm = _der_seq(
+                _der_oid(_OID[cipher_name]), _der_seq(_der_octets(nonce), _der_int(16))
             )
-            info = asn1_cms.ContentInfo(
-                {"content_type": "authenticated_enveloped_data", "content": body}
-            )
+            encrypted = _der_seq(_der_oid(_OID["data"]), algorithm, _der(0x80, sealed[:-16]))
+            body = _der_seq(_der_int(0), recipient_infos, encrypted, _der_octets(sealed[-16:]))
+            content_type = _OID["authenticated_enveloped_data"]
         else:
             iv = _random(16)
             padder = PKCS7(128).padder()
             padded = padder.update(content) + padder.finalize()
             encryptor = cipher_base.Cipher(block_ciphers.AES(cek), modes.CBC(iv)).encryptor()
             ciphertext = encryptor.update(padded) + encryptor.finalize()
-            version = "v0" if all(i.name == "ktri" for i in infos) else "v2"  # RFC 5652 §6.1
-            body = asn1_cms.EnvelopedData(
-                {
-                    "version": version,
-                    "recipient_infos": infos,
-                    "encrypted_content_info": {
-                        "content_type": "data",
-                        "content_encryption_algorithm": {
-                            "algorithm": _OUR_CIPHER_OIDS[choice],
-                            "parameters": iv,
-                        },
-                        "encrypted_content": ciphertext,
-                    },
-                }
-            )
-            info = asn1_cms.ContentInfo({"content_type": "enveloped_data", "content": body})
-        return bytes(info.dump())
+            algorithm = _der_seq(_der_oid(_OID[cipher_name]), _der_octets(iv))
+            encrypted = _der_seq(_der_oid(_OID["data"]), algorithm, _der(0x80, ciphertext))
+            version = 0 if all_ktri else 2  # RFC 5652 §6.1
+            body = _der_seq(_der_int(version), recipient_infos, encrypted)
+            content_type = _OID["enveloped_data"]
+        return _der_seq(_der_oid(content_type), _der(0xA0, body))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CryptoError(f"CMS encryption failed: {exc}") from exc
 
