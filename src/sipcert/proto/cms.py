@@ -157,8 +157,10 @@ def _parse_signed_data(signed_data: Any) -> None:
     the signature covers the attributes' bytes anyway. The ones we read are parsed later,
     per signer.
     """
-    for name in ("version", "digest_algorithms", "encap_content_info", "certificates"):
+    for name in ("version", "digest_algorithms", "encap_content_info"):
         signed_data[name].native  # noqa: B018
+    for choice in signed_data["certificates"] or []:
+        choice.name  # noqa: B018 - each is parsed fully only if it is a signer's
     for signer in signed_data["signer_infos"]:
         for name in ("sid", "digest_algorithm", "signature_algorithm", "signature"):
             signer[name].native  # noqa: B018
@@ -233,8 +235,11 @@ def _find_signer(sid: Any, embedded: Sequence[bytes], extra: Sequence[x509.Certi
     if sid.name == "issuer_and_serial_number":
         issuer = sid.chosen["issuer"]
         serial = sid.chosen["serial_number"].native
+        issuer_der = issuer.dump()
         for cand in candidates:
-            if cand.serial_number == serial and cand.issuer == issuer:
+            if cand.serial_number == serial and (
+                cand.issuer.dump() == issuer_der or cand.issuer == issuer
+            ):
                 return bytes(cand.dump())
         shown = f"issuer {issuer.human_friendly!r}, serial {serial}"
     elif sid.name == "subject_key_identifier":
@@ -928,10 +933,22 @@ def _load_envelope(der: bytes, max_size: int) -> tuple[Any, bool]:
                 "'authenticated_enveloped_data'"
             )
         content = info["content"]
-        content.native  # noqa: B018 - force asn1crypto's lazy parse so errors surface here
+        authenticated = content_type == "authenticated_enveloped_data"
+        # Force the parse of what every reader needs, so that malformed input is reported
+        # as such here; the RecipientInfos of others are parsed only as far as their kind.
+        content["version"].native  # noqa: B018
+        for recipient_info in content["recipient_infos"]:
+            recipient_info.name  # noqa: B018
+        encrypted = content[
+            "auth_encrypted_content_info" if authenticated else "encrypted_content_info"
+        ]
+        encrypted["content_type"].native  # noqa: B018
+        encrypted["content_encryption_algorithm"].native  # noqa: B018
+        if authenticated:
+            content["mac"].native  # noqa: B018
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS enveloped_data structure: {exc}") from exc
-    return content, content_type == "authenticated_enveloped_data"
+    return content, authenticated
 
 
 def _octets(value: Any) -> bytes:
@@ -946,9 +963,11 @@ def _names_us(rid: Any, ours: Any) -> bool:
     """True when a recipient identifier names our certificate (RFC 5652 §6.2.1, §6.2.2)."""
     if rid.name == "issuer_and_serial_number":
         ias = rid.chosen
-        return bool(
-            ias["serial_number"].native == ours.serial_number and ias["issuer"] == ours.issuer
-        )
+        if ias["serial_number"].native != ours.serial_number:
+            return False
+        issuer = ias["issuer"]
+        # byte equality first; RFC 5280 §7.1 comparison (slow: string preparation) if not
+        return bool(issuer.dump() == ours.issuer.dump() or issuer == ours.issuer)
     key_id = rid.chosen.native
     if isinstance(key_id, dict):  # RecipientKeyIdentifier of a kari
         key_id = key_id["subject_key_identifier"]
