@@ -28,6 +28,7 @@ valid *now* is the caller's decision.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import hmac
@@ -51,7 +52,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.padding import PKCS7
-from cryptography.hazmat.primitives.serialization import pkcs7
 
 from sipcert.errors import (
     CertificateParseError,
@@ -528,52 +528,6 @@ def verify_detached(
     return verified[0].certificate
 
 
-# --- SignedData creation -----------------------------------------------------------------
-
-
-def sign_detached(
-    content: bytes,
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    cert: x509.Certificate,
-    *,
-    digest: DigestName = "sha256",
-    rsa_pss: bool = False,
-) -> bytes:
-    """DER of a detached SignedData over exactly ``content`` (RFC 5652 §5, RFC 8551 §3.5.3).
-
-    ``Binary`` stops ``cryptography`` from rewriting LF to CRLF, so the signature covers the
-    bytes given. The signer certificate is included, so a receiver needs nothing else to
-    find the key; signed attributes (contentType, messageDigest, signingTime and
-    SMIMECapabilities, RFC 8551 §2.5) are added by ``cryptography``, which reads the clock
-    for signingTime itself. RSA-PSS uses MGF1 with the same hash and a salt as long as the
-    digest (RFC 4056 §3).
-    """
-    hash_algorithm = _DIGESTS[digest]()
-    rsa_padding: padding.PSS | padding.PKCS1v15 | None = None
-    if isinstance(key, rsa.RSAPrivateKey):
-        rsa_padding = (
-            padding.PSS(mgf=padding.MGF1(hash_algorithm), salt_length=padding.PSS.DIGEST_LENGTH)
-            if rsa_pss
-            else padding.PKCS1v15()
-        )
-    elif not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CryptoError(f"cannot sign CMS with a {type(key).__name__}: RSA or EC keys only")
-    elif rsa_pss:
-        raise CryptoError("RSA-PSS was requested but the signing key is an EC key")
-    try:
-        builder = (
-            pkcs7.PKCS7SignatureBuilder()
-            .set_data(content)
-            .add_signer(cert, key, hash_algorithm, rsa_padding=rsa_padding)
-        )
-        return builder.sign(
-            serialization.Encoding.DER,
-            [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary],
-        )
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CryptoError(f"CMS signing failed: {exc}") from exc
-
-
 # --- EnvelopedData and AuthEnvelopedData --------------------------------------------------
 
 #: Content encryption we make and open. GCM is AuthEnvelopedData (RFC 5083, RFC 5084), CBC
@@ -916,6 +870,132 @@ def encrypt_enveloped(
         return _der_seq(_der_oid(content_type), _der(0xA0, body))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CryptoError(f"CMS encryption failed: {exc}") from exc
+
+
+# --- SignedData creation -----------------------------------------------------------------
+
+#: What we announce (RFC 8551 §2.5.2), most preferred first: the content ciphers we open,
+#: then the key transport and agreement we open. A peer following §2.7.1.1 then sends us
+#: AES-128-GCM, which a cryptography-built SignedData (it lists only AES-CBC) would not get.
+_OUR_CAPABILITIES = _der_seq(
+    _der_seq(_der_oid(_OID["aes128_gcm"])),
+    _der_seq(_der_oid(_OID["aes256_gcm"])),
+    _der_seq(_der_oid(_OID["aes128_cbc"])),
+    _der_seq(_der_oid(_OID["aes256_cbc"])),
+    _der_seq(_der_oid(_OID["rsaes_oaep"])),
+    _der_seq(_der_oid(_STD_DH_SHA256), _der_seq(_der_oid(_WRAP_OID["aes128_wrap"]))),
+)
+_DIGEST_OIDS = {
+    "sha256": "2.16.840.1.101.3.4.2.1",
+    "sha384": "2.16.840.1.101.3.4.2.2",
+    "sha512": "2.16.840.1.101.3.4.2.3",
+}
+_RSA_SIG_OIDS = {
+    "sha256": "1.2.840.113549.1.1.11",
+    "sha384": "1.2.840.113549.1.1.12",
+    "sha512": "1.2.840.113549.1.1.13",
+}
+_ECDSA_SIG_OIDS = {
+    "sha256": "1.2.840.10045.4.3.2",
+    "sha384": "1.2.840.10045.4.3.3",
+    "sha512": "1.2.840.10045.4.3.4",
+}
+_ATTR_OIDS = {
+    "content_type": "1.2.840.113549.1.9.3",
+    "message_digest": "1.2.840.113549.1.9.4",
+    "signing_time": "1.2.840.113549.1.9.5",
+    "smime_capabilities": "1.2.840.113549.1.9.15",
+}
+
+
+def _der_time(when: datetime.datetime) -> bytes:
+    """signingTime: UTCTime until 2049, GeneralizedTime after (RFC 5652 §11.3)."""
+    when = when.astimezone(datetime.UTC)
+    if 1950 <= when.year < 2050:
+        return _der(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
+    return _der(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
+
+
+def _attribute(name: str, value: bytes) -> bytes:
+    return _der_seq(_der_oid(_ATTR_OIDS[name]), _der(0x31, value))
+
+
+def sign_detached(
+    content: bytes,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    cert: x509.Certificate,
+    *,
+    digest: DigestName = "sha256",
+    rsa_pss: bool = False,
+    signing_time: datetime.datetime | None = None,
+) -> bytes:
+    """DER of a detached SignedData over exactly ``content`` (RFC 5652 §5, RFC 8551 §3.5.3).
+
+    The signature covers the bytes given, nothing is canonicalized. The signer certificate
+    is included and named by issuer and serial number, so a receiver needs nothing else.
+    Signed attributes: contentType, messageDigest, SMIMECapabilities (what we open, AES-GCM
+    first, RFC 8551 §2.5.2) and, when ``signing_time`` is given, signingTime (§2.5.1; the
+    caller passes its clock: this module reads none). RSA-PSS uses MGF1 with the same hash
+    and a salt as long as the digest (RFC 4056 §3).
+    """
+    if digest not in _DIGESTS:
+        raise CryptoError(f"unsupported digest {digest!r} (sha256, sha384 or sha512)")
+    hash_algorithm = _DIGESTS[digest]()
+    digest_id = _der_seq(_der_oid(_DIGEST_OIDS[digest]))
+    if isinstance(key, rsa.RSAPrivateKey):
+        if rsa_pss:
+            pad: padding.AsymmetricPadding = padding.PSS(
+                mgf=padding.MGF1(hash_algorithm), salt_length=hash_algorithm.digest_size
+            )
+            signature_id = _der_seq(
+                _der_oid("1.2.840.113549.1.1.10"),
+                _der_seq(
+                    _der(0xA0, digest_id),
+                    _der(0xA1, _der_seq(_der_oid(_OID["mgf1"]), digest_id)),
+                    _der(0xA2, _der_int(hash_algorithm.digest_size)),
+                ),
+            )
+        else:
+            pad = padding.PKCS1v15()
+            signature_id = _der_seq(_der_oid(_RSA_SIG_OIDS[digest]), _NULL)
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        if rsa_pss:
+            raise CryptoError("RSA-PSS was requested but the signing key is an EC key")
+        signature_id = _der_seq(_der_oid(_ECDSA_SIG_OIDS[digest]))
+    else:
+        raise CryptoError(f"cannot sign CMS with a {type(key).__name__}: RSA or EC keys only")
+    attributes = [
+        _attribute("content_type", _der_oid(_OID["data"])),
+        _attribute("message_digest", _der_octets(hashlib.new(digest, content).digest())),
+        _attribute("smime_capabilities", _OUR_CAPABILITIES),
+    ]
+    if signing_time is not None:
+        attributes.append(_attribute("signing_time", _der_time(signing_time)))
+    signed_attrs = b"".join(sorted(attributes))  # DER SET OF, X.690 §11.6
+    try:
+        to_sign = _der(0x31, signed_attrs)  # RFC 5652 §5.4: signed as a SET
+        if isinstance(key, rsa.RSAPrivateKey):
+            signature = key.sign(to_sign, pad, hash_algorithm)
+        else:
+            signature = key.sign(to_sign, ec.ECDSA(hash_algorithm))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise CryptoError(f"CMS signing failed: {exc}") from exc
+    signer_info = _der_seq(
+        _der_int(1),
+        _issuer_and_serial(cert),
+        digest_id,
+        _der(0xA0, signed_attrs),
+        signature_id,
+        _der_octets(signature),
+    )
+    signed_data = _der_seq(
+        _der_int(1),
+        _der(0x31, digest_id),
+        _der_seq(_der_oid(_OID["data"])),
+        _der(0xA0, cert.public_bytes(serialization.Encoding.DER)),
+        _der(0x31, signer_info),
+    )
+    return _der_seq(_der_oid("1.2.840.113549.1.7.2"), _der(0xA0, signed_data))
 
 
 # --- receiving -----------------------------------------------------------------------------

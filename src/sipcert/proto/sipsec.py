@@ -147,6 +147,7 @@ def protect(
     domain: str = "sipcert.invalid",
     algorithms: cms.EnvelopeAlgorithms = cms.DEFAULT_ALGORITHMS,
     also_to: Sequence[x509.Certificate] = (),
+    now: datetime | None = None,
 ) -> MimePart:
     """The SIP body for ``content``: signed, then encrypted for every recipient (draft §4.4).
 
@@ -154,7 +155,8 @@ def protect(
     transport, EC key agreement), so one EC device never locks the others of an AOR out.
     ``algorithms`` is AES-128-GCM with RSA-OAEP unless the caller chose the fallback
     (:func:`sipcert.proto.cms.choose_algorithms`). ``also_to`` adds more recipients, e.g.
-    the sender's own certificates so it can read what it sent (off unless given).
+    the sender's own certificates so it can read what it sent (off unless given). ``now``
+    becomes the signature's signingTime (RFC 8551 §2.5.1).
     With ``certificate_url`` (our certificate at our Store) the body is ``multipart/mixed``
     of the enveloped-data and an RFC 4483 reference (draft §4.2); without it, the
     enveloped-data alone. ``domain`` names the Content-ID of the reference.
@@ -162,7 +164,12 @@ def protect(
     if not recipients:
         raise CryptoError("no recipient certificates: cannot send a protected body")
     enveloped = smime.sign_and_encrypt(
-        content, key, certificate, [*recipients, *also_to], algorithms=algorithms
+        content,
+        key,
+        certificate,
+        [*recipients, *also_to],
+        algorithms=algorithms,
+        signing_time=now,
     )
     if certificate_url is None:
         return enveloped

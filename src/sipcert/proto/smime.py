@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -95,14 +96,18 @@ def sign(
     *,
     digest: cms.DigestName = "sha256",
     rsa_pss: bool = False,
+    signing_time: datetime | None = None,
 ) -> MimePart:
     """Wrap ``part`` in ``multipart/signed`` with a detached CMS signature (RFC 8551 §3.5.3).
 
     The signature covers exactly ``part.to_bytes()``, which is also the first body part,
     byte for byte; nothing is re-canonicalized (binary transfer, RFC 3261 §23.3).
+    ``signing_time`` (the caller's clock) becomes the signingTime attribute.
     """
     content = part.to_bytes()
-    signature = cms.sign_detached(content, key, cert, digest=digest, rsa_pss=rsa_pss)
+    signature = cms.sign_detached(
+        content, key, cert, digest=digest, rsa_pss=rsa_pss, signing_time=signing_time
+    )
     signature_part = MimePart(
         content_type=SIGNATURE_CONTENT_TYPE,
         body=signature,
@@ -246,9 +251,10 @@ def sign_and_encrypt(
     digest: cms.DigestName = "sha256",
     rsa_pss: bool = False,
     algorithms: cms.EnvelopeAlgorithms = cms.DEFAULT_ALGORITHMS,
+    signing_time: datetime | None = None,
 ) -> MimePart:
     """Sign with our key, then encrypt for ``recipients`` (RFC 3261 §23.3 layering)."""
-    signed = sign(part, key, cert, digest=digest, rsa_pss=rsa_pss)
+    signed = sign(part, key, cert, digest=digest, rsa_pss=rsa_pss, signing_time=signing_time)
     return encrypt(signed, recipients, cipher=cipher, algorithms=algorithms)
 
 

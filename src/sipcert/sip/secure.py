@@ -359,6 +359,7 @@ class SecureUA:
             domain=self.aor.host,
             algorithms=self.algorithms,
             also_to=(identity.certificate,) if self.encrypt_to_self else (),
+            now=self._now(),
         )
 
     async def send_message(

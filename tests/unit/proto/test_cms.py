@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -234,9 +235,23 @@ def test_structural_defects(
 def test_resigned_attributes_changed_after_signing_fail() -> None:
     """Dropping the signingTime attribute changes the signed bytes: the signature fails."""
     key, cert = make_identity("alice@example.com", "rsa2048")
-    der = _edit(cms.sign_detached(CONTENT, key, cert), _drop_attr("signing_time"))
+    when = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
+    signed = cms.sign_detached(CONTENT, key, cert, signing_time=when)
+    attrs = asn1_cms.ContentInfo.load(signed)["content"]["signer_infos"][0]["signed_attrs"]
+    assert [a["values"][0].native for a in attrs if a["type"].native == "signing_time"] == [when]
+    der = _edit(signed, _drop_attr("signing_time"))
     with pytest.raises(SignatureError, match="does not verify"):
         cms.verify_detached(der, CONTENT)
+
+
+def test_we_announce_gcm_first_so_peers_choose_it() -> None:
+    """RFC 8551 §2.5.2/§2.7.1.1: what we announce makes choose_algorithms pick AES-GCM."""
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    (report,) = cms.verify_signed(cms.sign_detached(CONTENT, key, cert), CONTENT).signers
+    assert report.capabilities[:2] == ("aes128_gcm", "aes256_gcm")
+    assert cms.choose_algorithms(report.capabilities) == cms.DEFAULT_ALGORITHMS
+    with pytest.raises(CryptoError, match="unsupported digest"):
+        cms.sign_detached(CONTENT, key, cert, digest="sha1")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
