@@ -36,7 +36,7 @@ from sipcert.client.ua import (
 )
 from sipcert.errors import ConfigError
 from sipcert.proto.aor import AOR, parse_aor
-from sipcert.proto.certs import san_uris, sha256_fingerprint
+from sipcert.proto.certs import KeyType, san_uris, sha256_fingerprint
 
 __all__ = ["register"]
 
@@ -152,6 +152,13 @@ def register(commands: Any) -> None:
     parser = add("enroll", "create a certificate and store it at the Store (draft §5.1)", _enroll)
     parser.add_argument("aor")
     _credential_options(parser, key=True)
+    parser.add_argument(
+        "--key-type",
+        choices=[k.value for k in KeyType],
+        default=KeyType.P256.value,
+        help="the device key: p256 (default: small bodies, fast signing), p384, or rsa2048/"
+        "rsa3072 for peers that only do RSA key transport (RFC 3261 §23)",
+    )
 
     parser = add("status", "check this device's certificate at the Store (draft §5.1)", _status)
     parser.add_argument("aor", nargs="?")
@@ -354,6 +361,7 @@ def _enroll(args: argparse.Namespace) -> int:
             credentials,
             device=args.device,
             validity=timedelta(days=args.validity),
+            key_type=KeyType(args.key_type),
             passphrase=passphrase,
         ),
     )

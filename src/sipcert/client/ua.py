@@ -384,7 +384,7 @@ class AsyncUA:
         *,
         device: str = DEFAULT_DEVICE,
         validity: timedelta = DEFAULT_VALIDITY,
-        key_type: KeyType = KeyType.RSA2048,
+        key_type: KeyType = KeyType.P256,
         passphrase: bytes | None = None,
     ) -> Enrollment:
         """Create a key and self-signed certificate and PUT it with Digest (draft §5.1).
@@ -514,10 +514,11 @@ class AsyncUA:
         validity: timedelta = DEFAULT_VALIDITY,
         passphrase: bytes | None = None,
         force: bool = False,
+        key_type: KeyType | None = None,
     ) -> Renewal:
         """Enroll a fresh certificate when ours expires within ``window``, then revoke the
         old one once the new one is stored (draft §5: "enroll a new certificate before the
-        old one expires")."""
+        old one expires"). The new key has the old one's type unless ``key_type`` says."""
         parsed = _aor(aor)
         old = self.home.certificate(parsed, device)
         remaining = old.not_valid_after_utc - self._now()
@@ -532,7 +533,12 @@ class AsyncUA:
                 False,
             )
         new = await self.enroll(
-            parsed, credentials, device=device, validity=validity, passphrase=passphrase
+            parsed,
+            credentials,
+            device=device,
+            validity=validity,
+            key_type=KeyType.of(old) if key_type is None else key_type,
+            passphrase=passphrase,
         )
         try:
             await delete_certificates(

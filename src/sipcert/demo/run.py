@@ -693,7 +693,8 @@ class _Scenario:
         parts = "" if body is None or body is enveloped else f" inside {body.media_type}"
         self.say.expect(
             len(recipients) == len(expected) == len(matched),
-            f"as received: application/pkcs7-mime enveloped-data{parts} ({len(enveloped.body)} "
+            f"as received: application/pkcs7-mime "
+            f"{enveloped.params.get('smime-type', 'enveloped-data')}{parts} ({len(enveloped.body)} "
             f"bytes) with {len(recipients)} RecipientInfo{'' if len(recipients) == 1 else 's'}, "
             f"naming by issuer and serial exactly {who}",
             f"the received body has {len(recipients)} RecipientInfo(s); {len(matched)} of them "

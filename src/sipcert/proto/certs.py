@@ -89,22 +89,48 @@ _MIN_RSA_BITS = 2048
 
 
 class KeyType(StrEnum):
-    """Key types ``generate_identity`` makes. RSA only: S/MIME key transport needs it."""
+    """Key types ``generate_identity`` makes (``sipcert enroll --key-type``).
 
+    P-256 is the default for new devices: its certificate is ~40% of an RSA-2048 one (a
+    smaller SIP body, RFC 3261 §18.1.1) and it signs much faster (docs/benchmarks.md);
+    S/MIME 4.0 encrypts to it with ECDH (RFC 8551 §2.3, RFC 5753). RSA stays for peers
+    that only know RSA key transport (RFC 3261 §23).
+    """
+
+    P256 = "p256"
+    P384 = "p384"
     RSA2048 = "rsa2048"
     RSA3072 = "rsa3072"
 
     @property
+    def is_rsa(self) -> bool:
+        return self in (KeyType.RSA2048, KeyType.RSA3072)
+
+    @property
     def bits(self) -> int:
-        """The RSA modulus size."""
-        return 3072 if self is KeyType.RSA3072 else 2048
+        """The RSA modulus size, or the curve's size."""
+        return {"p256": 256, "p384": 384, "rsa2048": 2048, "rsa3072": 3072}[self.value]
+
+    @classmethod
+    def of(cls, certificate: x509.Certificate) -> KeyType:
+        """The key type of an existing certificate (a renewal keeps it)."""
+        key = certificate.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            return cls.P384 if key.curve.key_size >= 384 else cls.P256
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 3072:
+            return cls.RSA3072
+        return cls.RSA2048
+
+
+#: A device's private key: RSA or EC (P-256, P-384; P-521 keys are loaded too).
+DeviceKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 @dataclass(frozen=True)
 class Identity:
     """A UA's own key pair and the self-signed certificate it enrols (draft §5.1)."""
 
-    key: rsa.RSAPrivateKey
+    key: DeviceKey
     certificate: x509.Certificate
 
 
@@ -112,7 +138,7 @@ def generate_identity(
     aor: AOR,
     *,
     now: datetime,
-    key_type: KeyType = KeyType.RSA2048,
+    key_type: KeyType = KeyType.P256,
     validity: timedelta = timedelta(days=30),
 ) -> Identity:
     """Generate a key and a self-signed certificate for ``aor`` (draft §1, §4.5, §5.1).
@@ -134,7 +160,13 @@ def generate_identity(
             f"{MAX_VALIDITY.days} days (draft §5 recommends days to months)"
         )
     start = now.replace(microsecond=0)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=key_type.bits)
+    key: DeviceKey
+    if key_type.is_rsa:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=key_type.bits)
+    else:
+        curve = ec.SECP384R1() if key_type is KeyType.P384 else ec.SECP256R1()
+        key = ec.generate_private_key(curve)
+    is_rsa = isinstance(key, rsa.RSAPrivateKey)
     # X.520 limits a Common Name to 64 characters; the SAN URIs carry the full AOR anyway.
     common_name = str(aor) if len(str(aor)) <= 64 else str(aor)[:61] + "..."
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -160,9 +192,10 @@ def generate_identity(
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
-                key_encipherment=True,
+                # RSA transports the content key, EC agrees on it (RFC 8550 §4.4.2)
+                key_encipherment=is_rsa,
                 data_encipherment=False,
-                key_agreement=False,
+                key_agreement=not is_rsa,
                 key_cert_sign=False,
                 crl_sign=False,
                 encipher_only=False,
@@ -180,7 +213,7 @@ def generate_identity(
     return Identity(key=key, certificate=certificate)
 
 
-def serialize_private_key(key: rsa.RSAPrivateKey, passphrase: bytes | None) -> bytes:
+def serialize_private_key(key: DeviceKey, passphrase: bytes | None) -> bytes:
     """PEM PKCS#8, encrypted with the best available scheme when ``passphrase`` is given."""
     if passphrase is not None and not passphrase:
         raise ConfigError("empty passphrase: give a non-empty one or none at all")
@@ -194,12 +227,13 @@ def serialize_private_key(key: rsa.RSAPrivateKey, passphrase: bytes | None) -> b
     )
 
 
-def load_private_key(data: bytes, passphrase: bytes | None) -> rsa.RSAPrivateKey:
-    """Load an RSA private key (PEM or DER, PKCS#8 or traditional).
+def load_private_key(data: bytes, passphrase: bytes | None) -> DeviceKey:
+    """Load an RSA or EC private key (PEM or DER, PKCS#8 or traditional).
 
     An encrypted key without a passphrase, or a passphrase for a plain key, is a
     :class:`ConfigError`; a wrong passphrase is a :class:`CryptoError`; bytes that are no
-    private key, or a key that is not RSA, an :class:`InputError`.
+    private key, or a key that is neither RSA nor EC on an accepted curve, an
+    :class:`InputError`.
     """
     if len(data) > MAX_PRIVATE_KEY_SIZE:
         raise InputTooLargeError(
@@ -230,8 +264,13 @@ def load_private_key(data: bytes, passphrase: bytes | None) -> rsa.RSAPrivateKey
             raise InputError(f"unsupported private key encryption: {exc}") from exc
     elif passphrase is not None:
         raise ConfigError("a passphrase was given but the private key is not encrypted")
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, _ALLOWED_CURVES):
+        return key
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise InputError(f"private key is {type(key).__name__}, sipcert identities are RSA")
+        raise InputError(
+            f"private key is {type(key).__name__}, sipcert identities are RSA or EC "
+            "(P-256, P-384, P-521)"
+        )
     return key
 
 

@@ -1,20 +1,25 @@
-"""CMS (RFC 5652) for SIP S/MIME: detached SignedData and EnvelopedData, sans-IO.
+"""CMS (RFC 5652) for SIP S/MIME: SignedData, EnvelopedData and AuthEnvelopedData, sans-IO.
 
-``cryptography`` builds SignedData and EnvelopedData and decrypts EnvelopedData, but it cannot
-verify a CMS signature; :func:`verify_detached` does that on ``asn1crypto`` structures and
-``cryptography`` public keys (RFC 5652 §5.4, §5.6). All ``asn1crypto`` objects stay inside
-this module: callers see bytes, ``cryptography`` certificates and our own small types.
+``cryptography`` has the primitives but neither CMS verification nor envelopes beyond RSA
+PKCS#1 v1.5 with AES-CBC, and its ``pkcs7_decrypt_der`` fails on an envelope that also holds
+a non-RSA recipient. So the structures are read and written here with ``asn1crypto`` and
+every operation is a ``cryptography`` primitive. All ``asn1crypto`` objects stay inside this
+module: callers see bytes, ``cryptography`` certificates and keys, and our own small types.
 
-Algorithm policy (RFC 8551 §2.1, §2.2; RFC 5754; RFC 4056; RFC 5753):
+Algorithm policy (RFC 8551 §2.1-§2.7; RFC 5754; RFC 4056; RFC 5753; RFC 5083/5084; RFC 8418):
 
-* digests SHA-256, SHA-384, SHA-512. SHA-1 and MD5 are **rejected** (:class:`CMSError`):
-  RFC 8551 §2.1 makes SHA-256 the digest every agent must support, SHA-1 has practical
-  collisions, and ``openssl cms`` and ``cryptography`` both default to SHA-256, so
-  interoperating with them needs nothing weaker;
+* digests SHA-256, SHA-384, SHA-512. SHA-1 and MD5 are **rejected** as signature digests
+  (:class:`CMSError`): RFC 8551 §2.1 makes SHA-256 the digest every agent must support and
+  SHA-1 has practical collisions. (SHA-1 is still read where it is no digest of the signed
+  content: MGF1 of RSA-PSS and OAEP, the X9.63 KDF of ECDH, which openssl uses by default);
 * signatures RSA PKCS#1 v1.5, RSA-PSS (parameters read from the AlgorithmIdentifier, whose
-  hash must equal the digest algorithm, RFC 4056 §3) and ECDSA;
-* key transport is RSA PKCS#1 v1.5 and content encryption AES-128/256-CBC, which is what
-  ``cryptography`` implements (its :func:`pkcs7_decrypt_der` does the decryption).
+  hash must equal the digest algorithm, RFC 4056 §3; any MGF1 hash), ECDSA and Ed25519
+  (RFC 8419); several signers, each reported; detached or attached content;
+* envelopes: AuthEnvelopedData with AES-128/192/256-GCM and EnvelopedData with
+  AES-128/192/256-CBC; key transport RSA PKCS#1 v1.5 and RSA-OAEP (any SHA parameters);
+  key agreement ECDH ephemeral-static on the NIST curves (X9.63 KDF, RFC 5753) and X25519/
+  X448 (HKDF or X9.63, RFC 8418) with AES key wrap (RFC 3394). Our RecipientInfo is picked
+  out of any mix; kekri, pwri and ori entries are skipped. DER and BER are both read.
 
 Verification answers "which certificate made this signature"; whether that certificate is
 the right one for the sender's AOR (draft-jennings-sipping-certs-02 §4.5) and whether it is
@@ -23,20 +28,30 @@ valid *now* is the caller's decision.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import hashlib
 import hmac
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from asn1crypto import algos as asn1_algos
 from asn1crypto import cms as asn1_cms
+from asn1crypto import core as asn1_core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.ciphers import algorithms
-from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, keywrap, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x448, x25519
+from cryptography.hazmat.primitives.ciphers import algorithms as block_ciphers
+from cryptography.hazmat.primitives.ciphers import base as cipher_base
+from cryptography.hazmat.primitives.ciphers import modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
+from cryptography.hazmat.primitives.padding import PKCS7
 
 from sipcert.errors import (
     CertificateParseError,
@@ -45,20 +60,31 @@ from sipcert.errors import (
     DecryptionError,
     InputTooLargeError,
     SignatureError,
+    SipCertError,
 )
 from sipcert.proto.certs import load_certificate
 
 __all__ = [
+    "DEFAULT_ALGORITHMS",
     "DEFAULT_MAX_DER",
+    "LEGACY_ALGORITHMS",
     "Cipher",
+    "ContentEncryption",
+    "DecryptionKey",
     "DigestName",
+    "EnvelopeAlgorithms",
+    "RSAKeyTransport",
     "RecipientId",
+    "SignedContent",
+    "SignerReport",
+    "choose_algorithms",
     "decrypt_enveloped",
     "encrypt_enveloped",
     "is_recipient",
     "recipient_identifiers",
     "sign_detached",
     "verify_detached",
+    "verify_signed",
 ]
 
 #: Largest CMS structure we parse; a SIP message is far smaller (RFC 3261 §18.1.1).
@@ -81,11 +107,7 @@ _COMBINED = {
     "sha384_ecdsa": "sha384",
     "sha512_ecdsa": "sha512",
 }
-_CIPHERS: dict[str, type[algorithms.AES128] | type[algorithms.AES256]] = {
-    "aes128": algorithms.AES128,
-    "aes256": algorithms.AES256,
-}
-_SUPPORTED_CONTENT_ENCRYPTION = {"aes128_cbc", "aes256_cbc"}
+_MGF_DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {"sha1": hashes.SHA1, **_DIGESTS}
 #: What asn1crypto raises on malformed DER (its parsing is lazy, so on access too); it
 #: raises AttributeError for some unexpected universal types (e.g. ObjectDescriptor).
 _ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)
@@ -118,10 +140,34 @@ def _load_content_info(der: bytes, expected: str) -> Any:
         if content_type != expected:
             raise CMSError(f"CMS ContentInfo holds {content_type!r}, expected {expected!r}")
         content = info["content"]
-        content.native  # noqa: B018 - force asn1crypto's lazy parse so errors surface here
+        if expected == "signed_data":
+            _parse_signed_data(content)
+        else:
+            content.native  # noqa: B018 - force asn1crypto's lazy parse so errors surface here
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS {expected} structure: {exc}") from exc
     return content
+
+
+def _parse_signed_data(signed_data: Any) -> None:
+    """Force the lazy parse of a SignedData, except attribute values.
+
+    An attribute we never read must not make the message unreadable: asn1crypto's spec for
+    some (NSS's encryption key preference, for one) is stricter than what agents send, and
+    the signature covers the attributes' bytes anyway. The ones we read are parsed later,
+    per signer.
+    """
+    for name in ("version", "digest_algorithms", "encap_content_info"):
+        signed_data[name].native  # noqa: B018
+    for choice in signed_data["certificates"] or []:
+        choice.name  # noqa: B018 - each is parsed fully only if it is a signer's
+    for signer in signed_data["signer_infos"]:
+        for name in ("sid", "digest_algorithm", "signature_algorithm", "signature"):
+            signer[name].native  # noqa: B018
+        attrs = signer["signed_attrs"]
+        if isinstance(attrs, asn1_cms.CMSAttributes):
+            for attr in attrs:
+                attr["type"].native  # noqa: B018
 
 
 def _asn1_cert(cert: x509.Certificate) -> Any:
@@ -155,10 +201,11 @@ class _SignerData:
     signed_attrs: bytes | None  # DER of the SET OF Attribute (tag 0x31), RFC 5652 §5.4
     message_digest: bytes | None
     attr_content_type: str | None
-    scheme: Literal["pkcs1v15", "pss", "ecdsa"]
+    scheme: Literal["pkcs1v15", "pss", "ecdsa", "ed25519"]
     pss_salt_length: int
     pss_mgf_digest: str
     signature: bytes
+    capabilities: tuple[str, ...] = ()
 
 
 def _digest_name(algorithm_id: Any, where: str) -> str:
@@ -188,8 +235,11 @@ def _find_signer(sid: Any, embedded: Sequence[bytes], extra: Sequence[x509.Certi
     if sid.name == "issuer_and_serial_number":
         issuer = sid.chosen["issuer"]
         serial = sid.chosen["serial_number"].native
+        issuer_der = issuer.dump()
         for cand in candidates:
-            if cand.serial_number == serial and cand.issuer == issuer:
+            if cand.serial_number == serial and (
+                cand.issuer.dump() == issuer_der or cand.issuer == issuer
+            ):
                 return bytes(cand.dump())
         shown = f"issuer {issuer.human_friendly!r}, serial {serial}"
     elif sid.name == "subject_key_identifier":
@@ -205,7 +255,7 @@ def _find_signer(sid: Any, embedded: Sequence[bytes], extra: Sequence[x509.Certi
 
 def _signature_scheme(
     sig_alg: Any, digest: str
-) -> tuple[Literal["pkcs1v15", "pss", "ecdsa"], int, str]:
+) -> tuple[Literal["pkcs1v15", "pss", "ecdsa", "ed25519"], int, str]:
     """(scheme, PSS salt length, PSS MGF1 digest) from the signatureAlgorithm."""
     name = sig_alg["algorithm"].native
     implied = _COMBINED.get(name)
@@ -215,6 +265,11 @@ def _signature_scheme(
         return "pkcs1v15", 0, digest
     if name in ("ecdsa", "sha256_ecdsa", "sha384_ecdsa", "sha512_ecdsa"):
         return "ecdsa", 0, digest
+    if name == "ed25519":
+        # RFC 8419 §3: PureEdDSA signs the attributes themselves; the digest is SHA-512.
+        if digest != "sha512":
+            raise CMSError(f"Ed25519 signature with digest {digest}; RFC 8419 §3 needs SHA-512")
+        return "ed25519", 0, digest
     if name == "rsassa_pss":
         params = sig_alg["parameters"]
         pss_hash = _digest_name(params["hash_algorithm"], "RSA-PSS")
@@ -225,7 +280,12 @@ def _signature_scheme(
         mgf = params["mask_gen_algorithm"]
         if mgf["algorithm"].native != "mgf1":
             raise CMSError(f"unsupported RSA-PSS mask generation {mgf['algorithm'].native!r}")
-        mgf_digest = _digest_name(mgf["parameters"], "RSA-PSS MGF1")
+        # MGF1 is a mask generator, not a collision-resistant digest: SHA-1 is fine there
+        # (RFC 4055 §3.1 makes MGF1-SHA-1 the default; openssl and Java send it).
+        mgf_name = mgf["parameters"]["algorithm"].native
+        if mgf_name not in _MGF_DIGESTS:
+            raise CMSError(f"RSA-PSS with MGF1-{mgf_name} is not supported")
+        mgf_digest = str(mgf_name)
         if params["trailer_field"].native not in ("trailer_field_bc", 1):
             raise CMSError("unsupported RSA-PSS trailer field (RFC 4055 §3.1 allows only 1)")
         return "pss", int(params["salt_length"].native), mgf_digest
@@ -234,48 +294,210 @@ def _signature_scheme(
     )
 
 
-def _extract_signer(der: bytes, extra_certs: Sequence[x509.Certificate]) -> _SignerData:
+def _der_header(tag: int, length: int) -> bytes:
+    """A DER tag and definite length (X.690 §8.1.3), for re-encoding BER-parsed values."""
+    if length < 0x80:
+        return bytes([tag, length])
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size
+
+
+def _capabilities(signed_attrs: Any) -> tuple[str, ...]:
+    """The SMIMECapabilities a signer announced, in its order of preference (RFC 8551 §2.5.2)."""
+    try:
+        found = [a for a in signed_attrs if a["type"].native == "smime_capabilities"]
+        if len(found) != 1 or len(found[0]["values"]) != 1:
+            return ()
+        return tuple(str(cap["capability_id"].native) for cap in found[0]["values"][0])
+    except _ASN1_ERRORS:
+        return ()  # a malformed announcement is no announcement (RFC 8551 §2.5.2)
+
+
+def _signer_data(
+    signer: Any, econtent_type: str, embedded: Sequence[bytes], extra: Sequence[x509.Certificate]
+) -> _SignerData:
+    certificate_der = _find_signer(signer["sid"], embedded, extra)
+    digest = _digest_name(signer["digest_algorithm"], "SignerInfo")
+    scheme, salt, mgf_digest = _signature_scheme(signer["signature_algorithm"], digest)
+    attrs = signer["signed_attrs"]
+    signed_attrs: bytes | None = None
+    message_digest: bytes | None = None
+    attr_content_type: str | None = None
+    capabilities: tuple[str, ...] = ()
+    if not isinstance(attrs, asn1_core.Void):
+        # [0] IMPLICIT -> SET OF, RFC 5652 §5.4; rebuilt from the contents so a BER
+        # (indefinite-length) outer encoding does not leak into the signed bytes.
+        contents = bytes(attrs.contents)
+        signed_attrs = _der_header(0x31, len(contents)) + contents
+        message_digest = _single_attr(attrs, "message_digest")
+        attr_content_type = _single_attr(attrs, "content_type")
+        capabilities = _capabilities(attrs)
+    return _SignerData(
+        certificate_der=certificate_der,
+        digest=digest,
+        econtent_type=econtent_type,
+        signed_attrs=signed_attrs,
+        message_digest=message_digest,
+        attr_content_type=attr_content_type,
+        scheme=scheme,
+        pss_salt_length=salt,
+        pss_mgf_digest=mgf_digest,
+        signature=bytes(signer["signature"].native),
+        capabilities=capabilities,
+    )
+
+
+def _parse_signed(
+    der: bytes, extra_certs: Sequence[x509.Certificate]
+) -> tuple[bytes | None, list[_SignerData | SipCertError]]:
+    """(embedded content or None, one entry per SignerInfo: its data or why it is unusable)."""
     signed_data = _load_content_info(der, "signed_data")
     try:
         encap = signed_data["encap_content_info"]
         econtent_type = str(encap["content_type"].native)
-        if encap["content"].native is not None:
-            raise CMSError("SignedData carries its content; a detached signature was expected")
+        econtent = encap["content"]
+        embedded_content: bytes | None = None
+        if econtent.native is not None:
+            embedded_content = _octets(econtent)
         signer_infos = signed_data["signer_infos"]
-        if len(signer_infos) != 1:
-            raise CMSError(f"SignedData has {len(signer_infos)} SignerInfos; exactly one expected")
-        signer = signer_infos[0]
+        if len(signer_infos) == 0:
+            raise CMSError("SignedData has no SignerInfo: nobody signed it")
         embedded = [
             bytes(choice.chosen.dump())
             for choice in (signed_data["certificates"] or [])
             if choice.name == "certificate"
         ]
-        certificate_der = _find_signer(signer["sid"], embedded, extra_certs)
-        digest = _digest_name(signer["digest_algorithm"], "SignerInfo")
-        scheme, salt, mgf_digest = _signature_scheme(signer["signature_algorithm"], digest)
-        attrs = signer["signed_attrs"]
-        signed_attrs: bytes | None = None
-        message_digest: bytes | None = None
-        attr_content_type: str | None = None
-        if attrs.native is not None:
-            raw = bytes(attrs.dump())
-            signed_attrs = b"\x31" + raw[1:]  # [0] IMPLICIT -> SET OF, RFC 5652 §5.4
-            message_digest = _single_attr(attrs, "message_digest")
-            attr_content_type = _single_attr(attrs, "content_type")
-        return _SignerData(
-            certificate_der=certificate_der,
-            digest=digest,
-            econtent_type=econtent_type,
-            signed_attrs=signed_attrs,
-            message_digest=message_digest,
-            attr_content_type=attr_content_type,
-            scheme=scheme,
-            pss_salt_length=salt,
-            pss_mgf_digest=mgf_digest,
-            signature=bytes(signer["signature"].native),
-        )
+        signers: list[_SignerData | SipCertError] = []
+        for signer in signer_infos:
+            try:
+                signers.append(_signer_data(signer, econtent_type, embedded, extra_certs))
+            except CMSError as exc:
+                signers.append(exc)
+        return embedded_content, signers
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS SignerInfo: {exc}") from exc
+
+
+def _check_signer(data: _SignerData, content: bytes) -> x509.Certificate:
+    """Verify one SignerInfo over ``content``; return its certificate or raise."""
+    if data.scheme == "ed25519":
+        hash_name = "sha512"  # RFC 8419 §3: the messageDigest uses SHA-512 with Ed25519
+    else:
+        hash_name = _DIGESTS[data.digest].name
+    if data.signed_attrs is None:
+        if data.econtent_type != "data":
+            raise CMSError("SignedData without signed attributes must have eContentType id-data")
+        signed_bytes = content
+    else:
+        if data.attr_content_type is None or data.message_digest is None:
+            raise CMSError("signed attributes lack contentType or messageDigest (RFC 5652 §5.3)")
+        if data.attr_content_type != data.econtent_type:
+            raise SignatureError("contentType attribute differs from eContentType")
+        computed = hashlib.new(hash_name, content).digest()
+        if not hmac.compare_digest(computed, data.message_digest):
+            raise SignatureError("messageDigest does not match the signed content")
+        signed_bytes = data.signed_attrs
+    try:
+        # load_certificate, not cryptography directly: it also refuses what cryptography
+        # only warns about (a serial that is not positive) and decodes every lazy field.
+        der = data.certificate_der
+        cert = load_certificate(der, max_size=len(der))
+        public_key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm, CertificateParseError) as exc:
+        raise CMSError(f"signer certificate does not parse: {exc}") from exc
+    try:
+        if data.scheme == "ed25519":
+            if not isinstance(public_key, ed25519.Ed25519PublicKey):
+                raise CMSError("Ed25519 signature but the signer certificate has no Ed25519 key")
+            public_key.verify(data.signature, signed_bytes)
+        elif data.scheme == "ecdsa":
+            if not isinstance(public_key, ec.EllipticCurvePublicKey):
+                raise CMSError("ECDSA signature but the signer certificate has no EC key")
+            public_key.verify(data.signature, signed_bytes, ec.ECDSA(_DIGESTS[data.digest]()))
+        else:
+            if not isinstance(public_key, rsa.RSAPublicKey):
+                raise CMSError("RSA signature but the signer certificate has no RSA key")
+            pad: padding.AsymmetricPadding = padding.PKCS1v15()
+            if data.scheme == "pss":
+                mgf = padding.MGF1(_MGF_DIGESTS[data.pss_mgf_digest]())
+                pad = padding.PSS(mgf=mgf, salt_length=data.pss_salt_length)
+            public_key.verify(data.signature, signed_bytes, pad, _DIGESTS[data.digest]())
+    except InvalidSignature as exc:
+        raise SignatureError("CMS signature does not verify") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CMSError(f"CMS signature cannot be checked: {exc}") from exc
+    return cert
+
+
+@dataclass(frozen=True)
+class SignerReport:
+    """One SignerInfo's verdict: its certificate when it verified, otherwise why not.
+
+    ``capabilities`` are the SMIMECapabilities the signer announced (RFC 8551 §2.5.2), the
+    algorithm names in its order of preference; a sender may use them to choose how to
+    encrypt to this signer (:func:`choose_algorithms`).
+    """
+
+    certificate: x509.Certificate | None
+    error: SipCertError | None = None
+    capabilities: tuple[str, ...] = ()
+
+    @property
+    def verified(self) -> bool:
+        return self.error is None and self.certificate is not None
+
+
+@dataclass(frozen=True)
+class SignedContent:
+    """A checked SignedData: the signed bytes and every signer's verdict (RFC 5652 §5.6)."""
+
+    content: bytes
+    signers: tuple[SignerReport, ...]
+
+    @property
+    def verified(self) -> tuple[SignerReport, ...]:
+        return tuple(report for report in self.signers if report.verified)
+
+    def first_error(self) -> SipCertError:
+        """The first signer's error, for a SignedData none of whose signers verified."""
+        for report in self.signers:
+            if report.error is not None:
+                return report.error
+        return SignatureError("no signer of the SignedData verified")
+
+
+def verify_signed(
+    signed_der: bytes,
+    content: bytes | None = None,
+    *,
+    certificates: Sequence[x509.Certificate] = (),
+    max_size: int = DEFAULT_MAX_DER,
+) -> SignedContent:
+    """Check every SignerInfo of a SignedData, detached (``content`` given) or attached.
+
+    DER and BER (indefinite-length, chunked OCTET STRING) encodings are both read. Each
+    signer is reported on its own; the caller decides which signer matters (in SIP, one
+    that names the sender's AOR, draft §4.5). Raises :class:`CMSError` only for a
+    structure that is malformed as a whole, or when content is missing or given twice.
+    """
+    _check_size(signed_der, "CMS SignedData", max_size)
+    embedded, signers = _parse_signed(signed_der, certificates)
+    if content is None:
+        if embedded is None:
+            raise CMSError("detached SignedData: the signed content is not in it")
+        content = embedded
+    elif embedded is not None:
+        raise CMSError("SignedData carries its content; a detached signature was expected")
+    reports = []
+    for data in signers:
+        if isinstance(data, SipCertError):
+            reports.append(SignerReport(None, data))
+            continue
+        try:
+            reports.append(SignerReport(_check_signer(data, content), None, data.capabilities))
+        except (CMSError, SignatureError) as exc:
+            reports.append(SignerReport(None, exc, data.capabilities))
+    return SignedContent(content, tuple(reports))
 
 
 def verify_detached(
@@ -293,56 +515,409 @@ def verify_detached(
     ``contentType`` attribute must equal the eContentType and ``messageDigest`` the digest
     of ``content``, and the signature covers the attributes' DER re-tagged as a SET (RFC 5652
     §5.4, §11.1, §11.2); without them it covers ``content`` itself and eContentType must be
-    id-data.
+    id-data. With several signers the first that verifies is returned
+    (:func:`verify_signed` reports them all).
 
     Raises :class:`SignatureError` when the signature or digest does not match,
     :class:`CMSError` for a malformed or unsupported structure.
     """
-    _check_size(signature_der, "CMS SignedData", max_size)
-    data = _extract_signer(signature_der, certificates)
-    hash_cls = _DIGESTS[data.digest]
-    if data.signed_attrs is None:
-        if data.econtent_type != "data":
-            raise CMSError("SignedData without signed attributes must have eContentType id-data")
-        signed_bytes = content
+    result = verify_signed(signature_der, content, certificates=certificates, max_size=max_size)
+    verified = result.verified
+    if not verified or verified[0].certificate is None:
+        raise result.first_error()
+    return verified[0].certificate
+
+
+# --- EnvelopedData and AuthEnvelopedData --------------------------------------------------
+
+#: Content encryption we make and open. GCM is AuthEnvelopedData (RFC 5083, RFC 5084), CBC
+#: is EnvelopedData (RFC 3565), which RFC 3261 §23 peers expect.
+ContentEncryption = Literal["aes128-gcm", "aes256-gcm", "aes128-cbc", "aes256-cbc"]
+#: RSA key transport: RSAES-OAEP with SHA-256 (RFC 3560, RFC 4055 §4) or PKCS#1 v1.5.
+RSAKeyTransport = Literal["rsa-oaep", "rsa-pkcs1v15"]
+DecryptionKey = (
+    rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | x25519.X25519PrivateKey | x448.X448PrivateKey
+)
+
+_CONTENT_CIPHERS: dict[str, tuple[Literal["gcm", "cbc"], int]] = {
+    "aes128_gcm": ("gcm", 16),
+    "aes192_gcm": ("gcm", 24),
+    "aes256_gcm": ("gcm", 32),
+    "aes128_cbc": ("cbc", 16),
+    "aes192_cbc": ("cbc", 24),
+    "aes256_cbc": ("cbc", 32),
+}
+_OUR_CIPHER_OIDS: dict[str, str] = {
+    "aes128-gcm": "aes128_gcm",
+    "aes256-gcm": "aes256_gcm",
+    "aes128-cbc": "aes128_cbc",
+    "aes256-cbc": "aes256_cbc",
+}
+_KEY_WRAPS = {"aes128_wrap": 16, "aes192_wrap": 24, "aes256_wrap": 32}
+#: Key agreement schemes of RFC 5753 §7.1.4 (X9.63 KDF) and RFC 8418 §2.2 (HKDF): OID ->
+#: (KDF, hash). The cofactor variants equal the standard ones on the prime curves, whose
+#: cofactor is 1.
+_KARI_SCHEMES: dict[str, tuple[Literal["x963", "hkdf"], type[hashes.HashAlgorithm]]] = {
+    "1.3.133.16.840.63.0.2": ("x963", hashes.SHA1),  # dhSinglePass-stdDH-sha1kdf-scheme
+    "1.3.132.1.11.0": ("x963", hashes.SHA224),
+    "1.3.132.1.11.1": ("x963", hashes.SHA256),
+    "1.3.132.1.11.2": ("x963", hashes.SHA384),
+    "1.3.132.1.11.3": ("x963", hashes.SHA512),
+    "1.3.133.16.840.63.0.3": ("x963", hashes.SHA1),  # dhSinglePass-cofactorDH-sha1kdf
+    "1.3.132.1.14.0": ("x963", hashes.SHA224),
+    "1.3.132.1.14.1": ("x963", hashes.SHA256),
+    "1.3.132.1.14.2": ("x963", hashes.SHA384),
+    "1.3.132.1.14.3": ("x963", hashes.SHA512),
+    "1.2.840.113549.1.9.16.3.19": ("hkdf", hashes.SHA256),  # RFC 8418
+    "1.2.840.113549.1.9.16.3.20": ("hkdf", hashes.SHA384),
+    "1.2.840.113549.1.9.16.3.21": ("hkdf", hashes.SHA512),
+}
+_STD_DH_SHA256 = "1.3.132.1.11.1"
+_STD_DH_SHA384 = "1.3.132.1.11.2"
+_HKDF_SHA256 = "1.2.840.113549.1.9.16.3.19"
+_X25519_OID = "1.3.101.110"
+_X448_OID = "1.3.101.111"
+_NAMES_OF_CIPHERS = {
+    "aes128_ccm": "AES-128-CCM",
+    "aes192_ccm": "AES-192-CCM",
+    "aes256_ccm": "AES-256-CCM",
+    "tripledes_3key": "3DES-CBC",
+    "des": "DES-CBC",
+    "rc2": "RC2-CBC",
+}
+
+
+class _GCMParameters(asn1_core.Sequence):  # type: ignore[misc]
+    """GCMParameters of RFC 5084 §3.2."""
+
+    _fields = [  # noqa: RUF012 - asn1crypto's declaration style
+        ("aes_nonce", asn1_core.OctetString),
+        ("aes_icvlen", asn1_core.Integer, {"default": 12}),
+    ]
+
+
+@dataclass(frozen=True)
+class EnvelopeAlgorithms:
+    """How :func:`encrypt_enveloped` encrypts: the content cipher and RSA key transport.
+
+    EC recipients always get ECDH ephemeral-static key agreement (RFC 5753) with the X9.63
+    SHA-256 KDF (SHA-384 on P-384) and the AES key wrap matching the content key size.
+    """
+
+    content: ContentEncryption = "aes128-gcm"
+    rsa: RSAKeyTransport = "rsa-oaep"
+
+
+#: S/MIME 4.0's mandatory-to-implement choice (RFC 8551 §2.3, §2.7): AES-128-GCM, OAEP.
+DEFAULT_ALGORITHMS = EnvelopeAlgorithms()
+#: What RFC 3261 §23 and RFC 5751 peers can open: AES-128-CBC, RSA PKCS#1 v1.5.
+LEGACY_ALGORITHMS = EnvelopeAlgorithms("aes128-cbc", "rsa-pkcs1v15")
+
+
+def choose_algorithms(
+    capabilities: Sequence[str] | None = None, *, legacy: bool = False
+) -> EnvelopeAlgorithms:
+    """The algorithms to encrypt to a callee with, following RFC 8551 §2.7.1.
+
+    * ``legacy`` (a configuration switch for a callee known to be an RFC 3261 S/MIME peer)
+      gives :data:`LEGACY_ALGORITHMS`;
+    * no announced capabilities gives :data:`DEFAULT_ALGORITHMS` (RFC 8551 §2.7.1.2: an
+      unknown peer is taken to speak S/MIME 4.0, whose receivers must open AES-128-GCM);
+    * announced SMIMECapabilities (RFC 8551 §2.5.2, :attr:`SignerReport.capabilities`)
+      choose the first content cipher in the callee's order that we make, AES-128-CBC when
+      it names none of ours (§2.7.1.1), and OAEP only when it names ``rsaes_oaep``.
+    """
+    if legacy:
+        return LEGACY_ALGORITHMS
+    if not capabilities:
+        return DEFAULT_ALGORITHMS
+    ours = {oid: name for name, oid in _OUR_CIPHER_OIDS.items()}
+    content: ContentEncryption = "aes128-cbc"
+    for capability in capabilities:
+        if capability in ours:
+            content = ours[capability]  # type: ignore[assignment]
+            break
+    return EnvelopeAlgorithms(
+        content, "rsa-oaep" if "rsaes_oaep" in capabilities else "rsa-pkcs1v15"
+    )
+
+
+# DER writing for what we send. Building asn1crypto objects from dicts cost ~97% of the
+# time of a protected body (docs/benchmarks.md), so the few structures we emit are written
+# here directly (X.690 §8, §10: definite lengths, SET OF sorted); asn1crypto still parses
+# everything we receive, and the unit and peer tests parse everything we send.
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    return _der_header(tag, len(content)) + content
+
+
+def _der_seq(*items: bytes) -> bytes:
+    return _der(0x30, b"".join(items))
+
+
+def _der_int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _der_octets(value: bytes) -> bytes:
+    return _der(0x04, value)
+
+
+@functools.cache
+def _der_oid(dotted: str) -> bytes:
+    arcs = [int(arc) for arc in dotted.split(".")]
+    body = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return _der(0x06, bytes(body))
+
+
+_OID = {
+    "data": "1.2.840.113549.1.7.1",
+    "enveloped_data": "1.2.840.113549.1.7.3",
+    "authenticated_enveloped_data": "1.2.840.113549.1.9.16.1.23",
+    "rsaes_pkcs1v15": "1.2.840.113549.1.1.1",
+    "rsaes_oaep": "1.2.840.113549.1.1.7",
+    "mgf1": "1.2.840.113549.1.1.8",
+    "sha256": "2.16.840.1.101.3.4.2.1",
+    "ec": "1.2.840.10045.2.1",
+    "aes128_gcm": "2.16.840.1.101.3.4.1.6",
+    "aes256_gcm": "2.16.840.1.101.3.4.1.46",
+    "aes128_cbc": "2.16.840.1.101.3.4.1.2",
+    "aes256_cbc": "2.16.840.1.101.3.4.1.42",
+}
+_NULL = b"\x05\x00"
+#: RSAES-OAEP with SHA-256 and MGF1-SHA-256 (RFC 4055 §4.1; hash parameters absent, §2.1)
+_OAEP_SHA256 = _der_seq(
+    _der_oid(_OID["rsaes_oaep"]),
+    _der_seq(
+        _der(0xA0, _der_seq(_der_oid(_OID["sha256"]))),
+        _der(0xA1, _der_seq(_der_oid(_OID["mgf1"]), _der_seq(_der_oid(_OID["sha256"])))),
+    ),
+)
+_PKCS1V15 = _der_seq(_der_oid(_OID["rsaes_pkcs1v15"]), _NULL)
+
+
+def _random(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def _issuer_and_serial(cert: x509.Certificate) -> bytes:
+    """IssuerAndSerialNumber (RFC 5652 §10.2.4) naming ``cert``."""
+    return _der_seq(cert.issuer.public_bytes(), _der_int(cert.serial_number))
+
+
+def _shared_info(wrap: str, key_size: int, ukm: bytes | None) -> bytes:
+    """DER of ECC-CMS-SharedInfo (RFC 5753 §7.2): the wrap algorithm, ukm, key size."""
+    return _der_seq(
+        _der_seq(_der_oid(_WRAP_OID[wrap])),
+        b"" if ukm is None else _der(0xA0, _der_octets(ukm)),
+        _der(0xA2, _der_octets((key_size * 8).to_bytes(4, "big"))),
+    )
+
+
+_WRAP_OID = {
+    "aes128_wrap": "2.16.840.1.101.3.4.1.5",
+    "aes192_wrap": "2.16.840.1.101.3.4.1.25",
+    "aes256_wrap": "2.16.840.1.101.3.4.1.45",
+}
+_WRAP_NAMES = {oid: name for name, oid in _WRAP_OID.items()}
+
+
+def _kdf(scheme: str, shared: bytes, wrap: str, ukm: bytes | None) -> bytes:
+    kdf, hash_cls = _KARI_SCHEMES[scheme]
+    size = _KEY_WRAPS[wrap]
+    info = _shared_info(wrap, size, ukm)
+    if kdf == "x963":
+        return X963KDF(algorithm=hash_cls(), length=size, sharedinfo=info).derive(shared)
+    return HKDF(algorithm=hash_cls(), length=size, salt=None, info=info).derive(shared)
+
+
+def _ktri(cert: x509.Certificate, public_key: rsa.RSAPublicKey, cek: bytes, how: str) -> bytes:
+    """A KeyTransRecipientInfo (RFC 5652 §6.2.1) naming ``cert`` by issuer and serial."""
+    if how == "rsa-oaep":
+        pad: padding.AsymmetricPadding = padding.OAEP(
+            mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None
+        )
+        algorithm = _OAEP_SHA256
     else:
-        if data.attr_content_type is None or data.message_digest is None:
-            raise CMSError("signed attributes lack contentType or messageDigest (RFC 5652 §5.3)")
-        if data.attr_content_type != data.econtent_type:
-            raise SignatureError("contentType attribute differs from eContentType")
-        computed = hashlib.new(hash_cls.name, content).digest()
-        if not hmac.compare_digest(computed, data.message_digest):
-            raise SignatureError("messageDigest does not match the signed content")
-        signed_bytes = data.signed_attrs
+        pad = padding.PKCS1v15()
+        algorithm = _PKCS1V15
+    return _der_seq(
+        _der_int(0),
+        _issuer_and_serial(cert),
+        algorithm,
+        _der_octets(public_key.encrypt(cek, pad)),
+    )
+
+
+def _kari(cert: x509.Certificate, public_key: Any, cek: bytes) -> bytes:
+    """A KeyAgreeRecipientInfo with a fresh ephemeral key (RFC 5753 §3.1, RFC 8418 §2).
+
+    The originator is the ephemeral public key, id-ecPublicKey with absent parameters
+    (RFC 5753 §7.1.2; the curve is the recipient's) or id-X25519/id-X448.
+    """
+    wrap = "aes128_wrap" if len(cek) == 16 else "aes256_wrap"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        ephemeral: Any = ec.generate_private_key(public_key.curve)
+        shared = ephemeral.exchange(ec.ECDH(), public_key)
+        scheme = _STD_DH_SHA384 if public_key.curve.key_size >= 384 else _STD_DH_SHA256
+        oid = _OID["ec"]
+        point = ephemeral.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    else:
+        ephemeral = (
+            x25519.X25519PrivateKey.generate()
+            if isinstance(public_key, x25519.X25519PublicKey)
+            else x448.X448PrivateKey.generate()
+        )
+        shared = ephemeral.exchange(public_key)
+        scheme = _HKDF_SHA256  # RFC 8551 §2.3: X25519 with HKDF-256 (RFC 8418 §2.2)
+        oid = _X25519_OID if isinstance(public_key, x25519.X25519PublicKey) else _X448_OID
+        point = ephemeral.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+    kek = _kdf(scheme, shared, wrap, None)
+    originator = _der(0xA1, _der_seq(_der_oid(oid)) + _der(0x03, b"\x00" + point))
+    return _der(
+        0xA1,  # [1] IMPLICIT KeyAgreeRecipientInfo
+        _der_int(3)
+        + _der(0xA0, originator)
+        + _der_seq(_der_oid(scheme), _der_seq(_der_oid(_WRAP_OID[wrap])))
+        + _der_seq(_der_seq(_issuer_and_serial(cert), _der_octets(keywrap.aes_key_wrap(kek, cek)))),
+    )
+
+
+def encrypt_enveloped(
+    content: bytes,
+    recipients: Sequence[x509.Certificate],
+    *,
+    cipher: Cipher | None = None,
+    algorithms: EnvelopeAlgorithms = DEFAULT_ALGORITHMS,
+) -> bytes:
+    """DER of an envelope of ``content`` whose content key is wrapped for every recipient.
+
+    One RecipientInfo per distinct certificate, whatever its key (draft §4.5: "encrypt the
+    CEK with each of the certificates"): RSA keys get a KeyTransRecipientInfo (OAEP or
+    PKCS#1 v1.5, ``algorithms.rsa``), EC, X25519 and X448 keys a KeyAgreeRecipientInfo
+    (RFC 5753, RFC 8418). Every recipient is named by issuer and serial number (RFC 5652
+    §6.2.1). AES-GCM gives an AuthEnvelopedData (RFC 5083, RFC 5084; 12-octet nonce,
+    16-octet tag), AES-CBC an EnvelopedData. ``cipher`` ("aes128"/"aes256"), kept for
+    older callers, only sets the key size.
+    """
+    if not recipients:
+        raise CryptoError("cannot encrypt for no recipients")
+    choice = algorithms.content
+    if cipher is not None:
+        if cipher not in ("aes128", "aes256"):
+            raise CryptoError(f"unsupported cipher {cipher!r} (aes128 or aes256)")
+        choice = f"{cipher}-{choice.rsplit('-', 1)[1]}"  # type: ignore[assignment]
+    cipher_name = _OUR_CIPHER_OIDS[choice]
+    mode, key_size = _CONTENT_CIPHERS[cipher_name]
+    cek = _random(key_size)
+    infos: list[bytes] = []
+    all_ktri = True
+    seen: set[bytes] = set()
     try:
-        # load_certificate, not cryptography directly: it also refuses what cryptography
-        # only warns about (a serial that is not positive) and decodes every lazy field.
-        der = data.certificate_der
-        cert = load_certificate(der, max_size=len(der))
-        public_key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm, CertificateParseError) as exc:
-        raise CMSError(f"signer certificate does not parse: {exc}") from exc
-    try:
-        if data.scheme == "ecdsa":
-            if not isinstance(public_key, ec.EllipticCurvePublicKey):
-                raise CMSError("ECDSA signature but the signer certificate has no EC key")
-            public_key.verify(data.signature, signed_bytes, ec.ECDSA(hash_cls()))
+        for cert in recipients:
+            der = cert.public_bytes(serialization.Encoding.DER)
+            if der in seen:
+                continue
+            seen.add(der)
+            public_key = cert.public_key()
+            if isinstance(public_key, rsa.RSAPublicKey):
+                infos.append(_ktri(cert, public_key, cek, algorithms.rsa))
+            elif isinstance(
+                public_key,
+                ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey,
+            ):
+                infos.append(_kari(cert, public_key, cek))
+                all_ktri = False
+            else:
+                raise CryptoError(
+                    f"recipient {cert.subject.rfc4514_string()} has a "
+                    f"{type(public_key).__name__}: only RSA, EC, X25519 and X448 keys "
+                    "can receive"
+                )
+        recipient_infos = _der(0x31, b"".join(sorted(infos)))  # DER SET OF, X.690 §11.6
+        if mode == "gcm":
+            nonce = _random(12)
+            sealed = AESGCM(cek).encrypt(nonce, content, None)
+            algorithm = _der_seq(
+                _der_oid(_OID[cipher_name]), _der_seq(_der_octets(nonce), _der_int(16))
+            )
+            encrypted = _der_seq(_der_oid(_OID["data"]), algorithm, _der(0x80, sealed[:-16]))
+            body = _der_seq(_der_int(0), recipient_infos, encrypted, _der_octets(sealed[-16:]))
+            content_type = _OID["authenticated_enveloped_data"]
         else:
-            if not isinstance(public_key, rsa.RSAPublicKey):
-                raise CMSError("RSA signature but the signer certificate has no RSA key")
-            pad: padding.AsymmetricPadding = padding.PKCS1v15()
-            if data.scheme == "pss":
-                mgf = padding.MGF1(_DIGESTS[data.pss_mgf_digest]())
-                pad = padding.PSS(mgf=mgf, salt_length=data.pss_salt_length)
-            public_key.verify(data.signature, signed_bytes, pad, hash_cls())
-    except InvalidSignature as exc:
-        raise SignatureError("CMS signature does not verify") from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CMSError(f"CMS signature cannot be checked: {exc}") from exc
-    return cert
+            iv = _random(16)
+            padder = PKCS7(128).padder()
+            padded = padder.update(content) + padder.finalize()
+            encryptor = cipher_base.Cipher(block_ciphers.AES(cek), modes.CBC(iv)).encryptor()
+            ciphertext = encryptor.update(padded) + encryptor.finalize()
+            algorithm = _der_seq(_der_oid(_OID[cipher_name]), _der_octets(iv))
+            encrypted = _der_seq(_der_oid(_OID["data"]), algorithm, _der(0x80, ciphertext))
+            version = 0 if all_ktri else 2  # RFC 5652 §6.1
+            body = _der_seq(_der_int(version), recipient_infos, encrypted)
+            content_type = _OID["enveloped_data"]
+        return _der_seq(_der_oid(content_type), _der(0xA0, body))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise CryptoError(f"CMS encryption failed: {exc}") from exc
 
 
 # --- SignedData creation -----------------------------------------------------------------
+
+#: What we announce (RFC 8551 §2.5.2), most preferred first: the content ciphers we open,
+#: then the key transport and agreement we open. A peer following §2.7.1.1 then sends us
+#: AES-128-GCM, which a cryptography-built SignedData (it lists only AES-CBC) would not get.
+_OUR_CAPABILITIES = _der_seq(
+    _der_seq(_der_oid(_OID["aes128_gcm"])),
+    _der_seq(_der_oid(_OID["aes256_gcm"])),
+    _der_seq(_der_oid(_OID["aes128_cbc"])),
+    _der_seq(_der_oid(_OID["aes256_cbc"])),
+    _der_seq(_der_oid(_OID["rsaes_oaep"])),
+    _der_seq(_der_oid(_STD_DH_SHA256), _der_seq(_der_oid(_WRAP_OID["aes128_wrap"]))),
+)
+_DIGEST_OIDS = {
+    "sha256": "2.16.840.1.101.3.4.2.1",
+    "sha384": "2.16.840.1.101.3.4.2.2",
+    "sha512": "2.16.840.1.101.3.4.2.3",
+}
+_RSA_SIG_OIDS = {
+    "sha256": "1.2.840.113549.1.1.11",
+    "sha384": "1.2.840.113549.1.1.12",
+    "sha512": "1.2.840.113549.1.1.13",
+}
+_ECDSA_SIG_OIDS = {
+    "sha256": "1.2.840.10045.4.3.2",
+    "sha384": "1.2.840.10045.4.3.3",
+    "sha512": "1.2.840.10045.4.3.4",
+}
+_ATTR_OIDS = {
+    "content_type": "1.2.840.113549.1.9.3",
+    "message_digest": "1.2.840.113549.1.9.4",
+    "signing_time": "1.2.840.113549.1.9.5",
+    "smime_capabilities": "1.2.840.113549.1.9.15",
+}
+
+
+def _der_time(when: datetime.datetime) -> bytes:
+    """signingTime: UTCTime until 2049, GeneralizedTime after (RFC 5652 §11.3)."""
+    when = when.astimezone(datetime.UTC)
+    if 1950 <= when.year < 2050:
+        return _der(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
+    return _der(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
+
+
+def _attribute(name: str, value: bytes) -> bytes:
+    return _der_seq(_der_oid(_ATTR_OIDS[name]), _der(0x31, value))
 
 
 def sign_detached(
@@ -352,76 +927,347 @@ def sign_detached(
     *,
     digest: DigestName = "sha256",
     rsa_pss: bool = False,
+    signing_time: datetime.datetime | None = None,
 ) -> bytes:
     """DER of a detached SignedData over exactly ``content`` (RFC 5652 §5, RFC 8551 §3.5.3).
 
-    ``Binary`` stops ``cryptography`` from rewriting LF to CRLF, so the signature covers the
-    bytes given. The signer certificate is included, so a receiver needs nothing else to
-    find the key; signed attributes (contentType, messageDigest, signingTime and
-    SMIMECapabilities, RFC 8551 §2.5) are added by ``cryptography``, which reads the clock
-    for signingTime itself. RSA-PSS uses MGF1 with the same hash and a salt as long as the
-    digest (RFC 4056 §3).
+    The signature covers the bytes given, nothing is canonicalized. The signer certificate
+    is included and named by issuer and serial number, so a receiver needs nothing else.
+    Signed attributes: contentType, messageDigest, SMIMECapabilities (what we open, AES-GCM
+    first, RFC 8551 §2.5.2) and, when ``signing_time`` is given, signingTime (§2.5.1; the
+    caller passes its clock: this module reads none). RSA-PSS uses MGF1 with the same hash
+    and a salt as long as the digest (RFC 4056 §3).
     """
+    if digest not in _DIGESTS:
+        raise CryptoError(f"unsupported digest {digest!r} (sha256, sha384 or sha512)")
     hash_algorithm = _DIGESTS[digest]()
-    rsa_padding: padding.PSS | padding.PKCS1v15 | None = None
+    digest_id = _der_seq(_der_oid(_DIGEST_OIDS[digest]))
     if isinstance(key, rsa.RSAPrivateKey):
-        rsa_padding = (
-            padding.PSS(mgf=padding.MGF1(hash_algorithm), salt_length=padding.PSS.DIGEST_LENGTH)
-            if rsa_pss
-            else padding.PKCS1v15()
-        )
-    elif not isinstance(key, ec.EllipticCurvePrivateKey):
+        if rsa_pss:
+            pad: padding.AsymmetricPadding = padding.PSS(
+                mgf=padding.MGF1(hash_algorithm), salt_length=hash_algorithm.digest_size
+            )
+            signature_id = _der_seq(
+                _der_oid("1.2.840.113549.1.1.10"),
+                _der_seq(
+                    _der(0xA0, digest_id),
+                    _der(0xA1, _der_seq(_der_oid(_OID["mgf1"]), digest_id)),
+                    _der(0xA2, _der_int(hash_algorithm.digest_size)),
+                ),
+            )
+        else:
+            pad = padding.PKCS1v15()
+            signature_id = _der_seq(_der_oid(_RSA_SIG_OIDS[digest]), _NULL)
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        if rsa_pss:
+            raise CryptoError("RSA-PSS was requested but the signing key is an EC key")
+        signature_id = _der_seq(_der_oid(_ECDSA_SIG_OIDS[digest]))
+    else:
         raise CryptoError(f"cannot sign CMS with a {type(key).__name__}: RSA or EC keys only")
-    elif rsa_pss:
-        raise CryptoError("RSA-PSS was requested but the signing key is an EC key")
+    attributes = [
+        _attribute("content_type", _der_oid(_OID["data"])),
+        _attribute("message_digest", _der_octets(hashlib.new(digest, content).digest())),
+        _attribute("smime_capabilities", _OUR_CAPABILITIES),
+    ]
+    if signing_time is not None:
+        attributes.append(_attribute("signing_time", _der_time(signing_time)))
+    signed_attrs = b"".join(sorted(attributes))  # DER SET OF, X.690 §11.6
     try:
-        builder = (
-            pkcs7.PKCS7SignatureBuilder()
-            .set_data(content)
-            .add_signer(cert, key, hash_algorithm, rsa_padding=rsa_padding)
-        )
-        return builder.sign(
-            serialization.Encoding.DER,
-            [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary],
-        )
+        to_sign = _der(0x31, signed_attrs)  # RFC 5652 §5.4: signed as a SET
+        if isinstance(key, rsa.RSAPrivateKey):
+            signature = key.sign(to_sign, pad, hash_algorithm)
+        else:
+            signature = key.sign(to_sign, ec.ECDSA(hash_algorithm))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CryptoError(f"CMS signing failed: {exc}") from exc
+    signer_info = _der_seq(
+        _der_int(1),
+        _issuer_and_serial(cert),
+        digest_id,
+        _der(0xA0, signed_attrs),
+        signature_id,
+        _der_octets(signature),
+    )
+    signed_data = _der_seq(
+        _der_int(1),
+        _der(0x31, digest_id),
+        _der_seq(_der_oid(_OID["data"])),
+        _der(0xA0, cert.public_bytes(serialization.Encoding.DER)),
+        _der(0x31, signer_info),
+    )
+    return _der_seq(_der_oid("1.2.840.113549.1.7.2"), _der(0xA0, signed_data))
 
 
-# --- EnvelopedData -----------------------------------------------------------------------
+# --- receiving -----------------------------------------------------------------------------
 
 
-def encrypt_enveloped(
-    content: bytes, recipients: Sequence[x509.Certificate], *, cipher: Cipher = "aes128"
-) -> bytes:
-    """DER of an EnvelopedData of ``content`` with the CEK wrapped for every recipient.
-
-    One KeyTransRecipientInfo per certificate, so that whoever holds any one of the private
-    keys can decrypt (draft §4.5: "encrypt the CEK with each of the certificates").
-    Recipients are identified by issuer and serial number (RFC 5652 §6.2.1).
-    """
-    if not recipients:
-        raise CryptoError("cannot encrypt for no recipients")
-    if cipher not in _CIPHERS:
-        raise CryptoError(f"unsupported cipher {cipher!r} (aes128 or aes256)")
-    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(content)
-    builder = builder.set_content_encryption_algorithm(_CIPHERS[cipher])
-    seen: set[bytes] = set()
-    for cert in recipients:
-        der = cert.public_bytes(serialization.Encoding.DER)
-        if der in seen:
-            continue
-        seen.add(der)
-        if not isinstance(cert.public_key(), rsa.RSAPublicKey):
-            raise CryptoError(
-                f"recipient {cert.subject.rfc4514_string()} has no RSA key; only RSA key "
-                "transport is supported"
-            )
-        builder = builder.add_recipient(cert)
+def _load_envelope(der: bytes, max_size: int) -> tuple[Any, bool]:
+    """(EnvelopedData or AuthEnvelopedData, is-authenticated) of a ContentInfo, DER or BER."""
+    _check_size(der, "CMS EnvelopedData", max_size)
     try:
-        return builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CryptoError(f"CMS encryption failed: {exc}") from exc
+        info = asn1_cms.ContentInfo.load(der, strict=True)
+        content_type = info["content_type"].native
+        if content_type not in ("enveloped_data", "authenticated_enveloped_data"):
+            raise CMSError(
+                f"CMS ContentInfo holds {content_type!r}, expected 'enveloped_data' or "
+                "'authenticated_enveloped_data'"
+            )
+        content = info["content"]
+        authenticated = content_type == "authenticated_enveloped_data"
+        # Force the parse of what every reader needs, so that malformed input is reported
+        # as such here; the RecipientInfos of others are parsed only as far as their kind.
+        content["version"].native  # noqa: B018
+        for recipient_info in content["recipient_infos"]:
+            recipient_info.name  # noqa: B018
+        encrypted = content[
+            "auth_encrypted_content_info" if authenticated else "encrypted_content_info"
+        ]
+        encrypted["content_type"].native  # noqa: B018
+        encrypted["content_encryption_algorithm"].native  # noqa: B018
+        if authenticated:
+            content["mac"].native  # noqa: B018
+    except _ASN1_ERRORS as exc:
+        raise CMSError(f"malformed CMS enveloped_data structure: {exc}") from exc
+    return content, authenticated
+
+
+def _octets(value: Any) -> bytes:
+    """The bytes of an OCTET STRING, primitive or BER-constructed (chunked)."""
+    native = value.native
+    if isinstance(native, bytes):
+        return native
+    return bytes(value.contents if native is None else value.__bytes__())
+
+
+def _names_us(rid: Any, ours: Any) -> bool:
+    """True when a recipient identifier names our certificate (RFC 5652 §6.2.1, §6.2.2)."""
+    if rid.name == "issuer_and_serial_number":
+        ias = rid.chosen
+        if ias["serial_number"].native != ours.serial_number:
+            return False
+        issuer = ias["issuer"]
+        # byte equality first; RFC 5280 §7.1 comparison (slow: string preparation) if not
+        return bool(issuer.dump() == ours.issuer.dump() or issuer == ours.issuer)
+    key_id = rid.chosen.native
+    if isinstance(key_id, dict):  # RecipientKeyIdentifier of a kari
+        key_id = key_id["subject_key_identifier"]
+    return key_id in (ours.key_identifier, ours.public_key.sha1)
+
+
+def _our_recipient_infos(envelope: Any, cert: x509.Certificate) -> list[tuple[Any, Any]]:
+    """(RecipientInfo, RecipientEncryptedKey or None) for each entry that names ``cert``.
+
+    kekri, pwri and ori entries are skipped: they are for other recipients and never
+    stop us from reading ours (RFC 5652 §6.2: "any of the RecipientInfo").
+    """
+    ours = _asn1_cert(cert)
+    found = []
+    for info in envelope["recipient_infos"]:
+        if info.name == "ktri":
+            if _names_us(info.chosen["rid"], ours):
+                found.append((info, None))
+        elif info.name == "kari":
+            for rek in info.chosen["recipient_encrypted_keys"]:
+                if _names_us(rek["rid"], ours):
+                    found.append((info, rek))
+    return found
+
+
+def _ias_of(rid: Any) -> Any:
+    return rid.chosen if rid.name == "issuer_and_serial_number" else None
+
+
+def _unwrap_ktri(ktri: Any, key: DecryptionKey, key_size: int) -> bytes:
+    """The content key from a KeyTransRecipientInfo (RFC 5652 §6.2.1, RFC 3560)."""
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise DecryptionError(
+            "our RecipientInfo uses RSA key transport but our key is not an RSA key"
+        )
+    algorithm = ktri["key_encryption_algorithm"]
+    name = algorithm["algorithm"].native
+    encrypted = bytes(ktri["encrypted_key"].native)
+    if name == "rsaes_oaep":
+        params = algorithm["parameters"]
+        if params is None or params.native is None:
+            params = asn1_algos.RSAESOAEPParams({})
+        hash_name = params["hash_algorithm"]["algorithm"].native
+        mgf = params["mask_gen_algorithm"]
+        mgf_hash = mgf["parameters"]["algorithm"].native
+        if mgf["algorithm"].native != "mgf1" or hash_name not in _MGF_DIGESTS:
+            raise CMSError(
+                f"RSA-OAEP with {hash_name} / {mgf['algorithm'].native} is not supported"
+            )
+        if mgf_hash not in _MGF_DIGESTS:
+            raise CMSError(f"RSA-OAEP with MGF1-{mgf_hash} is not supported")
+        label = bytes(params["p_source_algorithm"]["parameters"].native or b"")
+        pad: padding.AsymmetricPadding = padding.OAEP(
+            mgf=padding.MGF1(_MGF_DIGESTS[mgf_hash]()),
+            algorithm=_MGF_DIGESTS[hash_name](),
+            label=label or None,
+        )
+        try:
+            return key.decrypt(encrypted, pad)
+        except ValueError as exc:
+            raise DecryptionError("RSA-OAEP key transport does not decrypt with our key") from exc
+    if name != "rsaes_pkcs1v15":
+        raise CMSError(f"key transport {name!r} is not supported (RSA PKCS#1 v1.5 or OAEP)")
+    try:
+        cek = key.decrypt(encrypted, padding.PKCS1v15())
+    except ValueError:
+        cek = b""
+    if len(cek) != key_size:
+        # RFC 3218 §2.3: a random key instead of an error, so a padding oracle learns nothing;
+        # the content then fails to decrypt or authenticate.
+        cek = _random(key_size)
+    return cek
+
+
+def _agree(key: DecryptionKey, originator: Any) -> bytes:
+    """Z, the ECDH shared secret with the originator's ephemeral key (RFC 5753 §3.1.2)."""
+    if originator.name != "originator_key":
+        raise CMSError("key agreement with a static originator certificate is not supported")
+    info = originator.chosen
+    oid = info["algorithm"]["algorithm"].dotted
+    point = bytes(info["public_key"].contents[1:])  # BIT STRING: skip the unused-bits octet
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if oid != "1.2.840.10045.2.1":
+            raise DecryptionError(f"originator key {oid} does not match our EC key")
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, point)
+        return key.exchange(ec.ECDH(), peer)
+    if isinstance(key, x25519.X25519PrivateKey) and oid == _X25519_OID:
+        return key.exchange(x25519.X25519PublicKey.from_public_bytes(point))
+    if isinstance(key, x448.X448PrivateKey) and oid == _X448_OID:
+        return key.exchange(x448.X448PublicKey.from_public_bytes(point))
+    raise DecryptionError(
+        f"our RecipientInfo uses key agreement with a {oid} key, which our key cannot do"
+    )
+
+
+def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
+    """The content key from a KeyAgreeRecipientInfo (RFC 5753 §3.1.2, RFC 8418 §2)."""
+    algorithm = kari["key_encryption_algorithm"]
+    scheme = algorithm["algorithm"].dotted
+    if scheme not in _KARI_SCHEMES:
+        raise CMSError(f"key agreement scheme {scheme} is not supported (RFC 5753/8418 ECDH)")
+    wrap_alg = asn1_algos.AlgorithmIdentifier.load(algorithm["parameters"].dump())
+    wrap = _WRAP_NAMES.get(wrap_alg["algorithm"].dotted, wrap_alg["algorithm"].dotted)
+    if wrap not in _KEY_WRAPS:
+        raise CMSError(f"key wrap {wrap!r} is not supported (AES key wrap, RFC 3394)")
+    ukm_value = kari["ukm"]
+    ukm = None if ukm_value.native is None else bytes(ukm_value.native)
+    shared = _agree(key, kari["originator"])
+    kek = _kdf(scheme, shared, wrap, ukm)
+    try:
+        return keywrap.aes_key_unwrap(kek, bytes(rek["encrypted_key"].native))
+    except keywrap.InvalidUnwrap as exc:
+        raise DecryptionError("the key agreement's wrapped key does not unwrap") from exc
+
+
+def _content_cipher(encrypted_info: Any, authenticated: bool) -> tuple[str, str, int, Any]:
+    """(asn1crypto name, mode, key size, parameters) of the content encryption."""
+    algorithm = encrypted_info["content_encryption_algorithm"]
+    name = algorithm["algorithm"].native
+    kind = "AuthEnvelopedData" if authenticated else "EnvelopedData"
+    if name not in _CONTENT_CIPHERS:
+        shown = _NAMES_OF_CIPHERS.get(name, name)
+        raise CMSError(f"{kind} with {shown} is not supported (AES-128/192/256 GCM or CBC)")
+    mode, size = _CONTENT_CIPHERS[name]
+    if (mode == "gcm") != authenticated:
+        raise CMSError(f"{kind} with {name} is not supported: GCM belongs in AuthEnvelopedData")
+    return str(name), mode, size, algorithm["parameters"]
+
+
+def decrypt_enveloped(
+    enveloped_der: bytes,
+    key: DecryptionKey,
+    cert: x509.Certificate,
+    *,
+    max_size: int = DEFAULT_MAX_DER,
+) -> bytes:
+    """Open an EnvelopedData or AuthEnvelopedData with our key; ``cert`` finds our entry.
+
+    Our RecipientInfo is the key transport entry naming ``cert`` (issuer and serial, or
+    subjectKeyIdentifier) or the key agreement entry with a RecipientEncryptedKey naming it,
+    among any mix of kinds; the others are skipped. DER and BER (indefinite length) are
+    read. Raises :class:`DecryptionError` ("not a recipient") when no entry names ``cert``,
+    or when the key does not open it or the content does not decrypt or authenticate;
+    :class:`CMSError` when the structure is malformed or uses an algorithm we lack (the
+    message names it).
+    """
+    envelope, authenticated = _load_envelope(enveloped_der, max_size)
+    try:
+        entries = _our_recipient_infos(envelope, cert)
+        if not entries:
+            raise DecryptionError(
+                f"not a recipient: no RecipientInfo names issuer "
+                f"{cert.issuer.rfc4514_string()!r} serial {cert.serial_number} (draft §4.5)"
+            )
+        cert_key = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if (
+            key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            != cert_key
+        ):
+            raise DecryptionError("the private key does not belong to the given certificate")
+        encrypted_info = envelope[
+            "auth_encrypted_content_info" if authenticated else "encrypted_content_info"
+        ]
+        name, mode, key_size, params = _content_cipher(encrypted_info, authenticated)
+        info, rek = entries[0]
+        if info.name == "ktri":
+            cek = _unwrap_ktri(info.chosen, key, key_size)
+        else:
+            cek = _unwrap_kari(info.chosen, rek, key)
+        if len(cek) != key_size:
+            raise DecryptionError(f"the content key has {len(cek)} octets, {name} needs {key_size}")
+        ciphertext_value = encrypted_info["encrypted_content"]
+        if ciphertext_value.native is None:
+            raise CMSError("the encrypted content is detached (not in the message): not supported")
+        ciphertext = _octets(ciphertext_value)
+        content_type = encrypted_info["content_type"].native
+        if content_type != "data":
+            raise CMSError(f"the enveloped content is {content_type!r}, not id-data")
+        if mode == "gcm":
+            gcm = _GCMParameters.load(params.dump())
+            nonce = bytes(gcm["aes_nonce"].native)
+            tag_length = int(gcm["aes_icvlen"].native)
+            if tag_length not in (12, 13, 14, 15, 16):
+                raise CMSError(f"AES-GCM tag of {tag_length} octets is not allowed (RFC 5084 §3.2)")
+            tag = bytes(envelope["mac"].native)
+            if len(tag) != tag_length:
+                raise DecryptionError("AES-GCM tag length differs from aes-ICVlen")
+            aad = b""
+            attrs = envelope["auth_attrs"]
+            if not isinstance(attrs, asn1_core.Void):
+                contents = bytes(attrs.contents)
+                aad = _der_header(0x31, len(contents)) + contents  # RFC 5083 §2.2
+            decryptor = cipher_base.Cipher(
+                block_ciphers.AES(cek), modes.GCM(nonce, tag, min_tag_length=12)
+            ).decryptor()
+            decryptor.authenticate_additional_data(aad)
+            try:
+                return decryptor.update(ciphertext) + decryptor.finalize()
+            except InvalidTag as exc:
+                raise DecryptionError(
+                    "AES-GCM authentication failed: the message was altered, or the key is wrong"
+                ) from exc
+        iv = bytes(params.native)
+        if len(iv) != 16 or len(ciphertext) % 16:
+            raise CMSError("AES-CBC content with a bad IV or a length not a multiple of 16")
+        cbc = cipher_base.Cipher(block_ciphers.AES(cek), modes.CBC(iv)).decryptor()
+        padded = cbc.update(ciphertext) + cbc.finalize()
+        unpadder = PKCS7(128).unpadder()
+        try:
+            return unpadder.update(padded) + unpadder.finalize()
+        except ValueError as exc:
+            raise DecryptionError(
+                "AES-CBC content does not decrypt (bad padding): wrong key or altered message"
+            ) from exc
+    except _ASN1_ERRORS as exc:
+        raise CMSError(f"malformed CMS enveloped structure: {exc}") from exc
 
 
 def _recipient_infos(enveloped: Any) -> list[Any]:
@@ -429,31 +1275,32 @@ def _recipient_infos(enveloped: Any) -> list[Any]:
     ids = []
     for info in enveloped["recipient_infos"]:
         if info.name == "ktri":
-            rid = info.chosen["rid"]
-            if rid.name == "issuer_and_serial_number":
-                ids.append(rid.chosen)
+            ias = _ias_of(info.chosen["rid"])
+            if ias is not None:
+                ids.append(ias)
         elif info.name == "kari":
             for rek in info.chosen["recipient_encrypted_keys"]:
-                if rek["rid"].name == "issuer_and_serial_number":
-                    ids.append(rek["rid"].chosen)
+                ias = _ias_of(rek["rid"])
+                if ias is not None:
+                    ids.append(ias)
     return ids
 
 
 def recipient_identifiers(
     enveloped_der: bytes, *, max_size: int = DEFAULT_MAX_DER
 ) -> list[RecipientId]:
-    """Issuer and serial number of every recipient of an EnvelopedData (RFC 5652 §6.2).
+    """Issuer and serial number of every recipient of an envelope (RFC 5652 §6.2).
 
     A UA uses these to tell whether one of its certificates is a recipient (draft §4.5:
     "it uses the serial number and issuer to find the certificate it needs to decrypt").
-    Recipients named only by subjectKeyIdentifier are not listed.
+    Recipients named only by subjectKeyIdentifier, and kekri/pwri/ori entries, are not
+    listed. EnvelopedData and AuthEnvelopedData are both read.
     """
-    _check_size(enveloped_der, "CMS EnvelopedData", max_size)
-    enveloped = _load_content_info(enveloped_der, "enveloped_data")
+    envelope, _ = _load_envelope(enveloped_der, max_size)
     try:
         return [
             RecipientId(_name_to_x509(ias["issuer"]), int(ias["serial_number"].native))
-            for ias in _recipient_infos(enveloped)
+            for ias in _recipient_infos(envelope)
         ]
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS RecipientInfo: {exc}") from exc
@@ -462,59 +1309,12 @@ def recipient_identifiers(
 def is_recipient(
     enveloped_der: bytes, cert: x509.Certificate, *, max_size: int = DEFAULT_MAX_DER
 ) -> bool:
-    """True when a RecipientInfo names ``cert`` by issuer and serial number (draft §4.5).
+    """True when a RecipientInfo names ``cert`` (issuer and serial, or its key identifier).
 
     Names are compared with asn1crypto's RFC 5280 §7.1 rules, not byte for byte.
     """
-    _check_size(enveloped_der, "CMS EnvelopedData", max_size)
-    enveloped = _load_content_info(enveloped_der, "enveloped_data")
-    ours = _asn1_cert(cert)
+    envelope, _ = _load_envelope(enveloped_der, max_size)
     try:
-        return any(
-            ias["serial_number"].native == ours.serial_number and ias["issuer"] == ours.issuer
-            for ias in _recipient_infos(enveloped)
-        )
+        return bool(_our_recipient_infos(envelope, cert))
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS RecipientInfo: {exc}") from exc
-
-
-def decrypt_enveloped(
-    enveloped_der: bytes,
-    key: rsa.RSAPrivateKey,
-    cert: x509.Certificate,
-    *,
-    max_size: int = DEFAULT_MAX_DER,
-) -> bytes:
-    """Decrypt an EnvelopedData with our key; ``cert`` selects our RecipientInfo.
-
-    Raises :class:`DecryptionError` when no RecipientInfo names ``cert`` by issuer and
-    serial number (draft §4.5), when ``key`` is not ``cert``'s key, or when decryption
-    fails; :class:`CMSError` when the structure is malformed or uses an unsupported cipher.
-    """
-    if not is_recipient(enveloped_der, cert, max_size=max_size):
-        raise DecryptionError(
-            f"not a recipient: no RecipientInfo names issuer {cert.issuer.rfc4514_string()!r}"
-            f" serial {cert.serial_number} (draft §4.5)"
-        )
-    enveloped = _load_content_info(enveloped_der, "enveloped_data")
-    try:
-        algorithm = enveloped["encrypted_content_info"]["content_encryption_algorithm"]
-        cipher_name = algorithm["algorithm"].native
-    except _ASN1_ERRORS as exc:
-        raise CMSError(f"malformed CMS EncryptedContentInfo: {exc}") from exc
-    if cipher_name not in _SUPPORTED_CONTENT_ENCRYPTION:
-        raise CMSError(
-            f"unsupported content-encryption algorithm {cipher_name!r} (AES-128/256-CBC only)"
-        )
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise DecryptionError("only RSA key transport is supported; the key is not RSA")
-    cert_key = cert.public_key()
-    if (
-        not isinstance(cert_key, rsa.RSAPublicKey)
-        or key.public_key().public_numbers() != cert_key.public_numbers()
-    ):
-        raise DecryptionError("the private key does not belong to the given certificate")
-    try:
-        return pkcs7.pkcs7_decrypt_der(enveloped_der, cert, key, [])
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise DecryptionError(f"CMS decryption failed: {exc}") from exc

@@ -145,16 +145,32 @@ def protect(
     *,
     certificate_url: str | None = None,
     domain: str = "sipcert.invalid",
+    algorithms: cms.EnvelopeAlgorithms = cms.DEFAULT_ALGORITHMS,
+    also_to: Sequence[x509.Certificate] = (),
+    now: datetime | None = None,
 ) -> MimePart:
     """The SIP body for ``content``: signed, then encrypted for every recipient (draft §4.4).
 
+    Every recipient certificate gets a RecipientInfo whatever its key type (RSA key
+    transport, EC key agreement), so one EC device never locks the others of an AOR out.
+    ``algorithms`` is AES-128-GCM with RSA-OAEP unless the caller chose the fallback
+    (:func:`sipcert.proto.cms.choose_algorithms`). ``also_to`` adds more recipients, e.g.
+    the sender's own certificates so it can read what it sent (off unless given). ``now``
+    becomes the signature's signingTime (RFC 8551 §2.5.1).
     With ``certificate_url`` (our certificate at our Store) the body is ``multipart/mixed``
     of the enveloped-data and an RFC 4483 reference (draft §4.2); without it, the
     enveloped-data alone. ``domain`` names the Content-ID of the reference.
     """
     if not recipients:
         raise CryptoError("no recipient certificates: cannot send a protected body")
-    enveloped = smime.sign_and_encrypt(content, key, certificate, list(recipients))
+    enveloped = smime.sign_and_encrypt(
+        content,
+        key,
+        certificate,
+        [*recipients, *also_to],
+        algorithms=algorithms,
+        signing_time=now,
+    )
     if certificate_url is None:
         return enveloped
     reference = certificate_reference(certificate_url, domain=domain)
@@ -195,7 +211,7 @@ def _reference(part: MimePart | None) -> ExternalBody | None:
 
 def open_protected(
     body: MimePart | None,
-    key: rsa.RSAPrivateKey,
+    key: cms.DecryptionKey,
     certificate: x509.Certificate,
     sender: AOR,
     now: datetime,
@@ -226,7 +242,7 @@ def open_protected(
         inner = smime.decrypt(enveloped, key, certificate)
     except (DecryptionError, InputError) as exc:
         return Outcome(Reason.UNDECIPHERABLE, sender, str(exc), reference=reference)
-    if inner.media_type != "multipart/signed":
+    if not smime.is_signed(inner):
         return Outcome(
             Reason.BAD_SIGNATURE,
             sender,
@@ -238,8 +254,10 @@ def open_protected(
         verified = smime.verify(inner)
     except (SignatureError, CMSError, InputError) as exc:
         return Outcome(Reason.BAD_SIGNATURE, sender, str(exc), reference=reference)
-    signer = verified.signer
-    checked = validate_retrieved([signer], sender, now)
+    # With several signers, one that names the sender and is valid now is the one that
+    # counts (draft §4.5); the others are only reported.
+    checked = validate_retrieved(list(verified.verified_signers), sender, now)
+    signer = checked.kept[0] if checked.kept else verified.signer
     if not checked.kept:
         discarded = checked.discarded[0]
         reason = (

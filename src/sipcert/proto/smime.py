@@ -2,9 +2,12 @@
 
 * signing makes ``multipart/signed`` (RFC 1847, RFC 8551 §3.5.3): the first part is the
   exact bytes of the inner entity, the second the DER detached SignedData;
-* encryption makes ``application/pkcs7-mime; smime-type=enveloped-data`` (RFC 8551 §3.3) with
-  the CEK wrapped for every certificate of the recipient (draft-jennings-sipping-certs-02
-  §4.5);
+* encryption makes ``application/pkcs7-mime; smime-type=authEnveloped-data`` (AES-GCM,
+  RFC 8551 §3.4) or ``smime-type=enveloped-data`` (AES-CBC, RFC 8551 §3.3) with the CEK
+  wrapped for every certificate of the recipient, whatever its key type
+  (draft-jennings-sipping-certs-02 §4.5);
+* receiving also takes attached SignedData (``smime-type=signed-data``, RFC 8551 §3.5.2)
+  and several signers, each reported;
 * both use ``Content-Transfer-Encoding: binary`` (SIP is 8-bit clean, RFC 3261 §23.3) and
   ``Content-Disposition: ...; handling=required`` (RFC 3261 §23.3, §20.11), so a UA that
   cannot process the body rejects the request instead of ignoring it.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -34,12 +38,14 @@ from sipcert.proto.mime import (
 )
 
 __all__ = [
+    "AUTH_ENVELOPED_CONTENT_TYPE",
     "ENVELOPED_CONTENT_TYPE",
     "SIGNATURE_CONTENT_TYPE",
     "Verified",
     "decrypt",
     "decrypt_and_verify",
     "encrypt",
+    "is_signed",
     "sign",
     "sign_and_encrypt",
     "verify",
@@ -47,6 +53,9 @@ __all__ = [
 
 SIGNATURE_CONTENT_TYPE = "application/pkcs7-signature; name=smime.p7s"
 ENVELOPED_CONTENT_TYPE = "application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m"
+AUTH_ENVELOPED_CONTENT_TYPE = (
+    "application/pkcs7-mime; smime-type=authEnveloped-data; name=smime.p7m"
+)
 #: micalg values of RFC 8551 §3.5.3 (RFC 5751 names for the SHA-2 family).
 _MICALG: dict[cms.DigestName, str] = {
     "sha256": "sha-256",
@@ -56,6 +65,8 @@ _MICALG: dict[cms.DigestName, str] = {
 #: Older agents send the x-pkcs7 spellings; accepting them costs nothing.
 _SIGNATURE_TYPES = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
 _ENVELOPED_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+#: smime-type values of an encrypted body (RFC 8551 §3.2.2); absent means enveloped-data.
+_ENCRYPTED_SMIME_TYPES = frozenset({"enveloped-data", "authenveloped-data"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,14 @@ class Verified:
 
     content: MimePart
     signer: x509.Certificate
+    #: Every SignerInfo's verdict (RFC 5652 §5.6); ``signer`` is the first that verified.
+    signers: tuple[cms.SignerReport, ...] = ()
+
+    @property
+    def verified_signers(self) -> tuple[x509.Certificate, ...]:
+        """The certificates of all signers that verified (just ``signer`` if unreported)."""
+        found = tuple(r.certificate for r in self.signers if r.certificate is not None)
+        return found or (self.signer,)
 
 
 def sign(
@@ -77,14 +96,18 @@ def sign(
     *,
     digest: cms.DigestName = "sha256",
     rsa_pss: bool = False,
+    signing_time: datetime | None = None,
 ) -> MimePart:
     """Wrap ``part`` in ``multipart/signed`` with a detached CMS signature (RFC 8551 §3.5.3).
 
     The signature covers exactly ``part.to_bytes()``, which is also the first body part,
     byte for byte; nothing is re-canonicalized (binary transfer, RFC 3261 §23.3).
+    ``signing_time`` (the caller's clock) becomes the signingTime attribute.
     """
     content = part.to_bytes()
-    signature = cms.sign_detached(content, key, cert, digest=digest, rsa_pss=rsa_pss)
+    signature = cms.sign_detached(
+        content, key, cert, digest=digest, rsa_pss=rsa_pss, signing_time=signing_time
+    )
     signature_part = MimePart(
         content_type=SIGNATURE_CONTENT_TYPE,
         body=signature,
@@ -100,20 +123,35 @@ def sign(
     )
 
 
+def _verified(result: cms.SignedContent, content: MimePart) -> Verified:
+    good = result.verified
+    if not good or good[0].certificate is None:
+        raise result.first_error()
+    return Verified(content=content, signer=good[0].certificate, signers=result.signers)
+
+
 def verify(
     part: MimePart,
     *,
     certificates: Sequence[x509.Certificate] = (),
     limits: MimeLimits = DEFAULT_LIMITS,
 ) -> Verified:
-    """Verify a ``multipart/signed`` entity and return the signed part and its signer.
+    """Verify a signed entity and return the signed part and its signer(s).
 
-    The signature is checked over the exact bytes of the first body part (RFC 1847 §2.1).
-    ``certificates`` are extra candidates for the signer certificate (e.g. from the
-    sender's Store) when the SignedData does not carry it. ``micalg`` is not trusted: the
-    digest algorithm comes from the SignerInfo.
+    ``multipart/signed`` (RFC 1847, RFC 8551 §3.5.3) is checked over the exact bytes of
+    the first body part; ``application/pkcs7-mime; smime-type=signed-data`` (RFC 8551
+    §3.5.2) carries the entity inside the SignedData. ``certificates`` are extra candidates
+    for the signer certificate (e.g. from the sender's Store) when the SignedData does not
+    carry it. ``micalg`` is not trusted: the digest algorithm comes from each SignerInfo.
+    With several signers, ``signer`` is the first that verified and ``signers`` reports all.
     """
     media_type, params = part.media_type, part.params
+    if media_type in _ENVELOPED_TYPES:
+        smime_type = params.get("smime-type", "").lower()
+        if smime_type != "signed-data":
+            raise MIMEError(f"application/pkcs7-mime smime-type is {smime_type!r}, not signed-data")
+        result = cms.verify_signed(part.body, certificates=certificates, max_size=limits.max_size)
+        return _verified(result, parse_mime_part(result.content, limits=limits))
     if media_type != "multipart/signed":
         raise MIMEError(f"expected multipart/signed, got {media_type}")
     protocol = params.get("protocol", "").lower()
@@ -130,28 +168,45 @@ def verify(
         raise MIMEError(
             f"second part of multipart/signed is {signature_part.media_type}, not {protocol}"
         )
-    signer = cms.verify_detached(
+    result = cms.verify_signed(
         signature_part.body,
         multipart.raw_parts[0],
         certificates=certificates,
         max_size=limits.max_size,
     )
-    return Verified(content=multipart.parts[0], signer=signer)
+    return _verified(result, multipart.parts[0])
+
+
+def is_signed(part: MimePart) -> bool:
+    """True for the two S/MIME signed forms: multipart/signed, pkcs7-mime signed-data."""
+    if part.media_type == "multipart/signed":
+        return True
+    return (
+        part.media_type in _ENVELOPED_TYPES
+        and part.params.get("smime-type", "").lower() == "signed-data"
+    )
 
 
 def encrypt(
     part: MimePart,
     recipients: Sequence[x509.Certificate],
-    cipher: cms.Cipher = "aes128",
+    cipher: cms.Cipher | None = None,
+    *,
+    algorithms: cms.EnvelopeAlgorithms = cms.DEFAULT_ALGORITHMS,
 ) -> MimePart:
-    """Encrypt ``part`` as ``application/pkcs7-mime`` enveloped-data (RFC 8551 §3.3).
+    """Encrypt ``part`` as ``application/pkcs7-mime`` (RFC 8551 §3.3, §3.4).
 
     The CEK is wrapped for every certificate in ``recipients`` (draft §4.5), so pass all
-    valid certificates the Store returned for the AOR.
+    valid certificates the Store returned for the AOR: RSA and EC keys alike.
+    ``algorithms`` picks AES-GCM (authEnveloped-data, the default) or AES-CBC
+    (enveloped-data), see :func:`sipcert.proto.cms.choose_algorithms`.
     """
-    enveloped = cms.encrypt_enveloped(part.to_bytes(), recipients, cipher=cipher)
+    enveloped = cms.encrypt_enveloped(
+        part.to_bytes(), recipients, cipher=cipher, algorithms=algorithms
+    )
+    gcm = algorithms.content.endswith("gcm")
     return MimePart(
-        content_type=ENVELOPED_CONTENT_TYPE,
+        content_type=AUTH_ENVELOPED_CONTENT_TYPE if gcm else ENVELOPED_CONTENT_TYPE,
         body=enveloped,
         headers=(
             ("Content-Transfer-Encoding", "binary"),
@@ -162,23 +217,26 @@ def encrypt(
 
 def decrypt(
     part: MimePart,
-    key: rsa.RSAPrivateKey,
+    key: cms.DecryptionKey,
     cert: x509.Certificate,
     *,
     limits: MimeLimits = DEFAULT_LIMITS,
 ) -> MimePart:
-    """Decrypt an enveloped-data entity addressed to ``cert`` and parse the inner entity.
+    """Decrypt an enveloped-data or authEnveloped-data entity for ``cert``; parse the inside.
 
-    Our RecipientInfo is found by issuer and serial number (draft §4.5); a message not
-    addressed to ``cert`` raises :class:`~sipcert.errors.DecryptionError` ("not a
-    recipient").
+    Our RecipientInfo is found by issuer and serial number or key identifier among any
+    mix of recipient kinds (draft §4.5); a message not addressed to ``cert`` raises
+    :class:`~sipcert.errors.DecryptionError` ("not a recipient").
     """
     media_type, params = part.media_type, part.params
     if media_type not in _ENVELOPED_TYPES:
         raise MIMEError(f"expected application/pkcs7-mime, got {media_type}")
     smime_type = params.get("smime-type", "enveloped-data").lower()
-    if smime_type != "enveloped-data":
-        raise MIMEError(f"application/pkcs7-mime smime-type is {smime_type!r}, not enveloped-data")
+    if smime_type not in _ENCRYPTED_SMIME_TYPES:
+        raise MIMEError(
+            f"application/pkcs7-mime smime-type is {smime_type!r}, not enveloped-data or "
+            "authEnveloped-data"
+        )
     inner = cms.decrypt_enveloped(part.body, key, cert, max_size=limits.max_size)
     return parse_mime_part(inner, limits=limits)
 
@@ -189,26 +247,28 @@ def sign_and_encrypt(
     cert: x509.Certificate,
     recipients: Sequence[x509.Certificate],
     *,
-    cipher: cms.Cipher = "aes128",
+    cipher: cms.Cipher | None = None,
     digest: cms.DigestName = "sha256",
     rsa_pss: bool = False,
+    algorithms: cms.EnvelopeAlgorithms = cms.DEFAULT_ALGORITHMS,
+    signing_time: datetime | None = None,
 ) -> MimePart:
     """Sign with our key, then encrypt for ``recipients`` (RFC 3261 §23.3 layering)."""
-    signed = sign(part, key, cert, digest=digest, rsa_pss=rsa_pss)
-    return encrypt(signed, recipients, cipher=cipher)
+    signed = sign(part, key, cert, digest=digest, rsa_pss=rsa_pss, signing_time=signing_time)
+    return encrypt(signed, recipients, cipher=cipher, algorithms=algorithms)
 
 
 def decrypt_and_verify(
     part: MimePart,
-    key: rsa.RSAPrivateKey,
+    key: cms.DecryptionKey,
     cert: x509.Certificate,
     *,
     certificates: Sequence[x509.Certificate] = (),
     limits: MimeLimits = DEFAULT_LIMITS,
 ) -> Verified:
-    """Decrypt an enveloped-data entity and verify the multipart/signed inside it."""
+    """Decrypt an encrypted entity and verify the signed entity inside it."""
     inner = decrypt(part, key, cert, limits=limits)
-    if inner.media_type != "multipart/signed":
+    if not is_signed(inner):
         raise MIMEError(
             f"decrypted entity is {inner.media_type}, not multipart/signed: it is not signed"
         )

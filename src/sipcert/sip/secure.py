@@ -46,6 +46,7 @@ from sipcert.client.ua import (
 from sipcert.errors import NotFoundError, SipCertError
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import Identity
+from sipcert.proto.cms import choose_algorithms
 from sipcert.proto.mime import MimePart
 from sipcert.proto.sip import Message, Response
 from sipcert.proto.sipsec import Outcome, open_protected, protect, response_status
@@ -226,7 +227,11 @@ class SecureUA:
     ``passphrase``); an explicit one is used as is (e.g. a key never enrolled, for tests).
     Every :class:`Received` goes to ``on_received`` and to the :attr:`received` queue.
     ``accept_unverified`` answers calls whose signer is not confirmed (see
-    :func:`~sipcert.proto.sipsec.response_status`).
+    :func:`~sipcert.proto.sipsec.response_status`). Bodies are AES-128-GCM with RSA-OAEP
+    and ECDH recipients; ``legacy_cbc`` falls back to AES-128-CBC with RSA PKCS#1 v1.5 for
+    callees that are RFC 3261 S/MIME peers (:func:`sipcert.proto.cms.choose_algorithms`).
+    ``encrypt_to_self`` adds our own certificate as a recipient, so we can read what we
+    sent (off by default: a stolen copy of our key then also opens our sent messages).
     """
 
     def __init__(
@@ -241,9 +246,13 @@ class SecureUA:
         on_received: ReceivedHandler | None = None,
         accept_unverified: bool = False,
         reference: bool = True,
+        legacy_cbc: bool = False,
+        encrypt_to_self: bool = False,
         now: Callable[[], datetime] = _now,
     ) -> None:
         self.ua = ua
+        self.algorithms = choose_algorithms(legacy=legacy_cbc)
+        self.encrypt_to_self = encrypt_to_self
         self.client = client
         self.aor = ua.aor
         self.device = device
@@ -348,6 +357,9 @@ class SecureUA:
             recipients,
             certificate_url=url,
             domain=self.aor.host,
+            algorithms=self.algorithms,
+            also_to=(identity.certificate,) if self.encrypt_to_self else (),
+            now=self._now(),
         )
 
     async def send_message(

@@ -202,7 +202,7 @@ SIPP_MESSAGE = (
     <action>
       <ereg regexp="multipart/mixed; boundary=" search_in="hdr" header="Content-Type:"
             check_it="true" assign_to="mixed"/>
-      <ereg regexp="Content-Type: application/pkcs7-mime; smime-type=enveloped-data"
+      <ereg regexp="Content-Type: application/pkcs7-mime; smime-type=authEnveloped-data"
             search_in="body" check_it="true" assign_to="p7m"/>
       <ereg regexp="handling=required" search_in="body" check_it="true" assign_to="handling"/>
     </action>
@@ -221,7 +221,7 @@ SIPP_INVITE = (
     <action>
       <ereg regexp="multipart/mixed; boundary=" search_in="hdr" header="Content-Type:"
             check_it="true" assign_to="mixed"/>
-      <ereg regexp="Content-Type: application/pkcs7-mime; smime-type=enveloped-data"
+      <ereg regexp="Content-Type: application/pkcs7-mime; smime-type=authEnveloped-data"
             search_in="body" check_it="true" assign_to="p7m"/>
     </action>
   </recv>

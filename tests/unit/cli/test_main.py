@@ -96,3 +96,17 @@ def test_revoke_takes_no_key_options(capsys: pytest.CaptureFixture[str]) -> None
     argv = ["revoke", "alice@example.com", "--key-passphrase-file", "pass.txt"]
     assert cli.main(argv) == 2
     assert "--key-passphrase-file" in capsys.readouterr().err
+
+
+def test_enroll_key_type_defaults_to_p256() -> None:
+    """Issue 11: new devices get P-256 keys; RSA stays available for old peers."""
+    from sipcert.cli.main import UsageError, build_parser
+    from sipcert.proto.certs import KeyType
+
+    parser = build_parser()
+    assert KeyType(parser.parse_args(["enroll", "alice@example.com"]).key_type) is KeyType.P256
+    for choice in ("p256", "p384", "rsa2048", "rsa3072"):
+        args = parser.parse_args(["enroll", "alice@example.com", "--key-type", choice])
+        assert KeyType(args.key_type).value == choice
+    with pytest.raises(UsageError, match="invalid choice"):
+        parser.parse_args(["enroll", "alice@example.com", "--key-type", "ed25519"])

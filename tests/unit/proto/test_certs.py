@@ -159,8 +159,15 @@ def test_generated_extensions(alice: Identity) -> None:
     ext = alice.certificate.extensions
     usage = ext.get_extension_for_class(x509.KeyUsage)
     assert usage.critical
-    assert usage.value.digital_signature and usage.value.key_encipherment
-    assert not (usage.value.key_cert_sign or usage.value.crl_sign or usage.value.key_agreement)
+    # P-256 by default (issue 11): it agrees on content keys (ECDH), it transports none
+    assert usage.value.digital_signature and usage.value.key_agreement
+    assert not (usage.value.key_cert_sign or usage.value.crl_sign or usage.value.key_encipherment)
+    rsa_usage = (
+        generate_identity(ALICE, now=NOW, key_type=KeyType.RSA2048)
+        .certificate.extensions.get_extension_for_class(x509.KeyUsage)
+        .value
+    )
+    assert rsa_usage.key_encipherment and not rsa_usage.key_agreement
     basic = ext.get_extension_for_class(x509.BasicConstraints)
     assert basic.value.ca is False
     ski = ext.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -174,7 +181,9 @@ def test_generated_signature_and_key(alice: Identity) -> None:
     cert = alice.certificate
     assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)
     assert verify_self_signature(cert)
-    assert alice.key.key_size == 2048
+    assert isinstance(alice.key, ec.EllipticCurvePrivateKey)
+    assert isinstance(alice.key.curve, ec.SECP256R1)
+    assert KeyType.of(cert) is KeyType.P256
     assert cert.public_key() == alice.key.public_key()
 
 
@@ -182,8 +191,9 @@ def test_generated_rsa3072() -> None:
     identity = generate_identity(
         ALICE, now=NOW, key_type=KeyType.RSA3072, validity=timedelta(days=825)
     )
-    assert identity.key.key_size == 3072
+    assert isinstance(identity.key, rsa.RSAPrivateKey) and identity.key.key_size == 3072
     cert = identity.certificate
+    assert KeyType.of(cert) is KeyType.RSA3072
     assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(days=825)
 
 
@@ -257,8 +267,12 @@ def test_private_key_malformed(ec_key: ec.EllipticCurvePrivateKey) -> None:
     ec_pem = ec_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    with pytest.raises(InputError, match="RSA"):
-        load_private_key(ec_pem, None)
+    assert load_private_key(ec_pem, None).public_key() == ec_key.public_key()
+    k1 = ec.generate_private_key(ec.SECP256K1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(InputError, match="RSA or EC"):
+        load_private_key(k1, None)
     with pytest.raises(InputTooLargeError):
         load_private_key(b"x" * 70000, None)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from asn1crypto import cms as asn1_cms
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +23,7 @@ from sipcert.errors import (
     SignatureError,
 )
 from sipcert.proto import cms
-from tests.factories import KeyKind, make_identity, rsa_identity
+from tests.factories import KeyKind, make_cert, make_identity, rsa_identity
 
 CONTENT = b"Content-Type: application/sdp\r\n\r\nv=0\r\no=alice 1 1 IN IP4 192.0.2.1\n"
 SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
@@ -153,6 +155,44 @@ def _two_signers(signed_data: Any) -> None:
     signed_data["signer_infos"] = asn1_cms.SignerInfos([signer, signer.copy()])
 
 
+def test_two_signers_are_each_reported() -> None:
+    """RFC 5652 §5.6: each SignerInfo is checked on its own; one bad signer is reported."""
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    der = _edit(cms.sign_detached(CONTENT, key, cert), _two_signers)
+    result = cms.verify_signed(der, CONTENT)
+    assert [r.certificate for r in result.signers] == [cert, cert]
+    assert cms.verify_detached(der, CONTENT) == cert
+
+    # A second signer (bob) whose messageDigest is over other content.
+    bob_key, bob = make_identity("bob@example.com", "ec-p256")
+    mine = asn1_cms.ContentInfo.load(cms.sign_detached(CONTENT, key, cert))
+    other = asn1_cms.ContentInfo.load(cms.sign_detached(CONTENT + b"!", bob_key, bob))
+    signed = mine["content"]
+    signed["signer_infos"] = asn1_cms.SignerInfos(
+        [_signer(mine["content"]), _signer(other["content"])]
+    )
+    signed["certificates"] = asn1_cms.CertificateSet(
+        [*mine["content"]["certificates"], *other["content"]["certificates"]]
+    )
+    result = cms.verify_signed(bytes(mine.dump(force=True)), CONTENT)
+    # SignerInfos is a SET OF: DER orders it, so look the verdicts up, not by position.
+    assert [r.certificate for r in result.verified] == [cert]
+    (bad,) = [r for r in result.signers if not r.verified]
+    assert isinstance(bad.error, SignatureError)
+    assert "messageDigest" in str(bad.error)
+    assert cms.verify_detached(bytes(mine.dump(force=True)), CONTENT) == cert
+
+
+def test_attached_signed_data() -> None:
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    der = _edit(cms.sign_detached(CONTENT, key, cert), _embed_content)
+    result = cms.verify_signed(der)
+    assert result.content == CONTENT
+    assert result.verified[0].certificate == cert
+    with pytest.raises(CMSError, match="detached SignedData"):
+        cms.verify_signed(cms.sign_detached(CONTENT, key, cert))
+
+
 def _embed_content(signed_data: Any) -> None:
     signed_data["encap_content_info"] = {"content_type": "data", "content": CONTENT}
 
@@ -173,9 +213,8 @@ def _rsa_alg_for_ec(signed_data: Any) -> None:
     ("change", "error", "fragment"),
     [
         (_digest_sha1, CMSError, "SHA-1 and MD5 are refused"),
-        (_two_signers, CMSError, "2 SignerInfos"),
         (_embed_content, CMSError, "not detached|carries its content"),
-        (_ed25519_alg, CMSError, "unsupported signature algorithm"),
+        (_ed25519_alg, CMSError, "RFC 8419 §3 needs SHA-512"),
         (_mismatched_alg, CMSError, "does not match digest"),
         (_rsa_alg_for_ec, CMSError, "no RSA key"),
         (_drop_attr("message_digest"), CMSError, "lack contentType or messageDigest"),
@@ -196,9 +235,23 @@ def test_structural_defects(
 def test_resigned_attributes_changed_after_signing_fail() -> None:
     """Dropping the signingTime attribute changes the signed bytes: the signature fails."""
     key, cert = make_identity("alice@example.com", "rsa2048")
-    der = _edit(cms.sign_detached(CONTENT, key, cert), _drop_attr("signing_time"))
+    when = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
+    signed = cms.sign_detached(CONTENT, key, cert, signing_time=when)
+    attrs = asn1_cms.ContentInfo.load(signed)["content"]["signer_infos"][0]["signed_attrs"]
+    assert [a["values"][0].native for a in attrs if a["type"].native == "signing_time"] == [when]
+    der = _edit(signed, _drop_attr("signing_time"))
     with pytest.raises(SignatureError, match="does not verify"):
         cms.verify_detached(der, CONTENT)
+
+
+def test_we_announce_gcm_first_so_peers_choose_it() -> None:
+    """RFC 8551 §2.5.2/§2.7.1.1: what we announce makes choose_algorithms pick AES-GCM."""
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    (report,) = cms.verify_signed(cms.sign_detached(CONTENT, key, cert), CONTENT).signers
+    assert report.capabilities[:2] == ("aes128_gcm", "aes256_gcm")
+    assert cms.choose_algorithms(report.capabilities) == cms.DEFAULT_ALGORITHMS
+    with pytest.raises(CryptoError, match="unsupported digest"):
+        cms.sign_detached(CONTENT, key, cert, digest="sha1")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -353,10 +406,28 @@ def test_tampered_ciphertext_fails_to_decrypt_or_changes_plaintext() -> None:
     assert plaintext != CONTENT
 
 
+def _ed25519_cert() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(b"\x01" * 32)
+    signer_key, _ = make_identity("dave@example.com", "ec-p256")
+    cert = make_cert(signer_key, "dave@example.com")
+    return (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .sign(signer_key, hashes.SHA256())
+    )
+
+
 def test_encrypt_rejects_bad_recipients() -> None:
-    _, ec_cert = make_identity("alice@example.com", "ec-p256")
-    with pytest.raises(CryptoError, match="no RSA key"):
-        cms.encrypt_enveloped(CONTENT, [ec_cert])
+    ed_cert = _ed25519_cert()
+    with pytest.raises(CryptoError, match="Ed25519PublicKey: only RSA, EC"):
+        cms.encrypt_enveloped(CONTENT, [ed_cert])
     with pytest.raises(CryptoError, match="no recipients"):
         cms.encrypt_enveloped(CONTENT, [])
     _, cert = rsa_identity("bob@example.com")
@@ -368,3 +439,62 @@ def test_sign_rejects_pss_with_ec_key() -> None:
     key, cert = make_identity("alice@example.com", "ec-p256")
     with pytest.raises(CryptoError, match="RSA-PSS"):
         cms.sign_detached(CONTENT, key, cert, rsa_pss=True)
+
+
+def _montgomery_cert(key: Any) -> Any:
+    issuer_key, issuer = make_identity("carol@example.com", "ec-p256")
+    return (
+        x509.CertificateBuilder()
+        .subject_name(issuer.subject)
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(25519)
+        .not_valid_before(issuer.not_valid_before_utc)
+        .not_valid_after(issuer.not_valid_after_utc)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+@pytest.mark.parametrize("kind", ["x25519", "x448"])
+@pytest.mark.parametrize("content", ["aes128-gcm", "aes256-cbc"])
+def test_x25519_and_x448_recipients_round_trip(kind: str, content: cms.ContentEncryption) -> None:
+    """RFC 8418 with HKDF-SHA-256 (RFC 8551 §2.3); no peer on this machine makes them."""
+    from cryptography.hazmat.primitives.asymmetric import x448, x25519
+
+    key: Any = (
+        x25519.X25519PrivateKey.from_private_bytes(b"\x07" * 32)
+        if kind == "x25519"
+        else x448.X448PrivateKey.from_private_bytes(b"\x07" * 56)
+    )
+    cert = _montgomery_cert(key)
+    _, rsa_cert = rsa_identity("carol@example.com")
+    der = cms.encrypt_enveloped(
+        CONTENT, [rsa_cert, cert], algorithms=cms.EnvelopeAlgorithms(content)
+    )
+    assert cms.decrypt_enveloped(der, key, cert) == CONTENT
+    info = asn1_cms.ContentInfo.load(der)["content"]["recipient_infos"][1].chosen
+    assert info["key_encryption_algorithm"]["algorithm"].dotted == "1.2.840.113549.1.9.16.3.19"
+
+
+def test_choose_algorithms_follows_announced_capabilities() -> None:
+    """RFC 8551 §2.7.1: the callee's first announced cipher we make; CBC when none."""
+    assert cms.choose_algorithms() == cms.DEFAULT_ALGORITHMS
+    assert cms.choose_algorithms(legacy=True) == cms.LEGACY_ALGORITHMS
+    openssl_default = ("aes256_cbc", "aes192_cbc", "aes128_cbc", "tripledes_3key")
+    assert cms.choose_algorithms(openssl_default) == cms.EnvelopeAlgorithms(
+        "aes256-cbc", "rsa-pkcs1v15"
+    )
+    assert cms.choose_algorithms(("aes128_gcm", "rsaes_oaep")) == cms.DEFAULT_ALGORITHMS
+    assert cms.choose_algorithms(("des",)) == cms.LEGACY_ALGORITHMS
+
+
+def test_unknown_recipient_kinds_are_skipped_and_errors_name_the_algorithm() -> None:
+    key, cert = make_identity("carol@example.com", "ec-p256")
+    der = cms.encrypt_enveloped(CONTENT, [cert])
+    with pytest.raises(DecryptionError, match="does not belong"):
+        cms.decrypt_enveloped(der, make_identity("dave@example.com", "ec-p256")[0], cert)
+    ccm = der.replace(
+        bytes.fromhex("0609608648016503040106"), bytes.fromhex("0609608648016503040107")
+    )
+    with pytest.raises(CMSError, match="AuthEnvelopedData with AES-128-CCM is not supported"):
+        cms.decrypt_enveloped(ccm, key, cert)

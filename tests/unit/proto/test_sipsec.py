@@ -59,7 +59,7 @@ def test_layout_is_mixed_of_enveloped_data_and_a_reference(
     parts = parse_multipart(body.content_type, body.body).parts
     assert [p.media_type for p in parts] == ["application/pkcs7-mime", "message/external-body"]
     enveloped, reference = parts
-    assert enveloped.params["smime-type"] == "enveloped-data"
+    assert enveloped.params["smime-type"] == "authEnveloped-data"  # AES-GCM, RFC 8551 §3.4
     assert enveloped.header("Content-Disposition") == (
         "attachment; handling=required; filename=smime.p7m"
     )

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sipcert.errors import CryptoError, DecryptionError, MIMEError, SignatureError
-from sipcert.proto import smime
+from sipcert.errors import DecryptionError, MIMEError, SignatureError
+from sipcert.proto import cms, smime
 from sipcert.proto.cms import Cipher, recipient_identifiers
 from sipcert.proto.mime import MimePart, build_multipart, parse_mime_part, parse_multipart
 from tests.factories import KeyKind, make_identity, rsa_identity
@@ -57,7 +57,7 @@ def test_encrypt_each_recipient_decrypts(count: int, cipher: Cipher) -> None:
         rsa_identity("carol@example.com"),
     ][:count]
     encrypted = smime.encrypt(SDP, [cert for _, cert in recipients], cipher=cipher)
-    assert encrypted.content_type == smime.ENVELOPED_CONTENT_TYPE
+    assert encrypted.content_type == smime.AUTH_ENVELOPED_CONTENT_TYPE
     assert encrypted.header("Content-Disposition") == (
         "attachment; handling=required; filename=smime.p7m"
     )
@@ -96,10 +96,25 @@ def test_decrypt_and_verify_requires_a_signature() -> None:
         smime.decrypt_and_verify(smime.encrypt(SDP, [cert]), key, cert)
 
 
-def test_encrypt_for_ec_recipient_is_refused() -> None:
-    _, ec_cert = make_identity("carol@example.com", "ec-p256")
-    with pytest.raises(CryptoError, match="no RSA key"):
-        smime.encrypt(SDP, [ec_cert])
+@pytest.mark.parametrize(
+    "algorithms", [cms.DEFAULT_ALGORITHMS, cms.LEGACY_ALGORITHMS], ids=["gcm-oaep", "cbc-v15"]
+)
+def test_encrypt_to_mixed_rsa_and_ec_devices(algorithms: cms.EnvelopeAlgorithms) -> None:
+    """Issue 11 / draft §4.4: one EC device of an AOR no longer breaks the envelope."""
+    devices = [
+        rsa_identity("carol@example.com"),
+        make_identity("carol@example.com", "ec-p256"),
+        make_identity("carol@example.com", "ec-p384", slot=1),
+        rsa_identity("carol@example.com", slot=1),
+    ]
+    encrypted = smime.encrypt(SDP, [cert for _, cert in devices], algorithms=algorithms)
+    gcm = algorithms.content.endswith("gcm")
+    assert encrypted.content_type == (
+        smime.AUTH_ENVELOPED_CONTENT_TYPE if gcm else smime.ENVELOPED_CONTENT_TYPE
+    )
+    assert len(recipient_identifiers(encrypted.body)) == 4
+    for key, cert in devices:
+        assert smime.decrypt(encrypted, key, cert) == SDP
 
 
 def _signed() -> MimePart:

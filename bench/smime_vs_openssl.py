@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""S/MIME throughput of :mod:`sipcert.proto.smime` next to the limit ``openssl speed`` sets.
+
+One command (bench/README.md)::
+
+    .venv/bin/python bench/smime_vs_openssl.py
+
+For RSA-2048 and P-256 device keys it measures, on one core, how many SIP bodies per second
+we sign and encrypt (AES-128-GCM, RSA-OAEP or ECDH) to 1, 4 and 16 devices of the callee,
+and how many we decrypt and verify. In the same run ``openssl speed`` measures the public
+key operations each body needs, which bound any implementation:
+
+* sign + encrypt to N: one signature, plus per recipient one RSA public operation (OAEP
+  encryption costs what a verification costs) or one ECDH key generation and one ECDH;
+* decrypt + verify: one RSA private operation (or one ECDH) and one verification.
+
+The AES, hashing and ASN.1 work is on top, so the ratio (ours / limit) says how much the
+Python around the primitives costs. The table goes into docs/benchmarks.md between the
+``bench:smime:begin``/``bench:smime:end`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from sipcert.proto import smime  # noqa: E402
+from sipcert.proto.mime import MimePart  # noqa: E402
+from tests.factories import KeyKind, make_identity  # noqa: E402
+
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN = (
+    "<!-- bench:smime:begin (written by bench/smime_vs_openssl.py; edits here are overwritten) -->"
+)
+END = "<!-- bench:smime:end -->"
+MESSAGE = MimePart("text/plain; charset=utf-8", b"Hello Carol, are you free at ten?\r\n" * 4)
+
+
+def openssl_speed(seconds: int) -> dict[str, float]:
+    """Operations per second of one core: rsa sign/verify, ecdsa sign/verify, ecdh."""
+    out = subprocess.run(
+        ["openssl", "speed", "-seconds", str(seconds), "rsa2048", "ecdsap256", "ecdhp256"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rsa = re.search(r"^rsa 2048 bits\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    ecdsa = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+\s+\S+\s+([\d.]+)\s+([\d.]+)", out)
+    ecdh = re.search(r"256 bits ecdh \(nistp256\)\s+\S+\s+([\d.]+)", out)
+    if not (rsa and ecdsa and ecdh):
+        raise SystemExit(f"cannot read openssl speed output:\n{out}")
+    return {
+        "rsa_sign": float(rsa[1]),
+        "rsa_verify": float(rsa[2]),
+        "ecdsa_sign": float(ecdsa[1]),
+        "ecdsa_verify": float(ecdsa[2]),
+        "ecdh": float(ecdh[1]),
+    }
+
+
+def limit(speed: dict[str, float], kind: str, operation: str, n: int) -> float:
+    """Bodies per second if only the public-key operations cost anything."""
+    if kind == "rsa2048":
+        if operation == "send":
+            return 1 / (1 / speed["rsa_sign"] + n / speed["rsa_verify"])
+        return 1 / (1 / speed["rsa_sign"] + 1 / speed["rsa_verify"])
+    if operation == "send":
+        return 1 / (1 / speed["ecdsa_sign"] + 2 * n / speed["ecdh"])
+    return 1 / (1 / speed["ecdh"] + 1 / speed["ecdsa_verify"])
+
+
+def rate(action: Callable[[], object], seconds: float) -> float:
+    action()  # warm up
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        action()
+        count += 1
+    return count / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    speed = openssl_speed(max(1, int(args.seconds)))
+    rows = []
+    for kind in ("rsa2048", "ec-p256"):
+        key_kind: KeyKind = kind  # type: ignore[assignment]
+        key, cert = make_identity("alice@example.com", key_kind)
+        devices = [make_identity("carol@example.com", key_kind, slot) for slot in range(16)]
+        label = "rsa2048" if kind == "rsa2048" else "p256"
+        for n in (1, 4, 16):
+            certs = [c for _, c in devices[:n]]
+            ours = rate(lambda: smime.sign_and_encrypt(MESSAGE, key, cert, certs), args.seconds)
+            bound = limit(speed, label, "send", n)
+            rows.append((label, f"sign + encrypt to {n}", ours, bound))
+        body = smime.sign_and_encrypt(MESSAGE, key, cert, [c for _, c in devices[:4]])
+        dkey, dcert = devices[0]
+        assert smime.decrypt_and_verify(body, dkey, dcert).content == MESSAGE
+        ours = rate(lambda: smime.decrypt_and_verify(body, dkey, dcert), args.seconds)
+        rows.append((label, "decrypt + verify (of 4)", ours, limit(speed, label, "receive", 1)))
+        rows.append((label, "body octets, 4 recipients", float(len(body.to_bytes())), 0.0))
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        BEGIN,
+        "",
+        f"Measured {when} on {platform.machine()} with `python bench/smime_vs_openssl.py`; "
+        f"one core, AES-128-GCM, RSA-OAEP / ECDH P-256, {args.seconds:g} s per figure. "
+        f"`openssl speed` in the same run: RSA-2048 sign {speed['rsa_sign']:,.0f}/s, verify "
+        f"{speed['rsa_verify']:,.0f}/s; ECDSA P-256 sign {speed['ecdsa_sign']:,.0f}/s, verify "
+        f"{speed['ecdsa_verify']:,.0f}/s; ECDH P-256 {speed['ecdh']:,.0f}/s.",
+        "",
+        "| device key | operation | sipcert per s | openssl limit per s | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for label, operation, ours, bound in rows:
+        if bound == 0.0:
+            lines.append(f"| {label} | {operation} | {ours:,.0f} octets | | |")
+        else:
+            lines.append(
+                f"| {label} | {operation} | {ours:,.0f} | {bound:,.0f} | {ours / bound:.2f} |"
+            )
+    lines += ["", END]
+    section = "\n".join(lines)
+    print(section)
+    if not args.no_write:
+        text = DOC.read_text()
+        if BEGIN in text:
+            text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+        else:
+            text += "\n" + section + "\n"
+        DOC.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
