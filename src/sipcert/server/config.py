@@ -9,6 +9,7 @@ directory), ``--dev`` may fill in defaults (:mod:`sipcert.server.dev`), and
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "DomainConfig",
     "Flags",
     "ListenAddress",
+    "OpsConfig",
     "StoreConfig",
     "apply_flags",
     "parse_listen",
@@ -62,8 +64,14 @@ _TOP_KEYS = frozenset(
         "max_head_size",
         "policy",
         "domain",
+        "admin_listen",
+        "log_format",
+        "audit_log",
+        "frontend_name",
+        "db_upgrade",
     }
 )
+_LOG_FORMATS = ("text", "json")
 _POLICY_KEYS = frozenset({"max_age", "max_per_aor", "max_lifetime_days", "max_certificate_size"})
 _DOMAIN_KEYS = frozenset({"name", "tls_cert", "tls_key"})
 _MAX_WORKERS = 64
@@ -107,6 +115,21 @@ class ConnectionLimits:
 
 
 @dataclass(frozen=True)
+class OpsConfig:
+    """The operator's settings: admin listener, log format, audit file, migrations."""
+
+    #: Plain-HTTP listener for /healthz, /readyz and /metrics; ``None``: none.
+    admin_listen: ListenAddress | None = None
+    log_format: str = "text"
+    #: A file the audit records are appended to as well (JSON lines); ``None``: only the log.
+    audit_log: Path | None = None
+    #: This Store's name in audit records (several frontends share one database).
+    frontend_name: str = field(default_factory=socket.gethostname)
+    #: Migrate the database schema at start-up (``sipcert db upgrade``); off: refuse an old one.
+    db_upgrade: bool = True
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """Everything ``sipcert serve`` needs, validated."""
 
@@ -131,6 +154,8 @@ class StoreConfig:
     #: Days a (user, address) pair that succeeded is not refused for the user's bucket.
     auth_trust_days: int = 30
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: Operating it (issue 10, docs/store.md "Operating it").
+    ops: OpsConfig = field(default_factory=lambda: OpsConfig())
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -167,7 +192,11 @@ class StoreConfig:
         auth_failure_window = _int(doc, "auth_failure_window", 60, minimum=1)
         auth_failures_per_user = _int(doc, "auth_failures_per_user", 2 * auth_failures, minimum=1)
         auth_trust_days = _int(doc, "auth_trust_days", 30, minimum=0)
+        ops = _ops(doc)
+        if ops.admin_listen is not None and ops.admin_listen in listen:
+            raise ConfigError("admin_listen: must not be one of the listen addresses")
         return cls(
+            ops=ops,
             connections=_connection_limits(doc),
             domains=domains,
             listen=listen,
@@ -236,8 +265,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"configuration file {path} is not UTF-8") from exc
     base = path.absolute().parent
     _no_unknown(doc, _TOP_KEYS, f"{path}: ")
-    if isinstance(doc.get("data_dir"), str):
-        doc["data_dir"] = str(base / doc["data_dir"])
+    for key in ("data_dir", "audit_log"):
+        if isinstance(doc.get(key), str):
+            doc[key] = str(base / doc[key])
     domains = doc.get("domain")
     if isinstance(domains, list):
         for entry in domains:
@@ -381,6 +411,25 @@ def _connection_limits(doc: Mapping[str, Any]) -> ConnectionLimits:
         keepalive_timeout=_seconds(doc, "keepalive_timeout", defaults.keepalive_timeout),
         max_connections=_int(doc, "max_connections", defaults.max_connections, minimum=1),
         max_head_size=_int(doc, "max_head_size", defaults.max_head_size, minimum=1024),
+    )
+
+
+def _ops(doc: Mapping[str, Any]) -> OpsConfig:
+    admin = doc.get("admin_listen")
+    log_format = _str(doc, "log_format", "text").lower()
+    if log_format not in _LOG_FORMATS:
+        raise ConfigError(f"log_format: {log_format!r} is not one of {', '.join(_LOG_FORMATS)}")
+    audit = doc.get("audit_log")
+    db_upgrade = doc.get("db_upgrade", True)
+    if not isinstance(db_upgrade, bool):
+        raise ConfigError("db_upgrade: expected true or false")
+    defaults = OpsConfig()
+    return OpsConfig(
+        admin_listen=parse_listen(_as_str(admin, "admin_listen")) if admin is not None else None,
+        log_format=log_format,
+        audit_log=Path(_as_str(audit, "audit_log")) if audit is not None else None,
+        frontend_name=_str(doc, "frontend_name", defaults.frontend_name),
+        db_upgrade=db_upgrade,
     )
 
 
