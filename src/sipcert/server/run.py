@@ -455,7 +455,11 @@ def _prefork(
         except SipCertError as exc:
             log.error("reload refused, still serving as before: %s", exc)
             return
-        config, ssl_context = dataclasses.replace(new_config, workers=config.workers), new_context
+        # Workers started from now on fork with the new files; what needs a restart stays.
+        config = dataclasses.replace(
+            new_config, workers=config.workers, connections=config.connections
+        )
+        ssl_context = new_context
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)

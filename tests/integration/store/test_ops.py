@@ -345,6 +345,27 @@ def test_sighup_reloads_certificates_and_credentials_without_dropping_connection
         store.stop()
 
 
+def test_sighup_reloads_a_single_process_store(files: StoreFiles) -> None:
+    """With ``workers = 1`` the one process handles SIGHUP itself, checks included."""
+    store = StoreProcess(files)
+    store.start()
+    try:
+        assert store.process is not None
+        kept = tls_connection(store)
+        keepalive_get(kept)
+        new = _renew(files, "example.com")
+        store.process.send_signal(signal.SIGHUP)
+        wait_for("the new certificate", lambda: presented(store) == new)
+        assert keepalive_get(kept).startswith(b"HTTP/1.1 200")
+        kept.close()
+        files.tls["example.com"][1].write_text("not a key\n")
+        store.process.send_signal(signal.SIGHUP)
+        wait_for("the refusal", lambda: "reload refused" in store.output())
+        assert presented(store) == new and store.process.poll() is None
+    finally:
+        store.stop()
+
+
 def test_workers_exit_when_the_parent_is_killed(files: StoreFiles) -> None:
     store = StoreProcess(files, extra=["--workers", "2"])
     store.start()
