@@ -309,8 +309,12 @@ async def _check_sources(config: StoreConfig) -> None:
                     f"sipcert needs {status.latest}: run `sipcert db upgrade` (db_upgrade is off)"
                 )
             after = await storage.upgrade()
-            log.info(
-                "certificate database schema upgraded from %d to %d", status.current, after.current
+            # Creating the tables of a new database is routine; a migration is news.
+            log.log(
+                logging.INFO if status.current else logging.DEBUG,
+                "certificate database schema upgraded from %d to %d",
+                status.current,
+                after.current,
             )
     finally:
         await storage.close()
