@@ -195,6 +195,12 @@ def run(args: argparse.Namespace) -> int:
 
     def announce(message: str) -> None:
         # Only once the sockets are bound: a failed start is its one error line, no banner.
+        if config.ops.log_format == "json":  # one object per line, the banner included
+            from sipcert.server.jsonlog import json_record
+
+            for line in (*notes, message):
+                print(json_record("sipcert.cli", line), file=sys.stderr, flush=True)
+            return
         for line in notes:
             print(line, file=sys.stderr)
         print(f"sipcert: {message}", file=sys.stderr, flush=True)

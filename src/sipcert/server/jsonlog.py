@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "json_line"]
+__all__ = ["JsonFormatter", "json_line", "json_record"]
 
 
 def json_line(fields: dict[str, Any]) -> str:
@@ -27,6 +28,19 @@ def json_line(fields: dict[str, Any]) -> str:
 def iso_time(timestamp: float) -> str:
     """``timestamp`` (Unix seconds) as ISO 8601 in UTC with milliseconds."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def json_record(logger: str, message: str, level: str = "INFO") -> str:
+    """One JSON line for a message written outside :mod:`logging` (the CLI's banner)."""
+    return json_line(
+        {
+            "time": iso_time(time.time()),
+            "level": level,
+            "logger": logger,
+            "pid": os.getpid(),
+            "message": message,
+        }
+    )
 
 
 class JsonFormatter(logging.Formatter):

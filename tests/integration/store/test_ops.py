@@ -221,9 +221,8 @@ def test_metrics_are_exact_sums_over_the_workers(ops_store: tuple[ConfigStore, i
 
 
 def json_lines(store: StoreProcess) -> list[dict[str, Any]]:
-    """Every line of the Store's standard error but the CLI's start-up line, as JSON."""
-    lines = [line for line in store.output().splitlines() if not line.startswith("sipcert: ")]
-    return [json.loads(line) for line in lines]
+    """Every line of the Store's standard error (the CLI's banner too), as JSON."""
+    return [json.loads(line) for line in store.output().splitlines()]
 
 
 def test_json_logs_and_the_audit_trail(
@@ -254,6 +253,8 @@ def test_json_logs_and_the_audit_trail(
     wait_for("the access lines", lambda: len(access()) >= 5)  # flushed within a second
     records = json_lines(store)
     assert all({"time", "level", "logger"} <= set(r) for r in records)
+    assert records[0]["logger"] == "sipcert.cli"
+    assert records[0]["message"].startswith("serving example.com, example.net on ")
     assert not any("forged" in r for r in records)
     [line] = [r for r in access() if r["path"].startswith("/nothing")]
     assert line["path"] == forged.replace("\n", "%0A")
