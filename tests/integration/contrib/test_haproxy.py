@@ -43,11 +43,18 @@ class AdminStore(StoreProcess):
     admin: int = 0
 
 
-def start_store(files: StoreFiles, name: str) -> AdminStore:
+def start_store(files: StoreFiles, name: str, taken: set[int]) -> AdminStore:
+    """A Store on ports none of ``taken`` (which it adds its two to)."""
+    port = free_port()
+    while port in taken:
+        port = free_port()
     admin = free_port()
+    while admin in taken | {port}:
+        admin = free_port()
+    taken |= {port, admin}
     config = files.root / f"{name}.toml"
     config.write_text(f'admin_listen = "127.0.0.1:{admin}"\nfrontend_name = "{name}"\n')
-    store = AdminStore(files, extra=["--config", str(config), "--workers", "2"])
+    store = AdminStore(files, port=port, extra=["--config", str(config), "--workers", "2"])
     store.admin = admin
     store.start()
     return store
@@ -98,8 +105,11 @@ def setup(tmp_path: Path) -> Iterator[tuple[Proxied, list[AdminStore], Path]]:
     stores: list[AdminStore] = []
     process: subprocess.Popen[bytes] | None = None
     try:
-        stores = [start_store(files, "store-a"), start_store(files, "store-b")]
+        taken: set[int] = set()
+        stores = [start_store(files, "store-a", taken), start_store(files, "store-b", taken)]
         port = free_port()
+        while port in taken:
+            port = free_port()
         socket_path = tmp_path / "haproxy.sock"
         config = tmp_path / "haproxy.cfg"
         config.write_text(haproxy_config(port, socket_path, stores))

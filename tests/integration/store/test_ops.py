@@ -50,6 +50,13 @@ class ConfigStore(StoreProcess):
         return command
 
 
+def port_besides(*taken: int) -> int:
+    """A free port that is none of ``taken`` (two free_port() calls may give the same one)."""
+    while (port := free_port()) in taken:
+        pass
+    return port
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -78,7 +85,8 @@ def files(tmp_path: Path) -> StoreFiles:
 
 @pytest.fixture
 def ops_store(files: StoreFiles) -> Iterator[tuple[ConfigStore, int]]:
-    admin = free_port()
+    store = ConfigStore(files)
+    admin = port_besides(store.port)
     config = write_config(
         files.root,
         admin,
@@ -86,7 +94,7 @@ def ops_store(files: StoreFiles) -> Iterator[tuple[ConfigStore, int]]:
         log_format='"json"',
         audit_log='"audit.jsonl"',
     )
-    store = ConfigStore(files, extra=["--config", str(config)])
+    store.extra = ["--config", str(config)]
     store.start()
     try:
         wait_for("two workers", lambda: len(store.workers()) == 2)
@@ -303,11 +311,12 @@ def presented(store: StoreProcess) -> bytes:
 def test_sighup_reloads_certificates_and_credentials_without_dropping_connections(
     files: StoreFiles,
 ) -> None:
-    admin = free_port()
+    store = ConfigStore(files)
+    admin = port_besides(store.port)
     frank_users = files.root / "users2.json"
     FileCredentials(frank_users).add("frank@example.com", "frank-secret")
     config = write_config(files.root, admin, files.users_file)
-    store = ConfigStore(files, extra=["--config", str(config)])
+    store.extra = ["--config", str(config)]
     store.start()
     try:
         wait_for("two workers", lambda: len(store.workers()) == 2)
