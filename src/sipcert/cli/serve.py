@@ -191,12 +191,21 @@ def run(args: argparse.Namespace) -> int:
     from sipcert.server.run import setup_logging
 
     config, notes = build_config(args)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.ops.log_format, config.ops.audit_log)
 
     def announce(message: str) -> None:
         # Only once the sockets are bound: a failed start is its one error line, no banner.
+        if config.ops.log_format == "json":  # one object per line, the banner included
+            from sipcert.server.jsonlog import json_record
+
+            for line in (*notes, message):
+                print(json_record("sipcert.cli", line), file=sys.stderr, flush=True)
+            return
         for line in notes:
             print(line, file=sys.stderr)
         print(f"sipcert: {message}", file=sys.stderr, flush=True)
 
-    return run_store(config, announce=announce)
+    def read_config() -> StoreConfig:  # SIGHUP: the same file and flags, read again
+        return build_config(args)[0]
+
+    return run_store(config, announce=announce, read_config=read_config)

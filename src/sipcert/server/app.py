@@ -53,6 +53,7 @@ from sipcert.errors import (
     RateLimitedError,
     SipCertError,
     StaleNonceError,
+    StorageError,
 )
 from sipcert.proto.aor import AOR
 from sipcert.proto.certs import certificate_der
@@ -89,8 +90,12 @@ from sipcert.proto.store import (
     parse_query,
     parse_upload,
 )
+from sipcert.server.audit import Audit
 from sipcert.server.credentials import CredentialSource
 from sipcert.server.shared import as_async_counter, as_async_limiter
+from sipcert.server.jsonlog import iso_time, json_line
+from sipcert.server.metrics import Metrics, route_of
+from sipcert.server.ops import HEALTH_PATH, READY_PATH, Health
 from sipcert.server.tls import sni_domain
 from sipcert.server.web import ACCOUNT_PATH, REVOKE_PATH, AccountPages, CsrfTokens
 from sipcert.storage import CertificateStore, StoredCertificate
@@ -147,6 +152,22 @@ def access_log_format() -> str:
     return '%a "%r" %s %b %Tf'
 
 
+def _access_fields(
+    request: web.BaseRequest, response: web.StreamResponse, seconds: float
+) -> dict[str, Any]:
+    """The fields of a JSON access line: those of :func:`access_log_format`, named."""
+    version = request.version
+    return {
+        "remote": request.remote or "-",
+        "method": request.method,
+        "path": request.path_qs,
+        "version": f"HTTP/{version.major}.{version.minor}",
+        "status": response.status,
+        "bytes": response.body_length,
+        "seconds": round(seconds, 6),
+    }
+
+
 def _access_line(request: web.BaseRequest, response: web.StreamResponse, seconds: float) -> str:
     """The fields of :func:`access_log_format`: never a header, so never ``Authorization``."""
     version = request.version
@@ -176,7 +197,9 @@ class AccessLog:
         flush_interval: float = 1.0,
         max_buffer: int = 64 * 1024,
         clock: Callable[[], float] = time.time,
+        json_lines: bool = False,
     ) -> None:
+        self.json_lines = json_lines
         self._stream = stream
         self._flush_interval = flush_interval
         self._max_buffer = max_buffer
@@ -197,7 +220,16 @@ class AccessLog:
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        line = f"{self._stamp},{int((now - second) * 1000):03d} INFO {ACCESS_LOGGER}: {message}\n"
+        self._add(
+            f"{self._stamp},{int((now - second) * 1000):03d} INFO {ACCESS_LOGGER}: {message}\n"
+        )
+
+    def write_fields(self, fields: dict[str, Any]) -> None:
+        """Add one JSON line (``log_format = "json"``): time, level, logger, then ``fields``."""
+        head = {"time": iso_time(self._clock()), "level": "INFO", "logger": ACCESS_LOGGER}
+        self._add(json_line({**head, **fields}) + "\n")
+
+    def _add(self, line: str) -> None:
         self._lines.append(line)
         self._size += len(line) if line.isascii() else len(line.encode())
         if self._closed or self._size >= self._max_buffer:
@@ -270,6 +302,9 @@ class StoreAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         sink = self._sink
         try:
+            if isinstance(sink, AccessLog) and sink.json_lines:
+                sink.write_fields(_access_fields(request, response, time))
+                return
             message = _access_line(request, response, time)
             if isinstance(sink, AccessLog):
                 sink.write(message)
@@ -334,8 +369,12 @@ class StoreApp:
         limiter: LoginLimiter | AsyncLoginLimiter | None = None,
         clock: Callable[[], float] = time.time,
         sni_of: Callable[[web.BaseRequest], str | None] | None = None,
+        metrics: Metrics | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self.domains = frozenset(domains)
+        self.metrics = metrics or Metrics()
+        self.audit = audit
         self.storage = storage
         self.credentials = credentials
         self.policy = policy
@@ -370,10 +409,26 @@ class StoreApp:
             read_body=_read_body,
             csrf=CsrfTokens(nonce_secret),
             clock=clock,
+            delete=self._revoke,
+        )
+        self.health = Health(
+            storage=lambda: self.storage,
+            credentials=lambda: self.credentials,
+            domain=min(self.domains) if self.domains else "invalid",
+            metrics=self.metrics,
+            clock=clock,
         )
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; nothing but a prepared answer ever leaves this method."""
+        start = time.perf_counter()
+        response = await self._answer(request)
+        self.metrics.request(
+            route_of(request.path), request.method, response.status, time.perf_counter() - start
+        )
+        return response
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             return await self._dispatch(request)
         except _RefusalError as refusal:
@@ -388,6 +443,8 @@ class StoreApp:
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         _check_framing(request)
+        if request.path in (HEALTH_PATH, READY_PATH):  # whatever the SNI name (issue 10)
+            return await self.health.answer(request)
         if request.path != SEARCH_PATH:
             if request.path in (ACCOUNT_PATH, REVOKE_PATH):
                 return await self.account_pages.handle(request, self._domain_of(request))
@@ -486,6 +543,17 @@ class StoreApp:
             label=label,
         )
         created = await self.storage.add(stored, max_per_aor=self.policy.max_per_aor, now=now)
+        if created:
+            self.metrics.enrolled()
+        if self.audit is not None:
+            self.audit.enrolled(
+                request,
+                user=username,
+                aor=str(aor),
+                sha256=stored.sha256,
+                cert_hash=stored.cert_hash,
+                new=created,
+            )
         status = 201 if created else 200
         what = "enrolled" if created else "already enrolled"
         log.info("%s certificate %s for %s", what, stored.cert_hash, aor)
@@ -505,12 +573,39 @@ class StoreApp:
         aor = self._aor_for(query, domain, "DELETE")
         username = await self._authenticate(request, domain)
         authorize_delete(aor, digest_username=username)
-        removed = await self.storage.delete(str(aor), query.cert_hash)
+        removed = await self._revoke(request, username, aor, query.cert_hash, "DELETE")
         if removed == 0:
             what = "that certificate" if query.cert_hash is not None else "any certificate"
             raise NotFoundError(f"{aor} has not {what} here")
         log.info("revoked %d certificate(s) of %s", removed, aor)
         return web.Response(status=204)
+
+    async def _revoke(
+        self, request: web.BaseRequest, username: str, aor: AOR, cert_hash: str | None, via: str
+    ) -> int:
+        """Delete (draft §5) for DELETE and the account page alike, counted and audited."""
+        targets: list[StoredCertificate] = []
+        if self.audit is not None:  # which ones, for the record: looked up just before
+            now = datetime.fromtimestamp(self._clock(), UTC)
+            targets = [
+                c
+                for c in await self.storage.get_by_aor(str(aor), now)
+                if cert_hash is None or c.cert_hash == cert_hash
+            ]
+        removed = await self.storage.delete(str(aor), cert_hash)
+        if removed:
+            self.metrics.revoked(removed)
+            if self.audit is not None:
+                self.audit.revoked(
+                    request,
+                    user=username,
+                    aor=str(aor),
+                    sha256=[c.sha256 for c in targets],
+                    cert_hash=[c.cert_hash for c in targets],
+                    removed=removed,
+                    via=via,
+                )
+        return removed
 
     # -- Digest (RFC 7616; draft §5) ------------------------------------------------------
 
@@ -552,6 +647,7 @@ class StoreApp:
             await self._limiter.release(address, user_key, admission, now, trust=False)
             raise self._challenge(request, server, domain, now, exc) from exc
         except AuthenticationError as exc:  # a failed guess keeps its reserved tokens
+            self.metrics.auth_failed()
             raise self._challenge(request, server, domain, now, exc) from exc
         except BaseException:  # storage, malformed answer: nothing was guessed
             await self._limiter.release(address, user_key, admission, now, trust=False)
@@ -575,6 +671,7 @@ class StoreApp:
         """429 unless the limiter admits the request (a refusal is charged to ``address``)."""
         admission = await self._limiter.admit(address, user, now)
         if not admission.admitted:
+            self.metrics.rate_limited()
             by_user = admission.reason == "user"
             log.warning(
                 "429 for %s: too many failed Digest answers %s",
@@ -590,6 +687,8 @@ class StoreApp:
     # -- errors --------------------------------------------------------------------------
 
     def _error(self, request: web.BaseRequest, exc: SipCertError) -> web.Response:
+        if isinstance(exc, StorageError):
+            self.metrics.database_error()
         if exc.http_status >= 500:
             # Storage and configuration failures name paths and hosts: log them, say little.
             log.error("%s %s failed: %s", request.method, request.path, exc)
@@ -617,6 +716,7 @@ class StoreApp:
                     datetime.fromtimestamp(self._clock(), UTC)
                 )
             except SipCertError as exc:
+                self.metrics.database_error()
                 log.error("purging expired certificates failed: %s", exc)
             else:
                 if removed:

@@ -10,6 +10,7 @@ directory), ``--dev`` may fill in defaults (:mod:`sipcert.server.dev`), and
 from __future__ import annotations
 
 import ipaddress
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "DomainConfig",
     "Flags",
     "ListenAddress",
+    "OpsConfig",
     "StoreConfig",
     "apply_flags",
     "parse_listen",
@@ -64,8 +66,14 @@ _TOP_KEYS = frozenset(
         "proxy_protocol_from",
         "policy",
         "domain",
+        "admin_listen",
+        "log_format",
+        "audit_log",
+        "frontend_name",
+        "db_upgrade",
     }
 )
+_LOG_FORMATS = ("text", "json")
 _POLICY_KEYS = frozenset({"max_age", "max_per_aor", "max_lifetime_days", "max_certificate_size"})
 _DOMAIN_KEYS = frozenset({"name", "tls_cert", "tls_key"})
 _MAX_WORKERS = 64
@@ -112,6 +120,21 @@ class ConnectionLimits:
 
 
 @dataclass(frozen=True)
+class OpsConfig:
+    """The operator's settings: admin listener, log format, audit file, migrations."""
+
+    #: Plain-HTTP listener for /healthz, /readyz and /metrics; ``None``: none.
+    admin_listen: ListenAddress | None = None
+    log_format: str = "text"
+    #: A file the audit records are appended to as well (JSON lines); ``None``: only the log.
+    audit_log: Path | None = None
+    #: This Store's name in audit records (several frontends share one database).
+    frontend_name: str = field(default_factory=socket.gethostname)
+    #: Migrate the database schema at start-up (``sipcert db upgrade``); off: refuse an old one.
+    db_upgrade: bool = True
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """Everything ``sipcert serve`` needs, validated."""
 
@@ -136,6 +159,8 @@ class StoreConfig:
     #: Days a (user, address) pair that succeeded is not refused for the user's bucket.
     auth_trust_days: int = 30
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: Operating it (issue 10, docs/store.md "Operating it").
+    ops: OpsConfig = field(default_factory=lambda: OpsConfig())
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -172,7 +197,11 @@ class StoreConfig:
         auth_failure_window = _int(doc, "auth_failure_window", 60, minimum=1)
         auth_failures_per_user = _int(doc, "auth_failures_per_user", 2 * auth_failures, minimum=1)
         auth_trust_days = _int(doc, "auth_trust_days", 30, minimum=0)
+        ops = _ops(doc)
+        if ops.admin_listen is not None and ops.admin_listen in listen:
+            raise ConfigError("admin_listen: must not be one of the listen addresses")
         return cls(
+            ops=ops,
             connections=_connection_limits(doc),
             domains=domains,
             listen=listen,
@@ -241,8 +270,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"configuration file {path} is not UTF-8") from exc
     base = path.absolute().parent
     _no_unknown(doc, _TOP_KEYS, f"{path}: ")
-    if isinstance(doc.get("data_dir"), str):
-        doc["data_dir"] = str(base / doc["data_dir"])
+    for key in ("data_dir", "audit_log"):
+        if isinstance(doc.get(key), str):
+            doc[key] = str(base / doc[key])
     domains = doc.get("domain")
     if isinstance(domains, list):
         for entry in domains:
@@ -398,6 +428,25 @@ def _networks(raw: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Networ
         return tuple(ipaddress.ip_network(item) for item in raw)
     except ValueError as exc:
         raise ConfigError(f"proxy_protocol_from: {exc}") from exc
+
+
+def _ops(doc: Mapping[str, Any]) -> OpsConfig:
+    admin = doc.get("admin_listen")
+    log_format = _str(doc, "log_format", "text").lower()
+    if log_format not in _LOG_FORMATS:
+        raise ConfigError(f"log_format: {log_format!r} is not one of {', '.join(_LOG_FORMATS)}")
+    audit = doc.get("audit_log")
+    db_upgrade = doc.get("db_upgrade", True)
+    if not isinstance(db_upgrade, bool):
+        raise ConfigError("db_upgrade: expected true or false")
+    defaults = OpsConfig()
+    return OpsConfig(
+        admin_listen=parse_listen(_as_str(admin, "admin_listen")) if admin is not None else None,
+        log_format=log_format,
+        audit_log=Path(_as_str(audit, "audit_log")) if audit is not None else None,
+        frontend_name=_str(doc, "frontend_name", defaults.frontend_name),
+        db_upgrade=db_upgrade,
+    )
 
 
 def _domains(raw: object) -> tuple[DomainConfig, ...]:

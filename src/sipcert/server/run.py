@@ -22,12 +22,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 
-from sipcert.errors import ConfigError, SipCertError
+from sipcert.errors import ConfigError, SipCertError, StorageError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW
 from sipcert.server.app import AccessLog, StoreApp, access_log_options
+from sipcert.server.audit import AUDIT_LOGGER, Audit
 from sipcert.server.config import ConnectionLimits, ListenAddress, StoreConfig
 from sipcert.server.conn import (
     ConnectionGuard,
@@ -42,8 +44,16 @@ from sipcert.server.credentials import (
     open_credentials,
 )
 from sipcert.server.http import StoreServer
+from sipcert.server.jsonlog import JsonFormatter
+from sipcert.server.lifecycle import Reloader, die_with_parent
 from sipcert.server.logsafe import SafeFormatter
+from sipcert.server.metrics import (
+    Metrics,
+    mark_process_dead,
+    prepare_multiprocess_dir,
+)
 from sipcert.server.nonces import load_or_create_secret
+from sipcert.server.ops import admin_handler
 from sipcert.server.shared import LIMITS_DB as LIMITS_DB  # where they were before issue 10
 from sipcert.server.shared import NONCE_DB as NONCE_DB
 from sipcert.server.shared import open_shared_state
@@ -56,14 +66,36 @@ log = logging.getLogger("sipcert.server")
 
 _BACKLOG = 1024
 _SHUTDOWN_TIMEOUT = 5.0
+#: Folder of the workers' metric files inside the data folder (emptied at each start).
+METRICS_DIR = "metrics"
+#: How often a worker publishes its open-connection count (seconds).
+_CONNECTIONS_EVERY = 1.0
+#: Reads the configuration again for SIGHUP (the CLI passes its own).
+ReadConfig = Callable[[], StoreConfig]
 
 
-def setup_logging(level: str) -> None:
-    """Log lines on standard error: ``time level logger: message``."""
+def setup_logging(level: str, log_format: str = "text", audit_log: Path | None = None) -> None:
+    """Log lines on standard error: ``time level logger: message``, or JSON objects.
+
+    ``audit_log`` also appends the audit records (:mod:`sipcert.server.audit`) to that
+    file, one JSON object per line whatever the format of the other logs.
+    """
     handler = logging.StreamHandler(sys.stderr)
     # One record, one line of printable ASCII, whatever a request put in it (issue 9).
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter: logging.Formatter = (
+        JsonFormatter()
+        if log_format == "json"
+        else SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    handler.setFormatter(formatter)
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    if audit_log is not None:
+        try:
+            audit_file = logging.FileHandler(audit_log, encoding="ascii")
+        except OSError as exc:
+            raise ConfigError(f"audit_log: cannot open {audit_log}: {exc.strerror}") from exc
+        audit_file.setFormatter(JsonFormatter())
+        logging.getLogger(AUDIT_LOGGER).addHandler(audit_file)
 
 
 def build_tls(config: StoreConfig) -> ssl.SSLContext:
@@ -111,14 +143,17 @@ async def serve_app(
     access_log: bool = True,
     purge_interval: float = 3600.0,
     limits: ConnectionLimits | None = None,
+    admin_sockets: Sequence[socket.socket] = (),
+    json_access_log: bool = False,
 ) -> None:
     """Serve ``app`` on ``sockets`` until ``stop`` is set, then shut down cleanly.
 
     Connections go through a :class:`~sipcert.server.conn.ConnectionGuard` (deadlines, the
-    per-worker cap, the request-head limit) before aiohttp sees them.
+    per-worker cap, the request-head limit) before aiohttp sees them. ``admin_sockets`` serve
+    plain HTTP: the probes and ``/metrics`` (:mod:`sipcert.server.ops`).
     """
     limits = limits or ConnectionLimits()
-    writer = AccessLog() if access_log else None
+    writer = AccessLog(json_lines=json_access_log) if access_log else None
     guard = ConnectionGuard(ssl_context, limits)
     server = StoreServer(
         guard.wrap(app), keepalive_timeout=limits.keepalive_timeout, **access_log_options(writer)
@@ -126,20 +161,47 @@ async def serve_app(
     guard.bind(server)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT)
     await runner.setup()
-    purger: asyncio.Task[None] | None = None
+    admin = web.ServerRunner(
+        web.Server(admin_handler(app.health, app.metrics), access_log=None),
+        handle_signals=False,
+        shutdown_timeout=1.0,
+    )
+    await admin.setup()
+    tasks: list[asyncio.Task[None]] = []
     try:
         for sock in sockets:
             await GuardedSite(runner, sock, guard, _BACKLOG).start()
-        purger = asyncio.create_task(app.purge_forever(purge_interval))
+        for sock in admin_sockets:
+            await web.SockSite(admin, sock, backlog=_BACKLOG).start()
+        tasks.append(asyncio.create_task(app.purge_forever(purge_interval)))
+        if admin_sockets:
+            tasks.append(asyncio.create_task(_publish_connections(app.metrics, guard)))
         await stop.wait()
     finally:
-        if purger is not None:
-            purger.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await purger
+                await task
+        await admin.cleanup()
         await runner.cleanup()
+        app.metrics.set_connections(0)
         if writer is not None:
             writer.close()
+
+
+async def _publish_connections(metrics: Metrics, guard: ConnectionGuard) -> None:
+    """Publish this worker's open connections for ``/metrics`` (a live-summed gauge)."""
+    while True:
+        metrics.set_connections(guard.count)
+        await asyncio.sleep(_CONNECTIONS_EVERY)
+
+
+def _metrics_for(config: StoreConfig) -> Metrics:
+    if config.ops.admin_listen is None:
+        return Metrics()
+    from sipcert.server.metrics import PrometheusMetrics
+
+    return PrometheusMetrics()
 
 
 async def _worker_main(
@@ -147,15 +209,27 @@ async def _worker_main(
     ssl_context: ssl.SSLContext,
     sockets: Sequence[socket.socket],
     ready: Callable[[], None] | None = None,
+    admin_sockets: Sequence[socket.socket] = (),
+    read_config: ReadConfig | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloader: Reloader | None = None
+    reloading: set[asyncio.Task[bool]] = set()
+
+    def on_hangup() -> None:
+        if reloader is not None:
+            task = loop.create_task(reloader.reload())
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     if ready is not None:  # announced only now, so a SIGTERM right after it stops cleanly
         ready()
     secret = config.nonce_secret or load_or_create_secret(config.data_dir)
-    storage = open_store(config.db)
+    storage = open_store(config.db, migrate=config.ops.db_upgrade)
     credentials = open_credentials(config.credentials)
     shared = open_shared_state(
         storage,
@@ -175,7 +249,10 @@ async def _worker_main(
             auth_failures=config.auth_failures,
             auth_failure_window=config.auth_failure_window,
             limiter=shared.limiter,
+            metrics=_metrics_for(config),
+            audit=Audit(config.ops.frontend_name),
         )
+        reloader = Reloader(config, ssl_context, app, read_config)
         await serve_app(
             app,
             ssl_context,
@@ -184,11 +261,13 @@ async def _worker_main(
             access_log=config.access_log,
             purge_interval=config.purge_interval,
             limits=config.connections,
+            admin_sockets=admin_sockets,
+            json_access_log=config.ops.log_format == "json",
         )
         log.info("worker %d stopped", os.getpid())
     finally:
         shared.close()
-        await credentials.close()
+        await (app.credentials if reloader is not None else credentials).close()
         await storage.close()
 
 
@@ -206,15 +285,38 @@ def _run_worker(
     ssl_context: ssl.SSLContext,
     sockets: Sequence[socket.socket],
     ready: Callable[[], None] | None = None,
+    admin_sockets: Sequence[socket.socket] = (),
+    read_config: ReadConfig | None = None,
 ) -> None:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_worker_main(config, ssl_context, sockets, ready))
+        runner.run(_worker_main(config, ssl_context, sockets, ready, admin_sockets, read_config))
 
 
 async def _check_sources(config: StoreConfig) -> None:
-    """Open storage and local credential sources once, so mistakes show before serving."""
-    storage = open_store(config.db)
-    await storage.close()
+    """Open storage and local credential sources once, so mistakes show before serving.
+
+    The database schema is migrated here, once, before any worker starts (``db_upgrade``,
+    on by default); with ``db_upgrade = false`` an outdated schema stops the start.
+    """
+    storage = open_store(config.db, migrate=False)
+    try:
+        status = await storage.schema_status()
+        if not status.up_to_date:
+            if not config.ops.db_upgrade:
+                raise StorageError(
+                    f"the certificate database has schema version {status.current}, this "
+                    f"sipcert needs {status.latest}: run `sipcert db upgrade` (db_upgrade is off)"
+                )
+            after = await storage.upgrade()
+            # Creating the tables of a new database is routine; a migration is news.
+            log.log(
+                logging.INFO if status.current else logging.DEBUG,
+                "certificate database schema upgraded from %d to %d",
+                status.current,
+                after.current,
+            )
+    finally:
+        await storage.close()
     credentials = open_credentials(config.credentials)
     try:
         if isinstance(credentials, FileCredentials | KamailioSQLiteCredentials):
@@ -228,17 +330,36 @@ async def _check_sources(config: StoreConfig) -> None:
     ).close()
 
 
-def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
+def run(
+    config: StoreConfig,
+    *,
+    announce: Callable[[str], None] | None = None,
+    read_config: ReadConfig | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop).
+
+    SIGHUP reloads TLS files and credentials (:mod:`sipcert.server.lifecycle`), reading the
+    configuration again with ``read_config`` when given.
+    """
     ssl_context = build_tls(config)
     asyncio.run(_check_sources(config))
-    sockets = bind_sockets(config.listen)
+    if config.ops.admin_listen is not None:  # before anything imports prometheus_client
+        prepare_multiprocess_dir(config.data_dir / METRICS_DIR)
+    admin_sockets = bind_sockets([config.ops.admin_listen] if config.ops.admin_listen else [])
+    try:
+        sockets = bind_sockets(config.listen)
+    except BaseException:
+        for sock in admin_sockets:
+            sock.close()
+        raise
+    sockets_to_close = [*sockets, *admin_sockets]
     try:
         config = _fit_descriptor_limit(config)
         bound = ", ".join(_address_of(s) for s in sockets)
+        admin = "".join(f", admin on http://{_address_of(s)}" for s in admin_sockets)
         message = (
             f"serving {', '.join(config.domain_names)} on {bound} "
-            f"(pid {os.getpid()}, {config.workers} worker(s))"
+            f"(pid {os.getpid()}, {config.workers} worker(s){admin})"
         )
 
         def ready() -> None:
@@ -248,11 +369,11 @@ def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -
                 log.info("%s", message)
 
         if config.workers == 1:
-            _run_worker(config, ssl_context, sockets, ready)
+            _run_worker(config, ssl_context, sockets, ready, admin_sockets, read_config)
             return 0
-        return _prefork(config, ssl_context, sockets, ready)
+        return _prefork(config, ssl_context, sockets, ready, admin_sockets, read_config)
     finally:
-        for sock in sockets:
+        for sock in sockets_to_close:
             sock.close()
 
 
@@ -279,15 +400,22 @@ def _address_of(sock: socket.socket) -> str:
 
 
 def _spawn(
-    config: StoreConfig, ssl_context: ssl.SSLContext, sockets: Sequence[socket.socket]
+    config: StoreConfig,
+    ssl_context: ssl.SSLContext,
+    sockets: Sequence[socket.socket],
+    admin_sockets: Sequence[socket.socket],
+    read_config: ReadConfig | None,
 ) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child; covered by the integration tests
         status = 1
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _run_worker(config, ssl_context, sockets)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
+            die_with_parent(parent)
+            _run_worker(config, ssl_context, sockets, None, admin_sockets, read_config)
             status = 0
         except SipCertError as exc:
             log.error("worker %d: %s", os.getpid(), exc)
@@ -304,8 +432,15 @@ def _prefork(
     ssl_context: ssl.SSLContext,
     sockets: Sequence[socket.socket],
     ready: Callable[[], None],
+    admin_sockets: Sequence[socket.socket] = (),
+    read_config: ReadConfig | None = None,
 ) -> int:
-    """Run ``config.workers`` processes; restart one that dies, stop all on a signal."""
+    """Run ``config.workers`` processes; restart one that dies, stop all on a signal.
+
+    SIGHUP is checked here first (the new configuration and TLS files must load), then
+    passed to every worker, which reloads in place; a worker started later forks from the
+    reloaded state.
+    """
     stopping = False
     children: set[int] = set()
 
@@ -316,19 +451,42 @@ def _prefork(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def hangup(_signum: int, _frame: object) -> None:
+        nonlocal config, ssl_context
+        try:
+            new_config = read_config() if read_config is not None else config
+            new_context = build_tls(new_config)
+        except SipCertError as exc:
+            log.error("reload refused, still serving as before: %s", exc)
+            return
+        # Workers started from now on fork with the new files; what needs a restart stays.
+        config = dataclasses.replace(
+            new_config, workers=config.workers, connections=config.connections
+        )
+        ssl_context = new_context
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
     ready()
     restarts: list[float] = []
     status = 0
+
+    def spawn() -> int:
+        return _spawn(config, ssl_context, sockets, admin_sockets, read_config)
+
     try:
         for _ in range(config.workers):
-            children.add(_spawn(config, ssl_context, sockets))
+            children.add(spawn())
         while children:
             try:
                 pid, wait_status = os.wait()
             except ChildProcessError:
                 break
             children.discard(pid)
+            mark_process_dead(pid)
             if stopping:
                 continue
             code = os.waitstatus_to_exitcode(wait_status)
@@ -340,7 +498,7 @@ def _prefork(
                 status = 1
                 forward(signal.SIGTERM, None)
                 continue
-            children.add(_spawn(config, ssl_context, sockets))
+            children.add(spawn())
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

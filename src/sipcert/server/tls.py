@@ -38,6 +38,7 @@ __all__ = [
     "DomainContext",
     "build_sni_context",
     "load_domain_context",
+    "replace_domain_contexts",
     "sni_domain",
 ]
 
@@ -122,6 +123,26 @@ def load_domain_context(
     return ctx
 
 
+class _SniContext(ssl.SSLContext):
+    """The listening context; :attr:`domain_contexts` is what its SNI callback picks from."""
+
+    domain_contexts: dict[str, DomainContext]
+
+
+def replace_domain_contexts(
+    listener: ssl.SSLContext, contexts: Mapping[str, DomainContext]
+) -> None:
+    """Present ``contexts`` from the next handshake on (SIGHUP after a certificate renewal).
+
+    Connections already open keep the certificate they were made with; nothing is dropped.
+    Only the domains ``listener`` already serves are replaced (adding one needs a restart).
+    """
+    if not isinstance(listener, _SniContext):
+        raise ConfigError("not a listening context made by build_sni_context")
+    current = listener.domain_contexts
+    current.update({name: ctx for name, ctx in contexts.items() if name in current})
+
+
 def build_sni_context(contexts: Mapping[str, DomainContext]) -> ssl.SSLContext:
     """The listening context: picks ``contexts[sni]``, refuses unknown or missing SNI.
 
@@ -131,7 +152,8 @@ def build_sni_context(contexts: Mapping[str, DomainContext]) -> ssl.SSLContext:
     if not contexts:
         raise ConfigError("no domain to serve: configure at least one domain with its TLS files")
     per_domain = dict(contexts)
-    listener: ssl.SSLContext = _base_context()
+    listener: _SniContext = _base_context(_SniContext)
+    listener.domain_contexts = per_domain
 
     def choose(sslobj: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
         ctx = per_domain.get(server_name.lower().rstrip(".")) if server_name else None

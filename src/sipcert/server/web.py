@@ -442,6 +442,8 @@ def render_account_page(
 
 Authenticate = Callable[[web.BaseRequest, str], Awaitable[str]]
 ReadBody = Callable[[web.BaseRequest, int], Awaitable[bytes]]
+#: ``delete(request, username, aor, cert_hash, via)``: how many certificates were revoked.
+Delete = Callable[[web.BaseRequest, str, AOR, str | None, str], Awaitable[int]]
 
 
 def _headers(response: web.Response) -> web.Response:
@@ -463,8 +465,9 @@ class AccountPages:
 
     ``authenticate(request, domain)`` is the Store's Digest check (401/429 raised by it);
     ``read_body(request, limit)`` reads a body with a size limit (413); ``clock`` gives Unix
-    time. Errors are raised as :class:`~sipcert.errors.SipCertError` and answered by the
-    Store in its one place.
+    time; ``delete``, when given, revokes instead of ``storage.delete`` (the Store passes its
+    counted and audited one). Errors are raised as :class:`~sipcert.errors.SipCertError`
+    and answered by the Store in its one place.
     """
 
     def __init__(
@@ -475,8 +478,10 @@ class AccountPages:
         read_body: ReadBody,
         csrf: CsrfTokens,
         clock: Callable[[], float],
+        delete: Delete | None = None,
     ) -> None:
         self.storage = storage
+        self._delete = delete
         self._authenticate = authenticate
         self._read_body = read_body
         self.csrf = csrf
@@ -547,7 +552,10 @@ class AccountPages:
                 reason="csrf",
             )
         aor = self._aor(username, domain)
-        removed = await self.storage.delete(str(aor), form.cert_hash)
+        if self._delete is not None:  # the Store's own: counted and audited (issue 10)
+            removed = await self._delete(request, username, aor, form.cert_hash, "account page")
+        else:
+            removed = await self.storage.delete(str(aor), form.cert_hash)
         if removed == 0 and form.cert_hash is not None:
             # Another AOR's certHash looks exactly like one that does not exist.
             raise NotFoundError(f"{aor} has no such certificate here")

@@ -9,7 +9,13 @@ from __future__ import annotations
 from urllib.parse import unquote, urlsplit
 
 from sipcert.errors import ConfigError
-from sipcert.storage.base import CertificateStore, StoredCertificate, cert_hash_of, sha256_of
+from sipcert.storage.base import (
+    CertificateStore,
+    SchemaStatus,
+    StoredCertificate,
+    cert_hash_of,
+    sha256_of,
+)
 from sipcert.storage.memory import MemoryStore
 from sipcert.storage.mysql import MysqlStore
 from sipcert.storage.postgres import PostgresStore
@@ -20,6 +26,7 @@ __all__ = [
     "MemoryStore",
     "MysqlStore",
     "PostgresStore",
+    "SchemaStatus",
     "SqliteStore",
     "StoredCertificate",
     "cert_hash_of",
@@ -49,7 +56,7 @@ def sqlite_path_of(url: str, scheme: str) -> str:
     return path
 
 
-def open_store(url: str) -> CertificateStore:
+def open_store(url: str, *, migrate: bool = True) -> CertificateStore:
     """Open the certificate storage named by ``url``.
 
     * ``sqlite:///relative/path.db`` — a file relative to the working directory;
@@ -59,22 +66,24 @@ def open_store(url: str) -> CertificateStore:
       (``postgres://`` too) — PostgreSQL through asyncpg; see
       :meth:`PostgresStore.from_url` and ``docs/storage.md``. Nothing connects until first use.
     * ``mysql://user[:password]@host[:port]/database[?max_connections=N]`` (``mariadb://``
-      too) — MariaDB/MySQL, Galera included, through aiomysql (:meth:`MysqlStore.from_url`).
+      too) — MariaDB/MySQL, Galera included, through asyncmy (:meth:`MysqlStore.from_url`).
 
     Anything else raises :class:`ConfigError`. SQLite files and their directories are created
-    when the store is opened; PostgreSQL schemas and tables at its first operation.
+    when the store is opened; PostgreSQL schemas and tables at its first operation, unless
+    ``migrate`` is false: then an empty or older schema is left for
+    :meth:`~sipcert.storage.base.CertificateStore.upgrade` (``sipcert db upgrade``).
     """
     scheme = url.partition(":")[0].lower()
     if scheme == "sqlite":
-        return SqliteStore(sqlite_path_of(url, "sqlite"))
+        return SqliteStore(sqlite_path_of(url, "sqlite"), migrate=migrate)
     if scheme == "memory":
         if url.lower() not in ("memory://", "memory:"):
             raise ConfigError(f"{url!r}: the in-memory store takes no path; use memory://")
         return MemoryStore()
     if scheme in ("postgresql", "postgres"):
-        return PostgresStore.from_url(url)
+        return PostgresStore.from_url(url, migrate=migrate)
     if scheme in ("mysql", "mariadb"):
-        return MysqlStore.from_url(url)
+        return MysqlStore.from_url(url, migrate=migrate)
     raise ConfigError(
         # Only the scheme is echoed: the rest of a URL may carry a password.
         f"unknown certificate storage URL scheme {scheme!r}: expected sqlite:///path, "

@@ -25,6 +25,7 @@ from sipcert.proto.certs import format_cert_hash
 
 __all__ = [
     "CertificateStore",
+    "SchemaStatus",
     "StoredCertificate",
     "cert_hash_column",
     "cert_hash_from_column",
@@ -83,6 +84,22 @@ def too_many(aor: str, max_per_aor: int) -> ForbiddenError:
         f"{aor} already has {max_per_aor} valid certificates; delete one first",
         reason="too-many-certificates",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaStatus:
+    """A database's schema version and the one this sipcert uses (``sipcert db upgrade``).
+
+    ``current`` is 0 for a database without sipcert's tables yet.
+    """
+
+    current: int
+    latest: int
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when the database needs no migration."""
+        return self.current == self.latest
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +194,23 @@ class CertificateStore(Protocol):
 
     async def purge_expired(self, now: datetime) -> int:
         """Remove every expired certificate ("The Store may discard", draft §5.1)."""
+
+    async def count(self, now: datetime) -> int:
+        """How many unexpired certificates are stored, all AORs together (``/metrics``)."""
+
+    async def schema_status(self) -> SchemaStatus:
+        """The database's schema version against this sipcert's; changes nothing.
+
+        A backend opened with ``migrate=False`` answers this even for an old schema (that is
+        what ``sipcert db upgrade --check`` reads); its other operations then refuse.
+        """
+
+    async def upgrade(self) -> SchemaStatus:
+        """Create or migrate the schema to this sipcert's version; the status afterwards.
+
+        Idempotent, and safe when several processes upgrade at once (each backend takes its
+        own lock). A schema newer than this sipcert's raises :class:`StorageError`.
+        """
 
     async def close(self) -> None:
         """Release connections; the store must not be used afterwards."""

@@ -11,7 +11,13 @@ import threading
 from datetime import datetime
 
 from sipcert.errors import StorageError
-from sipcert.storage.base import StoredCertificate, check_limit, ensure_utc, too_many
+from sipcert.storage.base import (
+    SchemaStatus,
+    StoredCertificate,
+    check_limit,
+    ensure_utc,
+    too_many,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -87,6 +93,22 @@ class MemoryStore:
                 if not certs:
                     del self._by_aor[aor]
         return removed
+
+    async def count(self, now: datetime) -> int:
+        now = ensure_utc(now, "now")
+        with self._lock:
+            self._check_open()
+            return sum(
+                not c.is_expired(now) for certs in self._by_aor.values() for c in certs.values()
+            )
+
+    async def schema_status(self) -> SchemaStatus:
+        """Always current: a dict has no schema to migrate."""
+        self._check_open()
+        return SchemaStatus(1, 1)
+
+    async def upgrade(self) -> SchemaStatus:
+        return await self.schema_status()
 
     async def close(self) -> None:
         with self._lock:

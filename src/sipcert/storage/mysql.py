@@ -40,6 +40,7 @@ from sipcert.errors import ConfigError, StorageError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_NONCE_LIFETIME
 from sipcert.proto.ratelimit import Admission, LimitState, LoginLimits, decide, release
 from sipcert.storage.base import (
+    SchemaStatus,
     StoredCertificate,
     cert_hash_column,
     cert_hash_from_column,
@@ -58,6 +59,20 @@ __all__ = [
 
 #: Value in ``sipcert_schema_version`` for the schema below.
 SCHEMA_VERSION = 1
+#: Seconds a starting process waits for another one's migration.
+_SCHEMA_LOCK_WAIT = 30
+
+
+async def _schema_version(cur: Any) -> int:
+    """The database's schema version; 0 when sipcert's tables are not there yet."""
+    await cur.execute("SHOW TABLES LIKE 'sipcert_schema_version'")
+    if await cur.fetchone() is None:
+        return 0
+    await cur.execute("SELECT MAX(version) FROM sipcert_schema_version")
+    row = await cur.fetchone()
+    return int(row[0] or 0)
+
+
 #: Attempts of one transaction that lost a deadlock or a Galera certification.
 RETRIES = 8
 #: MySQL/MariaDB error codes worth a retry: deadlock or certification failure, lock wait
@@ -212,6 +227,7 @@ class MysqlStore:
         max_connections: int = 10,
         timeout: float = 10.0,
         create_schema: bool = True,
+        migrate: bool = True,
     ) -> None:
         if max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1, not {max_connections}")
@@ -238,10 +254,13 @@ class MysqlStore:
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
         self._closed = False
+        #: False: a database without sipcert's tables (Kamailio's ``subscriber``), left alone.
         self._create_schema = create_schema
+        #: False: an empty or older schema is left for ``sipcert db upgrade`` (issue 10).
+        self._migrate = migrate
 
     @classmethod
-    def from_url(cls, url: str, *, create_schema: bool = True) -> MysqlStore:
+    def from_url(cls, url: str, *, create_schema: bool = True, migrate: bool = True) -> MysqlStore:
         """A store for ``mysql://user[:password]@host[:port]/database[?max_connections=N&
         timeout=S]`` (``mariadb://`` too). Error messages never echo the URL."""
         try:
@@ -273,6 +292,7 @@ class MysqlStore:
             password=unquote(parts.password or ""),
             database=unquote(parts.path.lstrip("/")),
             create_schema=create_schema,
+            migrate=migrate,
             **kwargs,
         )
 
@@ -305,7 +325,7 @@ class MysqlStore:
                     raise self._failure("connecting", exc) from exc
                 try:
                     if self._create_schema:
-                        await self._init_schema(pool)
+                        await self._init_schema(pool, migrate=self._migrate)
                 except BaseException:
                     pool.close()
                     await pool.wait_closed()
@@ -313,31 +333,82 @@ class MysqlStore:
                 self._pool = pool
             return self._pool
 
-    async def _init_schema(self, pool: Any) -> None:
-        """Create the schema if missing; refuse one newer than this sipcert."""
+    async def schema_status(self) -> SchemaStatus:
+        """Read the version on a connection of its own (the pool may refuse an old schema)."""
+        self._check_open()
+        try:
+            conn = await self._driver.connect(**self._connect)
+        except self._errors as exc:
+            raise self._failure("connecting", exc) from exc
+        try:
+            async with conn.cursor() as cur:
+                return SchemaStatus(await _schema_version(cur), SCHEMA_VERSION)
+        except self._errors as exc:
+            raise self._failure("reading the schema version", exc) from exc
+        finally:
+            conn.close()
+
+    async def upgrade(self) -> SchemaStatus:
+        async with self._pool_lock:
+            self._check_open()
+            self._migrate = True
+            if self._pool is not None:  # already open (so already current): check again
+                await self._init_schema(self._pool, migrate=True)
+        await self._get_pool()
+        return await self.schema_status()
+
+    async def count(self, now: datetime) -> int:
+        now = ensure_utc(now, "now")
+
+        async def work(conn: Any) -> int:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT COUNT(*) FROM sipcert_certificates WHERE not_after >= %s",
+                    (_naive_utc(now),),
+                )
+                row = await cur.fetchone()
+                return int(row[0])
+
+        return await self.run("counting certificates", work)
+
+    async def _init_schema(self, pool: Any, *, migrate: bool) -> None:
+        """Create or migrate the schema (or, without ``migrate``, refuse an older one), and
+        refuse one newer than this sipcert.
+
+        ``GET_LOCK`` serialises processes starting at once on one server; under Galera it is
+        node-local, but DDL runs in total order there and every statement is idempotent
+        (``IF NOT EXISTS``, the version only grows).
+        """
         try:
             async with pool.acquire() as conn, conn.cursor() as cur:
-                await cur.execute("SHOW TABLES LIKE 'sipcert_schema_version'")
-                version = 0
-                if await cur.fetchone() is not None:
-                    await cur.execute("SELECT MAX(version) FROM sipcert_schema_version")
-                    row = await cur.fetchone()
-                    version = int(row[0] or 0)
-                if version > SCHEMA_VERSION:
-                    raise StorageError(
-                        f"certificate database {self.where}: schema version {version} is "
-                        f"newer than the version {SCHEMA_VERSION} this sipcert uses"
-                    )
-                for target in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[target]:
-                        await cur.execute(statement)
-                    await cur.execute(
-                        "INSERT INTO sipcert_schema_version (singleton, version) VALUES (1, %s) "
-                        "ON DUPLICATE KEY UPDATE version = GREATEST(version, VALUES(version))",
-                        (target,),
-                    )
+                await cur.execute("SELECT GET_LOCK('sipcert_schema', %s)", (_SCHEMA_LOCK_WAIT,))
+                try:
+                    await self._migrate_locked(cur, migrate=migrate)
+                finally:
+                    await cur.execute("SELECT RELEASE_LOCK('sipcert_schema')")
         except self._errors as exc:
             raise self._failure("creating the schema", exc) from exc
+
+    async def _migrate_locked(self, cur: Any, *, migrate: bool) -> None:
+        version = await _schema_version(cur)
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"certificate database {self.where}: schema version {version} is "
+                f"newer than the version {SCHEMA_VERSION} this sipcert uses"
+            )
+        if version < SCHEMA_VERSION and not migrate:
+            raise StorageError(
+                f"certificate database {self.where}: schema version {version} is "
+                f"older than version {SCHEMA_VERSION}: run `sipcert db upgrade`"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[target]:
+                await cur.execute(statement)
+            await cur.execute(
+                "INSERT INTO sipcert_schema_version (singleton, version) VALUES (1, %s) "
+                "ON DUPLICATE KEY UPDATE version = GREATEST(version, VALUES(version))",
+                (target,),
+            )
 
     async def run(self, action: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
         """``work(connection)`` in autocommit mode (a transaction if it begins one), retried

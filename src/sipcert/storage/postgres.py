@@ -39,6 +39,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from sipcert.errors import ConfigError, StorageError
 from sipcert.storage.base import (
+    SchemaStatus,
     StoredCertificate,
     cert_hash_column,
     cert_hash_from_column,
@@ -225,8 +226,9 @@ class PostgresStore:
     ``schema`` keeps the tables in that schema (created if missing) by making it the session's
     ``search_path``; without it the tables go where the server's ``search_path`` puts them.
     ``max_connections`` bounds the pool; ``timeout`` (seconds) bounds connecting and each
-    statement. Use one instance within one event loop; :meth:`from_url` reads all of this from
-    one URL.
+    statement. ``migrate=False`` leaves an empty or older schema as it is (``sipcert db
+    upgrade`` migrates it): :meth:`schema_status` reads it, every other operation refuses.
+    Use one instance within one event loop; :meth:`from_url` reads all of this from one URL.
     """
 
     def __init__(
@@ -236,7 +238,9 @@ class PostgresStore:
         schema: str | None = None,
         max_connections: int = 10,
         timeout: float = 10.0,
+        migrate: bool = True,
     ) -> None:
+        self._migrate = migrate
         if max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1, not {max_connections}")
         if timeout <= 0:
@@ -263,7 +267,7 @@ class PostgresStore:
         self._closed = False
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresStore:
+    def from_url(cls, url: str, *, migrate: bool = True) -> PostgresStore:
         """A store for ``postgresql://...`` or ``postgres://...``.
 
         sipcert reads and removes ``schema``, ``max_connections`` and ``timeout`` from the
@@ -301,7 +305,7 @@ class PostgresStore:
                     raise ConfigError(
                         f"PostgreSQL URL: {key}={own[key]!r} is not a number"
                     ) from None
-        return cls(dsn, **kwargs)
+        return cls(dsn, migrate=migrate, **kwargs)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
@@ -336,15 +340,56 @@ class PostgresStore:
                 except self._errors as exc:
                     raise self._failure("connecting", exc) from exc
                 try:
-                    await self._init_schema(pool)
+                    await self._init_schema(pool, migrate=self._migrate)
                 except BaseException:
                     await pool.close()
                     raise
                 self._pool = pool
             return self._pool
 
-    async def _init_schema(self, pool: Any) -> None:
-        """Create or migrate the schema, or refuse one this sipcert does not know."""
+    async def schema_status(self) -> SchemaStatus:
+        """Read the version on a connection of its own (the pool may refuse an old schema)."""
+        self._check_open()
+        try:
+            conn = await self._asyncpg.connect(
+                self._dsn, timeout=self._timeout, server_settings=self._server_settings
+            )
+        except self._errors as exc:
+            raise self._failure("connecting", exc) from exc
+        try:
+            version = 0
+            if await conn.fetchval("SELECT to_regclass('sipcert_schema_version')"):
+                version = await conn.fetchval("SELECT version FROM sipcert_schema_version")
+            return SchemaStatus(int(version), SCHEMA_VERSION)
+        except self._errors as exc:
+            raise self._failure("reading the schema version", exc) from exc
+        finally:
+            await conn.close()
+
+    async def upgrade(self) -> SchemaStatus:
+        async with self._pool_lock:
+            self._check_open()
+            self._migrate = True
+            if self._pool is not None:  # already open (so already current): check again
+                await self._init_schema(self._pool, migrate=True)
+        await self._get_pool()
+        return await self.schema_status()
+
+    async def count(self, now: datetime) -> int:
+        now = ensure_utc(now, "now")
+
+        async def work(pool: Any) -> int:
+            return int(
+                await pool.fetchval(
+                    "SELECT count(*) FROM sipcert_certificates WHERE not_after >= $1", now
+                )
+            )
+
+        return await self._run("counting certificates", work)
+
+    async def _init_schema(self, pool: Any, *, migrate: bool) -> None:
+        """Create or migrate the schema (or, without ``migrate``, refuse an older one), and
+        refuse one this sipcert does not know."""
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1::int4, 0)", _SCHEMA_LOCK_CLASS)
@@ -366,6 +411,11 @@ class PostgresStore:
                     raise StorageError(
                         f"certificate database {self.where}: schema version {version} is "
                         f"newer than the version {SCHEMA_VERSION} this sipcert uses"
+                    )
+                if version < SCHEMA_VERSION and not migrate:
+                    raise StorageError(
+                        f"certificate database {self.where}: schema version {version} is "
+                        f"older than version {SCHEMA_VERSION}: run `sipcert db upgrade`"
                     )
                 for target in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in _MIGRATIONS[target]:

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 from sipcert.errors import StorageError
 from sipcert.storage.base import (
+    SchemaStatus,
     StoredCertificate,
     cert_hash_column,
     cert_hash_from_column,
@@ -202,7 +203,10 @@ class SqliteStore:
 
     ``busy_timeout`` is how long (seconds) a write waits for another connection's lock before
     failing with :class:`StorageError`. ``read_only`` opens the file with ``mode=ro``: reads
-    work, every write fails with :class:`StorageError`. Instances may be shared across threads.
+    work, every write fails with :class:`StorageError`. ``migrate=False`` leaves an empty or
+    older file as it is (``sipcert db upgrade`` migrates it): :meth:`schema_status` reads it,
+    every other operation refuses until :meth:`upgrade`. Instances may be shared across
+    threads.
     """
 
     def __init__(
@@ -211,9 +215,13 @@ class SqliteStore:
         *,
         busy_timeout: float = 5.0,
         read_only: bool = False,
+        migrate: bool = True,
     ) -> None:
         self.path = Path(path).absolute()
         self.read_only = read_only
+        self._leave_schema = not migrate
+        #: Why operations refuse (an old schema left alone by ``migrate=False``), or None.
+        self._outdated: str | None = None
         self._subject = f"certificate database {self.path}"
         self._busy_timeout = busy_timeout
         self._reader_lock = threading.Lock()
@@ -272,6 +280,12 @@ class SqliteStore:
         """Create the schema in an empty file, or check that the file has ours."""
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION and self._leave_schema:
+                self._outdated = (
+                    f"certificate database {self.path}: schema version {version} is older "
+                    f"than version {SCHEMA_VERSION}: run `sipcert db upgrade`"
+                )
+                return
             if version == 0 and not self.read_only:
                 # Re-checked under the write lock: several processes may start at once.
                 self._in_write_transaction("creating the schema", self._create_schema)
@@ -320,7 +334,35 @@ class SqliteStore:
 
     # -- the two paths -------------------------------------------------------------------
 
+    async def schema_status(self) -> SchemaStatus:
+        with self._reader_lock:
+            if self._reader is None:
+                raise StorageError(f"certificate database {self.path} is closed")
+            try:
+                version = self._reader.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise storage_error(self._subject, "reading the schema version", exc) from exc
+        return SchemaStatus(int(version), SCHEMA_VERSION)
+
+    async def upgrade(self) -> SchemaStatus:
+        writer = self._writer
+        if writer is None:
+            raise StorageError(f"certificate database {self.path} is closed")
+        self._leave_schema = False
+        self._init_schema(writer)  # takes the write lock itself; BEGIN IMMEDIATE serialises
+        self._outdated = None
+        return await self.schema_status()
+
+    async def count(self, now: datetime) -> int:
+        rows = self._read(
+            "SELECT count(*) FROM certificates WHERE not_after >= ?",
+            (_to_us(ensure_utc(now, "now")),),
+        )
+        return int(rows[0][0])
+
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        if self._outdated is not None:
+            raise StorageError(self._outdated)
         with self._reader_lock:
             if self._reader is None:
                 raise StorageError(f"certificate database {self.path} is closed")
@@ -348,6 +390,8 @@ class SqliteStore:
                 raise
 
     async def _write(self, action: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._outdated is not None:
+            raise StorageError(self._outdated)
         return await asyncio.to_thread(self._in_write_transaction, action, work)
 
     # -- the contract --------------------------------------------------------------------
