@@ -92,10 +92,10 @@ from sipcert.proto.store import (
 )
 from sipcert.server.audit import Audit
 from sipcert.server.credentials import CredentialSource
-from sipcert.server.shared import as_async_counter, as_async_limiter
 from sipcert.server.jsonlog import iso_time, json_line
 from sipcert.server.metrics import Metrics, route_of
 from sipcert.server.ops import HEALTH_PATH, READY_PATH, Health
+from sipcert.server.shared import as_async_counter, as_async_limiter
 from sipcert.server.tls import sni_domain
 from sipcert.server.web import ACCOUNT_PATH, REVOKE_PATH, AccountPages, CsrfTokens
 from sipcert.storage import CertificateStore, StoredCertificate
