@@ -15,7 +15,8 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     │   ├── CertificateParseError      DER/PEM that is not a certificate
     │   ├── DigestHeaderError          a malformed WWW-Authenticate / Authorization header
     │   ├── MIMEError                  a malformed MIME entity or multipart body
-    │   └── CMSError                   a malformed CMS (PKCS#7) structure
+    │   ├── CMSError                   a malformed CMS (PKCS#7) structure
+    │   └── LogFormatError             a malformed signed note, checkpoint, tile or proof
     ├── AuthenticationError            Digest credentials missing or wrong (401)
     │   └── StaleNonceError            a genuine nonce that has expired (401, stale=true)
     ├── ForbiddenError                 authenticated but not allowed (403)
@@ -23,7 +24,9 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     ├── NotFoundError                  nothing there (404)
     ├── CryptoError                    a cryptographic operation failed
     │   ├── SignatureError             a signature does not verify
-    │   └── DecryptionError            no usable recipient, or decryption failed
+    │   ├── DecryptionError            no usable recipient, or decryption failed
+    │   └── ProofError                 a transparency-log proof does not verify
+    │       └── ForkError              two views of one log are inconsistent (split view)
     ├── NameMismatchError              a TLS server name does not match the AOR domain (draft §4.3)
     ├── LocationError                  the Store could not be located (DNS)
     ├── TransportError                 a network or TLS failure
@@ -47,13 +50,16 @@ __all__ = [
     "DecryptionError",
     "DigestHeaderError",
     "ForbiddenError",
+    "ForkError",
     "HeaderTooLargeError",
     "InputError",
     "InputTooLargeError",
     "LocationError",
+    "LogFormatError",
     "MIMEError",
     "NameMismatchError",
     "NotFoundError",
+    "ProofError",
     "RateLimitedError",
     "SignatureError",
     "SipCertError",
@@ -122,6 +128,10 @@ class CMSError(InputError):
     """A CMS (PKCS#7) structure that does not parse or is not of the expected type."""
 
 
+class LogFormatError(InputError):
+    """A signed note, checkpoint, tile, entry or proof that does not parse (C2SP formats)."""
+
+
 class AuthenticationError(SipCertError):
     """Digest authentication failed; unknown user and wrong password look the same."""
 
@@ -178,6 +188,19 @@ class SignatureError(CryptoError):
 
 class DecryptionError(CryptoError):
     """An enveloped message could not be decrypted with the keys we hold."""
+
+
+class ProofError(CryptoError):
+    """A transparency-log proof or checkpoint signature does not verify (docs/transparency.md)."""
+
+
+class ForkError(ProofError):
+    """Two checkpoints of one log cannot both be true: the log showed a split view.
+
+    Its own exit code, because it is evidence against the Store, not a transient failure.
+    """
+
+    exit_code = 15
 
 
 class NameMismatchError(SipCertError):
