@@ -84,6 +84,7 @@ from sipcert.proto.store import (
     parse_upload,
 )
 from sipcert.server.credentials import CredentialSource
+from sipcert.server.tlog import LOG_PREFIX, LoggedStore, TransparencyLog
 from sipcert.server.tls import sni_domain
 from sipcert.server.web import ACCOUNT_PATH, REVOKE_PATH, AccountPages, CsrfTokens
 from sipcert.storage import CertificateStore, StoredCertificate
@@ -327,8 +328,14 @@ class StoreApp:
         limiter: LoginLimiter | None = None,
         clock: Callable[[], float] = time.time,
         sni_of: Callable[[web.BaseRequest], str | None] | None = None,
+        tlog: TransparencyLog | None = None,
     ) -> None:
         self.domains = frozenset(domains)
+        # Issue 14: every enrollment and revocation (PUT, DELETE, the revocation page) is
+        # logged before it is answered (docs/transparency.md).
+        self.tlog = tlog
+        if tlog is not None:
+            storage = LoggedStore(storage, tlog)
         self.storage = storage
         self.credentials = credentials
         self.policy = policy
@@ -376,6 +383,8 @@ class StoreApp:
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path != SEARCH_PATH:
+            if self.tlog is not None and request.path.startswith(LOG_PREFIX):
+                return await self._log_resource(request, self.tlog)
             if request.path in (ACCOUNT_PATH, REVOKE_PATH):
                 return await self.account_pages.handle(request, self._domain_of(request))
             raise NotFoundError(f"no such resource; the Store answers at {SEARCH_PATH}")
@@ -391,6 +400,16 @@ class StoreApp:
         if method == "PUT":
             return await self._put(request, query, domain)
         return await self._delete(request, query, domain)
+
+    async def _log_resource(
+        self, request: web.BaseRequest, tlog: TransparencyLog
+    ) -> web.StreamResponse:
+        """``/log/...``: the domain's tlog-tiles resources (server.tlog)."""
+        if request.method not in ("GET", "HEAD"):
+            response = _plain(405, "the log is read-only; use GET")
+            response.headers["Allow"] = "GET, HEAD"
+            raise _RefusalError(response)
+        return await tlog.handle(request.path, self._domain_of(request))
 
     def _domain_of(self, request: web.BaseRequest) -> str:
         """The served domain this connection speaks for (TLS SNI), or 404 (draft §4.3)."""

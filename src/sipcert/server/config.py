@@ -20,6 +20,7 @@ from sipcert.errors import AORError, ConfigError, InputTooLargeError
 from sipcert.proto.aor import normalize_domain
 from sipcert.proto.ratelimit import LoginLimits
 from sipcert.proto.store import StorePolicy
+from sipcert.server.tlog import TransparencyConfig, parse_transparency
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -62,6 +63,7 @@ _TOP_KEYS = frozenset(
         "max_head_size",
         "policy",
         "domain",
+        "transparency",
     }
 )
 _POLICY_KEYS = frozenset({"max_age", "max_per_aor", "max_lifetime_days", "max_certificate_size"})
@@ -131,6 +133,8 @@ class StoreConfig:
     #: Days a (user, address) pair that succeeded is not refused for the user's bucket.
     auth_trust_days: int = 30
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: The transparency log (issue 14, docs/transparency.md); None: no log is published.
+    transparency: TransparencyConfig | None = None
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -185,6 +189,7 @@ class StoreConfig:
             auth_failure_window=float(auth_failure_window),
             auth_failures_per_user=auth_failures_per_user,
             auth_trust_days=auth_trust_days,
+            transparency=parse_transparency(doc.get("transparency")),
         )
 
     @property

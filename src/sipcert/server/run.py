@@ -45,8 +45,10 @@ from sipcert.server.http import StoreServer
 from sipcert.server.limits import SqliteLoginLimiter
 from sipcert.server.logsafe import SafeFormatter
 from sipcert.server.nonces import SqliteNonceCounter, load_or_create_secret
+from sipcert.server.tlog import TransparencyLog, load_or_create_log_keys
 from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
 from sipcert.storage import open_store
+from sipcert.storage.tlog import open_log
 
 __all__ = ["bind_sockets", "build_tls", "run", "serve_app", "setup_logging"]
 
@@ -163,7 +165,12 @@ async def _worker_main(
         config.data_dir / NONCE_DB, retention=config.nonce_lifetime + DEFAULT_MAX_CLOCK_SKEW
     )
     limiter = SqliteLoginLimiter(config.data_dir / LIMITS_DB, config.login_limits)
+    tlog = open_transparency(config)
+    sequencer: asyncio.Task[None] | None = None
     try:
+        if tlog is not None:
+            await tlog.start()
+            sequencer = asyncio.create_task(tlog.run_forever())
         app = StoreApp(
             domains=config.domain_names,
             storage=storage,
@@ -175,6 +182,7 @@ async def _worker_main(
             auth_failures=config.auth_failures,
             auth_failure_window=config.auth_failure_window,
             limiter=limiter,
+            tlog=tlog,
         )
         await serve_app(
             app,
@@ -187,10 +195,29 @@ async def _worker_main(
         )
         log.info("worker %d stopped", os.getpid())
     finally:
+        if sequencer is not None:
+            sequencer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sequencer
+        if tlog is not None:
+            await tlog.store.close()
         limiter.close()
         nonces.close()
         await credentials.close()
         await storage.close()
+
+
+def open_transparency(config: StoreConfig) -> TransparencyLog | None:
+    """The transparency log of ``config`` (one per served domain), or None when it is off."""
+    if config.transparency is None:
+        return None
+    keys = {d: load_or_create_log_keys(config.data_dir, d) for d in config.domain_names}
+    return TransparencyLog(
+        open_log(config.db, config.data_dir),
+        keys,
+        interval=config.transparency.interval,
+        witnesses=config.transparency.witnesses,
+    )
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -226,6 +253,9 @@ async def _check_sources(config: StoreConfig) -> None:
         load_or_create_secret(config.data_dir)
     SqliteNonceCounter(config.data_dir / NONCE_DB).close()
     SqliteLoginLimiter(config.data_dir / LIMITS_DB).close()
+    tlog = open_transparency(config)  # creates each log's key once, before any fork
+    if tlog is not None:
+        await tlog.store.close()
 
 
 def run(config: StoreConfig, *, announce: Callable[[str], None] | None = None) -> int:

@@ -1,0 +1,103 @@
+"""The log's SQLite storage: batches, the sequencer lease, tiles and proofs from stored nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from sipcert.errors import StorageError
+from sipcert.proto import merkle
+from sipcert.proto.note import Signer, open_note, sign_note
+from sipcert.proto.tlog import Checkpoint, Entry, Operation
+from sipcert.storage.tlog import SqliteLog, edge_nodes
+
+SIGNER = Signer.generate("example.com")
+
+
+def sign(domain: str, checkpoint: Checkpoint) -> bytes:
+    return sign_note(checkpoint.text(), [SIGNER]).to_bytes()
+
+
+def test_edge_nodes() -> None:
+    assert edge_nodes(0) == []
+    assert edge_nodes(1) == [(0, 0)]
+    assert edge_nodes(6) == [(2, 0), (1, 2)]
+    assert edge_nodes(7) == [(2, 0), (1, 2), (0, 6)]
+
+
+async def _fill(log: SqliteLog, domain: str, count: int, now_ms: int) -> None:
+    commitment = hashlib.sha256(b"aor").digest()
+    items = [
+        (Operation.ENROLL, commitment, hashlib.sha256(b"%d" % i).digest()) for i in range(count)
+    ]
+    pending = await log.submit_many(domain, items)
+    assert await log.integrate("me", now_ms, 10_000, sign, 10_000) is not None
+    assert [await log.sequenced(p) for p in pending[-1:]] != [None]
+
+
+def test_batches_build_the_same_tree_as_memory(tmp_path: Path) -> None:
+    async def main() -> None:
+        log = SqliteLog(tmp_path / "db")
+        await log.ensure_checkpoint("example.com", sign)
+        empty = Checkpoint.from_note(await log.checkpoint("example.com") or b"")
+        assert (empty.size, empty.root) == (0, merkle.EMPTY_ROOT)
+        expected = merkle.MemoryTree()
+        for batch, count in enumerate((1, 5, 250, 300)):
+            await _fill(log, "example.com", count, 1000 + batch)
+            start = expected.size
+            entries = await log.entries("example.com", start, count)
+            assert len(entries) == count
+            assert all(Entry.parse(e).sequenced_ms == 1000 + batch for e in entries)
+            expected.append_hashes([merkle.leaf_hash(e) for e in entries])
+        note = await log.checkpoint("example.com")
+        assert note is not None
+        open_note(note, [SIGNER.verifier])
+        cp = Checkpoint.from_note(note)
+        assert (cp.size, cp.root) == (556, expected.root())
+        assert await log.hashes("example.com", 8, 0, 5) == [
+            expected.node(8, 0),
+            expected.node(8, 1),
+        ]
+        reader = log.node_reader("example.com")
+        assert merkle.consistency_proof(reader, 6, 556) == merkle.consistency_proof(
+            expected, 6, 556
+        )
+        # Another domain's log is its own tree.
+        await _fill(log, "other.example", 2, 5)
+        other = Checkpoint.from_note(await log.checkpoint("other.example") or b"")
+        assert other.size == 2
+        await log.close()
+
+    asyncio.run(main())
+
+
+def test_lease_keeps_a_second_sequencer_out_until_it_expires(tmp_path: Path) -> None:
+    async def main() -> None:
+        first, second = SqliteLog(tmp_path / "db"), SqliteLog(tmp_path / "db")
+        pending = await first.submit("example.com", Operation.REVOKE, b"a" * 32, b"b" * 32)
+        assert await second.integrate("B", 1000, 5000, sign, 10) is not None
+        assert await first.sequenced(pending) == 0
+        assert await first.integrate("A", 2000, 5000, sign, 10) is None  # B holds it to 6000
+        assert await first.integrate("A", 6001, 5000, sign, 10) == []  # expired: A takes over
+        assert await second.integrate("B", 7000, 5000, sign, 10) is None
+        await first.close()
+        await second.close()
+        with pytest.raises(StorageError, match="closed"):
+            await first.checkpoint("example.com")
+
+    asyncio.run(main())
+
+
+def test_add_cosignatures_only_to_the_same_size(tmp_path: Path) -> None:
+    async def main() -> None:
+        log = SqliteLog(tmp_path / "db")
+        await _fill(log, "example.com", 3, 1)
+        assert await log.add_cosignatures("example.com", 3, b"new note")
+        assert await log.checkpoint("example.com") == b"new note"
+        assert not await log.add_cosignatures("example.com", 2, b"old note")
+        await log.close()
+
+    asyncio.run(main())
