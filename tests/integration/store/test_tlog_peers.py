@@ -1,0 +1,246 @@
+"""A real ``sipcert serve`` publishing its log, checked by peers we did not write (issue 14).
+
+* ``aics-witness`` (C2SP tlog-witness) on loopback is configured with the Store's log key; the
+  Store submits each checkpoint to it with a consistency proof, and serves its cosignature.
+  The witness refuses a checkpoint signed by the same key that forks the log.
+* ``aics-tlog`` (C2SP tlog-tiles/checkpoint/signed-note/cosignature verifier) checks the
+  checkpoint, tiles, entry bundles, an inclusion and a consistency proof, on a byte-exact
+  mirror of what the Store served over HTTPS with SNI.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sipcert.client.fetch import DigestAuth
+from sipcert.proto import merkle
+from sipcert.proto.note import Verifier, open_note, parse_note, sign_note
+from sipcert.proto.tlog import (
+    TILE_HEIGHT,
+    Checkpoint,
+    Entry,
+    Operation,
+    TileNodes,
+    TilePath,
+    WitnessRequest,
+    aor_commitment,
+    decode_entry_bundle,
+    tile_width,
+)
+from sipcert.server.tlog import LogKeys, load_or_create_log_keys
+from tests.integration.store.conftest import (
+    NONCE_LIFETIME,
+    StoreFiles,
+    StoreProcess,
+    make_store_files,
+)
+from tests.integration.store.test_store_e2e import der, get, put, target, user_cert
+from tests.integration.store.tlog_peers import WitnessProcess, peer, run_witness
+
+DOMAIN = "example.com"
+
+
+@dataclass
+class LoggedStore:
+    store: StoreProcess
+    files: StoreFiles
+    keys: LogKeys
+    witness: WitnessProcess
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoggedStore]:
+    peer("aics-tlog")
+    root = tmp_path_factory.mktemp("tlog")
+    files = make_store_files(root)
+    # The log key exists before the Store starts, so the witness can be told to trust it.
+    keys = load_or_create_log_keys(files.data_dir, DOMAIN)
+    with run_witness(root / "witness", {DOMAIN: keys.signer.verifier.vkey}) as witness:
+        config = root / "store.toml"
+        config.write_text(
+            f"nonce_lifetime = {NONCE_LIFETIME}\n"
+            "[transparency]\ninterval = 0.1\n"
+            f'witnesses = [{{vkey = "{witness.vkey}", url = "{witness.url}"}}]\n'
+        )
+        store = StoreProcess(files, extra=["--config", str(config)])
+        store.start()
+        try:
+            yield LoggedStore(store, files, keys, witness)
+        finally:
+            store.stop()
+
+
+def fetch(logged: LoggedStore, path: str) -> httpx.Response:
+    response = get(logged.store, DOMAIN, path)
+    assert response.status_code == 200, (path, response.status_code, response.text)
+    return response
+
+
+def cosigned_checkpoint(logged: LoggedStore, size: int, timeout: float = 20.0) -> bytes:
+    """The served checkpoint once it is at ``size`` and carries the witness's cosignature."""
+    verifiers = [logged.keys.signer.verifier, Verifier.parse(logged.witness.vkey)]
+    deadline = time.monotonic() + timeout
+    while True:
+        note = fetch(logged, "/log/checkpoint").content
+        opened = open_note(note, verifiers)
+        if Checkpoint.parse(opened.note.text).size >= size and len(opened.verified) == 2:
+            return note
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no cosigned checkpoint of size {size}:\n{note.decode()}")
+        time.sleep(0.05)
+
+
+def mirror(logged: LoggedStore, note: bytes, folder: Path) -> Checkpoint:
+    """Copy the checkpoint and every tile and bundle it needs, byte for byte, to ``folder``."""
+    checkpoint = Checkpoint.from_note(note)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "checkpoint").write_bytes(note)
+    for level in [*range(4), None]:
+        tree_level = 0 if level is None else level
+        for index in range(checkpoint.size // (256 ** (tree_level + 1)) + 1):
+            width = tile_width(tree_level, index, checkpoint.size)
+            if not width:
+                continue
+            path = TilePath(level, index, width).path()
+            response = fetch(logged, "/log/" + path)
+            assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_bytes(response.content)
+    return checkpoint
+
+
+def aics_tlog(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [peer("aics-tlog"), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def enroll(logged: LoggedStore, aor: str, slot: int) -> bytes:
+    body = der(user_cert(aor, slot=slot))
+    response = put(logged.store, aor, body)
+    assert response.status_code == 201, response.text
+    return body
+
+
+def test_enrollments_are_logged_cosigned_and_verify_with_aics_tlog(
+    logged: LoggedStore, tmp_path: Path
+) -> None:
+    vkey = fetch(logged, "/log/vkey")
+    assert vkey.text == logged.keys.signer.verifier.vkey + "\n"
+    checkpoint_response = fetch(logged, "/log/checkpoint")
+    assert checkpoint_response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert checkpoint_response.headers["Cache-Control"] == "public, max-age=1"
+
+    alice = enroll(logged, "alice@example.com", 0)
+    first = cosigned_checkpoint(logged, 1)
+    (tmp_path / "old.note").write_bytes(first)
+    bobs = [enroll(logged, "bob@example.com", slot) for slot in range(2)]
+    revoked = put(logged.store, "bob@example.com", bobs[0])  # a retried PUT is logged again
+    assert revoked.status_code == 200
+    with logged.store.client(DOMAIN) as client:
+        gone = client.delete(
+            logged.store.url(DOMAIN, target("bob@example.com")),
+            auth=DigestAuth("bob", "bob-secret"),
+        )
+    assert gone.status_code == 204
+    note = cosigned_checkpoint(logged, 6)
+    checkpoint = mirror(logged, note, tmp_path / "mirror")
+    assert checkpoint.origin == DOMAIN
+    assert parse_note(note).signatures[0].name == DOMAIN
+
+    # Our own reading of the served bytes first.
+    tiles = tmp_path / "mirror"
+    reader = TileNodes(
+        checkpoint.size,
+        lambda level, index, width: (tiles / TilePath(level, index, width).path()).read_bytes(),
+    )
+    assert merkle.root(reader, checkpoint.size) == checkpoint.root
+    bundle = (tiles / TilePath(None, 0, checkpoint.size).path()).read_bytes()
+    entries = [Entry.parse(e) for e in decode_entry_bundle(bundle, checkpoint.size)]
+    alice_c = aor_commitment(logged.keys.commitment_key, "alice@example.com")
+    bob_c = aor_commitment(logged.keys.commitment_key, "bob@example.com")
+    assert [(e.operation, e.aor_commitment, e.cert_sha256) for e in entries[-6:]] == [
+        (Operation.ENROLL, alice_c, hashlib.sha256(alice).digest()),
+        (Operation.ENROLL, bob_c, hashlib.sha256(bobs[0]).digest()),
+        (Operation.ENROLL, bob_c, hashlib.sha256(bobs[1]).digest()),
+        (Operation.ENROLL, bob_c, hashlib.sha256(bobs[0]).digest()),
+        (Operation.REVOKE, bob_c, hashlib.sha256(bobs[0]).digest()),
+        (Operation.REVOKE, bob_c, hashlib.sha256(bobs[1]).digest()),
+    ]  # the DELETE revokes in the Store's order: enrollment time, then sha256
+    assert all(b"bob" not in e.to_bytes() for e in entries)  # no AOR in the clear
+
+    # Then the independent verifier, on the same bytes.
+    log_key, witness_key = logged.keys.signer.verifier.vkey, logged.witness.vkey
+    common = ["--tiles", tiles.as_uri() + "/", "--log-key", log_key]
+    verified = aics_tlog(
+        "verify-checkpoint",
+        *common,
+        "--witness-key",
+        witness_key,
+        "--quorum",
+        "1",
+        "--max-age",
+        "600",
+        "--origin",
+        DOMAIN,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    index = checkpoint.size - 6
+    entry_out = tmp_path / "entry.bin"
+    included = aics_tlog(
+        "verify-inclusion", *common, "--index", str(index), "--entry-out", str(entry_out)
+    )
+    assert included.returncode == 0, included.stdout + included.stderr
+    assert Entry.parse(entry_out.read_bytes()).cert_sha256 == hashlib.sha256(alice).digest()
+    consistent = aics_tlog(
+        "verify-consistency", *common, "--old-checkpoint", str(tmp_path / "old.note")
+    )
+    assert consistent.returncode == 0, consistent.stdout + consistent.stderr
+
+
+def test_witness_refuses_a_fork_signed_with_the_log_key(logged: LoggedStore) -> None:
+    """A split view: the Store's own key signs a second history; the witness will not cosign."""
+    enroll(logged, "dave@example.com", 0)
+    note = cosigned_checkpoint(logged, 1)
+    honest = Checkpoint.from_note(note)
+    witnessed = honest.size  # the witness cosigned this one
+    url = logged.witness.url + "/add-checkpoint"
+
+    def submit(checkpoint: Checkpoint, proof: tuple[bytes, ...]) -> httpx.Response:
+        signed = sign_note(checkpoint.text(), [logged.keys.signer]).to_bytes()
+        body = WitnessRequest(witnessed, proof, signed).to_bytes()
+        return httpx.post(url, content=body, timeout=10)
+
+    same_size = Checkpoint(DOMAIN, witnessed, hashlib.sha256(b"another history").digest())
+    answer = submit(same_size, ())
+    assert answer.status_code in (409, 422), answer.text  # 409 in v1.0.0, 422 in v1.1.0
+    bigger = Checkpoint(DOMAIN, witnessed + 1, hashlib.sha256(b"forked").digest())
+    forged_proof = (base64.b64decode(base64.b64encode(hashlib.sha256(b"x").digest())),)
+    answer = submit(bigger, forged_proof)
+    assert answer.status_code == 422, answer.text
+    # The Store's own next checkpoint is still accepted: the refusal changed nothing.
+    enroll(logged, "erin@example.com", 0)
+    cosigned_checkpoint(logged, witnessed + 1)
+
+
+def test_tiles_that_do_not_exist_are_404(logged: LoggedStore) -> None:
+    size = Checkpoint.from_note(fetch(logged, "/log/checkpoint").content).size
+    for path in (
+        f"/log/tile/0/000.p/{min(size + 1, 255)}",
+        f"/log/tile/{TILE_HEIGHT}/000",
+        "/log/tile/0/0",
+        "/log/nothing",
+    ):
+        assert get(logged.store, DOMAIN, path).status_code == 404, path
+    with logged.store.client(DOMAIN) as client:
+        answer = client.post(logged.store.url(DOMAIN, "/log/checkpoint"))
+    assert answer.status_code == 405
