@@ -50,7 +50,7 @@ from sipcert.proto.tlog import (
     tile_width,
 )
 from sipcert.storage.base import CertificateStore, StoredCertificate
-from sipcert.storage.tlog import Batch, LogStore, Pending
+from sipcert.storage.tlog import Batch, LogStore, NodeDict, NodeRecorder, Pending
 
 __all__ = [
     "LOG_PREFIX",
@@ -257,14 +257,17 @@ class TransparencyLog:
 
     # -- witnesses (c2sp.org/tlog-witness) ---------------------------------------------------
 
-    def consistency(self, domain: str, old: int, new: int) -> list[bytes]:
-        return merkle.consistency_proof(self._nodes(domain), old, new)
+    async def proof(
+        self, domain: str, compute: Callable[[merkle.NodeReader], list[bytes]]
+    ) -> list[bytes]:
+        """Run a proof generator on the nodes it needs, fetched in one go from the database."""
+        recorder = NodeRecorder()
+        compute(recorder)
+        return compute(NodeDict(await self.store.nodes(domain, recorder.keys)))
 
-    def _nodes(self, domain: str) -> merkle.NodeReader:
-        reader: Callable[[str], merkle.NodeReader] | None = getattr(self.store, "node_reader", None)
-        if reader is None:
-            raise StorageError("this log backend cannot read proofs")
-        return reader(domain)
+    async def consistency(self, domain: str, old: int, new: int) -> list[bytes]:
+        """RFC 9162 §2.1.4.1 consistency proof between two sizes of the domain's log."""
+        return await self.proof(domain, lambda nodes: merkle.consistency_proof(nodes, old, new))
 
     async def _witness(self, batch: Batch) -> None:
         if not self.witnesses:
@@ -294,7 +297,7 @@ class TransparencyLog:
         client = self._http or httpx.AsyncClient(timeout=10.0)
         try:
             for _attempt in range(2):
-                proof = self.consistency(batch.domain, old, batch.new_size) if old else []
+                proof = await self.consistency(batch.domain, old, batch.new_size) if old else []
                 body = WitnessRequest(old, tuple(proof), batch.checkpoint).to_bytes()
                 try:
                     answer = await client.post(witness.add_checkpoint_url, content=body)

@@ -36,10 +36,13 @@ from sipcert.storage import sqlite_path_of
 __all__ = [
     "Batch",
     "LogStore",
+    "NodeDict",
+    "NodeRecorder",
     "Pending",
     "SqliteLog",
     "edge_nodes",
     "open_log",
+    "plan_batch",
 ]
 
 _SCHEMA = (
@@ -131,6 +134,68 @@ class Batch:
 CheckpointSigner = Callable[[str, Checkpoint], bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one domain's batch writes: entry bytes, new nodes and the signed checkpoint."""
+
+    entries: list[bytes]
+    nodes: list[tuple[int, int, bytes]]
+    batch: Batch
+
+
+def plan_batch(
+    domain: str,
+    size: int,
+    edge: dict[tuple[int, int], bytes],
+    items: Sequence[tuple[int, Entry]],
+    sign: CheckpointSigner,
+) -> Plan:
+    """The writes that append ``items`` to a tree of ``size`` whose right edge is ``edge``.
+
+    The same for every backend, so they cannot disagree on the tree they build.
+    """
+    missing = [key for key in edge_nodes(size) if key not in edge]
+    if missing:
+        raise StorageError(f"the log of {domain} is missing node {missing[0]}")
+    known = dict(edge)
+    overlay = _Overlay(known)
+    data = [entry.to_bytes() for _, entry in items]
+    made = merkle.new_nodes(size, [merkle.leaf_hash(d) for d in data], overlay)
+    for level, index, value in made:
+        known[(level, index)] = value
+    new_size = size + len(items)
+    note = sign(domain, Checkpoint(domain, new_size, merkle.root(overlay, new_size)))
+    return Plan(data, made, Batch(domain, size, new_size, note))
+
+
+class NodeRecorder:
+    """A node reader that only records which nodes a proof reads (their values are zeros).
+
+    Which nodes RFC 9162's proofs read depends only on the sizes and index, never on the
+    hashes, so a backend can fetch exactly those rows first and then compute the proof.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+
+    def node(self, level: int, index: int) -> bytes:
+        self.keys.append((level, index))
+        return bytes(merkle.HASH_SIZE)
+
+
+class NodeDict:
+    """Nodes fetched from a backend, as a :class:`~sipcert.proto.merkle.NodeReader`."""
+
+    def __init__(self, nodes: dict[tuple[int, int], bytes]) -> None:
+        self.nodes = nodes
+
+    def node(self, level: int, index: int) -> bytes:
+        try:
+            return self.nodes[(level, index)]
+        except KeyError:
+            raise StorageError(f"log node ({level}, {index}) is missing") from None
+
+
 class LogStore(Protocol):
     """What the sequencer and the ``/log/`` handlers need from the database."""
 
@@ -161,6 +226,11 @@ class LogStore(Protocol):
 
     async def entries(self, domain: str, start: int, count: int) -> list[bytes]:
         """``count`` entries from index ``start`` (fewer if absent)."""
+
+    async def nodes(
+        self, domain: str, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        """The stored nodes among ``keys`` (``(level, index)``)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -310,36 +380,27 @@ class SqliteLog:
                 "SELECT hash FROM tlog_nodes WHERE domain = ? AND level = ? AND idx = ?",
                 (domain, level, index),
             ).fetchone()
-            if found is None:
-                raise StorageError(
-                    f"{self._subject}: node ({level}, {index}) of {domain} is missing"
-                )
-            known[(level, index)] = bytes(found[0])
-        overlay = _Overlay(known)
-        data = [entry.to_bytes() for _, entry in items]
-        made = merkle.new_nodes(size, [merkle.leaf_hash(d) for d in data], overlay)
-        for level, index, value in made:
-            known[(level, index)] = value
+            if found is not None:
+                known[(level, index)] = bytes(found[0])
+        plan = plan_batch(domain, size, known, items, sign)
         conn.executemany(
             "INSERT INTO tlog_nodes (domain, level, idx, hash) VALUES (?, ?, ?, ?)",
-            [(domain, level, index, value) for level, index, value in made],
+            [(domain, level, index, value) for level, index, value in plan.nodes],
         )
         conn.executemany(
             "INSERT INTO tlog_entries (domain, idx, data) VALUES (?, ?, ?)",
-            [(domain, size + i, d) for i, d in enumerate(data)],
+            [(domain, size + i, d) for i, d in enumerate(plan.entries)],
         )
         conn.executemany(
             "UPDATE tlog_pending SET seq = ? WHERE id = ?",
             [(size + i, pid) for i, (pid, _) in enumerate(items)],
         )
-        new_size = size + len(items)
-        note = sign(domain, Checkpoint(domain, new_size, merkle.root(overlay, new_size)))
         conn.execute(
             "INSERT INTO tlog_checkpoints (domain, size, note) VALUES (?, ?, ?) "
             "ON CONFLICT (domain) DO UPDATE SET size = excluded.size, note = excluded.note",
-            (domain, new_size, note),
+            (domain, plan.batch.new_size, plan.batch.checkpoint),
         )
-        return Batch(domain, size, new_size, note)
+        return plan.batch
 
     async def ensure_checkpoint(self, domain: str, sign: CheckpointSigner) -> None:
         """Sign the empty tree's checkpoint for a domain that has none yet (tlog-tiles:
@@ -357,21 +418,21 @@ class SqliteLog:
 
         await self._write("creating the first checkpoint", work)
 
-    def node_reader(self, domain: str) -> merkle.NodeReader:
-        """A synchronous reader of the domain's tree nodes (proofs need O(log n) of them)."""
-        return _SqliteNodes(self, domain)
+    async def nodes(
+        self, domain: str, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        def work(conn: sqlite3.Connection) -> dict[tuple[int, int], bytes]:
+            found = {}
+            for level, index in set(keys):
+                row = conn.execute(
+                    "SELECT hash FROM tlog_nodes WHERE domain = ? AND level = ? AND idx = ?",
+                    (domain, level, index),
+                ).fetchone()
+                if row is not None:
+                    found[(level, index)] = bytes(row[0])
+            return found
 
-    def node(self, domain: str, level: int, index: int) -> bytes:
-        rows = self._read(
-            "reading a log node",
-            lambda c: c.execute(
-                "SELECT hash FROM tlog_nodes WHERE domain = ? AND level = ? AND idx = ?",
-                (domain, level, index),
-            ).fetchall(),
-        )
-        if not rows:
-            raise StorageError(f"{self._subject}: node ({level}, {index}) of {domain} is missing")
-        return bytes(rows[0][0])
+        return self._read("reading log nodes", work)
 
     async def checkpoint(self, domain: str) -> bytes | None:
         rows = self._read(
@@ -424,8 +485,7 @@ class SqliteLog:
 def open_log(url: str, data_dir: Path) -> LogStore:
     """The log's storage for the certificate database ``url``: the same database.
 
-    For ``memory://`` (tests, demos) the log goes to ``data_dir/tlog.db``. PostgreSQL is not
-    supported yet (docs/transparency.md, "Not done").
+    For ``memory://`` (tests, demos) the log goes to ``data_dir/tlog.db``.
     """
     scheme = url.partition(":")[0].lower()
     if scheme == "sqlite":
@@ -433,13 +493,8 @@ def open_log(url: str, data_dir: Path) -> LogStore:
     if scheme == "memory":
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return SqliteLog(data_dir / "tlog.db")
+    if scheme in ("postgresql", "postgres"):
+        from sipcert.storage.tlog_postgres import PostgresLog  # imports this module
+
+        return PostgresLog(url)
     raise ConfigError(f"the transparency log needs an SQLite database, not {scheme}://")
-
-
-class _SqliteNodes:
-    def __init__(self, log: SqliteLog, domain: str) -> None:
-        self._log = log
-        self._domain = domain
-
-    def node(self, level: int, index: int) -> bytes:
-        return self._log.node(self._domain, level, index)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +15,22 @@ from sipcert.errors import StorageError
 from sipcert.proto import merkle
 from sipcert.proto.note import Signer, open_note, sign_note
 from sipcert.proto.tlog import Checkpoint, Entry, Operation
-from sipcert.storage.tlog import SqliteLog, edge_nodes
+from sipcert.storage.tlog import NodeDict, NodeRecorder, SqliteLog, edge_nodes, open_log
+from tests.unit.storage.test_storage import postgres_schema, postgres_url
+
+Factory = Callable[[], Any]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    """Opens logs on one database (several calls: several frontends sharing it)."""
+    if request.param == "sqlite":
+        yield lambda: SqliteLog(tmp_path / "db")
+        return
+    with contextlib.ExitStack() as stack:
+        schema = stack.enter_context(postgres_schema())
+        yield lambda: open_log(postgres_url(schema), tmp_path)
+
 
 SIGNER = Signer.generate("example.com")
 
@@ -28,7 +46,7 @@ def test_edge_nodes() -> None:
     assert edge_nodes(7) == [(2, 0), (1, 2), (0, 6)]
 
 
-async def _fill(log: SqliteLog, domain: str, count: int, now_ms: int) -> None:
+async def _fill(log: Any, domain: str, count: int, now_ms: int) -> None:
     commitment = hashlib.sha256(b"aor").digest()
     items = [
         (Operation.ENROLL, commitment, hashlib.sha256(b"%d" % i).digest()) for i in range(count)
@@ -38,9 +56,9 @@ async def _fill(log: SqliteLog, domain: str, count: int, now_ms: int) -> None:
     assert [await log.sequenced(p) for p in pending[-1:]] != [None]
 
 
-def test_batches_build_the_same_tree_as_memory(tmp_path: Path) -> None:
+def test_batches_build_the_same_tree_as_memory(new_log: Factory) -> None:
     async def main() -> None:
-        log = SqliteLog(tmp_path / "db")
+        log = new_log()
         await log.ensure_checkpoint("example.com", sign)
         empty = Checkpoint.from_note(await log.checkpoint("example.com") or b"")
         assert (empty.size, empty.root) == (0, merkle.EMPTY_ROOT)
@@ -61,10 +79,15 @@ def test_batches_build_the_same_tree_as_memory(tmp_path: Path) -> None:
             expected.node(8, 0),
             expected.node(8, 1),
         ]
-        reader = log.node_reader("example.com")
+        recorder = NodeRecorder()
+        merkle.consistency_proof(recorder, 6, 556)
+        reader = NodeDict(await log.nodes("example.com", recorder.keys))
         assert merkle.consistency_proof(reader, 6, 556) == merkle.consistency_proof(
             expected, 6, 556
         )
+        assert merkle.inclusion_proof(recorder, 5, 556) is not None
+        with pytest.raises(StorageError, match="missing"):
+            merkle.inclusion_proof(reader, 5, 556)
         # Another domain's log is its own tree.
         await _fill(log, "other.example", 2, 5)
         other = Checkpoint.from_note(await log.checkpoint("other.example") or b"")
@@ -74,9 +97,9 @@ def test_batches_build_the_same_tree_as_memory(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_lease_keeps_a_second_sequencer_out_until_it_expires(tmp_path: Path) -> None:
+def test_lease_keeps_a_second_sequencer_out_until_it_expires(new_log: Factory) -> None:
     async def main() -> None:
-        first, second = SqliteLog(tmp_path / "db"), SqliteLog(tmp_path / "db")
+        first, second = new_log(), new_log()
         pending = await first.submit("example.com", Operation.REVOKE, b"a" * 32, b"b" * 32)
         assert await second.integrate("B", 1000, 5000, sign, 10) is not None
         assert await first.sequenced(pending) == 0
@@ -91,9 +114,9 @@ def test_lease_keeps_a_second_sequencer_out_until_it_expires(tmp_path: Path) -> 
     asyncio.run(main())
 
 
-def test_add_cosignatures_only_to_the_same_size(tmp_path: Path) -> None:
+def test_add_cosignatures_only_to_the_same_size(new_log: Factory) -> None:
     async def main() -> None:
-        log = SqliteLog(tmp_path / "db")
+        log = new_log()
         await _fill(log, "example.com", 3, 1)
         assert await log.add_cosignatures("example.com", 3, b"new note")
         assert await log.checkpoint("example.com") == b"new note"
