@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from sipcert.errors import InputTooLargeError, LogFormatError
+from sipcert.errors import InputTooLargeError, LogFormatError, ProofError
 from sipcert.proto import merkle
-from sipcert.proto.note import NoteSignature, decode_base64, parse_note
+from sipcert.proto.note import NoteSignature, Verifier, decode_base64, open_note, parse_note
 
 __all__ = [
     "ENTRY_SIZE",
@@ -35,6 +35,7 @@ __all__ = [
     "Operation",
     "TileNodes",
     "TilePath",
+    "VerifiedProof",
     "WitnessRequest",
     "aor_commitment",
     "decode_entry_bundle",
@@ -44,6 +45,7 @@ __all__ = [
     "parse_cosignatures",
     "parse_tile_path",
     "tile_width",
+    "verify_certificate_proof",
 ]
 
 #: tlog-tiles: "Full tiles MUST be exactly 256 hashes wide"; a tile spans 8 tree levels.
@@ -448,3 +450,61 @@ class Entry:
             raise LogFormatError(f"log entry operation {data[1]} is unknown") from exc
         (ms,) = struct.unpack(">Q", data[66:74])
         return cls(operation, data[2:34], data[34:66], ms)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedProof:
+    """What :func:`verify_certificate_proof` established."""
+
+    checkpoint: Checkpoint
+    index: int
+    entry: Entry
+    cosigners: tuple[str, ...]
+
+
+def verify_certificate_proof(
+    proof: bytes,
+    *,
+    log_key: Verifier,
+    cert_der: bytes,
+    aor_commitment: bytes,
+    witnesses: Sequence[Verifier] = (),
+    quorum: int = 0,
+) -> VerifiedProof:
+    """Check one certificate's ``c2sp.org/tlog-proof@v1`` from ``/log/proof``.
+
+    The checkpoint must be signed by the pinned ``log_key`` and cosigned by ``quorum`` of
+    ``witnesses``; the entry (the proof's ``extra``) must be an enrollment of exactly this
+    certificate under the AOR's commitment, and included at its index (RFC 9162 §2.1.3.2).
+
+    Raises:
+        LogFormatError: the proof does not parse.
+        ProofError: any check fails.
+    """
+    parsed = InclusionProof.parse(proof)
+    opened = open_note(parsed.checkpoint, [log_key, *witnesses])
+    if log_key not in opened.verified:
+        raise ProofError("the checkpoint is not signed by the log's pinned key")
+    cosigners = tuple(v.name for v in opened.verified if v in witnesses)
+    if len(cosigners) < quorum:
+        raise ProofError(f"the checkpoint has {len(cosigners)} of the {quorum} cosignatures needed")
+    checkpoint = Checkpoint.parse(opened.note.text)
+    if checkpoint.origin != log_key.name:
+        raise ProofError(f"the checkpoint's origin {checkpoint.origin!r} is not the log's")
+    if parsed.extra is None:
+        raise ProofError("the proof does not carry its entry")
+    entry = Entry.parse(parsed.extra)
+    if entry.operation != Operation.ENROLL:
+        raise ProofError("the logged entry is not an enrollment")
+    if not hmac.compare_digest(entry.aor_commitment, aor_commitment):
+        raise ProofError("the logged entry is for another AOR")
+    if not hmac.compare_digest(entry.cert_sha256, hashlib.sha256(cert_der).digest()):
+        raise ProofError("the logged entry is for another certificate")
+    merkle.verify_inclusion(
+        merkle.leaf_hash(parsed.extra),
+        parsed.index,
+        checkpoint.size,
+        parsed.hashes,
+        checkpoint.root,
+    )
+    return VerifiedProof(checkpoint, parsed.index, entry, cosigners)

@@ -84,7 +84,7 @@ from sipcert.proto.store import (
     parse_upload,
 )
 from sipcert.server.credentials import CredentialSource
-from sipcert.server.tlog import LOG_PREFIX, LoggedStore, TransparencyLog
+from sipcert.server.tlog import LOG_PREFIX, PROOF_PATH, LoggedStore, TransparencyLog
 from sipcert.server.tls import sni_domain
 from sipcert.server.web import ACCOUNT_PATH, REVOKE_PATH, AccountPages, CsrfTokens
 from sipcert.storage import CertificateStore, StoredCertificate
@@ -409,7 +409,17 @@ class StoreApp:
             response = _plain(405, "the log is read-only; use GET")
             response.headers["Allow"] = "GET, HEAD"
             raise _RefusalError(response)
-        return await tlog.handle(request.path, self._domain_of(request))
+        domain = self._domain_of(request)
+        if request.path == PROOF_PATH:
+            query = parse_query(request.raw_path.partition("?")[2])
+            aor = self._aor_for(query, domain, "GET")
+            now = datetime.fromtimestamp(self._clock(), UTC)
+            certs = await self.storage.get_by_aor(str(aor), now)
+            response = web.Response(body=await tlog.proofs(domain, str(aor), certs))
+            response.headers["Content-Type"] = "application/json"
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        return await tlog.handle(request.path, domain)
 
     def _domain_of(self, request: web.BaseRequest) -> str:
         """The served domain this connection speaks for (TLS SNI), or 404 (draft §4.3)."""

@@ -11,7 +11,9 @@ checkpoint with its consistency proof to the configured witnesses (c2sp.org/tlog
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
 import os
 import re
@@ -40,6 +42,7 @@ from sipcert.proto.tlog import (
     TILE_HEIGHT,
     TILE_WIDTH,
     Checkpoint,
+    InclusionProof,
     Operation,
     WitnessRequest,
     aor_commitment,
@@ -54,6 +57,7 @@ from sipcert.storage.tlog import Batch, LogStore, NodeDict, NodeRecorder, Pendin
 
 __all__ = [
     "LOG_PREFIX",
+    "PROOF_PATH",
     "LogKeys",
     "LoggedStore",
     "TransparencyConfig",
@@ -68,6 +72,8 @@ log = logging.getLogger("sipcert.server.tlog")
 
 #: Where every served domain publishes its log (tlog-tiles: ``<prefix>/checkpoint`` ...).
 LOG_PREFIX = "/log/"
+#: The proofs of a GET answer: the same query as ``/search-cgi`` (docs/store.md).
+PROOF_PATH = "/log/proof"
 _KEY_DIR = "tlog"
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 _IMMUTABLE = "public, max-age=31536000, immutable"
@@ -322,6 +328,34 @@ class TransparencyLog:
             if self._http is None:
                 await client.aclose()
 
+    # -- proofs with GET answers (docs/store.md "Proofs") -------------------------------------
+
+    async def proofs(self, domain: str, aor: str, certs: Sequence[StoredCertificate]) -> bytes:
+        """``/log/proof?sip=<aor>``: a c2sp.org/tlog-proof@v1 per certificate, as JSON.
+
+        Each proof's ``extra`` is the entry itself, so a client recomputes the leaf hash from
+        the operation, the AOR's commitment and the certificate's SHA-256 it checks.
+        """
+        size, note = await self._size(domain)
+        commitment = self.commitment(domain, aor)
+        items = []
+        for cert in certs:
+            sha256 = bytes.fromhex(cert.sha256)
+            index = await self.store.latest_enrollment(domain, commitment, sha256)
+            if index is None or index >= size:
+                items.append({"sha256": cert.sha256, "proof": None})
+                continue
+            entries = await self.store.entries(domain, index, 1)
+            hashes = await self.proof(domain, _inclusion(index, size))
+            proof = InclusionProof(index, tuple(hashes), note, extra=entries[0])
+            items.append({"sha256": cert.sha256, "proof": proof.to_bytes().decode()})
+        document = {
+            "origin": domain,
+            "aor_commitment": base64.b64encode(commitment).decode(),
+            "proofs": items,
+        }
+        return json.dumps(document, indent=1).encode() + b"\n"
+
     # -- /log/ resources (c2sp.org/tlog-tiles) -----------------------------------------------
 
     async def _size(self, domain: str) -> tuple[int, bytes]:
@@ -360,6 +394,10 @@ class TransparencyLog:
                 raise StorageError(f"the log of {domain} is missing tile hashes")
             body = b"".join(hashes)
         return _text(200, body, _IMMUTABLE, "application/octet-stream")
+
+
+def _inclusion(index: int, size: int) -> Callable[[merkle.NodeReader], list[bytes]]:
+    return lambda nodes: merkle.inclusion_proof(nodes, index, size)
 
 
 class LoggedStore:

@@ -232,6 +232,11 @@ class LogStore(Protocol):
     ) -> dict[tuple[int, int], bytes]:
         """The stored nodes among ``keys`` (``(level, index)``)."""
 
+    async def latest_enrollment(
+        self, domain: str, commitment: bytes, cert_sha256: bytes
+    ) -> int | None:
+        """The index of the newest sequenced enrollment of this certificate for this AOR."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -433,6 +438,19 @@ class SqliteLog:
             return found
 
         return self._read("reading log nodes", work)
+
+    async def latest_enrollment(
+        self, domain: str, commitment: bytes, cert_sha256: bytes
+    ) -> int | None:
+        rows = self._read(
+            "finding a log entry",
+            lambda c: c.execute(
+                "SELECT max(seq) FROM tlog_pending WHERE domain = ? AND cert_sha256 = ? "
+                "AND commitment = ? AND operation = ? AND seq IS NOT NULL",
+                (domain, cert_sha256, commitment, int(Operation.ENROLL)),
+            ).fetchall(),
+        )
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
 
     async def checkpoint(self, domain: str) -> bytes | None:
         rows = self._read(

@@ -296,5 +296,22 @@ class PostgresLog:
         rows = await self._run("reading log nodes", work)
         return {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
 
+    async def latest_enrollment(
+        self, domain: str, commitment: bytes, cert_sha256: bytes
+    ) -> int | None:
+        async def work(pool: Any) -> Any:
+            return await pool.fetchval(
+                "SELECT max(seq) FROM sipcert_tlog_pending WHERE domain = $1 "
+                "AND cert_sha256 = $2 AND commitment = $3 AND operation = $4 "
+                "AND seq IS NOT NULL",
+                domain,
+                cert_sha256,
+                commitment,
+                int(Operation.ENROLL),
+            )
+
+        seq = await self._run("finding a log entry", work)
+        return None if seq is None else int(seq)
+
     async def close(self) -> None:
         await self._db.close()

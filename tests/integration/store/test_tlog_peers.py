@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from sipcert.proto.tlog import (
     aor_commitment,
     decode_entry_bundle,
     tile_width,
+    verify_certificate_proof,
 )
 from sipcert.server.tlog import LogKeys, load_or_create_log_keys
 from tests.integration.store.conftest import (
@@ -177,6 +179,22 @@ def test_enrollments_are_logged_cosigned_and_verify_with_aics_tlog(
         (Operation.REVOKE, bob_c, hashlib.sha256(bobs[1]).digest()),
     ]  # the DELETE revokes in the Store's order: enrollment time, then sha256
     assert all(b"bob" not in e.to_bytes() for e in entries)  # no AOR in the clear
+
+    # The proofs a GET can ask for (docs/store.md): Alice's certificate, checked as a UA would.
+    document = json.loads(fetch(logged, "/log/proof?sip=alice@example.com").content)
+    assert document["aor_commitment"] == base64.b64encode(alice_c).decode()
+    (item,) = document["proofs"]
+    assert item["sha256"] == hashlib.sha256(alice).hexdigest()
+    checked = verify_certificate_proof(
+        item["proof"].encode(),
+        log_key=logged.keys.signer.verifier,
+        cert_der=alice,
+        aor_commitment=alice_c,
+        witnesses=[Verifier.parse(logged.witness.vkey)],
+        quorum=1,
+    )
+    assert checked.index == checkpoint.size - 6
+    assert get(logged.store, DOMAIN, "/log/proof?sip=alice@example.net").status_code == 404
 
     # Then the independent verifier, on the same bytes.
     log_key, witness_key = logged.keys.signer.verifier.vkey, logged.witness.vkey

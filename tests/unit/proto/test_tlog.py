@@ -268,3 +268,55 @@ def test_tile_paths_round_trip(n: int, level: int, width: int) -> None:
 @given(entries=st.lists(st.binary(max_size=40), min_size=1, max_size=20))
 def test_bundles_round_trip(entries: list[bytes]) -> None:
     assert tlog.decode_entry_bundle(tlog.encode_entry_bundle(entries), len(entries)) == entries
+
+
+def _proof_fixture() -> tuple[bytes, note.Signer, note.Signer, bytes, bytes]:
+    log = note.Signer.generate("example.com")
+    witness = note.Signer.generate("w.example/1", note.ALG_COSIGNATURE_V1)
+    commitment = tlog.aor_commitment(b"k" * 32, "bob@example.com")
+    cert = b"bob's certificate DER"
+    entries = [
+        tlog.Entry(tlog.Operation.ENROLL, commitment, hashlib.sha256(b"%d" % i).digest(), i)
+        for i in range(6)
+    ]
+    entries[4] = tlog.Entry(tlog.Operation.ENROLL, commitment, hashlib.sha256(cert).digest(), 4)
+    tree = merkle.MemoryTree(e.to_bytes() for e in entries)
+    cp = tlog.Checkpoint("example.com", 6, tree.root())
+    signed = note.sign_note(cp.text(), [log]).with_signatures([witness.sign(cp.text(), 99)])
+    proof = tlog.InclusionProof(
+        4, tuple(merkle.inclusion_proof(tree, 4, 6)), signed.to_bytes(), entries[4].to_bytes()
+    )
+    return proof.to_bytes(), log, witness, commitment, cert
+
+
+def test_certificate_proof_verifies_and_each_binding_is_checked() -> None:
+    from sipcert.errors import ProofError
+
+    proof, log, witness, commitment, cert = _proof_fixture()
+    ok = tlog.verify_certificate_proof(
+        proof,
+        log_key=log.verifier,
+        cert_der=cert,
+        aor_commitment=commitment,
+        witnesses=[witness.verifier],
+        quorum=1,
+    )
+    assert (ok.index, ok.checkpoint.size, ok.cosigners) == (4, 6, ("w.example/1",))
+    kwargs = {"log_key": log.verifier, "cert_der": cert, "aor_commitment": commitment}
+    cases = [
+        ({**kwargs, "cert_der": b"another"}, "another certificate"),
+        ({**kwargs, "aor_commitment": b"x" * 32}, "another AOR"),
+        ({**kwargs, "witnesses": [witness.verifier], "quorum": 2}, "cosignatures"),
+        ({**kwargs, "quorum": 1}, "cosignatures"),
+        ({**kwargs, "log_key": note.Signer.generate("example.com").verifier}, "trusted key"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ProofError, match=message):
+            tlog.verify_certificate_proof(proof, **args)  # type: ignore[arg-type]
+    parsed = tlog.InclusionProof.parse(proof)
+    moved = tlog.InclusionProof(5, parsed.hashes, parsed.checkpoint, parsed.extra)
+    with pytest.raises(ProofError, match="inclusion proof"):
+        tlog.verify_certificate_proof(moved.to_bytes(), **kwargs)  # type: ignore[arg-type]
+    bare = tlog.InclusionProof(4, parsed.hashes, parsed.checkpoint)
+    with pytest.raises(ProofError, match="entry"):
+        tlog.verify_certificate_proof(bare.to_bytes(), **kwargs)  # type: ignore[arg-type]
