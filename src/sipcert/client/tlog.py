@@ -24,7 +24,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sipcert.errors import ConfigError, ForkError, LogFormatError, ProofError, StoreResponseError
+import httpx
+
+from sipcert.errors import (
+    ConfigError,
+    ForkError,
+    InputTooLargeError,
+    LogFormatError,
+    ProofError,
+    StoreResponseError,
+    TransportError,
+)
 from sipcert.proto import merkle
 from sipcert.proto.note import Verifier, open_note
 from sipcert.proto.tlog import (
@@ -38,10 +48,36 @@ from sipcert.proto.tlog import (
     verify_certificate_proof,
 )
 
-__all__ = ["Alarm", "LogClient", "LogState", "PinStore"]
+__all__ = ["LOG_PINS", "Alarm", "LogClient", "LogState", "PinStore", "http_getter"]
+
+#: The pins' file inside the UA's home.
+LOG_PINS = "tlog-pins.json"
 
 #: ``get(path)``: the body of ``GET https://<domain><path>``, None for a 404.
 Getter = Callable[[str], Awaitable[bytes | None]]
+
+
+def http_getter(client: httpx.AsyncClient, domain: str, max_size: int) -> Getter:
+    """A :data:`Getter` on ``https://<domain>``: the AOR domain is the URL's host, so the
+    strict transport's SNI and name check apply (draft §4.3)."""
+
+    async def get(path: str) -> bytes | None:
+        try:
+            async with client.stream("GET", f"https://{domain}{path}") as response:
+                if response.status_code == 404:
+                    return None
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > max_size:
+                        raise InputTooLargeError(f"the Store's {path} is over {max_size} bytes")
+                if response.status_code != 200:
+                    raise StoreResponseError(response.status_code, f"GET {path}")
+                return bytes(body)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"GET https://{domain}{path} failed: {exc}") from exc
+
+    return get
 
 
 @dataclass(frozen=True, slots=True)

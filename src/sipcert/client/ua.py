@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +47,7 @@ from sipcert.client.locate import (
     make_resolver,
     parse_store_address,
 )
+from sipcert.client.tlog import LOG_PINS, LogClient, PinStore, http_getter
 from sipcert.client.tls import ConnectionEvent, RoutedBackend, StrictTransport, make_ssl_context
 from sipcert.errors import (
     ConfigError,
@@ -66,6 +67,7 @@ from sipcert.proto.certs import (
     sha256_fingerprint,
     validate_retrieved,
 )
+from sipcert.proto.note import Verifier
 from sipcert.proto.store import CERT_HASH_LENGTH, parse_cert_hash
 
 __all__ = [
@@ -364,6 +366,22 @@ class AsyncUA:
         )
         self.cache.put(result)
         return result
+
+    async def log_client(
+        self, aor: AOR | str, *, witnesses: Sequence[Verifier] = (), quorum: int = 0
+    ) -> LogClient:
+        """The transparency log of ``aor``'s domain, read over this UA's strict TLS (issue 14).
+
+        Pins live in the home (``tlog-pins.json``); see :mod:`sipcert.client.tlog`.
+        """
+        location = await self._route(_aor(aor))
+        return LogClient(
+            location.domain,
+            http_getter(self.http, location.domain, self.config.max_response_size),
+            PinStore(self.home.root / LOG_PINS),
+            witnesses=witnesses,
+            quorum=quorum,
+        )
 
     async def certificate_in_signaling(
         self, aor: AOR | str, certificate: x509.Certificate

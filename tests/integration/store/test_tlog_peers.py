@@ -41,6 +41,7 @@ from sipcert.proto.tlog import (
 from sipcert.server.tlog import LogKeys, load_or_create_log_keys
 from tests.integration.store.conftest import (
     NONCE_LIFETIME,
+    SIPCERT,
     StoreFiles,
     StoreProcess,
     make_store_files,
@@ -262,3 +263,45 @@ def test_tiles_that_do_not_exist_are_404(logged: LoggedStore) -> None:
     with logged.store.client(DOMAIN) as client:
         answer = client.post(logged.store.url(DOMAIN, "/log/checkpoint"))
     assert answer.status_code == 405
+
+
+def sipcert_cli(logged: LoggedStore, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """The real ``sipcert`` program against the Store, TLS checked against the test CA."""
+    command = [SIPCERT, *args, "--home", str(home), "--timeout", "10"]
+    command += ["--store", f"127.0.0.1:{logged.store.port}", "--ca-file", str(logged.files.ca_file)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_bobs_monitor_catches_a_certificate_he_never_enrolled(
+    logged: LoggedStore, tmp_path: Path
+) -> None:
+    """Issue 14: the Store gives Alice a certificate for Bob that no device of Bob enrolled;
+    it must be logged (or Alice's proof check discards it), and Bob's ``sipcert monitor``
+    alarms on it at its next run: one line, exit code 16, a JSON event. (The AOR is one no
+    other test of the module enrolls: their enrollments are, rightly, alarms too.)"""
+    home = tmp_path / "home"
+    password = tmp_path / "password"
+    password.write_text("hash-secret\n")
+    enrolled = sipcert_cli(
+        logged, "enroll", "hash@example.com", "--password-file", str(password), home=home
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    witness = ["--witness", logged.witness.vkey, "--quorum", "1"]
+    cosigned_checkpoint(logged, 1)
+    quiet = sipcert_cli(logged, "monitor", "hash@example.com", *witness, home=home)
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "holds no enrollment but your 1 device(s)" in quiet.stdout
+
+    injected = der(user_cert("hash@example.com", slot=42))  # not from Bob's home
+    assert put(logged.store, "hash@example.com", injected).status_code == 201
+    size = Checkpoint.from_note(fetch(logged, "/log/checkpoint").content).size
+    cosigned_checkpoint(logged, size)
+    caught = sipcert_cli(logged, "monitor", "hash@example.com", *witness, "--json", home=home)
+    assert caught.returncode == 16, caught.stdout + caught.stderr
+    event, summary = (json.loads(line) for line in caught.stdout.splitlines())
+    assert event["event"] == "alarm"
+    assert event["sha256"] == hashlib.sha256(injected).hexdigest()
+    assert summary["exit_code"] == 16 and summary["alarms"] == 1
+    again = sipcert_cli(logged, "monitor", "hash@example.com", *witness, home=home)
+    assert again.returncode == 0, again.stdout + again.stderr  # each entry is read once
+    assert (home / "tlog-pins.json").exists()
