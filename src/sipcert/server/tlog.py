@@ -180,6 +180,8 @@ class TransparencyLog:
         self._batch_done = asyncio.Event()
         self._http = http
         self._witness_sizes: dict[tuple[str, str], int] = {}
+        self._witness_next: dict[str, Batch] = {}
+        self._witness_task: asyncio.Task[None] | None = None
 
     # -- keys and entries ------------------------------------------------------------------
 
@@ -236,30 +238,53 @@ class TransparencyLog:
     # -- the sequencer -----------------------------------------------------------------------
 
     async def integrate_now(self) -> list[Batch] | None:
-        """One sequencing batch, then witnesses; None if another process holds the lease."""
+        """One sequencing batch (witnesses follow in the background); None if another
+        process holds the lease."""
         now_ms = int(self._clock() * 1000)
         batches = await self.store.integrate(
             self._holder, now_ms, self._lease_ms, self._sign, self._max_batch
         )
         done, self._batch_done = self._batch_done, asyncio.Event()
         done.set()
-        if batches:
-            for batch in batches:
-                log.info("log %s: sequenced %d..%d", batch.domain, batch.old_size, batch.new_size)
-                await self._witness(batch)
+        for batch in batches or ():
+            log.info("log %s: sequenced %d..%d", batch.domain, batch.old_size, batch.new_size)
+            self._witness_next[batch.domain] = batch
+        if self._witness_next and self.witnesses:
+            # In the background: a slow witness must not hold back the next batch (and the
+            # PUTs waiting for it). Only each domain's latest checkpoint is submitted.
+            if self._witness_task is None or self._witness_task.done():
+                self._witness_task = asyncio.create_task(self._witness_loop())
+        else:
+            self._witness_next.clear()
         return batches
+
+    async def _witness_loop(self) -> None:
+        while self._witness_next:
+            _, batch = self._witness_next.popitem()
+            try:
+                await self._witness(batch)
+            except SipCertError as exc:
+                log.warning("witnesses of %s: %s", batch.domain, exc)
 
     async def run_forever(self) -> None:
         """Integrate every ``interval`` seconds (sooner work waits for the interval's end)."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            self._wake.clear()
-            try:
-                await self.integrate_now()
-            except SipCertError as exc:
-                log.error("transparency log: %s", exc)
-            await asyncio.sleep(self.interval)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                self._wake.clear()
+                try:
+                    await self.integrate_now()
+                except SipCertError as exc:
+                    log.error("transparency log: %s", exc)
+                except Exception as exc:  # a bug must not stop every later PUT
+                    log.error("transparency log: internal error (%s)", type(exc).__name__)
+                await asyncio.sleep(self.interval)
+        finally:
+            if self._witness_task is not None:
+                self._witness_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._witness_task
 
     # -- witnesses (c2sp.org/tlog-witness) ---------------------------------------------------
 
@@ -276,8 +301,6 @@ class TransparencyLog:
         return await self.proof(domain, lambda nodes: merkle.consistency_proof(nodes, old, new))
 
     async def _witness(self, batch: Batch) -> None:
-        if not self.witnesses:
-            return
         note = parse_note(batch.checkpoint)
         added = []
         for witness in self.witnesses:
