@@ -23,6 +23,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -162,16 +163,28 @@ class LogClient:
         if quorum > len(witnesses):
             raise ConfigError(f"a quorum of {quorum} needs at least {quorum} witnesses")
         self.domain = domain
-        self._get = get
+        self.get = get
         self.pins = pins
         self.witnesses = tuple(witnesses)
         self.quorum = quorum
 
     async def _fetch(self, path: str) -> bytes:
-        body = await self._get(path)
+        body = await self.get(path)
         if body is None:
             raise StoreResponseError(404, f"the Store has no {path}")
         return body
+
+    async def publishes_log(self) -> bool:
+        """Whether the Store serves a log; one that stops after it was pinned is refused.
+
+        Raises:
+            ProofError: this UA pinned the domain's log, and the Store now serves none.
+        """
+        if await self.get("/log/vkey") is not None:
+            return True
+        if self.pins.load(self.domain) is not None:
+            raise ProofError(f"the Store of {self.domain} no longer publishes its log")
+        return False
 
     async def log_key(self) -> Verifier:
         """The log's key: learnt on first use, then pinned (a change is a ProofError)."""
@@ -263,7 +276,7 @@ class LogClient:
         """Split ``certificates`` (DER) into logged ones and ones discarded with a reason."""
         checkpoint = await self.checkpoint()
         key = await self.log_key()
-        document = json.loads(await self._fetch(f"/log/proof?sip={aor}"))
+        document = json.loads(await self._fetch(_proof_path(aor)))
         try:
             commitment = base64.b64decode(document["aor_commitment"], validate=True)
             items = {item["sha256"]: item["proof"] for item in document["proofs"]}
@@ -307,7 +320,7 @@ class LogClient:
         Every entry read is proven to be in the verified checkpoint (RFC 9162 §2.1.3.2).
         """
         checkpoint = await self.checkpoint()
-        document = json.loads(await self._fetch(f"/log/proof?sip={aor}"))
+        document = json.loads(await self._fetch(_proof_path(aor)))
         commitment = base64.b64decode(document["aor_commitment"], validate=True)
         state = self.pins.load(self.domain)
         start = state.monitored if state is not None else 0
@@ -335,6 +348,10 @@ class LogClient:
                 LogState(state.vkey, state.size, state.root, monitored=max(start, size)),
             )
         return alarms
+
+
+def _proof_path(aor: str) -> str:
+    return "/log/proof?sip=" + quote(aor, safe="@")
 
 
 def _inclusion(index: int, size: int) -> Callable[[merkle.NodeReader], list[bytes]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ssl
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
@@ -59,6 +60,8 @@ from sipcert.errors import (
 )
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import (
+    Discarded,
+    DiscardReason,
     Identity,
     KeyType,
     cert_hash,
@@ -113,6 +116,13 @@ class ClientConfig:
     max_response_size: int = MAX_RESPONSE_SIZE
     #: ``HOST[:PORT]`` of the Store, skipping DNS location (the TLS name rule still applies).
     store: str | None = None
+    #: Check every fetched certificate against the Store's transparency log, when it
+    #: publishes one (issue 14, docs/transparency.md): the log key is pinned on first use,
+    #: ``log_quorum`` of ``log_witnesses`` must cosign, a fork is a ForkError. Off by default
+    #: for now.
+    transparency: bool = False
+    log_witnesses: tuple[Verifier, ...] = ()
+    log_quorum: int = 0
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -360,12 +370,43 @@ class AsyncUA:
             self.http, location, max_size=self.config.max_response_size
         )
         result = FetchResult.from_retrieved(location, retrieved, now)
+        if self.config.transparency and result.kept:
+            result = await self._check_log(location, result)
         self._say(
             f"GET {result.url}: {retrieved.status}, {len(result.kept)} kept, "
             f"{len(result.discarded)} discarded"
         )
         self.cache.put(result)
         return result
+
+    async def _check_log(self, location: Location, result: FetchResult) -> FetchResult:
+        """Keep only the certificates the Store's transparency log proves (issue 14)."""
+        client = self._log_client(location)
+        if not await client.publishes_log():
+            self._say(f"{location.domain} publishes no transparency log")
+            return result
+        ders = [certificate_der(c) for c in result.kept]
+        kept, dropped = await client.verify_certificates(str(location.aor), ders)
+        still = set(kept)
+        self._say(f"transparency log: {len(kept)} proven, {len(dropped)} not")
+        return replace(
+            result,
+            kept=tuple(c for c in result.kept if certificate_der(c) in still),
+            discarded=result.discarded
+            + tuple(
+                Discarded(hashlib.sha256(der).hexdigest(), DiscardReason.NOT_IN_LOG, why)
+                for der, why in dropped
+            ),
+        )
+
+    def _log_client(self, location: Location) -> LogClient:
+        return LogClient(
+            location.domain,
+            http_getter(self.http, location.domain, self.config.max_response_size),
+            PinStore(self.home.root / LOG_PINS),
+            witnesses=self.config.log_witnesses,
+            quorum=self.config.log_quorum,
+        )
 
     async def log_client(
         self, aor: AOR | str, *, witnesses: Sequence[Verifier] = (), quorum: int = 0
@@ -375,13 +416,12 @@ class AsyncUA:
         Pins live in the home (``tlog-pins.json``); see :mod:`sipcert.client.tlog`.
         """
         location = await self._route(_aor(aor))
-        return LogClient(
-            location.domain,
-            http_getter(self.http, location.domain, self.config.max_response_size),
-            PinStore(self.home.root / LOG_PINS),
-            witnesses=witnesses,
-            quorum=quorum,
-        )
+        client = self._log_client(location)
+        if witnesses or quorum:
+            client = LogClient(
+                client.domain, client.get, client.pins, witnesses=witnesses, quorum=quorum
+            )
+        return client
 
     async def certificate_in_signaling(
         self, aor: AOR | str, certificate: x509.Certificate

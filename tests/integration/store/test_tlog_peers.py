@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -17,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -39,6 +41,7 @@ from sipcert.proto.tlog import (
     verify_certificate_proof,
 )
 from sipcert.server.tlog import LogKeys, load_or_create_log_keys
+from sipcert.storage import SqliteStore, StoredCertificate
 from tests.integration.store.conftest import (
     NONCE_LIFETIME,
     SIPCERT,
@@ -305,3 +308,51 @@ def test_bobs_monitor_catches_a_certificate_he_never_enrolled(
     again = sipcert_cli(logged, "monitor", "hash@example.com", *witness, home=home)
     assert again.returncode == 0, again.stdout + again.stderr  # each entry is read once
     assert (home / "tlog-pins.json").exists()
+
+
+def test_fetch_verify_log_keeps_proven_certificates_and_discards_an_unlogged_one(
+    logged: LoggedStore, tmp_path: Path
+) -> None:
+    """``sipcert fetch --verify-log``: a certificate the Store serves without logging it (here
+    written straight into its database, as a Store that lies would) is discarded with a
+    reason, like an expired one; the logged one is kept."""
+    aor = "alice@example.com"
+    logged_cert = enroll(logged, aor, 5)
+    sneaked = user_cert(aor, slot=6)
+    now = datetime.now(UTC)
+    database = SqliteStore(logged.files.db_path)
+    try:
+        asyncio.run(
+            database.add(
+                StoredCertificate.from_der(
+                    aor,
+                    der(sneaked),
+                    not_before=sneaked.not_valid_before_utc,
+                    not_after=sneaked.not_valid_after_utc,
+                    created=now,
+                ),
+                max_per_aor=10,
+                now=now,
+            )
+        )
+    finally:
+        asyncio.run(database.close())
+    cosigned_checkpoint(logged, 1)
+    witness = ["--log-witness", logged.witness.vkey, "--log-quorum", "1"]
+    home = tmp_path / "alice-home"
+    fetched = sipcert_cli(logged, "fetch", aor, "--verify-log", *witness, "--json", home=home)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    answer = json.loads(fetched.stdout)
+    kept = {c["sha256"] for c in answer["certificates"]}
+    assert hashlib.sha256(logged_cert).hexdigest() in kept
+    assert {"sha256": hashlib.sha256(der(sneaked)).hexdigest(), "reason": "not-in-log"} in (
+        answer["discarded"]
+    )
+    assert json.loads((home / "tlog-pins.json").read_text())[DOMAIN]["vkey"] == (
+        logged.keys.signer.verifier.vkey
+    )
+    # Without --verify-log the answer is what it always was: both certificates.
+    plain = sipcert_cli(logged, "fetch", aor, "--json", home=home)
+    assert hashlib.sha256(der(sneaked)).hexdigest() in {
+        c["sha256"] for c in json.loads(plain.stdout)["certificates"]
+    }
