@@ -249,6 +249,11 @@ class SqliteLog:
         self._subject = f"transparency log in {self.path}"
         self._lock = threading.Lock()
         try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StorageError(f"{self._subject}: cannot create it: {exc.strerror}") from exc
+        try:
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 f"file:{quote(str(self.path))}?mode=rwc",
                 uri=True,

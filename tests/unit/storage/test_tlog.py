@@ -124,3 +124,11 @@ def test_add_cosignatures_only_to_the_same_size(new_log: Factory) -> None:
         await log.close()
 
     asyncio.run(main())
+
+
+def test_a_new_log_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "tlog.db"
+    log = SqliteLog(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    asyncio.run(log.close())
