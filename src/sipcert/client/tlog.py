@@ -175,14 +175,22 @@ class LogClient:
         return body
 
     async def publishes_log(self) -> bool:
-        """Whether the Store serves a log; one that stops after it was pinned is refused.
+        """Whether the Store serves a log (a vkey at ``/log/vkey``); one that stops after it
+        was pinned is refused.
 
         Raises:
             ProofError: this UA pinned the domain's log, and the Store now serves none.
         """
-        if await self.get("/log/vkey") is not None:
+        pinned = self.pins.load(self.domain) is not None
+        try:
+            served = await self.get("/log/vkey")
+        except (TransportError, StoreResponseError, InputTooLargeError):
+            if pinned:
+                raise
+            served = None  # first use: a Store that cannot answer this has no log for us
+        if served is not None and _is_vkey(served):
             return True
-        if self.pins.load(self.domain) is not None:
+        if pinned:
             raise ProofError(f"the Store of {self.domain} no longer publishes its log")
         return False
 
@@ -348,6 +356,15 @@ class LogClient:
                 LogState(state.vkey, state.size, state.root, monitored=max(start, size)),
             )
         return alarms
+
+
+def _is_vkey(body: bytes) -> bool:
+    """Whether ``body`` is one verifier-key line (anything else: the Store has no log)."""
+    try:
+        Verifier.parse(body.decode("ascii").strip())
+    except (UnicodeDecodeError, LogFormatError):
+        return False
+    return True
 
 
 def _proof_path(aor: str) -> str:

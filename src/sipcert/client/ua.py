@@ -119,7 +119,7 @@ class ClientConfig:
     #: Check every fetched certificate against the Store's transparency log, when it
     #: publishes one (issue 14, docs/transparency.md): the log key is pinned on first use,
     #: ``log_quorum`` of ``log_witnesses`` must cosign, a fork is a ForkError. Off by default
-    #: for now.
+    #: for now: on, it adds a GET of ``/log/vkey`` to every fetch (docs/transparency.md).
     transparency: bool = False
     log_witnesses: tuple[Verifier, ...] = ()
     log_quorum: int = 0

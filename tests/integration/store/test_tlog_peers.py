@@ -313,9 +313,9 @@ def test_bobs_monitor_catches_a_certificate_he_never_enrolled(
 def test_fetch_verify_log_keeps_proven_certificates_and_discards_an_unlogged_one(
     logged: LoggedStore, tmp_path: Path
 ) -> None:
-    """``sipcert fetch --verify-log``: a certificate the Store serves without logging it (here
-    written straight into its database, as a Store that lies would) is discarded with a
-    reason, like an expired one; the logged one is kept."""
+    """``sipcert fetch --verify-log``: a certificate the Store serves without
+    logging it (here written straight into its database, as a Store that lies would) is
+    discarded with a reason, like an expired one; the logged one is kept."""
     aor = "alice@example.com"
     logged_cert = enroll(logged, aor, 5)
     sneaked = user_cert(aor, slot=6)

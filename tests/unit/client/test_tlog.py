@@ -201,3 +201,24 @@ def test_damaged_pins_are_a_config_error(tmp_path: Path) -> None:
     pins.write_text("{")
     with pytest.raises(ConfigError, match="cannot be read"):
         PinStore(pins).load(DOMAIN)
+
+
+def test_publishes_log_and_a_pinned_log_that_disappears(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = FakeStore(tmp_path, tmp_path / "db")
+        answers: dict[str, bytes | None] = {"/log/vkey": b"<html>not a key</html>"}
+
+        async def other(path: str) -> bytes | None:
+            return answers.get(path)
+
+        pins = PinStore(tmp_path / "pins.json")
+        assert not await LogClient(DOMAIN, other, pins).publishes_log()  # not a vkey: no log
+        async with running(store):
+            client = LogClient(DOMAIN, store.get, pins)
+            assert await client.publishes_log()
+            await client.checkpoint()  # pins it
+        answers["/log/vkey"] = None
+        with pytest.raises(ProofError, match="no longer publishes"):
+            await LogClient(DOMAIN, other, pins).publishes_log()
+
+    run(main)
