@@ -20,7 +20,8 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     │   │   ├── SipVersionError        a SIP version other than 2.0 (505)
     │   │   └── SipFramingError        a stream message without a usable Content-Length
     │   ├── CMSError                   a malformed CMS (PKCS#7) structure
-    │   └── ProxyProtocolError         a malformed or unexpected PROXY protocol header
+    │   ├── ProxyProtocolError         a malformed or unexpected PROXY protocol header
+    │   └── LogFormatError             a malformed signed note, checkpoint, tile or proof
     ├── AuthenticationError            Digest credentials missing or wrong (401)
     │   └── StaleNonceError            a genuine nonce that has expired (401, stale=true)
     ├── ForbiddenError                 authenticated but not allowed (403)
@@ -28,7 +29,9 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     ├── NotFoundError                  nothing there (404)
     ├── CryptoError                    a cryptographic operation failed
     │   ├── SignatureError             a signature does not verify
-    │   └── DecryptionError            no usable recipient, or decryption failed
+    │   ├── DecryptionError            no usable recipient, or decryption failed
+    │   └── ProofError                 a transparency-log proof does not verify
+    │       └── ForkError              two views of one log are inconsistent (split view)
     ├── NameMismatchError              a TLS server name does not match the AOR domain (draft §4.3)
     ├── LocationError                  the Store could not be located (DNS)
     ├── TransportError                 a network or TLS failure
@@ -52,13 +55,16 @@ __all__ = [
     "DecryptionError",
     "DigestHeaderError",
     "ForbiddenError",
+    "ForkError",
     "HeaderTooLargeError",
     "InputError",
     "InputTooLargeError",
     "LocationError",
+    "LogFormatError",
     "MIMEError",
     "NameMismatchError",
     "NotFoundError",
+    "ProofError",
     "ProxyProtocolError",
     "RateLimitedError",
     "SignatureError",
@@ -166,6 +172,10 @@ class ProxyProtocolError(InputError):
     from a trusted balancer, or sent by a source that is not trusted to send one."""
 
 
+class LogFormatError(InputError):
+    """A signed note, checkpoint, tile, entry or proof that does not parse (C2SP formats)."""
+
+
 class AuthenticationError(SipCertError):
     """Digest authentication failed; unknown user and wrong password look the same."""
 
@@ -222,6 +232,19 @@ class SignatureError(CryptoError):
 
 class DecryptionError(CryptoError):
     """An enveloped message could not be decrypted with the keys we hold."""
+
+
+class ProofError(CryptoError):
+    """A transparency-log proof or checkpoint signature does not verify (docs/transparency.md)."""
+
+
+class ForkError(ProofError):
+    """Two checkpoints of one log cannot both be true: the log showed a split view.
+
+    Its own exit code, because it is evidence against the Store, not a transient failure.
+    """
+
+    exit_code = 15
 
 
 class NameMismatchError(SipCertError):

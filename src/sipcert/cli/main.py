@@ -132,7 +132,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
-    from sipcert.cli import db, demo, selftest, serve, sipua, user
+    from sipcert.cli import db, demo, monitor, selftest, serve, sipua, user
     from sipcert.cli import ua as ua_commands
 
     parser = Parser(
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(commands)
     selftest.register(commands)
     ua_commands.register(commands)
+    monitor.register(commands)
     sipua.register(commands)
     serve.register(commands)
     user.register(commands)

@@ -34,9 +34,10 @@ from sipcert.client.ua import (
     Credentials,
     parse_cert_reference,
 )
-from sipcert.errors import ConfigError
+from sipcert.errors import ConfigError, LogFormatError
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import KeyType, san_uris, sha256_fingerprint
+from sipcert.proto.note import Verifier
 
 __all__ = ["register"]
 
@@ -148,6 +149,17 @@ def register(commands: Any) -> None:
     parser = add("fetch", "retrieve and check an AOR's certificates (draft §4.3, §4.5)", _fetch)
     parser.add_argument("aor")
     parser.add_argument("--out", type=Path, metavar="DIR", help="write each as <sha256>.pem")
+    parser.add_argument(
+        "--verify-log",
+        action="store_true",
+        help="keep only certificates the Store's transparency log proves (docs/transparency.md)",
+    )
+    parser.add_argument(
+        "--log-witness", action="append", default=[], metavar="VKEY", help="a witness key"
+    )
+    parser.add_argument(
+        "--log-quorum", type=int, default=0, help="cosignatures required of --log-witness keys"
+    )
 
     parser = add("enroll", "create a certificate and store it at the Store (draft §5.1)", _enroll)
     parser.add_argument("aor")
@@ -197,7 +209,17 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         attribute="sip" if args.sip else "email",
         fallback_port=args.fallback_port,
         store=args.store,
+        transparency=getattr(args, "verify_log", False),
+        log_witnesses=_witness_keys(getattr(args, "log_witness", [])),
+        log_quorum=getattr(args, "log_quorum", 0),
     )
+
+
+def _witness_keys(values: list[str]) -> tuple[Verifier, ...]:
+    try:
+        return tuple(Verifier.parse(v) for v in values)
+    except LogFormatError as exc:
+        raise ConfigError(f"--log-witness: {exc}") from exc
 
 
 def _run(args: argparse.Namespace, work: Callable[[AsyncUA], Coroutine[Any, Any, T]]) -> T:

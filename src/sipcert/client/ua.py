@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,7 @@ from sipcert.client.locate import (
     make_resolver,
     parse_store_address,
 )
+from sipcert.client.tlog import LOG_PINS, LogClient, PinStore, http_getter
 from sipcert.client.tls import ConnectionEvent, RoutedBackend, StrictTransport, make_ssl_context
 from sipcert.errors import (
     ConfigError,
@@ -58,6 +60,8 @@ from sipcert.errors import (
 )
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import (
+    Discarded,
+    DiscardReason,
     Identity,
     KeyType,
     cert_hash,
@@ -66,6 +70,7 @@ from sipcert.proto.certs import (
     sha256_fingerprint,
     validate_retrieved,
 )
+from sipcert.proto.note import Verifier
 from sipcert.proto.store import CERT_HASH_LENGTH, parse_cert_hash
 
 __all__ = [
@@ -111,6 +116,13 @@ class ClientConfig:
     max_response_size: int = MAX_RESPONSE_SIZE
     #: ``HOST[:PORT]`` of the Store, skipping DNS location (the TLS name rule still applies).
     store: str | None = None
+    #: Check every fetched certificate against the Store's transparency log, when it
+    #: publishes one (issue 14, docs/transparency.md): the log key is pinned on first use,
+    #: ``log_quorum`` of ``log_witnesses`` must cosign, a fork is a ForkError. Off by default
+    #: for now: on, it adds a GET of ``/log/vkey`` to every fetch (docs/transparency.md).
+    transparency: bool = False
+    log_witnesses: tuple[Verifier, ...] = ()
+    log_quorum: int = 0
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -358,12 +370,58 @@ class AsyncUA:
             self.http, location, max_size=self.config.max_response_size
         )
         result = FetchResult.from_retrieved(location, retrieved, now)
+        if self.config.transparency and result.kept:
+            result = await self._check_log(location, result)
         self._say(
             f"GET {result.url}: {retrieved.status}, {len(result.kept)} kept, "
             f"{len(result.discarded)} discarded"
         )
         self.cache.put(result)
         return result
+
+    async def _check_log(self, location: Location, result: FetchResult) -> FetchResult:
+        """Keep only the certificates the Store's transparency log proves (issue 14)."""
+        client = self._log_client(location)
+        if not await client.publishes_log():
+            self._say(f"{location.domain} publishes no transparency log")
+            return result
+        ders = [certificate_der(c) for c in result.kept]
+        kept, dropped = await client.verify_certificates(str(location.aor), ders)
+        still = set(kept)
+        self._say(f"transparency log: {len(kept)} proven, {len(dropped)} not")
+        return replace(
+            result,
+            kept=tuple(c for c in result.kept if certificate_der(c) in still),
+            discarded=result.discarded
+            + tuple(
+                Discarded(hashlib.sha256(der).hexdigest(), DiscardReason.NOT_IN_LOG, why)
+                for der, why in dropped
+            ),
+        )
+
+    def _log_client(self, location: Location) -> LogClient:
+        return LogClient(
+            location.domain,
+            http_getter(self.http, location.domain, self.config.max_response_size),
+            PinStore(self.home.root / LOG_PINS),
+            witnesses=self.config.log_witnesses,
+            quorum=self.config.log_quorum,
+        )
+
+    async def log_client(
+        self, aor: AOR | str, *, witnesses: Sequence[Verifier] = (), quorum: int = 0
+    ) -> LogClient:
+        """The transparency log of ``aor``'s domain, read over this UA's strict TLS (issue 14).
+
+        Pins live in the home (``tlog-pins.json``); see :mod:`sipcert.client.tlog`.
+        """
+        location = await self._route(_aor(aor))
+        client = self._log_client(location)
+        if witnesses or quorum:
+            client = LogClient(
+                client.domain, client.get, client.pins, witnesses=witnesses, quorum=quorum
+            )
+        return client
 
     async def certificate_in_signaling(
         self, aor: AOR | str, certificate: x509.Certificate

@@ -402,6 +402,9 @@ class DiscardReason(StrEnum):
     EXPIRED = "expired"
     WEAK_SIGNATURE_ALGORITHM = "weak-signature-algorithm"
     BAD_SELF_SIGNATURE = "bad-self-signature"
+    #: The Store publishes a transparency log and this certificate has no valid proof in it
+    #: (docs/transparency.md; ``client.tlog``).
+    NOT_IN_LOG = "not-in-log"
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ from sipcert.server.jsonlog import iso_time, json_line
 from sipcert.server.metrics import Metrics, route_of
 from sipcert.server.ops import HEALTH_PATH, READY_PATH, Health
 from sipcert.server.shared import as_async_counter, as_async_limiter
+from sipcert.server.tlog import LOG_PREFIX, PROOF_PATH, LoggedStore, TransparencyLog
 from sipcert.server.tls import sni_domain
 from sipcert.server.web import ACCOUNT_PATH, REVOKE_PATH, AccountPages, CsrfTokens
 from sipcert.storage import CertificateStore, StoredCertificate
@@ -371,10 +372,16 @@ class StoreApp:
         sni_of: Callable[[web.BaseRequest], str | None] | None = None,
         metrics: Metrics | None = None,
         audit: Audit | None = None,
+        tlog: TransparencyLog | None = None,
     ) -> None:
         self.domains = frozenset(domains)
         self.metrics = metrics or Metrics()
         self.audit = audit
+        # Issue 14: every enrollment and revocation (PUT, DELETE, the revocation page) is
+        # logged before it is answered (docs/transparency.md).
+        self.tlog = tlog
+        if tlog is not None:
+            storage = LoggedStore(storage, tlog)
         self.storage = storage
         self.credentials = credentials
         self.policy = policy
@@ -446,6 +453,8 @@ class StoreApp:
         if request.path in (HEALTH_PATH, READY_PATH):  # whatever the SNI name (issue 10)
             return await self.health.answer(request)
         if request.path != SEARCH_PATH:
+            if self.tlog is not None and request.path.startswith(LOG_PREFIX):
+                return await self._log_resource(request, self.tlog)
             if request.path in (ACCOUNT_PATH, REVOKE_PATH):
                 return await self.account_pages.handle(request, self._domain_of(request))
             raise NotFoundError(f"no such resource; the Store answers at {SEARCH_PATH}")
@@ -461,6 +470,26 @@ class StoreApp:
         if method == "PUT":
             return await self._put(request, query, domain)
         return await self._delete(request, query, domain)
+
+    async def _log_resource(
+        self, request: web.BaseRequest, tlog: TransparencyLog
+    ) -> web.StreamResponse:
+        """``/log/...``: the domain's tlog-tiles resources (server.tlog)."""
+        if request.method not in ("GET", "HEAD"):
+            response = _plain(405, "the log is read-only; use GET")
+            response.headers["Allow"] = "GET, HEAD"
+            raise _RefusalError(response)
+        domain = self._domain_of(request)
+        if request.path == PROOF_PATH:
+            query = parse_query(request.raw_path.partition("?")[2])
+            aor = self._aor_for(query, domain, "GET")
+            now = datetime.fromtimestamp(self._clock(), UTC)
+            certs = await self.storage.get_by_aor(str(aor), now)
+            response = web.Response(body=await tlog.proofs(domain, str(aor), certs))
+            response.headers["Content-Type"] = "application/json"
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        return await tlog.handle(request.path, domain)
 
     def _domain_of(self, request: web.BaseRequest) -> str:
         """The served domain this connection speaks for (TLS SNI), or 404 (draft §4.3)."""

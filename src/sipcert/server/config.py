@@ -22,6 +22,7 @@ from sipcert.errors import AORError, ConfigError, InputTooLargeError
 from sipcert.proto.aor import normalize_domain
 from sipcert.proto.ratelimit import LoginLimits
 from sipcert.proto.store import StorePolicy
+from sipcert.server.tlog import TransparencyConfig, parse_transparency
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -71,6 +72,7 @@ _TOP_KEYS = frozenset(
         "audit_log",
         "frontend_name",
         "db_upgrade",
+        "transparency",
     }
 )
 _LOG_FORMATS = ("text", "json")
@@ -161,6 +163,8 @@ class StoreConfig:
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: Operating it (issue 10, docs/store.md "Operating it").
     ops: OpsConfig = field(default_factory=lambda: OpsConfig())
+    #: The transparency log (issue 14, docs/transparency.md); None: no log is published.
+    transparency: TransparencyConfig | None = None
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -219,6 +223,7 @@ class StoreConfig:
             auth_failure_window=float(auth_failure_window),
             auth_failures_per_user=auth_failures_per_user,
             auth_trust_days=auth_trust_days,
+            transparency=parse_transparency(doc.get("transparency")),
         )
 
     @property

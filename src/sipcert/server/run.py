@@ -57,8 +57,10 @@ from sipcert.server.ops import admin_handler
 from sipcert.server.shared import LIMITS_DB as LIMITS_DB  # where they were before issue 10
 from sipcert.server.shared import NONCE_DB as NONCE_DB
 from sipcert.server.shared import open_shared_state
+from sipcert.server.tlog import TransparencyLog, load_or_create_log_keys
 from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
 from sipcert.storage import open_store
+from sipcert.storage.tlog import open_log
 
 __all__ = ["bind_sockets", "build_tls", "run", "serve_app", "setup_logging"]
 
@@ -237,7 +239,12 @@ async def _worker_main(
         retention=config.nonce_lifetime + DEFAULT_MAX_CLOCK_SKEW,
         limits=config.login_limits,
     )
+    tlog = open_transparency(config)
+    sequencer: asyncio.Task[None] | None = None
     try:
+        if tlog is not None:
+            await tlog.start()
+            sequencer = asyncio.create_task(tlog.run_forever())
         app = StoreApp(
             domains=config.domain_names,
             storage=storage,
@@ -251,6 +258,7 @@ async def _worker_main(
             limiter=shared.limiter,
             metrics=_metrics_for(config),
             audit=Audit(config.ops.frontend_name),
+            tlog=tlog,
         )
         reloader = Reloader(config, ssl_context, app, read_config)
         await serve_app(
@@ -266,9 +274,28 @@ async def _worker_main(
         )
         log.info("worker %d stopped", os.getpid())
     finally:
+        if sequencer is not None:
+            sequencer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sequencer
+        if tlog is not None:
+            await tlog.store.close()
         shared.close()
         await (app.credentials if reloader is not None else credentials).close()
         await storage.close()
+
+
+def open_transparency(config: StoreConfig) -> TransparencyLog | None:
+    """The transparency log of ``config`` (one per served domain), or None when it is off."""
+    if config.transparency is None:
+        return None
+    keys = {d: load_or_create_log_keys(config.data_dir, d) for d in config.domain_names}
+    return TransparencyLog(
+        open_log(config.db, config.data_dir),
+        keys,
+        interval=config.transparency.interval,
+        witnesses=config.transparency.witnesses,
+    )
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -328,6 +355,9 @@ async def _check_sources(config: StoreConfig) -> None:
     open_shared_state(
         storage, config.data_dir, retention=config.nonce_lifetime, limits=config.login_limits
     ).close()
+    tlog = open_transparency(config)  # creates each log's key once, before any fork
+    if tlog is not None:
+        await tlog.store.close()
 
 
 def run(
