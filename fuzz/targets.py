@@ -227,8 +227,10 @@ def sip_message(data: bytes) -> None:
         parser = sip.StreamParser(_SIP_LIMITS)
         step = (data[0] % 64 + 1) if data else 1
         for at in range(0, len(data), step):
-            for message in parser.feed(data[at : at + step]):
-                _use(message)
+            for event in parser.feed(data[at : at + step]):
+                if isinstance(event, SipCertError):  # refused in order, as the UA answers it
+                    raise event
+                _use(event)
 
     only_sipcert_errors(streamed)
 

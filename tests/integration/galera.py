@@ -130,6 +130,7 @@ wsrep_sst_receive_address=127.0.0.1:{node.sst}
             capture_output=True,
             check=True,
             timeout=120,
+            env=self._env(),
         )
         self._launch(first, "--wsrep-new-cluster")
         self.wait_synced(first)
@@ -142,6 +143,11 @@ wsrep_sst_receive_address=127.0.0.1:{node.sst}
             self.wait_synced(node)
         self.wait_size(len(self.nodes))
 
+    def _env(self) -> dict[str, str]:
+        """The servers run as ``mysql``: their temporary files go to the cluster's folder
+        (a TMPDIR of the test run's may not be writable for that user)."""
+        return {**os.environ, "TMPDIR": str(self.root)}
+
     def _launch(self, node: GaleraNode, *extra: str) -> None:
         node.datadir.mkdir(exist_ok=True)
         mysql = pwd.getpwnam("mysql")
@@ -151,6 +157,7 @@ wsrep_sst_receive_address=127.0.0.1:{node.sst}
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            env=self._env(),
         )
 
     def wait_synced(self, node: GaleraNode, timeout: float = 90.0) -> None:
