@@ -57,7 +57,14 @@ from sipcert.proto.sip import (
     with_body,
 )
 from sipcert.sip.nexthop import next_hops
-from sipcert.sip.transport import Hop, Origin, SipTransport, Transport, cancel_and_wait
+from sipcert.sip.transport import (
+    Hop,
+    MessageTooLongError,
+    Origin,
+    SipTransport,
+    Transport,
+    cancel_and_wait,
+)
 
 __all__ = [
     "ACCEPTED_TYPES",
@@ -447,7 +454,7 @@ class UserAgent:
         """Run the client transaction, answering 401/407 challenges (§22.2); return both.
 
         A request too large for UDP goes over TCP (§18.1.1, :meth:`_sized`); a 513 to one
-        sent over UDP is retried once over TCP.
+        sent over UDP, or a UDP send refused with EMSGSIZE, is retried once over TCP.
         """
         challenged = 0
         stream = False
@@ -456,6 +463,14 @@ class UserAgent:
             request, used = await self._sized(request, hop, stream=stream)
             try:
                 response = await self._transaction(request, used, on_provisional)
+            except MessageTooLongError as error:
+                if used.transport is not Transport.UDP or stream:
+                    raise
+                # §18.1.1: EMSGSIZE (over the datagram limit, or the path MTU an ICMP
+                # "fragmentation needed" reported) is the 513 case found locally: TCP.
+                log.info("%s over UDP: %s; retrying over TCP", request.method, error)
+                stream = True
+                continue
             except TransportError as error:
                 if not remaining:
                     raise
