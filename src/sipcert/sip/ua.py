@@ -33,6 +33,7 @@ from sipcert.client.locate import DNSResolver
 from sipcert.errors import (
     ConfigError,
     InputError,
+    LocationError,
     SipCertError,
     SipMessageError,
     TransportError,
@@ -383,7 +384,11 @@ class UserAgent:
             raise ConfigError(
                 "no proxy configured: pass proxy=Hop(...) or a DNS resolver to UserAgent"
             )
-        hops = await next_hops(parse_uri(target), self._resolver)
+        uri = parse_uri(target)
+        try:
+            hops = await next_hops(uri, self._resolver)
+        except LocationError as error:
+            raise LocationError(f"no next hop for {uri.host} in DNS (RFC 3263): {error}") from error
         for index, hop in enumerate(hops):  # §4.3: skip hops whose connection fails
             if index == len(hops) - 1:
                 return hops[index:]

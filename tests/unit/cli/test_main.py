@@ -96,3 +96,17 @@ def test_revoke_takes_no_key_options(capsys: pytest.CaptureFixture[str]) -> None
     argv = ["revoke", "alice@example.com", "--key-passphrase-file", "pass.txt"]
     assert cli.main(argv) == 2
     assert "--key-passphrase-file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ua", "alice@example.com"],
+        ["message", "send", "a@example.com", "b@example.net", "--text", "x"],
+    ],
+)
+def test_sip_commands_need_no_proxy(argv: list[str]) -> None:
+    """Without --proxy the next hop is located with RFC 3263, asking --dns (issue 12)."""
+    args = cli.build_parser().parse_args([*argv, "--dns", "127.0.0.1:5353"])
+    assert args.proxy is None
+    assert args.dns == "127.0.0.1:5353"
