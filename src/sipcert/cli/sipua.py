@@ -36,11 +36,13 @@ from sipcert.cli.ua import (
     _window_option,
     read_password,
 )
+from sipcert.client.locate import make_resolver
 from sipcert.client.ua import AsyncUA, Credentials
 from sipcert.errors import (
     AuthenticationError,
     ConfigError,
     InputError,
+    LocationError,
     NotFoundError,
     SipCertError,
     TransportError,
@@ -83,7 +85,8 @@ def register(commands: Any) -> None:
         "ua",
         help="run a SIP UA that verifies and answers protected MESSAGE and INVITE (draft §1)",
         description=(
-            "Register AOR at the proxy, keep its certificate enrolled (draft §5.1), print every "
+            "Register AOR at the proxy (without --proxy: at the registrar DNS names for its "
+            "domain, RFC 3263), keep its certificate enrolled (draft §5.1), print every "
             "received MESSAGE with its verification outcome and answer INVITEs with a protected "
             "SDP, until SIGINT or SIGTERM; then unregister."
         ),
@@ -133,8 +136,9 @@ def register(commands: Any) -> None:
         help="send one signed and encrypted MESSAGE (draft §4.4, RFC 3261 §23)",
         description=(
             "Fetch every certificate of TO-AOR, sign TEXT with this device's key, encrypt it "
-            "for all of them and send it as one MESSAGE through the proxy. No REGISTER: the "
-            "proxy authenticates the MESSAGE itself (407)."
+            "for all of them and send it as one MESSAGE through the proxy (without --proxy: to "
+            "the server DNS names for TO-AOR's domain, RFC 3263). No REGISTER: the proxy "
+            "authenticates the MESSAGE itself (407)."
         ),
         parents=[common],
         allow_abbrev=False,
@@ -151,9 +155,10 @@ def _sip_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SIP")
     group.add_argument(
         "--proxy",
-        required=True,
         metavar="URI",
-        help="outbound proxy and registrar, sip:HOST[:PORT][;transport=udp|tcp|tls]",
+        help="outbound proxy and registrar, sip:HOST[:PORT][;transport=udp|tcp|tls]; without "
+        "it each request goes to the next hop RFC 3263 locates for its domain (NAPTR, SRV, "
+        "A/AAAA, with failover), asking --dns",
     )
     group.add_argument(
         "--listen",
@@ -161,6 +166,26 @@ def _sip_options(parser: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="local address for SIP (default 127.0.0.1; it is also the Contact)",
     )
+
+
+def _located(work: Coroutine[Any, Any, T], domain: str) -> Coroutine[Any, Any, T]:
+    """``work``, with a hint added when no next hop was found for ``domain`` (RFC 3263)."""
+
+    async def run() -> T:
+        try:
+            return await work
+        except LocationError as error:
+            raise LocationError(
+                f"{error} (give --proxy URI, or --dns a server that knows {domain})"
+            ) from error
+
+    return run()
+
+
+def _next_hop_label(proxy: Hop | None, domain: str) -> str:
+    if proxy is not None:
+        return f"{proxy.host}:{proxy.port}"
+    return f"the next hop of {domain} (RFC 3263)"
 
 
 def parse_proxy(text: str, aor: AOR) -> Hop:
@@ -301,8 +326,12 @@ def _check_registration(response: Response) -> None:
 
 def _ua(args: argparse.Namespace) -> int:
     aor = parse_aor(args.aor)
-    proxy = parse_proxy(args.proxy, aor)
-    if proxy.transport is Transport.TLS and not (args.tls_certificate and args.tls_key):
+    proxy = parse_proxy(args.proxy, aor) if args.proxy is not None else None
+    if (
+        proxy is not None
+        and proxy.transport is Transport.TLS
+        and not (args.tls_certificate and args.tls_key)
+    ):
         raise ConfigError(
             "sipcert ua receives requests, and a TLS listener needs a certificate of its own: "
             "give --tls-certificate and --tls-key (or use transport=tcp or udp)"
@@ -316,7 +345,7 @@ def _ua(args: argparse.Namespace) -> int:
 async def _run_ua(
     args: argparse.Namespace,
     aor: AOR,
-    proxy: Hop,
+    proxy: Hop | None,
     credentials: Credentials,
     passphrase: bytes | None,
     printer: _Printer,
@@ -336,7 +365,7 @@ async def _run_ua(
 async def _serve(
     args: argparse.Namespace,
     aor: AOR,
-    proxy: Hop,
+    proxy: Hop | None,
     credentials: Credentials,
     passphrase: bytes | None,
     printer: _Printer,
@@ -371,17 +400,20 @@ async def _serve(
         async def on_received(received: Received) -> None:
             printer.emit(received.kind, _describe(received), **_received_fields(received))
 
-        tls = proxy.transport is Transport.TLS
+        # Without a proxy the UA listens on UDP (RFC 3261 §18: every UA does) and reaches
+        # whatever hop DNS names; TLS there verifies the domain (RFC 5922 §4).
+        tls = proxy is not None and proxy.transport is Transport.TLS
         ua = UserAgent(
             aor,
             password=credentials.password,
             username=credentials.username,
             proxy=proxy,
-            transport=proxy.transport,
+            transport=proxy.transport if proxy is not None else Transport.UDP,
             host=args.listen,
             incomplete_timeout=args.incomplete_timeout,
             keepalive=args.keepalive or None,
-            tls_context=client_tls_context(args.ca_file) if tls else None,
+            resolver=make_resolver(args.dns, timeout=args.timeout) if proxy is None else None,
+            tls_context=client_tls_context(args.ca_file) if tls or proxy is None else None,
             server_tls_context=(
                 server_tls_context(args.tls_certificate, args.tls_key) if tls else None
             ),
@@ -395,8 +427,11 @@ async def _serve(
             accept_unverified=args.accept_unverified,
         )
         async with secure:
-            registering = _Waiting(printer, "register with", args.proxy)
-            response = await registering.until(secure.register(args.expires), stop)
+            where = args.proxy or _next_hop_label(None, aor.host)
+            registering = _Waiting(printer, "register with", where)
+            response = await registering.until(
+                _located(secure.register(args.expires), aor.host), stop
+            )
             _check_registration(response)  # a refusal is the error, never "registered"
             _registered(printer, "registered", response, ua.contact)
             watchers: set[asyncio.Task[None]] = set()
@@ -406,7 +441,7 @@ async def _serve(
             finally:
                 await cancel_and_wait([calls, *watchers])
             stop.clear()  # a second signal abandons the unregistration
-            unregistering = _Waiting(printer, "unregister from", args.proxy)
+            unregistering = _Waiting(printer, "unregister from", where)
             response = await unregistering.until(secure.unregister(), stop)
             _registered(printer, "unregistered", response, ua.contact)
 
@@ -455,7 +490,7 @@ async def _watch_calls(ua: UserAgent, printer: _Printer, watchers: set[asyncio.T
 def _send(args: argparse.Namespace) -> int:
     sender = parse_aor(args.from_aor)
     target = parse_aor(args.to_aor)
-    proxy = parse_proxy(args.proxy, sender)
+    proxy = parse_proxy(args.proxy, sender) if args.proxy is not None else None
     password = read_password(args, sender)
     passphrase = _passphrase(args)
     printer = _Printer(args.json)
@@ -467,19 +502,22 @@ def _send(args: argparse.Namespace) -> int:
                     f"no certificate for {sender} (device {args.device!r}) in {client.home.root}: "
                     f"run `sipcert enroll {sender}` first"
                 )
-            tls = client_tls_context(args.ca_file) if proxy.transport is Transport.TLS else None
+            tls = proxy is None or proxy.transport is Transport.TLS
             ua = UserAgent(
                 sender,
                 password=password,
                 username=args.username,
                 proxy=proxy,
-                transport=proxy.transport,
+                transport=proxy.transport if proxy is not None else Transport.UDP,
                 host=args.listen,
-                tls_context=tls,
+                resolver=make_resolver(args.dns, timeout=args.timeout) if proxy is None else None,
+                tls_context=client_tls_context(args.ca_file) if tls else None,
             )
             async with SecureUA(ua, client, device=args.device, passphrase=passphrase) as secure:
-                sending = _Waiting(printer, "send the MESSAGE through", args.proxy)
-                return await sending.until(secure.send_message(target, args.text), asyncio.Event())
+                where = args.proxy or _next_hop_label(None, target.host)
+                sending = _Waiting(printer, "send the MESSAGE through", where)
+                work = _located(secure.send_message(target, args.text), target.host)
+                return await sending.until(work, asyncio.Event())
 
     sent = asyncio.run(main())
     if sent.status in (401, 403, 407):
@@ -487,8 +525,13 @@ def _send(args: argparse.Namespace) -> int:
         # refusal as a REGISTER's in `sipcert ua`, so the same exit code (6). The answer came
         # through our proxy, not necessarily from the callee: name the proxy.
         reason = sent.response.reason if sent.response is not None else ""
+        via = (
+            f"the proxy {proxy.host}:{proxy.port} ({proxy.transport})"
+            if proxy is not None
+            else _next_hop_label(None, target.host)
+        )
         raise AuthenticationError(
-            f"the proxy {proxy.host}:{proxy.port} ({proxy.transport}) answered the MESSAGE to "
+            f"{via} answered the MESSAGE to "
             f"{target} with {sent.status} {reason}: wrong SIP credentials for {sender}, "
             "or not allowed to send it"
         )
@@ -497,7 +540,7 @@ def _send(args: argparse.Namespace) -> int:
     return code
 
 
-def _print_sent(printer: _Printer, sent: Sent, sender: AOR, proxy: Hop, code: int) -> None:
+def _print_sent(printer: _Printer, sent: Sent, sender: AOR, proxy: Hop | None, code: int) -> None:
     response = sent.response
     hint = (
         " -- no device of the callee could decrypt it (493, RFC 3261 §21.4.27)"
@@ -507,7 +550,8 @@ def _print_sent(printer: _Printer, sent: Sent, sender: AOR, proxy: Hop, code: in
     reason = f" {response.reason}" if response is not None else ""
     printer.emit(
         "sent",
-        f"MESSAGE {sender} -> {sent.to}: {sent.status}{reason} through {proxy.host}:{proxy.port} "
+        f"MESSAGE {sender} -> {sent.to}: {sent.status}{reason} through "
+        f"{_next_hop_label(proxy, sent.to.host)} "
         f"(encrypted for {len(sent.recipients)} certificate(s)){hint}",
         **{
             "ok": code == 0,

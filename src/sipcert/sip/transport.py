@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_PORTS",
     "Hop",
     "MessageHandler",
+    "MessageTooLongError",
     "Origin",
     "SipTransport",
     "StreamConnection",
@@ -64,8 +66,14 @@ __all__ = [
     "server_tls_context",
 ]
 
-#: Largest UDP payload we send (IPv4 datagram limit).
+#: Largest UDP payload over IPv4 (65,535 - 20 - 8); the kernel refuses more with EMSGSIZE.
 MAX_DATAGRAM = 65507
+
+
+class MessageTooLongError(TransportError):
+    """A UDP datagram was refused as too long (EMSGSIZE): over the datagram limit, or over
+    the path MTU that an ICMP "fragmentation needed" reported (RFC 3261 §18.1.1, RFC 1191).
+    The request should go over TCP instead."""
 
 
 class Transport(StrEnum):
@@ -239,8 +247,13 @@ class _Datagrams(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.owner._datagram(data, str(addr[0]), int(addr[1]))
 
-    def error_received(self, exc: Exception) -> None:  # ICMP errors: nothing to do per message
-        pass
+    def error_received(self, exc: Exception) -> None:
+        """A failed send, or an ICMP error reported on the socket. Only EMSGSIZE matters
+        (message too long, or "fragmentation needed" lowered the path MTU): the next send
+        raises it, so the request goes over TCP. Others (port unreachable) are the
+        transaction timers' business."""
+        if isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
+            self.owner._too_long = exc
 
 
 def _stamp_received(request: Request, host: str, port: int) -> Request:
@@ -293,6 +306,7 @@ class SipTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._connecting: dict[tuple[Transport, str, int, str], asyncio.Lock] = {}
         self._closed = False
+        self._too_long: OSError | None = None
         self.dropped: list[SipCertError] = []
 
     async def __aenter__(self) -> SipTransport:
@@ -480,9 +494,19 @@ class SipTransport:
     def _sendto(self, data: bytes, host: str, port: int) -> None:
         if self._udp is None or self._udp.is_closing():
             raise TransportError("no UDP socket: listen on UDP first")
-        if len(data) > MAX_DATAGRAM:
-            raise TransportError(f"{len(data)} octets do not fit a UDP datagram; use TCP")
-        self._udp.sendto(data, (host, port))
+        # asyncio hands a failed sendto (and any ICMP error reported later) to
+        # error_received instead of raising: an EMSGSIZE noted there, during this send or
+        # since the last one, fails this send.
+        earlier, self._too_long = self._too_long, None
+        if earlier is None:
+            self._udp.sendto(data, (host, port))
+        failed = earlier or self._too_long
+        self._too_long = None
+        if failed is not None:
+            raise MessageTooLongError(
+                f"{len(data)} octets do not fit a UDP datagram to {host}:{port} "
+                f"({failed.strerror or 'message too long'}); use TCP"
+            ) from failed
 
     def pooled(self, hop: Hop) -> StreamConnection | None:
         """The open pooled connection to ``hop``, if any (no connection is made)."""

@@ -33,6 +33,7 @@ from sipcert.client.locate import DNSResolver
 from sipcert.errors import (
     ConfigError,
     InputError,
+    LocationError,
     SipCertError,
     SipMessageError,
     TransportError,
@@ -57,7 +58,14 @@ from sipcert.proto.sip import (
     with_body,
 )
 from sipcert.sip.nexthop import next_hops
-from sipcert.sip.transport import Hop, Origin, SipTransport, Transport, cancel_and_wait
+from sipcert.sip.transport import (
+    Hop,
+    MessageTooLongError,
+    Origin,
+    SipTransport,
+    Transport,
+    cancel_and_wait,
+)
 
 __all__ = [
     "ACCEPTED_TYPES",
@@ -376,7 +384,11 @@ class UserAgent:
             raise ConfigError(
                 "no proxy configured: pass proxy=Hop(...) or a DNS resolver to UserAgent"
             )
-        hops = await next_hops(parse_uri(target), self._resolver)
+        uri = parse_uri(target)
+        try:
+            hops = await next_hops(uri, self._resolver)
+        except LocationError as error:
+            raise LocationError(f"no next hop for {uri.host} in DNS (RFC 3263): {error}") from error
         for index, hop in enumerate(hops):  # §4.3: skip hops whose connection fails
             if index == len(hops) - 1:
                 return hops[index:]
@@ -447,7 +459,7 @@ class UserAgent:
         """Run the client transaction, answering 401/407 challenges (§22.2); return both.
 
         A request too large for UDP goes over TCP (§18.1.1, :meth:`_sized`); a 513 to one
-        sent over UDP is retried once over TCP.
+        sent over UDP, or a UDP send refused with EMSGSIZE, is retried once over TCP.
         """
         challenged = 0
         stream = False
@@ -456,6 +468,14 @@ class UserAgent:
             request, used = await self._sized(request, hop, stream=stream)
             try:
                 response = await self._transaction(request, used, on_provisional)
+            except MessageTooLongError as error:
+                if used.transport is not Transport.UDP or stream:
+                    raise
+                # §18.1.1: EMSGSIZE (over the datagram limit, or the path MTU an ICMP
+                # "fragmentation needed" reported) is the 513 case found locally: TCP.
+                log.info("%s over UDP: %s; retrying over TCP", request.method, error)
+                stream = True
+                continue
             except TransportError as error:
                 if not remaining:
                     raise

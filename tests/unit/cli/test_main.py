@@ -110,3 +110,17 @@ def test_enroll_key_type_defaults_to_p256() -> None:
         assert KeyType(args.key_type).value == choice
     with pytest.raises(UsageError, match="invalid choice"):
         parser.parse_args(["enroll", "alice@example.com", "--key-type", "ed25519"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ua", "alice@example.com"],
+        ["message", "send", "a@example.com", "b@example.net", "--text", "x"],
+    ],
+)
+def test_sip_commands_need_no_proxy(argv: list[str]) -> None:
+    """Without --proxy the next hop is located with RFC 3263, asking --dns (issue 12)."""
+    args = cli.build_parser().parse_args([*argv, "--dns", "127.0.0.1:5353"])
+    assert args.proxy is None
+    assert args.dns == "127.0.0.1:5353"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl
 import time
@@ -24,7 +25,14 @@ from sipcert.proto.digest import (
 from sipcert.proto.indirection import certificate_reference, parse_external_body
 from sipcert.proto.mime import MimePart
 from sipcert.proto.sip import Request, Response, StreamParser, body_part, make_response
-from sipcert.sip.transport import Hop, Origin, SipTransport, Transport, client_tls_context
+from sipcert.sip.transport import (
+    Hop,
+    MessageTooLongError,
+    Origin,
+    SipTransport,
+    Transport,
+    client_tls_context,
+)
 from sipcert.sip.ua import Call, IncomingRequest, Timers, UserAgent
 
 T = TypeVar("T")
@@ -972,6 +980,72 @@ def test_513_over_udp_is_retried_over_tcp() -> None:
         assert (first_via, second_via) == (Transport.UDP, Transport.TCP)
         assert second.cseq[0] == first.cseq[0] + 1
         assert second.top_via.branch != first.top_via.branch
+
+    run(main())
+
+
+def _refuse_udp_once(alice: UserAgent, *, reported: bool) -> list[int]:
+    """Make alice's first UDP send fail with EMSGSIZE: within sendto, as asyncio reports
+    the kernel's refusal of a datagram over the limit, or ``reported`` on the socket a
+    moment later (an ICMP "fragmentation needed": the datagram was dropped on the way).
+    Returns the sizes of the UDP sends attempted."""
+    udp = alice.transport._udp
+    assert udp is not None
+    protocol = udp.get_protocol()
+    real = udp.sendto
+    sizes: list[int] = []
+
+    def sendto(data: bytes, addr: object = None) -> None:
+        sizes.append(len(data))
+        if len(sizes) > 1:
+            real(data, addr)  # type: ignore[arg-type]
+            return
+        too_long = OSError(errno.EMSGSIZE, "Message too long")
+        if reported:
+            asyncio.get_running_loop().call_soon(protocol.error_received, too_long)
+        else:
+            protocol.error_received(too_long)
+
+    udp.sendto = sendto  # type: ignore[method-assign]
+    return sizes
+
+
+@pytest.mark.parametrize("reported", [False, True], ids=["sendto", "icmp-reported"])
+def test_emsgsize_over_udp_is_retried_over_tcp(reported: bool) -> None:
+    """RFC 3261 §18.1.1: a UDP send refused as too long goes over TCP, like a 513 (the
+    reported case at Timer E's retransmission)."""
+
+    async def main() -> None:
+        proxy = _TwoTransportProxy([])
+        hop = await proxy.start()
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            sizes = _refuse_udp_once(alice, reported=reported)
+            assert (await alice.send_message("bob@example.com", TEXT)).status == 200
+        await proxy.transport.aclose()
+        assert sizes == sizes[:1] and sizes[0] < 1300  # one small UDP attempt, refused
+        [(via, request)] = proxy.received
+        assert via is Transport.TCP and request.top_via.transport == "TCP"
+
+    run(main())
+
+
+def test_emsgsize_when_tcp_is_refused_too_is_a_transport_error() -> None:
+    async def main() -> None:
+        proxy = _TwoTransportProxy([])
+        hop = await proxy.start(tcp=False)
+        async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
+            udp = alice.transport._udp
+            assert udp is not None
+            protocol = udp.get_protocol()
+
+            def sendto(data: bytes, addr: object = None) -> None:
+                protocol.error_received(OSError(errno.EMSGSIZE, "Message too long"))
+
+            udp.sendto = sendto  # type: ignore[method-assign]
+            with pytest.raises(MessageTooLongError, match="do not fit a UDP datagram"):
+                await alice.send_message("bob@example.com", TEXT)
+        await proxy.transport.aclose()
+        assert proxy.received == []
 
     run(main())
 
