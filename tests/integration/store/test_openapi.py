@@ -75,6 +75,8 @@ def openapi_store(store_files: StoreFiles) -> Iterator[StoreProcess]:
     # Generated PUTs answer 401; the guessing limiter must not turn them into 429s.
     config.write_text(
         "access_log = true\nauth_failures = 100000\nauth_failures_per_user = 200000\n"
+        # The transparency log's /log/ resources are in the document too (issue 14).
+        "[transparency]\ninterval = 0.5\n"
     )
     process = StoreProcess(store_files, extra=["--config", str(config)])
     process.start()
