@@ -173,7 +173,11 @@ class StoreProcess:
             )
         finally:
             log.close()
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # a Store that never came up must not outlive the test
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         context = ssl.create_default_context(cafile=self.files.ca_file)
