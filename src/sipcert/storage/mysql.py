@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sipcert.errors import ConfigError, StorageError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_NONCE_LIFETIME
-from sipcert.proto.ratelimit import Admission, LimitState, LoginLimits, decide, release
+from sipcert.proto.ratelimit import LimitState, LoginLimits
 from sipcert.storage.base import (
     SchemaStatus,
     StoredCertificate,
@@ -48,6 +48,7 @@ from sipcert.storage.base import (
     ensure_utc,
     too_many,
 )
+from sipcert.storage.dbstate import DatabaseLoginLimiter, Pruner, Step
 
 __all__ = [
     "RETRIES",
@@ -80,7 +81,6 @@ RETRIES = 8
 _RETRYABLE = frozenset({1213, 1205, 1020, 1047})
 #: Most expired rows one prune deletes, and seconds (of ``now``) between prunes.
 PRUNE_BATCH = 5000
-PRUNE_EVERY = 60.0
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -541,17 +541,6 @@ class MysqlStore:
             await pool.wait_closed()
 
 
-class _Pruner:
-    def __init__(self) -> None:
-        self._last = float("-inf")
-
-    def due(self, now: float) -> bool:
-        return now - self._last >= PRUNE_EVERY
-
-    def done(self, now: float, deleted: int) -> None:
-        self._last = float("-inf") if deleted >= PRUNE_BATCH else now
-
-
 async def _execute(conn: Any, sql: str, args: tuple[Any, ...]) -> int:
     async with conn.cursor() as cur:
         return int(await cur.execute(sql, args))
@@ -572,7 +561,7 @@ class MysqlNonceCounter:
             raise ConfigError("MysqlNonceCounter needs retention > 0")
         self._store = store
         self._retention = retention
-        self._pruner = _Pruner()
+        self._pruner = Pruner()
 
     async def advance(self, nonce: str, nc: int, now: float) -> bool:
         """Record ``nc`` for ``nonce``; True iff it is above every count seen for it."""
@@ -594,11 +583,11 @@ class MysqlNonceCounter:
             return await _execute(conn, _PRUNE_NONCES, (now - self._retention, PRUNE_BATCH))
 
         deleted = await self._store.run("pruning nonce counts", work)
-        self._pruner.done(now, deleted)
+        self._pruner.done(now, deleted, PRUNE_BATCH)
         return deleted
 
 
-class MysqlLoginLimiter:
+class MysqlLoginLimiter(DatabaseLoginLimiter):
     """An :class:`~sipcert.proto.ratelimit.AsyncLoginLimiter` in ``sipcert_limits``.
 
     Each decision: the keys locked in sorted order (an upsert that creates a placeholder for a
@@ -608,48 +597,23 @@ class MysqlLoginLimiter:
     """
 
     def __init__(self, store: MysqlStore, limits: LoginLimits | None = None) -> None:
+        super().__init__(limits)
         self._store = store
-        self.limits = limits or LoginLimits()
-        self._pruner = _Pruner()
 
-    async def admit(self, address: str, user: str | None, now: float) -> Admission:
-        """See :meth:`sipcert.proto.ratelimit.LoginLimiter.admit`."""
-        if user is None:
+    async def _address_until(self, address: str) -> float | None:
+        async def read(conn: Any) -> Any:
+            async with conn.cursor() as cur:
+                await cur.execute(_READ_ONE, (b"address", _key(address)))
+                return await cur.fetchone()
 
-            async def read(conn: Any) -> Any:
-                async with conn.cursor() as cur:
-                    await cur.execute(_READ_ONE, (b"address", _key(address)))
-                    return await cur.fetchone()
-
-            row = await self._store.run("checking a rate limit", read)
-            state = LimitState(_until(row), None, None)
-            if decide(self.limits, state, now, checks=False).admitted:
-                return Admission(True)
-        result: list[Admission] = []
-
-        def step(state: LimitState) -> None:
-            result.append(decide(self.limits, state, now, checks=user is not None))
-
-        await self._transaction(address, user, now, step, "checking a rate limit")
-        return result[-1]
-
-    async def release(
-        self, address: str, user: str, admission: Admission, now: float, *, trust: bool
-    ) -> None:
-        """See :meth:`sipcert.proto.ratelimit.LoginLimiter.release`."""
-        period = self.limits.trust_period if trust else 0.0
-
-        def step(state: LimitState) -> None:
-            release(state, admission, now, trust=period)
-
-        await self._transaction(address, user, now, step, "releasing a rate limit")
+        return _until(await self._store.run("checking a rate limit", read))
 
     async def _transaction(
         self,
         address: str,
         user: str | None,
         now: float,
-        step: Callable[[LimitState], None],
+        step: Step,
         action: str,
     ) -> None:
         keys = [(b"address", _key(address))]
@@ -693,7 +657,7 @@ class MysqlLoginLimiter:
             return await _execute(conn, _PRUNE_LIMITS, (now, PRUNE_BATCH))
 
         deleted = await self._store.run("pruning rate limits", work)
-        self._pruner.done(now, deleted)
+        self._pruner.done(now, deleted, PRUNE_BATCH)
         return deleted
 
     async def rows(self) -> int:

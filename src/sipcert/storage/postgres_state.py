@@ -20,20 +20,18 @@ schema (created by migration 3 of :mod:`sipcert.storage.postgres`) and use its p
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 from sipcert.errors import ConfigError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_NONCE_LIFETIME
-from sipcert.proto.ratelimit import Admission, LimitState, LoginLimits, decide, release
+from sipcert.proto.ratelimit import LimitState, LoginLimits
+from sipcert.storage.dbstate import DatabaseLoginLimiter, Pruner, Step
 from sipcert.storage.postgres import PostgresStore, _storable
 
 __all__ = ["PRUNE_BATCH", "PostgresLoginLimiter", "PostgresNonceCounter"]
 
 #: Most expired rows one prune deletes.
 PRUNE_BATCH = 5000
-#: Seconds (of ``now``) between two prunes of one process.
-PRUNE_EVERY = 60.0
 
 _ADVANCE = (
     "INSERT INTO sipcert_nonces (nonce, first_seen, nc) VALUES ($1, $2, $3) "
@@ -76,19 +74,6 @@ def _column(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class _Pruner:
-    """When to prune next: every :data:`PRUNE_EVERY` seconds, at once after a full batch."""
-
-    def __init__(self) -> None:
-        self._last = float("-inf")
-
-    def due(self, now: float) -> bool:
-        return now - self._last >= PRUNE_EVERY
-
-    def done(self, now: float, deleted: int) -> None:
-        self._last = float("-inf") if deleted >= PRUNE_BATCH else now
-
-
 def _deleted(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
@@ -110,7 +95,7 @@ class PostgresNonceCounter:
             raise ConfigError("PostgresNonceCounter needs retention > 0")
         self._store = store
         self._retention = retention
-        self._pruner = _Pruner()
+        self._pruner = Pruner()
 
     def __repr__(self) -> str:
         return f"PostgresNonceCounter({self._store.where!r})"
@@ -134,7 +119,7 @@ class PostgresNonceCounter:
             return _deleted(await pool.execute(_PRUNE_NONCES, now - self._retention, PRUNE_BATCH))
 
         deleted = await self._store._run("pruning nonce counts", work)
-        self._pruner.done(now, deleted)
+        self._pruner.done(now, deleted, PRUNE_BATCH)
         return deleted
 
     async def count(self) -> int:
@@ -146,56 +131,29 @@ class PostgresNonceCounter:
         return await self._store._run("counting nonce counts", work)
 
 
-class PostgresLoginLimiter:
+class PostgresLoginLimiter(DatabaseLoginLimiter):
     """An :class:`~sipcert.proto.ratelimit.AsyncLoginLimiter` in ``sipcert_limits``."""
 
     def __init__(self, store: PostgresStore, limits: LoginLimits | None = None) -> None:
+        super().__init__(limits)
         self._store = store
-        self.limits = limits or LoginLimits()
-        self._pruner = _Pruner()
 
     def __repr__(self) -> str:
         return f"PostgresLoginLimiter({self._store.where!r})"
 
-    async def admit(self, address: str, user: str | None, now: float) -> Admission:
-        """See :meth:`sipcert.proto.ratelimit.LoginLimiter.admit`.
+    async def _address_until(self, address: str) -> float | None:
+        async def read(pool: Any) -> Any:
+            return await pool.fetchval(_READ_ONE, "address", _column(address))
 
-        A challenge (no ``user``) that is admitted changes nothing: one read, no lock.
-        """
-        if user is None:
-
-            async def read(pool: Any) -> Any:
-                return await pool.fetchval(_READ_ONE, "address", _column(address))
-
-            until = await self._store._run("checking a rate limit", read)
-            state = LimitState(None if until is None else float(until), None, None)
-            if decide(self.limits, state, now, checks=False).admitted:
-                return Admission(True)
-        result: list[Admission] = []
-
-        def step(state: LimitState) -> None:
-            result.append(decide(self.limits, state, now, checks=user is not None))
-
-        await self._transaction(address, user, now, step, "checking a rate limit")
-        return result[0]
-
-    async def release(
-        self, address: str, user: str, admission: Admission, now: float, *, trust: bool
-    ) -> None:
-        """See :meth:`sipcert.proto.ratelimit.LoginLimiter.release`."""
-        period = self.limits.trust_period if trust else 0.0
-
-        def step(state: LimitState) -> None:
-            release(state, admission, now, trust=period)
-
-        await self._transaction(address, user, now, step, "releasing a rate limit")
+        until = await self._store._run("checking a rate limit", read)
+        return None if until is None else float(until)
 
     async def _transaction(
         self,
         address: str,
         user: str | None,
         now: float,
-        step: Callable[[LimitState], None],
+        step: Step,
         action: str,
     ) -> None:
         keys = [("address", _column(address))]
@@ -232,7 +190,7 @@ class PostgresLoginLimiter:
             return _deleted(await pool.execute(_PRUNE_LIMITS, now, PRUNE_BATCH))
 
         deleted = await self._store._run("pruning rate limits", work)
-        self._pruner.done(now, deleted)
+        self._pruner.done(now, deleted, PRUNE_BATCH)
         return deleted
 
     async def rows(self) -> int:
