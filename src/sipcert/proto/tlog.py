@@ -274,6 +274,20 @@ def decode_entry_bundle(data: bytes, width: int = TILE_WIDTH) -> list[bytes]:
 # -- witnesses (c2sp.org/tlog-witness) ----------------------------------------------------
 
 
+def _head_and_checkpoint(data: bytes, what: str) -> tuple[list[str], bytes]:
+    """The ASCII lines before the first empty line, and the checkpoint note after it (the
+    shape of tlog-witness requests and tlog-proof documents)."""
+    if len(data) > MAX_REQUEST_SIZE:
+        raise InputTooLargeError(f"{what} over 64 KiB")
+    head, sep, checkpoint = data.partition(b"\n\n")
+    if not sep:
+        raise LogFormatError(f"{what} has no empty line before its checkpoint")
+    try:
+        return head.decode("ascii").split("\n"), checkpoint
+    except UnicodeDecodeError as exc:
+        raise LogFormatError(f"{what} head is not ASCII") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class WitnessRequest:
     """An ``add-checkpoint`` body: old size, consistency proof, signed checkpoint note."""
@@ -292,15 +306,7 @@ class WitnessRequest:
 
     @classmethod
     def parse(cls, body: bytes) -> WitnessRequest:
-        if len(body) > MAX_REQUEST_SIZE:
-            raise InputTooLargeError("an add-checkpoint request over 64 KiB")
-        head, sep, checkpoint = body.partition(b"\n\n")
-        if not sep:
-            raise LogFormatError("an add-checkpoint request has no empty line")
-        try:
-            lines = head.decode("ascii").split("\n")
-        except UnicodeDecodeError as exc:
-            raise LogFormatError("an add-checkpoint request head is not ASCII") from exc
+        lines, checkpoint = _head_and_checkpoint(body, "an add-checkpoint request")
         if not lines[0].startswith("old "):
             raise LogFormatError("an add-checkpoint request starts with 'old <size>'")
         old = _decimal(lines[0][4:], "the old size")
@@ -365,15 +371,7 @@ class InclusionProof:
 
     @classmethod
     def parse(cls, data: bytes) -> InclusionProof:
-        if len(data) > MAX_REQUEST_SIZE:
-            raise InputTooLargeError("a tlog proof over 64 KiB")
-        head, sep, checkpoint = data.partition(b"\n\n")
-        if not sep:
-            raise LogFormatError("a tlog proof has no empty line before its checkpoint")
-        try:
-            lines = head.decode("ascii").split("\n")
-        except UnicodeDecodeError as exc:
-            raise LogFormatError("a tlog proof head is not ASCII") from exc
+        lines, checkpoint = _head_and_checkpoint(data, "a tlog proof")
         if lines[0] != _PROOF_HEADER:
             raise LogFormatError(f"a tlog proof starts with {_PROOF_HEADER}")
         rest = lines[1:]
