@@ -171,6 +171,9 @@ class LogClient:
         self.pins = pins
         self.witnesses = tuple(witnesses)
         self.quorum = quorum
+        #: Whether the last :meth:`publishes_log` got a 404 (the only answer a UA may cache as
+        #: "no log"; an error is asked again next time).
+        self.answered_404 = False
 
     async def _fetch(self, path: str) -> bytes:
         body = await self.get(path)
@@ -186,8 +189,10 @@ class LogClient:
             ProofError: this UA pinned the domain's log, and the Store now serves none.
         """
         pinned = self.pins.load(self.domain) is not None
+        self.answered_404 = False
         try:
             served = await self.get("/log/vkey")
+            self.answered_404 = served is None
         except (TransportError, StoreResponseError, InputTooLargeError):
             if pinned:
                 raise

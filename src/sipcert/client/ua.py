@@ -394,7 +394,8 @@ class AsyncUA:
             self._say(f"{domain} publishes no transparency log (cached)")
             return result
         if not await client.publishes_log():
-            self._remember_no_log(domain)
+            if client.answered_404:  # an error or an odd answer is not remembered
+                self._remember_no_log(domain)
             self._say(f"{domain} publishes no transparency log")
             return result
         ders = [certificate_der(c) for c in result.kept]

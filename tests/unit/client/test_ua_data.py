@@ -52,11 +52,12 @@ class FakeStore:
     requests: list[httpx.Request] = field(default_factory=list)
     stored: list[bytes] = field(default_factory=list)
     on_put: Callable[[bytes], None] | None = None
+    log_status: int = 404
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if request.url.path.startswith("/log/"):
-            return httpx.Response(404, text="no log\n")
+            return httpx.Response(self.log_status, text="no log\n")
         if request.method == "PUT":
             body = request.read()
             if self.on_put is not None:
@@ -411,3 +412,17 @@ def test_verification_turned_off_asks_nothing_of_the_log(tmp_path: Path) -> None
 
     run(make_ua(tmp_path, store, transparency=False), fetch)
     assert store.paths() == ["/search-cgi"]
+
+
+def test_only_a_404_is_remembered_as_no_log(tmp_path: Path) -> None:
+    """A failing /log/vkey on first use is treated as no log for this fetch, but asked again
+    on the next one (only a 404 says the Store publishes none)."""
+    identity = generate_identity(BOB, now=NOW)
+    store = FakeStore(stored=[certificate_der(identity.certificate)], log_status=503)
+
+    async def twice(ua: AsyncUA) -> None:
+        for _ in range(2):
+            assert (await ua.fetch(BOB, use_cache=False)).kept == (identity.certificate,)
+
+    run(make_ua(tmp_path, store, cache_ttl=3600), twice)
+    assert store.paths() == ["/search-cgi", "/log/vkey"] * 2
