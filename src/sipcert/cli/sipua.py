@@ -6,8 +6,13 @@ password rules (``--password-file``, else standard input when it is not a termin
 prompt; never a flag) are those of ``sipcert enroll`` (:mod:`sipcert.cli.ua`).
 
 ``--json`` prints one JSON object per line and per event (``certificate``, ``registered``,
-``message``, ``invite``, ``bye``, ``unregistered``, ``sent``, ``error``), so a program can
-follow a running UA line by line.
+``message``, ``invite``, ``bye``, ``unregistered``, ``sent``, ``error``, ``alarm``), so a
+program can follow a running UA line by line.
+
+``sipcert ua`` also monitors its own AOR in the Store's transparency log every
+``--log-monitor SECONDS`` (default 60, 0: off; issue 14, docs/transparency.md): the check of
+``sipcert monitor``. An alarm is one ``ALARM ...`` line on stderr (and an ``alarm`` event with
+``--json``); the UA keeps running.
 
 Exit codes: 0 success (``message send``: a 2xx), 1 a negative SIP answer (``message send``:
 any other final status, e.g. 493 when no device of the callee could decrypt), 6 the
@@ -41,6 +46,7 @@ from sipcert.client.ua import AsyncUA, Credentials
 from sipcert.errors import (
     AuthenticationError,
     ConfigError,
+    ForkError,
     InputError,
     LocationError,
     NotFoundError,
@@ -120,6 +126,14 @@ def register(commands: Any) -> None:
         default=32.0,
         metavar="SECONDS",
         help="close a TCP/TLS connection whose message stays incomplete this long (default 32)",
+    )
+    parser.add_argument(
+        "--log-monitor",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="check the Store's transparency log for enrollments of AOR that are not this "
+        "home's devices every SECONDS, when it publishes one; 0 turns it off (default 60)",
     )
     parser.add_argument(
         "--accept-unverified",
@@ -436,6 +450,9 @@ async def _serve(
             _registered(printer, "registered", response, ua.contact)
             watchers: set[asyncio.Task[None]] = set()
             calls = asyncio.create_task(_watch_calls(ua, printer, watchers))
+            if args.log_monitor > 0:
+                monitor = _monitor_log(client, aor, args.log_monitor, printer, stop)
+                watchers.add(asyncio.create_task(monitor))
             try:
                 await _refresh_until(stop, secure, args.expires, response)
             finally:
@@ -444,6 +461,46 @@ async def _serve(
             unregistering = _Waiting(printer, "unregister from", where)
             response = await unregistering.until(secure.unregister(), stop)
             _registered(printer, "unregistered", response, ua.contact)
+
+
+async def _monitor_log(
+    client: AsyncUA, aor: AOR, every: float, printer: _Printer, stop: asyncio.Event
+) -> None:
+    """``sipcert monitor``'s check of ``aor`` every ``every`` seconds, until ``stop``.
+
+    An alarm (a foreign enrollment, or a split view) is one line on stderr and an ``alarm``
+    event with ``--json``; any other failure is a warning, and the next round tries again.
+    """
+    config = client.config
+    while True:
+        try:
+            log = await client.log_client(
+                aor, witnesses=config.log_witnesses, quorum=config.log_quorum
+            )
+            if await log.publishes_log():
+                own = sorted(client.home.known_fingerprints(aor))
+                for alarm in await log.monitor(str(aor), own):
+                    _alarm(
+                        printer,
+                        alarm.line(str(aor)),
+                        aor,
+                        index=alarm.index,
+                        sha256=alarm.cert_sha256,
+                        sequenced_ms=alarm.sequenced_ms,
+                    )
+        except ForkError as exc:
+            _alarm(printer, f"ALARM {aor}: {exc}", aor, fork=True)
+        except SipCertError as exc:
+            print(f"sipcert: warning: log monitor: {exc}", file=sys.stderr, flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+            return
+
+
+def _alarm(printer: _Printer, line: str, aor: AOR, **fields: Any) -> None:
+    print(line, file=sys.stderr, flush=True)
+    if printer.as_json:
+        printer.emit("alarm", line, aor=str(aor), **fields)
 
 
 def _granted(response: Response, asked: int) -> int:

@@ -151,8 +151,10 @@ def register(commands: Any) -> None:
     parser.add_argument("--out", type=Path, metavar="DIR", help="write each as <sha256>.pem")
     parser.add_argument(
         "--verify-log",
-        action="store_true",
-        help="keep only certificates the Store's transparency log proves (docs/transparency.md)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep only certificates the Store's transparency log proves, when it publishes "
+        "one (the default; --no-verify-log trusts the Store alone, docs/transparency.md)",
     )
     parser.add_argument(
         "--log-witness", action="append", default=[], metavar="VKEY", help="a witness key"
@@ -209,7 +211,7 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         attribute="sip" if args.sip else "email",
         fallback_port=args.fallback_port,
         store=args.store,
-        transparency=getattr(args, "verify_log", False),
+        transparency=getattr(args, "verify_log", True),
         log_witnesses=_witness_keys(getattr(args, "log_witness", [])),
         log_quorum=getattr(args, "log_quorum", 0),
     )

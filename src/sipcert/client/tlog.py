@@ -11,7 +11,7 @@ checked TLS connection to the Store: draft §4.3's trust unit) and keeps what it
 * a policy of witnesses (``quorum`` of ``witnesses`` must cosign);
 * for a monitor, how far it has read the entries.
 
-Not yet wired into ``AsyncUA.fetch`` or a ``sipcert monitor`` command (docs/transparency.md).
+``AsyncUA.fetch`` applies it by default; ``sipcert monitor`` and ``sipcert ua`` monitor.
 """
 
 from __future__ import annotations
@@ -49,10 +49,12 @@ from sipcert.proto.tlog import (
     verify_certificate_proof,
 )
 
-__all__ = ["LOG_PINS", "Alarm", "LogClient", "LogState", "PinStore", "http_getter"]
+__all__ = ["LOG_PINS", "NO_LOG_FILE", "Alarm", "LogClient", "LogState", "PinStore", "http_getter"]
 
 #: The pins' file inside the UA's home.
 LOG_PINS = "tlog-pins.json"
+#: In the UA's cache folder: domains whose Store answered 404 on /log/vkey, until when.
+NO_LOG_FILE = "tlog-absent.json"
 
 #: ``get(path)``: the body of ``GET https://<domain><path>``, None for a 404.
 Getter = Callable[[str], Awaitable[bytes | None]]
@@ -65,13 +67,15 @@ def http_getter(client: httpx.AsyncClient, domain: str, max_size: int) -> Getter
     async def get(path: str) -> bytes | None:
         try:
             async with client.stream("GET", f"https://{domain}{path}") as response:
-                if response.status_code == 404:
-                    return None
                 body = bytearray()
+                # Read a 404's body too (bounded): the connection then goes back to the pool,
+                # so a Store without a log costs one request, not a new TLS connection.
                 async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > max_size:
                         raise InputTooLargeError(f"the Store's {path} is over {max_size} bytes")
+                if response.status_code == 404:
+                    return None
                 if response.status_code != 200:
                     raise StoreResponseError(response.status_code, f"GET {path}")
                 return bytes(body)
@@ -167,6 +171,9 @@ class LogClient:
         self.pins = pins
         self.witnesses = tuple(witnesses)
         self.quorum = quorum
+        #: Whether the last :meth:`publishes_log` got a 404 (the only answer a UA may cache as
+        #: "no log"; an error is asked again next time).
+        self.answered_404 = False
 
     async def _fetch(self, path: str) -> bytes:
         body = await self.get(path)
@@ -182,8 +189,10 @@ class LogClient:
             ProofError: this UA pinned the domain's log, and the Store now serves none.
         """
         pinned = self.pins.load(self.domain) is not None
+        self.answered_404 = False
         try:
             served = await self.get("/log/vkey")
+            self.answered_404 = served is None
         except (TransportError, StoreResponseError, InputTooLargeError):
             if pinned:
                 raise

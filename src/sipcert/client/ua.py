@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
+import os
 import ssl
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
@@ -48,7 +50,7 @@ from sipcert.client.locate import (
     make_resolver,
     parse_store_address,
 )
-from sipcert.client.tlog import LOG_PINS, LogClient, PinStore, http_getter
+from sipcert.client.tlog import LOG_PINS, NO_LOG_FILE, LogClient, PinStore, http_getter
 from sipcert.client.tls import ConnectionEvent, RoutedBackend, StrictTransport, make_ssl_context
 from sipcert.errors import (
     ConfigError,
@@ -118,9 +120,10 @@ class ClientConfig:
     store: str | None = None
     #: Check every fetched certificate against the Store's transparency log, when it
     #: publishes one (issue 14, docs/transparency.md): the log key is pinned on first use,
-    #: ``log_quorum`` of ``log_witnesses`` must cosign, a fork is a ForkError. Off by default
-    #: for now: on, it adds a GET of ``/log/vkey`` to every fetch (docs/transparency.md).
-    transparency: bool = False
+    #: ``log_quorum`` of ``log_witnesses`` must cosign, a fork is a ForkError. On by default:
+    #: a Store without a log costs one GET of ``/log/vkey`` whose 404 is cached for
+    #: ``cache_ttl``; a domain whose log was pinned must keep publishing it (no downgrade).
+    transparency: bool = True
     log_witnesses: tuple[Verifier, ...] = ()
     log_quorum: int = 0
 
@@ -236,6 +239,9 @@ class AsyncUA:
             def cache_clock() -> float:
                 return now().timestamp()
 
+        self._cache_clock = cache_clock
+        #: Domains whose Store answered 404 on /log/vkey, until when (``cache_clock``).
+        self._no_log: dict[str, float] = {}
         self._cache_checked = False
         self._narrate = narrate
         system = resolver is None and self.config.dns is None
@@ -382,8 +388,15 @@ class AsyncUA:
     async def _check_log(self, location: Location, result: FetchResult) -> FetchResult:
         """Keep only the certificates the Store's transparency log proves (issue 14)."""
         client = self._log_client(location)
+        domain = location.domain
+        pinned = client.pins.load(domain) is not None
+        if not pinned and self._no_log_until(domain) > self._cache_clock():
+            self._say(f"{domain} publishes no transparency log (cached)")
+            return result
         if not await client.publishes_log():
-            self._say(f"{location.domain} publishes no transparency log")
+            if client.answered_404:  # an error or an odd answer is not remembered
+                self._remember_no_log(domain)
+            self._say(f"{domain} publishes no transparency log")
             return result
         ders = [certificate_der(c) for c in result.kept]
         kept, dropped = await client.verify_certificates(str(location.aor), ders)
@@ -398,6 +411,51 @@ class AsyncUA:
                 for der, why in dropped
             ),
         )
+
+    def _no_log_path(self) -> Path | None:
+        if not (self.cache.enabled and self.config.persist_cache):
+            return None
+        return self.home.cache_directory / NO_LOG_FILE
+
+    def _no_log_until(self, domain: str) -> float:
+        """Until when ``domain`` is known to publish no log (0: not known)."""
+        if domain in self._no_log:
+            return self._no_log[domain]
+        path = self._no_log_path()
+        if path is None:
+            return 0.0
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            until = data.get(domain, 0.0) if isinstance(data, dict) else 0.0
+        except (OSError, ValueError):
+            return 0.0  # a cache: unreadable is unknown, and the next fetch asks again
+        return float(until) if isinstance(until, (int, float)) else 0.0
+
+    def _remember_no_log(self, domain: str) -> None:
+        """Cache a 404 on ``/log/vkey`` for the cache lifetime (a cache TTL of 0: not at all)."""
+        if not self.cache.enabled:
+            return
+        now = self._cache_clock()
+        until = now + self.config.cache_ttl
+        self._no_log[domain] = until
+        path = self._no_log_path()
+        if path is None:
+            return
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                data = {}
+        except (OSError, ValueError):
+            data = {}
+        data = {d: t for d, t in data.items() if isinstance(t, (int, float)) and t > now}
+        data[domain] = until
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a cache: the next process asks again
 
     def _log_client(self, location: Location) -> LogClient:
         return LogClient(

@@ -39,13 +39,20 @@ import httpx
 from cryptography import x509
 
 from sipcert.client import AsyncUA, ClientConfig, Credentials, FetchResult
+from sipcert.client.tlog import LOG_PINS, PinStore
 from sipcert.client.tls import ConnectionEvent
 from sipcert.demo.dns import DNSQuery, DNSResponder, Record
 from sipcert.errors import AuthenticationError, ConfigError, SipCertError, TransportError
 from sipcert.proto import cms
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.ca import TestCA
-from sipcert.proto.certs import san_uris, sha256_fingerprint
+from sipcert.proto.certs import (
+    DiscardReason,
+    certificate_der,
+    generate_identity,
+    san_uris,
+    sha256_fingerprint,
+)
 from sipcert.proto.digest import parse_authorization, parse_challenges
 from sipcert.proto.mime import MimePart
 from sipcert.proto.names import server_certificate_names
@@ -56,11 +63,13 @@ from sipcert.server.app import StoreApp
 from sipcert.server.config import ListenAddress
 from sipcert.server.credentials import FileCredentials
 from sipcert.server.run import bind_sockets, serve_app
+from sipcert.server.tlog import LoggedStore, TransparencyLog, load_or_create_log_keys
 from sipcert.server.tls import build_sni_context, load_domain_context
 from sipcert.sip.secure import Received, SecureUA, Sent
 from sipcert.sip.transport import Hop, Transport
 from sipcert.sip.ua import UserAgent
-from sipcert.storage import CertificateStore, open_store
+from sipcert.storage import CertificateStore, StoredCertificate, open_store
+from sipcert.storage.tlog import open_log
 
 __all__ = [
     "HOOK_POINTS",
@@ -72,7 +81,14 @@ __all__ = [
 ]
 
 #: Where :func:`run_demo` calls a test's hook, in order.
-HOOK_POINTS = ("started", "enrolled", "before-message", "before-invite", "before-revocation")
+HOOK_POINTS = (
+    "started",
+    "enrolled",
+    "before-message",
+    "before-invite",
+    "before-revocation",
+    "before-lie",
+)
 
 
 class DemoCheckFailedError(SipCertError):
@@ -315,11 +331,17 @@ class RunningStore:
     credentials: FileCredentials
     task: asyncio.Task[None]
     stop_event: asyncio.Event
+    tlog: TransparencyLog
+    sequencer: asyncio.Task[None]
 
     async def stop(self) -> None:
         self.stop_event.set()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await self.task
+        self.sequencer.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self.sequencer
+        await self.tlog.store.close()
         await self.credentials.close()
         await self.storage.close()
 
@@ -363,13 +385,21 @@ async def _start_store(world: World, domain: str, users: Mapping[str, str]) -> R
     credentials = FileCredentials(folder / "users.json")
     for aor, password in users.items():
         credentials.add(aor, password)
-    storage = open_store(f"sqlite:///{folder / 'certificates.db'}")
+    url = f"sqlite:///{folder / 'certificates.db'}"
+    storage = open_store(url)
+    # The Store publishes its transparency log (issue 14), batches every 20 ms for speed.
+    tlog = TransparencyLog(
+        open_log(url, folder), {domain: load_or_create_log_keys(folder, domain)}, interval=0.02
+    )
+    await tlog.start()
+    sequencer = asyncio.get_running_loop().create_task(tlog.run_forever())
     app = StoreApp(
         domains=[domain],
         storage=storage,
         credentials=credentials,
         policy=StorePolicy(max_age=0),
         nonce_secret=secrets.token_bytes(32),
+        tlog=tlog,
     )
     sockets = bind_sockets([ListenAddress("127.0.0.1", 0)])
     port = int(sockets[0].getsockname()[1])
@@ -392,6 +422,8 @@ async def _start_store(world: World, domain: str, users: Mapping[str, str]) -> R
         credentials,
         task,
         stop,
+        tlog,
+        sequencer,
     )
 
 
@@ -651,6 +683,15 @@ class _Scenario:
         self.check_fetch(
             result, BOB, self.certificates_of(BOB), "the certificate Bob's phone enrolled"
         )
+        pinned = PinStore(alice.client.home.root / LOG_PINS).load(BOB.host)
+        self.say.expect(
+            pinned is not None and bool(result.kept),
+            f"{BOB.host} publishes a transparency log: Alice's UA pinned its key "
+            f"({pinned.vkey.split('+')[0] if pinned else '?'}, trust on first use) and every "
+            f"kept certificate has an inclusion proof in its signed checkpoint (size "
+            f"{pinned.size if pinned else '?'}) (issue 14, docs/transparency.md)",
+            f"Alice's UA did not verify {BOB}'s certificates against Store B's log",
+        )
 
     # -- sending and receiving -----------------------------------------------------------
 
@@ -882,6 +923,68 @@ class _Scenario:
             f"(outcome: {refused.outcome}); expected 493, not a recipient",
         )
 
+    async def lie(self) -> None:
+        """Store B lies about Bob (draft §7.1): the log makes the lie visible (issue 14)."""
+        say = self.say
+        alice, bob = self.world.devices["alice-phone"], self.world.devices["bob-phone"]
+        store = self.world.stores[BOB.host]
+        await self.hook("before-lie")
+        say.step(
+            "log",
+            "Store B lies about Bob: its transparency log shows it",
+            "draft §7.1; issue 14",
+        )
+        now = datetime.now(UTC)
+
+        def forged(slot: int) -> StoredCertificate:
+            cert = generate_identity(BOB, now=now).certificate  # a key Bob never had
+            return StoredCertificate.from_der(
+                str(BOB),
+                certificate_der(cert),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                created=now,
+                label=f"forged-{slot}",
+            )
+
+        hidden = forged(1)
+        await store.storage.add(hidden, max_per_aor=10, now=now)  # the database, not the log
+        result = await self.fetch(alice, BOB)
+        dropped = {d.sha256: d for d in result.discarded}
+        say.expect(
+            hidden.sha256 in dropped
+            and dropped[hidden.sha256].reason is DiscardReason.NOT_IN_LOG
+            and hidden.sha256 not in {sha256_fingerprint(c) for c in result.kept},
+            f"a certificate for {BOB} written straight into Store B's database, not logged: "
+            f"Alice's fetch discards {hidden.sha256[:16]}... as not-in-log; she keeps "
+            f"{len(result.kept)}, Bob's phone's",
+            f"Alice's UA used a certificate that is not in Store B's log: {result}",
+        )
+        await store.storage.delete(str(BOB), hidden.cert_hash)
+        logged = forged(2)
+        await LoggedStore(store.storage, store.tlog).add(logged, max_per_aor=10, now=now)
+        result = await self.fetch(alice, BOB)
+        say.expect(
+            logged.sha256 in {sha256_fingerprint(c) for c in result.kept},
+            f"the same lie, logged as an enrollment Store B never got: it has a valid proof, "
+            f"so Alice's UA cannot tell it from Bob's ({len(result.kept)} kept) ...",
+            "a logged certificate was not kept by Alice's UA",
+        )
+        log = await bob.client.log_client(BOB)
+        own = sorted(bob.client.home.known_fingerprints(BOB))
+        alarms = await log.monitor(str(BOB), own)
+        bob.take_http()
+        say.expect(
+            [a.cert_sha256 for a in alarms] == [logged.sha256],
+            f"... but Bob's monitor reads every new entry of the log and catches it: "
+            f"{alarms[0].line(str(BOB)) if alarms else 'no alarm'}",
+            f"Bob's monitor raised {len(alarms)} alarm(s), expected one for {logged.sha256}",
+        )
+        say.note(
+            "`sipcert monitor AOR` and `sipcert ua --log-monitor` run this check; a Store that "
+            "shows Alice and Bob different histories is a ForkError (exit 15)"
+        )
+
 
 def _prepare_folder(keep: Path | None) -> Path:
     """A fresh temporary folder, or ``keep`` when it is absent or empty (never clobbered)."""
@@ -927,6 +1030,7 @@ async def run_demo(
             await scenario.message()
             await scenario.invite()
             await scenario.revoke()
+            await scenario.lie()
         finally:
             await _shutdown(world)
     finally:

@@ -247,7 +247,8 @@ class FakeStore:
     """A small Store behind :class:`TLSServer`, built from the protocol core (issue 3 stand-in).
 
     GET/PUT/DELETE on ``/search-cgi`` with Digest for PUT and DELETE; ``extra`` DER bodies are
-    served with every GET, as a misbehaving Store would.
+    served with every GET, as a misbehaving Store would. It publishes no transparency log:
+    ``/log/...`` is 404, which the UA's default log check asks once (docs/transparency.md).
     """
 
     def __init__(self, users: dict[str, str], *, expire_next_nonce: bool = False) -> None:
@@ -269,6 +270,8 @@ class FakeStore:
         return status, headers, body
 
     def _answer(self, request: Request) -> tuple[int, list[tuple[str, str]], bytes]:
+        if request.target.startswith("/log/"):
+            return 404, [], b""
         _, _, query_text = request.target.partition("?")
         query = parse_query(query_text)
         domain = request.sni or ""

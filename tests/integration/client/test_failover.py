@@ -167,7 +167,11 @@ def test_dead_first_target_moves_on_to_the_next(
     assert ("tls-verified", "b.example.com") == events[-1][:2]
     for backend in dead:
         assert backend.received and all(chunk[:1] == b"\x16" for chunk in backend.received)
-    assert [r.target for r in good_store.requests] == ["/search-cgi?email=bob%40example.com"]
+    # The certificates, then the default log check: this Store publishes none (404).
+    assert [r.target for r in good_store.requests] == [
+        "/search-cgi?email=bob%40example.com",
+        "/log/vkey",
+    ]
 
 
 def test_every_target_dead_names_each_and_why(

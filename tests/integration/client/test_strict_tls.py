@@ -131,7 +131,11 @@ def test_srv_location_and_fetch(
 
     asyncio.run(main())
     assert [c.sni for c in server.connections] == ["example.com"]
-    assert [r.target for r in server.requests] == ["/search-cgi?email=bob%40example.com"]
+    # The certificates, then the default log check on the same connection (no log: 404).
+    assert [r.target for r in server.requests] == [
+        "/search-cgi?email=bob%40example.com",
+        "/log/vkey",
+    ]
     assert any("TLS for example.com verified" in line for line in lines)
 
 
@@ -313,9 +317,11 @@ def test_pooled_connection_never_serves_another_domain(
     asyncio.run(main())
     assert sorted(c.sni or "" for c in server.connections) == ["example.com", "example.net"]
     for connection in server.connections:
-        domains = {r.target.split("%40")[1] for r in connection.requests}
-        assert domains == {connection.sni}
-        assert len(connection.requests) == 2  # each connection was reused, for its domain only
+        searches = [r.target for r in connection.requests if not r.target.startswith("/log/")]
+        assert {t.split("%40")[1] for t in searches} == {connection.sni}
+        # Each connection was reused, for its domain only: two fetches, each followed by the
+        # default log check (cache_ttl=0, so the 404 on /log/vkey is not remembered).
+        assert [r.target for r in connection.requests] == [searches[0], "/log/vkey"] * 2
 
 
 def test_cli_name_mismatch_is_exit_5_one_line(

@@ -32,6 +32,7 @@ HEADINGS = (
     "Step 5 - ",
     "Invite - ",
     "Revocation - ",
+    "Log - ",
 )
 
 
@@ -62,6 +63,10 @@ def test_demo_passes_and_narrates_every_step() -> None:
         "verified as bob@example.net",
         "DELETE https://store.example.com:",  # revocation
         "493 Undecipherable",  # the revoked device
+        "publishes a transparency log: Alice's UA pinned its key",  # step 1 verifies proofs
+        "discards",  # the unlogged certificate Store B slipped in ...
+        "as not-in-log",
+        "ALARM bob@example.net: the log holds an enrollment",  # ... and the logged one
     ):
         assert what in out, what
 
@@ -79,6 +84,7 @@ def test_json_prints_one_object_per_step_and_keep_keeps_the_files(tmp_path: Path
         "5",
         "invite",
         "revocation",
+        "log",
         "done",
     ]
     assert all(line["ok"] for line in lines)

@@ -313,7 +313,7 @@ def test_bobs_monitor_catches_a_certificate_he_never_enrolled(
 def test_fetch_verify_log_keeps_proven_certificates_and_discards_an_unlogged_one(
     logged: LoggedStore, tmp_path: Path
 ) -> None:
-    """``sipcert fetch --verify-log``: a certificate the Store serves without
+    """``sipcert fetch`` (the log check is the default): a certificate the Store serves without
     logging it (here written straight into its database, as a Store that lies would) is
     discarded with a reason, like an expired one; the logged one is kept."""
     aor = "alice@example.com"
@@ -351,8 +351,14 @@ def test_fetch_verify_log_keeps_proven_certificates_and_discards_an_unlogged_one
     assert json.loads((home / "tlog-pins.json").read_text())[DOMAIN]["vkey"] == (
         logged.keys.signer.verifier.vkey
     )
-    # Without --verify-log the answer is what it always was: both certificates.
-    plain = sipcert_cli(logged, "fetch", aor, "--json", home=home)
+    # The check is the default: a plain fetch, from a home that never saw this log, too.
+    default = sipcert_cli(logged, "fetch", aor, "--json", home=tmp_path / "bob-home")
+    assert default.returncode == 0, default.stdout + default.stderr
+    assert {"sha256": hashlib.sha256(der(sneaked)).hexdigest(), "reason": "not-in-log"} in (
+        json.loads(default.stdout)["discarded"]
+    )
+    # --no-verify-log trusts the Store alone: both certificates.
+    plain = sipcert_cli(logged, "fetch", aor, "--no-verify-log", "--json", home=home)
     assert hashlib.sha256(der(sneaked)).hexdigest() in {
         c["sha256"] for c in json.loads(plain.stdout)["certificates"]
     }

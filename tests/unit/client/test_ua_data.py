@@ -23,8 +23,9 @@ import pytest
 from cryptography import x509
 
 from sipcert.client import home as home_module
+from sipcert.client.tlog import LOG_PINS, LogState, PinStore
 from sipcert.client.ua import AsyncUA, ClientConfig, Credentials
-from sipcert.errors import ConfigError, ForbiddenError
+from sipcert.errors import ConfigError, ForbiddenError, ProofError
 from sipcert.proto.aor import parse_aor
 from sipcert.proto.certs import (
     DiscardReason,
@@ -43,16 +44,20 @@ CREDENTIALS = Credentials(password="pw")
 
 @dataclass
 class FakeStore:
-    """Answers PUT 201 (or ``put_status``), DELETE 204, GET with what was PUT."""
+    """Answers PUT 201 (or ``put_status``), DELETE 204, GET with what was PUT; publishes no
+    transparency log (404 on ``/log/``: the UA's default check asks once, docs/transparency.md)."""
 
     put_status: int = 201
     delete_status: int = 204
     requests: list[httpx.Request] = field(default_factory=list)
     stored: list[bytes] = field(default_factory=list)
     on_put: Callable[[bytes], None] | None = None
+    log_status: int = 404
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if request.url.path.startswith("/log/"):
+            return httpx.Response(self.log_status, text="no log\n")
         if request.method == "PUT":
             body = request.read()
             if self.on_put is not None:
@@ -70,6 +75,9 @@ class FakeStore:
     def methods(self) -> list[str]:
         return [r.method for r in self.requests]
 
+    def paths(self) -> list[str]:
+        return [r.url.path for r in self.requests]
+
     def deleted_hashes(self) -> list[str]:
         return [
             parse_qs(urlsplit(str(r.url)).query)["certHash"][0]
@@ -84,9 +92,14 @@ def make_ua(
     *,
     now: Callable[[], datetime] = lambda: NOW,
     cache_ttl: float = 0,
+    transparency: bool = True,
 ) -> AsyncUA:
     config = ClientConfig(
-        home=home, store="127.0.0.1:7000", cache_ttl=cache_ttl, persist_cache=True
+        home=home,
+        store="127.0.0.1:7000",
+        cache_ttl=cache_ttl,
+        persist_cache=True,
+        transparency=transparency,
     )
     ua = AsyncUA(config, now=now)
     ua.http = httpx.AsyncClient(transport=httpx.MockTransport(store.handler))
@@ -335,7 +348,8 @@ def test_a_cached_certificate_that_expires_is_dropped_on_the_next_fetch(tmp_path
         assert later.discarded[0].sha256 == sha256_fingerprint(identity.certificate)
 
     run(make_ua(tmp_path, store, now=lambda: clock[0], cache_ttl=3600), work)
-    assert store.methods() == ["GET"]
+    # The certificates, then whether the Store publishes a log (404, cached with them).
+    assert store.paths() == ["/search-cgi", "/log/vkey"]
 
 
 def test_the_ua_clock_also_expires_cache_entries(tmp_path: Path) -> None:
@@ -351,4 +365,64 @@ def test_the_ua_clock_also_expires_cache_entries(tmp_path: Path) -> None:
         assert not (await ua.fetch(BOB)).from_cache
 
     run(make_ua(tmp_path, store, now=lambda: clock[0], cache_ttl=60), work)
-    assert store.methods() == ["GET", "GET"]
+    # The "no log" answer expires with the cache entry: both are asked again.
+    assert store.paths() == ["/search-cgi", "/log/vkey"] * 2
+
+
+# -- the transparency log by default (issue 14, docs/transparency.md) ----------------------
+
+
+def test_a_store_without_a_log_costs_one_cached_request(tmp_path: Path) -> None:
+    """Verification is on by default; a 404 on /log/vkey is remembered for the cache
+    lifetime, in memory and (persist_cache) in the home, so a fresh process does not ask."""
+    identity = generate_identity(BOB, now=NOW)
+    store = FakeStore(stored=[certificate_der(identity.certificate)])
+
+    async def twice(ua: AsyncUA) -> None:
+        for _ in range(2):
+            assert (await ua.fetch(BOB, use_cache=False)).kept == (identity.certificate,)
+
+    run(make_ua(tmp_path, store, cache_ttl=3600), twice)
+    run(make_ua(tmp_path, store, cache_ttl=3600), twice)
+    assert store.paths() == ["/search-cgi", "/log/vkey", *["/search-cgi"] * 3]
+
+
+def test_a_pinned_log_that_disappears_is_an_error_not_a_downgrade(tmp_path: Path) -> None:
+    identity = generate_identity(BOB, now=NOW)
+    store = FakeStore(stored=[certificate_der(identity.certificate)])
+    pinned = LogState(vkey="example.com+00000000+AQ==", size=1, root="AA==")
+    PinStore(tmp_path / LOG_PINS).save(BOB.host, pinned)
+
+    async def fetch(ua: AsyncUA) -> None:
+        await ua.fetch(BOB)
+
+    with pytest.raises(ProofError, match="no longer publishes its log"):
+        run(make_ua(tmp_path, store, cache_ttl=3600), fetch)
+    with pytest.raises(ProofError, match="no longer publishes its log"):
+        run(make_ua(tmp_path, store, cache_ttl=3600), fetch)  # nothing cached the 404
+    assert store.paths() == ["/search-cgi", "/log/vkey"] * 2
+
+
+def test_verification_turned_off_asks_nothing_of_the_log(tmp_path: Path) -> None:
+    identity = generate_identity(BOB, now=NOW)
+    store = FakeStore(stored=[certificate_der(identity.certificate)])
+
+    async def fetch(ua: AsyncUA) -> None:
+        assert (await ua.fetch(BOB)).kept == (identity.certificate,)
+
+    run(make_ua(tmp_path, store, transparency=False), fetch)
+    assert store.paths() == ["/search-cgi"]
+
+
+def test_only_a_404_is_remembered_as_no_log(tmp_path: Path) -> None:
+    """A failing /log/vkey on first use is treated as no log for this fetch, but asked again
+    on the next one (only a 404 says the Store publishes none)."""
+    identity = generate_identity(BOB, now=NOW)
+    store = FakeStore(stored=[certificate_der(identity.certificate)], log_status=503)
+
+    async def twice(ua: AsyncUA) -> None:
+        for _ in range(2):
+            assert (await ua.fetch(BOB, use_cache=False)).kept == (identity.certificate,)
+
+    run(make_ua(tmp_path, store, cache_ttl=3600), twice)
+    assert store.paths() == ["/search-cgi", "/log/vkey"] * 2
