@@ -32,7 +32,9 @@ from sipcert.proto.mime import (
     DEFAULT_LIMITS,
     MimeLimits,
     MimePart,
+    Multipart,
     build_multipart,
+    parse_mime_entity,
     parse_mime_part,
     parse_multipart,
 )
@@ -145,6 +147,17 @@ def verify(
     carry it. ``micalg`` is not trusted: the digest algorithm comes from each SignerInfo.
     With several signers, ``signer`` is the first that verified and ``signers`` reports all.
     """
+    return _verify(part, None, certificates=certificates, limits=limits)
+
+
+def _verify(
+    part: MimePart,
+    multipart: Multipart | None,
+    *,
+    certificates: Sequence[x509.Certificate],
+    limits: MimeLimits,
+) -> Verified:
+    """:func:`verify`; ``multipart`` is ``part``'s body already parsed with ``limits``."""
     media_type, params = part.media_type, part.params
     if media_type in _ENVELOPED_TYPES:
         smime_type = params.get("smime-type", "").lower()
@@ -160,7 +173,8 @@ def verify(
             f"multipart/signed protocol {protocol or '(missing)'!r} is not "
             "application/pkcs7-signature"
         )
-    multipart = parse_multipart(part.content_type, part.body, limits=limits)
+    if multipart is None:
+        multipart = parse_multipart(part.content_type, part.body, limits=limits)
     if len(multipart.parts) != 2:
         raise MIMEError(f"multipart/signed has {len(multipart.parts)} parts; exactly 2 expected")
     signature_part = multipart.parts[1]
@@ -228,6 +242,13 @@ def decrypt(
     mix of recipient kinds (draft §4.5); a message not addressed to ``cert`` raises
     :class:`~sipcert.errors.DecryptionError` ("not a recipient").
     """
+    return _decrypt(part, key, cert, limits=limits)[0]
+
+
+def _decrypt(
+    part: MimePart, key: cms.DecryptionKey, cert: x509.Certificate, *, limits: MimeLimits
+) -> tuple[MimePart, Multipart | None]:
+    """:func:`decrypt`, also returning the decrypted entity's multipart body, if it is one."""
     media_type, params = part.media_type, part.params
     if media_type not in _ENVELOPED_TYPES:
         raise MIMEError(f"expected application/pkcs7-mime, got {media_type}")
@@ -238,7 +259,7 @@ def decrypt(
             "authEnveloped-data"
         )
     inner = cms.decrypt_enveloped(part.body, key, cert, max_size=limits.max_size)
-    return parse_mime_part(inner, limits=limits)
+    return parse_mime_entity(inner, limits=limits)
 
 
 def sign_and_encrypt(
@@ -267,9 +288,10 @@ def decrypt_and_verify(
     limits: MimeLimits = DEFAULT_LIMITS,
 ) -> Verified:
     """Decrypt an encrypted entity and verify the signed entity inside it."""
-    inner = decrypt(part, key, cert, limits=limits)
+    inner, multipart = _decrypt(part, key, cert, limits=limits)
     if not is_signed(inner):
         raise MIMEError(
             f"decrypted entity is {inner.media_type}, not multipart/signed: it is not signed"
         )
-    return verify(inner, certificates=certificates, limits=limits)
+    # The decrypted multipart/signed was split once already (parse_mime_entity): reuse it.
+    return _verify(inner, multipart, certificates=certificates, limits=limits)
