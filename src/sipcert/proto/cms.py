@@ -28,11 +28,13 @@ valid *now* is the caller's decision.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import functools
 import hashlib
 import hmac
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -378,6 +380,59 @@ def _parse_signed(
         raise CMSError(f"malformed CMS SignerInfo: {exc}") from exc
 
 
+class _LRU:
+    """A bounded, thread-safe LRU map from the SHA-256 of a DER encoding to what it gives.
+
+    For derived values that depend on the DER alone (no clock, no trust decision), so a
+    cached entry is exactly what computing again would give; callers store only successes.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: bytes, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+#: Signer certificates already loaded, by SHA-256 of their DER: a repeated sender's
+#: certificate is parsed and checked once. A certificate that fails to load is not kept,
+#: so it is loaded (and refused) every time.
+_signer_cache = _LRU(256)
+
+
+def _signer_certificate(der: bytes) -> tuple[x509.Certificate, Any]:
+    """(certificate, public key) of a signer certificate's DER, through :data:`_signer_cache`."""
+    fingerprint = hashlib.sha256(der).digest()
+    hit: tuple[x509.Certificate, Any] | None = _signer_cache.get(fingerprint)
+    if hit is not None:
+        return hit
+    try:
+        # load_certificate, not cryptography directly: it also refuses what cryptography
+        # only warns about (a serial that is not positive) and decodes every lazy field.
+        cert = load_certificate(der, max_size=len(der))
+        public_key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm, CertificateParseError) as exc:
+        raise CMSError(f"signer certificate does not parse: {exc}") from exc
+    _signer_cache.put(fingerprint, (cert, public_key))
+    return cert, public_key
+
+
 def _check_signer(data: _SignerData, content: bytes) -> x509.Certificate:
     """Verify one SignerInfo over ``content``; return its certificate or raise."""
     if data.scheme == "ed25519":
@@ -397,14 +452,7 @@ def _check_signer(data: _SignerData, content: bytes) -> x509.Certificate:
         if not hmac.compare_digest(computed, data.message_digest):
             raise SignatureError("messageDigest does not match the signed content")
         signed_bytes = data.signed_attrs
-    try:
-        # load_certificate, not cryptography directly: it also refuses what cryptography
-        # only warns about (a serial that is not positive) and decodes every lazy field.
-        der = data.certificate_der
-        cert = load_certificate(der, max_size=len(der))
-        public_key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm, CertificateParseError) as exc:
-        raise CMSError(f"signer certificate does not parse: {exc}") from exc
+    cert, public_key = _signer_certificate(data.certificate_der)
     try:
         if data.scheme == "ed25519":
             if not isinstance(public_key, ed25519.Ed25519PublicKey):
@@ -1039,7 +1087,35 @@ def _octets(value: Any) -> bytes:
     return bytes(value.contents if native is None else value.__bytes__())
 
 
-def _names_us(rid: Any, ours: Any) -> bool:
+class _Ours(NamedTuple):
+    """What names our certificate in a RecipientInfo, taken out of it once."""
+
+    serial_number: int
+    issuer_der: bytes
+    key_ids: tuple[bytes | None, bytes]  # subjectKeyIdentifier (if any), SHA-1 of the key
+
+
+#: Our own certificates' identifiers, by SHA-256 of their DER (a UA has a few).
+_ours_cache = _LRU(64)
+
+
+def _ours(cert: x509.Certificate) -> _Ours:
+    der = cert.public_bytes(serialization.Encoding.DER)
+    fingerprint = hashlib.sha256(der).digest()
+    hit: _Ours | None = _ours_cache.get(fingerprint)
+    if hit is not None:
+        return hit
+    parsed = asn1_x509.Certificate.load(der)
+    ours = _Ours(
+        serial_number=int(parsed.serial_number),
+        issuer_der=bytes(parsed.issuer.dump()),
+        key_ids=(parsed.key_identifier, bytes(parsed.public_key.sha1)),
+    )
+    _ours_cache.put(fingerprint, ours)
+    return ours
+
+
+def _names_us(rid: Any, ours: _Ours) -> bool:
     """True when a recipient identifier names our certificate (RFC 5652 §6.2.1, §6.2.2)."""
     if rid.name == "issuer_and_serial_number":
         ias = rid.chosen
@@ -1047,11 +1123,13 @@ def _names_us(rid: Any, ours: Any) -> bool:
             return False
         issuer = ias["issuer"]
         # byte equality first; RFC 5280 §7.1 comparison (slow: string preparation) if not
-        return bool(issuer.dump() == ours.issuer.dump() or issuer == ours.issuer)
+        return bool(
+            issuer.dump() == ours.issuer_der or issuer == asn1_x509.Name.load(ours.issuer_der)
+        )
     key_id = rid.chosen.native
     if isinstance(key_id, dict):  # RecipientKeyIdentifier of a kari
         key_id = key_id["subject_key_identifier"]
-    return key_id in (ours.key_identifier, ours.public_key.sha1)
+    return key_id in ours.key_ids
 
 
 def _our_recipient_infos(envelope: Any, cert: x509.Certificate) -> list[tuple[Any, Any]]:
@@ -1060,7 +1138,7 @@ def _our_recipient_infos(envelope: Any, cert: x509.Certificate) -> list[tuple[An
     kekri, pwri and ori entries are skipped: they are for other recipients and never
     stop us from reading ours (RFC 5652 §6.2: "any of the RecipientInfo").
     """
-    ours = _asn1_cert(cert)
+    ours = _ours(cert)
     found = []
     for info in envelope["recipient_infos"]:
         if info.name == "ktri":
