@@ -172,10 +172,6 @@ def _parse_signed_data(signed_data: Any) -> None:
                 attr["type"].native  # noqa: B018
 
 
-def _asn1_cert(cert: x509.Certificate) -> Any:
-    return asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
-
-
 def _name_to_x509(name: Any) -> x509.Name:
     """Convert an asn1crypto Name to a ``cryptography`` Name (attribute OIDs and values)."""
     rdns = []
@@ -230,25 +226,98 @@ def _single_attr(signed_attrs: Any, attr_type: str) -> Any:
     return found[0]["values"][0].native
 
 
+class _LRU:
+    """A bounded, thread-safe LRU map from the SHA-256 of a DER encoding to what it gives.
+
+    For derived values that depend on the DER alone (no clock, no trust decision), so a
+    cached entry is exactly what computing again would give; callers store only successes.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: bytes, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+#: Issuer, serial number and key identifiers of certificates (signers' and our own), and
+#: the SMIMECapabilities signers announce, by SHA-256 of their DER.
+_ids_cache = _LRU(512)
+
+
+class _CertIds:
+    """How a CMS identifier can name one certificate, read from its DER once per DER.
+
+    Issuer and serial number, and the key identifiers, are each read (and cached, by
+    SHA-256 of the DER) only when asked for, so a certificate is parsed exactly as far as
+    a plain asn1crypto lookup would parse it, and fails the same way.
+    """
+
+    def __init__(self, der: bytes) -> None:
+        self.der = der
+        self._fingerprint = hashlib.sha256(der).digest()
+
+    def issuer_serial(self) -> tuple[int, bytes]:
+        """(serial number, issuer Name DER)."""
+        key = b"ias" + self._fingerprint
+        hit: tuple[int, bytes] | None = _ids_cache.get(key)
+        if hit is None:
+            parsed = asn1_x509.Certificate.load(self.der)
+            hit = (int(parsed.serial_number), bytes(parsed.issuer.dump()))
+            _ids_cache.put(key, hit)
+        return hit
+
+    def key_ids(self) -> tuple[bytes | None, bytes]:
+        """(subjectKeyIdentifier or None, SHA-1 of the subjectPublicKey)."""
+        key = b"kid" + self._fingerprint
+        hit: tuple[bytes | None, bytes] | None = _ids_cache.get(key)
+        if hit is None:
+            parsed = asn1_x509.Certificate.load(self.der)
+            hit = (parsed.key_identifier, bytes(parsed.public_key.sha1))
+            _ids_cache.put(key, hit)
+        return hit
+
+
+def _issuer_serial_match(cand: _CertIds, issuer: Any, serial: int) -> bool:
+    cand_serial, cand_issuer = cand.issuer_serial()
+    if cand_serial != serial:
+        return False
+    # byte equality first; RFC 5280 §7.1 comparison (slow: string preparation) if not
+    return bool(issuer.dump() == cand_issuer or issuer == asn1_x509.Name.load(cand_issuer))
+
+
 def _find_signer(sid: Any, embedded: Sequence[bytes], extra: Sequence[x509.Certificate]) -> bytes:
     """DER of the certificate that ``sid`` names (RFC 5652 §5.3 SignerIdentifier)."""
-    candidates = [asn1_x509.Certificate.load(der) for der in embedded]
-    candidates += [_asn1_cert(cert) for cert in extra]
+    candidates = [_CertIds(der) for der in embedded]
+    candidates += [_CertIds(cert.public_bytes(serialization.Encoding.DER)) for cert in extra]
     if sid.name == "issuer_and_serial_number":
         issuer = sid.chosen["issuer"]
         serial = sid.chosen["serial_number"].native
-        issuer_der = issuer.dump()
         for cand in candidates:
-            if cand.serial_number == serial and (
-                cand.issuer.dump() == issuer_der or cand.issuer == issuer
-            ):
-                return bytes(cand.dump())
+            if _issuer_serial_match(cand, issuer, serial):
+                return cand.der
         shown = f"issuer {issuer.human_friendly!r}, serial {serial}"
     elif sid.name == "subject_key_identifier":
         key_id = sid.chosen.native
         for cand in candidates:
-            if key_id in (cand.key_identifier, cand.public_key.sha1):
-                return bytes(cand.dump())
+            if key_id in cand.key_ids():
+                return cand.der
         shown = f"subjectKeyIdentifier {key_id.hex()}"
     else:  # pragma: no cover - the CHOICE has only these two alternatives
         raise CMSError(f"unsupported SignerIdentifier {sid.name!r}")
@@ -310,7 +379,14 @@ def _capabilities(signed_attrs: Any) -> tuple[str, ...]:
         found = [a for a in signed_attrs if a["type"].native == "smime_capabilities"]
         if len(found) != 1 or len(found[0]["values"]) != 1:
             return ()
-        return tuple(str(cap["capability_id"].native) for cap in found[0]["values"][0])
+        value = found[0]["values"][0]
+        # A sender announces the same list in every message: read it once per encoding.
+        key = b"cap" + hashlib.sha256(value.dump()).digest()
+        hit: tuple[str, ...] | None = _ids_cache.get(key)
+        if hit is None:
+            hit = tuple(str(cap["capability_id"].native) for cap in value)
+            _ids_cache.put(key, hit)
+        return hit
     except _ASN1_ERRORS:
         return ()  # a malformed announcement is no announcement (RFC 8551 §2.5.2)
 
@@ -378,36 +454,6 @@ def _parse_signed(
         return embedded_content, signers
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS SignerInfo: {exc}") from exc
-
-
-class _LRU:
-    """A bounded, thread-safe LRU map from the SHA-256 of a DER encoding to what it gives.
-
-    For derived values that depend on the DER alone (no clock, no trust decision), so a
-    cached entry is exactly what computing again would give; callers store only successes.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes) -> Any:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: bytes, value: Any) -> None:
-        with self._lock:
-            self._items[key] = value
-            if len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
 
 
 #: Signer certificates already loaded, by SHA-256 of their DER: a repeated sender's
@@ -1087,68 +1133,34 @@ def _octets(value: Any) -> bytes:
     return bytes(value.contents if native is None else value.__bytes__())
 
 
-class _Ours(NamedTuple):
-    """What names our certificate in a RecipientInfo, taken out of it once."""
-
-    serial_number: int
-    issuer_der: bytes
-    key_ids: tuple[bytes | None, bytes]  # subjectKeyIdentifier (if any), SHA-1 of the key
-
-
-#: Our own certificates' identifiers, by SHA-256 of their DER (a UA has a few).
-_ours_cache = _LRU(64)
-
-
-def _ours(cert: x509.Certificate) -> _Ours:
-    der = cert.public_bytes(serialization.Encoding.DER)
-    fingerprint = hashlib.sha256(der).digest()
-    hit: _Ours | None = _ours_cache.get(fingerprint)
-    if hit is not None:
-        return hit
-    parsed = asn1_x509.Certificate.load(der)
-    ours = _Ours(
-        serial_number=int(parsed.serial_number),
-        issuer_der=bytes(parsed.issuer.dump()),
-        key_ids=(parsed.key_identifier, bytes(parsed.public_key.sha1)),
-    )
-    _ours_cache.put(fingerprint, ours)
-    return ours
-
-
-def _names_us(rid: Any, ours: _Ours) -> bool:
+def _names_us(rid: Any, ours: _CertIds) -> bool:
     """True when a recipient identifier names our certificate (RFC 5652 §6.2.1, §6.2.2)."""
     if rid.name == "issuer_and_serial_number":
         ias = rid.chosen
-        if ias["serial_number"].native != ours.serial_number:
-            return False
-        issuer = ias["issuer"]
-        # byte equality first; RFC 5280 §7.1 comparison (slow: string preparation) if not
-        return bool(
-            issuer.dump() == ours.issuer_der or issuer == asn1_x509.Name.load(ours.issuer_der)
-        )
+        return _issuer_serial_match(ours, ias["issuer"], ias["serial_number"].native)
     key_id = rid.chosen.native
     if isinstance(key_id, dict):  # RecipientKeyIdentifier of a kari
         key_id = key_id["subject_key_identifier"]
-    return key_id in ours.key_ids
+    return key_id in ours.key_ids()
 
 
-def _our_recipient_infos(envelope: Any, cert: x509.Certificate) -> list[tuple[Any, Any]]:
-    """(RecipientInfo, RecipientEncryptedKey or None) for each entry that names ``cert``.
+def _our_recipient_info(envelope: Any, cert: x509.Certificate) -> tuple[Any, Any] | None:
+    """(RecipientInfo, RecipientEncryptedKey or None) of the first entry naming ``cert``.
 
     kekri, pwri and ori entries are skipped: they are for other recipients and never
-    stop us from reading ours (RFC 5652 §6.2: "any of the RecipientInfo").
+    stop us from reading ours (RFC 5652 §6.2: "any of the RecipientInfo"). The entries
+    after ours are not read: the first match is the one used.
     """
-    ours = _ours(cert)
-    found = []
+    ours = _CertIds(cert.public_bytes(serialization.Encoding.DER))
     for info in envelope["recipient_infos"]:
         if info.name == "ktri":
             if _names_us(info.chosen["rid"], ours):
-                found.append((info, None))
+                return info, None
         elif info.name == "kari":
             for rek in info.chosen["recipient_encrypted_keys"]:
                 if _names_us(rek["rid"], ours):
-                    found.append((info, rek))
-    return found
+                    return info, rek
+    return None
 
 
 def _ias_of(rid: Any) -> Any:
@@ -1274,8 +1286,8 @@ def decrypt_enveloped(
     """
     envelope, authenticated = _load_envelope(enveloped_der, max_size)
     try:
-        entries = _our_recipient_infos(envelope, cert)
-        if not entries:
+        entry = _our_recipient_info(envelope, cert)
+        if entry is None:
             raise DecryptionError(
                 f"not a recipient: no RecipientInfo names issuer "
                 f"{cert.issuer.rfc4514_string()!r} serial {cert.serial_number} (draft §4.5)"
@@ -1294,7 +1306,7 @@ def decrypt_enveloped(
             "auth_encrypted_content_info" if authenticated else "encrypted_content_info"
         ]
         name, mode, key_size, params = _content_cipher(encrypted_info, authenticated)
-        info, rek = entries[0]
+        info, rek = entry
         if info.name == "ktri":
             cek = _unwrap_ktri(info.chosen, key, key_size)
         else:
@@ -1393,6 +1405,6 @@ def is_recipient(
     """
     envelope, _ = _load_envelope(enveloped_der, max_size)
     try:
-        return bool(_our_recipient_infos(envelope, cert))
+        return _our_recipient_info(envelope, cert) is not None
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS RecipientInfo: {exc}") from exc
