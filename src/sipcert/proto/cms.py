@@ -159,17 +159,35 @@ def _parse_signed_data(signed_data: Any) -> None:
     the signature covers the attributes' bytes anyway. The ones we read are parsed later,
     per signer.
     """
-    for name in ("version", "digest_algorithms", "encap_content_info"):
+    for name in ("version", "encap_content_info"):
         signed_data[name].native  # noqa: B018
+    _parse_fully(signed_data["digest_algorithms"])
     for choice in signed_data["certificates"] or []:
         choice.name  # noqa: B018 - each is parsed fully only if it is a signer's
     for signer in signed_data["signer_infos"]:
-        for name in ("sid", "digest_algorithm", "signature_algorithm", "signature"):
-            signer[name].native  # noqa: B018
+        for name in ("sid", "digest_algorithm", "signature_algorithm"):
+            _parse_fully(signer[name])
+        signer["signature"].native  # noqa: B018
         attrs = signer["signed_attrs"]
         if isinstance(attrs, asn1_cms.CMSAttributes):
             for attr in attrs:
                 attr["type"].native  # noqa: B018
+
+
+def _parse_fully(value: Any) -> None:
+    """Force asn1crypto's full parse of ``value``, once per (type, encoding).
+
+    For the parts a repeated sender sends identically in every message (its
+    SignerIdentifier, with the issuer Name whose every string is decoded, and the
+    algorithm identifiers): an encoding of a type that parsed once parses again, so it is
+    remembered (by SHA-256, in the LRU) and not decoded again. Malformed input raises
+    as before, and is never remembered.
+    """
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    key = b"parsed" + hashlib.sha256(kind.encode() + b"\0" + value.dump()).digest()
+    if _ids_cache.get(key) is None:
+        value.native  # noqa: B018
+        _ids_cache.put(key, True)
 
 
 def _name_to_x509(name: Any) -> x509.Name:

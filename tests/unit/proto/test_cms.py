@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from asn1crypto import cms as asn1_cms
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
@@ -530,3 +531,19 @@ def test_a_signer_certificate_that_fails_to_load_is_not_cached() -> None:
     with pytest.raises(CMSError, match="signer certificate does not parse"):
         cms._signer_certificate(b"\x30\x03\x02\x01\x00")
     assert cms._signer_cache.get(hashlib.sha256(b"\x30\x03\x02\x01\x00").digest()) is None
+
+
+def test_parse_fully_remembers_only_encodings_that_parsed() -> None:
+    """A malformed Name (an invalid UTF8String) fails every time, not only the first."""
+
+    def name(value: bytes) -> bytes:
+        ava = b"\x06\x03\x55\x04\x03" + b"\x0c" + bytes([len(value)]) + value
+        rdn = b"\x30" + bytes([len(ava)]) + ava
+        rdns = b"\x31" + bytes([len(rdn)]) + rdn
+        return b"\x30" + bytes([len(rdns)]) + rdns
+
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            cms._parse_fully(asn1_x509.Name.load(name(b"\xff\xfe")))
+    cms._parse_fully(asn1_x509.Name.load(name(b"ok")))
+    cms._parse_fully(asn1_x509.Name.load(name(b"ok")))  # remembered: no decoding
