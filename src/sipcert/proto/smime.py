@@ -46,11 +46,13 @@ __all__ = [
     "Verified",
     "decrypt",
     "decrypt_and_verify",
+    "decrypt_entity",
     "encrypt",
     "is_signed",
     "sign",
     "sign_and_encrypt",
     "verify",
+    "verify_decrypted",
 ]
 
 SIGNATURE_CONTENT_TYPE = "application/pkcs7-signature; name=smime.p7s"
@@ -242,13 +244,21 @@ def decrypt(
     mix of recipient kinds (draft §4.5); a message not addressed to ``cert`` raises
     :class:`~sipcert.errors.DecryptionError` ("not a recipient").
     """
-    return _decrypt(part, key, cert, limits=limits)[0]
+    return decrypt_entity(part, key, cert, limits=limits)[0]
 
 
-def _decrypt(
-    part: MimePart, key: cms.DecryptionKey, cert: x509.Certificate, *, limits: MimeLimits
+def decrypt_entity(
+    part: MimePart,
+    key: cms.DecryptionKey,
+    cert: x509.Certificate,
+    *,
+    limits: MimeLimits = DEFAULT_LIMITS,
 ) -> tuple[MimePart, Multipart | None]:
-    """:func:`decrypt`, also returning the decrypted entity's multipart body, if it is one."""
+    """:func:`decrypt`, also returning the decrypted entity's multipart body, if it is one.
+
+    Pass the pair to :func:`verify_decrypted`, which then does not split the
+    multipart/signed a second time.
+    """
     media_type, params = part.media_type, part.params
     if media_type not in _ENVELOPED_TYPES:
         raise MIMEError(f"expected application/pkcs7-mime, got {media_type}")
@@ -288,10 +298,23 @@ def decrypt_and_verify(
     limits: MimeLimits = DEFAULT_LIMITS,
 ) -> Verified:
     """Decrypt an encrypted entity and verify the signed entity inside it."""
-    inner, multipart = _decrypt(part, key, cert, limits=limits)
-    if not is_signed(inner):
+    entity = decrypt_entity(part, key, cert, limits=limits)
+    if not is_signed(entity[0]):
         raise MIMEError(
-            f"decrypted entity is {inner.media_type}, not multipart/signed: it is not signed"
+            f"decrypted entity is {entity[0].media_type}, not multipart/signed: it is not signed"
         )
-    # The decrypted multipart/signed was split once already (parse_mime_entity): reuse it.
-    return _verify(inner, multipart, certificates=certificates, limits=limits)
+    return verify_decrypted(entity, certificates=certificates, limits=limits)
+
+
+def verify_decrypted(
+    entity: tuple[MimePart, Multipart | None],
+    *,
+    certificates: Sequence[x509.Certificate] = (),
+    limits: MimeLimits = DEFAULT_LIMITS,
+) -> Verified:
+    """:func:`verify` of what :func:`decrypt_entity` returned (with the same ``limits``).
+
+    The multipart/signed it already split is used as is, not parsed a second time.
+    """
+    part, multipart = entity
+    return _verify(part, multipart, certificates=certificates, limits=limits)
