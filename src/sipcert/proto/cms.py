@@ -1185,6 +1185,32 @@ def _ias_of(rid: Any) -> Any:
     return rid.chosen if rid.name == "issuer_and_serial_number" else None
 
 
+def _oaep_parameters(algorithm: Any) -> tuple[str, str, bytes]:
+    """(hash, MGF1 hash, label) of an RSAES-OAEP AlgorithmIdentifier (RFC 4055 §4.1).
+
+    A sender uses the same parameters in every message: the ones read are remembered by
+    SHA-256 of the AlgorithmIdentifier's DER; unsupported ones raise every time.
+    """
+    key = b"oaep" + hashlib.sha256(algorithm.dump()).digest()
+    hit: tuple[str, str, bytes] | None = _ids_cache.get(key)
+    if hit is not None:
+        return hit
+    params = algorithm["parameters"]
+    if params is None or params.native is None:
+        params = asn1_algos.RSAESOAEPParams({})
+    hash_name = params["hash_algorithm"]["algorithm"].native
+    mgf = params["mask_gen_algorithm"]
+    mgf_hash = mgf["parameters"]["algorithm"].native
+    if mgf["algorithm"].native != "mgf1" or hash_name not in _MGF_DIGESTS:
+        raise CMSError(f"RSA-OAEP with {hash_name} / {mgf['algorithm'].native} is not supported")
+    if mgf_hash not in _MGF_DIGESTS:
+        raise CMSError(f"RSA-OAEP with MGF1-{mgf_hash} is not supported")
+    label = bytes(params["p_source_algorithm"]["parameters"].native or b"")
+    hit = (str(hash_name), str(mgf_hash), label)
+    _ids_cache.put(key, hit)
+    return hit
+
+
 def _unwrap_ktri(ktri: Any, key: DecryptionKey, key_size: int) -> bytes:
     """The content key from a KeyTransRecipientInfo (RFC 5652 §6.2.1, RFC 3560)."""
     if not isinstance(key, rsa.RSAPrivateKey):
@@ -1195,19 +1221,7 @@ def _unwrap_ktri(ktri: Any, key: DecryptionKey, key_size: int) -> bytes:
     name = algorithm["algorithm"].native
     encrypted = bytes(ktri["encrypted_key"].native)
     if name == "rsaes_oaep":
-        params = algorithm["parameters"]
-        if params is None or params.native is None:
-            params = asn1_algos.RSAESOAEPParams({})
-        hash_name = params["hash_algorithm"]["algorithm"].native
-        mgf = params["mask_gen_algorithm"]
-        mgf_hash = mgf["parameters"]["algorithm"].native
-        if mgf["algorithm"].native != "mgf1" or hash_name not in _MGF_DIGESTS:
-            raise CMSError(
-                f"RSA-OAEP with {hash_name} / {mgf['algorithm'].native} is not supported"
-            )
-        if mgf_hash not in _MGF_DIGESTS:
-            raise CMSError(f"RSA-OAEP with MGF1-{mgf_hash} is not supported")
-        label = bytes(params["p_source_algorithm"]["parameters"].native or b"")
+        hash_name, mgf_hash, label = _oaep_parameters(algorithm)
         pad: padding.AsymmetricPadding = padding.OAEP(
             mgf=padding.MGF1(_MGF_DIGESTS[mgf_hash]()),
             algorithm=_MGF_DIGESTS[hash_name](),
@@ -1251,9 +1265,16 @@ def _agree(key: DecryptionKey, originator: Any) -> bytes:
     )
 
 
-def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
-    """The content key from a KeyAgreeRecipientInfo (RFC 5753 §3.1.2, RFC 8418 §2)."""
-    algorithm = kari["key_encryption_algorithm"]
+def _kari_algorithms(algorithm: Any) -> tuple[str, str]:
+    """(scheme OID, key wrap name) of a kari keyEncryptionAlgorithm (RFC 5753 §7.1.5).
+
+    The same in every message of a sender: remembered by SHA-256 of the
+    AlgorithmIdentifier's DER once supported; unsupported ones raise every time.
+    """
+    key = b"kari" + hashlib.sha256(algorithm.dump()).digest()
+    hit: tuple[str, str] | None = _ids_cache.get(key)
+    if hit is not None:
+        return hit
     scheme = algorithm["algorithm"].dotted
     if scheme not in _KARI_SCHEMES:
         raise CMSError(f"key agreement scheme {scheme} is not supported (RFC 5753/8418 ECDH)")
@@ -1261,6 +1282,14 @@ def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
     wrap = _WRAP_NAMES.get(wrap_alg["algorithm"].dotted, wrap_alg["algorithm"].dotted)
     if wrap not in _KEY_WRAPS:
         raise CMSError(f"key wrap {wrap!r} is not supported (AES key wrap, RFC 3394)")
+    hit = (str(scheme), str(wrap))
+    _ids_cache.put(key, hit)
+    return hit
+
+
+def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
+    """The content key from a KeyAgreeRecipientInfo (RFC 5753 §3.1.2, RFC 8418 §2)."""
+    scheme, wrap = _kari_algorithms(kari["key_encryption_algorithm"])
     ukm_value = kari["ukm"]
     ukm = None if ukm_value.native is None else bytes(ukm_value.native)
     shared = _agree(key, kari["originator"])
