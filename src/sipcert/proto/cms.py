@@ -28,11 +28,13 @@ valid *now* is the caller's decision.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import functools
 import hashlib
 import hmac
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -157,21 +159,35 @@ def _parse_signed_data(signed_data: Any) -> None:
     the signature covers the attributes' bytes anyway. The ones we read are parsed later,
     per signer.
     """
-    for name in ("version", "digest_algorithms", "encap_content_info"):
+    for name in ("version", "encap_content_info"):
         signed_data[name].native  # noqa: B018
+    _parse_fully(signed_data["digest_algorithms"])
     for choice in signed_data["certificates"] or []:
         choice.name  # noqa: B018 - each is parsed fully only if it is a signer's
     for signer in signed_data["signer_infos"]:
-        for name in ("sid", "digest_algorithm", "signature_algorithm", "signature"):
-            signer[name].native  # noqa: B018
+        for name in ("sid", "digest_algorithm", "signature_algorithm"):
+            _parse_fully(signer[name])
+        signer["signature"].native  # noqa: B018
         attrs = signer["signed_attrs"]
         if isinstance(attrs, asn1_cms.CMSAttributes):
             for attr in attrs:
                 attr["type"].native  # noqa: B018
 
 
-def _asn1_cert(cert: x509.Certificate) -> Any:
-    return asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+def _parse_fully(value: Any) -> None:
+    """Force asn1crypto's full parse of ``value``, once per (type, encoding).
+
+    For the parts a repeated sender sends identically in every message (its
+    SignerIdentifier, with the issuer Name whose every string is decoded, and the
+    algorithm identifiers): an encoding of a type that parsed once parses again, so it is
+    remembered (by SHA-256, in the LRU) and not decoded again. Malformed input raises
+    as before, and is never remembered.
+    """
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    key = b"parsed" + hashlib.sha256(kind.encode() + b"\0" + value.dump()).digest()
+    if _ids_cache.get(key) is None:
+        value.native  # noqa: B018
+        _ids_cache.put(key, True)
 
 
 def _name_to_x509(name: Any) -> x509.Name:
@@ -228,25 +244,98 @@ def _single_attr(signed_attrs: Any, attr_type: str) -> Any:
     return found[0]["values"][0].native
 
 
+class _LRU:
+    """A bounded, thread-safe LRU map from the SHA-256 of a DER encoding to what it gives.
+
+    For derived values that depend on the DER alone (no clock, no trust decision), so a
+    cached entry is exactly what computing again would give; callers store only successes.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: bytes, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+#: Issuer, serial number and key identifiers of certificates (signers' and our own), and
+#: the SMIMECapabilities signers announce, by SHA-256 of their DER.
+_ids_cache = _LRU(512)
+
+
+class _CertIds:
+    """How a CMS identifier can name one certificate, read from its DER once per DER.
+
+    Issuer and serial number, and the key identifiers, are each read (and cached, by
+    SHA-256 of the DER) only when asked for, so a certificate is parsed exactly as far as
+    a plain asn1crypto lookup would parse it, and fails the same way.
+    """
+
+    def __init__(self, der: bytes) -> None:
+        self.der = der
+        self._fingerprint = hashlib.sha256(der).digest()
+
+    def issuer_serial(self) -> tuple[int, bytes]:
+        """(serial number, issuer Name DER)."""
+        key = b"ias" + self._fingerprint
+        hit: tuple[int, bytes] | None = _ids_cache.get(key)
+        if hit is None:
+            parsed = asn1_x509.Certificate.load(self.der)
+            hit = (int(parsed.serial_number), bytes(parsed.issuer.dump()))
+            _ids_cache.put(key, hit)
+        return hit
+
+    def key_ids(self) -> tuple[bytes | None, bytes]:
+        """(subjectKeyIdentifier or None, SHA-1 of the subjectPublicKey)."""
+        key = b"kid" + self._fingerprint
+        hit: tuple[bytes | None, bytes] | None = _ids_cache.get(key)
+        if hit is None:
+            parsed = asn1_x509.Certificate.load(self.der)
+            hit = (parsed.key_identifier, bytes(parsed.public_key.sha1))
+            _ids_cache.put(key, hit)
+        return hit
+
+
+def _issuer_serial_match(cand: _CertIds, issuer: Any, serial: int) -> bool:
+    cand_serial, cand_issuer = cand.issuer_serial()
+    if cand_serial != serial:
+        return False
+    # byte equality first; RFC 5280 §7.1 comparison (slow: string preparation) if not
+    return bool(issuer.dump() == cand_issuer or issuer == asn1_x509.Name.load(cand_issuer))
+
+
 def _find_signer(sid: Any, embedded: Sequence[bytes], extra: Sequence[x509.Certificate]) -> bytes:
     """DER of the certificate that ``sid`` names (RFC 5652 §5.3 SignerIdentifier)."""
-    candidates = [asn1_x509.Certificate.load(der) for der in embedded]
-    candidates += [_asn1_cert(cert) for cert in extra]
+    candidates = [_CertIds(der) for der in embedded]
+    candidates += [_CertIds(cert.public_bytes(serialization.Encoding.DER)) for cert in extra]
     if sid.name == "issuer_and_serial_number":
         issuer = sid.chosen["issuer"]
         serial = sid.chosen["serial_number"].native
-        issuer_der = issuer.dump()
         for cand in candidates:
-            if cand.serial_number == serial and (
-                cand.issuer.dump() == issuer_der or cand.issuer == issuer
-            ):
-                return bytes(cand.dump())
+            if _issuer_serial_match(cand, issuer, serial):
+                return cand.der
         shown = f"issuer {issuer.human_friendly!r}, serial {serial}"
     elif sid.name == "subject_key_identifier":
         key_id = sid.chosen.native
         for cand in candidates:
-            if key_id in (cand.key_identifier, cand.public_key.sha1):
-                return bytes(cand.dump())
+            if key_id in cand.key_ids():
+                return cand.der
         shown = f"subjectKeyIdentifier {key_id.hex()}"
     else:  # pragma: no cover - the CHOICE has only these two alternatives
         raise CMSError(f"unsupported SignerIdentifier {sid.name!r}")
@@ -308,7 +397,14 @@ def _capabilities(signed_attrs: Any) -> tuple[str, ...]:
         found = [a for a in signed_attrs if a["type"].native == "smime_capabilities"]
         if len(found) != 1 or len(found[0]["values"]) != 1:
             return ()
-        return tuple(str(cap["capability_id"].native) for cap in found[0]["values"][0])
+        value = found[0]["values"][0]
+        # A sender announces the same list in every message: read it once per encoding.
+        key = b"cap" + hashlib.sha256(value.dump()).digest()
+        hit: tuple[str, ...] | None = _ids_cache.get(key)
+        if hit is None:
+            hit = tuple(str(cap["capability_id"].native) for cap in value)
+            _ids_cache.put(key, hit)
+        return hit
     except _ASN1_ERRORS:
         return ()  # a malformed announcement is no announcement (RFC 8551 §2.5.2)
 
@@ -378,6 +474,29 @@ def _parse_signed(
         raise CMSError(f"malformed CMS SignerInfo: {exc}") from exc
 
 
+#: Signer certificates already loaded, by SHA-256 of their DER: a repeated sender's
+#: certificate is parsed and checked once. A certificate that fails to load is not kept,
+#: so it is loaded (and refused) every time.
+_signer_cache = _LRU(256)
+
+
+def _signer_certificate(der: bytes) -> tuple[x509.Certificate, Any]:
+    """(certificate, public key) of a signer certificate's DER, through :data:`_signer_cache`."""
+    fingerprint = hashlib.sha256(der).digest()
+    hit: tuple[x509.Certificate, Any] | None = _signer_cache.get(fingerprint)
+    if hit is not None:
+        return hit
+    try:
+        # load_certificate, not cryptography directly: it also refuses what cryptography
+        # only warns about (a serial that is not positive) and decodes every lazy field.
+        cert = load_certificate(der, max_size=len(der))
+        public_key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm, CertificateParseError) as exc:
+        raise CMSError(f"signer certificate does not parse: {exc}") from exc
+    _signer_cache.put(fingerprint, (cert, public_key))
+    return cert, public_key
+
+
 def _check_signer(data: _SignerData, content: bytes) -> x509.Certificate:
     """Verify one SignerInfo over ``content``; return its certificate or raise."""
     if data.scheme == "ed25519":
@@ -397,14 +516,7 @@ def _check_signer(data: _SignerData, content: bytes) -> x509.Certificate:
         if not hmac.compare_digest(computed, data.message_digest):
             raise SignatureError("messageDigest does not match the signed content")
         signed_bytes = data.signed_attrs
-    try:
-        # load_certificate, not cryptography directly: it also refuses what cryptography
-        # only warns about (a serial that is not positive) and decodes every lazy field.
-        der = data.certificate_der
-        cert = load_certificate(der, max_size=len(der))
-        public_key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm, CertificateParseError) as exc:
-        raise CMSError(f"signer certificate does not parse: {exc}") from exc
+    cert, public_key = _signer_certificate(data.certificate_der)
     try:
         if data.scheme == "ed25519":
             if not isinstance(public_key, ed25519.Ed25519PublicKey):
@@ -1039,42 +1151,64 @@ def _octets(value: Any) -> bytes:
     return bytes(value.contents if native is None else value.__bytes__())
 
 
-def _names_us(rid: Any, ours: Any) -> bool:
+def _names_us(rid: Any, ours: _CertIds) -> bool:
     """True when a recipient identifier names our certificate (RFC 5652 §6.2.1, §6.2.2)."""
     if rid.name == "issuer_and_serial_number":
         ias = rid.chosen
-        if ias["serial_number"].native != ours.serial_number:
-            return False
-        issuer = ias["issuer"]
-        # byte equality first; RFC 5280 §7.1 comparison (slow: string preparation) if not
-        return bool(issuer.dump() == ours.issuer.dump() or issuer == ours.issuer)
+        return _issuer_serial_match(ours, ias["issuer"], ias["serial_number"].native)
     key_id = rid.chosen.native
     if isinstance(key_id, dict):  # RecipientKeyIdentifier of a kari
         key_id = key_id["subject_key_identifier"]
-    return key_id in (ours.key_identifier, ours.public_key.sha1)
+    return key_id in ours.key_ids()
 
 
-def _our_recipient_infos(envelope: Any, cert: x509.Certificate) -> list[tuple[Any, Any]]:
-    """(RecipientInfo, RecipientEncryptedKey or None) for each entry that names ``cert``.
+def _our_recipient_info(envelope: Any, cert: x509.Certificate) -> tuple[Any, Any] | None:
+    """(RecipientInfo, RecipientEncryptedKey or None) of the first entry naming ``cert``.
 
     kekri, pwri and ori entries are skipped: they are for other recipients and never
-    stop us from reading ours (RFC 5652 §6.2: "any of the RecipientInfo").
+    stop us from reading ours (RFC 5652 §6.2: "any of the RecipientInfo"). The entries
+    after ours are not read: the first match is the one used.
     """
-    ours = _asn1_cert(cert)
-    found = []
+    ours = _CertIds(cert.public_bytes(serialization.Encoding.DER))
     for info in envelope["recipient_infos"]:
         if info.name == "ktri":
             if _names_us(info.chosen["rid"], ours):
-                found.append((info, None))
+                return info, None
         elif info.name == "kari":
             for rek in info.chosen["recipient_encrypted_keys"]:
                 if _names_us(rek["rid"], ours):
-                    found.append((info, rek))
-    return found
+                    return info, rek
+    return None
 
 
 def _ias_of(rid: Any) -> Any:
     return rid.chosen if rid.name == "issuer_and_serial_number" else None
+
+
+def _oaep_parameters(algorithm: Any) -> tuple[str, str, bytes]:
+    """(hash, MGF1 hash, label) of an RSAES-OAEP AlgorithmIdentifier (RFC 4055 §4.1).
+
+    A sender uses the same parameters in every message: the ones read are remembered by
+    SHA-256 of the AlgorithmIdentifier's DER; unsupported ones raise every time.
+    """
+    key = b"oaep" + hashlib.sha256(algorithm.dump()).digest()
+    hit: tuple[str, str, bytes] | None = _ids_cache.get(key)
+    if hit is not None:
+        return hit
+    params = algorithm["parameters"]
+    if params is None or params.native is None:
+        params = asn1_algos.RSAESOAEPParams({})
+    hash_name = params["hash_algorithm"]["algorithm"].native
+    mgf = params["mask_gen_algorithm"]
+    mgf_hash = mgf["parameters"]["algorithm"].native
+    if mgf["algorithm"].native != "mgf1" or hash_name not in _MGF_DIGESTS:
+        raise CMSError(f"RSA-OAEP with {hash_name} / {mgf['algorithm'].native} is not supported")
+    if mgf_hash not in _MGF_DIGESTS:
+        raise CMSError(f"RSA-OAEP with MGF1-{mgf_hash} is not supported")
+    label = bytes(params["p_source_algorithm"]["parameters"].native or b"")
+    hit = (str(hash_name), str(mgf_hash), label)
+    _ids_cache.put(key, hit)
+    return hit
 
 
 def _unwrap_ktri(ktri: Any, key: DecryptionKey, key_size: int) -> bytes:
@@ -1087,19 +1221,7 @@ def _unwrap_ktri(ktri: Any, key: DecryptionKey, key_size: int) -> bytes:
     name = algorithm["algorithm"].native
     encrypted = bytes(ktri["encrypted_key"].native)
     if name == "rsaes_oaep":
-        params = algorithm["parameters"]
-        if params is None or params.native is None:
-            params = asn1_algos.RSAESOAEPParams({})
-        hash_name = params["hash_algorithm"]["algorithm"].native
-        mgf = params["mask_gen_algorithm"]
-        mgf_hash = mgf["parameters"]["algorithm"].native
-        if mgf["algorithm"].native != "mgf1" or hash_name not in _MGF_DIGESTS:
-            raise CMSError(
-                f"RSA-OAEP with {hash_name} / {mgf['algorithm'].native} is not supported"
-            )
-        if mgf_hash not in _MGF_DIGESTS:
-            raise CMSError(f"RSA-OAEP with MGF1-{mgf_hash} is not supported")
-        label = bytes(params["p_source_algorithm"]["parameters"].native or b"")
+        hash_name, mgf_hash, label = _oaep_parameters(algorithm)
         pad: padding.AsymmetricPadding = padding.OAEP(
             mgf=padding.MGF1(_MGF_DIGESTS[mgf_hash]()),
             algorithm=_MGF_DIGESTS[hash_name](),
@@ -1143,9 +1265,16 @@ def _agree(key: DecryptionKey, originator: Any) -> bytes:
     )
 
 
-def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
-    """The content key from a KeyAgreeRecipientInfo (RFC 5753 §3.1.2, RFC 8418 §2)."""
-    algorithm = kari["key_encryption_algorithm"]
+def _kari_algorithms(algorithm: Any) -> tuple[str, str]:
+    """(scheme OID, key wrap name) of a kari keyEncryptionAlgorithm (RFC 5753 §7.1.5).
+
+    The same in every message of a sender: remembered by SHA-256 of the
+    AlgorithmIdentifier's DER once supported; unsupported ones raise every time.
+    """
+    key = b"kari" + hashlib.sha256(algorithm.dump()).digest()
+    hit: tuple[str, str] | None = _ids_cache.get(key)
+    if hit is not None:
+        return hit
     scheme = algorithm["algorithm"].dotted
     if scheme not in _KARI_SCHEMES:
         raise CMSError(f"key agreement scheme {scheme} is not supported (RFC 5753/8418 ECDH)")
@@ -1153,6 +1282,14 @@ def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
     wrap = _WRAP_NAMES.get(wrap_alg["algorithm"].dotted, wrap_alg["algorithm"].dotted)
     if wrap not in _KEY_WRAPS:
         raise CMSError(f"key wrap {wrap!r} is not supported (AES key wrap, RFC 3394)")
+    hit = (str(scheme), str(wrap))
+    _ids_cache.put(key, hit)
+    return hit
+
+
+def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
+    """The content key from a KeyAgreeRecipientInfo (RFC 5753 §3.1.2, RFC 8418 §2)."""
+    scheme, wrap = _kari_algorithms(kari["key_encryption_algorithm"])
     ukm_value = kari["ukm"]
     ukm = None if ukm_value.native is None else bytes(ukm_value.native)
     shared = _agree(key, kari["originator"])
@@ -1196,8 +1333,8 @@ def decrypt_enveloped(
     """
     envelope, authenticated = _load_envelope(enveloped_der, max_size)
     try:
-        entries = _our_recipient_infos(envelope, cert)
-        if not entries:
+        entry = _our_recipient_info(envelope, cert)
+        if entry is None:
             raise DecryptionError(
                 f"not a recipient: no RecipientInfo names issuer "
                 f"{cert.issuer.rfc4514_string()!r} serial {cert.serial_number} (draft §4.5)"
@@ -1216,7 +1353,7 @@ def decrypt_enveloped(
             "auth_encrypted_content_info" if authenticated else "encrypted_content_info"
         ]
         name, mode, key_size, params = _content_cipher(encrypted_info, authenticated)
-        info, rek = entries[0]
+        info, rek = entry
         if info.name == "ktri":
             cek = _unwrap_ktri(info.chosen, key, key_size)
         else:
@@ -1315,6 +1452,6 @@ def is_recipient(
     """
     envelope, _ = _load_envelope(enveloped_der, max_size)
     try:
-        return bool(_our_recipient_infos(envelope, cert))
+        return _our_recipient_info(envelope, cert) is not None
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS RecipientInfo: {exc}") from exc

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import itertools
 import re
 import secrets
@@ -31,6 +32,7 @@ __all__ = [
     "build_multipart",
     "format_content_type",
     "parse_content_type",
+    "parse_mime_entity",
     "parse_mime_part",
     "parse_multipart",
 ]
@@ -172,6 +174,20 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     Parameter names are case-insensitive (lowercased here); values may be tokens or
     quoted strings with backslash escapes (RFC 2045 §5.1, RFC 5322 §3.2.4).
     """
+    media_type, params = _parse_content_type_cached(value)
+    return media_type, dict(params)  # a fresh dict: callers may change theirs
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_content_type_cached(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """:func:`parse_content_type`, memoized: a received S/MIME body reads its few
+    Content-Type values about twenty times (``media_type``, ``params``, the checks of
+    ``MimePart``); a pure function of the string, and errors are not cached."""
+    media_type, params = _parse_content_type(value)
+    return media_type, tuple(params.items())
+
+
+def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     if not value.isascii():
         raise MIMEError("Content-Type is not US-ASCII")
     text = value.strip(" \t")
@@ -308,6 +324,18 @@ def parse_mime_part(
     ``binary``/``7bit``/``8bit`` bodies are kept byte for byte. A multipart body is parsed
     too (to enforce the nesting limit) but kept as bytes in ``body``.
     """
+    return parse_mime_entity(data, limits=limits, _depth=_depth)[0]
+
+
+def parse_mime_entity(
+    data: bytes, *, limits: MimeLimits = DEFAULT_LIMITS, _depth: int = 0
+) -> tuple[MimePart, Multipart | None]:
+    """:func:`parse_mime_part`, also returning the parsed multipart body (None if not one).
+
+    The multipart is what ``parse_multipart(part.content_type, part.body, limits=limits)``
+    returns, so a reader that goes on into the parts (S/MIME verification) need not split
+    the body a second time.
+    """
     if len(data) > limits.max_size:
         raise InputTooLargeError(f"MIME entity is {len(data)} octets (limit {limits.max_size})")
     head, body = _split_head(data)
@@ -327,9 +355,10 @@ def parse_mime_part(
         except binascii.Error as exc:
             raise MIMEError(f"invalid base64 body: {exc}") from exc
     part = MimePart(content_type=content_type, body=body, headers=extra)
+    multipart = None
     if media_type.startswith("multipart/"):
-        parse_multipart(content_type, body, limits=limits, _depth=_depth)
-    return part
+        multipart = parse_multipart(content_type, body, limits=limits, _depth=_depth)
+    return part, multipart
 
 
 # --- multipart ---------------------------------------------------------------------------

@@ -239,9 +239,10 @@ def open_protected(
             reference=reference,
         )
     try:
-        inner = smime.decrypt(enveloped, key, certificate)
+        entity = smime.decrypt_entity(enveloped, key, certificate)
     except (DecryptionError, InputError) as exc:
         return Outcome(Reason.UNDECIPHERABLE, sender, str(exc), reference=reference)
+    inner = entity[0]
     if not smime.is_signed(inner):
         return Outcome(
             Reason.BAD_SIGNATURE,
@@ -251,7 +252,7 @@ def open_protected(
             reference=reference,
         )
     try:
-        verified = smime.verify(inner)
+        verified = smime.verify_decrypted(entity)
     except (SignatureError, CMSError, InputError) as exc:
         return Outcome(Reason.BAD_SIGNATURE, sender, str(exc), reference=reference)
     # With several signers, one that names the sender and is valid now is the one that

@@ -32,7 +32,9 @@ from sipcert.proto.mime import (
     DEFAULT_LIMITS,
     MimeLimits,
     MimePart,
+    Multipart,
     build_multipart,
+    parse_mime_entity,
     parse_mime_part,
     parse_multipart,
 )
@@ -44,11 +46,13 @@ __all__ = [
     "Verified",
     "decrypt",
     "decrypt_and_verify",
+    "decrypt_entity",
     "encrypt",
     "is_signed",
     "sign",
     "sign_and_encrypt",
     "verify",
+    "verify_decrypted",
 ]
 
 SIGNATURE_CONTENT_TYPE = "application/pkcs7-signature; name=smime.p7s"
@@ -145,6 +149,17 @@ def verify(
     carry it. ``micalg`` is not trusted: the digest algorithm comes from each SignerInfo.
     With several signers, ``signer`` is the first that verified and ``signers`` reports all.
     """
+    return _verify(part, None, certificates=certificates, limits=limits)
+
+
+def _verify(
+    part: MimePart,
+    multipart: Multipart | None,
+    *,
+    certificates: Sequence[x509.Certificate],
+    limits: MimeLimits,
+) -> Verified:
+    """:func:`verify`; ``multipart`` is ``part``'s body already parsed with ``limits``."""
     media_type, params = part.media_type, part.params
     if media_type in _ENVELOPED_TYPES:
         smime_type = params.get("smime-type", "").lower()
@@ -160,7 +175,8 @@ def verify(
             f"multipart/signed protocol {protocol or '(missing)'!r} is not "
             "application/pkcs7-signature"
         )
-    multipart = parse_multipart(part.content_type, part.body, limits=limits)
+    if multipart is None:
+        multipart = parse_multipart(part.content_type, part.body, limits=limits)
     if len(multipart.parts) != 2:
         raise MIMEError(f"multipart/signed has {len(multipart.parts)} parts; exactly 2 expected")
     signature_part = multipart.parts[1]
@@ -228,6 +244,21 @@ def decrypt(
     mix of recipient kinds (draft §4.5); a message not addressed to ``cert`` raises
     :class:`~sipcert.errors.DecryptionError` ("not a recipient").
     """
+    return decrypt_entity(part, key, cert, limits=limits)[0]
+
+
+def decrypt_entity(
+    part: MimePart,
+    key: cms.DecryptionKey,
+    cert: x509.Certificate,
+    *,
+    limits: MimeLimits = DEFAULT_LIMITS,
+) -> tuple[MimePart, Multipart | None]:
+    """:func:`decrypt`, also returning the decrypted entity's multipart body, if it is one.
+
+    Pass the pair to :func:`verify_decrypted`, which then does not split the
+    multipart/signed a second time.
+    """
     media_type, params = part.media_type, part.params
     if media_type not in _ENVELOPED_TYPES:
         raise MIMEError(f"expected application/pkcs7-mime, got {media_type}")
@@ -238,7 +269,7 @@ def decrypt(
             "authEnveloped-data"
         )
     inner = cms.decrypt_enveloped(part.body, key, cert, max_size=limits.max_size)
-    return parse_mime_part(inner, limits=limits)
+    return parse_mime_entity(inner, limits=limits)
 
 
 def sign_and_encrypt(
@@ -267,9 +298,23 @@ def decrypt_and_verify(
     limits: MimeLimits = DEFAULT_LIMITS,
 ) -> Verified:
     """Decrypt an encrypted entity and verify the signed entity inside it."""
-    inner = decrypt(part, key, cert, limits=limits)
-    if not is_signed(inner):
+    entity = decrypt_entity(part, key, cert, limits=limits)
+    if not is_signed(entity[0]):
         raise MIMEError(
-            f"decrypted entity is {inner.media_type}, not multipart/signed: it is not signed"
+            f"decrypted entity is {entity[0].media_type}, not multipart/signed: it is not signed"
         )
-    return verify(inner, certificates=certificates, limits=limits)
+    return verify_decrypted(entity, certificates=certificates, limits=limits)
+
+
+def verify_decrypted(
+    entity: tuple[MimePart, Multipart | None],
+    *,
+    certificates: Sequence[x509.Certificate] = (),
+    limits: MimeLimits = DEFAULT_LIMITS,
+) -> Verified:
+    """:func:`verify` of what :func:`decrypt_entity` returned (with the same ``limits``).
+
+    The multipart/signed it already split is used as is, not parsed a second time.
+    """
+    part, multipart = entity
+    return _verify(part, multipart, certificates=certificates, limits=limits)

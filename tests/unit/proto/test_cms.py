@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from asn1crypto import cms as asn1_cms
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
@@ -498,3 +500,50 @@ def test_unknown_recipient_kinds_are_skipped_and_errors_name_the_algorithm() -> 
     )
     with pytest.raises(CMSError, match="AuthEnvelopedData with AES-128-CCM is not supported"):
         cms.decrypt_enveloped(ccm, key, cert)
+
+
+def test_signer_cache_repeats_every_check_but_the_certificate_load() -> None:
+    """A cached signer certificate skips only the load: a bad signature still fails."""
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    der = cms.sign_detached(CONTENT, key, cert)
+    cms._signer_cache.clear()
+    assert cms.verify_detached(der, CONTENT) == cert
+    assert cms.verify_detached(der, CONTENT) == cert  # from the cache
+    with pytest.raises(SignatureError, match="messageDigest"):
+        cms.verify_detached(der, CONTENT + b"!")
+    signature = _signer(asn1_cms.ContentInfo.load(der)["content"])["signature"].native
+    forged = der.replace(signature, signature[:-1] + bytes([signature[-1] ^ 1]))
+    with pytest.raises(SignatureError, match="does not verify"):
+        cms.verify_detached(forged, CONTENT)
+
+
+def test_signer_cache_is_bounded_and_least_recently_used_goes() -> None:
+    cache = cms._LRU(2)
+    cache.put(b"a", 1)
+    cache.put(b"b", 2)
+    assert cache.get(b"a") == 1  # now b is the oldest
+    cache.put(b"c", 3)
+    assert (cache.get(b"a"), cache.get(b"b"), cache.get(b"c")) == (1, None, 3)
+
+
+def test_a_signer_certificate_that_fails_to_load_is_not_cached() -> None:
+    cms._signer_cache.clear()
+    with pytest.raises(CMSError, match="signer certificate does not parse"):
+        cms._signer_certificate(b"\x30\x03\x02\x01\x00")
+    assert cms._signer_cache.get(hashlib.sha256(b"\x30\x03\x02\x01\x00").digest()) is None
+
+
+def test_parse_fully_remembers_only_encodings_that_parsed() -> None:
+    """A malformed Name (an invalid UTF8String) fails every time, not only the first."""
+
+    def name(value: bytes) -> bytes:
+        ava = b"\x06\x03\x55\x04\x03" + b"\x0c" + bytes([len(value)]) + value
+        rdn = b"\x30" + bytes([len(ava)]) + ava
+        rdns = b"\x31" + bytes([len(rdn)]) + rdn
+        return b"\x30" + bytes([len(rdns)]) + rdns
+
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            cms._parse_fully(asn1_x509.Name.load(name(b"\xff\xfe")))
+    cms._parse_fully(asn1_x509.Name.load(name(b"ok")))
+    cms._parse_fully(asn1_x509.Name.load(name(b"ok")))  # remembered: no decoding

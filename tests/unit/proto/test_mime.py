@@ -15,6 +15,7 @@ from sipcert.proto.mime import (
     build_multipart,
     format_content_type,
     parse_content_type,
+    parse_mime_entity,
     parse_mime_part,
     parse_multipart,
 )
@@ -330,3 +331,19 @@ def test_arbitrary_content_type_only_raises_mime_error(value: str) -> None:
     except MIMEError:
         return
     assert "/" in media
+
+
+def test_parse_content_type_memo_gives_each_caller_its_own_params() -> None:
+    value = 'multipart/signed; protocol="application/pkcs7-signature"; boundary=b1'
+    first = parse_content_type(value)
+    first[1]["boundary"] = "changed"
+    assert parse_content_type(value)[1]["boundary"] == "b1"
+
+
+def test_parse_mime_entity_returns_the_multipart_parse_multipart_gives() -> None:
+    body = b"--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b1--\r\n"
+    data = b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n' + body
+    part, multipart = parse_mime_entity(data)
+    assert part == parse_mime_part(data)
+    assert multipart == parse_multipart(part.content_type, part.body)
+    assert parse_mime_entity(b"Content-Type: text/plain\r\n\r\nx")[1] is None

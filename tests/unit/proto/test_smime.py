@@ -185,3 +185,16 @@ def test_tampering_any_byte_of_the_first_part_fails(index: int, bit: int) -> Non
     wire[start + index % length] ^= 1 << bit
     with pytest.raises((SignatureError, MIMEError)):
         smime.verify(parse_mime_part(bytes(wire)))
+
+
+def test_decrypt_entity_then_verify_decrypted_equals_decrypt_and_verify() -> None:
+    """The multipart/signed split while decrypting is the one verified, not split again."""
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    bob_key, bob = make_identity("bob@example.com", "ec-p256")
+    body = smime.sign_and_encrypt(SDP, key, cert, [bob])
+    entity = smime.decrypt_entity(body, bob_key, bob)
+    assert entity[0] == smime.decrypt(body, bob_key, bob)
+    assert entity[1] == parse_multipart(entity[0].content_type, entity[0].body)
+    assert smime.verify_decrypted(entity) == smime.decrypt_and_verify(body, bob_key, bob)
+    plain = smime.encrypt(SDP, [bob])
+    assert smime.decrypt_entity(plain, bob_key, bob)[1] is None
