@@ -48,7 +48,7 @@ from sipcert.storage.base import (
     ensure_utc,
     too_many,
 )
-from sipcert.storage.dbstate import DatabaseLoginLimiter, Pruner, Step
+from sipcert.storage.dbstate import DatabaseLoginLimiter, DatabaseNonceCounter, Step
 
 __all__ = [
     "RETRIES",
@@ -546,7 +546,7 @@ async def _execute(conn: Any, sql: str, args: tuple[Any, ...]) -> int:
         return int(await cur.execute(sql, args))
 
 
-class MysqlNonceCounter:
+class MysqlNonceCounter(DatabaseNonceCounter):
     """An :class:`~sipcert.proto.digest.AsyncNonceCounter` in ``sipcert_nonces``: one
     upsert per answer that raises ``nc`` only if it is higher (affected rows say which);
     two Galera nodes inserting one nonce conflict at certification and the retry refuses."""
@@ -557,19 +557,15 @@ class MysqlNonceCounter:
         *,
         retention: float = DEFAULT_NONCE_LIFETIME + DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
-        if not retention > 0:
-            raise ConfigError("MysqlNonceCounter needs retention > 0")
+        super().__init__(retention=retention)
         self._store = store
-        self._retention = retention
-        self._pruner = Pruner()
 
-    async def advance(self, nonce: str, nc: int, now: float) -> bool:
-        """Record ``nc`` for ``nonce``; True iff it is above every count seen for it."""
+    def _storable(self, nonce: str) -> bool:
         key = _utf8(nonce)
-        if nc < 1 or nc >= 2**63 or key is None or len(key) > 128:
-            return False
-        if self._pruner.due(now):
-            await self.prune(now)
+        return key is not None and len(key) <= 128
+
+    async def _raise_count(self, nonce: str, nc: int, now: float) -> bool:
+        key = _utf8(nonce)
 
         async def work(conn: Any) -> bool:
             return await _execute(conn, _ADVANCE, (key, now, nc)) > 0

@@ -22,10 +22,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sipcert.errors import ConfigError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_NONCE_LIFETIME
 from sipcert.proto.ratelimit import LimitState, LoginLimits
-from sipcert.storage.dbstate import DatabaseLoginLimiter, Pruner, Step
+from sipcert.storage.dbstate import DatabaseLoginLimiter, DatabaseNonceCounter, Step
 from sipcert.storage.postgres import PostgresStore, _storable
 
 __all__ = ["PRUNE_BATCH", "PostgresLoginLimiter", "PostgresNonceCounter"]
@@ -78,12 +77,8 @@ def _deleted(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresNonceCounter:
-    """An :class:`~sipcert.proto.digest.AsyncNonceCounter` in ``sipcert_nonces``.
-
-    A nonce is forgotten ``retention`` seconds after its first use (safe when that is at least
-    the nonce lifetime plus the clock skew: older nonces are refused as stale first).
-    """
+class PostgresNonceCounter(DatabaseNonceCounter):
+    """An :class:`~sipcert.proto.digest.AsyncNonceCounter` in ``sipcert_nonces``."""
 
     def __init__(
         self,
@@ -91,22 +86,16 @@ class PostgresNonceCounter:
         *,
         retention: float = DEFAULT_NONCE_LIFETIME + DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
-        if not retention > 0:
-            raise ConfigError("PostgresNonceCounter needs retention > 0")
+        super().__init__(retention=retention)
         self._store = store
-        self._retention = retention
-        self._pruner = Pruner()
 
     def __repr__(self) -> str:
         return f"PostgresNonceCounter({self._store.where!r})"
 
-    async def advance(self, nonce: str, nc: int, now: float) -> bool:
-        """Record ``nc`` for ``nonce``; True iff it is above every count seen for it."""
-        if nc < 1 or nc >= 2**63 or not _storable(nonce):
-            return False
-        if self._pruner.due(now):
-            await self.prune(now)
+    def _storable(self, nonce: str) -> bool:
+        return _storable(nonce)
 
+    async def _raise_count(self, nonce: str, nc: int, now: float) -> bool:
         async def work(pool: Any) -> bool:
             return await pool.fetchval(_ADVANCE, nonce, now, nc) is not None
 
