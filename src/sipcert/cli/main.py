@@ -132,7 +132,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
-    from sipcert.cli import db, demo, monitor, selftest, serve, sipua, user
+    from sipcert.cli import authsvc, db, demo, monitor, selftest, serve, sipua, user
     from sipcert.cli import ua as ua_commands
 
     parser = Parser(
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     ua_commands.register(commands)
     monitor.register(commands)
     sipua.register(commands)
+    authsvc.register(commands)
     serve.register(commands)
     user.register(commands)
     db.register(commands)

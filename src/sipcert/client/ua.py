@@ -72,6 +72,7 @@ from sipcert.proto.certs import (
     sha256_fingerprint,
     validate_retrieved,
 )
+from sipcert.proto.certs import delegated_by as delegation_of
 from sipcert.proto.note import Verifier
 from sipcert.proto.store import CERT_HASH_LENGTH, parse_cert_hash
 
@@ -502,6 +503,7 @@ class AsyncUA:
         validity: timedelta = DEFAULT_VALIDITY,
         key_type: KeyType = KeyType.P256,
         passphrase: bytes | None = None,
+        delegated_by: str | None = None,
     ) -> Enrollment:
         """Create a key and self-signed certificate and PUT it with Digest (draft §5.1).
 
@@ -513,13 +515,20 @@ class AsyncUA:
         says so: the Store never keeps a certificate whose key is lost.
         ``device`` is also sent as the certificate's label (``Content-Description``),
         which the Store shows on its revocation page and in every GET answer, so a renewal
-        keeps it.
+        keeps it. ``delegated_by`` marks the certificate as an authentication service's
+        (draft §6, :func:`sipcert.proto.certs.delegated_by`); a renewal keeps that too.
         """
         parsed = _aor(aor)
         auth = credentials.for_aor(parsed)
         directory = self.home.device_directory(parsed, device)
         self.home.ensure_writable(directory)
-        identity = generate_identity(parsed, now=self._now(), key_type=key_type, validity=validity)
+        identity = generate_identity(
+            parsed,
+            now=self._now(),
+            key_type=key_type,
+            validity=validity,
+            delegated_by=delegated_by,
+        )
         self.home.stage(parsed, identity, device=device, passphrase=passphrase)
         try:
             location = await self._route(parsed)
@@ -655,6 +664,7 @@ class AsyncUA:
             validity=validity,
             key_type=KeyType.of(old) if key_type is None else key_type,
             passphrase=passphrase,
+            delegated_by=delegation_of(old),
         )
         try:
             await delete_certificates(

@@ -40,6 +40,7 @@ from sipcert.proto.aor import AOR, aor_from_uri, escape_user, normalize_domain
 
 __all__ = [
     "CLOCK_SKEW",
+    "DELEGATED_PREFIX",
     "EXTENSION_ERRORS",
     "MAX_CERTIFICATE_SIZE",
     "MAX_PRIVATE_KEY_SIZE",
@@ -52,6 +53,7 @@ __all__ = [
     "cert_hash",
     "certificate_der",
     "check_enrollment",
+    "delegated_by",
     "format_cert_hash",
     "generate_identity",
     "load_certificate",
@@ -69,6 +71,10 @@ CLOCK_SKEW = timedelta(minutes=5)
 #: Longest validity ``generate_identity`` agrees to; the draft recommends "days to months"
 #: (draft §5), 825 days is the CA/Browser Forum's old ceiling.
 MAX_VALIDITY = timedelta(days=825)
+#: The subject OU that marks a key held by an authentication service for the subscriber
+#: (draft §6, docs/delegated.md §5): ``OU=sipcert-delegated:<service host>``.
+DELEGATED_PREFIX = "sipcert-delegated:"
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,61}[A-Za-z0-9])?")
 #: Default size limit for one encoded certificate.
 MAX_CERTIFICATE_SIZE = 16384
 #: Size limit for an encoded private key.
@@ -140,8 +146,13 @@ def generate_identity(
     now: datetime,
     key_type: KeyType = KeyType.P256,
     validity: timedelta = timedelta(days=30),
+    delegated_by: str | None = None,
 ) -> Identity:
     """Generate a key and a self-signed certificate for ``aor`` (draft §1, §4.5, §5.1).
+
+    ``delegated_by`` (a host name) marks the certificate as held by that authentication
+    service for the subscriber (draft §6): subject ``OU=sipcert-delegated:<host>``, which
+    :func:`delegated_by` reads back, so the trade is visible to every verifier.
 
     The SAN URIs are exactly ``sip:user@host`` and ``im:user@host`` (the draft's own example,
     draft §4.5), because those are what Callers check. ``not_before`` is back-dated by
@@ -169,7 +180,16 @@ def generate_identity(
     is_rsa = isinstance(key, rsa.RSAPrivateKey)
     # X.520 limits a Common Name to 64 characters; the SAN URIs carry the full AOR anyway.
     common_name = str(aor) if len(str(aor)) <= 64 else str(aor)[:61] + "..."
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if delegated_by is not None:
+        if not _SERVICE_NAME.fullmatch(delegated_by):
+            raise ConfigError(f"service name {delegated_by[:70]!r} is not a host name")
+        attributes.append(
+            x509.NameAttribute(
+                NameOID.ORGANIZATIONAL_UNIT_NAME, DELEGATED_PREFIX + delegated_by.lower()
+            )
+        )
+    name = x509.Name(attributes)
     public_key = key.public_key()
     certificate = (
         x509.CertificateBuilder()
@@ -211,6 +231,21 @@ def generate_identity(
         .sign(key, hashes.SHA256())
     )
     return Identity(key=key, certificate=certificate)
+
+
+def delegated_by(cert: x509.Certificate) -> str | None:
+    """The authentication service holding this certificate's key (draft §6), or None.
+
+    None for a device's own certificate; a marker that is not a host name counts as none
+    (it cannot be shown as a service's name).
+    """
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
+        value = attribute.value
+        if isinstance(value, str) and value.startswith(DELEGATED_PREFIX):
+            host = value[len(DELEGATED_PREFIX) :]
+            if _SERVICE_NAME.fullmatch(host):
+                return host
+    return None
 
 
 def serialize_private_key(key: DeviceKey, passphrase: bytes | None) -> bytes:

@@ -33,7 +33,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sipcert.errors import CMSError, CryptoError, DecryptionError, InputError, SignatureError
 from sipcert.proto import cms, smime
 from sipcert.proto.aor import AOR
-from sipcert.proto.certs import DiscardReason, sha256_fingerprint, validate_retrieved
+from sipcert.proto.certs import (
+    DiscardReason,
+    delegated_by,
+    sha256_fingerprint,
+    validate_retrieved,
+)
 from sipcert.proto.indirection import (
     EXTERNAL_BODY,
     ExternalBody,
@@ -105,6 +110,12 @@ class Outcome:
         return None if self.signer is None else sha256_fingerprint(self.signer)
 
     @property
+    def delegated_by(self) -> str | None:
+        """The authentication service that signed for the sender (draft §6), or None when
+        the signer certificate is a device's own (docs/delegated.md §5)."""
+        return None if self.signer is None else delegated_by(self.signer)
+
+    @property
     def text(self) -> str | None:
         """The content as text when it is ``text/*`` (a MESSAGE), else None."""
         if self.content is None or not self.content.media_type.startswith("text/"):
@@ -132,6 +143,9 @@ class Outcome:
 
     def __str__(self) -> str:
         if self.verified:
+            service = self.delegated_by
+            if service is not None:
+                return f"verified as {self.sender} (signed for them by {service})"
             return f"verified as {self.sender}"
         suffix = f" ({self.detail})" if self.detail else ""
         return f"not verified: {self.reason}{suffix}"
