@@ -100,6 +100,10 @@ class SyncResult:
 class _Pending:
     origin: Origin
     method: str
+    #: The delegating caller of an INVITE we protected: its 2xx answer is opened for it.
+    answer_for: AOR | None = None
+    #: The delegating callee of an INVITE we opened: its plain 2xx answer is protected as it.
+    answer_as: AOR | None = None
 
 
 class AuthService:
@@ -299,7 +303,14 @@ class AuthService:
                     )
                 )
                 return
-        await self._forward(request, origin)
+        invite = request.method == "INVITE"
+        protected, opened = decision.action is Action.PROTECT, decision.action is Action.OPEN
+        await self._forward(
+            request,
+            origin,
+            answer_for=decision.subscriber if invite and protected else None,
+            answer_as=decision.subscriber if invite and opened else None,
+        )
         self.handled.put_nowait(handled)
 
     async def _protect(self, request: Request, decision: Decision) -> Request | tuple[int, str]:
@@ -358,18 +369,14 @@ class AuthService:
             except NotFoundError:
                 outcome = Outcome(Reason.NOT_A_RECIPIENT, sender, f"no delegated key for {callee}")
             else:
-                outcome = open_protected(
-                    body, identity.key, identity.certificate, sender, self._now()
-                )
-                if outcome.needs_store_check and outcome.signer is not None:
-                    try:
-                        check = await self.client.certificate_in_signaling(sender, outcome.signer)
-                    except SipCertError as exc:
-                        outcome = outcome.after_store_check(None, f"the Store check failed: {exc}")
-                    else:
-                        outcome = outcome.after_store_check(check.in_store)
+                outcome = await self._verify(body, identity, sender)
         verification = verification_of(outcome, self.config.name)
-        status = response_status(outcome, request.method)
+        # A plain request to a delegating phone goes on, marked (the phone may take plain
+        # calls, where a sipcert ua would answer an unprotected INVITE 488).
+        if outcome.reason is Reason.NOT_PROTECTED:
+            status = 200
+        else:
+            status = response_status(outcome, request.method)
         content = outcome.content
         if decision.action is Action.OPEN and status == 200 and content is not None:
             request = with_body(request, content)
@@ -386,7 +393,14 @@ class AuthService:
         )
         return outcome, verification, status, request
 
-    async def _forward(self, request: Request, origin: Origin) -> None:
+    async def _forward(
+        self,
+        request: Request,
+        origin: Origin,
+        *,
+        answer_for: AOR | None = None,
+        answer_as: AOR | None = None,
+    ) -> None:
         """Our Via on top, Max-Forwards counted down, and back to the proxy (§16.6, §16.11)."""
         forwards = request.get("Max-Forwards")
         remaining = int(forwards) - 1 if forwards is not None and forwards.isdigit() else 69
@@ -400,8 +414,66 @@ class AuthService:
         vias = request.get_all("Via")
         out = request.replacing("Via", via, *vias).replacing("Max-Forwards", str(remaining))
         if request.method != "ACK":
-            self._pending[branch] = _Pending(origin, request.method)
+            self._pending[branch] = _Pending(origin, request.method, answer_for, answer_as)
         await self.transport.send(out, proxy)
+
+    async def _verify(self, body: MimePart | None, identity: Identity, sender: AOR) -> Outcome:
+        """Draft step 5 with ``identity``: decrypt, verify, the Store check of the signer."""
+        outcome = open_protected(body, identity.key, identity.certificate, sender, self._now())
+        if outcome.needs_store_check and outcome.signer is not None:
+            try:
+                check = await self.client.certificate_in_signaling(sender, outcome.signer)
+            except SipCertError as exc:
+                return outcome.after_store_check(None, f"the Store check failed: {exc}")
+            return outcome.after_store_check(check.in_store)
+        return outcome
+
+    async def _open_answer(self, response: Response, caller: AOR) -> Response:
+        """The callee's protected answer SDP, opened for the delegating caller (RFC 3261
+        §23.2): the plain SDP and the header; an answer we cannot open keeps its body and
+        the header says why, so the phone never takes it for verified."""
+        try:
+            body = body_part(response)
+            outcome = await self._verify(body, self.identity(caller), response.to.aor)
+        except (InputError, NotFoundError) as exc:
+            outcome = Outcome(Reason.UNDECIPHERABLE, response.to.aor, str(exc))
+        if outcome.content is not None and outcome.reason is not Reason.NOT_PROTECTED:
+            response = with_body(response, outcome.content)
+        verification = verification_of(outcome, self.config.name)
+        log.info("answer to %s's INVITE %s: %s", caller, log_safe(response.call_id), outcome)
+        return response.with_headers((VERIFICATION_HEADER, str(verification)))
+
+    async def _protect_answer(self, response: Response, callee: AOR) -> Response:
+        """The phone's plain answer SDP, signed as the delegating callee and encrypted for
+        the caller's certificates at the caller's Store (RFC 3261 §23.2, draft §4.4). An
+        answer that cannot be protected goes on as it is: the caller's UA sees it is not."""
+        try:
+            body = body_part(response)
+        except InputError:
+            return response
+        if body is None or body.media_type not in ("application/sdp", "text/plain"):
+            return response
+        caller = response.from_.aor
+        try:
+            identity = self.identity(callee)
+            fetched = await self.client.fetch(caller)
+            if not fetched.kept:
+                return response
+            url = (await self.client.locate(callee)).url
+        except SipCertError as exc:
+            log.info("cannot protect %s's answer to %s: %s", callee, caller, exc)
+            return response
+        sealed = protect(
+            body,
+            identity.key,
+            identity.certificate,
+            fetched.kept,
+            certificate_url=url,
+            domain=callee.host,
+            algorithms=self._algorithms,
+            now=self._now(),
+        )
+        return with_body(response, sealed)
 
     async def _relay_response(self, response: Response) -> None:
         vias = [v for line in response.get_all("Via") for v in split_header_list(line)]
@@ -410,7 +482,11 @@ class AuthService:
         if pending is None or len(vias) < 2:
             log.info("dropping a response for unknown branch %s", log_safe(branch[:40]))
             return
-        back = response.replacing("Via", *vias[1:])
+        back = response.replacing("Via", *vias[1:]).without(VERIFICATION_HEADER)
+        if pending.answer_for is not None and 200 <= response.status < 300:
+            back = await self._open_answer(back, pending.answer_for)
+        if pending.answer_as is not None and 200 <= response.status < 300:
+            back = await self._protect_answer(back, pending.answer_as)
         if response.status >= 200:
             asyncio.get_running_loop().call_later(_LINGER, self._pending.pop, branch, None)
         try:

@@ -106,6 +106,96 @@ Content-Length: [len]
     )
 
 
+def phone_calls(verification: str) -> str:
+    """SIPp as Alice's phone placing a call: the SDP offer plus a placeholder; the answer
+    must arrive as plain SDP from Bob with the service's verification (a SIPp regexp)."""
+    offer = (
+        "--sipcert-b1\n"
+        "Content-Type: application/sdp\n\n"
+        "v=0\no=alice 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\n"
+        "m=audio 9 RTP/AVP 0\n"
+        "--sipcert-b1\n"
+        f'Content-Type: message/external-body; access-type="URL"; URL="{FILL_URL}"\n\n'
+        "Content-Type: application/pkcs7-mime; smime-type=enveloped-data\n"
+        "Content-ID: <offer1@example.com>\n\n"
+        "--sipcert-b1--\n"
+    )
+    invite = """  <send retrans="500">
+    <![CDATA[
+INVITE sip:bob@example.net SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+From: <sip:alice@example.com>;tag=[pid]SIPpTag[call_number]
+To: <sip:bob@example.net>
+Call-ID: [call_id]
+CSeq: {cseq} INVITE
+Contact: <sip:alice@[local_ip]:[local_port]>
+Max-Forwards: 70
+{auth}Content-Type: multipart/mixed;boundary=sipcert-b1
+Content-Length: [len]
+
+{body}
+    ]]>
+  </send>
+"""
+    in_dialog = """  <send{retrans}>
+    <![CDATA[
+{method} [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
+From: <sip:alice@example.com>;tag=[pid]SIPpTag[call_number]
+[last_To:]
+[routes]
+Call-ID: [call_id]
+CSeq: {cseq} {method}
+Contact: <sip:alice@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Length: 0
+
+    ]]>
+  </send>
+"""
+    auth = f"[authentication username={ALICE.username} password={ALICE.password}]\n"
+    return (
+        HEADER
+        + '<scenario name="sipcert: a delegating phone places a call">\n'
+        + invite.format(cseq=1, auth="", body=offer)
+        + '  <recv response="100" optional="true"/>\n'
+        + '  <recv response="407" auth="true"/>\n'
+        + """  <send>
+    <![CDATA[
+ACK sip:bob@example.net SIP/2.0
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+    ]]>
+  </send>
+"""
+        + invite.format(cseq=2, auth=auth, body=offer)
+        + '  <recv response="100" optional="true"/>\n'
+        + '  <recv response="180" optional="true"/>\n'
+        + f"""  <recv response="200" rrs="true">
+    <action>
+      <ereg regexp="{verification}" search_in="hdr" header="Sipcert-Verification:"
+            check_it="true" assign_to="verification"/>
+      <ereg regexp="o=bob " search_in="body" check_it="true" assign_to="answer"/>
+      <ereg regexp="application/sdp" search_in="hdr" header="Content-Type:" check_it="true"
+            assign_to="ctype"/>
+    </action>
+  </recv>
+"""
+        + in_dialog.format(retrans="", method="ACK", cseq=2)
+        + in_dialog.format(retrans=' retrans="500"', method="BYE", cseq=3)
+        + """  <recv response="200"/>
+  <Reference variables="verification,answer,ctype"/>
+</scenario>
+"""
+    )
+
+
 def phone_receives(verification: str, text: str) -> str:
     """SIPp as Alice's phone receiving a MESSAGE: plain text and the header, by regexp."""
     return (
@@ -226,6 +316,20 @@ def test_delegating_phone_and_full_ua_through_kamailio(
                     f"verified;sender=&quot;sip:bob@example.net&quot;;signer={signer};"
                     f"by=authsvc[.]example[.]com$"
                 )
+
+                # -- the phone calls Bob: the offer is protected by the service, Bob's
+                #    protected answer is opened for the phone (plain SDP + verification) ------
+                calls = phone_calls(verified)
+                async with sipp(calls, tmp_path, "phone-call", remote=kamailio.address) as s:
+                    offer = await next_event(bob)
+                    code, text = await s.finish()
+                assert code == 0, f"{text}\n{kamailio.describe()}"
+                assert offer.kind == "invite" and offer.status == 200, offer.outcome
+                assert offer.outcome.delegated_by == SERVICE and offer.verified
+                assert offer.outcome.content is not None
+                assert b"o=alice 1 1" in offer.outcome.content.body
+                assert (await service.handled.get()).decision.action is Action.PROTECT
+
                 async with sipp(phone_receives(verified, "Hi Alice$"), tmp_path, "phone-in") as s:
                     await phone_registers(s.port, "phone-register")
                     sent = await bob.send_message(ALICE.aor, "Hi Alice")
