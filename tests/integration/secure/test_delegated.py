@@ -53,12 +53,17 @@ from tests.integration.secure.conftest import (  # noqa: F401 - fixtures used by
     stores,
     subscriber_db,
 )
-from tests.integration.sip.peers import HEADER, SEND_200, sipp
+from tests.integration.sip.peers import ANSWER_SDP_THEN_BYE, HEADER, SEND_200, sipp
 
 pytestmark = [pytest.mark.peer("kamailio"), pytest.mark.peer("dnsmasq"), pytest.mark.peer("sipp")]
 
 SERVICE = "authsvc.example.com"
 FILL_URL = "https://authsvc.example.com/smime"
+OFFER = MimePart(
+    "application/sdp",
+    b"v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 9 RTP/AVP 0\r\n",
+)
 TIMERS = Timers(t1=0.1, t2=0.8, invite_answer=20.0)
 
 
@@ -191,6 +196,29 @@ Content-Length: 0
         + in_dialog.format(retrans=' retrans="500"', method="BYE", cseq=3)
         + """  <recv response="200"/>
   <Reference variables="verification,answer,ctype"/>
+</scenario>
+"""
+    )
+
+
+def phone_answers(verification: str) -> str:
+    """SIPp as Alice's phone answering a call with plain SDP; the offer must be plain with
+    the service's verification."""
+    return (
+        HEADER
+        + f"""<scenario name="sipcert: a delegating phone answers a call">
+  <recv request="INVITE" crlf="true">
+    <action>
+      <ereg regexp="{verification}" search_in="hdr" header="Sipcert-Verification:"
+            check_it="true" assign_to="verification"/>
+      <ereg regexp="o=bob 1 1 IN IP4" search_in="body" check_it="true" assign_to="offer"/>
+    </action>
+  </recv>
+"""
+        + ANSWER_SDP_THEN_BYE.replace(
+            "[last_CSeq:]\nContact:", "[last_CSeq:]\n[last_Record-Route:]\nContact:", 1
+        )
+        + """  <Reference variables="verification,offer"/>
 </scenario>
 """
     )
@@ -340,6 +368,25 @@ def test_delegating_phone_and_full_ua_through_kamailio(
                 opened = await service.handled.get()
                 assert opened.decision.action is Action.OPEN
                 assert opened.outcome is not None and opened.outcome.verified
+
+                # -- Bob calls the phone: the offer opened for it, its plain answer protected
+                #    as Alice by the service, verified by Bob (RFC 3261 §23.2) -----------------
+                rings = phone_answers(verified.replace("$", ""))
+                async with sipp(rings, tmp_path, "phone-answers") as s:
+                    await phone_registers(s.port, "phone-register-call")
+                    call = await bob.invite(ALICE.aor, OFFER)
+                    assert call.established, (call.sent, kamailio.describe())
+                    assert call.answer is not None
+                    assert call.answer.verified, call.answer.outcome
+                    assert call.answer.outcome.delegated_by == SERVICE
+                    assert call.answer.outcome.signer == delegated
+                    answer = call.answer.outcome.content
+                    assert answer is not None and b"o=sipp 2 2" in answer.body
+                    assert (await call.bye()).status == 200, kamailio.describe()
+                    code, text = await s.finish()
+                assert code == 0, f"{text}\n{kamailio.describe()}"
+                assert (await service.handled.get()).decision.action is Action.OPEN
+                assert (await next_event(bob)).kind == "answer"
 
                 # -- a forged header from outside the domain is stripped (RFC 3325 §5) ---------
                 plain = (
