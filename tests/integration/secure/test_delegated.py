@@ -19,6 +19,10 @@ from the fixtures of ``tests/integration/secure/conftest.py``.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import stat
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -479,3 +483,64 @@ def test_service_refuses_an_untrusted_source(tmp_path: Path) -> None:
             assert service.handled.empty()
 
     run(main())
+
+
+def test_the_command_line_enrolls_serves_and_revokes(
+    network: Network,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``sipcert authsvc sync | run | revoke`` with a TOML file against the real Stores."""
+    listen = free_port()
+    path = tmp_path / "authsvc.toml"
+    path.write_text(
+        f'name = "{SERVICE}"\nfill_url = "{FILL_URL}"\nkeys = "keys"\n'
+        f'listen = "tcp:127.0.0.1:{listen}"\nproxy = "tcp:127.0.0.1:{free_port()}"\n'
+        f'[client]\ndns = "{network.dns}"\nca_file = "{network.ca_file}"\n'
+        f'[[subscriber]]\naor = "{ALICE.aor}"\npassword = "{ALICE.password}"\n'
+    )
+    path.chmod(0o600)
+    program = sipcert_program()
+
+    def sipcert(*args: str) -> list[dict[str, object]]:
+        done = subprocess.run(
+            [program, "authsvc", *args[:1], str(path), *args[1:], "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    (enrolled,) = sipcert("sync")
+    assert enrolled["event"] == "enrolled" and enrolled["aor"] == ALICE.aor
+    keys = tmp_path / "keys"
+    # The key never leaves the service's folder, readable by the service alone.
+    (key,) = keys.rglob("key.pem")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    folders = [keys, *(p for p in keys.rglob("*") if p.is_dir())]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in folders)
+
+    with subprocess.Popen(
+        [program, "authsvc", "run", str(path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as server:
+        try:
+            assert server.stdout is not None and server.stderr is not None
+            first = json.loads(server.stdout.readline())
+            assert first == {"event": "ok", "aor": ALICE.aor, "sha256": enrolled["sha256"]}
+            ready = json.loads(server.stdout.readline())
+            assert ready == {"event": "listening", "address": f"tcp:127.0.0.1:{listen}"}
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(30) == 0, server.stderr.read()
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+
+    (revoked,) = sipcert("revoke", ALICE.aor)
+    assert revoked == {"event": "revoked", "aor": ALICE.aor, "sha256": [enrolled["sha256"]]}
+    (again,) = sipcert("sync")
+    assert again["event"] == "enrolled" and again["sha256"] != enrolled["sha256"]
