@@ -247,6 +247,8 @@ def _received_fields(received: Received) -> dict[str, Any]:
         "status": received.status,
         "call_id": received.message.call_id,
         "signer": outcome.signer_sha256,
+        # The authentication service that holds the signer's key (draft §6), or null.
+        "delegated_by": outcome.delegated_by,
         "reference": outcome.reference.url if outcome.reference is not None else None,
     }
     if received.check is not None:

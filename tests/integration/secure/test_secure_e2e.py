@@ -387,6 +387,7 @@ def test_cli_ua_prints_the_verified_message_of_message_send(
         assert message["text"] == "hello from the CLI"
         assert message["status"] == 200
         assert message["store_check"] == {"cached": False, "in_store": True}
+        assert message["delegated_by"] is None  # a device's own key (docs/delegated.md §5)
 
         # An INVITE from Alice's device (in process): the CLI UA answers with protected SDP.
         async def call_bob() -> None:
