@@ -230,7 +230,9 @@ class AuthService:
 
     async def _refuse(self, request: Request, origin: Origin, status: int, why: str) -> None:
         reason = {403: "Forbidden", 400: "Bad Request"}.get(status)
-        warning = why.replace('"', "'")[:200]
+        # RFC 3261 §20.43 warn-text is a quoted-string: printable ASCII, no quote, no escape.
+        printable = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in why)
+        warning = printable[:200]
         response = make_response(
             request,
             status,
@@ -278,7 +280,12 @@ class AuthService:
         )
         handled = Handled(request.method, request.call_id, decision)
         if decision.action is Action.REFUSE:
-            log.info("refusing %s %s: %s", request.method, request.call_id, decision.detail)
+            log.info(
+                "refusing %s %s: %s",
+                request.method,
+                log_safe(request.call_id),
+                log_safe(decision.detail),
+            )
             await self._refuse(request, origin, decision.status, decision.detail)
             self.handled.put_nowait(
                 Handled(request.method, request.call_id, decision, decision.status)
@@ -386,7 +393,7 @@ class AuthService:
             request.method,
             log_safe(request.call_id),
             callee,
-            outcome,
+            log_safe(str(outcome)),
             f" (signer held by {delegated_by(outcome.signer)})"
             if outcome.signer is not None and delegated_by(outcome.signer)
             else "",
@@ -440,7 +447,12 @@ class AuthService:
         if outcome.content is not None and outcome.reason is not Reason.NOT_PROTECTED:
             response = with_body(response, outcome.content)
         verification = verification_of(outcome, self.config.name)
-        log.info("answer to %s's INVITE %s: %s", caller, log_safe(response.call_id), outcome)
+        log.info(
+            "answer to %s's INVITE %s: %s",
+            caller,
+            log_safe(response.call_id),
+            log_safe(str(outcome)),
+        )
         return response.with_headers((VERIFICATION_HEADER, str(verification)))
 
     async def _protect_answer(self, response: Response, callee: AOR) -> Response:
@@ -461,7 +473,7 @@ class AuthService:
                 return response
             url = (await self.client.locate(callee)).url
         except SipCertError as exc:
-            log.info("cannot protect %s's answer to %s: %s", callee, caller, exc)
+            log.info("cannot protect %s's answer to %s: %s", callee, caller, log_safe(str(exc)))
             return response
         sealed = protect(
             body,
@@ -492,4 +504,4 @@ class AuthService:
         try:
             await self.transport.reply(back, pending.origin)
         except SipCertError as exc:
-            log.info("cannot pass a %s back: %s", response.status, exc)
+            log.info("cannot pass a %s back: %s", response.status, log_safe(str(exc)))

@@ -426,3 +426,25 @@ def test_only_a_404_is_remembered_as_no_log(tmp_path: Path) -> None:
 
     run(make_ua(tmp_path, store, cache_ttl=3600), twice)
     assert store.paths() == ["/search-cgi", "/log/vkey"] * 2
+
+
+def test_a_renewal_keeps_the_delegation_marker(tmp_path: Path) -> None:
+    """A delegated certificate (draft §6, docs/delegated.md §5) stays marked when renewed,
+    so a renewal never silently turns the service's key into what looks like a device's."""
+    from sipcert.proto.certs import delegated_by
+
+    home, store = tmp_path / "home", FakeStore()
+    enrolled = run(
+        make_ua(home, store),
+        lambda ua: ua.enroll(BOB, CREDENTIALS, device="authsvc", delegated_by="svc.example.com"),
+    )
+    assert delegated_by(enrolled.certificate) == "svc.example.com"  # type: ignore[attr-defined]
+    renewal = run(
+        make_ua(home, store),
+        lambda ua: ua.renew(BOB, CREDENTIALS, device="authsvc", force=True),
+    )
+    new = renewal.new.certificate  # type: ignore[attr-defined]
+    assert new != enrolled.certificate  # type: ignore[attr-defined]
+    assert delegated_by(new) == "svc.example.com"
+    plain = run(make_ua(home, store), lambda ua: ua.enroll(BOB, CREDENTIALS, device="phone"))
+    assert delegated_by(plain.certificate) is None  # type: ignore[attr-defined]
