@@ -124,6 +124,21 @@ def main() -> None:
     response = sip.make_response(request, 200)
     _write("sip", [request.to_bytes(), response.to_bytes(), request.to_bytes() * 2])
 
+    placeholder = mime.MimePart(
+        f'message/external-body; access-type="URL"; URL="{t.FILL_URL}"',
+        b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+        b"Content-ID: <p1@example.com>\r\n\r\n",
+    )
+    phone = mime.build_multipart("mixed", [t.CONTENT, placeholder])
+    header = b'verified;sender="sip:bob@example.net";signer=' + b"ab" * 32 + b";by=a.example"
+    _write(
+        "delegation",
+        [
+            header + b"\n" + phone.to_bytes(),
+            b"not-protected;delegated\n" + body.to_bytes(),
+        ],
+    )
+
 
 if __name__ == "__main__":
     main()

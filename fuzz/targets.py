@@ -235,6 +235,35 @@ def sip_message(data: bytes) -> None:
     only_sipcert_errors(streamed)
 
 
+# -- delegation (draft §6, docs/delegated.md) --------------------------------------------------
+
+#: The fill-in URL the delegation seeds name.
+FILL_URL = "https://authsvc.example.com/smime"
+_DELEGATES = frozenset({ALICE})
+
+
+def delegation(data: bytes) -> None:
+    """A phone's body as the authentication service decides on it (``proto.delegation``),
+    and a ``Sipcert-Verification`` value as a phone reads it: the first line is the
+    header, the rest the MIME entity."""
+    from sipcert.proto.delegation import decide, parse_verification
+
+    first, _, rest = data.partition(b"\n")
+    only_sipcert_errors(lambda: str(parse_verification(_text(first.rstrip(b"\r")))))
+    bob = parse_aor("bob@example.net")
+
+    def work() -> None:
+        body = mime.parse_mime_part(rest)
+        for sender, callee in ((ALICE, bob), (bob, ALICE)):
+            decision = decide(
+                "MESSAGE", sender, callee, body, delegates=_DELEGATES, fill_url=FILL_URL, now=NOW
+            )
+            if decision.content is not None:
+                decision.content.to_bytes()
+
+    only_sipcert_errors(work)
+
+
 #: Target name -> function; the names are the folders of ``fuzz/corpus/``.
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "query": query,
@@ -243,4 +272,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "mime": mime_entity,
     "cms": cms_der,
     "sip": sip_message,
+    "delegation": delegation,
 }
