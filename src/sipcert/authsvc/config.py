@@ -84,6 +84,10 @@ class AuthServiceConfig:
             ExternalBody(self.fill_url)
         except InputError as exc:
             raise ConfigError(f"fill_url: {exc}") from exc
+        for what, hop in (("listen", self.listen), ("proxy", self.proxy)):
+            if hop.transport is not Transport.TCP:
+                # S/MIME bodies are several kilobytes: over the UDP limit (RFC 3261 §18.1.1).
+                raise ConfigError(f"{what} must be tcp:HOST:PORT (S/MIME bodies exceed UDP's)")
         if self.validity <= self.renew_window:
             raise ConfigError("validity_days must be longer than renew_days")
 
@@ -99,7 +103,8 @@ class AuthServiceConfig:
 
 
 def parse_hop(text: str, what: str) -> Hop:
-    """``udp:HOST:PORT`` or ``tcp:HOST:PORT`` as a :class:`Hop`."""
+    """``udp:HOST:PORT`` or ``tcp:HOST:PORT`` as a :class:`Hop` (the service itself takes
+    only TCP, :class:`AuthServiceConfig` says why)."""
     kind, _, rest = text.partition(":")
     host, _, port = rest.rpartition(":")
     try:

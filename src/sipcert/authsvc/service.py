@@ -267,10 +267,16 @@ class AuthService:
             body = body_part(request)
         except InputError as exc:
             problem = str(exc)
+        try:
+            sender, callee = request.from_.aor, request.to.aor
+        except InputError as exc:  # e.g. a tel: URI: no AOR of ours, nothing to sign or open
+            await self._forward(request, origin)
+            log.info("forwarding %s untouched: %s", request.method, log_safe(str(exc)))
+            return
         decision = decide(
             request.method,
-            request.from_.aor,
-            request.to.aor,
+            sender,
+            callee,
             body,
             delegates=self.config.delegates,
             fill_url=self.config.fill_url,

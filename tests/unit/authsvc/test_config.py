@@ -62,6 +62,7 @@ def test_a_good_file(tmp_path: Path) -> None:
         (('keys = "keys"', 'keys = "keys"\nflavour = 1'), "unknown key"),
         (('listen = "tcp:127.0.0.1:5070"', 'listen = "tls:127.0.0.1:5070"'), "listen"),
         (('listen = "tcp:127.0.0.1:5070"', 'listen = "tcp:127.0.0.1:x"'), "listen"),
+        (('proxy = "tcp:127.0.0.1:5071"', 'proxy = "udp:127.0.0.1:5071"'), "exceed UDP"),
         (("https://authsvc", "http://authsvc"), "fill_url"),
         (("validity_days = 20", "validity_days = 5"), "renew_days"),
         (("validity_days = 20", "validity_days = true"), "validity_days"),
