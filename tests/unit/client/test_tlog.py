@@ -222,3 +222,17 @@ def test_publishes_log_and_a_pinned_log_that_disappears(tmp_path: Path) -> None:
             await LogClient(DOMAIN, other, pins).publishes_log()
 
     run(main)
+
+
+def test_client_config_checks_the_witness_policy() -> None:
+    """k of n (issue 14): k between 0 and the number of distinct witness keys given."""
+    from sipcert.client.ua import ClientConfig
+
+    one, two = (Signer.generate(f"w{i}.example", alg=ALG_COSIGNATURE_V1).verifier for i in (1, 2))
+    assert ClientConfig(log_witnesses=(one, two), log_quorum=2).log_quorum == 2
+    assert ClientConfig(log_witnesses=(one,), log_quorum=0).log_quorum == 0
+    for witnesses, quorum in (((one,), 2), ((), 1), ((one, two), -1)):
+        with pytest.raises(ConfigError, match="log quorum"):
+            ClientConfig(log_witnesses=witnesses, log_quorum=quorum)
+    with pytest.raises(ConfigError, match="given twice"):
+        ClientConfig(log_witnesses=(one, one), log_quorum=1)
