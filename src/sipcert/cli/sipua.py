@@ -39,6 +39,7 @@ from sipcert.cli.ua import (
     _credentials,
     _passphrase,
     _window_option,
+    log_options,
     read_password,
 )
 from sipcert.client.locate import make_resolver
@@ -127,6 +128,7 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="close a TCP/TLS connection whose message stays incomplete this long (default 32)",
     )
+    log_options(parser)
     parser.add_argument(
         "--log-monitor",
         type=float,
@@ -163,6 +165,7 @@ def register(commands: Any) -> None:
     send.add_argument("--text", required=True, help="the message text (UTF-8)")
     _sip_options(send)
     _credential_options(send, key=False, existing_key=True)
+    log_options(send)
 
 
 def _sip_options(parser: argparse.ArgumentParser) -> None:
@@ -352,6 +355,7 @@ def _ua(args: argparse.Namespace) -> int:
             "sipcert ua receives requests, and a TLS listener needs a certificate of its own: "
             "give --tls-certificate and --tls-key (or use transport=tcp or udp)"
         )
+    _config(args)  # a usage error (e.g. a log quorum above the witnesses) before any prompt
     credentials = _credentials(args, aor)
     passphrase = _passphrase(args)
     printer = _Printer(args.json)
@@ -550,12 +554,13 @@ def _send(args: argparse.Namespace) -> int:
     sender = parse_aor(args.from_aor)
     target = parse_aor(args.to_aor)
     proxy = parse_proxy(args.proxy, sender) if args.proxy is not None else None
+    config = _config(args)  # usage errors before any prompt
     password = read_password(args, sender)
     passphrase = _passphrase(args)
     printer = _Printer(args.json)
 
     async def main() -> Sent:
-        async with AsyncUA(_config(args)) as client:
+        async with AsyncUA(config) as client:
             if not client.home.has_identity(sender, args.device):
                 raise NotFoundError(
                     f"no certificate for {sender} (device {args.device!r}) in {client.home.root}: "

@@ -149,19 +149,7 @@ def register(commands: Any) -> None:
     parser = add("fetch", "retrieve and check an AOR's certificates (draft §4.3, §4.5)", _fetch)
     parser.add_argument("aor")
     parser.add_argument("--out", type=Path, metavar="DIR", help="write each as <sha256>.pem")
-    parser.add_argument(
-        "--verify-log",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep only certificates the Store's transparency log proves, when it publishes "
-        "one (the default; --no-verify-log trusts the Store alone, docs/transparency.md)",
-    )
-    parser.add_argument(
-        "--log-witness", action="append", default=[], metavar="VKEY", help="a witness key"
-    )
-    parser.add_argument(
-        "--log-quorum", type=int, default=0, help="cosignatures required of --log-witness keys"
-    )
+    log_options(parser)
 
     parser = add("enroll", "create a certificate and store it at the Store (draft §5.1)", _enroll)
     parser.add_argument("aor")
@@ -198,6 +186,33 @@ def register(commands: Any) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def log_options(parser: argparse.ArgumentParser) -> None:
+    """The transparency-log policy of every command that fetches certificates (``fetch``,
+    ``ua``, ``message send``; issue 14): on by default, ``k`` of ``n`` witnesses."""
+    group = parser.add_argument_group("transparency log (docs/transparency.md)")
+    group.add_argument(
+        "--verify-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep only certificates the Store's transparency log proves, when it publishes "
+        "one (the default; --no-verify-log trusts the Store alone, docs/transparency.md)",
+    )
+    group.add_argument(
+        "--log-witness",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a witness's cosignature key, name+keyid+base64 (repeatable: the n of k-of-n)",
+    )
+    group.add_argument(
+        "--log-quorum",
+        type=int,
+        default=0,
+        metavar="K",
+        help="cosignatures of distinct --log-witness keys every checkpoint needs (default 0)",
+    )
 
 
 def _config(args: argparse.Namespace) -> ClientConfig:

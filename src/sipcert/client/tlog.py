@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -93,6 +94,9 @@ class LogState:
     size: int
     root: str  # base64
     monitored: int = 0  # entries read by the monitor
+    #: AOR -> the commitment (base64) the Store first showed this home for it: a later,
+    #: different one is a split view on the commitment (docs/transparency.md).
+    commitments: dict[str, str] = field(default_factory=dict)
 
 
 class PinStore:
@@ -265,10 +269,43 @@ class LogClient:
         self.pins.save(
             self.domain,
             LogState(
-                key.vkey, checkpoint.size, base64.b64encode(checkpoint.root).decode(), monitored
+                key.vkey,
+                checkpoint.size,
+                base64.b64encode(checkpoint.root).decode(),
+                monitored,
+                dict(pinned.commitments) if pinned is not None else {},
             ),
         )
         return checkpoint
+
+    def _pinned_commitment(self, aor: str, document: dict[str, object]) -> bytes:
+        """The AOR's commitment from a proof document, pinned on first sight.
+
+        An HMAC commitment is not publicly verifiable, so the Store could show this home
+        another one for the same AOR later (and log an injected certificate under it, out of
+        the AOR owner's monitor's sight). Pinning makes that a :class:`ForkError` unless the
+        Store equivocated from this home's very first answer, and holds it to that choice.
+        """
+        try:
+            served = base64.b64decode(str(document["aor_commitment"]), validate=True)
+        except (KeyError, ValueError) as exc:
+            raise LogFormatError("the Store's proof document is malformed") from exc
+        if len(served) != 32:
+            raise LogFormatError("the Store's AOR commitment is not 32 bytes")
+        state = self.pins.load(self.domain)
+        if state is None:
+            return served  # checkpoint() pins the domain first; nothing to hold yet
+        known = state.commitments.get(aor)
+        if known is None:
+            self.pins.save(
+                self.domain, replace(state, commitments={**state.commitments, aor: _b64(served)})
+            )
+        elif not hmac.compare_digest(base64.b64decode(known), served):
+            raise ForkError(
+                f"the Store of {self.domain} shows another log commitment for {aor} than it "
+                "showed this home before: a split view"
+            )
+        return served
 
     async def _check_consistent(self, old_size: int, old_root: bytes, new: Checkpoint) -> None:
         if new.size < old_size:
@@ -293,12 +330,18 @@ class LogClient:
         """Split ``certificates`` (DER) into logged ones and ones discarded with a reason."""
         checkpoint = await self.checkpoint()
         key = await self.log_key()
-        document = json.loads(await self._fetch(_proof_path(aor)))
-        try:
-            commitment = base64.b64decode(document["aor_commitment"], validate=True)
-            items = {item["sha256"]: item["proof"] for item in document["proofs"]}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LogFormatError("the Store's proof document is malformed") from exc
+        document = _proof_document(await self._fetch(_proof_path(aor)))
+        commitment = self._pinned_commitment(aor, document)
+        items: dict[str, str] = {}
+        proofs = document.get("proofs")
+        for item in proofs if isinstance(proofs, list) else [None]:
+            if not (
+                isinstance(item, dict)
+                and isinstance(item.get("sha256"), str)
+                and (item.get("proof") is None or isinstance(item.get("proof"), str))
+            ):
+                raise LogFormatError("the Store's proof document is malformed")
+            items[item["sha256"]] = item["proof"] or ""  # null: the Store has no entry for it
         kept: list[bytes] = []
         discarded: list[tuple[bytes, str]] = []
         for der in certificates:
@@ -337,8 +380,9 @@ class LogClient:
         Every entry read is proven to be in the verified checkpoint (RFC 9162 §2.1.3.2).
         """
         checkpoint = await self.checkpoint()
-        document = json.loads(await self._fetch(_proof_path(aor)))
-        commitment = base64.b64decode(document["aor_commitment"], validate=True)
+        commitment = self._pinned_commitment(
+            aor, _proof_document(await self._fetch(_proof_path(aor)))
+        )
         state = self.pins.load(self.domain)
         start = state.monitored if state is not None else 0
         size = checkpoint.size
@@ -362,7 +406,7 @@ class LogClient:
         if state is not None:
             self.pins.save(
                 self.domain,
-                LogState(state.vkey, state.size, state.root, monitored=max(start, size)),
+                replace(state, monitored=max(start, size)),
             )
         return alarms
 
@@ -374,6 +418,21 @@ def _is_vkey(body: bytes) -> bool:
     except (UnicodeDecodeError, LogFormatError):
         return False
     return True
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _proof_document(body: bytes) -> dict[str, object]:
+    """The JSON object of ``/log/proof`` (docs/store.md), or LogFormatError."""
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise LogFormatError("the Store's proof document is not JSON") from exc
+    if not isinstance(document, dict):
+        raise LogFormatError("the Store's proof document is not a JSON object")
+    return document
 
 
 def _proof_path(aor: str) -> str:

@@ -133,6 +133,13 @@ class ClientConfig:
             raise ConfigError(f"timeout must be positive, not {self.timeout}")
         if self.attribute not in ("email", "sip"):
             raise ConfigError(f"attribute must be 'email' or 'sip', not {self.attribute!r}")
+        if not 0 <= self.log_quorum <= len(self.log_witnesses):
+            raise ConfigError(
+                f"a log quorum of {self.log_quorum} needs 0 to {len(self.log_witnesses)} "
+                f"cosignatures: give as many --log-witness keys (issue 14, k of n)"
+            )
+        if len({w.vkey for w in self.log_witnesses}) < len(self.log_witnesses):
+            raise ConfigError("the same log witness is given twice (a quorum counts distinct keys)")
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 #: Value in ``sipcert_schema_version`` for the schema below.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Seconds a starting process waits for another one's migration.
 _SCHEMA_LOCK_WAIT = 30
 
@@ -119,6 +119,43 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE IF NOT EXISTS sipcert_schema_version (
             singleton TINYINT NOT NULL PRIMARY KEY,
             version INT NOT NULL
+        ) ENGINE=InnoDB""",
+    ),
+    # The transparency log (issue 14; storage/tlog_mysql.py). Domains are UTF-8 VARBINARY
+    # like the AORs: byte equality and byte order, the same as the other backends.
+    2: (
+        """CREATE TABLE IF NOT EXISTS sipcert_tlog_pending (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            domain VARBINARY(255) NOT NULL,
+            operation TINYINT NOT NULL,
+            commitment BINARY(32) NOT NULL,
+            cert_sha256 BINARY(32) NOT NULL,
+            seq BIGINT NULL,
+            KEY sipcert_tlog_pending_open (seq, id),
+            KEY sipcert_tlog_pending_cert (domain, cert_sha256, seq)
+        ) ENGINE=InnoDB""",
+        """CREATE TABLE IF NOT EXISTS sipcert_tlog_entries (
+            domain VARBINARY(255) NOT NULL,
+            idx BIGINT NOT NULL,
+            data VARBINARY(1024) NOT NULL,
+            PRIMARY KEY (domain, idx)
+        ) ENGINE=InnoDB""",
+        """CREATE TABLE IF NOT EXISTS sipcert_tlog_nodes (
+            domain VARBINARY(255) NOT NULL,
+            level TINYINT NOT NULL,
+            idx BIGINT NOT NULL,
+            hash BINARY(32) NOT NULL,
+            PRIMARY KEY (domain, level, idx)
+        ) ENGINE=InnoDB""",
+        """CREATE TABLE IF NOT EXISTS sipcert_tlog_checkpoints (
+            domain VARBINARY(255) NOT NULL PRIMARY KEY,
+            size BIGINT NOT NULL,
+            note BLOB NOT NULL
+        ) ENGINE=InnoDB""",
+        """CREATE TABLE IF NOT EXISTS sipcert_tlog_lease (
+            name VARBINARY(64) NOT NULL PRIMARY KEY,
+            holder VARBINARY(255) NOT NULL,
+            expires_ms BIGINT NOT NULL
         ) ENGINE=InnoDB""",
     ),
 }

@@ -22,10 +22,11 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from sipcert.errors import ConfigError, StorageError
@@ -35,12 +36,15 @@ from sipcert.storage import sqlite_path_of
 
 __all__ = [
     "Batch",
+    "DatabaseLog",
     "LogStore",
     "NodeDict",
     "NodeRecorder",
     "Pending",
     "SqliteLog",
     "edge_nodes",
+    "group_pending",
+    "lease_blocks",
     "open_log",
     "plan_batch",
 ]
@@ -168,6 +172,41 @@ def plan_batch(
     return Plan(data, made, Batch(domain, size, new_size, note))
 
 
+def lease_blocks(held_by: str | None, expires_ms: int, holder: str, now_ms: int) -> bool:
+    """Whether the lease row (``held_by``, ``expires_ms``) keeps ``holder`` from sequencing
+    at ``now_ms``: another holder's lease that has not run out. No row, or the empty holder
+    (a placeholder), blocks nobody."""
+    return held_by not in (None, "", holder) and expires_ms > now_ms
+
+
+#: A pending row as the batch reads it: id, domain, operation, commitment, cert_sha256.
+PendingRow = tuple[int, str, int, bytes, bytes]
+
+
+def group_pending(
+    rows: Iterable[PendingRow], now_ms: int
+) -> list[tuple[str, list[tuple[int, Entry]]]]:
+    """Pending rows (in id order) as each domain's entries, stamped ``now_ms``, domains
+    sorted: every backend integrates a batch in the same order."""
+    by_domain: dict[str, list[tuple[int, Entry]]] = {}
+    for pid, domain, op, commitment, cert_sha256 in rows:
+        entry = Entry(Operation(op), bytes(commitment), bytes(cert_sha256), now_ms)
+        by_domain.setdefault(domain, []).append((int(pid), entry))
+    return sorted(by_domain.items())
+
+
+def plan_rows(
+    domain: str, size: int, items: Sequence[tuple[int, Entry]], plan: Plan
+) -> tuple[list[tuple[str, int, int, bytes]], list[tuple[str, int, bytes]], list[tuple[int, int]]]:
+    """The rows a plan writes, in every backend's column order: nodes ``(domain, level,
+    idx, hash)``, entries ``(domain, idx, data)``, pending updates ``(seq, id)``."""
+    return (
+        [(domain, level, index, value) for level, index, value in plan.nodes],
+        [(domain, size + i, d) for i, d in enumerate(plan.entries)],
+        [(size + i, pid) for i, (pid, _) in enumerate(items)],
+    )
+
+
 class NodeRecorder:
     """A node reader that only records which nodes a proof reads (their values are zeros).
 
@@ -239,6 +278,80 @@ class LogStore(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+class DatabaseLog(ABC):
+    """The sequencing transaction of a log in a database server (PostgreSQL, MariaDB).
+
+    The batch is the same everywhere: read and lock the lease row, refuse if another
+    holder's lease runs, renew it, read the pending rows, and for each domain read its size
+    and right edge, :func:`plan_batch`, write the plan -- all in one transaction that commits
+    or leaves nothing. A backend supplies the transaction and the SQL of each step; how its
+    lease row excludes a second sequencer (a row lock, or Galera's certification of the
+    row both contenders write) is its own docstring's business.
+    """
+
+    async def integrate(
+        self, holder: str, now_ms: int, lease_ms: int, sign: CheckpointSigner, max_batch: int
+    ) -> list[Batch] | None:
+        """One batch: None if another holder has the lease, else what changed (maybe [])."""
+
+        async def batch(tx: Any) -> list[Batch] | None:
+            held_by, expires_ms = await self._lock_lease(tx)
+            if lease_blocks(held_by, expires_ms, holder, now_ms):
+                return None
+            await self._renew_lease(tx, holder, now_ms + lease_ms)
+            batches = []
+            for domain, items in group_pending(await self._pending(tx, max_batch), now_ms):
+                size = await self._size(tx, domain)
+                edge = await self._edge(tx, domain, edge_nodes(size))
+                plan = plan_batch(domain, size, edge, items, sign)
+                await self._write_plan(tx, domain, plan, *plan_rows(domain, size, items, plan))
+                batches.append(plan.batch)
+            return batches
+
+        return await self._in_transaction("sequencing the log", batch)
+
+    @abstractmethod
+    async def _in_transaction(self, action: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Run ``work(tx)`` in one transaction on one connection, committed if it returns
+        (retried whole if the backend retries), rolled back if it raises."""
+
+    @abstractmethod
+    async def _lock_lease(self, tx: Any) -> tuple[str | None, int]:
+        """The sequencer lease row (holder, expiry in ms), locked for this transaction;
+        ``(None, 0)`` or the placeholder ``("", 0)`` when nobody ever held it."""
+
+    @abstractmethod
+    async def _renew_lease(self, tx: Any, holder: str, expires_ms: int) -> None:
+        """Write the lease row: ``holder`` until ``expires_ms``."""
+
+    @abstractmethod
+    async def _pending(self, tx: Any, limit: int) -> list[PendingRow]:
+        """At most ``limit`` pending rows without an index, oldest id first."""
+
+    @abstractmethod
+    async def _size(self, tx: Any, domain: str) -> int:
+        """The domain's tree size as of its stored checkpoint (0 without one)."""
+
+    @abstractmethod
+    async def _edge(
+        self, tx: Any, domain: str, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        """The stored nodes among ``keys`` (the tree's right edge)."""
+
+    @abstractmethod
+    async def _write_plan(
+        self,
+        tx: Any,
+        domain: str,
+        plan: Plan,
+        node_rows: Sequence[tuple[str, int, int, bytes]],
+        entry_rows: Sequence[tuple[str, int, bytes]],
+        seq_rows: Sequence[tuple[int, int]],
+    ) -> None:
+        """Insert the nodes and entries, give the pending rows their index, and store
+        ``plan.batch``'s checkpoint as the domain's latest."""
 
 
 class SqliteLog:
@@ -349,7 +462,7 @@ class SqliteLog:
             row = conn.execute(
                 "SELECT holder, expires_ms FROM tlog_lease WHERE name = 'sequencer'"
             ).fetchone()
-            if row is not None and row[0] != holder and row[1] > now_ms:
+            if row is not None and lease_blocks(row[0], row[1], holder, now_ms):
                 return None
             conn.execute(
                 "INSERT INTO tlog_lease (name, holder, expires_ms) VALUES ('sequencer', ?, ?) "
@@ -362,13 +475,9 @@ class SqliteLog:
                 "WHERE seq IS NULL ORDER BY id LIMIT ?",
                 (max_batch,),
             ).fetchall()
-            by_domain: dict[str, list[tuple[int, Entry]]] = {}
-            for pid, domain, op, commitment, cert_sha256 in pending:
-                entry = Entry(Operation(op), bytes(commitment), bytes(cert_sha256), now_ms)
-                by_domain.setdefault(domain, []).append((pid, entry))
             return [
                 self._integrate_domain(conn, domain, items, sign)
-                for domain, items in sorted(by_domain.items())
+                for domain, items in group_pending(pending, now_ms)
             ]
 
         return await self._write("sequencing the log", work)
@@ -393,18 +502,14 @@ class SqliteLog:
             if found is not None:
                 known[(level, index)] = bytes(found[0])
         plan = plan_batch(domain, size, known, items, sign)
+        node_rows, entry_rows, seq_rows = plan_rows(domain, size, items, plan)
         conn.executemany(
-            "INSERT INTO tlog_nodes (domain, level, idx, hash) VALUES (?, ?, ?, ?)",
-            [(domain, level, index, value) for level, index, value in plan.nodes],
+            "INSERT INTO tlog_nodes (domain, level, idx, hash) VALUES (?, ?, ?, ?)", node_rows
         )
         conn.executemany(
-            "INSERT INTO tlog_entries (domain, idx, data) VALUES (?, ?, ?)",
-            [(domain, size + i, d) for i, d in enumerate(plan.entries)],
+            "INSERT INTO tlog_entries (domain, idx, data) VALUES (?, ?, ?)", entry_rows
         )
-        conn.executemany(
-            "UPDATE tlog_pending SET seq = ? WHERE id = ?",
-            [(size + i, pid) for i, (pid, _) in enumerate(items)],
-        )
+        conn.executemany("UPDATE tlog_pending SET seq = ? WHERE id = ?", seq_rows)
         conn.execute(
             "INSERT INTO tlog_checkpoints (domain, size, note) VALUES (?, ?, ?) "
             "ON CONFLICT (domain) DO UPDATE SET size = excluded.size, note = excluded.note",
@@ -520,6 +625,10 @@ def open_log(url: str, data_dir: Path) -> LogStore:
         from sipcert.storage.tlog_postgres import PostgresLog  # imports this module
 
         return PostgresLog(url)
+    if scheme in ("mysql", "mariadb"):
+        from sipcert.storage.tlog_mysql import MysqlLog  # imports this module
+
+        return MysqlLog(url)
     raise ConfigError(
-        f"the transparency log needs SQLite or PostgreSQL storage; {scheme}:// has none yet"
+        f"the transparency log needs SQLite, PostgreSQL or MariaDB storage; {scheme}:// has none"
     )

@@ -10,13 +10,20 @@ does. The connection pool, URL parsing and error wording are the certificate sto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from sipcert.errors import StorageError
-from sipcert.proto.tlog import Entry, Operation
+from sipcert.proto.tlog import Operation
 from sipcert.storage.postgres import PostgresStore
-from sipcert.storage.tlog import Batch, CheckpointSigner, Pending, edge_nodes, plan_batch
+from sipcert.storage.tlog import (
+    CheckpointSigner,
+    DatabaseLog,
+    Pending,
+    PendingRow,
+    Plan,
+    plan_batch,
+)
 
 __all__ = ["PostgresLog"]
 
@@ -59,9 +66,25 @@ _SCHEMA = (
 )
 #: ``pg_advisory_xact_lock`` class of the schema creation (any constant of our own).
 _SCHEMA_LOCK = 0x7106
+_T = TypeVar("_T")
 
 
-class PostgresLog:
+async def _nodes(
+    conn: Any, domain: str, keys: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """The stored nodes among ``keys``, in one query (on a pool or a transaction)."""
+    wanted = sorted(set(keys))
+    rows = await conn.fetch(
+        "SELECT level, idx, hash FROM sipcert_tlog_nodes WHERE domain = $1 "
+        "AND (level, idx) IN (SELECT * FROM unnest($2::smallint[], $3::bigint[]))",
+        domain,
+        [k[0] for k in wanted],
+        [k[1] for k in wanted],
+    )
+    return {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
+
+
+class PostgresLog(DatabaseLog):
     """:class:`~sipcert.storage.tlog.LogStore` in the PostgreSQL database of ``url``."""
 
     def __init__(self, url: str) -> None:
@@ -137,89 +160,79 @@ class PostgresLog:
         seq = rows[0]["seq"]
         return None if seq is None else int(seq)
 
-    async def integrate(
-        self, holder: str, now_ms: int, lease_ms: int, sign: CheckpointSigner, max_batch: int
-    ) -> list[Batch] | None:
-        async def work(pool: Any) -> list[Batch] | None:
+    async def _in_transaction(self, action: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
+        async def run(pool: Any) -> _T:
             async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(
-                    "INSERT INTO sipcert_tlog_lease (name, holder, expires_ms) "
-                    "VALUES ('sequencer', '', 0) ON CONFLICT (name) DO NOTHING"
-                )
-                lease = await conn.fetchrow(
-                    "SELECT holder, expires_ms FROM sipcert_tlog_lease "
-                    "WHERE name = 'sequencer' FOR UPDATE"
-                )
-                if lease["holder"] not in ("", holder) and lease["expires_ms"] > now_ms:
-                    return None
-                await conn.execute(
-                    "UPDATE sipcert_tlog_lease SET holder = $1, expires_ms = $2 "
-                    "WHERE name = 'sequencer'",
-                    holder,
-                    now_ms + lease_ms,
-                )
-                rows = await conn.fetch(
-                    "SELECT id, domain, operation, commitment, cert_sha256 "
-                    "FROM sipcert_tlog_pending WHERE seq IS NULL ORDER BY id LIMIT $1",
-                    max_batch,
-                )
-                by_domain: dict[str, list[tuple[int, Entry]]] = {}
-                for row in rows:
-                    entry = Entry(
-                        Operation(row["operation"]),
-                        bytes(row["commitment"]),
-                        bytes(row["cert_sha256"]),
-                        now_ms,
-                    )
-                    by_domain.setdefault(row["domain"], []).append((row["id"], entry))
-                return [
-                    await self._integrate_domain(conn, domain, items, sign)
-                    for domain, items in sorted(by_domain.items())
-                ]
+                return await work(conn)
 
-        result: list[Batch] | None = await self._run("sequencing the log", work)
+        result: _T = await self._run(action, run)
         return result
 
-    async def _integrate_domain(
-        self, conn: Any, domain: str, items: Sequence[tuple[int, Entry]], sign: CheckpointSigner
-    ) -> Batch:
-        size = int(
-            await conn.fetchval(
-                "SELECT size FROM sipcert_tlog_checkpoints WHERE domain = $1", domain
-            )
+    async def _lock_lease(self, tx: Any) -> tuple[str | None, int]:
+        """``FOR UPDATE`` on the row (created as a placeholder first): a second frontend's
+        batch waits here until this one commits, then sees its lease."""
+        await tx.execute(
+            "INSERT INTO sipcert_tlog_lease (name, holder, expires_ms) "
+            "VALUES ('sequencer', '', 0) ON CONFLICT (name) DO NOTHING"
+        )
+        lease = await tx.fetchrow(
+            "SELECT holder, expires_ms FROM sipcert_tlog_lease WHERE name = 'sequencer' FOR UPDATE"
+        )
+        return str(lease["holder"]), int(lease["expires_ms"])
+
+    async def _renew_lease(self, tx: Any, holder: str, expires_ms: int) -> None:
+        await tx.execute(
+            "UPDATE sipcert_tlog_lease SET holder = $1, expires_ms = $2 WHERE name = 'sequencer'",
+            holder,
+            expires_ms,
+        )
+
+    async def _pending(self, tx: Any, limit: int) -> list[PendingRow]:
+        rows = await tx.fetch(
+            "SELECT id, domain, operation, commitment, cert_sha256 "
+            "FROM sipcert_tlog_pending WHERE seq IS NULL ORDER BY id LIMIT $1",
+            limit,
+        )
+        return [
+            (r["id"], r["domain"], r["operation"], bytes(r["commitment"]), bytes(r["cert_sha256"]))
+            for r in rows
+        ]
+
+    async def _size(self, tx: Any, domain: str) -> int:
+        return int(
+            await tx.fetchval("SELECT size FROM sipcert_tlog_checkpoints WHERE domain = $1", domain)
             or 0
         )
-        edge = {}
-        for level, index in edge_nodes(size):
-            value = await conn.fetchval(
-                "SELECT hash FROM sipcert_tlog_nodes WHERE domain = $1 AND level = $2 AND idx = $3",
-                domain,
-                level,
-                index,
-            )
-            if value is not None:
-                edge[(level, index)] = bytes(value)
-        plan = plan_batch(domain, size, edge, items, sign)
-        await conn.executemany(
+
+    async def _edge(
+        self, tx: Any, domain: str, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        return await _nodes(tx, domain, keys)
+
+    async def _write_plan(
+        self,
+        tx: Any,
+        domain: str,
+        plan: Plan,
+        node_rows: Sequence[tuple[str, int, int, bytes]],
+        entry_rows: Sequence[tuple[str, int, bytes]],
+        seq_rows: Sequence[tuple[int, int]],
+    ) -> None:
+        await tx.executemany(
             "INSERT INTO sipcert_tlog_nodes (domain, level, idx, hash) VALUES ($1, $2, $3, $4)",
-            [(domain, level, index, value) for level, index, value in plan.nodes],
+            node_rows,
         )
-        await conn.executemany(
-            "INSERT INTO sipcert_tlog_entries (domain, idx, data) VALUES ($1, $2, $3)",
-            [(domain, size + i, d) for i, d in enumerate(plan.entries)],
+        await tx.executemany(
+            "INSERT INTO sipcert_tlog_entries (domain, idx, data) VALUES ($1, $2, $3)", entry_rows
         )
-        await conn.executemany(
-            "UPDATE sipcert_tlog_pending SET seq = $1 WHERE id = $2",
-            [(size + i, pid) for i, (pid, _) in enumerate(items)],
-        )
-        await conn.execute(
+        await tx.executemany("UPDATE sipcert_tlog_pending SET seq = $1 WHERE id = $2", seq_rows)
+        await tx.execute(
             "INSERT INTO sipcert_tlog_checkpoints (domain, size, note) VALUES ($1, $2, $3) "
             "ON CONFLICT (domain) DO UPDATE SET size = excluded.size, note = excluded.note",
             domain,
             plan.batch.new_size,
             plan.batch.checkpoint,
         )
-        return plan.batch
 
     async def ensure_checkpoint(self, domain: str, sign: CheckpointSigner) -> None:
         async def work(pool: Any) -> None:
@@ -282,19 +295,11 @@ class PostgresLog:
     async def nodes(
         self, domain: str, keys: Sequence[tuple[int, int]]
     ) -> dict[tuple[int, int], bytes]:
-        wanted = sorted(set(keys))
+        async def work(pool: Any) -> dict[tuple[int, int], bytes]:
+            return await _nodes(pool, domain, keys)
 
-        async def work(pool: Any) -> Any:
-            return await pool.fetch(
-                "SELECT level, idx, hash FROM sipcert_tlog_nodes WHERE domain = $1 "
-                "AND (level, idx) IN (SELECT * FROM unnest($2::smallint[], $3::bigint[]))",
-                domain,
-                [k[0] for k in wanted],
-                [k[1] for k in wanted],
-            )
-
-        rows = await self._run("reading log nodes", work)
-        return {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
+        found: dict[tuple[int, int], bytes] = await self._run("reading log nodes", work)
+        return found
 
     async def latest_enrollment(
         self, domain: str, commitment: bytes, cert_sha256: bytes

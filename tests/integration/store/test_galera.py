@@ -74,6 +74,65 @@ def test_the_per_aor_limit_holds_across_galera_nodes(cluster: GaleraCluster) -> 
     assert asyncio.run(count()) == 5
 
 
+def test_two_frontends_on_two_nodes_sequence_one_log(cluster: GaleraCluster) -> None:
+    """The transparency log's single-sequencer lease on Galera (issue 14): two frontends on
+    two nodes race for every batch (each round starts after the last lease ran out), and
+    submissions arrive at both nodes. Locks are node-local there, so what keeps one batch per
+    round is the lease row both batches write (certification: first committer wins); the
+    tree read back from the third node has every entry exactly once and the signed root."""
+    from sipcert.proto import merkle
+    from sipcert.proto.note import Signer, sign_note
+    from sipcert.proto.tlog import Checkpoint, Operation
+    from sipcert.storage.tlog import open_log
+
+    signer = Signer.generate("galera.example")
+
+    def sign(_domain: str, checkpoint: Checkpoint) -> bytes:
+        return sign_note(checkpoint.text(), [signer]).to_bytes()
+
+    async def main() -> None:
+        first, second, third = (open_log(node.url, Path("/nonexistent")) for node in cluster.nodes)
+        submitted: list[object] = []
+        try:
+            await first.ensure_checkpoint("galera.example", sign)
+            for round_ in range(1, 9):
+                now = round_ * 10_000
+                for i, log in enumerate((first, second)):
+                    submitted += await log.submit_many(  # type: ignore[attr-defined]
+                        "galera.example",
+                        [(Operation.ENROLL, b"g" * 32, bytes([round_, i]) * 16)],
+                    )
+                results = await asyncio.gather(
+                    first.integrate("node0", now, 5000, sign, 100),
+                    second.integrate("node1", now, 5000, sign, 100),
+                )
+                assert sum(r is not None for r in results) == 1, results
+            # Whatever a round's winner did not see yet, a last batch takes (lease free).
+            while True:
+                batches = await first.integrate("node0", 1_000_000, 5000, sign, 100)
+                indexes = [await second.sequenced(p) for p in submitted]  # type: ignore[arg-type]
+                if None not in indexes:
+                    break
+                assert batches is not None
+            assert sorted(i for i in indexes if i is not None) == list(range(16))
+
+            deadline = time.monotonic() + 30.0  # the third node applies what the others wrote
+            while Checkpoint.from_note(await third.checkpoint("galera.example") or b"").size < 16:
+                assert time.monotonic() < deadline, "node 2 never applied the last batch"
+                await asyncio.sleep(0.05)
+            cp = Checkpoint.from_note(await third.checkpoint("galera.example") or b"")
+            entries = await third.entries("galera.example", 0, 16)
+            tree = merkle.MemoryTree()
+            tree.append_hashes([merkle.leaf_hash(e) for e in entries])
+            assert (cp.size, cp.root) == (16, tree.root())
+            assert len({e[34:66] for e in entries}) == 16  # no entry twice
+        finally:
+            for log in (first, second, third):
+                await log.close()
+
+    asyncio.run(main())
+
+
 def test_a_killed_node_loses_no_acknowledged_enrollment_and_rejoins(
     cluster: GaleraCluster, tmp_path: Path
 ) -> None:

@@ -6,6 +6,8 @@
 * ``aics-tlog`` (C2SP tlog-tiles/checkpoint/signed-note/cosignature verifier) checks the
   checkpoint, tiles, entry bundles, an inclusion and a consistency proof, on a byte-exact
   mirror of what the Store served over HTTPS with SNI.
+* ``tlog-scales`` (another tiles reader and proof builder) reads the same mirror and builds
+  the same proofs as ours.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,12 +27,14 @@ import httpx
 import pytest
 
 from sipcert.client.fetch import DigestAuth
+from sipcert.errors import ProofError
 from sipcert.proto import merkle
 from sipcert.proto.note import Verifier, open_note, parse_note, sign_note
 from sipcert.proto.tlog import (
     TILE_HEIGHT,
     Checkpoint,
     Entry,
+    InclusionProof,
     Operation,
     TileNodes,
     TilePath,
@@ -40,8 +44,9 @@ from sipcert.proto.tlog import (
     tile_width,
     verify_certificate_proof,
 )
-from sipcert.server.tlog import LogKeys, load_or_create_log_keys
+from sipcert.server.tlog import LogKeys, TransparencyLog, load_or_create_log_keys
 from sipcert.storage import SqliteStore, StoredCertificate
+from sipcert.storage.tlog import SqliteLog
 from tests.integration.store.conftest import (
     NONCE_LIFETIME,
     SIPCERT,
@@ -362,3 +367,169 @@ def test_fetch_verify_log_keeps_proven_certificates_and_discards_an_unlogged_one
     assert hashlib.sha256(der(sneaked)).hexdigest() in {
         c["sha256"] for c in json.loads(plain.stdout)["certificates"]
     }
+
+
+def tlog_tiles(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """tlog-scales' CLI (``tlog-tiles``), output as bytes (``get-leaf`` prints raw entries)."""
+    return subprocess.run(
+        [peer("tlog-tiles"), *args], capture_output=True, timeout=120, check=False
+    )
+
+
+def test_tlog_scales_reads_our_tiles_and_builds_the_same_proofs(
+    logged: LoggedStore, tmp_path: Path
+) -> None:
+    """tlog-scales 0.0.3 (PyPI, its own tile reader and RFC 9162 proofs) on a byte-exact
+    mirror of what the Store served: it verifies the log's signature and the witness's
+    cosignature, rebuilds the root from our tiles, reads every entry back with its inclusion
+    checked, builds the consistency proof from an older checkpoint, and prints for a
+    certificate the same c2sp.org/tlog-proof@v1 as our ``/log/proof`` (ours adds the entry
+    as ``extra``, which tlog-proof allows)."""
+    aor = "erin@example.com"
+    enroll(logged, "dave@example.com", 4)
+    old_note = cosigned_checkpoint(logged, 1)
+    old = Checkpoint.from_note(old_note)
+    erin = enroll(logged, aor, 3)
+    note = cosigned_checkpoint(logged, old.size + 1)
+    checkpoint = mirror(logged, note, tmp_path / "mirror")
+    folder = str(tmp_path / "mirror")
+
+    # The library: signatures, root, consistency (its CLI checks no signature at all).
+    checked = subprocess.run(
+        [
+            str(Path(peer("tlog-tiles")).parent / "python"),
+            str(Path(__file__).with_name("tlog_scales_check.py")),
+            folder,
+            logged.keys.signer.verifier.vkey,
+            logged.witness.vkey,
+            str(old.size),
+            base64.b64encode(old.root).decode(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    theirs = json.loads(checked.stdout)
+    root = base64.b64encode(checkpoint.root).decode()
+    assert (theirs["origin"], theirs["size"], theirs["root"]) == (DOMAIN, checkpoint.size, root)
+    assert theirs["root_from_tiles"] == root
+    assert theirs["cosignatures"] == 1
+    reader = TileNodes(
+        checkpoint.size,
+        lambda level, index, width: (
+            tmp_path / "mirror" / TilePath(level, index, width).path()
+        ).read_bytes(),
+    )
+    ours = merkle.consistency_proof(reader, old.size, checkpoint.size)
+    assert theirs["consistency"] == [base64.b64encode(h).decode() for h in ours]
+
+    # The CLI: every entry read back with its inclusion checked against the checkpoint.
+    bundle = (tmp_path / "mirror" / TilePath(None, 0, checkpoint.size).path()).read_bytes()
+    entries = decode_entry_bundle(bundle, checkpoint.size)
+    for index, entry in enumerate(entries):
+        leaf = tlog_tiles("get-leaf", "--check", folder, str(index))
+        assert leaf.returncode == 0, leaf.stderr.decode()
+        assert leaf.stdout == entry, index
+
+    # The same tlog-proof for Erin's certificate as /log/proof serves (ours has `extra`).
+    document = json.loads(fetch(logged, f"/log/proof?sip={aor}").content)
+    (served,) = [p for p in document["proofs"] if p["sha256"] == hashlib.sha256(erin).hexdigest()]
+    parsed = InclusionProof.parse(served["proof"].encode())
+    assert parsed.checkpoint == note  # nothing was sequenced since the mirror
+    built = tlog_tiles("gen-proof", folder, str(parsed.index))
+    assert built.returncode == 0, built.stderr.decode()
+    assert built.stdout == replace(parsed, extra=None).to_bytes()
+    # And -1 is the last entry, Erin's enrollment.
+    last = tlog_tiles("gen-proof", folder, "-1")
+    assert InclusionProof.parse(last.stdout).index == checkpoint.size - 1 == parsed.index
+
+
+def test_tlog_scales_on_a_log_of_66000_entries(tmp_path: Path) -> None:
+    """Past one level-1 tile and into level 2 (256**2 = 65,536 entries): the tiles the
+    Store's own handler serves, every tile boundary, read by tlog-scales."""
+    peer("tlog-tiles")
+    size = 66_000
+    keys = load_or_create_log_keys(tmp_path / "data", DOMAIN)
+    folder = tmp_path / "mirror"
+
+    async def build() -> tuple[bytes, bytes]:
+        store = SqliteLog(tmp_path / "log.db")
+        log = TransparencyLog(store, {DOMAIN: keys}, max_batch=size)
+        try:
+            await log.start()
+            commitment = aor_commitment(keys.commitment_key, "big@example.com")
+            old_note = b""
+            for start in range(0, size, 16_500):  # four batches: four checkpoints
+                await store.submit_many(
+                    DOMAIN,
+                    [
+                        (Operation.ENROLL, commitment, hashlib.sha256(b"%d" % i).digest())
+                        for i in range(start, start + 16_500)
+                    ],
+                )
+                old_note = await store.checkpoint(DOMAIN) or b""
+                assert await log.integrate_now()
+            note = await store.checkpoint(DOMAIN) or b""
+            final = Checkpoint.from_note(note)
+            for level in [None, 0, 1, 2]:
+                tree_level = 0 if level is None else level
+                for index in range(final.size // 256 ** (tree_level + 1) + 1):
+                    width = tile_width(tree_level, index, final.size)
+                    if not width:
+                        continue
+                    path = TilePath(level, index, width).path()
+                    response = await log.handle("/log/" + path, DOMAIN)
+                    assert isinstance(response.body, bytes)
+                    (folder / path).parent.mkdir(parents=True, exist_ok=True)
+                    (folder / path).write_bytes(response.body)
+            (folder / "checkpoint").write_bytes(note)
+            return old_note, note
+        finally:
+            await store.close()
+
+    old_note, note = asyncio.run(build())
+    old, checkpoint = Checkpoint.from_note(old_note), Checkpoint.from_note(note)
+    assert (old.size, checkpoint.size) == (49_500, size)
+    reader = TileNodes(
+        size,
+        lambda level, index, width: (folder / TilePath(level, index, width).path()).read_bytes(),
+    )
+    checked = subprocess.run(
+        [
+            str(Path(peer("tlog-tiles")).parent / "python"),
+            str(Path(__file__).with_name("tlog_scales_check.py")),
+            str(folder),
+            keys.signer.verifier.vkey,
+            keys.signer.verifier.vkey,  # no witness here: the log's own key counts none
+            str(old.size),
+            base64.b64encode(old.root).decode(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    theirs = json.loads(checked.stdout)
+    assert theirs["root_from_tiles"] == base64.b64encode(checkpoint.root).decode()
+    assert theirs["consistency"] == [
+        base64.b64encode(h).decode() for h in merkle.consistency_proof(reader, old.size, size)
+    ]
+    for index in (0, 255, 256, 65_535, 65_536, size - 1):
+        built = tlog_tiles("gen-proof", str(folder), str(index))
+        assert built.returncode == 0, built.stderr.decode()
+        proof = InclusionProof.parse(built.stdout)
+        assert proof.checkpoint == note
+        assert list(proof.hashes) == merkle.inclusion_proof(reader, index, size), index
+        leaf = tlog_tiles("get-leaf", "--check", str(folder), str(index))
+        assert leaf.returncode == 0, leaf.stderr.decode()
+        assert Entry.parse(leaf.stdout).cert_sha256 == hashlib.sha256(b"%d" % index).digest()
+    # Past the end: RFC 9162 §2.1.3.1 has no proof for index >= size. tlog-scales 0.0.3
+    # prints one anyway (its check is `idx <= size`, docs/transparency.md); ours refuses it.
+    beyond = tlog_tiles("gen-proof", str(folder), str(size))
+    if beyond.returncode == 0:
+        proof = InclusionProof.parse(beyond.stdout)
+        with pytest.raises(ProofError, match="not in a tree"):
+            merkle.verify_inclusion(bytes(32), proof.index, size, proof.hashes, checkpoint.root)

@@ -1,7 +1,8 @@
-"""Independent transparency-log peers: ``aics-witness`` and ``aics-tlog`` in their own venv.
+"""Independent transparency-log peers: ``aics-witness``, ``aics-tlog`` and ``tlog-scales``
+(command ``tlog-tiles``) in their own venv.
 
 They need Python >= 3.12, so ``.ci/run`` installs them into ``.peers/tlog`` (git-ignored)
-with pyenv's 3.12. Locally a test skips when they are absent; with ``CI=true`` it fails.
+with pyenv's 3.12 or 3.13. Locally a test skips when they are absent; with ``CI=true`` it fails.
 """
 
 from __future__ import annotations

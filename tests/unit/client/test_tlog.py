@@ -222,3 +222,80 @@ def test_publishes_log_and_a_pinned_log_that_disappears(tmp_path: Path) -> None:
             await LogClient(DOMAIN, other, pins).publishes_log()
 
     run(main)
+
+
+def test_client_config_checks_the_witness_policy() -> None:
+    """k of n (issue 14): k between 0 and the number of distinct witness keys given."""
+    from sipcert.client.ua import ClientConfig
+
+    one, two = (Signer.generate(f"w{i}.example", alg=ALG_COSIGNATURE_V1).verifier for i in (1, 2))
+    assert ClientConfig(log_witnesses=(one, two), log_quorum=2).log_quorum == 2
+    assert ClientConfig(log_witnesses=(one,), log_quorum=0).log_quorum == 0
+    for witnesses, quorum in (((one,), 2), ((), 1), ((one, two), -1)):
+        with pytest.raises(ConfigError, match="log quorum"):
+            ClientConfig(log_witnesses=witnesses, log_quorum=quorum)
+    with pytest.raises(ConfigError, match="given twice"):
+        ClientConfig(log_witnesses=(one, one), log_quorum=1)
+
+
+def test_a_changed_aor_commitment_is_a_split_view_and_what_remains(tmp_path: Path) -> None:
+    """The HMAC commitment's gap (docs/transparency.md): a Store can log an injected
+    certificate for Bob under another commitment C' (here: that of a shadow AOR) and show
+    Alice C' instead of Bob's C. A home that saw C for Bob refuses C' (ForkError, exit 15);
+    a home that never asked for Bob is given C' from its first answer and cannot tell, and
+    Bob's monitor, watching C, sees nothing: that is what a VRF commitment would close."""
+
+    async def main() -> None:
+        store = FakeStore(tmp_path, tmp_path / "db")
+        shadow = f"shadow-bob@{DOMAIN}"
+        async with running(store):
+            genuine, injected = cert(BOB, 1), cert(shadow, 666)
+            await store.store.add(genuine, max_per_aor=5, now=NOW)
+            await store.store.add(injected, max_per_aor=5, now=NOW)
+            lying = False
+
+            async def get(path: str) -> bytes | None:
+                if lying and path == f"/log/proof?sip={BOB}":
+                    path = f"/log/proof?sip={shadow}"
+                return await store.get(path)
+
+            alice = LogClient(DOMAIN, get, PinStore(tmp_path / "alice-pins.json"))
+            assert await alice.verify_certificates(BOB, [genuine.der]) == ([genuine.der], [])
+            lying = True
+            with pytest.raises(ForkError, match="another log commitment for bob@") as caught:
+                await alice.verify_certificates(BOB, [injected.der])
+            assert caught.value.exit_code == 15
+            with pytest.raises(ForkError, match="another log commitment"):
+                await alice.monitor(BOB, [genuine.sha256])
+            # The limit of trust on first use of the commitment:
+            carol = LogClient(DOMAIN, get, PinStore(tmp_path / "carol-pins.json"))
+            assert await carol.verify_certificates(BOB, [injected.der]) == ([injected.der], [])
+            lying = False
+            bob = LogClient(DOMAIN, get, PinStore(tmp_path / "bob-pins.json"))
+            assert await bob.monitor(BOB, [genuine.sha256]) == []
+
+    run(main)
+
+
+def test_a_certificate_the_store_never_logged_has_a_null_proof_and_is_discarded(
+    tmp_path: Path,
+) -> None:
+    """Written straight into the certificate database (not through the log): the Store's
+    proof document lists it with ``"proof": null``; the UA discards it, keeps the rest."""
+
+    async def main() -> None:
+        store = FakeStore(tmp_path, tmp_path / "db")
+        async with running(store):
+            logged, sneaked = cert(BOB, 1), cert(BOB, 2)
+            await store.store.add(logged, max_per_aor=5, now=NOW)
+            await store.store.inner.add(sneaked, max_per_aor=5, now=NOW)
+            document = await store.get(f"/log/proof?sip={BOB}")
+            assert b'"proof": null' in (document or b"")
+            client = LogClient(DOMAIN, store.get, PinStore(tmp_path / "pins.json"))
+            kept, discarded = await client.verify_certificates(BOB, [logged.der, sneaked.der])
+            assert (kept, discarded) == (
+                [logged.der],
+                [(sneaked.der, "not in the transparency log")],
+            )
+
+    run(main)

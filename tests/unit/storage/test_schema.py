@@ -202,3 +202,35 @@ def test_mysql_newer_schema_is_refused_even_without_migrate() -> None:
                     await store.close()
 
         run(scenario())
+
+
+@pytest.mark.peer("mysql")
+def test_mysql_version_1_upgrades_to_the_log_tables() -> None:
+    """A database sipcert created before the log (version 1) is refused without migrating,
+    then ``upgrade`` adds the ``sipcert_tlog_*`` tables (issue 14) and keeps the certificates."""
+    from sipcert.storage.tlog import open_log
+
+    with mysql_database() as url:
+        name = url.rsplit("/", 1)[1]
+        mysql_admin(
+            f"USE `{name}`",
+            *mysql_backend._MIGRATIONS[1],
+            "INSERT INTO sipcert_schema_version (singleton, version) VALUES (1, 1)",
+        )
+
+        async def scenario() -> None:
+            store = open_store(url, migrate=False)
+            try:
+                assert await store.schema_status() == SchemaStatus(1, 2)
+                with pytest.raises(StorageError, match="sipcert db upgrade"):
+                    await store.get_by_aor(ALICE, NOW)
+                assert await store.upgrade() == SchemaStatus(2, 2)
+            finally:
+                await store.close()
+            log = open_log(url, Path("/nonexistent"))
+            try:
+                assert await log.checkpoint("example.com") is None  # the table is there
+            finally:
+                await log.close()
+
+        run(scenario())

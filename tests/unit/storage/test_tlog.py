@@ -16,16 +16,20 @@ from sipcert.proto import merkle
 from sipcert.proto.note import Signer, open_note, sign_note
 from sipcert.proto.tlog import Checkpoint, Entry, Operation
 from sipcert.storage.tlog import NodeDict, NodeRecorder, SqliteLog, edge_nodes, open_log
-from tests.unit.storage.test_storage import postgres_schema, postgres_url
+from tests.unit.storage.test_storage import mysql_database, postgres_schema, postgres_url
 
 Factory = Callable[[], Any]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def new_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     """Opens logs on one database (several calls: several frontends sharing it)."""
     if request.param == "sqlite":
         yield lambda: SqliteLog(tmp_path / "db")
+        return
+    if request.param == "mysql":
+        with mysql_database() as url:
+            yield lambda: open_log(url, tmp_path)
         return
     with contextlib.ExitStack() as stack:
         schema = stack.enter_context(postgres_schema())
@@ -110,6 +114,40 @@ def test_lease_keeps_a_second_sequencer_out_until_it_expires(new_log: Factory) -
         await second.close()
         with pytest.raises(StorageError, match="closed"):
             await first.checkpoint("example.com")
+
+    asyncio.run(main())
+
+
+def test_racing_sequencers_commit_one_batch_each_round(new_log: Factory) -> None:
+    """Two frontends whose lease view says "free" race for the same batch: exactly one
+    commits it, the other answers None, and the tree is one tree (no index twice)."""
+
+    async def main() -> None:
+        first, second = new_log(), new_log()
+        expected = merkle.MemoryTree()
+        for round_ in range(1, 7):
+            now = round_ * 10_000  # every round starts after the last lease ran out
+            await (first, second)[round_ % 2].submit_many(
+                "example.com",
+                [
+                    (Operation.ENROLL, b"c" * 32, hashlib.sha256(b"%d/%d" % (round_, i)).digest())
+                    for i in range(round_)
+                ],
+            )
+            results = await asyncio.gather(
+                first.integrate("A", now, 5000, sign, 100),
+                second.integrate("B", now, 5000, sign, 100),
+            )
+            winners = [r for r in results if r is not None]
+            assert len(winners) == 1, results
+            assert [b.new_size - b.old_size for b in winners[0]] == [round_]
+            start = expected.size
+            entries = await first.entries("example.com", start, round_)
+            expected.append_hashes([merkle.leaf_hash(e) for e in entries])
+        cp = Checkpoint.from_note(await second.checkpoint("example.com") or b"")
+        assert (cp.size, cp.root) == (21, expected.root())
+        await first.close()
+        await second.close()
 
     asyncio.run(main())
 
