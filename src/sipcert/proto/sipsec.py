@@ -30,7 +30,14 @@ from enum import StrEnum
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from sipcert.errors import CMSError, CryptoError, DecryptionError, InputError, SignatureError
+from sipcert.errors import (
+    CMSError,
+    CryptoError,
+    DecryptionError,
+    InputError,
+    NotRecipientError,
+    SignatureError,
+)
 from sipcert.proto import cms, smime
 from sipcert.proto.aor import AOR
 from sipcert.proto.certs import DiscardReason, sha256_fingerprint, validate_retrieved
@@ -228,18 +235,15 @@ def open_protected(
     if enveloped is None:
         return Outcome(Reason.NOT_PROTECTED, sender, problem, content=body)
     try:
-        ours = cms.is_recipient(enveloped.body, certificate)
-    except InputError as exc:
-        return Outcome(Reason.UNDECIPHERABLE, sender, str(exc), reference=reference)
-    if not ours:
+        # one read of the envelope: it finds our RecipientInfo, or says there is none
+        entity = smime.decrypt_entity(enveloped, key, certificate)
+    except NotRecipientError:
         return Outcome(
             Reason.NOT_A_RECIPIENT,
             sender,
             f"no RecipientInfo names our certificate (serial {certificate.serial_number:x})",
             reference=reference,
         )
-    try:
-        entity = smime.decrypt_entity(enveloped, key, certificate)
     except (DecryptionError, InputError) as exc:
         return Outcome(Reason.UNDECIPHERABLE, sender, str(exc), reference=reference)
     inner = entity[0]
