@@ -316,6 +316,12 @@ class _CertIds:
         return hit
 
 
+@functools.lru_cache(maxsize=64)
+def _cert_der(cert: x509.Certificate) -> bytes:
+    """The DER of a certificate object we are handed again and again (ours, a sender's)."""
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
 def _issuer_serial_match(cand: _CertIds, issuer: Any, serial: int) -> bool:
     cand_serial, cand_issuer = cand.issuer_serial()
     if cand_serial != serial:
@@ -327,7 +333,7 @@ def _issuer_serial_match(cand: _CertIds, issuer: Any, serial: int) -> bool:
 def _find_signer(sid: Any, embedded: Sequence[bytes], extra: Sequence[x509.Certificate]) -> bytes:
     """DER of the certificate that ``sid`` names (RFC 5652 §5.3 SignerIdentifier)."""
     candidates = [_CertIds(der) for der in embedded]
-    candidates += [_CertIds(cert.public_bytes(serialization.Encoding.DER)) for cert in extra]
+    candidates += [_CertIds(_cert_der(cert)) for cert in extra]
     if sid.name == "issuer_and_serial_number":
         issuer = sid.chosen["issuer"]
         serial = sid.chosen["serial_number"].native
@@ -1188,7 +1194,7 @@ def _our_recipient_info(envelope: Any, cert: x509.Certificate) -> tuple[Any, Any
     stop us from reading ours (RFC 5652 §6.2: "any of the RecipientInfo"). The entries
     after ours are not read: the first match is the one used.
     """
-    ours = _CertIds(cert.public_bytes(serialization.Encoding.DER))
+    ours = _CertIds(_cert_der(cert))
     for info in envelope["recipient_infos"]:
         if info.name == "ktri":
             if _names_us(info.chosen["rid"], ours):
@@ -1204,13 +1210,14 @@ def _ias_of(rid: Any) -> Any:
     return rid.chosen if rid.name == "issuer_and_serial_number" else None
 
 
-def _oaep_parameters(algorithm: Any) -> tuple[str, str, bytes]:
+def _oaep_parameters(algorithm: Any, encoding: bytes) -> tuple[str, str, bytes]:
     """(hash, MGF1 hash, label) of an RSAES-OAEP AlgorithmIdentifier (RFC 4055 §4.1).
 
     A sender uses the same parameters in every message: the ones read are remembered by
-    SHA-256 of the AlgorithmIdentifier's DER; unsupported ones raise every time.
+    SHA-256 of the AlgorithmIdentifier's DER, ``encoding`` (asn1crypto re-encodes a value
+    whose DEFAULT fields it filled in, slowly); unsupported ones raise every time.
     """
-    key = b"oaep" + hashlib.sha256(algorithm.dump()).digest()
+    key = b"oaep" + hashlib.sha256(encoding).digest()
     hit: tuple[str, str, bytes] | None = _ids_cache.get(key)
     if hit is not None:
         return hit
@@ -1230,10 +1237,13 @@ def _oaep_parameters(algorithm: Any) -> tuple[str, str, bytes]:
     return hit
 
 
-def _unwrap_ktri(algorithm: Any, encrypted: bytes, key: DecryptionKey, key_size: int) -> bytes:
+def _unwrap_ktri(
+    algorithm: Any, encoding: bytes, encrypted: bytes, key: DecryptionKey, key_size: int
+) -> bytes:
     """The content key from a KeyTransRecipientInfo (RFC 5652 §6.2.1, RFC 3560).
 
-    ``algorithm`` is its keyEncryptionAlgorithm, ``encrypted`` its encryptedKey.
+    ``algorithm`` is its keyEncryptionAlgorithm (``encoding`` its DER), ``encrypted`` its
+    encryptedKey.
     """
     if not isinstance(key, rsa.RSAPrivateKey):
         raise DecryptionError(
@@ -1241,7 +1251,7 @@ def _unwrap_ktri(algorithm: Any, encrypted: bytes, key: DecryptionKey, key_size:
         )
     name = algorithm["algorithm"].native
     if name == "rsaes_oaep":
-        hash_name, mgf_hash, label = _oaep_parameters(algorithm)
+        hash_name, mgf_hash, label = _oaep_parameters(algorithm, encoding)
         pad: padding.AsymmetricPadding = padding.OAEP(
             mgf=padding.MGF1(_MGF_DIGESTS[mgf_hash]()),
             algorithm=_MGF_DIGESTS[hash_name](),
@@ -1290,13 +1300,14 @@ def _agree_with(key: DecryptionKey, oid: str, point: bytes) -> bytes:
     )
 
 
-def _kari_algorithms(algorithm: Any) -> tuple[str, str]:
+def _kari_algorithms(algorithm: Any, encoding: bytes) -> tuple[str, str]:
     """(scheme OID, key wrap name) of a kari keyEncryptionAlgorithm (RFC 5753 §7.1.5).
 
     The same in every message of a sender: remembered by SHA-256 of the
-    AlgorithmIdentifier's DER once supported; unsupported ones raise every time.
+    AlgorithmIdentifier's DER (``encoding``) once supported; unsupported ones raise every
+    time.
     """
-    key = b"kari" + hashlib.sha256(algorithm.dump()).digest()
+    key = b"kari" + hashlib.sha256(encoding).digest()
     hit: tuple[str, str] | None = _ids_cache.get(key)
     if hit is not None:
         return hit
@@ -1314,7 +1325,8 @@ def _kari_algorithms(algorithm: Any) -> tuple[str, str]:
 
 def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
     """The content key from a KeyAgreeRecipientInfo (RFC 5753 §3.1.2, RFC 8418 §2)."""
-    scheme, wrap = _kari_algorithms(kari["key_encryption_algorithm"])
+    algorithm = kari["key_encryption_algorithm"]
+    scheme, wrap = _kari_algorithms(algorithm, algorithm.dump())
     ukm_value = kari["ukm"]
     ukm = None if ukm_value.native is None else bytes(ukm_value.native)
     shared = _agree(key, kari["originator"])
@@ -1538,9 +1550,7 @@ def _lean_decrypt(data: bytes, key: DecryptionKey, cert: x509.Certificate) -> by
     fields = der.children(data, body)
     if len(fields) < 3 or der.integer(data, fields[0]) not in (0, 2, 3, 4):
         raise NotLean
-    entry = _lean_recipient(
-        data, fields[1], _CertIds(cert.public_bytes(serialization.Encoding.DER))
-    )
+    entry = _lean_recipient(data, fields[1], _CertIds(_cert_der(cert)))
     info_fields = der.children(data, der.expect(fields[2], 0x30))
     if len(info_fields) != 3 or _lean_oid(data, info_fields[0], _LEAN_CONTENT_TYPES) != "data":
         raise NotLean
@@ -1567,13 +1577,14 @@ def _lean_decrypt(data: bytes, key: DecryptionKey, cert: x509.Certificate) -> by
     if entry.kind == "ktri":
         cek = _unwrap_ktri(
             _asn1_once(asn1_cms.KeyEncryptionAlgorithm, entry.algorithm),
+            entry.algorithm,
             entry.encrypted_key,
             key,
             key_size,
         )
     else:
         scheme, wrap = _kari_algorithms(
-            _asn1_once(asn1_cms.KeyEncryptionAlgorithm, entry.algorithm)
+            _asn1_once(asn1_cms.KeyEncryptionAlgorithm, entry.algorithm), entry.algorithm
         )
         shared = _agree_with(key, entry.originator_oid, entry.originator_point)
         cek = _kari_cek(scheme, wrap, shared, entry.ukm, entry.encrypted_key)
@@ -1624,6 +1635,27 @@ def _lean_attributes(
     return message_digest, content_type, announced
 
 
+def _lean_find_signer(
+    sid: bytes, embedded: Sequence[bytes], extra: Sequence[x509.Certificate]
+) -> bytes:
+    """:func:`_find_signer`, remembered by the SignerIdentifier's DER and the candidates.
+
+    Which candidate a SignerIdentifier names depends on those encodings alone; a repeated
+    sender sends the same ones in every message.
+    """
+    digest = hashlib.sha256(len(embedded).to_bytes(4, "big") + sid)
+    for candidate in embedded:
+        digest.update(hashlib.sha256(candidate).digest())
+    for cert in extra:
+        digest.update(hashlib.sha256(_cert_der(cert)).digest())
+    key = b"signer" + digest.digest()
+    hit: bytes | None = _ids_cache.get(key)
+    if hit is None:
+        hit = _find_signer(_asn1_once(asn1_cms.SignerIdentifier, sid), embedded, extra)
+        _ids_cache.put(key, hit)
+    return hit
+
+
 def _lean_signer(
     data: bytes,
     signer: der.TLV,
@@ -1649,9 +1681,7 @@ def _lean_signer(
         raise NotLean
     signature_alg = der.expect(rest[0], 0x30)
     signature = _lean_bytes(data, rest[1])
-    certificate_der = _find_signer(
-        _asn1_once(asn1_cms.SignerIdentifier, data[sid.start : sid.end]), embedded, extra
-    )
+    certificate_der = _lean_find_signer(data[sid.start : sid.end], embedded, extra)
     digest = _digest_name(
         _asn1_once(asn1_algos.DigestAlgorithm, data[digest_alg.start : digest_alg.end]),
         "SignerInfo",
@@ -1792,8 +1822,9 @@ def decrypt_enveloped(
         info, rek = entry
         if info.name == "ktri":
             ktri = info.chosen
+            algorithm = ktri["key_encryption_algorithm"]
             cek = _unwrap_ktri(
-                ktri["key_encryption_algorithm"], bytes(ktri["encrypted_key"].native), key, key_size
+                algorithm, algorithm.dump(), bytes(ktri["encrypted_key"].native), key, key_size
             )
         else:
             cek = _unwrap_kari(info.chosen, rek, key)

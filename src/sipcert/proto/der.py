@@ -70,9 +70,15 @@ def children(data: bytes, parent: TLV) -> list[TLV]:
     found = []
     pos, end = parent.content, parent.end
     while pos < end:
-        item = read_tlv(data, pos, end)
-        found.append(item)
-        pos = item.end
+        # the short form inline (most TLVs here), the rest through read_tlv
+        if pos + 2 <= end and data[pos + 1] < 0x80 and data[pos] & 0x1F != 0x1F:
+            stop = pos + 2 + data[pos + 1]
+            if stop > end:
+                raise NotLean
+            found.append(_new_tlv(TLV, (data[pos], pos, pos + 2, stop)))
+        else:
+            found.append(read_tlv(data, pos, end))
+        pos = found[-1].end
     return found
 
 
