@@ -84,6 +84,7 @@ __all__ = [
     "SignedContent",
     "SignerReport",
     "choose_algorithms",
+    "choose_for_devices",
     "decrypt_enveloped",
     "encrypt_enveloped",
     "is_recipient",
@@ -779,6 +780,29 @@ def choose_algorithms(
     )
 
 
+def choose_for_devices(
+    announced: Sequence[Sequence[str] | None], *, legacy: bool = False
+) -> EnvelopeAlgorithms:
+    """One envelope's algorithms for several devices of a callee (draft §4.4).
+
+    ``announced`` holds, per recipient device, the SMIMECapabilities it announced (None
+    when unknown: RFC 8551 §2.7.1.2 then takes it to open the defaults). Each device's
+    :func:`choose_algorithms` choice is made, and the envelope uses what every device can
+    open: AES-GCM only when every choice is GCM, AES-256 only when every choice is 256,
+    RSA-OAEP only when every choice is OAEP.
+    """
+    if legacy:
+        return LEGACY_ALGORITHMS
+    choices = [choose_algorithms(caps) for caps in announced] or [DEFAULT_ALGORITHMS]
+    if all(c == choices[0] for c in choices):
+        return choices[0]
+    gcm = all(c.content.endswith("gcm") for c in choices)
+    size = "aes256" if all(c.content.startswith("aes256") for c in choices) else "aes128"
+    content: ContentEncryption = f"{size}-{'gcm' if gcm else 'cbc'}"  # type: ignore[assignment]
+    oaep = all(c.rsa == "rsa-oaep" for c in choices)
+    return EnvelopeAlgorithms(content, "rsa-oaep" if oaep else "rsa-pkcs1v15")
+
+
 # DER writing for what we send. Building asn1crypto objects from dicts cost ~97% of the
 # time of a protected body (docs/benchmarks.md), so the few structures we emit are written
 # here directly (X.690 §8, §10: definite lengths, SET OF sorted); asn1crypto still parses
@@ -1022,6 +1046,16 @@ _OUR_CAPABILITIES = _der_seq(
     _der_seq(_der_oid(_OID["rsaes_oaep"])),
     _der_seq(_der_oid(_STD_DH_SHA256), _der_seq(_der_oid(_WRAP_OID["aes128_wrap"]))),
 )
+
+
+def _announce(capabilities: Sequence[str]) -> bytes:
+    """An SMIMECapabilities value (RFC 8551 §2.5.2) listing ``capabilities`` in order."""
+    unknown = [name for name in capabilities if name not in _OID]
+    if unknown:
+        raise CMSError(f"cannot announce unknown capabilities {unknown}")
+    return _der_seq(*(_der_seq(_der_oid(_OID[name])) for name in capabilities))
+
+
 _DIGEST_OIDS = {
     "sha256": "2.16.840.1.101.3.4.2.1",
     "sha384": "2.16.840.1.101.3.4.2.2",
@@ -1065,8 +1099,14 @@ def sign_detached(
     digest: DigestName = "sha256",
     rsa_pss: bool = False,
     signing_time: datetime.datetime | None = None,
+    capabilities: Sequence[str] | None = None,
 ) -> bytes:
     """DER of a detached SignedData over exactly ``content`` (RFC 5652 §5, RFC 8551 §3.5.3).
+
+    ``capabilities`` replaces the SMIMECapabilities we announce (names as in
+    :attr:`SignerReport.capabilities`: ``aes128_gcm``, ``aes256_cbc``, ``rsaes_oaep``...),
+    for an agent that must not be sent what it cannot open; by default we announce all we
+    open.
 
     The signature covers the bytes given, nothing is canonicalized. The signer certificate
     is included and named by issuer and serial number, so a receiver needs nothing else.
@@ -1104,7 +1144,10 @@ def sign_detached(
     attributes = [
         _attribute("content_type", _der_oid(_OID["data"])),
         _attribute("message_digest", _der_octets(hashlib.new(digest, content).digest())),
-        _attribute("smime_capabilities", _OUR_CAPABILITIES),
+        _attribute(
+            "smime_capabilities",
+            _OUR_CAPABILITIES if capabilities is None else _announce(capabilities),
+        ),
     ]
     if signing_time is not None:
         attributes.append(_attribute("signing_time", _der_time(signing_time)))

@@ -88,7 +88,9 @@ class Outcome:
     ``sender`` is the AOR the message claims (From of a request, To of a response);
     ``content`` is the decrypted inner content when decryption worked (the plaintext body
     when the message was not protected); ``signer`` the certificate that signed it;
-    ``reference`` the sender's content-indirection body (draft §4.2), when present.
+    ``reference`` the sender's content-indirection body (draft §4.2), when present;
+    ``capabilities`` the SMIMECapabilities ``signer`` announced (RFC 8551 §2.5.2), which a
+    UA remembers for its next message to ``sender`` once the signer is confirmed.
     """
 
     reason: Reason
@@ -97,6 +99,7 @@ class Outcome:
     content: MimePart | None = None
     signer: x509.Certificate | None = None
     reference: ExternalBody | None = None
+    capabilities: tuple[str, ...] = ()
 
     @property
     def verified(self) -> bool:
@@ -263,6 +266,7 @@ def open_protected(
     # counts (draft §4.5); the others are only reported.
     checked = validate_retrieved(list(verified.verified_signers), sender, now)
     signer = checked.kept[0] if checked.kept else verified.signer
+    announced = next((r.capabilities for r in verified.signers if r.certificate == signer), ())
     if not checked.kept:
         discarded = checked.discarded[0]
         reason = (
@@ -279,7 +283,13 @@ def open_protected(
             reference=reference,
         )
     return Outcome(
-        Reason.UNCHECKED, sender, "", content=verified.content, signer=signer, reference=reference
+        Reason.UNCHECKED,
+        sender,
+        "",
+        content=verified.content,
+        signer=signer,
+        reference=reference,
+        capabilities=announced,
     )
 
 
