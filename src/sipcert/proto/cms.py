@@ -871,9 +871,21 @@ def _random(size: int) -> bytes:
 
 def _issuer_and_serial(cert: x509.Certificate) -> bytes:
     """IssuerAndSerialNumber (RFC 5652 §10.2.4) naming ``cert``."""
-    return _der_seq(cert.issuer.public_bytes(), _der_int(cert.serial_number))
+    return _recipient(cert)[2]
 
 
+@functools.lru_cache(maxsize=256)
+def _recipient(cert: x509.Certificate) -> tuple[bytes, Any, bytes]:
+    """(DER, public key, IssuerAndSerialNumber) of a recipient certificate.
+
+    A UA encrypts to the same few devices again and again; these depend on the
+    certificate alone (the key object is immutable), so they are made once per certificate.
+    """
+    ias = _der_seq(cert.issuer.public_bytes(), _der_int(cert.serial_number))
+    return _cert_der(cert), cert.public_key(), ias
+
+
+@functools.lru_cache(maxsize=16)
 def _shared_info(wrap: str, key_size: int, ukm: bytes | None) -> bytes:
     """DER of ECC-CMS-SharedInfo (RFC 5753 §7.2): the wrap algorithm, ukm, key size."""
     return _der_seq(
@@ -949,11 +961,17 @@ def _kari(cert: x509.Certificate, public_key: Any, cek: bytes) -> bytes:
     originator = _der(0xA1, _der_seq(_der_oid(oid)) + _der(0x03, b"\x00" + point))
     return _der(
         0xA1,  # [1] IMPLICIT KeyAgreeRecipientInfo
-        _der_int(3)
+        b"\x02\x01\x03"  # version 3
         + _der(0xA0, originator)
-        + _der_seq(_der_oid(scheme), _der_seq(_der_oid(_WRAP_OID[wrap])))
+        + _kari_algorithm_der(scheme, wrap)
         + _der_seq(_der_seq(_issuer_and_serial(cert), _der_octets(keywrap.aes_key_wrap(kek, cek)))),
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _kari_algorithm_der(scheme: str, wrap: str) -> bytes:
+    """keyEncryptionAlgorithm of a kari: the scheme with the key wrap as parameter."""
+    return _der_seq(_der_oid(scheme), _der_seq(_der_oid(_WRAP_OID[wrap])))
 
 
 def encrypt_enveloped(
@@ -988,11 +1006,10 @@ def encrypt_enveloped(
     seen: set[bytes] = set()
     try:
         for cert in recipients:
-            der = cert.public_bytes(serialization.Encoding.DER)
+            der, public_key, _ = _recipient(cert)
             if der in seen:
                 continue
             seen.add(der)
-            public_key = cert.public_key()
             if isinstance(public_key, rsa.RSAPublicKey):
                 infos.append(_ktri(cert, public_key, cek, algorithms.rsa))
             elif isinstance(
@@ -1172,7 +1189,7 @@ def sign_detached(
         _der_int(1),
         _der(0x31, digest_id),
         _der_seq(_der_oid(_OID["data"])),
-        _der(0xA0, cert.public_bytes(serialization.Encoding.DER)),
+        _der(0xA0, _cert_der(cert)),
         _der(0x31, signer_info),
     )
     return _der_seq(_der_oid("1.2.840.113549.1.7.2"), _der(0xA0, signed_data))
