@@ -1807,13 +1807,7 @@ def _lean_parse_signed(
 
 def _check_key_matches(key: DecryptionKey, cert: x509.Certificate) -> None:
     """Refuse a private key that is not the one of ``cert`` (a configuration mistake)."""
-    cert_key = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    ours = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if ours != cert_key:
+    if key.public_key() != _recipient(cert)[1]:  # cryptography compares the key material
         raise DecryptionError("the private key does not belong to the given certificate")
 
 
