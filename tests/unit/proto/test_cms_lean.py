@@ -157,21 +157,45 @@ def test_der_integers_not_minimal_defer(content: bytes) -> None:
 # --- mutations -----------------------------------------------------------------------------
 
 
+def _headers(data: bytes) -> list[int]:
+    """Offsets of every TLV header of a DER structure (tag octet), depth first."""
+    found: list[int] = []
+
+    def walk(item: der.TLV) -> None:
+        found.append(item.start)
+        if item.tag & 0x20:
+            for child in der.children(data, item):
+                walk(child)
+
+    walk(der.read_tlv(data, 0, len(data)))
+    return found
+
+
+#: Tags of the CMS structures read (universal and context-specific, both forms).
+_TAGS = [0x02, 0x03, 0x04, 0x05, 0x06, 0x17, 0x18, 0x30, 0x31, 0x80, 0x81, 0xA0, 0xA1, 0xA2,
+         0xA3, 0xA4, 0xA5]  # fmt: skip
+
+
 @st.composite
 def _mutated(draw: st.DrawFn, vectors: list[Vector]) -> tuple[Vector, bytes]:
     vector = draw(st.sampled_from(vectors))
     data = bytearray(vector.der)
-    how = draw(st.sampled_from(["truncate", "flip", "set", "insert", "delete", "header"]))
-    if how == "header":
-        # a length octet near the front: where the structure (not the ciphertext) is
-        at = draw(st.integers(0, min(len(data) - 1, 120)))
+    how = draw(st.sampled_from(["truncate", "flip", "set", "insert", "delete", "tag", "length"]))
+    if how == "tag":
+        # the structure, not the ciphertext: another tag, mostly one that CMS uses somewhere
+        at = draw(st.sampled_from(_headers(vector.der)))
+        data[at] = draw(st.sampled_from(_TAGS) | st.integers(0, 255))
+        return vector, bytes(data)
+    if how == "length":
+        at = draw(st.sampled_from(_headers(vector.der))) + 1
+        how = "set"
     else:
         at = draw(st.integers(0, len(data) - 1))
     if how == "truncate":
         del data[at:]
     elif how == "flip":
         data[at] ^= 1 << draw(st.integers(0, 7))
-    elif how in ("set", "header"):
+    elif how == "set":
         data[at] = draw(st.integers(0, 255))
     elif how == "insert":
         data.insert(at, draw(st.integers(0, 255)))
