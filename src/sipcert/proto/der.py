@@ -65,20 +65,25 @@ def read_tlv(data: bytes, pos: int, end: int) -> TLV:
 
 def children(data: bytes, parent: TLV) -> list[TLV]:
     """The TLVs inside a constructed ``parent``, which they must fill exactly."""
-    if not parent.tag & 0x20:
+    if not parent[0] & 0x20:
         raise NotLean  # a primitive encoding has no children
-    found = []
-    pos, end = parent.content, parent.end
+    found: list[TLV] = []
+    append = found.append
+    pos, end = parent[2], parent[3]
     while pos < end:
         # the short form inline (most TLVs here), the rest through read_tlv
-        if pos + 2 <= end and data[pos + 1] < 0x80 and data[pos] & 0x1F != 0x1F:
-            stop = pos + 2 + data[pos + 1]
-            if stop > end:
-                raise NotLean
-            found.append(_new_tlv(TLV, (data[pos], pos, pos + 2, stop)))
-        else:
-            found.append(read_tlv(data, pos, end))
-        pos = found[-1].end
+        if pos + 2 <= end:
+            tag, length = data[pos], data[pos + 1]
+            if length < 0x80 and tag & 0x1F != 0x1F:
+                stop = pos + 2 + length
+                if stop > end:
+                    raise NotLean
+                append(_new_tlv(TLV, (tag, pos, pos + 2, stop)))
+                pos = stop
+                continue
+        item = read_tlv(data, pos, end)
+        append(item)
+        pos = item[3]
     return found
 
 
