@@ -30,6 +30,7 @@ server should answer with and for the CLI exit code, so that mapping lives in on
     ├── CryptoError                    a cryptographic operation failed
     │   ├── SignatureError             a signature does not verify
     │   ├── DecryptionError            no usable recipient, or decryption failed
+    │   │   └── NotRecipientError      no RecipientInfo names our certificate
     │   └── ProofError                 a transparency-log proof does not verify
     │       └── ForkError              two views of one log are inconsistent (split view)
     ├── NameMismatchError              a TLS server name does not match the AOR domain (draft §4.3)
@@ -64,6 +65,7 @@ __all__ = [
     "MIMEError",
     "NameMismatchError",
     "NotFoundError",
+    "NotRecipientError",
     "ProofError",
     "ProxyProtocolError",
     "RateLimitedError",
@@ -232,6 +234,10 @@ class SignatureError(CryptoError):
 
 class DecryptionError(CryptoError):
     """An enveloped message could not be decrypted with the keys we hold."""
+
+
+class NotRecipientError(DecryptionError):
+    """No RecipientInfo of an envelope names our certificate (draft §4.5): not for us."""
 
 
 class ProofError(CryptoError):

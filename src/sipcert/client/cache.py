@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -30,12 +30,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sipcert.client.fetch import CertificateNote, FetchResult
+from sipcert.client.home import _write_atomic
 from sipcert.errors import ConfigError, InputError
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import Discarded, DiscardReason, load_certificate, sha256_fingerprint
 from sipcert.proto.store import parse_description
 
-__all__ = ["DEFAULT_CACHE_TTL", "CertificateCache", "SignaledCheck"]
+__all__ = [
+    "DEFAULT_CACHE_TTL",
+    "DEFAULT_CAPABILITY_AORS",
+    "DEFAULT_CAPABILITY_LIFETIME",
+    "CapabilityMemory",
+    "CertificateCache",
+    "SignaledCheck",
+]
 
 Clock = Callable[[], float]
 
@@ -232,3 +240,141 @@ class CertificateCache:
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
+
+
+# -- what callees announced (RFC 8551 §2.5.2) ------------------------------------------------
+
+#: How long an announcement is used: RFC 8551 sets no limit, but a device upgraded since
+#: must not be held to its old list for ever.
+DEFAULT_CAPABILITY_LIFETIME = 90 * 86400.0
+#: AORs remembered at most (the least recently heard from are forgotten first).
+DEFAULT_CAPABILITY_AORS = 1024
+#: Devices (signer certificates) remembered per AOR.
+_DEVICES_PER_AOR = 16
+#: An unchanged announcement is written again (its time refreshed) at most this often.
+_REWRITE_AFTER = 86400.0
+#: A file larger than this is not ours: it is ignored (and replaced on the next write).
+_MAX_FILE = 4 << 20
+_MAX_CAPABILITIES = 64
+
+
+class CapabilityMemory:
+    """The SMIMECapabilities callees announced in their signed messages, per AOR and device.
+
+    RFC 8551 §2.5.2: a receiving agent keeps a sender's announced list so that what it
+    sends that sender later uses the first capability it can (§2.7.1.1); without one it
+    sends the S/MIME 4.0 defaults (§2.7.1.2). Entries are keyed by AOR and the SHA-256 of
+    the signer certificate (each device announces for itself, draft §4.4), bounded to
+    ``max_aors`` AORs and ``lifetime`` seconds, and kept in one JSON file written
+    atomically (temporary file, fsync, rename), so a failed write leaves the old file.
+    The caller records only confirmed signers (sip.secure), so a forged message cannot
+    downgrade what we send. ``path`` None keeps them in memory only.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        lifetime: float = DEFAULT_CAPABILITY_LIFETIME,
+        max_aors: int = DEFAULT_CAPABILITY_AORS,
+        clock: Clock = time.time,
+    ) -> None:
+        if not math.isfinite(lifetime) or lifetime < 0:
+            raise ConfigError(f"capability lifetime must be >= 0 seconds, not {lifetime}")
+        if max_aors < 1:
+            raise ConfigError(f"capability memory must hold at least one AOR, not {max_aors}")
+        self.path = path
+        self.lifetime = lifetime
+        self.max_aors = max_aors
+        self._clock = clock
+        self._peers: dict[str, dict[str, tuple[tuple[str, ...], float]]] | None = None
+
+    def announced(self, aor: AOR, certificate_sha256: str) -> tuple[str, ...] | None:
+        """What the device with that certificate announced, or None if unknown or expired."""
+        peers = self._load() if self._peers is None else self._peers
+        entry = peers.get(str(aor), {}).get(certificate_sha256)
+        if entry is None or self._clock() - entry[1] >= self.lifetime:
+            return None
+        return entry[0]
+
+    def remember(self, aor: AOR, certificate_sha256: str, capabilities: Sequence[str]) -> None:
+        """Keep what a confirmed signer announced; written when it changed (or daily).
+
+        Raises :class:`~sipcert.errors.ConfigError` when the home cannot be written.
+        """
+        capabilities = tuple(str(c) for c in capabilities[:_MAX_CAPABILITIES])
+        now = self._clock()
+        peers = self._load() if self._peers is None else self._peers
+        old = peers.get(str(aor), {}).get(certificate_sha256)
+        unchanged = old is not None and old[0] == capabilities and now - old[1] < _REWRITE_AFTER
+        if unchanged:
+            return
+        if self.path is not None:
+            peers = self._load()  # another process may have written since: merge into that
+        devices = peers.setdefault(str(aor), {})
+        devices[certificate_sha256] = (capabilities, now)
+        self._prune(peers, now)
+        self._peers = peers
+        self._write(peers)
+
+    def _prune(
+        self, peers: dict[str, dict[str, tuple[tuple[str, ...], float]]], now: float
+    ) -> None:
+        for name in list(peers):
+            devices = peers[name]
+            for sha256, (_, seen) in list(devices.items()):
+                if now - seen >= self.lifetime:
+                    del devices[sha256]
+            for sha256, _ in sorted(devices.items(), key=lambda kv: kv[1][1])[:-_DEVICES_PER_AOR]:
+                del devices[sha256]
+            if not devices:
+                del peers[name]
+        newest = sorted(peers, key=lambda n: max(seen for _, seen in peers[n].values()))
+        for name in newest[: -self.max_aors]:
+            del peers[name]
+
+    def _write(self, peers: dict[str, dict[str, tuple[tuple[str, ...], float]]]) -> None:
+        if self.path is None:
+            return
+        data = {
+            "version": 1,
+            "peers": {
+                name: {sha: {"capabilities": list(c), "seen": t} for sha, (c, t) in dev.items()}
+                for name, dev in peers.items()
+            },
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_atomic(self.path, json.dumps(data, sort_keys=True).encode(), 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write {self.path}: {exc.strerror or 'the write failed'}"
+            ) from exc
+
+    def _load(self) -> dict[str, dict[str, tuple[tuple[str, ...], float]]]:
+        """The file's entries; a missing, damaged or foreign file is an empty memory."""
+        peers: dict[str, dict[str, tuple[tuple[str, ...], float]]] = {}
+        if self.path is None:
+            return self._peers if self._peers is not None else peers
+        try:
+            with self.path.open("rb") as handle:
+                raw = handle.read(_MAX_FILE + 1)
+            if len(raw) > _MAX_FILE:
+                raise ValueError("too large")
+            data = json.loads(raw)
+            for name, devices in data["peers"].items():
+                aor = str(parse_aor(name))
+                for sha256, entry in devices.items():
+                    caps = entry["capabilities"]
+                    seen = float(entry["seen"])
+                    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                        raise ValueError("capabilities are not strings")
+                    if not isinstance(sha256, str) or not math.isfinite(seen):
+                        raise ValueError("bad entry")
+                    peers.setdefault(aor, {})[sha256] = (tuple(caps[:_MAX_CAPABILITIES]), seen)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):
+            peers = {}  # a damaged file is only a lost hint: the defaults apply
+        self._peers = peers
+        return peers

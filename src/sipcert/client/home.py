@@ -11,6 +11,7 @@ Layout under the home directory (default ``$XDG_DATA_HOME/sipcert``, i.e.
     identities/<aor>/<device>/pending/{key,cert}.pem
                                               a new identity saved before its PUT
     cache/                                    the Caller's certificate cache (draft §5)
+    capabilities.json                         what callees announced (RFC 8551 §2.5.2)
 
 Several AORs and several devices per AOR (draft §4.4, §5: "upload a different certificate
 for each UA") live side by side. Directories are 0700; files are written atomically and
@@ -114,6 +115,11 @@ class Home:
     @property
     def cache_directory(self) -> Path:
         return self.root / "cache"
+
+    @property
+    def capabilities_path(self) -> Path:
+        """What callees announced in SMIMECapabilities (client.cache.CapabilityMemory)."""
+        return self.root / "capabilities.json"
 
     def _aor_directory(self, aor: AOR) -> Path:
         return self.root / "identities" / quote(str(aor), safe="@.-_+")

@@ -33,9 +33,10 @@ import datetime
 import functools
 import hashlib
 import hmac
+import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -61,10 +62,13 @@ from sipcert.errors import (
     CryptoError,
     DecryptionError,
     InputTooLargeError,
+    NotRecipientError,
     SignatureError,
     SipCertError,
 )
+from sipcert.proto import der
 from sipcert.proto.certs import load_certificate
+from sipcert.proto.der import NotLean
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
@@ -80,6 +84,7 @@ __all__ = [
     "SignedContent",
     "SignerReport",
     "choose_algorithms",
+    "choose_for_devices",
     "decrypt_enveloped",
     "encrypt_enveloped",
     "is_recipient",
@@ -312,6 +317,12 @@ class _CertIds:
         return hit
 
 
+@functools.lru_cache(maxsize=64)
+def _cert_der(cert: x509.Certificate) -> bytes:
+    """The DER of a certificate object we are handed again and again (ours, a sender's)."""
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
 def _issuer_serial_match(cand: _CertIds, issuer: Any, serial: int) -> bool:
     cand_serial, cand_issuer = cand.issuer_serial()
     if cand_serial != serial:
@@ -323,7 +334,7 @@ def _issuer_serial_match(cand: _CertIds, issuer: Any, serial: int) -> bool:
 def _find_signer(sid: Any, embedded: Sequence[bytes], extra: Sequence[x509.Certificate]) -> bytes:
     """DER of the certificate that ``sid`` names (RFC 5652 §5.3 SignerIdentifier)."""
     candidates = [_CertIds(der) for der in embedded]
-    candidates += [_CertIds(cert.public_bytes(serialization.Encoding.DER)) for cert in extra]
+    candidates += [_CertIds(_cert_der(cert)) for cert in extra]
     if sid.name == "issuer_and_serial_number":
         issuer = sid.chosen["issuer"]
         serial = sid.chosen["serial_number"].native
@@ -398,15 +409,26 @@ def _capabilities(signed_attrs: Any) -> tuple[str, ...]:
         if len(found) != 1 or len(found[0]["values"]) != 1:
             return ()
         value = found[0]["values"][0]
-        # A sender announces the same list in every message: read it once per encoding.
-        key = b"cap" + hashlib.sha256(value.dump()).digest()
-        hit: tuple[str, ...] | None = _ids_cache.get(key)
-        if hit is None:
-            hit = tuple(str(cap["capability_id"].native) for cap in value)
-            _ids_cache.put(key, hit)
-        return hit
+        return _capability_names(value.dump(), lambda: value)
     except _ASN1_ERRORS:
         return ()  # a malformed announcement is no announcement (RFC 8551 §2.5.2)
+
+
+def _capability_names(encoding: bytes, parsed: Callable[[], Any]) -> tuple[str, ...]:
+    """The capability names of an SMIMECapabilities ``encoding``; ``parsed`` gives its value.
+
+    A sender announces the same list in every message: it is read once per encoding. A
+    malformed announcement is no announcement (RFC 8551 §2.5.2): ().
+    """
+    key = b"cap" + hashlib.sha256(encoding).digest()
+    hit: tuple[str, ...] | None = _ids_cache.get(key)
+    if hit is None:
+        try:
+            hit = tuple(str(cap["capability_id"].native) for cap in parsed())
+        except _ASN1_ERRORS:
+            return ()
+        _ids_cache.put(key, hit)
+    return hit
 
 
 def _signer_data(
@@ -447,6 +469,10 @@ def _parse_signed(
     der: bytes, extra_certs: Sequence[x509.Certificate]
 ) -> tuple[bytes | None, list[_SignerData | SipCertError]]:
     """(embedded content or None, one entry per SignerInfo: its data or why it is unusable)."""
+    try:
+        return _lean_parse_signed(der, extra_certs)
+    except _LEAN_FALLBACK:
+        pass  # the general path below reads it again and gives its answer
     signed_data = _load_content_info(der, "signed_data")
     try:
         encap = signed_data["encap_content_info"]
@@ -754,6 +780,29 @@ def choose_algorithms(
     )
 
 
+def choose_for_devices(
+    announced: Sequence[Sequence[str] | None], *, legacy: bool = False
+) -> EnvelopeAlgorithms:
+    """One envelope's algorithms for several devices of a callee (draft §4.4).
+
+    ``announced`` holds, per recipient device, the SMIMECapabilities it announced (None
+    when unknown: RFC 8551 §2.7.1.2 then takes it to open the defaults). Each device's
+    :func:`choose_algorithms` choice is made, and the envelope uses what every device can
+    open: AES-GCM only when every choice is GCM, AES-256 only when every choice is 256,
+    RSA-OAEP only when every choice is OAEP.
+    """
+    if legacy:
+        return LEGACY_ALGORITHMS
+    choices = [choose_algorithms(caps) for caps in announced] or [DEFAULT_ALGORITHMS]
+    if all(c == choices[0] for c in choices):
+        return choices[0]
+    gcm = all(c.content.endswith("gcm") for c in choices)
+    size = "aes256" if all(c.content.startswith("aes256") for c in choices) else "aes128"
+    content: ContentEncryption = f"{size}-{'gcm' if gcm else 'cbc'}"  # type: ignore[assignment]
+    oaep = all(c.rsa == "rsa-oaep" for c in choices)
+    return EnvelopeAlgorithms(content, "rsa-oaep" if oaep else "rsa-pkcs1v15")
+
+
 # DER writing for what we send. Building asn1crypto objects from dicts cost ~97% of the
 # time of a protected body (docs/benchmarks.md), so the few structures we emit are written
 # here directly (X.690 §8, §10: definite lengths, SET OF sorted); asn1crypto still parses
@@ -822,9 +871,21 @@ def _random(size: int) -> bytes:
 
 def _issuer_and_serial(cert: x509.Certificate) -> bytes:
     """IssuerAndSerialNumber (RFC 5652 §10.2.4) naming ``cert``."""
-    return _der_seq(cert.issuer.public_bytes(), _der_int(cert.serial_number))
+    return _recipient(cert)[2]
 
 
+@functools.lru_cache(maxsize=256)
+def _recipient(cert: x509.Certificate) -> tuple[bytes, Any, bytes]:
+    """(DER, public key, IssuerAndSerialNumber) of a recipient certificate.
+
+    A UA encrypts to the same few devices again and again; these depend on the
+    certificate alone (the key object is immutable), so they are made once per certificate.
+    """
+    ias = _der_seq(cert.issuer.public_bytes(), _der_int(cert.serial_number))
+    return _cert_der(cert), cert.public_key(), ias
+
+
+@functools.lru_cache(maxsize=16)
 def _shared_info(wrap: str, key_size: int, ukm: bytes | None) -> bytes:
     """DER of ECC-CMS-SharedInfo (RFC 5753 §7.2): the wrap algorithm, ukm, key size."""
     return _der_seq(
@@ -900,11 +961,17 @@ def _kari(cert: x509.Certificate, public_key: Any, cek: bytes) -> bytes:
     originator = _der(0xA1, _der_seq(_der_oid(oid)) + _der(0x03, b"\x00" + point))
     return _der(
         0xA1,  # [1] IMPLICIT KeyAgreeRecipientInfo
-        _der_int(3)
+        b"\x02\x01\x03"  # version 3
         + _der(0xA0, originator)
-        + _der_seq(_der_oid(scheme), _der_seq(_der_oid(_WRAP_OID[wrap])))
+        + _kari_algorithm_der(scheme, wrap)
         + _der_seq(_der_seq(_issuer_and_serial(cert), _der_octets(keywrap.aes_key_wrap(kek, cek)))),
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _kari_algorithm_der(scheme: str, wrap: str) -> bytes:
+    """keyEncryptionAlgorithm of a kari: the scheme with the key wrap as parameter."""
+    return _der_seq(_der_oid(scheme), _der_seq(_der_oid(_WRAP_OID[wrap])))
 
 
 def encrypt_enveloped(
@@ -939,11 +1006,10 @@ def encrypt_enveloped(
     seen: set[bytes] = set()
     try:
         for cert in recipients:
-            der = cert.public_bytes(serialization.Encoding.DER)
+            der, public_key, _ = _recipient(cert)
             if der in seen:
                 continue
             seen.add(der)
-            public_key = cert.public_key()
             if isinstance(public_key, rsa.RSAPublicKey):
                 infos.append(_ktri(cert, public_key, cek, algorithms.rsa))
             elif isinstance(
@@ -997,6 +1063,16 @@ _OUR_CAPABILITIES = _der_seq(
     _der_seq(_der_oid(_OID["rsaes_oaep"])),
     _der_seq(_der_oid(_STD_DH_SHA256), _der_seq(_der_oid(_WRAP_OID["aes128_wrap"]))),
 )
+
+
+def _announce(capabilities: Sequence[str]) -> bytes:
+    """An SMIMECapabilities value (RFC 8551 §2.5.2) listing ``capabilities`` in order."""
+    unknown = [name for name in capabilities if name not in _OID]
+    if unknown:
+        raise CMSError(f"cannot announce unknown capabilities {unknown}")
+    return _der_seq(*(_der_seq(_der_oid(_OID[name])) for name in capabilities))
+
+
 _DIGEST_OIDS = {
     "sha256": "2.16.840.1.101.3.4.2.1",
     "sha384": "2.16.840.1.101.3.4.2.2",
@@ -1040,8 +1116,14 @@ def sign_detached(
     digest: DigestName = "sha256",
     rsa_pss: bool = False,
     signing_time: datetime.datetime | None = None,
+    capabilities: Sequence[str] | None = None,
 ) -> bytes:
     """DER of a detached SignedData over exactly ``content`` (RFC 5652 §5, RFC 8551 §3.5.3).
+
+    ``capabilities`` replaces the SMIMECapabilities we announce (names as in
+    :attr:`SignerReport.capabilities`: ``aes128_gcm``, ``aes256_cbc``, ``rsaes_oaep``...),
+    for an agent that must not be sent what it cannot open; by default we announce all we
+    open.
 
     The signature covers the bytes given, nothing is canonicalized. The signer certificate
     is included and named by issuer and serial number, so a receiver needs nothing else.
@@ -1079,7 +1161,10 @@ def sign_detached(
     attributes = [
         _attribute("content_type", _der_oid(_OID["data"])),
         _attribute("message_digest", _der_octets(hashlib.new(digest, content).digest())),
-        _attribute("smime_capabilities", _OUR_CAPABILITIES),
+        _attribute(
+            "smime_capabilities",
+            _OUR_CAPABILITIES if capabilities is None else _announce(capabilities),
+        ),
     ]
     if signing_time is not None:
         attributes.append(_attribute("signing_time", _der_time(signing_time)))
@@ -1104,7 +1189,7 @@ def sign_detached(
         _der_int(1),
         _der(0x31, digest_id),
         _der_seq(_der_oid(_OID["data"])),
-        _der(0xA0, cert.public_bytes(serialization.Encoding.DER)),
+        _der(0xA0, _cert_der(cert)),
         _der(0x31, signer_info),
     )
     return _der_seq(_der_oid("1.2.840.113549.1.7.2"), _der(0xA0, signed_data))
@@ -1169,7 +1254,7 @@ def _our_recipient_info(envelope: Any, cert: x509.Certificate) -> tuple[Any, Any
     stop us from reading ours (RFC 5652 §6.2: "any of the RecipientInfo"). The entries
     after ours are not read: the first match is the one used.
     """
-    ours = _CertIds(cert.public_bytes(serialization.Encoding.DER))
+    ours = _CertIds(_cert_der(cert))
     for info in envelope["recipient_infos"]:
         if info.name == "ktri":
             if _names_us(info.chosen["rid"], ours):
@@ -1185,13 +1270,14 @@ def _ias_of(rid: Any) -> Any:
     return rid.chosen if rid.name == "issuer_and_serial_number" else None
 
 
-def _oaep_parameters(algorithm: Any) -> tuple[str, str, bytes]:
+def _oaep_parameters(algorithm: Any, encoding: bytes) -> tuple[str, str, bytes]:
     """(hash, MGF1 hash, label) of an RSAES-OAEP AlgorithmIdentifier (RFC 4055 §4.1).
 
     A sender uses the same parameters in every message: the ones read are remembered by
-    SHA-256 of the AlgorithmIdentifier's DER; unsupported ones raise every time.
+    SHA-256 of the AlgorithmIdentifier's DER, ``encoding`` (asn1crypto re-encodes a value
+    whose DEFAULT fields it filled in, slowly); unsupported ones raise every time.
     """
-    key = b"oaep" + hashlib.sha256(algorithm.dump()).digest()
+    key = b"oaep" + hashlib.sha256(encoding).digest()
     hit: tuple[str, str, bytes] | None = _ids_cache.get(key)
     if hit is not None:
         return hit
@@ -1211,17 +1297,21 @@ def _oaep_parameters(algorithm: Any) -> tuple[str, str, bytes]:
     return hit
 
 
-def _unwrap_ktri(ktri: Any, key: DecryptionKey, key_size: int) -> bytes:
-    """The content key from a KeyTransRecipientInfo (RFC 5652 §6.2.1, RFC 3560)."""
+def _unwrap_ktri(
+    algorithm: Any, encoding: bytes, encrypted: bytes, key: DecryptionKey, key_size: int
+) -> bytes:
+    """The content key from a KeyTransRecipientInfo (RFC 5652 §6.2.1, RFC 3560).
+
+    ``algorithm`` is its keyEncryptionAlgorithm (``encoding`` its DER), ``encrypted`` its
+    encryptedKey.
+    """
     if not isinstance(key, rsa.RSAPrivateKey):
         raise DecryptionError(
             "our RecipientInfo uses RSA key transport but our key is not an RSA key"
         )
-    algorithm = ktri["key_encryption_algorithm"]
     name = algorithm["algorithm"].native
-    encrypted = bytes(ktri["encrypted_key"].native)
     if name == "rsaes_oaep":
-        hash_name, mgf_hash, label = _oaep_parameters(algorithm)
+        hash_name, mgf_hash, label = _oaep_parameters(algorithm, encoding)
         pad: padding.AsymmetricPadding = padding.OAEP(
             mgf=padding.MGF1(_MGF_DIGESTS[mgf_hash]()),
             algorithm=_MGF_DIGESTS[hash_name](),
@@ -1251,6 +1341,11 @@ def _agree(key: DecryptionKey, originator: Any) -> bytes:
     info = originator.chosen
     oid = info["algorithm"]["algorithm"].dotted
     point = bytes(info["public_key"].contents[1:])  # BIT STRING: skip the unused-bits octet
+    return _agree_with(key, oid, point)
+
+
+def _agree_with(key: DecryptionKey, oid: str, point: bytes) -> bytes:
+    """Z with the originator's public key ``point``, of algorithm ``oid`` (dotted)."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if oid != "1.2.840.10045.2.1":
             raise DecryptionError(f"originator key {oid} does not match our EC key")
@@ -1265,13 +1360,14 @@ def _agree(key: DecryptionKey, originator: Any) -> bytes:
     )
 
 
-def _kari_algorithms(algorithm: Any) -> tuple[str, str]:
+def _kari_algorithms(algorithm: Any, encoding: bytes) -> tuple[str, str]:
     """(scheme OID, key wrap name) of a kari keyEncryptionAlgorithm (RFC 5753 §7.1.5).
 
     The same in every message of a sender: remembered by SHA-256 of the
-    AlgorithmIdentifier's DER once supported; unsupported ones raise every time.
+    AlgorithmIdentifier's DER (``encoding``) once supported; unsupported ones raise every
+    time.
     """
-    key = b"kari" + hashlib.sha256(algorithm.dump()).digest()
+    key = b"kari" + hashlib.sha256(encoding).digest()
     hit: tuple[str, str] | None = _ids_cache.get(key)
     if hit is not None:
         return hit
@@ -1289,13 +1385,19 @@ def _kari_algorithms(algorithm: Any) -> tuple[str, str]:
 
 def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
     """The content key from a KeyAgreeRecipientInfo (RFC 5753 §3.1.2, RFC 8418 §2)."""
-    scheme, wrap = _kari_algorithms(kari["key_encryption_algorithm"])
+    algorithm = kari["key_encryption_algorithm"]
+    scheme, wrap = _kari_algorithms(algorithm, algorithm.dump())
     ukm_value = kari["ukm"]
     ukm = None if ukm_value.native is None else bytes(ukm_value.native)
     shared = _agree(key, kari["originator"])
+    return _kari_cek(scheme, wrap, shared, ukm, bytes(rek["encrypted_key"].native))
+
+
+def _kari_cek(scheme: str, wrap: str, shared: bytes, ukm: bytes | None, wrapped: bytes) -> bytes:
+    """The content key: the KEK from Z by the scheme's KDF, then AES key unwrap (RFC 3394)."""
     kek = _kdf(scheme, shared, wrap, ukm)
     try:
-        return keywrap.aes_key_unwrap(kek, bytes(rek["encrypted_key"].native))
+        return keywrap.aes_key_unwrap(kek, wrapped)
     except keywrap.InvalidUnwrap as exc:
         raise DecryptionError("the key agreement's wrapped key does not unwrap") from exc
 
@@ -1314,6 +1416,428 @@ def _content_cipher(encrypted_info: Any, authenticated: bool) -> tuple[str, str,
     return str(name), mode, size, algorithm["parameters"]
 
 
+# --- the lean paths: DER of the usual shapes, read without asn1crypto -----------------------
+#
+# Every message a SIP UA receives is one of a few shapes: a DER AuthEnvelopedData or
+# EnvelopedData to ktri/kari recipients, and a DER SignedData with one signer. For those,
+# proto.der slices the encoding and the values go to the same checks and primitives as the
+# asn1crypto path; the parts a repeated sender sends identically in every message (its
+# SignerIdentifier, algorithm identifiers) are still read by asn1crypto, once per encoding
+# (_asn1_once). Anything else -- BER, an unusual or unsupported shape, and *every* failure,
+# of parsing or of cryptography -- raises NotLean or a SipCertError and the asn1crypto path
+# reads the input again from the start: its answer (and its precise error) is the answer.
+# The lean path only ever answers with a success the asn1crypto path gives too
+# (tests/unit/proto/test_cms_lean.py checks that on the peers' corpus and on mutations).
+
+#: What the lean paths fall back on: their own signal, our errors, asn1crypto's and
+#: cryptography's exceptions (ValueError for a bad point or nonce, among others).
+_LEAN_FALLBACK = (NotLean, SipCertError, UnsupportedAlgorithm, *_ASN1_ERRORS)
+
+
+def _oid_contents(names: dict[str, str], wanted: Sequence[str] | None = None) -> dict[bytes, str]:
+    """{OID content octets: asn1crypto name} for asn1crypto's map ``names`` (dotted -> name)."""
+    return {
+        _der_oid(dotted)[2:]: name
+        for dotted, name in names.items()
+        if wanted is None or name in wanted
+    }
+
+
+#: Content types by their DER, with asn1crypto's names (so both paths name them alike).
+_LEAN_CONTENT_TYPES = _oid_contents(asn1_cms.ContentType._map)
+_LEAN_CIPHERS = _oid_contents(asn1_algos.EncryptionAlgorithmId._map, tuple(_CONTENT_CIPHERS))
+_ATTR_CONTENT_TYPE = _der_oid("1.2.840.113549.1.9.3")[2:]
+_ATTR_MESSAGE_DIGEST = _der_oid("1.2.840.113549.1.9.4")[2:]
+_ATTR_CAPABILITIES = _der_oid("1.2.840.113549.1.9.15")[2:]
+_ORIGINATOR_KEYS = {_der_oid(oid)[2:]: oid for oid in ("1.2.840.10045.2.1", _X25519_OID, _X448_OID)}
+
+#: asn1crypto objects of the per-sender constant parts, parsed in full, by (type, SHA-256).
+_asn1_cache = _LRU(512)
+
+
+def _asn1_once(spec: Any, encoding: bytes) -> Any:
+    """``spec.load(encoding)`` parsed in full, remembered by type and SHA-256 of ``encoding``.
+
+    For what a sender repeats in every message (a SignerIdentifier, an AlgorithmIdentifier):
+    the same encoding parses to the same value; only successes are kept.
+    """
+    key = spec.__name__.encode() + b"\0" + hashlib.sha256(encoding).digest()
+    hit = _asn1_cache.get(key)
+    if hit is None:
+        hit = spec.load(encoding, strict=True)
+        hit.native  # noqa: B018 - parse in full now, so errors surface here and not later
+        _asn1_cache.put(key, hit)
+    return hit
+
+
+def _lean_oid(data: bytes, item: der.TLV, names: dict[bytes, str]) -> str:
+    if item.tag != 0x06:
+        raise NotLean
+    name = names.get(data[item.content : item.end])
+    if name is None:
+        raise NotLean
+    return name
+
+
+def _lean_bytes(data: bytes, item: der.TLV, tag: int = 0x04) -> bytes:
+    if item.tag != tag:
+        raise NotLean
+    return data[item.content : item.end]
+
+
+def _lean_valid_oid(body: bytes) -> None:
+    """An OBJECT IDENTIFIER's content must be well formed (X.690 §8.19) to be read lean."""
+    if not body or body[-1] & 0x80 or body[0] == 0x80:
+        raise NotLean
+    for previous, octet in itertools.pairwise(body):
+        if octet == 0x80 and not previous & 0x80:
+            raise NotLean  # a sub-identifier with a leading 0x80: not minimal
+
+
+def _lean_content_info(data: bytes, names: tuple[str, ...]) -> tuple[str, der.TLV]:
+    """(content type, the SEQUENCE inside [0]) of a DER ContentInfo filling ``data``."""
+    top = der.read_tlv(data, 0, len(data))
+    if top.tag != 0x30 or top.end != len(data):
+        raise NotLean
+    fields = der.children(data, top)
+    if len(fields) != 2:
+        raise NotLean
+    kind = _lean_oid(data, fields[0], _LEAN_CONTENT_TYPES)
+    if kind not in names:
+        raise NotLean
+    return kind, der.one(data, der.expect(fields[1], 0xA0), 0x30)
+
+
+def _lean_names_us(data: bytes, rid: der.TLV, ours: _CertIds, *, kari: bool) -> bool:
+    """:func:`_names_us` on DER: issuer and serial (byte-equal issuer), or a key identifier."""
+    if rid.tag == 0x30:
+        issuer, serial = der.children(data, rid)
+        der.expect(issuer, 0x30)  # a Name, even when the serial is not ours (asn1crypto's rule)
+        our_serial, our_issuer = ours.issuer_serial()
+        if der.integer(data, serial) != our_serial:
+            return False
+        if data[issuer.start : issuer.end] == our_issuer:
+            return True
+        raise NotLean  # our serial, another encoding of a Name: RFC 5280 §7.1 is asn1crypto's
+    if kari:
+        key_id = _lean_bytes(data, der.one(data, der.expect(rid, 0xA0), 0x04))
+    else:
+        key_id = _lean_bytes(data, rid, 0x80)
+    return key_id in ours.key_ids()
+
+
+class _LeanEntry(NamedTuple):
+    """Our RecipientInfo, as DER slices: kind, keyEncryptionAlgorithm, encrypted key."""
+
+    kind: Literal["ktri", "kari"]
+    algorithm: bytes
+    encrypted_key: bytes
+    ukm: bytes | None = None
+    originator_oid: str = ""
+    originator_point: bytes = b""
+
+
+def _lean_kari(data: bytes, info: der.TLV, ours: _CertIds) -> _LeanEntry | None:
+    """A KeyAgreeRecipientInfo (RFC 5652 §6.2.2) with an ephemeral originator key.
+
+    Another device's entry is read only up to its RecipientEncryptedKeys, as the asn1crypto
+    path reads it.
+    """
+    fields = der.children(data, info)
+    if len(fields) not in (4, 5):
+        raise NotLean
+    algorithm, keys = der.expect(fields[-2], 0x30), fields[-1]
+    wrapped = None
+    for rek in der.children(data, der.expect(keys, 0x30)):
+        rid, encrypted = der.children(data, der.expect(rek, 0x30))
+        if _lean_names_us(data, rid, ours, kari=True):
+            wrapped = _lean_bytes(data, encrypted)
+            break
+    if wrapped is None:
+        return None
+    if der.integer(data, fields[0]) != 3:
+        raise NotLean
+    originator = der.one(data, der.expect(fields[1], 0xA0), 0xA1)  # originatorKey only
+    key_alg, point = der.children(data, originator)
+    key_alg_fields = der.children(data, der.expect(key_alg, 0x30))
+    if not key_alg_fields:
+        raise NotLean
+    oid = _lean_oid(data, key_alg_fields[0], _ORIGINATOR_KEYS)
+    bits = _lean_bytes(data, point, 0x03)
+    if not bits or bits[0] != 0:
+        raise NotLean
+    ukm = None
+    if len(fields) == 5:
+        ukm = _lean_bytes(data, der.one(data, der.expect(fields[2], 0xA1), 0x04))
+    return _LeanEntry("kari", data[algorithm.start : algorithm.end], wrapped, ukm, oid, bits[1:])
+
+
+#: RecipientInfo CHOICE (RFC 5652 §6.2): ktri, kari [1], kekri [2], pwri [3], ori [4].
+_RECIPIENT_INFO_TAGS = frozenset((0x30, 0xA1, 0xA2, 0xA3, 0xA4))
+
+
+def _lean_recipient(data: bytes, infos: der.TLV, ours: _CertIds) -> _LeanEntry:
+    """Our entry: the first RecipientInfo naming us. Those after it are not read (their
+    framing is), those before it only as far as their identifiers, as on the asn1crypto path.
+    """
+    entries = der.children(data, der.expect(infos, 0x31))
+    for info in entries:
+        if info.tag not in _RECIPIENT_INFO_TAGS:
+            raise NotLean  # asn1crypto resolves every entry's kind, ours or not
+    for info in entries:
+        if info.tag == 0x30:  # ktri
+            fields = der.children(data, info)
+            if len(fields) != 4:
+                raise NotLean
+            if _lean_names_us(data, fields[1], ours, kari=False):
+                if der.integer(data, fields[0]) not in (0, 2):
+                    raise NotLean
+                algorithm = der.expect(fields[2], 0x30)
+                encrypted = _lean_bytes(data, fields[3])
+                return _LeanEntry("ktri", data[algorithm.start : algorithm.end], encrypted)
+        elif info.tag == 0xA1:
+            entry = _lean_kari(data, info, ours)
+            if entry is not None:
+                return entry
+        # kekri, pwri, ori: others', skipped
+    raise NotLean  # the asn1crypto path says "not a recipient", precisely
+
+
+def _lean_decrypt(data: bytes, key: DecryptionKey, cert: x509.Certificate) -> bytes:
+    """:func:`decrypt_enveloped` for a DER envelope of the usual shape; NotLean otherwise."""
+    kind, body = _lean_content_info(data, ("enveloped_data", "authenticated_enveloped_data"))
+    authenticated = kind == "authenticated_enveloped_data"
+    fields = der.children(data, body)
+    if len(fields) < 3 or der.integer(data, fields[0]) not in (0, 2, 3, 4):
+        raise NotLean
+    entry = _lean_recipient(data, fields[1], _CertIds(_cert_der(cert)))
+    info_fields = der.children(data, der.expect(fields[2], 0x30))
+    if len(info_fields) != 3 or _lean_oid(data, info_fields[0], _LEAN_CONTENT_TYPES) != "data":
+        raise NotLean
+    algorithm = der.children(data, der.expect(info_fields[1], 0x30))
+    if len(algorithm) != 2:
+        raise NotLean
+    name = _lean_oid(data, algorithm[0], _LEAN_CIPHERS)
+    mode, key_size = _CONTENT_CIPHERS[name]
+    if (mode == "gcm") != authenticated:
+        raise NotLean
+    ciphertext = _lean_bytes(data, info_fields[2], 0x80)
+    rest = fields[3:]
+    aad, tag = b"", b""
+    if authenticated:
+        if rest and rest[0].tag == 0xA1:
+            aad = b"\x31" + data[rest[0].start + 1 : rest[0].end]  # RFC 5083 §2.2
+            rest = rest[1:]
+        if len(rest) != 1:
+            raise NotLean
+        tag = _lean_bytes(data, rest[0])
+    elif rest:
+        raise NotLean
+    _check_key_matches(key, cert)
+    if entry.kind == "ktri":
+        cek = _unwrap_ktri(
+            _asn1_once(asn1_cms.KeyEncryptionAlgorithm, entry.algorithm),
+            entry.algorithm,
+            entry.encrypted_key,
+            key,
+            key_size,
+        )
+    else:
+        scheme, wrap = _kari_algorithms(
+            _asn1_once(asn1_cms.KeyEncryptionAlgorithm, entry.algorithm), entry.algorithm
+        )
+        shared = _agree_with(key, entry.originator_oid, entry.originator_point)
+        cek = _kari_cek(scheme, wrap, shared, entry.ukm, entry.encrypted_key)
+    if len(cek) != key_size:
+        raise NotLean
+    if mode == "gcm":
+        params = der.children(data, der.expect(algorithm[1], 0x30))
+        if len(params) not in (1, 2):
+            raise NotLean
+        nonce = _lean_bytes(data, params[0])
+        tag_length = der.integer(data, params[1]) if len(params) == 2 else 12
+        if tag_length not in (12, 13, 14, 15, 16) or len(tag) != tag_length:
+            raise NotLean
+        return _open_gcm(cek, nonce, tag, aad, ciphertext)
+    iv = _lean_bytes(data, algorithm[1])
+    if len(iv) != 16 or len(ciphertext) % 16:
+        raise NotLean
+    return _open_cbc(cek, iv, ciphertext)
+
+
+def _lean_attributes(
+    data: bytes, attrs: der.TLV
+) -> tuple[bytes | None, str | None, tuple[str, ...]]:
+    """(messageDigest, contentType, SMIMECapabilities) of the signed attributes (RFC 5652 §11)."""
+    message_digest: bytes | None = None
+    content_type: str | None = None
+    capabilities: list[der.TLV] = []
+    seen: set[bytes] = set()
+    for attr in der.children(data, attrs):
+        kind, values = der.children(data, der.expect(attr, 0x30))
+        oid = _lean_bytes(data, kind, 0x06)
+        _lean_valid_oid(oid)
+        items = der.children(data, der.expect(values, 0x31))
+        if oid in (_ATTR_MESSAGE_DIGEST, _ATTR_CONTENT_TYPE, _ATTR_CAPABILITIES):
+            if oid in seen or len(items) != 1:
+                raise NotLean  # asn1crypto's path names the duplicate precisely
+            seen.add(oid)
+        if oid == _ATTR_MESSAGE_DIGEST:
+            message_digest = _lean_bytes(data, items[0])
+        elif oid == _ATTR_CONTENT_TYPE:
+            content_type = _lean_oid(data, items[0], _LEAN_CONTENT_TYPES)
+        elif oid == _ATTR_CAPABILITIES:
+            capabilities.append(der.expect(items[0], 0x30))
+    announced: tuple[str, ...] = ()
+    if capabilities:
+        value = data[capabilities[0].start : capabilities[0].end]
+        announced = _capability_names(value, lambda: asn1_cms.SMIMECapabilites.load(value))
+    return message_digest, content_type, announced
+
+
+def _lean_find_signer(
+    sid: bytes, embedded: Sequence[bytes], extra: Sequence[x509.Certificate]
+) -> bytes:
+    """:func:`_find_signer`, remembered by the SignerIdentifier's DER and the candidates.
+
+    Which candidate a SignerIdentifier names depends on those encodings alone; a repeated
+    sender sends the same ones in every message.
+    """
+    digest = hashlib.sha256(len(embedded).to_bytes(4, "big") + sid)
+    for candidate in embedded:
+        digest.update(hashlib.sha256(candidate).digest())
+    for cert in extra:
+        digest.update(hashlib.sha256(_cert_der(cert)).digest())
+    key = b"signer" + digest.digest()
+    hit: bytes | None = _ids_cache.get(key)
+    if hit is None:
+        hit = _find_signer(_asn1_once(asn1_cms.SignerIdentifier, sid), embedded, extra)
+        _ids_cache.put(key, hit)
+    return hit
+
+
+def _lean_signer(
+    data: bytes,
+    signer: der.TLV,
+    econtent_type: str,
+    embedded: Sequence[bytes],
+    extra: Sequence[x509.Certificate],
+) -> _SignerData:
+    """:func:`_signer_data` on the DER of one SignerInfo (RFC 5652 §5.3)."""
+    fields = der.children(data, der.expect(signer, 0x30))
+    if len(fields) not in (5, 6, 7):
+        raise NotLean
+    der.integer(data, fields[0])
+    sid, digest_alg = fields[1], der.expect(fields[2], 0x30)
+    if sid.tag not in (0x30, 0x80):
+        raise NotLean
+    rest = fields[3:]
+    attrs = None
+    if rest[0].tag == 0xA0:
+        attrs, rest = rest[0], rest[1:]
+    if len(rest) == 3:
+        der.expect(rest[2], 0xA1)  # unsignedAttrs: not read, as on the asn1crypto path
+    elif len(rest) != 2:
+        raise NotLean
+    signature_alg = der.expect(rest[0], 0x30)
+    signature = _lean_bytes(data, rest[1])
+    certificate_der = _lean_find_signer(data[sid.start : sid.end], embedded, extra)
+    digest = _digest_name(
+        _asn1_once(asn1_algos.DigestAlgorithm, data[digest_alg.start : digest_alg.end]),
+        "SignerInfo",
+    )
+    scheme, salt, mgf_digest = _signature_scheme(
+        _asn1_once(asn1_algos.SignedDigestAlgorithm, data[signature_alg.start : signature_alg.end]),
+        digest,
+    )
+    signed_attrs: bytes | None = None
+    message_digest: bytes | None = None
+    attr_content_type: str | None = None
+    capabilities: tuple[str, ...] = ()
+    if attrs is not None:
+        signed_attrs = b"\x31" + data[attrs.start + 1 : attrs.end]  # RFC 5652 §5.4
+        message_digest, attr_content_type, capabilities = _lean_attributes(data, attrs)
+    return _SignerData(
+        certificate_der=certificate_der,
+        digest=digest,
+        econtent_type=econtent_type,
+        signed_attrs=signed_attrs,
+        message_digest=message_digest,
+        attr_content_type=attr_content_type,
+        scheme=scheme,
+        pss_salt_length=salt,
+        pss_mgf_digest=mgf_digest,
+        signature=signature,
+        capabilities=capabilities,
+    )
+
+
+def _lean_parse_signed(
+    data: bytes, extra: Sequence[x509.Certificate]
+) -> tuple[bytes | None, list[_SignerData | SipCertError]]:
+    """:func:`_parse_signed` for a DER SignedData every signer of which is usable."""
+    _, body = _lean_content_info(data, ("signed_data",))
+    fields = der.children(data, body)
+    if len(fields) not in (4, 5):
+        raise NotLean
+    der.integer(data, fields[0])
+    digest_algs = der.expect(fields[1], 0x31)
+    _asn1_once(asn1_cms.DigestAlgorithms, data[digest_algs.start : digest_algs.end])
+    encap = der.children(data, der.expect(fields[2], 0x30))
+    if len(encap) not in (1, 2):
+        raise NotLean
+    econtent_type = _lean_oid(data, encap[0], _LEAN_CONTENT_TYPES)
+    embedded_content = None
+    if len(encap) == 2:
+        if econtent_type != "data":
+            raise NotLean
+        embedded_content = _lean_bytes(data, der.one(data, der.expect(encap[1], 0xA0), 0x04))
+    embedded: list[bytes] = []
+    if len(fields) == 5:
+        for choice in der.children(data, der.expect(fields[3], 0xA0)):
+            embedded.append(data[choice.start : der.expect(choice, 0x30).end])
+    signer_infos = der.children(data, der.expect(fields[-1], 0x31))
+    if not signer_infos:
+        raise NotLean
+    signers: list[_SignerData | SipCertError] = [
+        _lean_signer(data, signer, econtent_type, embedded, extra) for signer in signer_infos
+    ]
+    return embedded_content, signers
+
+
+def _check_key_matches(key: DecryptionKey, cert: x509.Certificate) -> None:
+    """Refuse a private key that is not the one of ``cert`` (a configuration mistake)."""
+    if key.public_key() != _recipient(cert)[1]:  # cryptography compares the key material
+        raise DecryptionError("the private key does not belong to the given certificate")
+
+
+def _open_gcm(cek: bytes, nonce: bytes, tag: bytes, aad: bytes, ciphertext: bytes) -> bytes:
+    """AES-GCM decryption of the content (RFC 5084 §3), the tag checked."""
+    decryptor = cipher_base.Cipher(
+        block_ciphers.AES(cek), modes.GCM(nonce, tag, min_tag_length=12)
+    ).decryptor()
+    decryptor.authenticate_additional_data(aad)
+    try:
+        return decryptor.update(ciphertext) + decryptor.finalize()
+    except InvalidTag as exc:
+        raise DecryptionError(
+            "AES-GCM authentication failed: the message was altered, or the key is wrong"
+        ) from exc
+
+
+def _open_cbc(cek: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    """AES-CBC decryption of the content (RFC 3565), PKCS #7 padding removed."""
+    cbc = cipher_base.Cipher(block_ciphers.AES(cek), modes.CBC(iv)).decryptor()
+    padded = cbc.update(ciphertext) + cbc.finalize()
+    unpadder = PKCS7(128).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError as exc:
+        raise DecryptionError(
+            "AES-CBC content does not decrypt (bad padding): wrong key or altered message"
+        ) from exc
+
+
 def decrypt_enveloped(
     enveloped_der: bytes,
     key: DecryptionKey,
@@ -1326,36 +1850,36 @@ def decrypt_enveloped(
     Our RecipientInfo is the key transport entry naming ``cert`` (issuer and serial, or
     subjectKeyIdentifier) or the key agreement entry with a RecipientEncryptedKey naming it,
     among any mix of kinds; the others are skipped. DER and BER (indefinite length) are
-    read. Raises :class:`DecryptionError` ("not a recipient") when no entry names ``cert``,
-    or when the key does not open it or the content does not decrypt or authenticate;
-    :class:`CMSError` when the structure is malformed or uses an algorithm we lack (the
-    message names it).
+    read. Raises :class:`NotRecipientError` (a :class:`DecryptionError`, "not a recipient")
+    when no entry names ``cert``; :class:`DecryptionError` when the key does not open it or
+    the content does not decrypt or authenticate; :class:`CMSError` when the structure is
+    malformed or uses an algorithm we lack (the message names it).
     """
+    _check_size(enveloped_der, "CMS EnvelopedData", max_size)
+    try:
+        return _lean_decrypt(enveloped_der, key, cert)
+    except _LEAN_FALLBACK:
+        pass  # the general path below reads it again and gives its answer
     envelope, authenticated = _load_envelope(enveloped_der, max_size)
     try:
         entry = _our_recipient_info(envelope, cert)
         if entry is None:
-            raise DecryptionError(
+            raise NotRecipientError(
                 f"not a recipient: no RecipientInfo names issuer "
                 f"{cert.issuer.rfc4514_string()!r} serial {cert.serial_number} (draft §4.5)"
             )
-        cert_key = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        if (
-            key.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            != cert_key
-        ):
-            raise DecryptionError("the private key does not belong to the given certificate")
+        _check_key_matches(key, cert)
         encrypted_info = envelope[
             "auth_encrypted_content_info" if authenticated else "encrypted_content_info"
         ]
         name, mode, key_size, params = _content_cipher(encrypted_info, authenticated)
         info, rek = entry
         if info.name == "ktri":
-            cek = _unwrap_ktri(info.chosen, key, key_size)
+            ktri = info.chosen
+            algorithm = ktri["key_encryption_algorithm"]
+            cek = _unwrap_ktri(
+                algorithm, algorithm.dump(), bytes(ktri["encrypted_key"].native), key, key_size
+            )
         else:
             cek = _unwrap_kari(info.chosen, rek, key)
         if len(cek) != key_size:
@@ -1381,28 +1905,11 @@ def decrypt_enveloped(
             if not isinstance(attrs, asn1_core.Void):
                 contents = bytes(attrs.contents)
                 aad = _der_header(0x31, len(contents)) + contents  # RFC 5083 §2.2
-            decryptor = cipher_base.Cipher(
-                block_ciphers.AES(cek), modes.GCM(nonce, tag, min_tag_length=12)
-            ).decryptor()
-            decryptor.authenticate_additional_data(aad)
-            try:
-                return decryptor.update(ciphertext) + decryptor.finalize()
-            except InvalidTag as exc:
-                raise DecryptionError(
-                    "AES-GCM authentication failed: the message was altered, or the key is wrong"
-                ) from exc
+            return _open_gcm(cek, nonce, tag, aad, ciphertext)
         iv = bytes(params.native)
         if len(iv) != 16 or len(ciphertext) % 16:
             raise CMSError("AES-CBC content with a bad IV or a length not a multiple of 16")
-        cbc = cipher_base.Cipher(block_ciphers.AES(cek), modes.CBC(iv)).decryptor()
-        padded = cbc.update(ciphertext) + cbc.finalize()
-        unpadder = PKCS7(128).unpadder()
-        try:
-            return unpadder.update(padded) + unpadder.finalize()
-        except ValueError as exc:
-            raise DecryptionError(
-                "AES-CBC content does not decrypt (bad padding): wrong key or altered message"
-            ) from exc
+        return _open_cbc(cek, iv, ciphertext)
     except _ASN1_ERRORS as exc:
         raise CMSError(f"malformed CMS enveloped structure: {exc}") from exc
 

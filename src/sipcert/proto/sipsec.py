@@ -30,7 +30,14 @@ from enum import StrEnum
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from sipcert.errors import CMSError, CryptoError, DecryptionError, InputError, SignatureError
+from sipcert.errors import (
+    CMSError,
+    CryptoError,
+    DecryptionError,
+    InputError,
+    NotRecipientError,
+    SignatureError,
+)
 from sipcert.proto import cms, smime
 from sipcert.proto.aor import AOR
 from sipcert.proto.certs import (
@@ -86,7 +93,9 @@ class Outcome:
     ``sender`` is the AOR the message claims (From of a request, To of a response);
     ``content`` is the decrypted inner content when decryption worked (the plaintext body
     when the message was not protected); ``signer`` the certificate that signed it;
-    ``reference`` the sender's content-indirection body (draft §4.2), when present.
+    ``reference`` the sender's content-indirection body (draft §4.2), when present;
+    ``capabilities`` the SMIMECapabilities ``signer`` announced (RFC 8551 §2.5.2), which a
+    UA remembers for its next message to ``sender`` once the signer is confirmed.
     """
 
     reason: Reason
@@ -95,6 +104,7 @@ class Outcome:
     content: MimePart | None = None
     signer: x509.Certificate | None = None
     reference: ExternalBody | None = None
+    capabilities: tuple[str, ...] = ()
 
     @property
     def verified(self) -> bool:
@@ -242,18 +252,15 @@ def open_protected(
     if enveloped is None:
         return Outcome(Reason.NOT_PROTECTED, sender, problem, content=body)
     try:
-        ours = cms.is_recipient(enveloped.body, certificate)
-    except InputError as exc:
-        return Outcome(Reason.UNDECIPHERABLE, sender, str(exc), reference=reference)
-    if not ours:
+        # one read of the envelope: it finds our RecipientInfo, or says there is none
+        entity = smime.decrypt_entity(enveloped, key, certificate)
+    except NotRecipientError:
         return Outcome(
             Reason.NOT_A_RECIPIENT,
             sender,
             f"no RecipientInfo names our certificate (serial {certificate.serial_number:x})",
             reference=reference,
         )
-    try:
-        entity = smime.decrypt_entity(enveloped, key, certificate)
     except (DecryptionError, InputError) as exc:
         return Outcome(Reason.UNDECIPHERABLE, sender, str(exc), reference=reference)
     inner = entity[0]
@@ -273,6 +280,7 @@ def open_protected(
     # counts (draft §4.5); the others are only reported.
     checked = validate_retrieved(list(verified.verified_signers), sender, now)
     signer = checked.kept[0] if checked.kept else verified.signer
+    announced = next((r.capabilities for r in verified.signers if r.certificate == signer), ())
     if not checked.kept:
         discarded = checked.discarded[0]
         reason = (
@@ -289,7 +297,13 @@ def open_protected(
             reference=reference,
         )
     return Outcome(
-        Reason.UNCHECKED, sender, "", content=verified.content, signer=signer, reference=reference
+        Reason.UNCHECKED,
+        sender,
+        "",
+        content=verified.content,
+        signer=signer,
+        reference=reference,
+        capabilities=announced,
     )
 
 

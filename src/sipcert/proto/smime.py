@@ -101,16 +101,24 @@ def sign(
     digest: cms.DigestName = "sha256",
     rsa_pss: bool = False,
     signing_time: datetime | None = None,
+    capabilities: Sequence[str] | None = None,
 ) -> MimePart:
     """Wrap ``part`` in ``multipart/signed`` with a detached CMS signature (RFC 8551 §3.5.3).
 
     The signature covers exactly ``part.to_bytes()``, which is also the first body part,
     byte for byte; nothing is re-canonicalized (binary transfer, RFC 3261 §23.3).
-    ``signing_time`` (the caller's clock) becomes the signingTime attribute.
+    ``signing_time`` (the caller's clock) becomes the signingTime attribute;
+    ``capabilities`` replaces what we announce (:func:`sipcert.proto.cms.sign_detached`).
     """
     content = part.to_bytes()
     signature = cms.sign_detached(
-        content, key, cert, digest=digest, rsa_pss=rsa_pss, signing_time=signing_time
+        content,
+        key,
+        cert,
+        digest=digest,
+        rsa_pss=rsa_pss,
+        signing_time=signing_time,
+        capabilities=capabilities,
     )
     signature_part = MimePart(
         content_type=SIGNATURE_CONTENT_TYPE,

@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 
 from cryptography import x509
 
-from sipcert.client.cache import SignaledCheck
+from sipcert.client.cache import CapabilityMemory, SignaledCheck
 from sipcert.client.fetch import FetchResult
 from sipcert.client.home import DEFAULT_DEVICE, Home
 from sipcert.client.locate import Location
@@ -45,8 +45,8 @@ from sipcert.client.ua import (
 )
 from sipcert.errors import NotFoundError, SipCertError
 from sipcert.proto.aor import AOR, parse_aor
-from sipcert.proto.certs import Identity
-from sipcert.proto.cms import choose_algorithms
+from sipcert.proto.certs import Identity, sha256_fingerprint
+from sipcert.proto.cms import EnvelopeAlgorithms, choose_algorithms, choose_for_devices
 from sipcert.proto.mime import MimePart
 from sipcert.proto.sip import Message, Response
 from sipcert.proto.sipsec import Outcome, open_protected, protect, response_status
@@ -228,8 +228,11 @@ class SecureUA:
     Every :class:`Received` goes to ``on_received`` and to the :attr:`received` queue.
     ``accept_unverified`` answers calls whose signer is not confirmed (see
     :func:`~sipcert.proto.sipsec.response_status`). Bodies are AES-128-GCM with RSA-OAEP
-    and ECDH recipients; ``legacy_cbc`` falls back to AES-128-CBC with RSA PKCS#1 v1.5 for
-    callees that are RFC 3261 S/MIME peers (:func:`sipcert.proto.cms.choose_algorithms`).
+    and ECDH recipients, unless the callee's devices announced otherwise: what a confirmed
+    signer announced in SMIMECapabilities (RFC 8551 §2.5.2) is kept in ``capabilities``
+    (by default in the client's home) and chooses the algorithms of our next body to that
+    AOR (:func:`sipcert.proto.cms.choose_for_devices`, docs/sip.md); ``legacy_cbc`` always
+    uses AES-128-CBC with RSA PKCS#1 v1.5, for callees that are RFC 3261 S/MIME peers.
     ``encrypt_to_self`` adds our own certificate as a recipient, so we can read what we
     sent (off by default: a stolen copy of our key then also opens our sent messages).
     """
@@ -248,10 +251,14 @@ class SecureUA:
         reference: bool = True,
         legacy_cbc: bool = False,
         encrypt_to_self: bool = False,
+        capabilities: CapabilityMemory | None = None,
         now: Callable[[], datetime] = _now,
     ) -> None:
         self.ua = ua
+        #: The configured choice; a callee's announcement may change it per message.
         self.algorithms = choose_algorithms(legacy=legacy_cbc)
+        self.legacy_cbc = legacy_cbc
+        self._capabilities = capabilities
         self.encrypt_to_self = encrypt_to_self
         self.client = client
         self.aor = ua.aor
@@ -343,10 +350,40 @@ class SecureUA:
         """The protected body for ``to`` (draft §4.4, §4.2), the fetch and our reference URL."""
         fetched = await self.recipients(to, use_cache=use_cache)
         url = await self.reference_url()
-        return self._seal(content, fetched.kept, url), fetched, url
+        return self._seal(content, fetched.kept, url, fetched.aor), fetched, url
+
+    @property
+    def capabilities(self) -> CapabilityMemory:
+        """What callees' devices announced (RFC 8551 §2.5.2), kept in the client's home."""
+        if self._capabilities is None:
+            self._capabilities = CapabilityMemory(self.client.home.capabilities_path)
+        return self._capabilities
+
+    def algorithms_for(self, to: AOR, recipients: Sequence[x509.Certificate]) -> EnvelopeAlgorithms:
+        """How to encrypt to these devices of ``to``: the configuration switch first, then
+        what each device announced (RFC 8551 §2.7.1), the S/MIME 4.0 defaults otherwise."""
+        if self.legacy_cbc:
+            return self.algorithms
+        announced = [self.capabilities.announced(to, sha256_fingerprint(c)) for c in recipients]
+        return choose_for_devices(announced)
+
+    def _remember(self, outcome: Outcome) -> None:
+        """Keep a confirmed signer's SMIMECapabilities for our next body to its AOR."""
+        if not outcome.verified or outcome.signer is None or not outcome.capabilities:
+            return
+        try:
+            self.capabilities.remember(
+                outcome.sender, sha256_fingerprint(outcome.signer), outcome.capabilities
+            )
+        except SipCertError as exc:  # a lost hint must not change the SIP answer
+            log.warning("cannot remember the capabilities of %s: %s", outcome.sender, exc)
 
     def _seal(
-        self, content: MimePart, recipients: Sequence[x509.Certificate], url: str | None
+        self,
+        content: MimePart,
+        recipients: Sequence[x509.Certificate],
+        url: str | None,
+        to: AOR,
     ) -> MimePart:
         """``content`` signed with our key and encrypted for ``recipients`` (draft §4.4)."""
         identity = self.identity
@@ -357,7 +394,7 @@ class SecureUA:
             recipients,
             certificate_url=url,
             domain=self.aor.host,
-            algorithms=self.algorithms,
+            algorithms=self.algorithms_for(to, recipients),
             also_to=(identity.certificate,) if self.encrypt_to_self else (),
             now=self._now(),
         )
@@ -436,7 +473,9 @@ class SecureUA:
         else:
             url = check.result.url if check.result is not None else sender.host
             detail = f"signer {check.sha256[:16]} is not among the certificates at {url}"
-        return outcome.after_store_check(check.in_store, detail), check
+        checked = outcome.after_store_check(check.in_store, detail)
+        self._remember(checked)
+        return checked, check
 
     async def _deliver(self, received: Received) -> None:
         self.received.put_nowait(received)
@@ -482,7 +521,7 @@ class SecureUA:
         )
         if not fetched.kept:
             raise NoCertificatesError(f"{caller} has no usable certificate at {fetched.url}")
-        return self._seal(self._answer(received), fetched.kept, await self.reference_url())
+        return self._seal(self._answer(received), fetched.kept, await self.reference_url(), caller)
 
 
 # -- start-up (draft §5, §5.1) ---------------------------------------------------------------

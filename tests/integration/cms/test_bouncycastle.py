@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from sipcert.errors import DecryptionError, SignatureError
 from sipcert.proto import cms, smime
 from sipcert.proto.mime import MimePart, parse_multipart
+from tests.cmslean import record
 from tests.factories import make_identity
 from tests.integration.cms.peers import CONTENT, INNER, device, flip, pems, run
 
@@ -130,6 +131,7 @@ def test_we_open_bouncycastle_envelopes_to_four_mixed_devices(
     part = MimePart(content_type, out.read_bytes())
     for _name, (key, cert, _, _) in everyone.items():
         assert smime.decrypt(part, key, cert) == INNER  # type: ignore[arg-type]
+        record(f"bc-env-{mode}-{rsa}", part.body, key=key, cert=cert)
     if mode == "gcm":
         # BouncyCastle writes BER (end-of-contents octets last): change the tag itself
         mac = bytes(asn1_cms.ContentInfo.load(part.body)["content"]["mac"].native)
@@ -198,6 +200,7 @@ def test_we_verify_bouncycastle_signatures(
     result = cms.verify_signed(der, None if attached else CONTENT)
     assert result.content == CONTENT
     assert [r.certificate for r in result.signers] == [cert]
+    record(f"bc-sig-{scheme}-{name}-{how}", der, content=None if attached else CONTENT)
     tampered = CONTENT.replace(b"carol", b"carla")
     if attached:
         assert not any(

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 
 from sipcert.errors import CMSError, SignatureError
 from sipcert.proto import cms, smime
+from tests.cmslean import record
 from tests.integration.cms.peers import CONTENT, INNER, device, flip, pems, run
 
 pytestmark = pytest.mark.peer("gpgsm", "gpgconf", "openssl")
@@ -82,6 +83,7 @@ def test_we_open_gpgsm_envelopes_to_two_rsa_devices(
     for name in ("rsa", "rsa-b"):
         key, cert = device(name)
         assert cms.decrypt_enveloped(envelope, key, cert) == CONTENT
+        record(f"gpgsm-env-{cipher}", envelope, key=key, cert=cert)
 
 
 def test_gpgsm_opens_our_cbc_fallback_beside_ec_recipients(gpgsm: Gpgsm, tmp_path: Path) -> None:
@@ -125,9 +127,11 @@ def test_signatures_both_ways_with_gpgsm(gpgsm: Gpgsm, tmp_path: Path) -> None:
     with pytest.raises(CMSError, match="neither in the SignedData nor given"):
         cms.verify_detached(sig.read_bytes(), CONTENT)
     assert cms.verify_detached(sig.read_bytes(), CONTENT, certificates=[signer]) == signer
+    record("gpgsm-sig-rsa", sig.read_bytes(), content=CONTENT, certificates=[signer])
     gpgsm("-u", gpgsm.fingerprints["rsa"], "--include-certs", "1", "--detach-sign",
           "-o", tmp_path / "sig1.der", content)  # fmt: skip
     assert cms.verify_detached((tmp_path / "sig1.der").read_bytes(), CONTENT) == signer
+    record("gpgsm-sig-rsa-include-certs", (tmp_path / "sig1.der").read_bytes(), content=CONTENT)
     with pytest.raises(SignatureError):
         cms.verify_detached(
             sig.read_bytes(), CONTENT.replace(b"carol", b"carla"), certificates=[signer]

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import BestAvailableEncryption
 from sipcert.errors import SignatureError
 from sipcert.proto import cms, smime
 from sipcert.proto.mime import parse_multipart
+from tests.cmslean import record
 from tests.factories import make_identity
 from tests.integration.cms.peers import CONTENT, INNER, flip, run
 
@@ -69,6 +70,8 @@ def test_we_open_nss_envelopes_to_two_rsa_devices(db: str, tmp_path: Path) -> No
     envelope = out.read_bytes()
     for name in ("carol", "frank"):
         assert cms.decrypt_enveloped(envelope, *ident(name)) == CONTENT
+        key, cert = ident(name)
+        record("nss-env", envelope, key=key, cert=cert)
     assert len(cms.recipient_identifiers(envelope)) == 2
 
 
@@ -123,6 +126,7 @@ def test_signatures_both_ways_with_nss(db: str, tmp_path: Path, name: str) -> No
     key, cert = ident(name)
     result = cms.verify_signed(sig.read_bytes(), CONTENT)
     assert [r.certificate for r in result.verified] == [cert]
+    record(f"nss-sig-{name}", sig.read_bytes(), content=CONTENT)
     assert result.signers[0].capabilities  # -P: NSS announced its SMIMECapabilities
     with pytest.raises(SignatureError):
         cms.verify_detached(sig.read_bytes(), CONTENT.replace(b"carol", b"carla"))

@@ -18,6 +18,7 @@ import pytest
 from sipcert.errors import DecryptionError, InputError, SignatureError
 from sipcert.proto import cms, smime
 from sipcert.proto.mime import MimePart, parse_mime_part
+from tests.cmslean import record
 from tests.factories import make_identity
 from tests.integration.cms.peers import CONTENT, INNER, device, devices, flip, pems, run
 
@@ -97,6 +98,12 @@ def test_we_open_every_openssl_envelope(
     for _, key, cert in devices(tuple(names)):
         assert cms.is_recipient(envelope, cert)
         assert smime.decrypt(part, key, cert) == INNER
+        record(
+            f"openssl-env{cipher}-{scenario}-{'ber' if stream else 'der'}",
+            envelope,
+            key=key,
+            cert=cert,
+        )
     if "keyid" not in scenario:
         assert len(cms.recipient_identifiers(envelope)) == len(names)
     # a device that is not among the recipients is told so, not "bad decryption"
@@ -235,6 +242,11 @@ def test_we_verify_openssl_attached_multi_signer_and_pss_sha1_mgf(
 ) -> None:
     der = _sign(tmp_path, signers, *extra)
     attached = "-nodetach" in extra
+    record(
+        f"openssl-sig-{'+'.join(signers)}-{'-'.join(extra)}",
+        der,
+        content=None if attached else CONTENT,
+    )
     result = cms.verify_signed(der, None if attached else CONTENT)
     assert result.content == CONTENT
     assert {r.certificate for r in result.verified} == {device(n)[1] for n in signers}

@@ -9,6 +9,7 @@ runs exactly as in the client. The SIP side is two real :class:`UserAgent` on 12
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,17 +17,18 @@ from typing import TypeVar
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from sipcert.client.cache import CertificateCache, SignaledCheck
 from sipcert.client.fetch import FetchResult
 from sipcert.client.home import Home
 from sipcert.client.locate import Location, Target
 from sipcert.errors import LocationError, TransportError
-from sipcert.proto import cms
+from sipcert.proto import cms, smime
 from sipcert.proto.aor import AOR, parse_aor
-from sipcert.proto.certs import Identity, generate_identity
+from sipcert.proto.certs import Identity, generate_identity, sha256_fingerprint
 from sipcert.proto.indirection import parse_external_body
-from sipcert.proto.mime import MimePart, parse_multipart
+from sipcert.proto.mime import MimePart, build_multipart, parse_multipart
 from sipcert.proto.sipsec import Reason
 from sipcert.sip.secure import NoCertificatesError, Received, SecureUA
 from sipcert.sip.transport import Hop, Transport
@@ -364,3 +366,139 @@ def test_identity_from_the_home_and_no_reference_when_unlocatable(
                 assert received.outcome.detail == "the Store check failed: no SRV and no A record"
 
     run(main())
+
+
+# --- what the callee announced chooses our next body (RFC 8551 §2.5.2, §2.7.1) -------------
+
+CAROL = parse_aor("carol@example.org")
+CBC_ONLY = ("aes256_cbc", "aes128_cbc")
+AUTH_ENVELOPED = bytes.fromhex("060b2a864886f70d0109100117")  # id-ct-authEnvelopedData
+ENVELOPED = bytes.fromhex("06092a864886f70d010703")  # id-envelopedData
+AES256_CBC = bytes.fromhex("060960864801650304012a")  # aes256-CBC
+
+
+def _signed_body(to: x509.Certificate, signed: MimePart) -> MimePart:
+    """Carol's body: ``signed``, encrypted for Bob's device (as an RFC 5751 agent would)."""
+    return smime.encrypt(signed, [to], algorithms=cms.LEGACY_ALGORITHMS)
+
+
+def _envelope_of(body: MimePart) -> bytes:
+    parts = parse_multipart(body.content_type, body.body).parts
+    return parts[0].body
+
+
+def _hear_from_carol(
+    stores: Stores, bob_id: Identity, body: MimePart, **options: object
+) -> SecureUA:
+    """Carol's plain UA sends ``body`` to Bob's SecureUA, which is returned (closed; its home,
+    and what it remembered there, kept) with what it received."""
+
+    async def main() -> tuple[SecureUA, Received]:
+        bob_ua = UserAgent(BOB, timers=TIMERS)
+        async with SecureUA(bob_ua, stores, identity=bob_id) as bob:
+            proxy = Hop(Transport.UDP, *bob_ua.local_address)
+            async with UserAgent(CAROL, proxy=proxy, timers=TIMERS) as carol_ua:
+                response = await carol_ua.send_message(str(BOB), body)
+                assert response.status == 200
+        return bob, bob.received.get_nowait()
+
+    return run(main())
+
+
+def _next_envelope(bob: SecureUA) -> bytes:
+    body, _, _ = run(bob.protect(CAROL, MimePart("text/plain", b"next one")))
+    return _envelope_of(body)
+
+
+@pytest.fixture
+def carol(stores: Stores) -> Identity:
+    identity = generate_identity(CAROL, now=NOW)
+    stores.enroll(identity, CAROL)
+    return identity
+
+
+def test_a_cbc_only_callee_gets_enveloped_data_next_time(
+    stores: Stores, bob_ids: tuple[Identity, Identity], carol: Identity
+) -> None:
+    inner = MimePart("text/plain", b"from an RFC 5751 phone")
+    signed = smime.sign(inner, carol.key, carol.certificate, capabilities=CBC_ONLY)
+    fresh = SecureUA(UserAgent(BOB, timers=TIMERS), stores, identity=bob_ids[0])
+    assert ENVELOPED not in _next_envelope(fresh)[:40]  # before: AES-GCM, the default
+    bob, last = _hear_from_carol(stores, bob_ids[0], _signed_body(bob_ids[0].certificate, signed))
+    assert last.verified
+    assert last.outcome.capabilities == CBC_ONLY
+    assert bob.algorithms_for(CAROL, [carol.certificate]) == cms.EnvelopeAlgorithms(
+        "aes256-cbc", "rsa-pkcs1v15"
+    )
+    envelope = _next_envelope(bob)
+    assert envelope[4 : 4 + len(ENVELOPED)] == ENVELOPED and AES256_CBC in envelope
+    assert cms.decrypt_enveloped(envelope, carol.key, carol.certificate)  # Carol opens it
+    # the home keeps it: the next process of the same device still sends CBC to Carol
+    later = SecureUA(UserAgent(BOB, timers=TIMERS), stores, identity=bob_ids[0])
+    assert _next_envelope(later)[4 : 4 + len(ENVELOPED)] == ENVELOPED
+    assert stores.home.capabilities_path.exists()
+
+
+def test_a_gcm_callee_stays_gcm_and_the_switch_overrides(
+    stores: Stores, bob_ids: tuple[Identity, Identity], carol: Identity
+) -> None:
+    signed = smime.sign(MimePart("text/plain", b"S/MIME 4.0"), carol.key, carol.certificate)
+    bob, last = _hear_from_carol(stores, bob_ids[0], _signed_body(bob_ids[0].certificate, signed))
+    assert "aes128_gcm" in last.outcome.capabilities
+    assert bob.algorithms_for(CAROL, [carol.certificate]) == cms.DEFAULT_ALGORITHMS
+    assert _next_envelope(bob)[4 : 4 + len(AUTH_ENVELOPED)] == AUTH_ENVELOPED
+    legacy = SecureUA(UserAgent(BOB, timers=TIMERS), stores, identity=bob_ids[0], legacy_cbc=True)
+    assert legacy.algorithms_for(CAROL, [carol.certificate]) == cms.LEGACY_ALGORITHMS
+    assert _next_envelope(legacy)[4 : 4 + len(ENVELOPED)] == ENVELOPED
+
+
+def test_an_unconfirmed_signer_cannot_downgrade_what_we_send(
+    stores: Stores, bob_ids: tuple[Identity, Identity], carol: Identity
+) -> None:
+    rogue = generate_identity(CAROL, now=NOW)  # never enrolled at Carol's Store
+    signed = smime.sign(MimePart("text/plain", b"send me CBC"), rogue.key, rogue.certificate,
+                        capabilities=CBC_ONLY)  # fmt: skip
+    bob, last = _hear_from_carol(stores, bob_ids[0], _signed_body(bob_ids[0].certificate, signed))
+    assert last.outcome.reason is Reason.SIGNER_NOT_ENROLLED
+    assert bob.capabilities.announced(CAROL, sha256_fingerprint(rogue.certificate)) is None
+    assert bob.algorithms_for(CAROL, [carol.certificate, rogue.certificate]) == (
+        cms.DEFAULT_ALGORITHMS
+    )
+
+
+@pytest.mark.peer("openssl")
+def test_openssls_default_announcement_makes_our_next_body_cbc_and_openssl_opens_it(
+    stores: Stores, bob_ids: tuple[Identity, Identity], carol: Identity, tmp_path: Path
+) -> None:
+    """openssl cms -sign announces AES-256/192/128-CBC, 3DES, RC2, DES: no GCM (checked)."""
+    key_pem, cert_pem = tmp_path / "carol.key", tmp_path / "carol.pem"
+    key_pem.write_bytes(carol.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    cert_pem.write_bytes(carol.certificate.public_bytes(Encoding.PEM))
+    inner = MimePart("text/plain", b"signed by openssl")
+    (tmp_path / "inner").write_bytes(inner.to_bytes())
+    subprocess.run(
+        ["openssl", "cms", "-sign", "-binary", "-in", tmp_path / "inner", "-signer", cert_pem,
+         "-inkey", key_pem, "-outform", "DER", "-out", tmp_path / "sig.der"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    signature = MimePart(
+        "application/pkcs7-signature; name=smime.p7s",
+        (tmp_path / "sig.der").read_bytes(),
+        headers=(("Content-Transfer-Encoding", "binary"),),
+    )
+    signed = build_multipart(
+        "signed", [inner, signature],
+        params={"protocol": "application/pkcs7-signature", "micalg": "sha-256"},
+    )  # fmt: skip
+    bob, last = _hear_from_carol(stores, bob_ids[0], _signed_body(bob_ids[0].certificate, signed))
+    assert last.verified, last.outcome
+    assert last.outcome.capabilities[:3] == ("aes256_cbc", "aes192_cbc", "aes128_cbc")
+    envelope = _next_envelope(bob)
+    assert envelope[4 : 4 + len(ENVELOPED)] == ENVELOPED and AES256_CBC in envelope
+    (tmp_path / "env.der").write_bytes(envelope)
+    opened = subprocess.run(
+        ["openssl", "cms", "-decrypt", "-binary", "-inform", "DER", "-in", tmp_path / "env.der",
+         "-recip", cert_pem, "-inkey", key_pem],
+        check=True, capture_output=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert b"next one" in opened

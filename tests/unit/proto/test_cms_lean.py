@@ -1,0 +1,248 @@
+"""The lean DER reader of proto.cms answers exactly as the asn1crypto path, or defers to it.
+
+The corpus (tests/unit/proto/vectors/cms, README there) is every envelope and signature the
+four peers (openssl, gpgsm, NSS cmsutil, BouncyCastle) made in tests/integration/cms; our own
+output is made here. On every input, and on Hypothesis mutations of them (truncation, bit
+flips, changed octets, inserted and removed octets -- lengths included), the lean reader's
+answer is the asn1crypto path's success or "defer"; it never accepts what that path refuses,
+and the public functions keep that path's precise errors (tests/cmslean.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sipcert.errors import NotRecipientError
+from sipcert.proto import cms, der, smime
+from sipcert.proto.mime import MimePart, parse_multipart
+from tests.cmslean import DEFER, Vector, check_envelope, check_signed, lean_decrypt, load_corpus
+from tests.factories import KeyKind, make_identity
+
+CORPUS = load_corpus(Path(__file__).parent / "vectors" / "cms")
+ENVELOPES = [v for v in CORPUS if v.kind == "envelope"]
+SIGNED = [v for v in CORPUS if v.kind == "signed"]
+INNER = MimePart("text/plain; charset=utf-8", b"lean and general agree\r\n")
+
+
+def _is_ber(data: bytes) -> bool:
+    return data[1] == 0x80
+
+
+def test_the_corpus_holds_every_peer() -> None:
+    for peer in ("openssl", "gpgsm", "nss", "bc"):
+        assert any(v.name.startswith(f"{peer}-env") for v in ENVELOPES), peer
+        assert any(v.name.startswith(f"{peer}-sig") for v in SIGNED), peer
+    assert len(ENVELOPES) > 150
+
+
+@pytest.mark.parametrize("vector", ENVELOPES, ids=lambda v: v.name)
+def test_peer_envelopes_agree_and_der_ones_are_read_lean(vector: Vector) -> None:
+    assert vector.cert is not None
+    lean = check_envelope(vector.der, vector.key, vector.cert)
+    if _is_ber(vector.der):
+        assert lean == DEFER  # BER (streamed) is the asn1crypto path's
+    else:
+        assert lean != DEFER, "a DER envelope of a peer was not read by the lean reader"
+
+
+@pytest.mark.parametrize("vector", SIGNED, ids=lambda v: v.name)
+def test_peer_signatures_agree_and_der_ones_are_read_lean(vector: Vector) -> None:
+    lean = check_signed(vector.der, vector.content, vector.certificates)
+    if _is_ber(vector.der):
+        assert lean == DEFER
+    else:
+        assert lean != DEFER, "a DER SignedData of a peer was not read by the lean reader"
+
+
+def _ours(kind: KeyKind, algorithms: cms.EnvelopeAlgorithms) -> tuple[MimePart, list]:  # type: ignore[type-arg]
+    key, cert = make_identity("alice@example.com", kind)
+    devices = [make_identity("carol@example.com", k, 3) for k in ("rsa2048", "ec-p256", "ec-p384")]
+    body = smime.sign_and_encrypt(
+        INNER,
+        key,
+        cert,
+        [c for _, c in devices],
+        algorithms=algorithms,  # type: ignore[arg-type]
+    )
+    return body, devices
+
+
+@pytest.mark.parametrize("kind", ["rsa2048", "ec-p256"])
+@pytest.mark.parametrize(
+    "algorithms",
+    [cms.DEFAULT_ALGORITHMS, cms.LEGACY_ALGORITHMS, cms.EnvelopeAlgorithms("aes256-gcm")],
+    ids=["gcm-oaep", "cbc-pkcs1v15", "aes256-gcm"],
+)
+def test_our_own_bodies_are_read_lean(kind: KeyKind, algorithms: cms.EnvelopeAlgorithms) -> None:
+    body, devices = _ours(kind, algorithms)
+    for key, cert in devices:
+        inner = check_envelope(body.body, key, cert)
+        assert inner != DEFER
+        inner_part = smime.decrypt(body, key, cert)
+        signed = parse_multipart(inner_part.content_type, inner_part.body)
+        assert check_signed(signed.parts[1].body, signed.raw_parts[0]) != DEFER
+
+
+def test_not_a_recipient_is_the_general_paths_precise_error() -> None:
+    vector = next(v for v in ENVELOPES if not _is_ber(v.der))
+    key, cert = make_identity("eve@example.com", "ec-p256")
+    assert lean_decrypt(vector.der, key, cert) == DEFER
+    with pytest.raises(NotRecipientError, match="not a recipient"):
+        cms.decrypt_enveloped(vector.der, key, cert)
+
+
+def test_an_entry_after_ours_of_no_recipient_kind_defers() -> None:
+    """asn1crypto resolves the kind of every RecipientInfo: so must the lean reader."""
+    vector = OUR_ENVELOPES[0]
+    data = bytearray(vector.der)
+    body = der.one(vector.der, der.children(vector.der, der.read_tlv(data, 0, len(data)))[1], 0x30)
+    infos = der.children(vector.der, body)[1]
+    last = der.children(vector.der, infos)[-1]
+    data[last.start] = 0x18  # GeneralizedTime: no RecipientInfo alternative
+    assert vector.cert is not None
+    assert check_envelope(vector.der, vector.key, vector.cert) != DEFER
+    assert check_envelope(bytes(data), vector.key, vector.cert) == DEFER
+
+
+# --- the DER reader itself -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        b"\x30\x80\x00\x00",  # indefinite length (BER)
+        b"\x04\x81\x05abcde",  # long form for a short length
+        b"\x04\x82\x00\x85" + b"a" * 0x85,  # a leading zero length octet
+        b"\x1f\x22\x01\x00",  # high tag number form
+        b"\x04\x05abc",  # runs past the end
+        b"\x04",  # no length
+        b"\x04\x85\x01\x00\x00\x00\x00",  # a length field longer than 4 octets
+    ],
+)
+def test_the_der_reader_defers_on_anything_but_der(encoding: bytes) -> None:
+    with pytest.raises(der.NotLean):
+        der.read_tlv(encoding, 0, len(encoding))
+
+
+def test_the_der_reader_reads_lengths_and_children() -> None:
+    long = b"\x04\x81\x80" + b"x" * 0x80
+    assert der.read_tlv(long, 0, len(long)) == der.TLV(0x04, 0, 3, 0x83)
+    seq = b"\x30\x06\x02\x01\x05\x04\x01\xff"
+    kids = der.children(seq, der.read_tlv(seq, 0, len(seq)))
+    assert [k.tag for k in kids] == [0x02, 0x04]
+    assert der.integer(seq, kids[0]) == 5
+    with pytest.raises(der.NotLean):
+        der.children(seq, kids[1])  # primitive
+
+
+@pytest.mark.parametrize(
+    ("content", "value"), [(b"\x00\x80", 128), (b"\xff\x7f", -129), (b"\x7f", 127), (b"\x80", -128)]
+)
+def test_der_integers(content: bytes, value: int) -> None:
+    encoding = bytes([0x02, len(content)]) + content
+    assert der.integer(encoding, der.read_tlv(encoding, 0, len(encoding))) == value
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01", b"\xff\x80"])
+def test_der_integers_not_minimal_defer(content: bytes) -> None:
+    encoding = bytes([0x02, len(content)]) + content
+    with pytest.raises(der.NotLean):
+        der.integer(encoding, der.read_tlv(encoding, 0, len(encoding)))
+
+
+# --- mutations -----------------------------------------------------------------------------
+
+
+def _headers(data: bytes) -> list[int]:
+    """Offsets of every TLV header of a DER structure (tag octet), depth first."""
+    found: list[int] = []
+
+    def walk(item: der.TLV) -> None:
+        found.append(item.start)
+        if item.tag & 0x20:
+            for child in der.children(data, item):
+                walk(child)
+
+    walk(der.read_tlv(data, 0, len(data)))
+    return found
+
+
+#: Tags of the CMS structures read (universal and context-specific, both forms).
+_TAGS = [0x02, 0x03, 0x04, 0x05, 0x06, 0x17, 0x18, 0x30, 0x31, 0x80, 0x81, 0xA0, 0xA1, 0xA2,
+         0xA3, 0xA4, 0xA5]  # fmt: skip
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, vectors: list[Vector]) -> tuple[Vector, bytes]:
+    vector = draw(st.sampled_from(vectors))
+    data = bytearray(vector.der)
+    how = draw(st.sampled_from(["truncate", "flip", "set", "insert", "delete", "tag", "length"]))
+    if how == "tag":
+        # the structure, not the ciphertext: another tag, mostly one that CMS uses somewhere
+        at = draw(st.sampled_from(_headers(vector.der)))
+        data[at] = draw(st.sampled_from(_TAGS) | st.integers(0, 255))
+        return vector, bytes(data)
+    if how == "length":
+        at = draw(st.sampled_from(_headers(vector.der))) + 1
+        how = "set"
+    else:
+        at = draw(st.integers(0, len(data) - 1))
+    if how == "truncate":
+        del data[at:]
+    elif how == "flip":
+        data[at] ^= 1 << draw(st.integers(0, 7))
+    elif how == "set":
+        data[at] = draw(st.integers(0, 255))
+    elif how == "insert":
+        data.insert(at, draw(st.integers(0, 255)))
+    else:
+        del data[at]
+    return vector, bytes(data)
+
+
+def _our_vectors() -> tuple[list[Vector], list[Vector]]:
+    """Envelopes and SignedData we make (RSA and EC, GCM and CBC, PSS), as vectors."""
+    envelopes, signed = [], []
+    for kind in ("rsa2048", "ec-p256"):
+        for algorithms in (cms.DEFAULT_ALGORITHMS, cms.LEGACY_ALGORITHMS):
+            body, devices = _ours(kind, algorithms)  # type: ignore[arg-type]
+            for key, cert in devices:
+                envelopes.append(Vector(f"ours-{kind}", "envelope", body.body, key=key, cert=cert))
+        key, cert = make_identity("alice@example.com", kind)  # type: ignore[arg-type]
+        for pss in (False, True) if kind == "rsa2048" else (False,):
+            part = smime.sign(INNER, key, cert, rsa_pss=pss)  # type: ignore[arg-type]
+            split = parse_multipart(part.content_type, part.body)
+            signed.append(
+                Vector(f"ours-{kind}", "signed", split.parts[1].body, content=split.raw_parts[0])
+            )
+    return envelopes, signed
+
+
+OUR_ENVELOPES, OUR_SIGNED = _our_vectors()
+
+_MUTATION_SETTINGS = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+@_MUTATION_SETTINGS
+@given(_mutated([v for v in ENVELOPES if not _is_ber(v.der)] + OUR_ENVELOPES))
+def test_mutated_envelopes_are_never_accepted_by_the_lean_reader_alone(
+    case: tuple[Vector, bytes],
+) -> None:
+    vector, data = case
+    assert vector.cert is not None
+    check_envelope(data, vector.key, vector.cert)
+
+
+@_MUTATION_SETTINGS
+@given(_mutated([v for v in SIGNED if not _is_ber(v.der)] + OUR_SIGNED))
+def test_mutated_signatures_are_never_accepted_by_the_lean_reader_alone(
+    case: tuple[Vector, bytes],
+) -> None:
+    vector, data = case
+    check_signed(data, vector.content, vector.certificates)
