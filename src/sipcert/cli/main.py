@@ -132,7 +132,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
-    from sipcert.cli import db, demo, monitor, selftest, serve, sipua, user
+    from sipcert.cli import db, demo, edge, monitor, selftest, serve, sipua, user
     from sipcert.cli import ua as ua_commands
 
     parser = Parser(
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.register(commands)
     sipua.register(commands)
     serve.register(commands)
+    edge.register(commands)
     user.register(commands)
     db.register(commands)
     return parser
