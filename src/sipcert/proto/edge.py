@@ -4,8 +4,10 @@ The publisher renders each AOR's answer with the Store's own function
 (:func:`~sipcert.proto.store.certificates_response`) and keeps it as an *object*: a
 directory whose path spells the headers nginx cannot read from a file, holding the body::
 
-    <domain>/o/<etag>/<kind>/<disposition>/<description>/body
-    <domain>/a/<user>  ->  ../o/<etag>/<kind>/<disposition>/<description>   (a symlink)
+    <domain>/o/<etag>-<kind>|<disposition>|<description>/body
+    <domain>/a/<user>  ->  ../o/<etag>-<kind>|<disposition>|<description>   (a symlink)
+
+One path component for the whole object: nginx's ``realpath()`` reads every component.
 
 nginx resolves the AOR's symlink once (``$realpath_root``), takes ETag, Content-Type,
 Content-Disposition and Content-Description from that path with ``map`` regexes
@@ -101,8 +103,11 @@ class EdgeObject:
 
     @property
     def path(self) -> str:
-        """The object's path relative to ``o/``."""
-        return "/".join(self.parts)
+        """The object's directory name in ``o/`` (one component)."""
+        if len(self.parts) != 4:
+            return self.parts[0]
+        etag, kind, disposition, description = self.parts
+        return f"{etag}-{kind}|{disposition}|{description}"
 
     def headers(self, max_age: int) -> tuple[tuple[str, str], ...]:
         """The headers nginx derives from :attr:`parts` (none for the two markers)."""
@@ -158,14 +163,11 @@ def edge_object(answer: Response) -> EdgeObject:
         return proxy
     parts = [etag, kind]
     for value, prefix in ((disposition, ""), (description, _LABEL_MARK)):
-        if value is None:
-            parts.append(_ABSENT)
-            continue
-        component = _component(prefix + value)
-        if component is None:
-            return proxy
-        parts.append(component)
-    return EdgeObject(tuple(parts), answer.body)
+        parts.append(_ABSENT if value is None else prefix + value)
+    if "|" in parts[2]:  # the separator may appear in the description only (it is last)
+        return proxy
+    obj = EdgeObject(tuple(parts), answer.body)
+    return obj if _component(obj.path) is not None else proxy
 
 
 @dataclass
