@@ -28,7 +28,7 @@ from sipcert.proto.store import format_description
 from sipcert.storage import cert_hash_of
 from tests.factories import make_cert, make_key
 from tests.integration.edge.conftest import EdgeSetup, Endpoint, wait_for
-from tests.integration.store.conftest import USERS
+from tests.integration.store.conftest import USERS, StoreProcess
 
 pytestmark = pytest.mark.peer("nginx")
 
@@ -350,3 +350,24 @@ def test_an_expired_certificate_is_never_served(edge: EdgeSetup) -> None:
     wait_for(lambda: time.time() > not_after + 0.01, "the notAfter", timeout=SHORT_LIFE + 15)
     same(edge, "example.com", "GET", target)
     same(edge, "example.com", "HEAD", target)
+
+
+def test_serve_publishes_itself_with_an_edge_table(edge: EdgeSetup) -> None:
+    """``[edge] publish_dir``: one worker of ``sipcert serve`` keeps the folder current."""
+    folder = edge.scratch / "served-edge"
+    config = edge.scratch / "edge.toml"
+    config.write_text(f'[edge]\npublish_dir = "{folder}"\n')
+    store = StoreProcess(
+        edge.files,
+        extra=["--config", str(config), "--workers", "2"],
+        data_dir=edge.scratch / "served-data",
+    )
+    store.start()
+    try:
+        aor = "alice@example.com"
+        expected = ask(edge.python, "example.com", "GET", canonical(aor))[1]
+        link = folder / "example.com" / "a" / "alice" / "body"
+        wait_for(lambda: link.exists() and link.read_bytes() == expected, "the served edge")
+        assert (folder / ".lock").exists()
+    finally:
+        store.stop()
