@@ -65,5 +65,5 @@ def test_config_reads_the_unix_socket_and_the_edge_table() -> None:
     config = StoreConfig.from_document(doc)
     assert config.unix_socket == Path("/run/sipcert/store.sock")
     assert config.edge_publish_dir == Path("/srv/edge")
-    with pytest.raises(ConfigError, match="edge.unknown setting 'dir'"):
+    with pytest.raises(ConfigError, match=r"edge\.unknown setting 'dir'"):
         StoreConfig.from_document({**doc, "edge": {"dir": "/x"}})
