@@ -371,3 +371,28 @@ def test_serve_publishes_itself_with_an_edge_table(edge: EdgeSetup) -> None:
         assert (folder / ".lock").exists()
     finally:
         store.stop()
+
+
+def raw(where: Endpoint, sni: str, request: bytes) -> tuple[bytes, bytes]:
+    """One request as bytes over TLS with ``sni``: the status line and the body."""
+    context = ssl.create_default_context(cafile=where.files.ca_file)
+    with (
+        socket.create_connection(("127.0.0.1", where.port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname=sni) as tls,
+    ):
+        tls.sendall(request)
+        chunks = []
+        while chunk := tls.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0], body
+
+
+@pytest.mark.parametrize("host", ["other.example", "example.net", "127.0.0.1"])
+@pytest.mark.parametrize("aor", ["alice@example.com", "nobody@example.com", "bob+x@example.com"])
+def test_the_handshake_not_host_names_the_domain(edge: EdgeSetup, host: str, aor: str) -> None:
+    """Draft §4.3: Host may name anything; both answer for the TLS server name only."""
+    request = (
+        f"GET {canonical(aor)} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert raw(edge.edge, "example.com", request) == raw(edge.python, "example.com", request)
