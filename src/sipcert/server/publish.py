@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from sipcert.proto.edge import (
     file_user,
 )
 from sipcert.server.app import answer_for
-from sipcert.storage import CertificateStore
+from sipcert.storage import CertificateStore, StoredCertificate
 from sipcert.storage.feed import ChangeFeed
 
 __all__ = ["EXPIRY_LEAD", "GRACE", "Publisher", "feed_of"]
@@ -103,6 +103,7 @@ class Publisher:
         self._durable = durable
         self._expiry_lead = expiry_lead
         self._expiries: list[tuple[float, str]] = []  # (publish again at, aor), a heap
+        self._next: dict[str, float] = {}  # the live entry of each AOR in the heap
         self._doomed: list[tuple[float, Path, Path]] = []  # (remove at, object, link)
         self.published = 0
         for domain in sorted(self.domains):
@@ -128,12 +129,24 @@ class Publisher:
         when = now or self._now()
         certs = await self.storage.get_by_aor(str(aor), when)
         obj = edge_object(answer_for(certs, max_age=self.max_age))
-        if certs:
-            first = min(c.not_after for c in certs).timestamp() - self._expiry_lead
-            heapq.heappush(self._expiries, (first, str(aor)))
+        self._schedule(str(aor), certs)
         await asyncio.to_thread(self._write, aor, user, obj)
         self.published += 1
         return True
+
+    def _schedule(self, aor: str, certs: Sequence[StoredCertificate]) -> None:
+        """Remember when ``aor`` must be published again (its earliest notAfter, early).
+
+        One live entry per AOR: the heap may hold stale ones, skipped when popped, so it
+        stays as large as the number of AORs however often they change.
+        """
+        if not certs:
+            self._next.pop(aor, None)
+            return
+        at = min(c.not_after for c in certs).timestamp() - self._expiry_lead
+        if self._next.get(aor) != at:
+            self._next[aor] = at
+            heapq.heappush(self._expiries, (at, aor))
 
     def _write(self, aor: AOR, user: str, obj: EdgeObject) -> None:
         base = self.root / aor.host
@@ -197,6 +210,7 @@ class Publisher:
         now = self._now()
         aors = [a for a in await self.feed.aors(now) if a.rpartition("@")[2] in self.domains]
         self._expiries.clear()
+        self._next.clear()
         count = 0
         live: dict[str, set[str]] = {d: set() for d in self.domains}
         for aor in aors:
@@ -292,7 +306,10 @@ class Publisher:
         """Publish again each AOR whose earliest notAfter is (nearly) here."""
         due: list[tuple[float, str]] = []
         while self._expiries and self._expiries[0][0] <= self._clock():
-            due.append(heapq.heappop(self._expiries))
+            at, aor = heapq.heappop(self._expiries)
+            if self._next.get(aor) == at:  # else superseded by a later publication
+                del self._next[aor]
+                due.append((at, aor))
         for at, aor in due:
             # As of just after the notAfter: the certificate is dropped, even if this clock
             # is a little behind the Store's.

@@ -392,7 +392,5 @@ def raw(where: Endpoint, sni: str, request: bytes) -> tuple[bytes, bytes]:
 @pytest.mark.parametrize("aor", ["alice@example.com", "nobody@example.com", "bob+x@example.com"])
 def test_the_handshake_not_host_names_the_domain(edge: EdgeSetup, host: str, aor: str) -> None:
     """Draft §4.3: Host may name anything; both answer for the TLS server name only."""
-    request = (
-        f"GET {canonical(aor)} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-    )
+    request = f"GET {canonical(aor)} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     assert raw(edge.edge, "example.com", request) == raw(edge.python, "example.com", request)

@@ -141,3 +141,22 @@ def test_follow_publishes_changes_and_expiries(tmp_path: Path) -> None:
         await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
+
+
+def test_the_expiry_schedule_stays_one_entry_per_aor(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        await store.add(cert("alice@example.com", 0), max_per_aor=5, now=NOW)
+        publisher = Publisher(
+            tmp_path, store, domains=["example.com"], max_age=60, clock=Clock(), durable=False
+        )
+        for _ in range(100):  # a busy AOR: published again and again
+            await publisher.publish_aor("alice@example.com")
+        assert len(publisher._expiries) == 1
+        await store.add(cert("alice@example.com", 1, days=2), max_per_aor=5, now=NOW)
+        await publisher.publish_aor("alice@example.com")  # an earlier notAfter now
+        assert publisher._next == {
+            "alice@example.com": (NOW + timedelta(days=2)).timestamp() - EXPIRY_LEAD
+        }
+
+    asyncio.run(scenario())
