@@ -56,6 +56,7 @@ EXPIRY_LEAD = 1.0
 POLL_INTERVAL = 0.05
 _NOTIFIED_INTERVAL = 1.0
 _BATCH = 1000
+_REREAD = 1000
 
 
 def feed_of(storage: CertificateStore) -> ChangeFeed:
@@ -106,11 +107,14 @@ class Publisher:
         self._next: dict[str, float] = {}  # the live entry of each AOR in the heap
         self._doomed: list[tuple[float, Path, Path]] = []  # (remove at, object, link)
         self.published = 0
-        for domain in sorted(self.domains):
-            for sub in ("a", "o"):
-                (root / domain / sub).mkdir(parents=True, exist_ok=True)
-            for marker in (NONE_OBJECT, PROXY_OBJECT):
-                (root / domain / "o" / marker).mkdir(exist_ok=True)
+        try:
+            for domain in sorted(self.domains):
+                for sub in ("a", "o"):
+                    (root / domain / sub).mkdir(parents=True, exist_ok=True)
+                for marker in (NONE_OBJECT, PROXY_OBJECT):
+                    (root / domain / "o" / marker).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise _unwritable(root, exc) from exc
 
     # -- one AOR ---------------------------------------------------------------------------
 
@@ -130,7 +134,10 @@ class Publisher:
         certs = await self.storage.get_by_aor(str(aor), when)
         obj = edge_object(answer_for(certs, max_age=self.max_age))
         self._schedule(str(aor), certs)
-        await asyncio.to_thread(self._write, aor, user, obj)
+        try:
+            await asyncio.to_thread(self._write, aor, user, obj)
+        except OSError as exc:
+            raise _unwritable(self.root, exc) from exc
         self.published += 1
         return True
 
@@ -218,7 +225,10 @@ class Publisher:
                 count += 1
                 live[aor.rpartition("@")[2]].add(aor.rpartition("@")[0])
         for domain, users in live.items():
-            await asyncio.to_thread(self._forget_others, domain, users)
+            try:
+                await asyncio.to_thread(self._forget_others, domain, users)
+            except OSError as exc:
+                raise _unwritable(self.root, exc) from exc
         return count
 
     def _forget_others(self, domain: str, users: set[str]) -> None:
@@ -257,8 +267,10 @@ class Publisher:
             await anext(wake_ups)  # listening before the position is read: nothing is missed
             listener = asyncio.create_task(_relay(wake_ups, wake))
         try:
-            _low, high = await self.feed.feed_bounds()
-            cursor = FeedCursor(low=high)
+            low, high = await self.feed.feed_bounds()
+            # A little before the newest row: a transaction that took a smaller number but
+            # had not committed yet is then still seen (handling a row twice is harmless).
+            cursor = FeedCursor(low=max(low - 1, high - _REREAD, 0))
             count = await self.publish_all()
             log.info(
                 "published %d AOR(s) to %s; following changes after %d", count, self.root, high
@@ -318,6 +330,12 @@ class Publisher:
                 await self.publish_aor(aor, max(when, self._now()))
             except (SipCertError, OSError) as exc:
                 log.error("publishing %s at expiry failed: %s", aor, exc)
+
+
+def _unwritable(root: Path, exc: OSError) -> ConfigError:
+    """The one-line error for a publish folder that cannot be written (no traceback)."""
+    where = exc.filename if isinstance(exc.filename, str) else root
+    return ConfigError(f"edge folder {root}: cannot write {where}: {exc.strerror or exc}")
 
 
 def _remove_object(obj: Path) -> int:

@@ -11,6 +11,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from sipcert.proto.edge import BODY_NAME, NONE_OBJECT
 from sipcert.server.app import answer_for
 from sipcert.server.publish import EXPIRY_LEAD, GRACE, Publisher
@@ -160,3 +162,12 @@ def test_the_expiry_schedule_stays_one_entry_per_aor(tmp_path: Path) -> None:
         }
 
     asyncio.run(scenario())
+
+
+def test_an_unwritable_folder_is_one_configuration_error(tmp_path: Path) -> None:
+    from sipcert.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot write"):
+        Publisher(blocker / "edge", MemoryStore(), domains=["example.com"], max_age=60)
