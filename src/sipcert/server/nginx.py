@@ -44,6 +44,12 @@ __all__ = ["CLIENT_HEADER", "DOMAIN_HEADER", "EdgeDomain", "render"]
 
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
 _NOT_FOUND = certificates_response([], [], max_age=0)
+#: An object's resolved path: the ETag's hex, the kind (1: one certificate, m[N]: several,
+#: N the boundary's salt), Content-Disposition and ``=``Content-Description (``_``: none).
+_OBJECT = (
+    r'"/o/(?<sipcert_t>[0-9a-f]{32})-(?<sipcert_k>1|m[0-9]*)'
+    r'\|(?<sipcert_d>[^/|]+)\|(?<sipcert_l>[^/]+)$"'
+)
 #: ``"<etag>|<If-None-Match>"`` when the list names the ETag (weak comparison, RFC 9110
 #: §13.1.2), as :func:`sipcert.proto.store.certificates_response` decides.
 _INM_MATCH = r'"^(\"[0-9a-f]{32}\")\|(?:.*,)?\s*(?:W/)?\1\s*(?:,.*)?$"'
@@ -114,8 +120,6 @@ def render(
         f"        proxy_set_header {CLIENT_HEADER} $remote_addr;",
         "        location = /search-cgi {",
         f"            default_type {_quoted(not_found_type)};",
-        "            add_header ETag $sipcert_etag;",
-        "            add_header Cache-Control $sipcert_cache;",
         '            if ($sipcert_key = "") { rewrite ^ /_sipcert_store last; }',
         "            if ($sipcert_inm_plain = 0) { rewrite ^ /_sipcert_store last; }",
         f"            root {root}/$sipcert_key;",
@@ -123,7 +127,8 @@ def render(
         "            set $sipcert_obj $sipcert_real;",
         f"            if ($sipcert_obj ~ /o/{PROXY_OBJECT}$) {{ {to_store} }}",
         f"            if ($sipcert_obj ~ /o/{NONE_OBJECT}$) {{ return 404 {not_found}; }}",
-        '            if ($sipcert_etag = "") { rewrite ^ /_sipcert_store last; }',
+        f"            if ($sipcert_obj !~ {_OBJECT}) {{ {to_store} }}",
+        "            set $sipcert_etag $sipcert_e;",
         '            set $sipcert_inm "$sipcert_etag|$http_if_none_match";',
         f"            if ($sipcert_inm ~ {_INM_MATCH}) {{ rewrite ^ /_sipcert_304 last; }}",
         '            if ($http_if_none_match ~ "^\\s*\\*\\s*$") {',
@@ -142,14 +147,14 @@ def render(
         "            add_header Content-Description $sipcert_description;",
         "            add_header Content-Disposition $sipcert_disposition;",
         "            add_header ETag $sipcert_etag;",
-        "            add_header Cache-Control $sipcert_cache;",
+        f'            add_header Cache-Control "max-age={max_age}";',
         '            add_header Last-Modified "";',
         "        }",
         "        location = /_sipcert_304 {",
         "            internal;",
         '            default_type "";',
         "            add_header ETag $sipcert_etag;",
-        "            add_header Cache-Control $sipcert_cache;",
+        f'            add_header Cache-Control "max-age={max_age}";',
         "            return 304;",
         "        }",
         "        location = /_sipcert_store {",
@@ -224,30 +229,24 @@ def render(
         '        default "";',
         "    }",
         "    # The headers of an object, read from its resolved path (proto.edge).",
-        "    map $sipcert_obj $sipcert_etag {",
-        '        "~/o/(?<sipcert_t>[0-9a-f]{32})-[^/|]+\\|[^/|]+\\|[^/]+$" "\\"$sipcert_t\\"";',
+        "    map $sipcert_k $sipcert_type {",
+        '        "1" "application/pkix-cert";',
+        '        "m" "multipart/mixed; boundary=\\"sipcert-$sipcert_t\\"";',
+        '        "~^m(?<sipcert_s>[0-9]+)$" '
+        '"multipart/mixed; boundary=\\"sipcert-$sipcert_t-$sipcert_s\\"";',
         '        default "";',
         "    }",
-        "    map $sipcert_obj $sipcert_type {",
-        '        "~/o/[0-9a-f]{32}-1\\|[^/|]+\\|[^/]+$" "application/pkix-cert";',
-        '        "~/o/(?<sipcert_b>[0-9a-f]{32})-m\\|[^/|]+\\|[^/]+$" '
-        '"multipart/mixed; boundary=\\"sipcert-$sipcert_b\\"";',
-        '        "~/o/(?<sipcert_c>[0-9a-f]{32})-m(?<sipcert_s>[0-9]+)\\|[^/|]+\\|[^/]+$" '
-        '"multipart/mixed; boundary=\\"sipcert-$sipcert_c-$sipcert_s\\"";',
-        '        default "";',
-        "    }",
-        "    map $sipcert_obj $sipcert_disposition {",
-        '        "~/o/[0-9a-f]{32}-[^/|]+\\|_\\|[^/]+$" "";',
-        '        "~/o/[0-9a-f]{32}-[^/|]+\\|(?<sipcert_d>[^/|]+)\\|[^/]+$" "$sipcert_d";',
-        '        default "";',
-        "    }",
-        "    map $sipcert_obj $sipcert_description {",
-        '        "~/o/[0-9a-f]{32}-[^/|]+\\|[^/|]+\\|=(?<sipcert_l>[^/]+)$" "$sipcert_l";',
-        '        default "";',
-        "    }",
-        "    map $sipcert_etag $sipcert_cache {",
+        "    map $sipcert_t $sipcert_e {",
         '        "" "";',
-        f'        default "max-age={max_age}";',
+        '        default "\\"$sipcert_t\\"";',
+        "    }",
+        "    map $sipcert_d $sipcert_disposition {",
+        '        "_" "";',
+        '        default "$sipcert_d";',
+        "    }",
+        "    map $sipcert_l $sipcert_description {",
+        '        "~^=(?<sipcert_x>.+)$" "$sipcert_x";',
+        '        default "";',
         "    }",
         "    # Draft §4.3: no answer without a served domain's name in the handshake.",
         "    server {",

@@ -34,7 +34,7 @@ def test_one_server_per_domain_and_a_refusing_default() -> None:
     assert "listen 127.0.0.1:8443 ssl default_server;" in text
     assert "listen [::1]:8443 ssl;" in text
     assert "worker_processes 3;" in text and "user www-data sipcert;" in text
-    assert 'default "max-age=30";' in text
+    assert 'add_header Cache-Control "max-age=30";' in text
     assert "server unix:/run/sipcert/store.sock;" in text
     assert text.count("{") == text.count("}")
     # The routing key is the TLS server name; the domain's dots are literal in the regex.
