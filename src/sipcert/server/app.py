@@ -432,15 +432,23 @@ class StoreApp:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; nothing but a prepared answer ever leaves this method."""
         start = time.perf_counter()
-        if _on_unix_socket(request):  # from the nginx in front: its client, not nginx
-            client = request.headers.get(CLIENT_HEADER)
-            if client:
-                request = request.clone(remote=client)
         response = await self._answer(request)
         self.metrics.request(
             route_of(request.path), request.method, response.status, time.perf_counter() - start
         )
         return response
+
+    async def local(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The handler of the unix socket (edge mode): the nginx in front names the client.
+
+        Its address is what the guessing limiter and the audit log need; the TLS listeners
+        never read the header (their handler is :meth:`__call__`).
+        """
+        if _on_unix_socket(request):
+            client = request.headers.get(CLIENT_HEADER)
+            if client:
+                request = request.clone(remote=client)
+        return await self(request)
 
     async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         try:

@@ -201,7 +201,9 @@ async def serve_app(
     )
     await admin.setup()
     local = web.ServerRunner(
-        StoreServer(app, keepalive_timeout=limits.keepalive_timeout, **access_log_options(writer)),
+        StoreServer(
+            app.local, keepalive_timeout=limits.keepalive_timeout, **access_log_options(writer)
+        ),
         handle_signals=False,
         shutdown_timeout=_SHUTDOWN_TIMEOUT,
     )
