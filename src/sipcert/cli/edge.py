@@ -74,10 +74,8 @@ def run_publish(args: argparse.Namespace) -> int:
     from sipcert.server.run import setup_logging
     from sipcert.storage import open_store
 
-    config, notes = build_config(args)
+    config, _notes = build_config(args)  # the dev notes are about serving: not shown here
     setup_logging(config.log_level, config.ops.log_format)
-    for line in notes:
-        print(line, file=sys.stderr)
 
     async def main() -> int:
         storage = open_store(config.db, migrate=config.ops.db_upgrade)

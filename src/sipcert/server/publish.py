@@ -62,9 +62,10 @@ _REREAD = 1000
 def feed_of(storage: CertificateStore) -> ChangeFeed:
     """``storage`` as a change feed, or :class:`ConfigError` for a backend without one."""
     if not isinstance(storage, ChangeFeed):
+        name = {"MysqlStore": "MariaDB/MySQL"}.get(type(storage).__name__, type(storage).__name__)
         raise ConfigError(
-            f"the edge publisher needs a change feed, which the {type(storage).__name__} "
-            "backend does not have (supported: SQLite, PostgreSQL, memory)"
+            f"the edge publisher follows a change feed, which the {name} storage does not "
+            "have yet: use SQLite or PostgreSQL storage for edge mode"
         )
     return storage
 

@@ -186,5 +186,5 @@ def test_mysql_has_no_feed_and_the_publisher_says_so(tmp_path: Path) -> None:
     from sipcert.storage import MysqlStore
 
     store = MysqlStore.from_url("mysql://root@127.0.0.1:3306/unused")  # nothing connects yet
-    with pytest.raises(ConfigError, match="MysqlStore backend does not have"):
+    with pytest.raises(ConfigError, match="MariaDB/MySQL storage does not have yet"):
         feed_of(store)
