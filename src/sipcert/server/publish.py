@@ -62,10 +62,10 @@ _REREAD = 1000
 def feed_of(storage: CertificateStore) -> ChangeFeed:
     """``storage`` as a change feed, or :class:`ConfigError` for a backend without one."""
     if not isinstance(storage, ChangeFeed):
-        name = {"MysqlStore": "MariaDB/MySQL"}.get(type(storage).__name__, type(storage).__name__)
+        name = type(storage).__name__
         raise ConfigError(
             f"the edge publisher follows a change feed, which the {name} storage does not "
-            "have yet: use SQLite or PostgreSQL storage for edge mode"
+            "have: use SQLite, PostgreSQL or MariaDB/MySQL storage for edge mode"
         )
     return storage
 

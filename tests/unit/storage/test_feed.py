@@ -23,6 +23,7 @@ from tests.unit.storage.test_storage import (
     BOB,
     NOW,
     make_cert,
+    mysql_database,
     postgres_schema,
     postgres_url,
     run,
@@ -45,10 +46,17 @@ def _memory(_tmp: Path) -> Iterator[str]:
     yield "memory://"
 
 
+@contextlib.contextmanager
+def _mysql(_tmp: Path) -> Iterator[str]:
+    with mysql_database() as url:
+        yield url
+
+
 BACKENDS: dict[str, Callable[[Path], contextlib.AbstractContextManager[str]]] = {
     "sqlite": _sqlite,
     "postgres": _postgres,
     "memory": _memory,
+    "mysql": _mysql,
 }
 
 
@@ -180,11 +188,42 @@ def test_sqlite_prunes_old_changes_but_keeps_the_position(tmp_path: Path) -> Non
     run(scenario())
 
 
-def test_mysql_has_no_feed_and_the_publisher_says_so(tmp_path: Path) -> None:
+def test_a_backend_without_a_feed_is_refused_by_the_publisher() -> None:
     from sipcert.errors import ConfigError
     from sipcert.server.publish import feed_of
-    from sipcert.storage import MysqlStore
 
-    store = MysqlStore.from_url("mysql://root@127.0.0.1:3306/unused")  # nothing connects yet
-    with pytest.raises(ConfigError, match="MariaDB/MySQL storage does not have yet"):
-        feed_of(store)
+    class NoFeed(MemoryStore):
+        aors = None  # type: ignore[assignment]
+
+    with pytest.raises(ConfigError, match="NoFeed storage does not have"):
+        feed_of(NoFeed())
+
+
+def test_mysql_version_1_gains_the_feed() -> None:
+    from tests.unit.storage.test_storage import mysql_admin
+
+    with mysql_database() as url:
+
+        async def make() -> None:
+            store = open_store(url)
+            await store.add(make_cert(ALICE, 0), max_per_aor=2, now=NOW)
+            await store.close()
+
+        run(make())
+        database = url.rsplit("/", 1)[1]
+        mysql_admin(
+            f"DROP TABLE `{database}`.sipcert_changes",
+            f"UPDATE `{database}`.sipcert_schema_version SET version = 1",  # noqa: S608
+        )
+
+        async def reopen() -> None:
+            store = open_store(url)
+            try:
+                assert len(await store.get_by_aor(ALICE, NOW)) == 1  # migrates on first use
+                assert (await store.schema_status()).current == 2
+                await store.delete(ALICE, None)
+                assert [c.aor for c in await _feed(store).changes_since(0)] == [ALICE]
+            finally:
+                await store.close()
+
+        run(reopen())
