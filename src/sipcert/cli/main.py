@@ -132,7 +132,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; subcommands register themselves here."""
-    from sipcert.cli import authsvc, db, demo, monitor, selftest, serve, sipua, user
+    from sipcert.cli import authsvc, db, demo, edge, monitor, selftest, serve, sipua, user
     from sipcert.cli import ua as ua_commands
 
     parser = Parser(
@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sipua.register(commands)
     authsvc.register(commands)
     serve.register(commands)
+    edge.register(commands)
     user.register(commands)
     db.register(commands)
     return parser

@@ -24,18 +24,32 @@ from sipcert.server.config import (
     read_config_file,
 )
 
-__all__ = ["register"]
+__all__ = ["add_store_arguments", "build_config", "register"]
 
 
 def register(commands: Any) -> None:
     """Add the ``serve`` subcommand (defaults shown are the built-in ones, under the file's)."""
-    policy = StorePolicy()
     parser: argparse.ArgumentParser = commands.add_parser(
         "serve",
         help="run the certificate Store (HTTPS, one certificate per domain by SNI)",
         description=__doc__,
         allow_abbrev=False,
     )
+    add_store_arguments(parser)
+    parser.add_argument(
+        "--unix-socket",
+        type=Path,
+        metavar="PATH",
+        help="also serve plain HTTP on this unix socket, for the nginx in front (edge mode); "
+        "the domain of a request there comes from nginx's X-Sipcert-Domain header",
+    )
+    parser.set_defaults(run=run)
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which Store is meant (shared by ``serve``, ``publish`` and
+    ``nginx-config``, so all three read the same configuration the same way)."""
+    policy = StorePolicy()
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
     parser.add_argument(
         "--listen",
@@ -135,7 +149,6 @@ def register(commands: Any) -> None:
         ),
     ):
         parser.add_argument(flag, type=kind, metavar=metavar, help=f"{what} (default: {default:g})")
-    parser.set_defaults(run=run)
 
 
 def _domain_flags(args: argparse.Namespace) -> list[tuple[str, Path | None, Path | None]]:
@@ -177,6 +190,7 @@ def build_config(args: argparse.Namespace) -> tuple[StoreConfig, list[str]]:
         keepalive_timeout=args.keepalive_timeout,
         max_connections=args.max_connections,
         max_head_size=args.max_head_size,
+        unix_socket=getattr(args, "unix_socket", None),
     )
     doc = apply_flags(doc, flags)
     notes: list[str] = []

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -67,6 +68,7 @@ from sipcert.proto.digest import (
     parse_authorization,
     replay_error,
 )
+from sipcert.proto.edge import CLIENT_HEADER, DOMAIN_HEADER
 from sipcert.proto.logsafe import log_safe
 from sipcert.proto.ratelimit import (
     Admission,
@@ -110,6 +112,7 @@ __all__ = [
     "StoreApp",
     "access_log_format",
     "access_log_options",
+    "answer_for",
 ]
 
 log = logging.getLogger("sipcert.server")
@@ -386,7 +389,7 @@ class StoreApp:
         self.credentials = credentials
         self.policy = policy
         self._clock = clock
-        self._sni_of = sni_of or (lambda request: sni_domain(request.transport))
+        self._sni_of = sni_of or _sni_or_edge_header
         self._digest = {
             domain: DigestServer(nonce_secret, domain, nonce_lifetime=nonce_lifetime)
             for domain in self.domains
@@ -434,6 +437,18 @@ class StoreApp:
             route_of(request.path), request.method, response.status, time.perf_counter() - start
         )
         return response
+
+    async def local(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The handler of the unix socket (edge mode): the nginx in front names the client.
+
+        Its address is what the guessing limiter and the audit log need; the TLS listeners
+        never read the header (their handler is :meth:`__call__`).
+        """
+        if _on_unix_socket(request):
+            client = request.headers.get(CLIENT_HEADER)
+            if client:
+                request = request.clone(remote=client)
+        return await self(request)
 
     async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -528,13 +543,8 @@ class StoreApp:
         else:
             found = await self.storage.get_by_cert_hash(query.cert_hash or "", now)
             certs = [found] if found is not None and _cert_domain(found) == domain else []
-        answer = certificates_response(
-            [c.der for c in certs],
-            [c.sha256 for c in certs],
-            max_age=self.policy.max_age,
-            if_none_match=request.headers.get("If-None-Match"),
-            labels=[c.label for c in certs],
-            enrolled=[c.created for c in certs],
+        answer = answer_for(
+            certs, max_age=self.policy.max_age, if_none_match=request.headers.get("If-None-Match")
         )
         return _to_web(answer)
 
@@ -787,6 +797,42 @@ def _check_framing(request: web.BaseRequest) -> None:
         raise _refuse_and_close(400, "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
     if codings and codings != ["chunked"]:
         raise _refuse_and_close(501, "the only transfer coding accepted is chunked")
+
+
+def _on_unix_socket(request: web.BaseRequest) -> bool:
+    """True for a connection on the unix socket (edge mode), never for TCP listeners."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
+def _sni_or_edge_header(request: web.BaseRequest) -> str | None:
+    """The TLS server name; on the unix socket only, the one nginx names in a header.
+
+    On a TCP listener the header is never read: only the handshake speaks for a domain
+    (draft §4.3). nginx passes the client's SNI as sent, so it is compared as the SNI
+    callback compares (lower case, no trailing dot).
+    """
+    domain = sni_domain(request.transport)
+    if domain is not None or not _on_unix_socket(request):
+        return domain
+    named = request.headers.get(DOMAIN_HEADER)
+    return named.lower().rstrip(".") if named else None
+
+
+def answer_for(
+    certs: Sequence[StoredCertificate], *, max_age: int, if_none_match: str | None = None
+) -> Response:
+    """The GET answer for these stored certificates: the one rendering the Store answers
+    with and the edge publisher writes to files (:mod:`sipcert.server.publish`)."""
+    return certificates_response(
+        [c.der for c in certs],
+        [c.sha256 for c in certs],
+        max_age=max_age,
+        if_none_match=if_none_match,
+        labels=[c.label for c in certs],
+        enrolled=[c.created for c in certs],
+    )
 
 
 def _cert_domain(cert: StoredCertificate) -> str:

@@ -46,6 +46,8 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _TOP_KEYS = frozenset(
     {
         "listen",
+        "unix_socket",
+        "edge",
         "data_dir",
         "db",
         "credentials",
@@ -165,6 +167,11 @@ class StoreConfig:
     ops: OpsConfig = field(default_factory=lambda: OpsConfig())
     #: The transparency log (issue 14, docs/transparency.md); None: no log is published.
     transparency: TransparencyConfig | None = None
+    #: Edge mode (issue 13): a plain-HTTP unix socket for the nginx in front, which names
+    #: the TLS domain in a header trusted on this socket only (docs/deploy.md "Edge mode").
+    unix_socket: Path | None = None
+    #: Edge mode: the folder ``sipcert publish`` writes, kept current by the Store itself.
+    edge_publish_dir: Path | None = None
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -224,6 +231,8 @@ class StoreConfig:
             auth_failures_per_user=auth_failures_per_user,
             auth_trust_days=auth_trust_days,
             transparency=parse_transparency(doc.get("transparency")),
+            unix_socket=_optional_path(doc, "unix_socket"),
+            edge_publish_dir=_edge(doc.get("edge")),
         )
 
     @property
@@ -260,6 +269,7 @@ class Flags:
     keepalive_timeout: float | None = None
     max_connections: int | None = None
     max_head_size: int | None = None
+    unix_socket: Path | None = None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -342,6 +352,8 @@ def apply_flags(doc: Mapping[str, Any], flags: Flags) -> dict[str, Any]:
             merged[setting] = value
     if flags.data_dir is not None:
         merged["data_dir"] = str(flags.data_dir.absolute())
+    if flags.unix_socket is not None:
+        merged["unix_socket"] = str(flags.unix_socket.absolute())
     policy_flags = {
         "max_age": flags.max_age,
         "max_per_aor": flags.max_per_aor,
@@ -354,6 +366,21 @@ def apply_flags(doc: Mapping[str, Any], flags: Flags) -> dict[str, Any]:
             policy.update({k: v for k, v in policy_flags.items() if v is not None})
         merged["policy"] = policy
     return merged
+
+
+def _optional_path(doc: Mapping[str, Any], key: str) -> Path | None:
+    value = doc.get(key)
+    return None if value is None else Path(_as_str(value, key))
+
+
+def _edge(raw: object) -> Path | None:
+    """The ``[edge]`` table: ``publish_dir`` (the folder nginx serves GETs from)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError('edge: expected a table, e.g. [edge] publish_dir = "/var/lib/..."')
+    _no_unknown(raw, frozenset({"publish_dir"}), "edge.")
+    return _optional_path(raw, "publish_dir")
 
 
 def _same_name(entry: Mapping[str, Any], name: str) -> bool:

@@ -59,7 +59,7 @@ from sipcert.server.shared import NONCE_DB as NONCE_DB
 from sipcert.server.shared import open_shared_state
 from sipcert.server.tlog import TransparencyLog, load_or_create_log_keys
 from sipcert.server.tls import DomainContext, build_sni_context, load_domain_context
-from sipcert.storage import open_store
+from sipcert.storage import CertificateStore, open_store
 from sipcert.storage.tlog import open_log
 
 __all__ = ["bind_sockets", "build_tls", "run", "serve_app", "setup_logging"]
@@ -109,6 +109,35 @@ def build_tls(config: StoreConfig) -> ssl.SSLContext:
     return build_sni_context(contexts)
 
 
+def bind_unix_socket(path: Path) -> socket.socket:
+    """The listening unix socket for the nginx in front (edge mode, issue 13).
+
+    A stale socket file of an earlier run is replaced; any other file there is an error.
+    Mode 0660: whoever can connect may name the domain and client address in headers, so
+    only the Store's group (nginx's user joins it) may.
+    """
+    try:
+        if path.is_socket():
+            path.unlink()
+        elif path.exists():
+            raise ConfigError(f"unix_socket {path}: exists and is not a socket")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old_umask = os.umask(0o117)
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old_umask)
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror or exc}") from exc
+    return sock
+
+
 def bind_sockets(addresses: Sequence[ListenAddress]) -> list[socket.socket]:
     """Bound, listening sockets (SO_REUSEADDR; IPv6 sockets are IPv6-only)."""
     sockets: list[socket.socket] = []
@@ -147,12 +176,14 @@ async def serve_app(
     limits: ConnectionLimits | None = None,
     admin_sockets: Sequence[socket.socket] = (),
     json_access_log: bool = False,
+    unix_sockets: Sequence[socket.socket] = (),
 ) -> None:
     """Serve ``app`` on ``sockets`` until ``stop`` is set, then shut down cleanly.
 
     Connections go through a :class:`~sipcert.server.conn.ConnectionGuard` (deadlines, the
     per-worker cap, the request-head limit) before aiohttp sees them. ``admin_sockets`` serve
-    plain HTTP: the probes and ``/metrics`` (:mod:`sipcert.server.ops`).
+    plain HTTP: the probes and ``/metrics`` (:mod:`sipcert.server.ops`). ``unix_sockets``
+    serve the Store in plain HTTP to the nginx in front (edge mode, docs/deploy.md).
     """
     limits = limits or ConnectionLimits()
     writer = AccessLog(json_lines=json_access_log) if access_log else None
@@ -169,10 +200,20 @@ async def serve_app(
         shutdown_timeout=1.0,
     )
     await admin.setup()
+    local = web.ServerRunner(
+        StoreServer(
+            app.local, keepalive_timeout=limits.keepalive_timeout, **access_log_options(writer)
+        ),
+        handle_signals=False,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT,
+    )
+    await local.setup()
     tasks: list[asyncio.Task[None]] = []
     try:
         for sock in sockets:
             await GuardedSite(runner, sock, guard, _BACKLOG).start()
+        for sock in unix_sockets:
+            await web.SockSite(local, sock, backlog=_BACKLOG).start()
         for sock in admin_sockets:
             await web.SockSite(admin, sock, backlog=_BACKLOG).start()
         tasks.append(asyncio.create_task(app.purge_forever(purge_interval)))
@@ -185,6 +226,7 @@ async def serve_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await admin.cleanup()
+        await local.cleanup()
         await runner.cleanup()
         app.metrics.set_connections(0)
         if writer is not None:
@@ -214,6 +256,9 @@ async def _worker_main(
     admin_sockets: Sequence[socket.socket] = (),
     read_config: ReadConfig | None = None,
 ) -> None:
+    # The unix socket (edge mode) travels with the TCP ones through the pre-fork.
+    unix_sockets = [s for s in sockets if s.family == socket.AF_UNIX]
+    sockets = [s for s in sockets if s.family != socket.AF_UNIX]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -241,6 +286,7 @@ async def _worker_main(
     )
     tlog = open_transparency(config)
     sequencer: asyncio.Task[None] | None = None
+    publisher: asyncio.Task[None] | None = None
     try:
         if tlog is not None:
             await tlog.start()
@@ -261,6 +307,8 @@ async def _worker_main(
             tlog=tlog,
         )
         reloader = Reloader(config, ssl_context, app, read_config)
+        if config.edge_publish_dir is not None:
+            publisher = asyncio.create_task(_publish_forever(config, storage, stop))
         await serve_app(
             app,
             ssl_context,
@@ -271,9 +319,14 @@ async def _worker_main(
             limits=config.connections,
             admin_sockets=admin_sockets,
             json_access_log=config.ops.log_format == "json",
+            unix_sockets=unix_sockets,
         )
         log.info("worker %d stopped", os.getpid())
     finally:
+        if publisher is not None:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
         if sequencer is not None:
             sequencer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -283,6 +336,43 @@ async def _worker_main(
         shared.close()
         await (app.credentials if reloader is not None else credentials).close()
         await storage.close()
+
+
+async def _publish_forever(
+    config: StoreConfig, storage: CertificateStore, stop: asyncio.Event
+) -> None:
+    """Edge mode's publisher inside ``sipcert serve``: in one worker only (a lock file).
+
+    The worker holding the lock publishes; when it dies the lock is released and the
+    worker started in its place takes it.
+    """
+    import fcntl
+
+    from sipcert.server.publish import Publisher
+
+    root = config.edge_publish_dir
+    if root is None:
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / ".lock", "a+b")
+    except OSError as exc:
+        log.error("edge publisher: cannot use %s: %s", root, exc.strerror or exc)
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # another worker publishes
+        try:
+            publisher = Publisher(
+                root, storage, domains=config.domain_names, max_age=config.policy.max_age
+            )
+            await publisher.follow(stop)
+        except SipCertError as exc:
+            log.error("edge publisher stopped: %s", exc)
+    finally:
+        handle.close()
 
 
 def open_transparency(config: StoreConfig) -> TransparencyLog | None:
@@ -378,6 +468,13 @@ def run(
     admin_sockets = bind_sockets([config.ops.admin_listen] if config.ops.admin_listen else [])
     try:
         sockets = bind_sockets(config.listen)
+        if config.unix_socket is not None:
+            try:
+                sockets.append(bind_unix_socket(config.unix_socket))
+            except BaseException:
+                for sock in sockets:
+                    sock.close()
+                raise
     except BaseException:
         for sock in admin_sockets:
             sock.close()
@@ -425,6 +522,8 @@ def _fit_descriptor_limit(config: StoreConfig) -> StoreConfig:
 
 
 def _address_of(sock: socket.socket) -> str:
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -7,7 +7,9 @@ process. A lock makes each operation atomic even when one instance is shared acr
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 from sipcert.errors import StorageError
@@ -18,6 +20,7 @@ from sipcert.storage.base import (
     ensure_utc,
     too_many,
 )
+from sipcert.storage.feed import Change
 
 __all__ = ["MemoryStore"]
 
@@ -29,6 +32,8 @@ class MemoryStore:
         self._by_aor: dict[str, dict[str, StoredCertificate]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._changes: list[Change] = []
+        self._waiters: list[asyncio.Event] = []
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -67,6 +72,7 @@ class MemoryStore:
             if sum(1 for c in certs.values() if not c.is_expired(now)) >= max_per_aor:
                 raise too_many(cert.aor, max_per_aor)
             self._by_aor.setdefault(cert.aor, {})[cert.sha256] = cert
+            self._record(cert.aor)
             return True
 
     async def delete(self, aor: str, cert_hash: str | None) -> int:
@@ -78,6 +84,8 @@ class MemoryStore:
                 del certs[key]
             if not certs:
                 self._by_aor.pop(aor, None)
+            if doomed:
+                self._record(aor)
             return len(doomed)
 
     async def purge_expired(self, now: datetime) -> int:
@@ -109,6 +117,51 @@ class MemoryStore:
 
     async def upgrade(self) -> SchemaStatus:
         return await self.schema_status()
+
+    # -- the change feed (storage.feed.ChangeFeed) ----------------------------------------
+
+    def _record(self, aor: str) -> None:
+        seq = self._changes[-1].seq + 1 if self._changes else 1
+        self._changes.append(Change(seq, aor))
+        for event in self._waiters:
+            event.set()
+
+    async def aors(self, now: datetime) -> list[str]:
+        now = ensure_utc(now, "now")
+        with self._lock:
+            self._check_open()
+            return sorted(
+                aor
+                for aor, certs in self._by_aor.items()
+                if any(not c.is_expired(now) for c in certs.values())
+            )
+
+    async def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
+        with self._lock:
+            self._check_open()
+            return [c for c in self._changes if c.seq > seq][:limit]
+
+    async def feed_bounds(self) -> tuple[int, int]:
+        with self._lock:
+            self._check_open()
+            if not self._changes:
+                return 0, 0
+            return self._changes[0].seq, self._changes[-1].seq
+
+    def wake_ups(self) -> AsyncIterator[None] | None:
+        return self._wake_ups()
+
+    async def _wake_ups(self) -> AsyncIterator[None]:
+        event = asyncio.Event()
+        self._waiters.append(event)
+        try:
+            yield None  # listening from here on
+            while True:
+                await event.wait()
+                event.clear()
+                yield None
+        finally:
+            self._waiters.remove(event)
 
     async def close(self) -> None:
         with self._lock:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -49,6 +49,7 @@ from sipcert.storage.base import (
     too_many,
 )
 from sipcert.storage.dbstate import DatabaseLoginLimiter, DatabaseNonceCounter, Step
+from sipcert.storage.feed import Change
 
 __all__ = [
     "RETRIES",
@@ -58,8 +59,9 @@ __all__ = [
     "MysqlStore",
 ]
 
-#: Value in ``sipcert_schema_version`` for the schema below.
-SCHEMA_VERSION = 2
+#: Value in ``sipcert_schema_version`` for the schema below; 2 added the transparency log,
+#: 3 the change feed.
+SCHEMA_VERSION = 3
 #: Seconds a starting process waits for another one's migration.
 _SCHEMA_LOCK_WAIT = 30
 
@@ -158,6 +160,16 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             expires_ms BIGINT NOT NULL
         ) ENGINE=InnoDB""",
     ),
+    # The change feed the edge publishers follow (issue 13, storage/feed.py), written in
+    # the transaction that changes the AOR. Galera's auto_increment_offset per node leaves
+    # gaps and interleaves the numbers; the follower's cursor (proto.edge) allows for both.
+    3: (
+        """CREATE TABLE IF NOT EXISTS sipcert_changes (
+            seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            aor VARBINARY(2048) NOT NULL,
+            at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+        ) ENGINE=InnoDB""",
+    ),
 }
 
 _COLUMNS = "aor, sha256, cert_hash, der, not_before, not_after, created, label"
@@ -183,6 +195,12 @@ _INSERT = (
 _DELETE_ALL = "DELETE FROM sipcert_certificates WHERE aor = %s"
 _DELETE_ONE = "DELETE FROM sipcert_certificates WHERE aor = %s AND cert_hash = %s"
 _PURGE = "DELETE FROM sipcert_certificates WHERE not_after < %s"
+_RECORD_CHANGE = "INSERT INTO sipcert_changes (aor) VALUES (%s)"
+# Rows older than this are pruned: a follower further behind publishes everything again.
+_PRUNE_CHANGES = (
+    "DELETE FROM sipcert_changes WHERE at < UTC_TIMESTAMP(6) - INTERVAL 7 DAY "
+    "ORDER BY seq LIMIT 5000"
+)
 
 # Affected rows: 1 inserted, 2 raised, 0 unchanged (the client does not ask for FOUND_ROWS).
 _ADVANCE = (
@@ -540,6 +558,7 @@ class MysqlStore:
                         cert.label,
                     ),
                 )
+                await cur.execute(_RECORD_CHANGE, (key,))
             await conn.commit()
             return True
 
@@ -552,10 +571,18 @@ class MysqlStore:
             return 0
 
         async def work(conn: Any) -> int:
+            await self.transaction(conn)
             async with conn.cursor() as cur:
                 if cert_hash is None:
-                    return int(await cur.execute(_DELETE_ALL, (key,)))
-                return int(await cur.execute(_DELETE_ONE, (key, cert_hash_column(cert_hash))))
+                    removed = int(await cur.execute(_DELETE_ALL, (key,)))
+                else:
+                    removed = int(
+                        await cur.execute(_DELETE_ONE, (key, cert_hash_column(cert_hash)))
+                    )
+                if removed:
+                    await cur.execute(_RECORD_CHANGE, (key,))
+            await conn.commit()
+            return removed
 
         return await self.run("deleting certificates", work)
 
@@ -564,9 +591,55 @@ class MysqlStore:
 
         async def work(conn: Any) -> int:
             async with conn.cursor() as cur:
+                # An expired certificate is already absent from every answer: no change.
+                await cur.execute(_PRUNE_CHANGES)
                 return int(await cur.execute(_PURGE, (_naive_utc(now),)))
 
         return await self.run("purging expired certificates", work)
+
+    # -- the change feed (storage.feed.ChangeFeed, issue 13) -------------------------------
+
+    async def aors(self, now: datetime) -> list[str]:
+        """Every AOR with an unexpired certificate, sorted."""
+        now = ensure_utc(now, "now")
+
+        async def work(conn: Any) -> list[str]:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT DISTINCT aor FROM sipcert_certificates WHERE not_after >= %s "
+                    "ORDER BY aor",
+                    (_naive_utc(now),),
+                )
+                return [bytes(row[0]).decode("utf-8") for row in await cur.fetchall()]
+
+        return await self.run("listing AORs", work)
+
+    async def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
+        async def work(conn: Any) -> list[Change]:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT seq, aor FROM sipcert_changes WHERE seq > %s ORDER BY seq LIMIT %s",
+                    (seq, limit),
+                )
+                rows = await cur.fetchall()
+            return [Change(int(row[0]), bytes(row[1]).decode("utf-8")) for row in rows]
+
+        return await self.run("reading the change feed", work)
+
+    async def feed_bounds(self) -> tuple[int, int]:
+        async def work(conn: Any) -> tuple[int, int]:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM sipcert_changes"
+                )
+                low, high = await cur.fetchone()
+            return int(low), int(high)
+
+        return await self.run("reading the change feed", work)
+
+    def wake_ups(self) -> AsyncIterator[None] | None:
+        """None: MariaDB has no notification; followers poll."""
+        return None
 
     async def close(self) -> None:
         """Close the pool; later calls raise StorageError."""

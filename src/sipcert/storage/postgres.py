@@ -31,8 +31,10 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -47,11 +49,12 @@ from sipcert.storage.base import (
     ensure_utc,
     too_many,
 )
+from sipcert.storage.feed import Change
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "quote_ident"]
 
 #: Value in ``sipcert_schema_version`` for the schema below; bump it with a migration.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Statements that take the schema from version ``n - 1`` to ``n``, run in one transaction.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -98,6 +101,15 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX sipcert_limits_by_time ON sipcert_limits (until)",
     ),
+    # The change feed the edge publishers follow (issue 13, storage/feed.py): one row per
+    # changed AOR, written in the transaction that changed it, announced by NOTIFY.
+    4: (
+        """CREATE TABLE sipcert_changes (
+            seq bigserial PRIMARY KEY,
+            aor text COLLATE "C" NOT NULL,
+            at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ),
 }
 
 # Advisory lock "classes" (first key of the two-int4 form): 'SIPC' and 'SIPD' in ASCII, so that
@@ -129,12 +141,20 @@ _INSERT = (
 _DELETE_ALL = "DELETE FROM sipcert_certificates WHERE aor = $1"
 _DELETE_ONE = "DELETE FROM sipcert_certificates WHERE aor = $1 AND cert_hash = $2"
 _PURGE = "DELETE FROM sipcert_certificates WHERE not_after < $1"
+_RECORD_CHANGE = "INSERT INTO sipcert_changes (aor) VALUES ($1)"
+_NOTIFY = "SELECT pg_notify($1, '')"
+# A follower further behind than this starts again from a full publication.
+_PRUNE_CHANGES = (
+    "DELETE FROM sipcert_changes WHERE at < now() - interval '7 days' "
+    "AND seq < (SELECT max(seq) FROM sipcert_changes)"
+)
 
 # The URL parameters sipcert reads itself; the rest of the URL goes to asyncpg unchanged.
 _OWN_PARAMETERS = ("schema", "max_connections", "timeout")
 _MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are truncated
 
 _T = TypeVar("_T")
+log = logging.getLogger("sipcert.storage")
 
 
 def quote_ident(name: str) -> str:
@@ -265,6 +285,8 @@ class PostgresStore:
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
         self._closed = False
+        #: NOTIFY channel of this schema's change feed (pg_notify takes any text name).
+        self.channel = f"sipcert_changes.{schema or ''}"[:_MAX_IDENTIFIER_BYTES]
 
     @classmethod
     def from_url(cls, url: str, *, migrate: bool = True) -> PostgresStore:
@@ -481,7 +503,11 @@ class PostgresStore:
                     cert.created,
                     cert.label,
                 )
-                return _affected(status) == 1
+                if _affected(status) != 1:
+                    return False
+                await conn.execute(_RECORD_CHANGE, cert.aor)
+                await conn.execute(_NOTIFY, self.channel)  # delivered at COMMIT
+                return True
 
         return await self._run("adding a certificate", work)
 
@@ -491,9 +517,17 @@ class PostgresStore:
             return 0
 
         async def work(pool: Any) -> int:
-            if cert_hash is None:
-                return _affected(await pool.execute(_DELETE_ALL, aor))
-            return _affected(await pool.execute(_DELETE_ONE, aor, cert_hash_column(cert_hash)))
+            async with pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+                if cert_hash is None:
+                    removed = _affected(await conn.execute(_DELETE_ALL, aor))
+                else:
+                    removed = _affected(
+                        await conn.execute(_DELETE_ONE, aor, cert_hash_column(cert_hash))
+                    )
+                if removed:
+                    await conn.execute(_RECORD_CHANGE, aor)
+                    await conn.execute(_NOTIFY, self.channel)
+                return removed
 
         return await self._run("deleting certificates", work)
 
@@ -501,9 +535,83 @@ class PostgresStore:
         now = ensure_utc(now, "now")
 
         async def work(pool: Any) -> int:
+            # An expired certificate is already absent from every answer: nothing to record.
+            await pool.execute(_PRUNE_CHANGES)
             return _affected(await pool.execute(_PURGE, now))
 
         return await self._run("purging expired certificates", work)
+
+    # -- the change feed (storage.feed.ChangeFeed, issue 13) -------------------------------
+
+    async def aors(self, now: datetime) -> list[str]:
+        """Every AOR with an unexpired certificate, sorted."""
+        now = ensure_utc(now, "now")
+
+        async def work(pool: Any) -> list[str]:
+            rows = await pool.fetch(
+                "SELECT DISTINCT aor FROM sipcert_certificates WHERE not_after >= $1 ORDER BY aor",
+                now,
+            )
+            return [row[0] for row in rows]
+
+        return await self._run("listing AORs", work)
+
+    async def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
+        async def work(pool: Any) -> list[Change]:
+            rows = await pool.fetch(
+                "SELECT seq, aor FROM sipcert_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+                seq,
+                limit,
+            )
+            return [Change(int(row[0]), row[1]) for row in rows]
+
+        return await self._run("reading the change feed", work)
+
+    async def feed_bounds(self) -> tuple[int, int]:
+        async def work(pool: Any) -> tuple[int, int]:
+            row = await pool.fetchrow(
+                "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM sipcert_changes"
+            )
+            return int(row[0]), int(row[1])
+
+        return await self._run("reading the change feed", work)
+
+    def wake_ups(self) -> AsyncIterator[None] | None:
+        """LISTEN on a connection of its own; yields after each NOTIFY (and every second,
+        so a lost connection is noticed and re-made)."""
+        return self._listen()
+
+    async def _listen(self) -> AsyncIterator[None]:
+        await self._get_pool()  # the schema exists before anyone listens
+        wake = asyncio.Event()
+
+        def notified(*_args: object) -> None:
+            wake.set()
+
+        while True:
+            self._check_open()
+            try:
+                conn = await self._asyncpg.connect(
+                    self._dsn, timeout=self._timeout, server_settings=self._server_settings
+                )
+            except self._errors as exc:  # the follower polls meanwhile; try again shortly
+                log.warning("%s", self._failure("listening for changes", exc))
+                await asyncio.sleep(1.0)
+                yield None
+                continue
+            try:
+                await conn.add_listener(self.channel, notified)
+                yield None  # listening now: whatever commits from here on wakes us
+                while not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), 1.0)
+                    wake.clear()
+                    yield None
+            except self._errors as exc:
+                log.warning("%s", self._failure("listening for changes", exc))
+            finally:
+                with contextlib.suppress(*self._errors):
+                    await conn.close()
 
     async def close(self) -> None:
         """Close the pool, waiting for queries in flight; later calls raise StorageError."""

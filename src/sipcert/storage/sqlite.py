@@ -27,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,12 +43,23 @@ from sipcert.storage.base import (
     ensure_utc,
     too_many,
 )
+from sipcert.storage.feed import Change
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 #: Value of ``PRAGMA user_version`` for the schema below; bump it with a migration.
-#: 2 added ``label`` (the device label, migrated in place from 1 by :data:`_MIGRATIONS`).
-SCHEMA_VERSION = 2
+#: 2 added ``label`` (the device label, migrated in place from 1 by :data:`_MIGRATIONS`);
+#: 3 added ``changes``, the ordered change feed the edge publishers follow (issue 13).
+SCHEMA_VERSION = 3
+
+# The change feed (issue 13): one row per AOR whose answer may have changed, written in the
+# transaction that changed it. AUTOINCREMENT: a sequence number is never reused, even after
+# the newest rows are pruned, so a follower's position stays meaningful.
+_CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        aor TEXT NOT NULL,
+        at INTEGER NOT NULL
+    )"""
 
 # Datetimes are stored as integer microseconds since the Unix epoch, UTC: exact, compact,
 # ordered, and free of the text-format pitfalls of comparing ISO strings.
@@ -71,10 +82,16 @@ _SCHEMA = (
     "CREATE INDEX certificates_by_cert_hash ON certificates (cert_hash, created, aor)",
     # purge_expired without a full scan.
     "CREATE INDEX certificates_by_not_after ON certificates (not_after)",
+    _CHANGES_TABLE,
 )
 
 #: Columns each version adds to ``certificates``, added when missing: version -> (name, type).
 _MIGRATIONS: dict[int, tuple[str, str]] = {2: ("label", "TEXT")}
+#: Tables each version adds (``CREATE TABLE IF NOT EXISTS``): version -> statement.
+_TABLE_MIGRATIONS: dict[int, str] = {3: _CHANGES_TABLE}
+#: Changes older than this are pruned by :meth:`SqliteStore.purge_expired` (microseconds);
+#: a follower further behind starts again from a full publication.
+CHANGES_RETENTION_US = 7 * 86_400 * 1_000_000
 
 _COLUMNS = "aor, sha256, cert_hash, der, not_before, not_after, created, label"
 _SELECT_BY_AOR = (
@@ -125,6 +142,11 @@ def _row_to_cert(row: tuple[Any, ...]) -> StoredCertificate:
         created=_from_us(created),
         label=label,
     )
+
+
+def _record_change(conn: sqlite3.Connection, aor: str, at_us: int) -> None:
+    """One row of the change feed, in the caller's transaction (issue 13)."""
+    conn.execute("INSERT INTO changes (aor, at) VALUES (?, ?)", (aor, at_us))
 
 
 def enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
@@ -327,9 +349,12 @@ class SqliteStore:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         columns = {row[1] for row in conn.execute("PRAGMA table_info(certificates)")}
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            name, kind = _MIGRATIONS[target]
-            if name not in columns:
-                conn.execute(f"ALTER TABLE certificates ADD COLUMN {name} {kind}")
+            if target in _MIGRATIONS:
+                name, kind = _MIGRATIONS[target]
+                if name not in columns:
+                    conn.execute(f"ALTER TABLE certificates ADD COLUMN {name} {kind}")
+            if target in _TABLE_MIGRATIONS:
+                conn.execute(_TABLE_MIGRATIONS[target])
             conn.execute(f"PRAGMA user_version = {target}")
 
     # -- the two paths -------------------------------------------------------------------
@@ -434,6 +459,7 @@ class SqliteStore:
                     cert.label,
                 ),
             )
+            _record_change(conn, cert.aor, now_us)
             return True
 
         return await self._write("adding a certificate", work)
@@ -447,6 +473,8 @@ class SqliteStore:
                     "DELETE FROM certificates WHERE aor = ? AND cert_hash = ?",
                     (aor, cert_hash_column(cert_hash)),
                 )
+            if cursor.rowcount:
+                _record_change(conn, aor, _to_us(datetime.now(UTC)))
             return cursor.rowcount
 
         return await self._write("deleting certificates", work)
@@ -455,9 +483,42 @@ class SqliteStore:
         now_us = _to_us(ensure_utc(now, "now"))
 
         def work(conn: sqlite3.Connection) -> int:
+            # An expired certificate is already absent from every answer: no change to record.
+            conn.execute(
+                "DELETE FROM changes WHERE at < ? AND seq < (SELECT max(seq) FROM changes)",
+                (now_us - CHANGES_RETENTION_US,),
+            )
             return conn.execute("DELETE FROM certificates WHERE not_after < ?", (now_us,)).rowcount
 
         return await self._write("purging expired certificates", work)
+
+    # -- the change feed (storage.feed.ChangeFeed, issue 13) -------------------------------
+
+    async def aors(self, now: datetime) -> list[str]:
+        """Every AOR with an unexpired certificate, sorted."""
+        rows = self._read(
+            "SELECT DISTINCT aor FROM certificates WHERE not_after >= ? ORDER BY aor",
+            (_to_us(ensure_utc(now, "now")),),
+        )
+        return [row[0] for row in rows]
+
+    async def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
+        rows = self._read(
+            "SELECT seq, aor FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
+        return [Change(int(s), a) for s, a in rows]
+
+    async def feed_bounds(self) -> tuple[int, int]:
+        rows = self._read("SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM changes", ())
+        low, high = rows[0]
+        if not high:  # empty after pruning: AUTOINCREMENT remembers the last one
+            seen = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", ())
+            high = low = int(seen[0][0]) if seen else 0
+        return int(low), int(high)
+
+    def wake_ups(self) -> AsyncIterator[None] | None:
+        """None: SQLite has no notification across processes; followers poll."""
+        return None
 
     async def close(self) -> None:
         self._close_connections()

@@ -35,11 +35,11 @@ def test_sqlite_check_then_upgrade_then_nothing_to_do(
     _v1(path)
     url = f"sqlite:///{path}"
     assert cli.main(["db", "upgrade", "--check", "--db", url]) == 1
-    assert "needs an upgrade to 2" in capsys.readouterr().err
+    assert "needs an upgrade to 3" in capsys.readouterr().err
     assert _version(path) == 1  # --check changed nothing
     assert cli.main(["db", "upgrade", "--db", url]) == 0
-    assert capsys.readouterr().out == "schema upgraded from version 1 to 2\n"
-    assert _version(path) == 2
+    assert capsys.readouterr().out == "schema upgraded from version 1 to 3\n"
+    assert _version(path) == 3
     assert cli.main(["db", "upgrade", "--db", url]) == 0  # idempotent
     assert "nothing to do" in capsys.readouterr().out
     assert cli.main(["db", "upgrade", "--check", "--db", url]) == 0
@@ -53,12 +53,12 @@ def test_the_database_comes_from_the_config_file(
     config = tmp_path / "store.toml"
     config.write_text('data_dir = "data"\n')
     assert cli.main(["db", "upgrade", "--config", str(config)]) == 0
-    assert _version(tmp_path / "data" / "certificates.db") == 2
+    assert _version(tmp_path / "data" / "certificates.db") == 3
     other = tmp_path / "other.db"
     config.write_text(f'db = "sqlite:///{other.name}"\n')  # relative to the file's folder
     assert cli.main(["db", "upgrade", "--config", str(config)]) == 0
-    assert "from version 0 to 2" in capsys.readouterr().out
-    assert _version(other) == 2
+    assert "from version 0 to 3" in capsys.readouterr().out
+    assert _version(other) == 3
 
 
 def test_a_newer_schema_is_a_database_error(

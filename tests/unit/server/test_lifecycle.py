@@ -109,7 +109,7 @@ def test_start_up_migrates_by_default(tmp_path: Path, caplog: pytest.LogCaptureF
     _old_database(tmp_path / "certs.db")
     with caplog.at_level(logging.INFO):
         asyncio.run(_check_sources(config))
-    assert "schema upgraded from 1 to 2" in caplog.text
+    assert "schema upgraded from 1 to 3" in caplog.text
 
 
 def test_start_up_refuses_an_old_schema_with_db_upgrade_off(tmp_path: Path) -> None:

@@ -197,7 +197,7 @@ def test_postgres_schema_1_gains_the_label_column() -> None:
         run(scenario())
         run(_reopen(schema))
         [[version]] = run(pg_fetch("SELECT version FROM sipcert_schema_version", schema=schema))
-        assert version == pg_backend.SCHEMA_VERSION == 3  # label (2), shared state (3)
+        assert version == pg_backend.SCHEMA_VERSION == 4  # label (2), shared state (3), feed (4)
 
 
 async def _reopen(schema: str) -> None:

@@ -85,6 +85,7 @@ def test_schema_is_created_and_versioned(schema: str) -> None:
         "sipcert_certificates_by_cert_hash",
         "sipcert_certificates_by_not_after",
         "sipcert_certificates_pkey",
+        "sipcert_changes_pkey",
         "sipcert_limits_by_time",
         "sipcert_limits_pkey",
         "sipcert_nonces_by_age",

@@ -73,7 +73,7 @@ def test_sqlite_old_schema_is_left_alone_until_upgrade(tmp_path: Path) -> None:
             with pytest.raises(StorageError, match="sipcert db upgrade"):
                 await store.add(labelled(0, "x"), max_per_aor=5, now=NOW)
             after = await store.upgrade()
-            assert after == SchemaStatus(2, 2)
+            assert after == SchemaStatus(3, 3)  # label (2), change feed (3)
             assert await store.upgrade() == after
             assert await store.add(labelled(0, "phone"), max_per_aor=5, now=NOW)
         finally:
@@ -81,7 +81,7 @@ def test_sqlite_old_schema_is_left_alone_until_upgrade(tmp_path: Path) -> None:
 
     run(scenario())
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
 
 
@@ -91,8 +91,8 @@ def test_sqlite_empty_file_is_version_0_without_migrate(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = open_store(url, migrate=False)
         try:
-            assert await store.schema_status() == SchemaStatus(0, 2)
-            assert await store.upgrade() == SchemaStatus(2, 2)
+            assert await store.schema_status() == SchemaStatus(0, 3)
+            assert await store.upgrade() == SchemaStatus(3, 3)
             assert await store.count(NOW) == 0
         finally:
             await store.close()

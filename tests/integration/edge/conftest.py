@@ -1,0 +1,242 @@
+"""Edge mode for real: ``sipcert serve`` (TCP + unix socket), ``sipcert publish`` and nginx.
+
+:class:`EdgeSetup` runs the Store of tests/integration/store on a free port and a unix
+socket, publishes once and starts a following publisher, writes the configuration with
+``sipcert nginx-config`` and runs the system nginx on it with a private prefix, on another
+free loopback port. Clients reach either with the same SNI and Host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import require_program
+from tests.integration.store.conftest import (
+    SIPCERT,
+    StoreFiles,
+    StoreProcess,
+    free_port,
+    make_store_files,
+)
+
+#: The ``Cache-Control: max-age`` the Store and the publisher use (StoreProcess's).
+MAX_AGE = 60
+
+
+def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
+    """Poll ``condition()`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def store_flags(files: StoreFiles) -> list[str]:
+    """The flags that name the Store's configuration (shared by serve/publish/nginx-config)."""
+    flags: list[str] = []
+    for domain, (cert, key) in files.tls.items():
+        flags += ["--domain", domain, "--tls-cert", str(cert), "--tls-key", str(key)]
+    return [
+        *flags,
+        "--db",
+        files.db_url,
+        "--data-dir",
+        str(files.data_dir),
+        "--max-age",
+        str(MAX_AGE),
+    ]
+
+
+@dataclass
+class Endpoint:
+    """Something that answers HTTPS for the served domains on 127.0.0.1:``port``."""
+
+    files: StoreFiles
+    port: int
+
+    def url(self, domain: str, target: str) -> str:
+        return f"https://{domain}:{self.port}{target}"
+
+    @contextlib.contextmanager
+    def client(self, domain: str) -> Iterator[httpx.Client]:
+        helper = StoreProcess(self.files, port=self.port)  # its client(): SNI and Host kept
+        with helper.client(domain) as client:
+            yield client
+
+
+@dataclass
+class EdgeSetup:
+    files: StoreFiles
+    scratch: Path
+    store: StoreProcess
+    nginx_port: int = field(default_factory=free_port)
+    follower: subprocess.Popen[bytes] | None = None
+    nginx: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.scratch / "store.sock"
+
+    @property
+    def publish_dir(self) -> Path:
+        return self.scratch / "edge"
+
+    @property
+    def prefix(self) -> Path:
+        return self.scratch / "nginx"
+
+    @property
+    def edge(self) -> Endpoint:
+        return Endpoint(self.files, self.nginx_port)
+
+    @property
+    def python(self) -> Endpoint:
+        return Endpoint(self.files, self.store.port)
+
+    def publish_once(self) -> str:
+        done = subprocess.run(
+            [SIPCERT, "publish", str(self.publish_dir), "--once", *store_flags(self.files)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    def start_follower(self) -> None:
+        log = open(self.scratch / "follower.log", "wb")
+        try:
+            self.follower = subprocess.Popen(
+                [SIPCERT, "publish", str(self.publish_dir), *store_flags(self.files)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        wait_for(lambda: "following changes" in self.follower_output(), "the follower")
+
+    def follower_output(self) -> str:
+        path = self.scratch / "follower.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def nginx_config(self) -> Path:
+        done = subprocess.run(
+            [
+                SIPCERT,
+                "nginx-config",
+                str(self.publish_dir),
+                "--store-socket",
+                str(self.socket_path),
+                "--listen",
+                f"127.0.0.1:{self.nginx_port}",
+                "--prefix",
+                str(self.prefix),
+                # Started by root (CI), nginx's workers would be nobody: no way into the
+                # 0700 scratch folder nor the 0660 socket.
+                *(["--user", "root"] if os.geteuid() == 0 else []),
+                *store_flags(self.files),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        path = self.scratch / "nginx.conf"
+        path.write_text(done.stdout)
+        return path
+
+    def start_nginx(self) -> None:
+        nginx = require_program("nginx")
+        config = self.nginx_config()
+        (self.prefix / "temp").mkdir(parents=True, exist_ok=True)
+        checked = subprocess.run(
+            [nginx, "-t", "-q", "-p", str(self.prefix), "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stderr
+        with open(self.scratch / "nginx.stderr", "wb") as errors:
+            self.nginx = subprocess.Popen(
+                [nginx, "-p", str(self.prefix), "-c", str(config), "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                stdin=subprocess.DEVNULL,
+            )
+        context = ssl.create_default_context(cafile=self.files.ca_file)
+
+        def up() -> bool:
+            assert self.nginx is not None and self.nginx.poll() is None, self.nginx_errors()
+            try:
+                with (
+                    socket.create_connection(("127.0.0.1", self.nginx_port), timeout=1) as raw,
+                    context.wrap_socket(raw, server_hostname="example.com"),
+                ):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, "nginx")
+
+    def nginx_errors(self) -> str:
+        parts = []
+        for name in ("nginx.stderr", "nginx/error.log"):
+            path = self.scratch / name
+            if path.exists():
+                parts.append(path.read_text(errors="replace"))
+        return "\n".join(parts)
+
+    def access_lines(self) -> list[str]:
+        path = self.prefix / "access.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def stop(self) -> None:
+        for process in (self.nginx, self.follower):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)
+        self.store.stop()
+
+
+@pytest.fixture(scope="module")
+def edge_files(tmp_path_factory: pytest.TempPathFactory) -> StoreFiles:
+    return make_store_files(tmp_path_factory.mktemp("edge"))
+
+
+@pytest.fixture(scope="module")
+def setup(edge_files: StoreFiles) -> Iterator[EdgeSetup]:
+    """A Store (TCP and unix socket), not yet published; nginx not yet started."""
+    require_program("nginx")
+    # A short folder: a unix socket path is limited to 107 bytes.
+    scratch = Path(tempfile.mkdtemp(prefix="sipcert-edge-"))
+    store = StoreProcess(edge_files, extra=["--unix-socket", str(scratch / "store.sock")])
+    store.start()
+    edge = EdgeSetup(edge_files, scratch, store)
+    try:
+        yield edge
+    finally:
+        edge.stop()
+        if not os.environ.get("SIPCERT_TEST_KEEP"):  # set it to look at a failed run
+            shutil.rmtree(scratch, ignore_errors=True)
