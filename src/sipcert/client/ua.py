@@ -30,7 +30,12 @@ import httpx
 from cryptography import x509
 
 from sipcert import __version__
-from sipcert.client.cache import DEFAULT_CACHE_TTL, CertificateCache, SignaledCheck
+from sipcert.client.cache import CertificateCache, SignaledCheck
+from sipcert.client.defaults import (
+    DEFAULT_CACHE_TTL,
+    DEFAULT_RENEW_WINDOW,
+    DEFAULT_VALIDITY,
+)
 from sipcert.client.fetch import (
     MAX_RESPONSE_SIZE,
     DigestAuth,
@@ -76,6 +81,8 @@ from sipcert.proto.note import Verifier
 from sipcert.proto.store import CERT_HASH_LENGTH, parse_cert_hash
 
 __all__ = [
+    "DEFAULT_RENEW_WINDOW",
+    "DEFAULT_VALIDITY",
     "UA",
     "AsyncUA",
     "ClientConfig",
@@ -89,11 +96,6 @@ __all__ = [
 
 T = TypeVar("T")
 Narrate = Callable[[str], None]
-
-#: Default lifetime of an enrolled certificate (draft §5: "days to months").
-DEFAULT_VALIDITY = timedelta(days=30)
-#: Renew when the current certificate expires within this window (draft §5.1).
-DEFAULT_RENEW_WINDOW = timedelta(days=10)
 
 
 @dataclass(frozen=True)

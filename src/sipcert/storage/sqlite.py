@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 from sipcert.errors import StorageError
@@ -51,7 +51,7 @@ from sipcert.storage.base import (
     too_many,
 )
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["SCHEMA_VERSION", "GroupCommit", "SqliteStore"]
 
 #: Value of ``PRAGMA user_version`` for the schema below; bump it with a migration.
 #: 2 added ``label`` (the device label, migrated in place from 1 by :data:`_MIGRATIONS`).
@@ -110,29 +110,101 @@ _HINTS = {
 
 _T = TypeVar("_T")
 
-#: The most ``add`` calls one group commit takes; the rest wait for the next one.
+_I = TypeVar("_I")
+_R = TypeVar("_R")
+
+#: The most calls one group commit takes; the rest wait for the next one.
 MAX_BATCH = 256
 
 
 @dataclass(slots=True)
-class _PendingAdd:
-    """One ``add`` call waiting for a group commit, and where to send its outcome."""
+class _Waiting(Generic[_I, _R]):
+    """One queued call, and where to send its outcome."""
 
-    cert: StoredCertificate
-    max_per_aor: int
-    now_us: int
+    item: _I
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[bool] = field(repr=False)
+    future: asyncio.Future[_R] = field(repr=False)
 
 
-def _settle(future: asyncio.Future[bool], result: bool | BaseException) -> None:
-    """Answer one waiting ``add`` (on its own loop); a caller that gave up is skipped."""
+def _settle(future: asyncio.Future[_R], result: _R | BaseException) -> None:
+    """Answer one waiting call (on its own loop); a caller that gave up is skipped."""
     if future.done():
         return
     if isinstance(result, BaseException):
         future.set_exception(result)
     else:
         future.set_result(result)
+
+
+class GroupCommit(Generic[_I, _R]):
+    """Queue concurrent calls and hand them in batches to ``commit``, in a worker thread.
+
+    ``commit(items)`` runs one transaction for the batch and returns one outcome per item (a
+    result, or the exception that item gets). While it runs (an fsync, or a wait for another
+    process's lock) new calls queue and the next batch takes them all: the transaction cost
+    is shared, and the event loop never waits for SQLite's lock. Each caller is answered
+    only after its batch's ``commit`` returned. Safe to share across threads and loops.
+    """
+
+    def __init__(self, commit: Callable[[list[_I]], list[_R | BaseException]]) -> None:
+        self._commit = commit
+        self._lock = threading.Lock()
+        self._queue: list[_Waiting[_I, _R]] = []
+        self._draining = False
+        self._drainer: asyncio.Future[None] | None = None
+        #: How many batches ran and how many calls they took (for tests and bench/).
+        self.commits = 0
+        self.batched = 0
+
+    @property
+    def draining(self) -> bool:
+        """Whether a thread is taking batches now (tests use it)."""
+        return self._draining
+
+    async def submit(self, item: _I) -> _R:
+        """Queue ``item`` and wait for its outcome (raised if it is an exception)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_R] = loop.create_future()
+        with self._lock:
+            self._queue.append(_Waiting(item, loop, future))
+            start = not self._draining
+            self._draining = True
+        if start:
+            # In the loop's executor, so that the loop's shutdown waits for a commit under
+            # way; the drainer answers every queued call itself, through its future.
+            self._drainer = loop.run_in_executor(None, self._drain)
+        # A cancelled caller stops waiting; its item still runs (as a write in a thread that
+        # cannot be interrupted always did).
+        return await future
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
+                if not batch:
+                    self._draining = False
+                    return
+            try:
+                outcomes = self._commit([waiting.item for waiting in batch])
+            except BaseException as exc:  # a bug in commit: every caller hears of it
+                outcomes = [exc for _ in batch]
+            self.commits += 1
+            self.batched += len(batch)
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                try:
+                    waiting.loop.call_soon_threadsafe(_settle, waiting.future, outcome)
+                except RuntimeError:  # that caller's event loop is closed: nobody waits
+                    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingAdd:
+    """The arguments of one ``add`` waiting for a group commit."""
+
+    cert: StoredCertificate
+    max_per_aor: int
+    now_us: int
 
 
 def _to_us(value: datetime) -> int:
@@ -259,14 +331,8 @@ class SqliteStore:
         self._writer_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
-        # The group commit's queue of ``add`` calls, and whether a thread is draining it.
-        self._queue_lock = threading.Lock()
-        self._queue: list[_PendingAdd] = []
-        self._draining = False
-        self._drainer: asyncio.Future[None] | None = None
-        #: How many group commits ran and how many ``add`` calls they took (for tests/bench).
-        self.commits = 0
-        self.batched = 0
+        #: The group commit of ``add`` calls.
+        self.adds: GroupCommit[_PendingAdd, bool] = GroupCommit(self._commit_batch)
         if not read_only:
             self._create_file()
         try:
@@ -450,37 +516,9 @@ class SqliteStore:
         now_us = _to_us(ensure_utc(now, "now"))
         if self._outdated is not None:
             raise StorageError(self._outdated)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        with self._queue_lock:
-            self._queue.append(_PendingAdd(cert, max_per_aor, now_us, loop, future))
-            start = not self._draining
-            self._draining = True
-        if start:
-            # The drainer answers every queued call itself (through their futures); it runs in
-            # the loop's executor so that the loop's shutdown waits for a commit under way.
-            self._drainer = loop.run_in_executor(None, self._drain)
-        # A cancelled caller stops waiting; its certificate is still stored (as before, when
-        # the write ran in a thread that could not be interrupted either).
-        return await future
+        return await self.adds.submit(_PendingAdd(cert, max_per_aor, now_us))
 
-    def _drain(self) -> None:
-        """Commit queued ``add`` calls in batches until the queue is empty (a worker thread)."""
-        while True:
-            with self._queue_lock:
-                batch = self._queue[:MAX_BATCH]
-                del self._queue[:MAX_BATCH]
-                if not batch:
-                    self._draining = False
-                    return
-            outcomes = self._commit_batch(batch)
-            for item, outcome in zip(batch, outcomes, strict=True):
-                try:
-                    item.loop.call_soon_threadsafe(_settle, item.future, outcome)
-                except RuntimeError:  # that caller's event loop is closed: nobody waits
-                    pass
-
-    def _commit_batch(self, batch: Sequence[_PendingAdd]) -> list[bool | BaseException]:
+    def _commit_batch(self, batch: list[_PendingAdd]) -> list[bool | BaseException]:
         """One transaction for ``batch``: each item in a savepoint, one commit for all.
 
         An item that fails is rolled back to its savepoint and gets its own error; if the
@@ -520,8 +558,6 @@ class SqliteStore:
             except BaseException as exc:
                 _rollback(conn)
                 return [exc for _ in batch]
-            self.commits += 1
-            self.batched += len(batch)
         return outcomes
 
     @staticmethod

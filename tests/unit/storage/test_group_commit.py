@@ -53,7 +53,7 @@ async def in_one_batch(
     with held(store):
         tasks = [asyncio.ensure_future(call) for call in calls]
         await asyncio.sleep(0)  # each task runs up to its wait: every call is queued
-        assert store._draining
+        assert store.adds.draining
     return list(await asyncio.gather(*tasks, return_exceptions=True))
 
 
@@ -72,8 +72,8 @@ def test_concurrent_adds_share_few_commits(tmp_path: Path) -> None:
             outcomes = await in_one_batch(store, calls)
             assert outcomes == [True] * 50
             # The drainer may have taken the first call before the rest queued: two at most.
-            assert store.batched == 50
-            assert store.commits <= 2
+            assert store.adds.batched == 50
+            assert store.adds.commits <= 2
             for i in range(50):
                 assert len(await store.get_by_aor(f"u{i}@example.com", NOW)) == 1
         finally:
@@ -207,7 +207,7 @@ def test_batches_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                 store.add(cert(f"u{i}@example.com", 0), max_per_aor=5, now=NOW) for i in range(10)
             ]
             assert await in_one_batch(store, calls) == [True] * 10
-            assert store.commits >= 3  # 10 calls, at most 4 a transaction
+            assert store.adds.commits >= 3  # 10 calls, at most 4 a transaction
         finally:
             await store.close()
 
