@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from sipcert.client.fetch import FetchResult
+    from sipcert.client.locate import Location
     from sipcert.client.ua import AsyncUA, ClientConfig, Credentials
     from sipcert.proto.note import Verifier
 
@@ -334,8 +335,29 @@ def _print_json(value: dict[str, Any], code: int = 0) -> int:
 
 
 def _locate(args: argparse.Namespace) -> int:
+    # The locator alone, as AsyncUA.locate uses it: no HTTP stack or home to load for a
+    # command that only asks DNS (issue 13: start-up time).
+    from sipcert.client.locate import Locator, make_resolver, parse_store_address
+
     aor = parse_aor(args.aor)
-    location = _run(args, lambda ua: ua.locate(aor))
+    if not args.timeout > 0:
+        raise ConfigError(f"timeout must be positive, not {args.timeout}")
+
+    def narrate(line: str) -> None:
+        print(f"  {line}", file=sys.stderr)
+
+    async def locate() -> Location:
+        locator = Locator(
+            make_resolver(args.dns, timeout=args.timeout),
+            fallback_port=args.fallback_port,
+            system_addresses=args.dns is None,
+            store=parse_store_address(args.store) if args.store else None,
+        )
+        return await locator.locate(
+            aor, attribute="sip" if args.sip else "email", narrate=narrate if args.verbose else None
+        )
+
+    location = asyncio.run(locate())
     if args.json:
         _print_json(
             {

@@ -71,6 +71,7 @@ from sipcert.proto.certs import (
     DiscardReason,
     Identity,
     KeyType,
+    RetrievalChecks,
     cert_hash,
     certificate_der,
     generate_identity,
@@ -261,6 +262,9 @@ class AsyncUA:
             clock=cache_clock,
             directory=self.home.cache_directory if self.config.persist_cache else None,
         )
+        #: Decoding, SAN and signature checks of fetched certificates, by DER: a certificate
+        #: fetched again is only checked against the clock (issue 13).
+        self.checks = RetrievalChecks()
         self.events: list[ConnectionEvent] = []
         self.backend = RoutedBackend(self.locator, on_event=self._on_event)
         self.transport = StrictTransport(
@@ -332,7 +336,7 @@ class AsyncUA:
             cached = self.cache.get(parsed)
             if cached is not None:
                 self._say(f"{parsed}: from the cache ({len(cached.kept)} certificates)")
-                still = validate_retrieved(cached.kept, parsed, now)
+                still = validate_retrieved(cached.kept, parsed, now, checks=self.checks)
                 return replace(
                     cached,
                     kept=tuple(still.kept),
@@ -377,7 +381,7 @@ class AsyncUA:
         retrieved = await get_certificates(
             self.http, location, max_size=self.config.max_response_size
         )
-        result = FetchResult.from_retrieved(location, retrieved, now)
+        result = FetchResult.from_retrieved(location, retrieved, now, checks=self.checks)
         if self.config.transparency and result.kept:
             result = await self._check_log(location, result)
         self._say(

@@ -19,6 +19,7 @@ checks are only as good as the comparison, so parsing here is strict and canonic
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -115,13 +116,16 @@ def parse_aor(text: str) -> AOR:
     raise AORError(f"unsupported URI scheme {scheme!r} in AOR (allowed: {allowed})")
 
 
+@functools.lru_cache(maxsize=4096)
 def aor_from_uri(uri: str) -> AOR:
     """The AOR named by a certificate SubjectAltName URI of any scheme (draft §4.5).
 
     The draft accepts schemes other than SIP ("im:alice@example.com"), so the scheme is only
     checked for syntax (RFC 3986 §3.1); the ``user@host`` after it gets the same strict
     parsing as :func:`parse_aor`. A URI with an authority (``scheme://``) or without a
-    ``user@host`` does not name an AOR and is rejected.
+    ``user@host`` does not name an AOR and is rejected. Results are remembered (a pure
+    function; each certificate a UA fetches or a Store enrolls asks it twice, issue 13);
+    refusals are not.
     """
     _check_text(uri, "URI")
     scheme, rest = _split_scheme(uri)
