@@ -273,6 +273,63 @@ def fsync_rate(folder: Path, count: int) -> float:
     return count / elapsed
 
 
+# -- the storage alone: SqliteStore.add from concurrent tasks (this tree or a --baseline one) --
+
+_STORAGE = r"""
+import asyncio, json, os, sys, time
+from datetime import UTC, datetime, timedelta
+from sipcert.storage import SqliteStore, StoredCertificate
+
+path, count, tasks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+now = datetime.now(UTC)
+certs = [
+    StoredCertificate.from_der(f"u{i % 2048}@example.com", os.urandom(400),
+        not_before=now - timedelta(days=1), not_after=now + timedelta(days=30), created=now)
+    for i in range(count)
+]
+
+async def main():
+    store = SqliteStore(path)
+    position = 0
+    async def one():
+        nonlocal position
+        while position < count:
+            cert = certs[position]
+            position += 1
+            assert await store.add(cert, max_per_aor=1000, now=now)
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(tasks)))
+    elapsed = time.perf_counter() - start
+    adds = getattr(store, "adds", None)
+    await store.close()
+    batch = adds.batched / adds.commits if adds is not None and adds.commits else 1.0
+    print(json.dumps({"rate": count / elapsed, "batch": batch}))
+
+asyncio.run(main())
+"""
+
+
+def storage_rate(folder: Path, tree: Path | None, count: int, tasks: int) -> tuple[float, float]:
+    """``SqliteStore.add`` calls per second from ``tasks`` concurrent tasks, and the mean batch."""
+    path = folder / f"storage-{time.monotonic_ns()}.db"
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", _STORAGE, str(path), str(count), str(tasks)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+    return float(result["rate"]), float(result["batch"])
+
+
 # -- the client (runs in --procs child processes) --------------------------------------------
 
 
@@ -450,7 +507,11 @@ def cpu_model() -> str:
 
 
 def render(
-    args: argparse.Namespace, targets: Sequence[Target], fsync: list[float], command: str
+    args: argparse.Namespace,
+    targets: Sequence[Target],
+    fsync: list[float],
+    storage: dict[str, list[tuple[float, float]]],
+    command: str,
 ) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     ref = statistics.median(fsync)
@@ -475,8 +536,30 @@ def render(
         f"({args.clients} clients in {args.procs} processes, one keep-alive TLS connection each; "
         f"`sipcert serve` with {args.workers} workers, SQLite `synchronous=FULL`). "
         "Median (range). Command:\n\n"
-        f"    {command}\n\n" + "\n".join(rows) + "\n"
+        f"    {command}\n\n" + "\n".join(rows) + "\n" + storage_rows(args, storage, fsync)
     )
+
+
+def storage_rows(
+    args: argparse.Namespace, storage: dict[str, list[tuple[float, float]]], fsync: list[float]
+) -> str:
+    ref = statistics.median(fsync)
+    rows = [
+        "",
+        f"The storage alone in the same rounds: `SqliteStore.add` from {args.clients} "
+        "concurrent tasks in one process, same disk, `synchronous=FULL`:",
+        "",
+        "| tree | adds/s | × one-fsync-per-enrollment | mean adds per commit |",
+        "|---|---|---|---|",
+    ]
+    for label, values in storage.items():
+        rates = [r for r, _ in values]
+        batches = [b for _, b in values]
+        rows.append(
+            f"| {label} | {spread(rates)} | {statistics.median(rates) / ref:.2f} | "
+            f"{spread(batches, '.1f')} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def write_docs(section: str) -> None:
@@ -561,6 +644,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for target in targets:
             start_store(target, root, tls, users, args.workers)
         fsync: list[float] = []
+        storage: dict[str, list[tuple[float, float]]] = {}
+        trees: dict[str, Path | None] = {"this tree": None}
+        for target in targets:
+            if target.tree is not None:
+                trees[f"`{args.baseline}`"] = target.tree
         try:
             for target in targets:
                 wait_ready(target, ca_file)
@@ -569,6 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"round {number}/{args.rounds}", flush=True)
                 fsync.append(fsync_rate(root, 2000))
                 print(f"  fsync reference: {fsync[-1]:,.0f} commits/s", flush=True)
+                for label, tree in trees.items():
+                    measured = storage_rate(root, tree, 4000, args.clients)
+                    storage.setdefault(label, []).append(measured)
+                    print(f"  storage, {label}: {measured[0]:,.0f} adds/s", flush=True)
                 for target in targets:
                     jobs = []
                     share = (args.tlog_count if target.tlog else args.count) // args.procs
@@ -584,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             for target in targets:
                 stop(target)
-        section = render(args, targets, fsync, command)
+        section = render(args, targets, fsync, storage, command)
         print(section)
         if not args.no_write:
             write_docs(section)

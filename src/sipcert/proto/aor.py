@@ -98,7 +98,20 @@ def parse_aor(text: str) -> AOR:
 
     Raises :class:`AORError` with a message naming the problem, or
     :class:`InputTooLargeError` when the text is longer than :data:`MAX_AOR_LENGTH`.
+    Results are remembered (a pure function the Store calls several times per request,
+    issue 13); refusals are not.
     """
+    if isinstance(text, str):
+        return _parse_aor_remembered(text)
+    return _parse_aor(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_aor_remembered(text: str) -> AOR:
+    return _parse_aor(text)
+
+
+def _parse_aor(text: str) -> AOR:
     _check_text(text, "AOR")
     scheme, rest = _split_scheme(text)
     if scheme is None:
@@ -116,7 +129,6 @@ def parse_aor(text: str) -> AOR:
     raise AORError(f"unsupported URI scheme {scheme!r} in AOR (allowed: {allowed})")
 
 
-@functools.lru_cache(maxsize=4096)
 def aor_from_uri(uri: str) -> AOR:
     """The AOR named by a certificate SubjectAltName URI of any scheme (draft §4.5).
 
@@ -127,6 +139,17 @@ def aor_from_uri(uri: str) -> AOR:
     function; each certificate a UA fetches or a Store enrolls asks it twice, issue 13);
     refusals are not.
     """
+    if isinstance(uri, str):
+        return _aor_from_uri_remembered(uri)
+    return _aor_from_uri(uri)
+
+
+@functools.lru_cache(maxsize=4096)
+def _aor_from_uri_remembered(uri: str) -> AOR:
+    return _aor_from_uri(uri)
+
+
+def _aor_from_uri(uri: str) -> AOR:
     _check_text(uri, "URI")
     scheme, rest = _split_scheme(uri)
     if scheme is None:
