@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from sipcert import __version__
 from sipcert.cli import EXIT_INTERRUPTED
@@ -130,11 +131,136 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(self.prog, self.format_usage(), _redact(message))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser; subcommands register themselves here."""
-    from sipcert.cli import authsvc, db, demo, edge, monitor, selftest, serve, sipua, user
-    from sipcert.cli import ua as ua_commands
+#: Every subcommand in the order ``sipcert --help`` lists them: (name, the ``sipcert.cli``
+#: module whose ``register`` adds it, its one-line help). The help is repeated here so that
+#: ``sipcert --help`` needs no subcommand module; tests/unit/cli checks it against each module.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("demo", "demo", "run the whole draft on loopback (Stores, DNS, enrollment, S/MIME over SIP)"),
+    (
+        "selftest",
+        "selftest",
+        "walk through the protocol core (certificates, Digest, S/MIME) offline",
+    ),
+    ("locate", "ua", "show how the Store of an AOR is found (draft §4.1, §4.5)"),
+    ("fetch", "ua", "retrieve and check an AOR's certificates (draft §4.3, §4.5)"),
+    ("enroll", "ua", "create a certificate and store it at the Store (draft §5.1)"),
+    ("status", "ua", "check this device's certificate at the Store (draft §5.1)"),
+    ("renew", "ua", "enroll a new certificate near expiry, revoke the old (draft §5)"),
+    ("revoke", "ua", "remove certificates from the Store (draft §5)"),
+    (
+        "monitor",
+        "monitor",
+        "alarm on log entries for an AOR that are not this user's devices (issue 14)",
+    ),
+    (
+        "ua",
+        "sipua",
+        "run a SIP UA that verifies and answers protected MESSAGE and INVITE (draft §1)",
+    ),
+    ("message", "sipua", "send SIP MESSAGEs"),
+    (
+        "authsvc",
+        "authsvc",
+        "the authentication service that signs and verifies for phones (draft §6)",
+    ),
+    ("serve", "serve", "run the certificate Store (HTTPS, one certificate per domain by SNI)"),
+    ("publish", "edge", "write every AOR's answer as files for nginx (edge mode)"),
+    ("nginx-config", "edge", "print an nginx configuration for edge mode"),
+    ("user", "user", "manage the Store's users file (Digest credentials for enrollment)"),
+    ("db", "db", "manage the Store's certificate database (schema migrations)"),
+)
 
+
+class _LazyChoices(dict[str, argparse.ArgumentParser]):
+    """The subcommand parsers; looking one up (or listing them all) loads its module first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.load: Callable[[str], None] = lambda name: None
+        self.load_all: Callable[[], None] = lambda: None
+
+    def __getitem__(self, name: str) -> argparse.ArgumentParser:
+        self.load(name)
+        return super().__getitem__(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self.load(name)
+        return super().get(name, default)
+
+    def values(self) -> Any:
+        self.load_all()
+        return super().values()
+
+    def items(self) -> Any:
+        self.load_all()
+        return super().items()
+
+
+if TYPE_CHECKING:
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time
+    _SubParsers = argparse._SubParsersAction
+
+
+class _LazySubcommands(_SubParsers):
+    """Subcommands whose arguments are defined only once one of them is chosen.
+
+    Importing every subcommand module (the Store, the SIP stack, aiohttp, ...) took most of
+    ``sipcert fetch``'s 0.45 s start-up (issue 13). The names and one-line helps come from
+    :data:`COMMANDS`; a module's ``register`` runs when argparse reaches its command (or when
+    all parsers are listed), replacing the placeholders it registers.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = _LazyChoices()
+        choices.load = self._load
+        choices.load_all = self._load_all
+        self._name_parser_map = choices
+        self.choices = choices
+        self._modules: dict[str, str] = {}
+        self._loading = False
+
+    def add_lazy(self, name: str, module: str, help_text: str) -> None:
+        self.add_parser(name, help=help_text)
+        self._modules[name] = module
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if self._loading:
+            # The module's real parser replaces the placeholder; the help listing stays.
+            dict.pop(self._name_parser_map, name, None)
+            kwargs.pop("help", None)
+        return super().add_parser(name, **kwargs)
+
+    def _load(self, name: str) -> None:
+        module = self._modules.get(name)
+        if module is None:
+            return
+        for other in [n for n, m in self._modules.items() if m == module]:
+            del self._modules[other]
+        self._loading = True
+        try:
+            importlib.import_module(f"sipcert.cli.{module}").register(self)
+        finally:
+            self._loading = False
+
+    def _load_all(self) -> None:
+        for name in list(self._modules):
+            self._load(name)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        self._load(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser; a subcommand's module is imported only when it is chosen."""
     parser = Parser(
         prog="sipcert",
         description="Certificate Discovery for SIP (draft-jennings-sipping-certs-02).",
@@ -143,17 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show a traceback on errors (for bug reports)"
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    demo.register(commands)
-    selftest.register(commands)
-    ua_commands.register(commands)
-    monitor.register(commands)
-    sipua.register(commands)
-    authsvc.register(commands)
-    serve.register(commands)
-    edge.register(commands)
-    user.register(commands)
-    db.register(commands)
+    commands = cast(
+        "_LazySubcommands",
+        parser.add_subparsers(
+            dest="command", metavar="COMMAND", required=True, action=_LazySubcommands
+        ),
+    )
+    for name, module, help_text in COMMANDS:
+        commands.add_lazy(name, module, help_text)
     return parser
 
 

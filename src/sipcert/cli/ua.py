@@ -18,26 +18,29 @@ import sys
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from sipcert.client.cache import DEFAULT_CACHE_TTL
-from sipcert.client.fetch import FetchResult
-from sipcert.client.home import DEFAULT_DEVICE, Home, default_home
-from sipcert.client.ua import (
+from sipcert.client.defaults import (
+    DEFAULT_CACHE_TTL,
+    DEFAULT_DEVICE,
+    DEFAULT_KEY_TYPE,
     DEFAULT_RENEW_WINDOW,
     DEFAULT_VALIDITY,
-    AsyncUA,
-    ClientConfig,
-    Credentials,
-    parse_cert_reference,
+    KEY_TYPES,
+    default_home,
 )
 from sipcert.errors import ConfigError, LogFormatError
 from sipcert.proto.aor import AOR, parse_aor
-from sipcert.proto.certs import KeyType, san_uris, sha256_fingerprint
-from sipcert.proto.note import Verifier
+
+# The client (httpx, dnspython, cryptography) is imported by the commands that run, not to
+# build the parser: ``sipcert fetch --help`` stays fast (issue 13).
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from sipcert.client.fetch import FetchResult
+    from sipcert.client.locate import Location
+    from sipcert.client.ua import AsyncUA, ClientConfig, Credentials
+    from sipcert.proto.note import Verifier
 
 __all__ = ["register"]
 
@@ -156,8 +159,8 @@ def register(commands: Any) -> None:
     _credential_options(parser, key=True)
     parser.add_argument(
         "--key-type",
-        choices=[k.value for k in KeyType],
-        default=KeyType.P256.value,
+        choices=list(KEY_TYPES),
+        default=DEFAULT_KEY_TYPE,
         help="the device key: p256 (default: small bodies, fast signing), p384, or rsa2048/"
         "rsa3072 for peers that only do RSA key transport (RFC 3261 §23)",
     )
@@ -216,6 +219,8 @@ def log_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> ClientConfig:
+    from sipcert.client.ua import ClientConfig
+
     return ClientConfig(
         dns=args.dns,
         ca_file=args.ca_file,
@@ -233,6 +238,8 @@ def _config(args: argparse.Namespace) -> ClientConfig:
 
 
 def _witness_keys(values: list[str]) -> tuple[Verifier, ...]:
+    from sipcert.proto.note import Verifier
+
     try:
         return tuple(Verifier.parse(v) for v in values)
     except LogFormatError as exc:
@@ -240,6 +247,8 @@ def _witness_keys(values: list[str]) -> tuple[Verifier, ...]:
 
 
 def _run(args: argparse.Namespace, work: Callable[[AsyncUA], Coroutine[Any, Any, T]]) -> T:
+    from sipcert.client.ua import AsyncUA
+
     def narrate(line: str) -> None:
         print(f"  {line}", file=sys.stderr)
 
@@ -283,10 +292,14 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
 
 
 def _credentials(args: argparse.Namespace, aor: AOR) -> Credentials:
+    from sipcert.client.ua import Credentials
+
     return Credentials(password=read_password(args, aor), username=args.username)
 
 
 def _own_aor(args: argparse.Namespace) -> AOR:
+    from sipcert.client.home import Home
+
     if args.aor is not None:
         return parse_aor(args.aor)
     home = Home(args.home or default_home())
@@ -298,6 +311,10 @@ def _own_aor(args: argparse.Namespace) -> AOR:
 
 
 def _cert_json(cert: x509.Certificate) -> dict[str, Any]:
+    from cryptography.hazmat.primitives import serialization
+
+    from sipcert.proto.certs import san_uris, sha256_fingerprint
+
     return {
         "sha256": sha256_fingerprint(cert),
         "serial": format(cert.serial_number, "x"),
@@ -333,8 +350,29 @@ def _print_json(value: dict[str, Any], code: int = 0) -> int:
 
 
 def _locate(args: argparse.Namespace) -> int:
+    # The locator alone, as AsyncUA.locate uses it: no HTTP stack or home to load for a
+    # command that only asks DNS (issue 13: start-up time).
+    from sipcert.client.locate import Locator, make_resolver, parse_store_address
+
     aor = parse_aor(args.aor)
-    location = _run(args, lambda ua: ua.locate(aor))
+    if not args.timeout > 0:
+        raise ConfigError(f"timeout must be positive, not {args.timeout}")
+
+    def narrate(line: str) -> None:
+        print(f"  {line}", file=sys.stderr)
+
+    async def locate() -> Location:
+        locator = Locator(
+            make_resolver(args.dns, timeout=args.timeout),
+            fallback_port=args.fallback_port,
+            system_addresses=args.dns is None,
+            store=parse_store_address(args.store) if args.store else None,
+        )
+        return await locator.locate(
+            aor, attribute="sip" if args.sip else "email", narrate=narrate if args.verbose else None
+        )
+
+    location = asyncio.run(locate())
     if args.json:
         _print_json(
             {
@@ -364,6 +402,10 @@ def _fetch_json(result: FetchResult) -> dict[str, Any]:
 
 
 def _fetch(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from sipcert.proto.certs import san_uris, sha256_fingerprint
+
     aor = parse_aor(args.aor)
     result = _run(args, lambda ua: ua.fetch(aor))
     if args.out is not None:
@@ -390,6 +432,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    from sipcert.proto.certs import KeyType, sha256_fingerprint
+
     aor = parse_aor(args.aor)
     credentials = _credentials(args, aor)
     passphrase = _passphrase(args)
@@ -424,6 +468,8 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from sipcert.proto.certs import sha256_fingerprint
+
     aor = _own_aor(args)
     status = _run(
         args, lambda ua: ua.status(aor, device=args.device, window=timedelta(days=args.window))
@@ -461,6 +507,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _renew(args: argparse.Namespace) -> int:
+    from sipcert.proto.certs import sha256_fingerprint
+
     aor = _own_aor(args)
     credentials = _credentials(args, aor)
     passphrase = _passphrase(args)
@@ -503,6 +551,8 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from sipcert.client.ua import parse_cert_reference
+
     aor = parse_aor(args.aor)
     parse_cert_reference(args.cert)  # malformed --cert is exit 4, before any password prompt
     credentials = _credentials(args, aor)

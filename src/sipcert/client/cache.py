@@ -29,6 +29,7 @@ from urllib.parse import quote
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from sipcert.client.defaults import DEFAULT_CACHE_TTL
 from sipcert.client.fetch import CertificateNote, FetchResult
 from sipcert.client.home import _write_atomic
 from sipcert.errors import ConfigError, InputError
@@ -46,10 +47,6 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
-
-#: Default TTL (seconds) of ``ClientConfig`` and of ``--cache-ttl``: the draft §5 zero, so a
-#: revocation is seen at once unless the embedder or the user asks for a cache.
-DEFAULT_CACHE_TTL = 0.0
 
 
 @dataclass(frozen=True)

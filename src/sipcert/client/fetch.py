@@ -33,7 +33,12 @@ from sipcert.errors import (
     StoreUnavailableError,
 )
 from sipcert.proto.aor import AOR
-from sipcert.proto.certs import Discarded, sha256_fingerprint, validate_retrieved
+from sipcert.proto.certs import (
+    Discarded,
+    RetrievalChecks,
+    sha256_fingerprint,
+    validate_retrieved,
+)
 from sipcert.proto.digest import Algorithm, DigestClient, parse_challenges
 from sipcert.proto.mime import MimeLimits, parse_content_type, parse_multipart
 from sipcert.proto.store import (
@@ -240,9 +245,16 @@ class FetchResult:
         )
 
     @classmethod
-    def from_retrieved(cls, location: Location, retrieved: Retrieved, now: datetime) -> FetchResult:
+    def from_retrieved(
+        cls,
+        location: Location,
+        retrieved: Retrieved,
+        now: datetime,
+        *,
+        checks: RetrievalChecks | None = None,
+    ) -> FetchResult:
         """Apply :func:`~sipcert.proto.certs.validate_retrieved` to a GET answer."""
-        result = validate_retrieved(retrieved.bodies, location.aor, now)
+        result = validate_retrieved(retrieved.bodies, location.aor, now, checks=checks)
         target = retrieved.target or location.targets[0]
         kept = {sha256_fingerprint(c) for c in result.kept}
         notes = []

@@ -26,7 +26,6 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -34,6 +33,7 @@ from urllib.parse import quote, unquote
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from sipcert.client.defaults import DEFAULT_DEVICE, default_home
 from sipcert.errors import ConfigError, InputError, NotFoundError
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.certs import (
@@ -46,19 +46,10 @@ from sipcert.proto.certs import (
 
 __all__ = ["DEFAULT_DEVICE", "Home", "default_home"]
 
-DEFAULT_DEVICE = "default"
 _DEVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _KEY = "key.pem"
 _CERT = "cert.pem"
 _PENDING = "pending"
-
-
-def default_home(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_DATA_HOME/sipcert``, else ``~/.local/share/sipcert`` (XDG base directories)."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_DATA_HOME", "")
-    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share"
-    return root / "sipcert"
 
 
 def _check_device(device: str) -> str:

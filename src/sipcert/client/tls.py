@@ -476,9 +476,10 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, inner: Any, domain: str) -> None:
+    def __init__(self, inner: Any, domain: str, lane: _Lane | None = None) -> None:
         self._inner = inner
         self._domain = domain
+        self._lane = lane
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -495,14 +496,36 @@ class _ResponseStream(httpx.AsyncByteStream):
             ) from exc
 
     async def aclose(self) -> None:
-        if hasattr(self._inner, "aclose"):
-            await self._inner.aclose()
+        try:
+            if hasattr(self._inner, "aclose"):
+                await self._inner.aclose()
+        finally:
+            if self._lane is not None:
+                self._lane.in_flight -= 1
+                self._lane = None
+
+
+class _Lane:
+    """One connection's worth of a domain's pool: an httpcore pool of at most one connection.
+
+    httpcore's pool checks every idle connection (a ``poll`` each) whenever a request starts
+    or ends, so one pool of eight connections made eight concurrent fetches slower than
+    sequential ones (issue 13). A lane only ever looks at its own connection.
+    """
+
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self.pool = pool
+        self.in_flight = 0
 
 
 class StrictTransport(httpx.AsyncBaseTransport):
     """httpx transport over :class:`RoutedBackend`: HTTPS only, HTTP/1.1, pooled per domain.
 
-    Network failures surface as :class:`~sipcert.errors.TransportError` (and its
+    Each domain has up to ``per_domain`` connections (lanes, made as concurrent requests
+    need them; a request goes to the lane with the fewest requests in flight, so
+    sequential requests keep reusing one connection), and at most ``max_connections``
+    lanes exist in all: past that, the least recently used domain with nothing in flight
+    is closed. Network failures surface as :class:`~sipcert.errors.TransportError` (and its
     subclasses), name mismatches as :class:`~sipcert.errors.NameMismatchError`.
     """
 
@@ -512,21 +535,70 @@ class StrictTransport(httpx.AsyncBaseTransport):
         backend: RoutedBackend,
         *,
         max_connections: int = 20,
+        per_domain: int = 4,
         keepalive_expiry: float = 30.0,
     ) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            network_backend=backend,
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            http1=True,
-            http2=False,
-        )
+        if max_connections < 1 or per_domain < 1:
+            raise ValueError("max_connections and per_domain must be >= 1")
+        self._ssl_context = ssl_context
+        self._backend = backend
+        self._keepalive_expiry = keepalive_expiry
+        self.max_connections = max_connections
+        self.per_domain = min(per_domain, max_connections)
+        #: Lanes by domain, least recently used first.
+        self._lanes: dict[str, list[_Lane]] = {}
 
     @property
     def connections(self) -> list[httpcore.AsyncConnectionInterface]:
-        """The pooled connections (for tests and diagnostics)."""
-        return list(self._pool.connections)
+        """The pooled connections of every domain (for tests and diagnostics)."""
+        return [
+            c for lanes in self._lanes.values() for lane in lanes for c in lane.pool.connections
+        ]
+
+    def _new_lane(self) -> _Lane:
+        return _Lane(
+            httpcore.AsyncConnectionPool(
+                ssl_context=self._ssl_context,
+                network_backend=self._backend,
+                max_connections=1,
+                keepalive_expiry=self._keepalive_expiry,
+                http1=True,
+                http2=False,
+            )
+        )
+
+    async def _lane(self, domain: str) -> _Lane:
+        """The lane for a request to ``domain`` (made, and older domains closed, as needed)."""
+        lanes = self._lanes.pop(domain, [])
+        self._lanes[domain] = lanes  # now the most recently used
+        idle = next((lane for lane in lanes if lane.in_flight == 0), None)
+        if idle is not None:
+            return idle
+        if len(lanes) < self.per_domain:
+            await self._make_room()
+            if sum(map(len, self._lanes.values())) < self.max_connections:
+                lanes.append(self._new_lane())
+                return lanes[-1]
+        if not lanes:  # every lane of every other domain is busy: wait in a new one anyway
+            lanes.append(self._new_lane())
+            return lanes[-1]
+        return min(lanes, key=lambda lane: lane.in_flight)
+
+    async def _make_room(self) -> None:
+        """Close least recently used idle domains while all lanes together are at the cap."""
+        while sum(map(len, self._lanes.values())) >= self.max_connections:
+            victim = next(
+                (
+                    d
+                    for d, lanes in self._lanes.items()
+                    if lanes and all(lane.in_flight == 0 for lane in lanes)
+                ),
+                None,
+            )
+            if victim is None:
+                return
+            for lane in self._lanes.pop(victim):
+                await lane.pool.aclose()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "https":
@@ -545,23 +617,34 @@ class StrictTransport(httpx.AsyncBaseTransport):
             content=request.stream,
             extensions=request.extensions,
         )
+        lane = await self._lane(domain)
+        lane.in_flight += 1
         try:
-            response = await self._pool.handle_async_request(core_request)
+            response = await lane.pool.handle_async_request(core_request)
         except httpcore.TimeoutException as exc:
+            lane.in_flight -= 1
             raise TransportError(f"talking to the Store of {domain} timed out") from exc
         except (httpcore.NetworkError, httpcore.UnsupportedProtocol) as exc:
+            lane.in_flight -= 1
             why = in_words(exc, None, None, "talking to it")
             raise TransportError(f"talking to the Store of {domain} failed: {why}") from exc
         except httpcore.ProtocolError as exc:
+            lane.in_flight -= 1
             raise TransportError(
                 f"the Store of {domain} broke the HTTP/1.1 protocol: {exc}"
             ) from exc
+        except BaseException:
+            lane.in_flight -= 1
+            raise
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,
-            stream=_ResponseStream(response.stream, domain),
+            stream=_ResponseStream(response.stream, domain, lane),
             extensions=response.extensions,
         )
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        lanes, self._lanes = self._lanes, {}
+        for domain_lanes in lanes.values():
+            for lane in domain_lanes:
+                await lane.pool.aclose()

@@ -30,7 +30,12 @@ import httpx
 from cryptography import x509
 
 from sipcert import __version__
-from sipcert.client.cache import DEFAULT_CACHE_TTL, CertificateCache, SignaledCheck
+from sipcert.client.cache import CertificateCache, SignaledCheck
+from sipcert.client.defaults import (
+    DEFAULT_CACHE_TTL,
+    DEFAULT_RENEW_WINDOW,
+    DEFAULT_VALIDITY,
+)
 from sipcert.client.fetch import (
     MAX_RESPONSE_SIZE,
     DigestAuth,
@@ -66,6 +71,7 @@ from sipcert.proto.certs import (
     DiscardReason,
     Identity,
     KeyType,
+    RetrievalChecks,
     cert_hash,
     certificate_der,
     generate_identity,
@@ -77,6 +83,8 @@ from sipcert.proto.note import Verifier
 from sipcert.proto.store import CERT_HASH_LENGTH, parse_cert_hash
 
 __all__ = [
+    "DEFAULT_RENEW_WINDOW",
+    "DEFAULT_VALIDITY",
     "UA",
     "AsyncUA",
     "ClientConfig",
@@ -90,11 +98,6 @@ __all__ = [
 
 T = TypeVar("T")
 Narrate = Callable[[str], None]
-
-#: Default lifetime of an enrolled certificate (draft §5: "days to months").
-DEFAULT_VALIDITY = timedelta(days=30)
-#: Renew when the current certificate expires within this window (draft §5.1).
-DEFAULT_RENEW_WINDOW = timedelta(days=10)
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,9 @@ class AsyncUA:
             clock=cache_clock,
             directory=self.home.cache_directory if self.config.persist_cache else None,
         )
+        #: Decoding, SAN and signature checks of fetched certificates, by DER: a certificate
+        #: fetched again is only checked against the clock (issue 13).
+        self.checks = RetrievalChecks()
         self.events: list[ConnectionEvent] = []
         self.backend = RoutedBackend(self.locator, on_event=self._on_event)
         self.transport = StrictTransport(
@@ -338,7 +344,7 @@ class AsyncUA:
             cached = self.cache.get(parsed)
             if cached is not None:
                 self._say(f"{parsed}: from the cache ({len(cached.kept)} certificates)")
-                still = validate_retrieved(cached.kept, parsed, now)
+                still = validate_retrieved(cached.kept, parsed, now, checks=self.checks)
                 return replace(
                     cached,
                     kept=tuple(still.kept),
@@ -383,7 +389,7 @@ class AsyncUA:
         retrieved = await get_certificates(
             self.http, location, max_size=self.config.max_response_size
         )
-        result = FetchResult.from_retrieved(location, retrieved, now)
+        result = FetchResult.from_retrieved(location, retrieved, now, checks=self.checks)
         if self.config.transparency and result.kept:
             result = await self._check_log(location, result)
         self._say(

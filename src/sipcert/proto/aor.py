@@ -19,6 +19,7 @@ checks are only as good as the comparison, so parsing here is strict and canonic
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -97,7 +98,20 @@ def parse_aor(text: str) -> AOR:
 
     Raises :class:`AORError` with a message naming the problem, or
     :class:`InputTooLargeError` when the text is longer than :data:`MAX_AOR_LENGTH`.
+    Results are remembered (a pure function the Store calls several times per request,
+    issue 13); refusals are not.
     """
+    if isinstance(text, str):
+        return _parse_aor_remembered(text)
+    return _parse_aor(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_aor_remembered(text: str) -> AOR:
+    return _parse_aor(text)
+
+
+def _parse_aor(text: str) -> AOR:
     _check_text(text, "AOR")
     scheme, rest = _split_scheme(text)
     if scheme is None:
@@ -121,8 +135,21 @@ def aor_from_uri(uri: str) -> AOR:
     The draft accepts schemes other than SIP ("im:alice@example.com"), so the scheme is only
     checked for syntax (RFC 3986 §3.1); the ``user@host`` after it gets the same strict
     parsing as :func:`parse_aor`. A URI with an authority (``scheme://``) or without a
-    ``user@host`` does not name an AOR and is rejected.
+    ``user@host`` does not name an AOR and is rejected. Results are remembered (a pure
+    function; each certificate a UA fetches or a Store enrolls asks it twice, issue 13);
+    refusals are not.
     """
+    if isinstance(uri, str):
+        return _aor_from_uri_remembered(uri)
+    return _aor_from_uri(uri)
+
+
+@functools.lru_cache(maxsize=4096)
+def _aor_from_uri_remembered(uri: str) -> AOR:
+    return _aor_from_uri(uri)
+
+
+def _aor_from_uri(uri: str) -> AOR:
     _check_text(uri, "URI")
     scheme, rest = _split_scheme(uri)
     if scheme is None:

@@ -16,6 +16,7 @@ import hashlib
 import re
 import secrets
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,6 +50,7 @@ __all__ = [
     "Discarded",
     "Identity",
     "KeyType",
+    "RetrievalChecks",
     "ValidationResult",
     "cert_hash",
     "certificate_der",
@@ -459,8 +461,59 @@ class ValidationResult:
     discarded: list[Discarded] = field(default_factory=list)
 
 
+class RetrievalChecks:
+    """What :func:`validate_retrieved` found about a certificate that does not depend on
+    ``now``, remembered by its DER's SHA-256 and the AOR (issue 13).
+
+    Decoding the DER, the SAN rule of draft §4.5 and the self-signature (the costly part: a
+    signature verification) give the same answer for the same bytes and AOR every time, so
+    a UA that fetches the same certificates again skips them; the validity period is still
+    checked against ``now`` on every call. Bounded (least recently used first out); pure
+    and synchronous, owned by one client.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[bytes, AOR], _Checked] = OrderedDict()
+        #: Lookups answered from the cache (tests and bench/).
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _get(self, key: tuple[bytes, AOR]) -> _Checked | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return found
+
+    def _put(self, key: tuple[bytes, AOR], checked: _Checked) -> None:
+        self._entries[key] = checked
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One certificate's ``now``-independent checks: the parsed certificate, its
+    fingerprint, and the first problem before (SAN) and after (signature) the validity
+    check, in :func:`validate_retrieved`'s order."""
+
+    cert: x509.Certificate
+    fingerprint: str
+    before_validity: tuple[DiscardReason, str] | None
+    after_validity: tuple[DiscardReason, str] | None
+
+
 def validate_retrieved(
-    items: Iterable[x509.Certificate | bytes], aor: AOR, now: datetime
+    items: Iterable[x509.Certificate | bytes],
+    aor: AOR,
+    now: datetime,
+    *,
+    checks: RetrievalChecks | None = None,
 ) -> ValidationResult:
     """Keep the retrieved certificates a Caller may use for ``aor`` (draft §4.4, §4.5).
 
@@ -470,40 +523,61 @@ def validate_retrieved(
     certificates"); it must be inside its validity period (``not-yet-valid`` / ``expired``,
     draft §4.5); it must not be signed with MD5 or SHA-1 (``weak-signature-algorithm``) and
     its self-signature must verify (``bad-self-signature``). Order is kept and
-    repeats of a certificate already seen are dropped silently.
+    repeats of a certificate already seen are dropped silently. With ``checks``, what does
+    not depend on ``now`` is looked up there first (the validity period never is).
     """
     _require_aware(now)
     kept: list[x509.Certificate] = []
     discarded: list[Discarded] = []
     seen: set[str] = set()
     for item in items:
+        checked: _Checked | None = None
+        key: tuple[bytes, AOR] | None = None
         if isinstance(item, x509.Certificate):
             cert = item
+            if checks is not None:
+                key = (cert.fingerprint(hashes.SHA256()), aor)
+                checked = checks._get(key)
         else:
-            try:
-                cert = load_certificate(item)
-            except InputError as exc:
-                raw_fingerprint = hashlib.sha256(item).hexdigest()
-                if raw_fingerprint not in seen:
-                    seen.add(raw_fingerprint)
-                    discarded.append(Discarded(raw_fingerprint, DiscardReason.MALFORMED, str(exc)))
-                continue
-        fingerprint = sha256_fingerprint(cert)
-        if fingerprint in seen:
+            if checks is not None:
+                key = (hashlib.sha256(item).digest(), aor)
+                checked = checks._get(key)
+            if checked is None:
+                try:
+                    cert = load_certificate(item)
+                except InputError as exc:
+                    raw_fingerprint = hashlib.sha256(item).hexdigest()
+                    if raw_fingerprint not in seen:
+                        seen.add(raw_fingerprint)
+                        discarded.append(
+                            Discarded(raw_fingerprint, DiscardReason.MALFORMED, str(exc))
+                        )
+                    continue
+        if checked is None:
+            checked = _Checked(
+                cert,
+                sha256_fingerprint(cert),
+                _san_problem(cert, aor),
+                _signature_problem(cert),
+            )
+            if checks is not None and key is not None:
+                checks._put(key, checked)
+        if checked.fingerprint in seen:
             continue
-        seen.add(fingerprint)
-        problem = _retrieval_problem(cert, aor, now)
+        seen.add(checked.fingerprint)
+        problem = checked.before_validity
         if problem is None:
-            kept.append(cert)
+            window = _validity_problem(checked.cert, now)
+            problem = (DiscardReason(window[0]), window[1]) if window else checked.after_validity
+        if problem is None:
+            kept.append(checked.cert)
         else:
-            discarded.append(Discarded(fingerprint, *problem))
+            discarded.append(Discarded(checked.fingerprint, *problem))
     return ValidationResult(kept=kept, discarded=discarded)
 
 
-def _retrieval_problem(
-    cert: x509.Certificate, aor: AOR, now: datetime
-) -> tuple[DiscardReason, str] | None:
-    """The first reason draft §4.5 gives to discard ``cert``, or ``None`` to keep it."""
+def _san_problem(cert: x509.Certificate, aor: AOR) -> tuple[DiscardReason, str] | None:
+    """Draft §4.5: every SAN URI must name ``aor`` (there must be at least one)."""
     try:
         uris = san_uris(cert)
     except CertificateParseError as exc:
@@ -517,9 +591,11 @@ def _retrieval_problem(
             return DiscardReason.SAN_MALFORMED, f"SAN URI {uri[:100]!r} is not an AOR: {exc}"
         if named != aor:
             return DiscardReason.SAN_MISMATCH, f"SAN URI {uri!r} names {named}, not {aor}"
-    window = _validity_problem(cert, now)
-    if window is not None:
-        return DiscardReason(window[0]), window[1]
+    return None
+
+
+def _signature_problem(cert: x509.Certificate) -> tuple[DiscardReason, str] | None:
+    """No MD5/SHA-1 signature, and the self-signature verifies."""
     weak = weak_signature_problem(cert)
     if weak is not None:
         return DiscardReason.WEAK_SIGNATURE_ALGORITHM, weak

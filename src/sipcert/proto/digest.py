@@ -142,6 +142,16 @@ _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 _LEADING_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _OWS = " \t"
+_OWS_RUN = re.compile(r"[ \t]*")
+# A quoted-string's rest with no quoted-pair: qdtext (see _qdtext) up to the closing quote.
+# What it does not match goes through the character loop, which names the problem.
+_PLAIN_QUOTED_REST = re.compile(r'[\t !\x23-\x5b\x5d-\x7e\x80-\xff]*"')
+# One whole ``name = value`` directive and the OWS after it, in the common spelling (a token,
+# or a quoted-string without quoted-pairs); anything else takes the step-by-step path.
+_PLAIN_DIRECTIVE = re.compile(
+    r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*"
+    r'(?:([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)|"([\t !\x23-\x5b\x5d-\x7e\x80-\xff]*)")[ \t]*'
+)
 _NC = re.compile(r"[0-9a-f]{8}")
 # RFC 8187 §3.2.1 ext-value, charset fixed to UTF-8 as RFC 7616 §3.4.4 requires.
 _EXT_VALUE = re.compile(
@@ -211,8 +221,8 @@ class _Scanner:
 
     def skip_ows(self) -> int:
         start = self.pos
-        while self.pos < len(self.text) and self.text[self.pos] in _OWS:
-            self.pos += 1
+        match = _OWS_RUN.match(self.text, start)
+        self.pos = match.end() if match else start
         return self.pos - start
 
     def skip_empty_elements(self) -> None:
@@ -224,13 +234,20 @@ class _Scanner:
             self.pos += 1
 
     def token(self) -> str | None:
-        start = self.pos
-        while self.pos < len(self.text) and self.text[self.pos] in _TCHAR:
-            self.pos += 1
-        return self.text[start : self.pos] if self.pos > start else None
+        # One regex per token, not a loop per character: an Authorization header has a
+        # dozen of them and the Store parses one per enrollment (issue 13).
+        match = _LEADING_TOKEN.match(self.text, self.pos)
+        if match is None:
+            return None
+        self.pos = match.end()
+        return match.group()
 
     def quoted_string(self, name: str) -> str:
         opening = self.pos
+        plain = _PLAIN_QUOTED_REST.match(self.text, opening + 1)
+        if plain is not None:
+            self.pos = plain.end()
+            return _from_wire(self.text[opening + 1 : plain.end() - 1])
         self.pos += 1
         out: list[str] = []
         while True:
@@ -309,24 +326,13 @@ def _parse_params(scan: _Scanner, item: _Item) -> None:
     """Parse ``#auth-param`` into ``item.params``; stop at the end or before a new challenge."""
     while True:
         name_pos = scan.pos
-        name = scan.token()
-        if name is None:
-            scan.fail(f"expected a directive name, found {scan.shown()}")
-        scan.skip_ows()
-        if scan.peek() != "=":
-            scan.fail(f"expected '=' after directive {name!r}, found {scan.shown()}")
-        scan.pos += 1
-        scan.skip_ows()
-        if scan.peek() == '"':
-            value = scan.quoted_string(name)
+        plain = _PLAIN_DIRECTIVE.match(scan.text, name_pos)
+        if plain is not None:
+            name, token, quoted = plain.groups()
+            value = token if token is not None else _from_wire(quoted)
+            scan.pos = plain.end()
         else:
-            token = scan.token()
-            if token is None:
-                scan.fail(
-                    f"expected a token or quoted-string value for directive {name!r}, "
-                    f"found {scan.shown()}"
-                )
-            value = token
+            name, value = _parse_param_slowly(scan)
         key = name.lower()
         if key in item.params:
             scan.fail(f"duplicate directive {name!r}", name_pos)
@@ -339,6 +345,26 @@ def _parse_params(scan: _Scanner, item: _Item) -> None:
         scan.skip_empty_elements()
         if scan.at_end() or not scan.next_is_param():
             return
+
+
+def _parse_param_slowly(scan: _Scanner) -> tuple[str, str]:
+    """One ``name = value`` step by step, naming the problem of a malformed one."""
+    name = scan.token()
+    if name is None:
+        scan.fail(f"expected a directive name, found {scan.shown()}")
+    scan.skip_ows()
+    if scan.peek() != "=":
+        scan.fail(f"expected '=' after directive {name!r}, found {scan.shown()}")
+    scan.pos += 1
+    scan.skip_ows()
+    if scan.peek() == '"':
+        return name, scan.quoted_string(name)
+    token = scan.token()
+    if token is None:
+        scan.fail(
+            f"expected a token or quoted-string value for directive {name!r}, found {scan.shown()}"
+        )
+    return name, token
 
 
 def _check_length(value: str, header: str) -> None:

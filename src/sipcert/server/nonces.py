@@ -7,7 +7,8 @@ generated once (32 random bytes) into a 0600 file of the data folder. It is neve
 Replays are refused by the highest ``nc`` seen per nonce (RFC 7616 §3.4). That state must be
 shared by all workers (a client's next request may land on another process) and survive a
 restart (the secret does, so old nonces stay valid for their lifetime): an SQLite table.
-It is consulted only on PUT and DELETE, so the synchronous calls cost the event loop little.
+It is consulted only on PUT and DELETE; the Store calls it through :class:`GroupedNonceCounter`,
+which runs concurrent calls in one transaction in a worker thread.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 
 from sipcert.errors import ConfigError, StorageError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_NONCE_LIFETIME
-from sipcert.storage.sqlite import open_shared_sqlite, storage_error
+from sipcert.storage.sqlite import GroupCommit, open_shared_sqlite, storage_error
 
-__all__ = ["SECRET_FILE", "SqliteNonceCounter", "load_or_create_secret"]
+__all__ = ["SECRET_FILE", "GroupedNonceCounter", "SqliteNonceCounter", "load_or_create_secret"]
 
 #: Name of the nonce secret file inside the data folder.
 SECRET_FILE = "nonce-secret"  # noqa: S105 (a file name)
@@ -93,40 +94,59 @@ class SqliteNonceCounter:
 
     def advance(self, nonce: str, nc: int, now: float) -> bool:
         """Record ``nc`` for ``nonce``; True iff it is above every count seen for it."""
-        if nc < 1:
-            return False
+        (outcome,) = self.advance_many([(nonce, nc, now)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def advance_many(self, items: list[tuple[str, int, float]]) -> list[bool | BaseException]:
+        """:meth:`advance` for each ``(nonce, nc, now)`` in order, in one transaction.
+
+        The items are decided one after the other under the write lock, so the answer is
+        exactly what as many single calls would give (the same nonce twice in one batch: the
+        second with a count not above the first is refused). If the transaction fails,
+        nothing of it is recorded and every item gets the :class:`StorageError`.
+        """
+        outcomes: list[bool | BaseException] = []
         with self._lock:
             conn = self._conn
             if conn is None:
-                raise StorageError(f"{self._subject} is closed")
+                return [StorageError(f"{self._subject} is closed") for _ in items]
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                if now - self._last_prune >= _PRUNE_EVERY:
+                latest = max(now for _, _, now in items)
+                if latest - self._last_prune >= _PRUNE_EVERY:
                     conn.execute(
-                        "DELETE FROM nonces WHERE first_seen < ?", (now - self._retention,)
+                        "DELETE FROM nonces WHERE first_seen < ?", (latest - self._retention,)
                     )
-                    self._last_prune = now
-                row = conn.execute("SELECT nc FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO nonces (nonce, first_seen, nc) VALUES (?, ?, ?)",
-                        (nonce, now, nc),
-                    )
-                    accepted = True
-                elif nc > row[0]:
-                    conn.execute("UPDATE nonces SET nc = ? WHERE nonce = ?", (nc, nonce))
-                    accepted = True
-                else:
-                    accepted = False
+                    self._last_prune = latest
+                for nonce, nc, now in items:
+                    outcomes.append(self._advance_one(conn, nonce, nc, now))
                 conn.execute("COMMIT")
-                return accepted
+                return outcomes
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     try:
                         conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
-                raise storage_error(self._subject, "recording a nonce count", exc) from exc
+                error = storage_error(self._subject, "recording a nonce count", exc)
+                return [error for _ in items]
+
+    @staticmethod
+    def _advance_one(conn: sqlite3.Connection, nonce: str, nc: int, now: float) -> bool:
+        if nc < 1:
+            return False
+        row = conn.execute("SELECT nc FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO nonces (nonce, first_seen, nc) VALUES (?, ?, ?)", (nonce, now, nc)
+            )
+            return True
+        if nc > row[0]:
+            conn.execute("UPDATE nonces SET nc = ? WHERE nonce = ?", (nc, nonce))
+            return True
+        return False
 
     def __len__(self) -> int:
         with self._lock:
@@ -140,3 +160,24 @@ class SqliteNonceCounter:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class GroupedNonceCounter:
+    """A :class:`SqliteNonceCounter` as an :class:`~sipcert.proto.digest.AsyncNonceCounter`
+    whose concurrent calls share transactions (issue 13).
+
+    Each call still waits for its own answer, decided under SQLite's write lock in the order
+    the calls were queued, so a replayed ``nc`` is refused exactly as before, on every
+    worker. What moved off the event loop is the wait: a worker whose counter is locked by
+    another worker's transaction used to sleep in SQLite's busy handler on the loop, holding
+    up every other request of that worker.
+    """
+
+    def __init__(self, inner: SqliteNonceCounter) -> None:
+        self.inner = inner
+        self.group: GroupCommit[tuple[str, int, float], bool] = GroupCommit(inner.advance_many)
+
+    async def advance(self, nonce: str, nc: int, now: float) -> bool:
+        if nc < 1:
+            return False
+        return await self.group.submit((nonce, nc, now))

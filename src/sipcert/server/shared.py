@@ -4,7 +4,8 @@ Digest nonce counts (replays, RFC 7616 §3.4) and the guessing limiter are chose
 certificate storage: a PostgreSQL or MariaDB/MySQL database holds them in its own tables, so
 every frontend on every host sees one count per nonce and one bucket per user; an SQLite
 store (one host) keeps them in local files of the data folder, shared by that host's
-workers. The Store awaits both; the SQLite ones are synchronous (microseconds) and wrapped.
+workers. The Store awaits both; the SQLite ones group concurrent calls into one transaction
+in a worker thread (``GroupedNonceCounter``, ``GroupedLoginLimiter``, issue 13).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import cast
 
 from sipcert.proto.digest import AsyncNonceCounter, NonceCounter
 from sipcert.proto.ratelimit import Admission, AsyncLoginLimiter, LoginLimiter, LoginLimits
-from sipcert.server.limits import SqliteLoginLimiter
-from sipcert.server.nonces import SqliteNonceCounter
+from sipcert.server.limits import GroupedLoginLimiter, SqliteLoginLimiter
+from sipcert.server.nonces import GroupedNonceCounter, SqliteNonceCounter
 from sipcert.storage import CertificateStore, MysqlStore, PostgresStore
 from sipcert.storage.mysql import MysqlLoginLimiter, MysqlNonceCounter
 from sipcert.storage.postgres_state import PostgresLoginLimiter, PostgresNonceCounter
@@ -121,8 +122,8 @@ def open_shared_state(
         nonces.close()
         raise
     return SharedState(
-        _AsyncCounter(nonces),
-        _AsyncLimiter(limiter),
+        GroupedNonceCounter(nonces),
+        GroupedLoginLimiter(limiter),
         where=f"files of {data_dir}",
         _files=(nonces, limiter),
     )
