@@ -38,7 +38,6 @@ from sipcert.storage.base import (
     SchemaStatus,
     StoredCertificate,
     cert_hash_column,
-    cert_hash_from_column,
     check_limit,
     ensure_utc,
     too_many,
@@ -115,15 +114,16 @@ def _from_us(value: int) -> datetime:
 
 def _row_to_cert(row: tuple[Any, ...]) -> StoredCertificate:
     aor, sha256, cert_hash, der, not_before, not_after, created, label = row
-    return StoredCertificate(
-        aor=aor,
-        sha256=sha256,
-        cert_hash=cert_hash_from_column(cert_hash),
-        der=bytes(der),
-        not_before=_from_us(not_before),
-        not_after=_from_us(not_after),
-        created=_from_us(created),
-        label=label,
+    # Checked when written (StoredCertificate.from_der in the PUT): not again per GET.
+    return StoredCertificate.from_row(
+        aor,
+        sha256,
+        cert_hash[:-1] if cert_hash.endswith("=") else cert_hash,  # cert_hash_from_column
+        bytes(der),
+        _EPOCH + timedelta(microseconds=not_before),
+        _EPOCH + timedelta(microseconds=not_after),
+        _EPOCH + timedelta(microseconds=created),
+        label,
     )
 
 
