@@ -808,10 +808,10 @@ def group_cpu_seconds(groups: Sequence[int]) -> float:
     return total / _TICKS
 
 
-def group_rss_kib(groups: Sequence[int]) -> dict[int, int]:
-    """VmRSS (KiB) of every process in ``groups``, by pid."""
+def group_rss_kib(groups: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """(VmRSS, RssAnon) in KiB of every process in ``groups``, by pid."""
     wanted = set(groups)
-    found: dict[int, int] = {}
+    found: dict[int, tuple[int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -823,8 +823,9 @@ def group_rss_kib(groups: Sequence[int]) -> dict[int, int]:
         except (OSError, ValueError):
             continue
         rss = re.search(r"VmRSS:\s+(\d+) kB", status)
-        if rss:
-            found[int(entry.name)] = int(rss.group(1))
+        anon = re.search(r"RssAnon:\s+(\d+) kB", status)
+        if rss and anon:
+            found[int(entry.name)] = (int(rss.group(1)), int(anon.group(1)))
     return found
 
 
@@ -871,7 +872,7 @@ class Cell:
 
 def measure_rss(
     args: argparse.Namespace, fx: Fixture, counts: Sequence[int], root: Path
-) -> list[tuple[int, dict[int, int]]]:
+) -> list[tuple[int, dict[int, tuple[int, int]]]]:
     """RSS of a 2-worker Store over a corpus of each size, after a random-AOR load."""
     found = []
     for count in counts:
@@ -886,7 +887,10 @@ def measure_rss(
             rss = group_rss_kib(target.groups)
             rss.pop(target.processes[0].pid, None)  # the parent: forks, waits, holds no data
             found.append((count, rss))
-            print(f"rss {count:>9,} AORs: workers {sorted(rss.values())} KiB", file=sys.stderr)
+            print(
+                f"rss {count:>9,} AORs: workers (RSS, anon) {sorted(rss.values())} KiB",
+                file=sys.stderr,
+            )
         finally:
             stop(target)
     return found
@@ -954,7 +958,7 @@ class Report:
     results: dict[tuple[str, str], Cell]
     checked: int
     skipped: list[str]
-    rss: list[tuple[int, dict[int, int]]]
+    rss: list[tuple[int, dict[int, tuple[int, int]]]]
 
 
 def render(report: Report) -> str:
@@ -1026,15 +1030,18 @@ def render(report: Report) -> str:
     if report.rss:
         lines += [
             "",
-            "Store RSS (`sipcert serve`, 2 workers, after one random-AOR keep-alive run), per "
-            "worker:",
+            "Store memory (`sipcert serve`, 2 workers, after one random-AOR keep-alive run), "
+            "per worker: RSS, and of it the anonymous memory (heap; the rest is mapped files "
+            "such as shared libraries):",
             "",
-            "| AORs | worker RSS |",
-            "|---|---|",
+            "| AORs | RSS per worker | anonymous |",
+            "|---|---|---|",
         ]
         for count, rss in report.rss:
-            values = ", ".join(f"{kib / 1024:.1f} MiB" for kib in sorted(rss.values()))
-            lines.append(f"| {count:,} | {values} |")
+            values = sorted(rss.values())
+            total = ", ".join(f"{r / 1024:.1f} MiB" for r, _ in values)
+            anon = ", ".join(f"{a / 1024:.1f} MiB" for _, a in values)
+            lines.append(f"| {count:,} | {total} | {anon} |")
     lines += [
         "",
         "Negotiated protocol (system OpenSSL `s_client`, the library wrk uses): "
