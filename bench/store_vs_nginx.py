@@ -71,6 +71,12 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 CACHE = ROOT / "bench" / ".cache"
 BEGIN = "<!-- bench:begin (written by bench/store_vs_nginx.py; edits here are overwritten) -->"
 END = "<!-- bench:end -->"
+#: ``--full`` (1M AORs) writes its own section, so the default run's stays.
+BEGIN_FULL = (
+    "<!-- bench:full:begin (written by bench/store_vs_nginx.py --full; edits here are "
+    "overwritten) -->"
+)
+END_FULL = "<!-- bench:full:end -->"
 DOMAINS = ("example.com", "example.net")
 SNI = "example.com"
 MAX_AGE = 60
@@ -116,6 +122,7 @@ class TargetSpec:
     kind: str  # "store", "nginx" or "edge"
     workers: int
     tree: str | None = None  # label of a --tree; None: this working tree
+    cache_mb: int | None = None  # answer_cache_mb; None: the Store's default
 
     def describe(self, trees: dict[str, str]) -> str:
         if self.kind == "nginx":
@@ -123,15 +130,21 @@ class TargetSpec:
         if self.kind == "edge":
             return "edge: nginx (2 workers) + `sipcert serve` on a unix socket"
         code = "`sipcert serve`" if self.tree is None else f"`sipcert serve` {trees[self.tree]}"
-        return f"{code}, {self.workers} worker{'s' * (self.workers > 1)}"
+        cache = "" if self.cache_mb is None else f", answer cache {self.cache_mb} MiB"
+        return f"{code}, {self.workers} worker{'s' * (self.workers > 1)}{cache}"
 
 
-_STORE_TARGET = re.compile(r"(?P<tree>[a-z][a-z0-9_]*)-(?P<workers>[1-9][0-9]?)w")
+_STORE_TARGET = re.compile(
+    r"(?P<tree>[a-z][a-z0-9_]*)-(?P<workers>[1-9][0-9]?)w(?:-cache(?P<cache>[0-9]{1,5}))?"
+)
 DEFAULT_TARGETS = ("nginx", "edge", "store-1w", "store-2w")
 
 
 def target_spec(name: str, trees: dict[str, str]) -> TargetSpec:
-    """``nginx``, ``edge`` or ``LABEL-Nw``: LABEL ``store`` or a --tree label."""
+    """``nginx``, ``edge`` or ``LABEL-Nw[-cacheM]``: LABEL ``store`` or a --tree label.
+
+    ``-cacheM`` sets the Store's ``answer_cache_mb`` to M (``-cache0``: no cache).
+    """
     if name == "nginx":
         return TargetSpec(name, "nginx", 2)
     if name == "edge":
@@ -142,7 +155,14 @@ def target_spec(name: str, trees: dict[str, str]) -> TargetSpec:
     tree = found["tree"]
     if tree != "store" and tree not in trees:
         raise ValueError(f"target {name!r}: no --tree {tree}=REF given")
-    return TargetSpec(name, "store", int(found["workers"]), tree=None if tree == "store" else tree)
+    cache = None if found["cache"] is None else int(found["cache"])
+    return TargetSpec(
+        name,
+        "store",
+        int(found["workers"]),
+        tree=None if tree == "store" else tree,
+        cache_mb=cache,
+    )
 
 
 # -- the corpus ------------------------------------------------------------------------------
@@ -350,7 +370,9 @@ def source_tree(label: str, ref: str, root: Path) -> Path:
     return target / "src"
 
 
-def store_config(fx: Fixture, folder: Path, db_url: str, workers: int, port: int) -> Path:
+def store_config(
+    fx: Fixture, folder: Path, db_url: str, workers: int, port: int, cache_mb: int | None = None
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     domains = "".join(
         f'\n[[domain]]\nname = "{d}"\ntls_cert = "{c}"\ntls_key = "{k}"\n'
@@ -364,7 +386,8 @@ def store_config(fx: Fixture, folder: Path, db_url: str, workers: int, port: int
         f'credentials = "file://{fx.users}"\n'
         f"workers = {workers}\n"
         "access_log = true\n"
-        'log_level = "info"\n'
+        + ("" if cache_mb is None else f"answer_cache_mb = {cache_mb}\n")
+        + 'log_level = "info"\n'
         f"[policy]\nmax_age = {MAX_AGE}\n{domains}"
     )
     return config
@@ -483,7 +506,7 @@ def start(fx: Fixture, corpus_: Corpus, spec: TargetSpec, sources: dict[str, Pat
         command = [nginx_binary(), "-e", "stderr", "-p", str(folder), "-c", str(config)]
         return Running(spec, port, [_popen(command, log_path, env)], log_path)
     if spec.kind == "store":
-        config = store_config(fx, folder, corpus_.db_url, spec.workers, port)
+        config = store_config(fx, folder, corpus_.db_url, spec.workers, port, spec.cache_mb)
         process = _popen(sipcert_command("serve", "--config", str(config)), log_path, env)
         return Running(spec, port, [process], log_path)
     return start_edge(fx, corpus_, spec, folder, port, log_path, env)
@@ -965,7 +988,7 @@ def render(report: Report) -> str:
     args = report.args
     scenarios = [SCENARIOS[name] for name in args.scenarios]
     lines = [
-        BEGIN,
+        BEGIN_FULL if args.full else BEGIN,
         "",
         f"Measured {report.started:%Y-%m-%d %H:%M} UTC with:",
         "",
@@ -1054,7 +1077,7 @@ def render(report: Report) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {v} |" for k, v in versions().items()]
-    lines += ["", END]
+    lines += ["", END_FULL if args.full else END]
     return "\n".join(lines) + "\n"
 
 
@@ -1067,12 +1090,17 @@ bench/README.md explains the set-up.
 """
 
 
-def write_docs(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else HEADER + BEGIN + "\n" + END + "\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
+def write_docs(path: Path, section: str, *, full: bool = False) -> None:
+    """Replace the marked section (``--full`` has its own markers); add it when missing."""
+    begin, end = (BEGIN_FULL, END_FULL) if full else (BEGIN, END)
+    text = path.read_text() if path.exists() else HEADER + begin + "\n" + end + "\n"
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1]
         text = before + section.rstrip("\n") + after
+    elif full and END in text:  # right after the default run's section
+        before, after = text.split(END, 1)
+        text = before + END + "\n\n" + section.rstrip("\n") + after
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
@@ -1097,7 +1125,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default=",".join(DEFAULT_TARGETS),
-        help="comma-separated: nginx, edge, store-Nw (this working tree), LABEL-Nw (a --tree); "
+        help="comma-separated: nginx, edge, store-Nw[-cacheM] (this working tree; M: "
+        "answer_cache_mb), LABEL-Nw[-cacheM] (a --tree); "
         "default: %(default)s",
     )
     parser.add_argument(
@@ -1224,7 +1253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         section = render(report)
         print(section)
         if not args.no_write:
-            write_docs(args.output, section)
+            write_docs(args.output, section, full=args.full)
             print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -49,6 +49,7 @@ __all__ = [
     "authorize_upload",
     "certificates_response",
     "check_host",
+    "conditional",
     "enrolled_on_header",
     "error_response",
     "error_to_response",
@@ -416,6 +417,23 @@ def certificates_response(
     chunks.append(f"--{boundary}--\r\n".encode("ascii"))
     content_type = f'multipart/mixed; boundary="{boundary}"'
     return Response(200, (("Content-Type", content_type), *caching), b"".join(chunks))
+
+
+def conditional(answer: Response, if_none_match: str | None) -> Response:
+    """``answer`` (a GET answer made without ``If-None-Match``) for a request that sent one.
+
+    The same rule as :func:`certificates_response`: a 200 whose ETag matches becomes a 304
+    with the caching headers and no body (RFC 9110 §13.1.2); anything else is unchanged. The
+    Store's answer cache (issue 13) keeps answers made without the condition and applies it
+    per request with this.
+    """
+    if if_none_match is None or answer.status != 200:
+        return answer
+    headers = dict(answer.headers)
+    etag = headers.get("ETag")
+    if etag is None or not _etag_matches(if_none_match, etag):
+        return answer
+    return Response(304, (("ETag", etag), ("Cache-Control", headers["Cache-Control"])), b"")
 
 
 def error_response(status: int, reason: str) -> Response:
