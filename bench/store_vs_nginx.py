@@ -1216,8 +1216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         corpus_ = corpus(args.cache_dir, args.aors)
         fx = prepare(root)
         sources = {label: source_tree(label, ref, root) for label, ref in args.trees.items()}
-        lua = root / "random.lua"
-        lua.write_text(wrk_script(args.aors, args.seed))
         running: list[Running] = []
         try:
             for spec in specs:
@@ -1229,7 +1227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"all targets give identical answers ({checked}); measuring", file=sys.stderr)
             results = {(t.spec.name, s): Cell() for t in running for s in args.scenarios}
             for round_no in range(1, args.rounds + 1):
-                for scenario_name in args.scenarios:
+                for number, scenario_name in enumerate(args.scenarios):
+                    # A new draw per round and scenario (the same for every target): a cache
+                    # must not meet the AORs of an earlier run again.
+                    lua = root / f"random-{round_no}-{scenario_name}.lua"
+                    lua.write_text(wrk_script(args.aors, args.seed + 100 * round_no + number))
                     for target in running:
                         sample = run_wrk(args, lua, target, SCENARIOS[scenario_name])
                         results[(target.spec.name, scenario_name)].samples.append(sample)

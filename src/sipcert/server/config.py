@@ -154,7 +154,7 @@ class StoreConfig:
     access_log: bool = True
     purge_interval: float = 3600.0
     #: MiB of rendered GET answers each worker keeps (server.answers, issue 13); 0: off.
-    answer_cache_mb: int = 16
+    answer_cache_mb: int = 0
     nonce_secret: bytes | None = field(default=None, repr=False)
     nonce_lifetime: float = 300.0
     #: Checked Digest answers allowed per client address in each window (proto.ratelimit).
@@ -195,7 +195,7 @@ class StoreConfig:
         if not isinstance(access_log, bool):
             raise ConfigError("access_log: expected true or false")
         purge_interval = _int(doc, "purge_interval", 3600, minimum=1)
-        answer_cache_mb = _int(doc, "answer_cache_mb", 16, minimum=0)
+        answer_cache_mb = _int(doc, "answer_cache_mb", 0, minimum=0)
         if answer_cache_mb > _MAX_ANSWER_CACHE_MB:
             raise ConfigError(f"answer_cache_mb: {answer_cache_mb} is over {_MAX_ANSWER_CACHE_MB}")
         secret_text = doc.get("nonce_secret")

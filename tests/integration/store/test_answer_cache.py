@@ -23,7 +23,9 @@ AOR = "dave@example.com"
 
 @pytest.fixture
 def two_workers(store_files: StoreFiles) -> Iterator[StoreProcess]:
-    process = StoreProcess(store_files, extra=["--workers", "2"])
+    config = store_files.root / "answer-cache.toml"
+    config.write_text("answer_cache_mb = 16\n")
+    process = StoreProcess(store_files, extra=["--workers", "2", "--config", str(config)])
     process.start()
     try:
         yield process
