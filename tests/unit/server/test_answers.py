@@ -8,6 +8,7 @@ another worker (or another process on the host) that writes behind this one's ba
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -180,7 +181,7 @@ def test_the_cache_is_bounded_and_drops_its_oldest_entries() -> None:
         cache.put(("d", f"a{n}", None), answer, [], 1)
     assert len(cache) == 3 and cache.size <= cache.max_bytes
     assert cache.get(("d", "a0", None), 0.0) == (None, 1)
-    assert cache.get(("d", "a4", None), 0.0) == (answer, 1)
+    assert cache.get(("d", "a4", None), 0.0) == (answer, 1)  # an equal Response
     huge = Response(200, (), b"x" * cache.max_bytes)
     cache.put(("d", "huge", None), huge, [], 1)  # larger than the whole cache: not kept
     assert cache.get(("d", "huge", None), 0.0) == (None, 1)
@@ -198,6 +199,15 @@ def test_an_answer_read_before_a_write_that_another_request_noticed_is_not_kept(
     stale = Response(404, (), b"none\n")
     cache.put(("d", "a", None), stale, [], read_at)
     assert cache.get(("d", "a", None), 0.0) == (None, 2)
+
+
+def test_entries_are_not_tracked_by_the_garbage_collector() -> None:
+    """Full collections must not walk the cache: its entries hold only untracked atoms."""
+    cache = AnswerCache(lambda: 1, max_bytes=1 << 20)
+    cache.get(("d", "a", None), 0.0)
+    cache.put(("d", "a", None), Response(200, (("ETag", '"x"'),), b"body"), [1.0], 1)
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in cache._entries.values())
 
 
 def test_only_a_backend_with_a_change_counter_is_cached(tmp_path: Path) -> None:
