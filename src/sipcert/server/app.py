@@ -42,7 +42,6 @@ from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from multidict import CIMultiDict
 
 from sipcert.errors import (
     AuthenticationError,
@@ -342,7 +341,8 @@ class _RefusalError(Exception):
 
 
 def _to_web(answer: Response) -> web.Response:
-    return web.Response(status=answer.status, headers=CIMultiDict(answer.headers), body=answer.body)
+    # web.Response copies the headers into its own CIMultiDict: no second copy here.
+    return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
 
 
 def _plain(status: int, text: str) -> web.Response:
