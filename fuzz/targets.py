@@ -86,13 +86,23 @@ def _text(data: bytes) -> str:
 
 
 def query(data: bytes) -> None:
-    """``proto.store.parse_query`` (unmemoised) and the other request-header parsers."""
+    """``proto.store.parse_query``: its fast path (issue 13) must give what the full grammar
+    (unmemoised) gives, result or error; and the other request-header parsers."""
     text = _text(data)
 
+    def outcome(parse: Callable[[str], store_core.StoreQuery]) -> object:
+        try:
+            return parse(text)
+        except SipCertError as exc:
+            return (type(exc), str(exc))
+
     def work() -> None:
-        parsed = store_core.parse_query.__wrapped__(text)
-        if parsed.aor is not None:
-            _ = (str(parsed.aor), parsed.aor.host, parsed.aor.user)
+        full = outcome(store_core.parse_query_full.__wrapped__)
+        fast = outcome(store_core.parse_query)
+        if fast != full:
+            raise AssertionError(f"parse_query {fast!r} != the full grammar's {full!r}")
+        if isinstance(full, store_core.StoreQuery) and full.aor is not None:
+            _ = (str(full.aor), full.aor.host, full.aor.user)
 
     only_sipcert_errors(work)
     only_sipcert_errors(lambda: store_core.parse_cert_hash(text))

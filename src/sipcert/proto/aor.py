@@ -42,6 +42,7 @@ __all__ = [
     "escape_user",
     "normalize_domain",
     "parse_aor",
+    "plain_aor",
 ]
 
 #: Longest text ``parse_aor`` / ``aor_from_uri`` / ``normalize_domain`` look at.
@@ -62,6 +63,10 @@ _HEX = frozenset(string.hexdigits)
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?")
 _IPV4_RE = re.compile(r"[0-9]+(?:\.[0-9]+){3}")
+#: A user part of letters, digits, ``.``, ``_`` and ``-`` only: canonical as it stands, and
+#: free of everything :func:`_check_text` refuses (see :func:`plain_aor`).
+_PLAIN_USER_RE = re.compile(r"[A-Za-z0-9._-]+")
+_PLAIN_HOST_RE = re.compile(r"[A-Za-z0-9.-]+")
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,40 @@ def _parse_aor(text: str) -> AOR:
         )
     allowed = ", ".join(sorted(AOR_SCHEMES))
     raise AORError(f"unsupported URI scheme {scheme!r} in AOR (allowed: {allowed})")
+
+
+def plain_aor(user: str, host: str) -> AOR | None:
+    """``parse_aor(f"{user}@{host}")`` for the everyday spelling, without its per-character work.
+
+    Issue 13: the Store parses the AOR of every GET, and with many AORs a memo of whole
+    query strings misses. When ``user`` holds only letters, digits, ``.``, ``_`` and ``-``
+    and ``host`` only letters, digits, ``.`` and ``-``, every check of :func:`parse_aor` on
+    the text and the user part passes and changes nothing, so only the host is checked
+    (memoised per host: a Store serves a few domains). Returns ``None`` whenever the text
+    is anything else (or the host is invalid): the caller then takes :func:`parse_aor`'s
+    path, which gives the precise error. ``tests/unit/proto/test_plain_aor.py`` checks that
+    both paths agree.
+    """
+    if (
+        len(user) + 1 + len(host) > MAX_AOR_LENGTH
+        or len(user) > MAX_USER_LENGTH
+        or not _PLAIN_USER_RE.fullmatch(user)
+        or not _PLAIN_HOST_RE.fullmatch(host)
+    ):
+        return None
+    try:
+        checked = _memo_check_host(host)
+    except AORError:
+        return None
+    aor = object.__new__(AOR)  # both parts are canonical already: skip __post_init__
+    object.__setattr__(aor, "user", user)
+    object.__setattr__(aor, "host", checked)
+    return aor
+
+
+@functools.lru_cache(maxsize=256)
+def _memo_check_host(host: str) -> str:
+    return _check_host(host)  # an invalid host raises, and failures are not memoised
 
 
 def aor_from_uri(uri: str) -> AOR:

@@ -34,7 +34,7 @@ from sipcert.errors import (
     UnsupportedMediaTypeError,
     URITooLongError,
 )
-from sipcert.proto.aor import AOR, escape_user, parse_aor
+from sipcert.proto.aor import AOR, escape_user, parse_aor, plain_aor
 from sipcert.proto.certs import check_enrollment, format_cert_hash, load_certificate
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "authorize_upload",
     "certificates_response",
     "check_host",
+    "conditional",
     "enrolled_on_header",
     "error_response",
     "error_to_response",
@@ -58,6 +59,7 @@ __all__ = [
     "parse_description",
     "parse_enrolled_on",
     "parse_query",
+    "parse_query_full",
     "parse_upload",
     "percent_decode",
 ]
@@ -214,10 +216,20 @@ def format_description(label: str) -> str:
     return email.header.Header(label, "utf-8").encode(maxlinelen=10_000)
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def enrolled_on_header(created: datetime) -> str:
     """The ``Content-Disposition`` of one certificate: RFC 2183 §2.4 ``creation-date``, the
     moment the Store accepted it ("enrolled on")."""
-    date = email.utils.format_datetime(created.astimezone(UTC))
+    # email.utils.format_datetime's RFC 5322 spelling, formatted directly: it is in every
+    # GET answer, and the library's time-tuple round trip was a tenth of the GET (issue 13).
+    t = created.astimezone(UTC)
+    date = (
+        f"{_DAYS[t.weekday()]}, {t.day:02d} {_MONTHS[t.month - 1]} {t.year:04d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} +0000"
+    )
     return f'attachment; creation-date="{date}"'
 
 
@@ -238,12 +250,33 @@ def parse_enrolled_on(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-@functools.lru_cache(maxsize=1024)  # at most ~2 MiB: queries are <= 2048 characters
+#: ``email=user%40host`` (or ``sip=``/``uri=``) as sipcert clients send it (issue 13).
+_CANONICAL_QUERY = re.compile(r"(email|sip|uri)=([A-Za-z0-9._-]+)%40([A-Za-z0-9.-]+)")
+
+
 def parse_query(query: str) -> StoreQuery:
     """Parse a ``search-cgi`` query string (draft §4.1, §4.5, §8; RFC 4387 §3.2).
 
-    Memoised: the Store is asked for the same few AORs again and again, and the answer is
-    an immutable value of the string alone (errors are not cached).
+    The canonical spelling a sipcert client sends (one attribute, ``user%40host`` with a
+    plain user part) is parsed directly with :func:`~sipcert.proto.aor.plain_aor`, which
+    gives the very same :class:`StoreQuery` (a Store of many AORs is asked for a different
+    one each time, so a memo of query strings misses: issue 13); every other spelling goes
+    through :func:`parse_query_full`.
+    """
+    found = _CANONICAL_QUERY.fullmatch(query) if len(query) <= MAX_QUERY_LENGTH else None
+    if found is not None:
+        aor = plain_aor(found[2], found[3])
+        if aor is not None:
+            return StoreQuery(aor=aor, attribute=found[1], cert_hash=None)
+    return parse_query_full(query)
+
+
+@functools.lru_cache(maxsize=1024)  # at most ~2 MiB: queries are <= 2048 characters
+def parse_query_full(query: str) -> StoreQuery:
+    """Parse any ``search-cgi`` query string (the whole grammar of :func:`parse_query`).
+
+    Memoised: a few AORs may be asked for again and again, and the answer is an immutable
+    value of the string alone (errors are not cached).
 
     Exactly one of ``email``/``sip``/``uri`` may name the AOR, in any form
     :func:`~sipcert.proto.aor.parse_aor` accepts; ``certHash`` may come with it or alone.
@@ -384,6 +417,23 @@ def certificates_response(
     chunks.append(f"--{boundary}--\r\n".encode("ascii"))
     content_type = f'multipart/mixed; boundary="{boundary}"'
     return Response(200, (("Content-Type", content_type), *caching), b"".join(chunks))
+
+
+def conditional(answer: Response, if_none_match: str | None) -> Response:
+    """``answer`` (a GET answer made without ``If-None-Match``) for a request that sent one.
+
+    The same rule as :func:`certificates_response`: a 200 whose ETag matches becomes a 304
+    with the caching headers and no body (RFC 9110 §13.1.2); anything else is unchanged. The
+    Store's answer cache (issue 13) keeps answers made without the condition and applies it
+    per request with this.
+    """
+    if if_none_match is None or answer.status != 200:
+        return answer
+    headers = dict(answer.headers)
+    etag = headers.get("ETag")
+    if etag is None or not _etag_matches(if_none_match, etag):
+        return answer
+    return Response(304, (("ETag", etag), ("Cache-Control", headers["Cache-Control"])), b"")
 
 
 def error_response(status: int, reason: str) -> Response:

@@ -43,7 +43,6 @@ from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from multidict import CIMultiDict
 
 from sipcert.errors import (
     AuthenticationError,
@@ -86,12 +85,14 @@ from sipcert.proto.store import (
     authorize_upload,
     certificates_response,
     check_host,
+    conditional,
     error_response,
     error_to_response,
     parse_description,
     parse_query,
     parse_upload,
 )
+from sipcert.server.answers import AnswerCache
 from sipcert.server.audit import Audit
 from sipcert.server.credentials import CredentialSource
 from sipcert.server.jsonlog import iso_time, json_line
@@ -343,7 +344,8 @@ class _RefusalError(Exception):
 
 
 def _to_web(answer: Response) -> web.Response:
-    return web.Response(status=answer.status, headers=CIMultiDict(answer.headers), body=answer.body)
+    # web.Response copies the headers into its own CIMultiDict: no second copy here.
+    return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
 
 
 def _plain(status: int, text: str) -> web.Response:
@@ -376,8 +378,11 @@ class StoreApp:
         metrics: Metrics | None = None,
         audit: Audit | None = None,
         tlog: TransparencyLog | None = None,
+        answer_cache: AnswerCache | None = None,
     ) -> None:
         self.domains = frozenset(domains)
+        #: Rendered GET answers (issue 13); its change counter must be ``storage``'s.
+        self.answer_cache = answer_cache
         self.metrics = metrics or Metrics()
         self.audit = audit
         # Issue 14: every enrollment and revocation (PUT, DELETE, the revocation page) is
@@ -534,19 +539,30 @@ class StoreApp:
     async def _get(
         self, request: web.BaseRequest, query: StoreQuery, domain: str
     ) -> web.StreamResponse:
-        now = datetime.fromtimestamp(self._clock(), UTC)
+        now_ts = self._clock()
         if query.aor is not None:
             self._check_domain(query.aor, domain)
-            certs = await self.storage.get_by_aor(str(query.aor), now)
+        cache = self.answer_cache
+        aor = None if query.aor is None else str(query.aor)
+        key = (domain, aor, query.cert_hash)
+        version = 0
+        if cache is not None:
+            # Asked before the rows are read: a write committed after this empties it again.
+            cached, version = cache.get(key, now_ts)
+            if cached is not None:
+                return _to_web(conditional(cached, request.headers.get("If-None-Match")))
+        now = datetime.fromtimestamp(now_ts, UTC)
+        if aor is not None:
+            certs = await self.storage.get_by_aor(aor, now)
             if query.cert_hash is not None:
                 certs = [c for c in certs if c.cert_hash == query.cert_hash]
         else:
             found = await self.storage.get_by_cert_hash(query.cert_hash or "", now)
             certs = [found] if found is not None and _cert_domain(found) == domain else []
-        answer = answer_for(
-            certs, max_age=self.policy.max_age, if_none_match=request.headers.get("If-None-Match")
-        )
-        return _to_web(answer)
+        answer = answer_for(certs, max_age=self.policy.max_age)
+        if cache is not None:
+            cache.put(key, answer, [c.not_after.timestamp() for c in certs], version)
+        return _to_web(conditional(answer, request.headers.get("If-None-Match")))
 
     # -- PUT -----------------------------------------------------------------------------
 

@@ -43,6 +43,8 @@ DEFAULT_LISTEN = "0.0.0.0:443"
 #: Data folder (nonce secret, nonce counts, default database and users file) when not set.
 DEFAULT_DATA_DIR = ".sipcert"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Largest answer cache per worker (MiB): a typo of a few zeros should not eat the machine.
+_MAX_ANSWER_CACHE_MB = 65536
 _TOP_KEYS = frozenset(
     {
         "listen",
@@ -55,6 +57,7 @@ _TOP_KEYS = frozenset(
         "log_level",
         "access_log",
         "purge_interval",
+        "answer_cache_mb",
         "nonce_secret",
         "nonce_lifetime",
         "auth_failures",
@@ -152,6 +155,8 @@ class StoreConfig:
     log_level: str = "info"
     access_log: bool = True
     purge_interval: float = 3600.0
+    #: MiB of rendered GET answers each worker keeps (server.answers, issue 13); 0: off.
+    answer_cache_mb: int = 0
     nonce_secret: bytes | None = field(default=None, repr=False)
     nonce_lifetime: float = 300.0
     #: Checked Digest answers allowed per client address in each window (proto.ratelimit).
@@ -197,6 +202,9 @@ class StoreConfig:
         if not isinstance(access_log, bool):
             raise ConfigError("access_log: expected true or false")
         purge_interval = _int(doc, "purge_interval", 3600, minimum=1)
+        answer_cache_mb = _int(doc, "answer_cache_mb", 0, minimum=0)
+        if answer_cache_mb > _MAX_ANSWER_CACHE_MB:
+            raise ConfigError(f"answer_cache_mb: {answer_cache_mb} is over {_MAX_ANSWER_CACHE_MB}")
         secret_text = doc.get("nonce_secret")
         nonce_secret = None
         if secret_text is not None:
@@ -224,6 +232,7 @@ class StoreConfig:
             log_level=log_level,
             access_log=access_log,
             purge_interval=float(purge_interval),
+            answer_cache_mb=answer_cache_mb,
             nonce_secret=nonce_secret,
             nonce_lifetime=float(nonce_lifetime),
             auth_failures=auth_failures,

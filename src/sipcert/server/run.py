@@ -28,6 +28,7 @@ from aiohttp import web
 
 from sipcert.errors import ConfigError, SipCertError, StorageError
 from sipcert.proto.digest import DEFAULT_MAX_CLOCK_SKEW
+from sipcert.server.answers import AnswerCache, version_source
 from sipcert.server.app import AccessLog, StoreApp, access_log_options
 from sipcert.server.audit import AUDIT_LOGGER, Audit
 from sipcert.server.config import ConnectionLimits, ListenAddress, StoreConfig
@@ -305,6 +306,7 @@ async def _worker_main(
             metrics=_metrics_for(config),
             audit=Audit(config.ops.frontend_name),
             tlog=tlog,
+            answer_cache=answer_cache_for(config, storage),
         )
         reloader = Reloader(config, ssl_context, app, read_config)
         if config.edge_publish_dir is not None:
@@ -373,6 +375,18 @@ async def _publish_forever(
             log.error("edge publisher stopped: %s", exc)
     finally:
         handle.close()
+
+
+def answer_cache_for(config: StoreConfig, storage: object) -> AnswerCache | None:
+    """The worker's answer cache (issue 13), when configured and the backend can tell changes.
+
+    Only a backend with a cheap change counter (SQLite's ``data_version``) can keep the
+    cache exact across workers; for the others every GET reads the database.
+    """
+    version = version_source(storage)
+    if config.answer_cache_mb == 0 or version is None:
+        return None
+    return AnswerCache(version, max_bytes=config.answer_cache_mb << 20)
 
 
 def open_transparency(config: StoreConfig) -> TransparencyLog | None:

@@ -158,6 +158,36 @@ class StoredCertificate:
             label=label,
         )
 
+    @classmethod
+    def from_row(
+        cls,
+        aor: str,
+        sha256: str,
+        cert_hash: str,
+        der: bytes,
+        not_before: datetime,
+        not_after: datetime,
+        created: datetime,
+        label: str | None,
+    ) -> StoredCertificate:
+        """A record read back by a backend, without the checks of ``__post_init__`` again.
+
+        Issue 13: every GET reads its rows, and re-validating hashes and datetimes per row
+        was a sixth of the Store's time. The checks ran when the row was built for writing
+        (:meth:`from_der` in the PUT); the backend must pass aware UTC datetimes.
+        """
+        self = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(self, "aor", aor)
+        setattr_(self, "sha256", sha256)
+        setattr_(self, "cert_hash", cert_hash)
+        setattr_(self, "der", der)
+        setattr_(self, "not_before", not_before)
+        setattr_(self, "not_after", not_after)
+        setattr_(self, "created", created)
+        setattr_(self, "label", label)
+        return self
+
     def is_expired(self, now: datetime) -> bool:
         """True once ``now`` is past notAfter (RFC 5280 §4.1.2.5: the bound is inclusive)."""
         return self.not_after < now

@@ -45,7 +45,6 @@ from sipcert.storage.base import (
     SchemaStatus,
     StoredCertificate,
     cert_hash_column,
-    cert_hash_from_column,
     check_limit,
     ensure_utc,
     too_many,
@@ -235,15 +234,16 @@ def _from_us(value: int) -> datetime:
 
 def _row_to_cert(row: tuple[Any, ...]) -> StoredCertificate:
     aor, sha256, cert_hash, der, not_before, not_after, created, label = row
-    return StoredCertificate(
-        aor=aor,
-        sha256=sha256,
-        cert_hash=cert_hash_from_column(cert_hash),
-        der=bytes(der),
-        not_before=_from_us(not_before),
-        not_after=_from_us(not_after),
-        created=_from_us(created),
-        label=label,
+    # Checked when written (StoredCertificate.from_der in the PUT): not again per GET.
+    return StoredCertificate.from_row(
+        aor,
+        sha256,
+        cert_hash[:-1] if cert_hash.endswith("=") else cert_hash,  # cert_hash_from_column
+        bytes(der),
+        _EPOCH + timedelta(microseconds=not_before),
+        _EPOCH + timedelta(microseconds=not_after),
+        _EPOCH + timedelta(microseconds=created),
+        label,
     )
 
 
@@ -482,6 +482,17 @@ class SqliteStore:
         self._init_schema(writer)  # takes the write lock itself; BEGIN IMMEDIATE serialises
         self._outdated = None
         return await self.schema_status()
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` of the reading connection (issue 13).
+
+        It changes whenever another connection (another worker or process, or this store's
+        own writer connection) has committed to the file since the last call: the answer
+        cache of :mod:`sipcert.server.answers` is emptied on a change. Synchronous, about a
+        microsecond: no file is read unless the WAL index says something changed.
+        """
+        rows = self._read("PRAGMA data_version", ())
+        return int(rows[0][0])
 
     async def count(self, now: datetime) -> int:
         rows = self._read(

@@ -1,0 +1,104 @@
+"""The fast path of ``parse_query`` (issue 13) gives exactly what the full parser gives.
+
+``parse_query`` answers the canonical spelling ``email=user%40host`` with
+:func:`~sipcert.proto.aor.plain_aor` instead of the full grammar; for every query the two
+must agree: the same :class:`StoreQuery` (same AOR, same attribute), or, when the fast path
+declines, the full parser's answer or error.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sipcert.errors import SipCertError
+from sipcert.proto.aor import AOR, parse_aor, plain_aor
+from sipcert.proto.store import StoreQuery, enrolled_on_header, parse_query, parse_query_full
+
+_USER = st.text(alphabet="abcXYZ019._-%~+;:@ ", min_size=0, max_size=12)
+_HOST = st.one_of(
+    st.sampled_from(["example.com", "EXAMPLE.com", "a-b.example.net", "x", "1.2.3.4"]),
+    st.text(alphabet="abcXYZ019.-_:;[]", min_size=0, max_size=20),
+)
+
+
+def _full(query: str) -> StoreQuery | str:
+    try:
+        return parse_query_full.__wrapped__(query)
+    except SipCertError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _fast(query: str) -> StoreQuery | str:
+    try:
+        return parse_query(query)
+    except SipCertError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@given(
+    attribute=st.sampled_from(["email", "sip", "uri", "certHash", "mail"]), user=_USER, host=_HOST
+)
+def test_parse_query_agrees_with_the_full_grammar(attribute: str, user: str, host: str) -> None:
+    query = f"{attribute}={user}%40{host}"
+    assert _fast(query) == _full(query)
+
+
+@given(user=_USER, host=_HOST)
+def test_plain_aor_is_parse_aor_or_declines(user: str, host: str) -> None:
+    fast = plain_aor(user, host)
+    if fast is None:
+        return
+    assert fast == parse_aor(f"{user}@{host}")
+    assert (fast.user, fast.host) == (
+        parse_aor(f"{user}@{host}").user,
+        parse_aor(f"{user}@{host}").host,
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("email=bob%40example.com", StoreQuery(AOR("bob", "example.com"), "email", None)),
+        (
+            "sip=Bob.Smith_1-2%40Example.COM",
+            StoreQuery(AOR("Bob.Smith_1-2", "example.com"), "sip", None),
+        ),
+    ],
+)
+def test_canonical_queries_take_the_fast_path(query: str, expected: StoreQuery) -> None:
+    before = parse_query_full.cache_info().misses
+    assert parse_query(query) == expected
+    assert parse_query_full.cache_info().misses == before  # the full parser was not asked
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "email=bob%40-bad-.example.com",  # an invalid host: the full parser's error
+        "email=b%6fb%40example.com",  # an escape in the user part
+        "email=" + "u" * 300 + "%40example.com",  # longer than a user part may be
+        "email=bob%40example.com&certHash=x",
+    ],
+)
+def test_other_spellings_get_the_full_parsers_answer(query: str) -> None:
+    assert _fast(query) == _full(query)
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 1),
+        max_value=datetime(9999, 12, 31),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
+        ),
+    )
+)
+def test_enrolled_on_header_spells_dates_as_email_utils(when: datetime) -> None:
+    """The directly formatted date (issue 13) is ``email.utils.format_datetime``'s, in UTC."""
+    expected = email.utils.format_datetime(when.astimezone(UTC))
+    assert enrolled_on_header(when) == f'attachment; creation-date="{expected}"'
