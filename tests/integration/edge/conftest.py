@@ -165,7 +165,7 @@ class EdgeSetup:
     def start_nginx(self) -> None:
         nginx = require_program("nginx")
         config = self.nginx_config()
-        (self.prefix / "temp").mkdir(parents=True, exist_ok=True)
+        self.prefix.mkdir(parents=True, exist_ok=True)  # nginx makes its *_temp folders in it
         checked = subprocess.run(
             [nginx, "-t", "-q", "-p", str(self.prefix), "-c", str(config)],
             capture_output=True,
