@@ -64,7 +64,7 @@ def test_smoke_run_compares_answers_and_writes_a_well_formed_table(tmp_path: Pat
     header = rows[0]
     assert header.count("req/s") == 2 and header.count("server CPU per request") == 2
     columns = header.count("|") - 1
-    summary = [r for r in rows[1:] if r.startswith(("| nginx,", "| `sipcert serve`", "| edge"))]
+    summary = [r for r in rows[1:] if r.startswith(("| nginx,", "| `sipcert serve`", "| edge:"))]
     assert [r.split("|")[1].strip() for r in summary][:1] == ["nginx, static files, 2 workers"]
     assert len(summary) == targets + edge_row
     cell = re.compile(
