@@ -188,11 +188,10 @@ def render(
         "    tcp_nopush on;",
         "    keepalive_timeout 75s;",
         "    keepalive_requests 100000;",
-        # Safe to cache: a body's path names its content (a new answer is a new path), an
-        # AOR's symlink is replaced but never removed, and failed look-ups are not cached.
-        "    open_file_cache max=100000 inactive=60s;",
-        "    open_file_cache_valid 60s;",
-        "    open_file_cache_errors off;",
+        # No open_file_cache: it keeps a descriptor per cached file, and once a worker runs
+        # out of them (100,000 AORs against a soft limit of 1,024 to 20,000) its `-d` test
+        # fails and an enrolled AOR got the "no certificates" 404. Without it `-d` is a
+        # stat() and each body is opened for its request only.
         "    types { }",
         "    default_type application/octet-stream;",
         "    ssl_protocols TLSv1.2 TLSv1.3;",
