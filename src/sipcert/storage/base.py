@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sipcert.errors import ConfigError, ForbiddenError, InputError
+from sipcert.errors import ConfigError, ForbiddenError, InputError, StorageError
 from sipcert.proto.certs import format_cert_hash
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "cert_hash_of",
     "check_limit",
     "ensure_utc",
+    "schema_refusal",
     "sha256_of",
     "too_many",
 ]
@@ -84,6 +85,22 @@ def too_many(aor: str, max_per_aor: int) -> ForbiddenError:
         f"{aor} already has {max_per_aor} valid certificates; delete one first",
         reason="too-many-certificates",
     )
+
+
+def schema_refusal(where: str, current: int, latest: int, *, migrate: bool) -> StorageError | None:
+    """Why a database at schema ``current`` may not be used by this sipcert (``latest``):
+    a newer schema always, an older one unless it is being migrated; None when usable."""
+    if current > latest:
+        return StorageError(
+            f"certificate database {where}: schema version {current} is "
+            f"newer than the version {latest} this sipcert uses"
+        )
+    if current < latest and not migrate:
+        return StorageError(
+            f"certificate database {where}: schema version {current} is "
+            f"older than version {latest}: run `sipcert db upgrade`"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)

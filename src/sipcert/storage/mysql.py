@@ -46,6 +46,7 @@ from sipcert.storage.base import (
     cert_hash_from_column,
     check_limit,
     ensure_utc,
+    schema_refusal,
     too_many,
 )
 from sipcert.storage.dbstate import DatabaseLoginLimiter, DatabaseNonceCounter, Step
@@ -434,28 +435,24 @@ class MysqlStore:
         node-local, but DDL runs in total order there and every statement is idempotent
         (``IF NOT EXISTS``, the version only grows).
         """
-        try:
+
+        async def attempt() -> None:
             async with pool.acquire() as conn, conn.cursor() as cur:
                 await cur.execute("SELECT GET_LOCK('sipcert_schema', %s)", (_SCHEMA_LOCK_WAIT,))
                 try:
                     await self._migrate_locked(cur, migrate=migrate)
                 finally:
                     await cur.execute("SELECT RELEASE_LOCK('sipcert_schema')")
-        except self._errors as exc:
-            raise self._failure("creating the schema", exc) from exc
+
+        # Two Galera nodes starting at once both write the version row: the loser of that
+        # certification gets 1213 and tries again (every statement is idempotent).
+        await self._with_retries("creating the schema", attempt)
 
     async def _migrate_locked(self, cur: Any, *, migrate: bool) -> None:
         version = await _schema_version(cur)
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"certificate database {self.where}: schema version {version} is "
-                f"newer than the version {SCHEMA_VERSION} this sipcert uses"
-            )
-        if version < SCHEMA_VERSION and not migrate:
-            raise StorageError(
-                f"certificate database {self.where}: schema version {version} is "
-                f"older than version {SCHEMA_VERSION}: run `sipcert db upgrade`"
-            )
+        refusal = schema_refusal(self.where, version, SCHEMA_VERSION, migrate=migrate)
+        if refusal is not None:
+            raise refusal
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in _MIGRATIONS[target]:
                 await cur.execute(statement)
@@ -469,19 +466,28 @@ class MysqlStore:
         """``work(connection)`` in autocommit mode (a transaction if it begins one), retried
         on deadlocks and certification failures; driver errors become StorageError."""
         pool = await self._get_pool()
-        for attempt in range(RETRIES):
+
+        async def attempt() -> _T:
+            async with pool.acquire() as conn:
+                try:
+                    return await work(conn)
+                except BaseException:
+                    if conn.get_transaction_status():
+                        await conn.rollback()
+                    raise
+
+        return await self._with_retries(action, attempt)
+
+    async def _with_retries(self, action: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """``attempt()``, again (at most :data:`RETRIES` times in all) after a deadlock or a
+        certification failure; driver errors become StorageError."""
+        for tries in range(RETRIES):
             try:
-                async with pool.acquire() as conn:
-                    try:
-                        return await work(conn)
-                    except BaseException:
-                        if conn.get_transaction_status():
-                            await conn.rollback()
-                        raise
+                return await attempt()
             except self._errors as exc:
                 code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-                if code in _RETRYABLE and attempt + 1 < RETRIES:
-                    await asyncio.sleep(0.002 * 2**attempt)
+                if code in _RETRYABLE and tries + 1 < RETRIES:
+                    await asyncio.sleep(0.002 * 2**tries)
                     continue
                 raise self._failure(action, exc) from exc
         raise StorageError(f"certificate database {self.where}: {action}: no attempt left")

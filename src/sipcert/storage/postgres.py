@@ -47,6 +47,7 @@ from sipcert.storage.base import (
     cert_hash_from_column,
     check_limit,
     ensure_utc,
+    schema_refusal,
     too_many,
 )
 from sipcert.storage.feed import Change
@@ -429,16 +430,9 @@ class PostgresStore:
                         f"certificate database {self.where}: sipcert_certificates exists "
                         "without sipcert_schema_version; not a sipcert schema"
                     )
-                if version > SCHEMA_VERSION:
-                    raise StorageError(
-                        f"certificate database {self.where}: schema version {version} is "
-                        f"newer than the version {SCHEMA_VERSION} this sipcert uses"
-                    )
-                if version < SCHEMA_VERSION and not migrate:
-                    raise StorageError(
-                        f"certificate database {self.where}: schema version {version} is "
-                        f"older than version {SCHEMA_VERSION}: run `sipcert db upgrade`"
-                    )
+                refusal = schema_refusal(self.where, version, SCHEMA_VERSION, migrate=migrate)
+                if refusal is not None:
+                    raise refusal
                 for target in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in _MIGRATIONS[target]:
                         await conn.execute(statement)

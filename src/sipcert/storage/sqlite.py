@@ -47,6 +47,7 @@ from sipcert.storage.base import (
     cert_hash_column,
     check_limit,
     ensure_utc,
+    schema_refusal,
     too_many,
 )
 from sipcert.storage.feed import Change
@@ -408,9 +409,8 @@ class SqliteStore:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION and self._leave_schema:
-                self._outdated = (
-                    f"certificate database {self.path}: schema version {version} is older "
-                    f"than version {SCHEMA_VERSION}: run `sipcert db upgrade`"
+                self._outdated = str(
+                    schema_refusal(str(self.path), version, SCHEMA_VERSION, migrate=False)
                 )
                 return
             if version == 0 and not self.read_only:
