@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import settings
@@ -59,6 +61,16 @@ def free_port() -> int:
                     continue
                 return port
     raise RuntimeError("no free port")
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Poll ``condition()`` every 20 ms until it is true; fail naming ``what`` after
+    ``timeout`` seconds. Tests wait on a condition like this, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -17,14 +17,13 @@ import re
 import socket
 import ssl
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sipcert.client.fetch import DigestAuth
-from tests.conftest import require_program
+from tests.conftest import require_program, wait_for
 from tests.integration.store.conftest import StoreFiles, StoreProcess, free_port, make_store_files
 from tests.integration.store.haproxy import DIRECT, client_via, proxied
 from tests.integration.store.test_store_e2e import PKIX, der, pw, target, user_cert
@@ -32,14 +31,6 @@ from tests.integration.store.test_store_e2e import PKIX, der, pw, target, user_c
 CONFIG = Path(__file__).parents[3] / "contrib" / "haproxy" / "haproxy.cfg"
 #: The client's own address behind HAProxy (DIRECT reaches the Stores without it).
 CLIENT = "127.0.0.7"
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class AdminStore(StoreProcess):
@@ -136,7 +127,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Proxied, list[AdminStore], Path]]:
             assert started.poll() is None, (tmp_path / "haproxy.log").read_text()
             return socket_path.exists()
 
-        wait_for("HAProxy's stats socket", listening)
+        wait_for(listening, "HAProxy's stats socket")
         yield Proxied(files, port=port), stores, socket_path
     finally:
         if process is not None:
@@ -152,8 +143,8 @@ def test_haproxy_passes_sni_through_to_both_stores(
 ) -> None:
     proxied, stores, socket_path = setup
     wait_for(
-        "both Stores UP by their /readyz checks",
         lambda: server_states(socket_path) == {"store-a": "UP", "store-b": "UP"},
+        "both Stores UP by their /readyz checks",
     )
     context = ssl.create_default_context(cafile=proxied.files.ca_file)
     for domain in ("example.com", "example.net"):
@@ -175,8 +166,8 @@ def test_haproxy_passes_sni_through_to_both_stores(
     assert enrolled.status_code == 201
     # send-proxy-v2: the Store that took it audits the client's address, not HAProxy's.
     wait_for(
-        "the audit record with the client's address",
         lambda: any(f"address={CLIENT} " in s.output() for s in stores),
+        "the audit record with the client's address",
     )
     for store in stores:  # from each Store directly, from an address not trusted for PROXY
         with client_via(proxied.files, store.port, DIRECT) as client:
@@ -188,7 +179,7 @@ def test_haproxy_passes_sni_through_to_both_stores(
     files = proxied.files
     files.users_file.rename(files.users_file.with_suffix(".away"))
     try:
-        wait_for("both DOWN", lambda: set(server_states(socket_path).values()) == {"DOWN"})
+        wait_for(lambda: set(server_states(socket_path).values()) == {"DOWN"}, "both DOWN")
     finally:
         files.users_file.with_suffix(".away").rename(files.users_file)
-    wait_for("both UP again", lambda: set(server_states(socket_path).values()) == {"UP"})
+    wait_for(lambda: set(server_states(socket_path).values()) == {"UP"}, "both UP again")

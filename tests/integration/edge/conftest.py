@@ -15,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import require_program
+from tests.conftest import require_program, wait_for
 from tests.integration.store.conftest import (
     SIPCERT,
     StoreFiles,
@@ -34,15 +33,6 @@ from tests.integration.store.conftest import (
 
 #: The ``Cache-Control: max-age`` the Store and the publisher use (StoreProcess's).
 MAX_AGE = 60
-
-
-def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
-    """Poll ``condition()`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def store_flags(files: StoreFiles) -> list[str]:

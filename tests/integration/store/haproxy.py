@@ -11,25 +11,16 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port, require_program
+from tests.conftest import free_port, require_program, wait_for
 from tests.integration.store.conftest import StoreFiles, StoreProcess, _Redirected
 
 #: Where direct (not balanced) test clients connect from: not a trusted balancer.
 DIRECT = "127.0.0.9"
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def tls_handshake(port: int, source: str, files: StoreFiles, first: bytes = b"") -> bool:

@@ -15,8 +15,7 @@ import os
 import signal
 import socket
 import ssl
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sipcert.client.fetch import DigestAuth
 from sipcert.server.credentials import FileCredentials
+from tests.conftest import wait_for
 from tests.integration.store.conftest import (
     StoreFiles,
     StoreProcess,
@@ -55,14 +55,6 @@ def port_besides(*taken: int) -> int:
     while (port := free_port()) in taken:
         pass
     return port
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def write_config(root: Path, admin: int, credentials: Path, **extra: str) -> Path:
@@ -97,7 +89,7 @@ def ops_store(files: StoreFiles) -> Iterator[tuple[ConfigStore, int]]:
     store.extra = ["--config", str(config)]
     store.start()
     try:
-        wait_for("two workers", lambda: len(store.workers()) == 2)
+        wait_for(lambda: len(store.workers()) == 2, "two workers")
         yield store, admin
     finally:
         store.stop()
@@ -206,21 +198,21 @@ def test_metrics_are_exact_sums_over_the_workers(ops_store: tuple[ConfigStore, i
             keepalive_get(tls)
     try:
         wait_for(
-            "2 open connections",
             lambda: value(scrape(admin), "sipcert_open_connections") == 2,
+            "2 open connections",
         )
     finally:
         for tls in held:
             tls.close()
-    wait_for("0 open connections", lambda: value(scrape(admin), "sipcert_open_connections") == 0)
+    wait_for(lambda: value(scrape(admin), "sipcert_open_connections") == 0, "0 open connections")
 
     # A worker that dies: its counts stay (totals), its live gauge goes; a new one starts.
     with only_worker(second, [first]):
         held = [tls_connection(store)]
         keepalive_get(held[0])
-    wait_for("1 open connection", lambda: value(scrape(admin), "sipcert_open_connections") == 1)
+    wait_for(lambda: value(scrape(admin), "sipcert_open_connections") == 1, "1 open connection")
     os.kill(second, signal.SIGKILL)
-    wait_for("a new worker", lambda: second not in store.workers() and len(store.workers()) == 2)
+    wait_for(lambda: second not in store.workers() and len(store.workers()) == 2, "a new worker")
     held[0].close()
     samples = scrape(admin)
     assert value(samples, "sipcert_open_connections") == 0
@@ -258,7 +250,7 @@ def test_json_logs_and_the_audit_trail(
     def access() -> list[dict[str, Any]]:
         return [r for r in json_lines(store) if r["logger"] == "sipcert.access"]
 
-    wait_for("the access lines", lambda: len(access()) >= 5)  # flushed within a second
+    wait_for(lambda: len(access()) >= 5, "the access lines")  # flushed within a second
     records = json_lines(store)
     assert all({"time", "level", "logger"} <= set(r) for r in records)
     assert records[0]["logger"] == "sipcert.cli"
@@ -270,7 +262,7 @@ def test_json_logs_and_the_audit_trail(
     assert {"version", "bytes", "seconds"} <= set(line)
 
     audit_file = files.root / "audit.jsonl"
-    wait_for("two audit records", lambda: len(audit_file.read_text().splitlines()) == 2)
+    wait_for(lambda: len(audit_file.read_text().splitlines()) == 2, "two audit records")
     enroll, revoke = (json.loads(line) for line in audit_file.read_text().splitlines())
     sha256 = hashlib.sha256(alice).hexdigest()
     assert enroll["event"] == "enroll"
@@ -319,7 +311,7 @@ def test_sighup_reloads_certificates_and_credentials_without_dropping_connection
     store.extra = ["--config", str(config)]
     store.start()
     try:
-        wait_for("two workers", lambda: len(store.workers()) == 2)
+        wait_for(lambda: len(store.workers()) == 2, "two workers")
         workers = store.workers()
         old = presented(store)
         kept = tls_connection(store)
@@ -332,8 +324,8 @@ def test_sighup_reloads_certificates_and_credentials_without_dropping_connection
             others = [w for w in workers if w != worker]
             with only_worker(worker, others):
                 wait_for(
-                    f"worker {worker} to present the new certificate",
                     lambda: presented(store) == new,
+                    f"worker {worker} to present the new certificate",
                 )
         assert keepalive_get(kept).startswith(b"HTTP/1.1 200")  # the old connection lives on
         assert kept.getpeercert(binary_form=True) == old != new
@@ -347,7 +339,7 @@ def test_sighup_reloads_certificates_and_credentials_without_dropping_connection
         # A broken renewal is refused: everything stays as it was.
         files.tls["example.com"][0].write_text("not a certificate\n")
         store.process.send_signal(signal.SIGHUP)
-        wait_for("the refusal", lambda: "reload refused" in store.output())
+        wait_for(lambda: "reload refused" in store.output(), "the refusal")
         assert presented(store) == new
         assert store.workers() == workers and store.process.poll() is None
         assert get(store, "example.com", "/healthz").status_code == 200
@@ -365,12 +357,12 @@ def test_sighup_reloads_a_single_process_store(files: StoreFiles) -> None:
         keepalive_get(kept)
         new = _renew(files, "example.com")
         store.process.send_signal(signal.SIGHUP)
-        wait_for("the new certificate", lambda: presented(store) == new)
+        wait_for(lambda: presented(store) == new, "the new certificate")
         assert keepalive_get(kept).startswith(b"HTTP/1.1 200")
         kept.close()
         files.tls["example.com"][1].write_text("not a key\n")
         store.process.send_signal(signal.SIGHUP)
-        wait_for("the refusal", lambda: "reload refused" in store.output())
+        wait_for(lambda: "reload refused" in store.output(), "the refusal")
         assert presented(store) == new and store.process.poll() is None
     finally:
         store.stop()
@@ -380,9 +372,9 @@ def test_workers_exit_when_the_parent_is_killed(files: StoreFiles) -> None:
     store = StoreProcess(files, extra=["--workers", "2"])
     store.start()
     try:
-        wait_for("two workers", lambda: len(store.workers()) == 2)
+        wait_for(lambda: len(store.workers()) == 2, "two workers")
         workers = store.workers()
         store.kill(signal.SIGKILL)
-        wait_for("the orphaned workers to exit", lambda: not any(map(is_running, workers)))
+        wait_for(lambda: not any(map(is_running, workers)), "the orphaned workers to exit")
     finally:
         store.stop()

@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -33,6 +33,7 @@ from sipcert.proto.digest import (
 )
 from sipcert.proto.names import server_certificate_names
 from sipcert.storage import SqliteStore, StoredCertificate, cert_hash_of
+from tests.conftest import wait_for
 from tests.factories import make_cert, make_key, resign_with_sha1
 from tests.integration.store.conftest import (
     MAX_LIFETIME_DAYS,
@@ -694,14 +695,6 @@ def test_201_survives_kill_9(fresh_files: StoreFiles) -> None:
         process.stop()
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Poll ``condition`` until true (a bounded wait on a condition, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_two_workers_both_serve_share_nonces_and_stop_on_sigterm(
     fresh_files: StoreFiles,
 ) -> None:
@@ -714,7 +707,7 @@ def test_two_workers_both_serve_share_nonces_and_stop_on_sigterm(
     process = StoreProcess(fresh_files, extra=["--workers", "2"])
     process.start()
     try:
-        _wait_for(lambda: len(process.workers()) == 2, "two workers")
+        wait_for(lambda: len(process.workers()) == 2, "two workers")
         one, two = process.workers()
         aor = "bob@example.com"
         url = process.url("example.com", target(aor))
@@ -790,7 +783,7 @@ def test_a_failed_store_test_leaves_no_worker_running(tmp_path: Path) -> None:
     assert result.returncode == 1 and "deliberately failing" in result.stdout, result.stdout
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 3  # the parent and its two workers
-    _wait_for(lambda: not any(is_running(pid) for pid in started), "the Store to be gone")
+    wait_for(lambda: not any(is_running(pid) for pid in started), "the Store to be gone")
 
 
 def _kamailio_db(path: Path) -> None:

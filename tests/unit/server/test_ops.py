@@ -144,8 +144,7 @@ def serve_with_admin(tmp_path: Path, scenario: Any, *, storage: MemoryStore | No
                 json_access_log=True,
             )
         )
-        try:
-            await asyncio.sleep(0.05)
+        try:  # the sockets listen already: a connection waits in the backlog until served
             env = Env(app, Clock(), tls_sock.getsockname()[1], ca_file)
             await scenario(env, f"http://127.0.0.1:{admin_sock.getsockname()[1]}")
         finally:
