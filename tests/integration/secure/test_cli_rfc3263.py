@@ -21,26 +21,20 @@ import pytest
 from sipcert.errors import LocationError
 from tests.integration.client.peers import srv
 from tests.integration.kamailio.peers import SipcertStore
-from tests.integration.secure.conftest import (  # noqa: F401 - fixtures used by name
+from tests.integration.secure.conftest import (
     ALICE,
     BOB,
     DOMAINS,
     DNSFactory,
     KamailioFactory,
-    ca,
-    ca_file,
-    dns_server,
     sipcert_program,
-    start_kamailio,
-    stores,
-    subscriber_db,
 )
 from tests.integration.secure.test_secure_e2e import Events
 
 pytestmark = [pytest.mark.peer("kamailio"), pytest.mark.peer("dnsmasq")]
 
 
-def _store_records(stores: dict[str, SipcertStore]) -> list[str]:  # noqa: F811
+def _store_records(stores: dict[str, SipcertStore]) -> list[str]:
     records: list[str] = []
     for domain, server in stores.items():
         records.append(srv(domain, f"certs.{domain}", server.port))
@@ -61,10 +55,10 @@ def _run(command: list[str], secret: str | None = None) -> subprocess.CompletedP
 
 
 def test_cli_without_proxy_registers_and_sends_where_dns_says(
-    start_kamailio: KamailioFactory,  # noqa: F811
-    dns_server: DNSFactory,  # noqa: F811
-    stores: dict[str, SipcertStore],  # noqa: F811
-    ca_file: Path,  # noqa: F811
+    start_kamailio: KamailioFactory,
+    dns_server: DNSFactory,
+    stores: dict[str, SipcertStore],
+    ca_file: Path,
     tmp_path: Path,
 ) -> None:
     kamailio = start_kamailio(())
@@ -138,9 +132,9 @@ def test_cli_without_proxy_registers_and_sends_where_dns_says(
 
 
 def test_cli_without_proxy_and_no_sip_records_is_one_location_error(
-    dns_server: DNSFactory,  # noqa: F811
-    stores: dict[str, SipcertStore],  # noqa: F811
-    ca_file: Path,  # noqa: F811
+    dns_server: DNSFactory,
+    stores: dict[str, SipcertStore],
+    ca_file: Path,
     tmp_path: Path,
 ) -> None:
     """The Store of example.net is found, its SIP server is not: exit 3, one line."""

@@ -42,20 +42,13 @@ from sipcert.sip.transport import Hop, Transport
 from sipcert.sip.ua import Timers, UserAgent
 from tests.conftest import free_port, require_program
 from tests.integration.kamailio.peers import Kamailio, register_scenario, run_sipp
-from tests.integration.secure.conftest import (  # noqa: F401 - fixtures used by name
+from tests.integration.secure.conftest import (
     ALICE,
     BOB,
     KamailioFactory,
     Network,
-    ca,
-    ca_file,
-    dns_server,
-    network,
     run,
     sipcert_program,
-    start_kamailio,
-    stores,
-    subscriber_db,
 )
 from tests.integration.sip.peers import ANSWER_SDP_THEN_BYE, HEADER, SEND_200, sipp
 
@@ -281,8 +274,8 @@ async def next_event(device: SecureUA, timeout: float = 15.0) -> Received:
 
 
 def test_delegating_phone_and_full_ua_through_kamailio(
-    start_kamailio: KamailioFactory,  # noqa: F811
-    network: Network,  # noqa: F811
+    start_kamailio: KamailioFactory,
+    network: Network,
     tmp_path: Path,
 ) -> None:
     sipp_binary = require_program("sipp")
@@ -486,7 +479,7 @@ def test_service_refuses_an_untrusted_source(tmp_path: Path) -> None:
 
 
 def test_the_command_line_enrolls_serves_and_revokes(
-    network: Network,  # noqa: F811
+    network: Network,
     tmp_path: Path,
 ) -> None:
     """``sipcert authsvc sync | run | revoke`` with a TOML file against the real Stores."""

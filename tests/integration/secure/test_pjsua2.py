@@ -26,21 +26,7 @@ from sipcert.proto.mime import MimePart, parse_mime_part, parse_multipart
 from sipcert.proto.sip import parse_message
 from sipcert.sip.transport import Hop, Transport
 from tests.conftest import IN_CI
-from tests.integration.secure.conftest import (  # noqa: F401 - fixtures used by name
-    ALICE,
-    BOB,
-    KamailioFactory,
-    Network,
-    ca,
-    ca_file,
-    dns_server,
-    network,
-    run,
-    sipcert_program,
-    start_kamailio,
-    stores,
-    subscriber_db,
-)
+from tests.integration.secure.conftest import ALICE, BOB, KamailioFactory, Network, run
 from tests.integration.secure.test_secure_e2e import secure_device
 
 pytestmark = [pytest.mark.peer("kamailio"), pytest.mark.peer("dnsmasq", "openssl")]
@@ -56,8 +42,8 @@ def _openssl(*args: str | Path) -> bytes:
 
 
 def test_pjsua2_receives_our_protected_message_through_kamailio(
-    start_kamailio: KamailioFactory,  # noqa: F811
-    network: Network,  # noqa: F811
+    start_kamailio: KamailioFactory,
+    network: Network,
     tmp_path: Path,
 ) -> None:
     try:
@@ -157,8 +143,8 @@ def test_pjsua2_receives_our_protected_message_through_kamailio(
 
 
 def test_our_ua_verifies_an_openssl_body_that_pjsua2_sends_through_kamailio(
-    start_kamailio: KamailioFactory,  # noqa: F811
-    network: Network,  # noqa: F811
+    start_kamailio: KamailioFactory,
+    network: Network,
     tmp_path: Path,
 ) -> None:
     """openssl signs (Bob's enrolled key) and encrypts (to Alice, AES-128-GCM); pjsua2 sends.

@@ -38,20 +38,13 @@ from sipcert.sip.secure import Received, SecureUA, ensure_enrolled
 from sipcert.sip.transport import Hop, Transport
 from sipcert.sip.ua import Timers, UserAgent
 from tests.integration.kamailio.peers import Subscriber
-from tests.integration.secure.conftest import (  # noqa: F401 - fixtures used by name
+from tests.integration.secure.conftest import (
     ALICE,
     BOB,
     KamailioFactory,
     Network,
-    ca,
-    ca_file,
-    dns_server,
-    network,
     run,
     sipcert_program,
-    start_kamailio,
-    stores,
-    subscriber_db,
 )
 from tests.integration.sip.peers import ANSWER_SDP_THEN_BYE, HEADER, SEND_200, sipp
 
@@ -81,8 +74,8 @@ def secure_device(
 
 
 def test_alice_and_bob_through_kamailio(
-    start_kamailio: KamailioFactory,  # noqa: F811
-    network: Network,  # noqa: F811
+    start_kamailio: KamailioFactory,
+    network: Network,
     tmp_path: Path,
 ) -> None:
     kamailio = start_kamailio(())
@@ -235,7 +228,7 @@ SIPP_INVITE = (
 
 @pytest.mark.peer("sipp")
 def test_sipp_receives_our_protected_message_and_invite(
-    network: Network,  # noqa: F811
+    network: Network,
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
@@ -315,8 +308,8 @@ class Events:
 
 
 def test_cli_ua_prints_the_verified_message_of_message_send(
-    start_kamailio: KamailioFactory,  # noqa: F811
-    network: Network,  # noqa: F811
+    start_kamailio: KamailioFactory,
+    network: Network,
     tmp_path: Path,
 ) -> None:
     kamailio = start_kamailio(())
