@@ -56,12 +56,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sipcert.proto.aor import parse_aor
 from sipcert.proto.ca import TestCA
+from sipcert.proto.certs import self_signed_certificate
 from sipcert.proto.store import certificates_response, error_response, etag_for
 from sipcert.server.credentials import FileCredentials
 from sipcert.storage import open_store
@@ -184,50 +184,17 @@ class Corpus:
 
 
 def _certificate(key: ec.EllipticCurvePrivateKey, aor: str, serial: int, now: dt.datetime) -> bytes:
-    """A real self-signed certificate for ``aor``, shaped like ``generate_identity``'s.
+    """A real self-signed certificate for ``aor``, made as ``generate_identity`` makes them.
 
     One key for all of them (generating a million keys would take hours); each certificate
     has its own subject, serial and SAN URIs, so every answer is the one a Caller checks.
     """
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, aor)])
-    public = key.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(serial)
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.UniformResourceIdentifier(f"sip:{aor}"),
-                    x509.UniformResourceIdentifier(f"im:{aor}"),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False
-        )
-        .sign(key, hashes.SHA256())
+    cert = self_signed_certificate(
+        key,
+        parse_aor(aor),
+        not_before=now - dt.timedelta(minutes=5),
+        not_after=now + dt.timedelta(days=CERT_DAYS),
+        serial=serial,
     )
     return cert.public_bytes(serialization.Encoding.DER)
 

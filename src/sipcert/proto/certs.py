@@ -61,6 +61,7 @@ __all__ = [
     "load_certificate",
     "load_private_key",
     "san_uris",
+    "self_signed_certificate",
     "serialize_private_key",
     "sha256_fingerprint",
     "validate_retrieved",
@@ -179,6 +180,27 @@ def generate_identity(
     else:
         curve = ec.SECP384R1() if key_type is KeyType.P384 else ec.SECP256R1()
         key = ec.generate_private_key(curve)
+    certificate = self_signed_certificate(
+        key,
+        aor,
+        not_before=start - CLOCK_SKEW,
+        not_after=start - CLOCK_SKEW + validity,
+        delegated_by=delegated_by,
+    )
+    return Identity(key=key, certificate=certificate)
+
+
+def self_signed_certificate(
+    key: DeviceKey,
+    aor: AOR,
+    *,
+    not_before: datetime,
+    not_after: datetime,
+    serial: int | None = None,
+    delegated_by: str | None = None,
+) -> x509.Certificate:
+    """The self-signed UA certificate of :func:`generate_identity` for an existing ``key``
+    (a random serial unless ``serial`` is given); the benchmarks build their corpora with it."""
     is_rsa = isinstance(key, rsa.RSAPrivateKey)
     # X.520 limits a Common Name to 64 characters; the SAN URIs carry the full AOR anyway.
     common_name = str(aor) if len(str(aor)) <= 64 else str(aor)[:61] + "..."
@@ -198,9 +220,9 @@ def generate_identity(
         .subject_name(name)
         .issuer_name(name)
         .public_key(public_key)
-        .serial_number(secrets.randbits(159) or 1)
-        .not_valid_before(start - CLOCK_SKEW)
-        .not_valid_after(start - CLOCK_SKEW + validity)
+        .serial_number(serial if serial is not None else secrets.randbits(159) or 1)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(
             x509.SubjectAlternativeName(
                 [
@@ -232,7 +254,7 @@ def generate_identity(
         )
         .sign(key, hashes.SHA256())
     )
-    return Identity(key=key, certificate=certificate)
+    return certificate
 
 
 def delegated_by(cert: x509.Certificate) -> str | None:
