@@ -33,6 +33,20 @@ def register(commands: Any) -> None:
     publish.add_argument(
         "--once", action="store_true", help="publish everything and exit (default: follow)"
     )
+    publish.add_argument(
+        "--nginx-pid",
+        type=Path,
+        metavar="FILE",
+        help="nginx's pid file: keep nginx's map of every AOR current by reloading it "
+        "(GETs then cost no symlink resolution; default: [edge] nginx_pid, else no map)",
+    )
+    publish.add_argument(
+        "--map-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="longest wait of a changed AOR for the next map (default: 60)",
+    )
     add_store_arguments(publish)
     publish.set_defaults(run=run_publish)
 
@@ -70,7 +84,7 @@ def register(commands: Any) -> None:
 
 def run_publish(args: argparse.Namespace) -> int:
     """Publish once, or publish then follow the change feed until SIGTERM/SIGINT."""
-    from sipcert.server.publish import Publisher
+    from sipcert.server.publish import MAP_INTERVAL, Publisher
     from sipcert.server.run import setup_logging
     from sipcert.storage import open_store
 
@@ -81,11 +95,17 @@ def run_publish(args: argparse.Namespace) -> int:
         storage = open_store(config.db, migrate=config.ops.db_upgrade)
         try:
             publisher = Publisher(
-                args.dir, storage, domains=config.domain_names, max_age=config.policy.max_age
+                args.dir,
+                storage,
+                domains=config.domain_names,
+                max_age=config.policy.max_age,
+                nginx_pid=args.nginx_pid or config.edge_nginx_pid,
+                map_interval=MAP_INTERVAL if args.map_interval is None else args.map_interval,
             )
             if args.once:
                 count = await publisher.publish_all()
                 print(f"sipcert: published {count} AOR(s) to {args.dir}", file=sys.stderr)
+                await publisher.write_first_map()
                 return 0
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

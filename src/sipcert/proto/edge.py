@@ -9,6 +9,17 @@ directory whose path spells the headers nginx cannot read from a file, holding t
 
 One path component for the whole object: nginx's ``realpath()`` reads every component.
 
+That ``realpath()`` costs a system call per component of the path on every GET (nine in a
+typical tree). So the publisher also writes an nginx ``map`` of the whole tree (the *map
+generation*, :func:`map_line`) and has nginx reload it: a GET of the ``email=`` spelling of
+a mapped AOR then costs one hash lookup, the ``stat`` of its *marker* and the ``open`` of
+the body, as a static file does. A marker (``<domain>/c/<user>``) exists while the AOR's
+answer differs from one that a map generation nginx may still hold says; nginx then takes
+the symlink as above, so a change is served at once and a reload only makes it fast again::
+
+    <domain>/c/<user>                                (an empty file: "ask the symlink")
+    map/live.map   "<domain>|email=<user>%40<domain>" "<user>|<object>";
+
 nginx resolves the AOR's symlink once (``$realpath_root``), takes ETag, Content-Type,
 Content-Disposition and Content-Description from that path with ``map`` regexes
 (:mod:`sipcert.server.nginx`), and serves ``body`` from the same resolved directory, so
@@ -35,12 +46,17 @@ __all__ = [
     "CLIENT_HEADER",
     "DOMAIN_HEADER",
     "FILE_USER_PATTERN",
+    "MAP_FILE",
+    "MAP_FOLDER",
+    "MARKERS",
     "NONE_OBJECT",
     "PROXY_OBJECT",
     "EdgeObject",
     "FeedCursor",
     "edge_object",
     "file_user",
+    "map_line",
+    "parse_map_line",
 ]
 
 #: The header naming the TLS server name of a request nginx proxies to the Store; the Store
@@ -59,6 +75,14 @@ NONE_OBJECT = "none"
 PROXY_OBJECT = "proxy"
 #: The file holding the body inside an object directory.
 BODY_NAME = "body"
+#: The folder of the map generations under the publish folder, and the file nginx includes
+#: (its configuration includes ``map/*.map``: none at all is an empty map). Older
+#: generations nginx may still hold are kept beside it as ``prev-<n>.txt`` until a reload
+#: is confirmed.
+MAP_FOLDER = "map"
+MAP_FILE = "live.map"
+#: The folder of an AOR's marker, beside ``a/`` and ``o/``.
+MARKERS = "c"
 _ABSENT = "_"
 _LABEL_MARK = "="
 _ETAG_RE = re.compile(r'"([0-9a-f]{32})"')
@@ -216,3 +240,30 @@ class FeedCursor:
 def distinct(items: Sequence[str]) -> list[str]:
     """``items`` without repeats, in first-seen order."""
     return list(dict.fromkeys(items))
+
+
+#: What a map line holds: nginx's double-quoted strings with ``\\`` and ``\"`` escapes.
+_MAP_LINE_RE = re.compile(r'"([^"|\\/]+)\|email=([^"%]+)%40\1" "\2\|((?:[^"\\]|\\.)+)";')
+
+
+def map_line(domain: str, user: str, obj_path: str) -> str | None:
+    """The map entry of ``user@domain`` served from ``obj_path``, or None if it has none.
+
+    The key is what nginx matches, ``"$ssl_server_name|$args"`` of the canonical query
+    (:func:`sipcert.client.locate.query_string`); the value is the user (naming the marker)
+    and the object. The two markers and a path with ``$`` (which nginx would read as a
+    variable) stay out: their AORs take the symlink.
+    """
+    if obj_path in (NONE_OBJECT, PROXY_OBJECT) or "$" in obj_path or "$" in domain:
+        return None
+    value = f"{user}|{obj_path}".replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{domain}|email={user}%40{domain}" "{value}";'
+
+
+def parse_map_line(line: str) -> tuple[str, str, str] | None:
+    """``(domain, user, object)`` of a line :func:`map_line` wrote, or None."""
+    match = _MAP_LINE_RE.fullmatch(line.rstrip("\n"))
+    if match is None:
+        return None
+    domain, user, escaped = match.groups()
+    return domain, user, re.sub(r"\\(.)", r"\1", escaped)

@@ -177,6 +177,8 @@ class StoreConfig:
     unix_socket: Path | None = None
     #: Edge mode: the folder ``sipcert publish`` writes, kept current by the Store itself.
     edge_publish_dir: Path | None = None
+    #: Edge mode: nginx's pid file, so that the publisher can reload its map generation.
+    edge_nginx_pid: Path | None = None
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> StoreConfig:
@@ -241,7 +243,8 @@ class StoreConfig:
             auth_trust_days=auth_trust_days,
             transparency=parse_transparency(doc.get("transparency")),
             unix_socket=_optional_path(doc, "unix_socket"),
-            edge_publish_dir=_edge(doc.get("edge")),
+            edge_publish_dir=_edge(doc.get("edge"), "publish_dir"),
+            edge_nginx_pid=_edge(doc.get("edge"), "nginx_pid"),
         )
 
     @property
@@ -382,14 +385,15 @@ def _optional_path(doc: Mapping[str, Any], key: str) -> Path | None:
     return None if value is None else Path(_as_str(value, key))
 
 
-def _edge(raw: object) -> Path | None:
-    """The ``[edge]`` table: ``publish_dir`` (the folder nginx serves GETs from)."""
+def _edge(raw: object, key: str) -> Path | None:
+    """A path of the ``[edge]`` table: ``publish_dir`` (the folder nginx serves GETs from)
+    or ``nginx_pid`` (nginx's pid file, for reloading the publisher's map)."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError('edge: expected a table, e.g. [edge] publish_dir = "/var/lib/..."')
-    _no_unknown(raw, frozenset({"publish_dir"}), "edge.")
-    return _optional_path(raw, "publish_dir")
+    _no_unknown(raw, frozenset({"publish_dir", "nginx_pid"}), "edge.")
+    return _optional_path(raw, key)
 
 
 def _same_name(entry: Mapping[str, Any], name: str) -> bool:

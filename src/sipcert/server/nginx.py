@@ -34,6 +34,8 @@ from sipcert.proto.edge import (
     CLIENT_HEADER,
     DOMAIN_HEADER,
     FILE_USER_PATTERN,
+    MAP_FOLDER,
+    MARKERS,
     NONE_OBJECT,
     PROXY_OBJECT,
 )
@@ -50,9 +52,33 @@ _OBJECT = (
     r'"/o/(?<sipcert_t>[0-9a-f]{32})-(?<sipcert_k>1|m[0-9]*)'
     r'\|(?<sipcert_d>[^/|]+)\|(?<sipcert_l>[^/]+)$"'
 )
+#: A map generation's value (proto.edge.map_line): the user, then the object's path.
+_HIT = (
+    r'"^(?<sipcert_u>[^|]+)\|(?<sipcert_n>(?<sipcert_t>[0-9a-f]{32})-(?<sipcert_k>1|m[0-9]*)'
+    r'\|(?<sipcert_d>[^/|]+)\|(?<sipcert_l>[^/]+))$"'
+)
+#: Hash table limits of the map generation: room for millions of AORs (nginx sizes the
+#: table to its entries; the maximum only bounds its search), and keys up to ~200 bytes.
+_MAP_HASH = ("map_hash_max_size 16777216;", "map_hash_bucket_size 256;")
 #: ``"<etag>|<If-None-Match>"`` when the list names the ETag (weak comparison, RFC 9110
 #: §13.1.2), as :func:`sipcert.proto.store.certificates_response` decides.
 _INM_MATCH = r'"^(\"[0-9a-f]{32}\")\|(?:.*,)?\s*(?:W/)?\1\s*(?:,.*)?$"'
+
+
+def _body_headers(max_age: int) -> list[str]:
+    """Serving an object's body with the headers its path spells (both ways to a body)."""
+    return [
+        "            etag off;",
+        "            if_modified_since off;",
+        "            max_ranges 0;",
+        '            default_type "";',
+        "            add_header Content-Type $sipcert_type;",
+        "            add_header Content-Description $sipcert_description;",
+        "            add_header Content-Disposition $sipcert_disposition;",
+        "            add_header ETag $sipcert_etag;",
+        f'            add_header Cache-Control "max-age={max_age}";',
+        '            add_header Last-Modified "";',
+    ]
 
 
 @dataclass(frozen=True)
@@ -112,13 +138,31 @@ def render(
         r"[A-Za-z0-9_][A-Za-z0-9_.-]*( [A-Za-z0-9_][A-Za-z0-9_.-]*)?", user
     ):
         raise ConfigError(f"--user {user!r}: expected USER or 'USER GROUP'")
+    # The request's own location: a mapped AOR (the hash lookup of $sipcert_hit) with no
+    # marker is served right here; anything else takes the symlink (/_sipcert_slow).
+    slow = "rewrite ^ /_sipcert_slow last;"
+    hot = [
+        "        location = /search-cgi {",
+        f"            if ($sipcert_read = 0) {{ {to_store} }}",
+        f"            if ($sipcert_conditional) {{ {slow} }}",
+        f"            if ($sipcert_hit !~ {_HIT}) {{ {slow} }}",
+        # The map compares keys without case: the user must be the one the query names.
+        f'            if ($args != "email=$sipcert_u%40$ssl_server_name") {{ {slow} }}',
+        f"            if (-e {root}/$ssl_server_name/{MARKERS}/$sipcert_u) {{ {slow} }}",
+        "            set $sipcert_etag $sipcert_e;",
+        f"            alias {root}/$ssl_server_name/o/$sipcert_n/{BODY_NAME};",
+        *_body_headers(max_age),
+        "        }",
+    ]
     routing = [
         "        proxy_http_version 1.1;",
         '        proxy_set_header Connection "";',
         "        proxy_set_header Host $host;",
         f"        proxy_set_header {DOMAIN_HEADER} $ssl_server_name;",
         f"        proxy_set_header {CLIENT_HEADER} $remote_addr;",
-        "        location = /search-cgi {",
+        *hot,
+        "        location = /_sipcert_slow {",
+        "            internal;",
         f"            default_type {_quoted(not_found_type)};",
         '            if ($sipcert_key = "") { rewrite ^ /_sipcert_store last; }',
         "            if ($sipcert_inm_plain = 0) { rewrite ^ /_sipcert_store last; }",
@@ -139,16 +183,7 @@ def render(
         "        location = /_sipcert_body {",
         "            internal;",
         f"            alias $sipcert_obj/{BODY_NAME};",
-        "            etag off;",
-        "            if_modified_since off;",
-        "            max_ranges 0;",
-        '            default_type "";',
-        "            add_header Content-Type $sipcert_type;",
-        "            add_header Content-Description $sipcert_description;",
-        "            add_header Content-Disposition $sipcert_disposition;",
-        "            add_header ETag $sipcert_etag;",
-        f'            add_header Cache-Control "max-age={max_age}";',
-        '            add_header Last-Modified "";',
+        *_body_headers(max_age),
         "        }",
         "        location = /_sipcert_304 {",
         "            internal;",
@@ -172,16 +207,21 @@ def render(
         f"pid {pre}/nginx.pid;",
         f"error_log {pre}/error.log warn;",
         "pcre_jit on;",
+        # A reload (the publisher's, for a new map generation) is complete once the old
+        # workers are gone: they finish what they are sending, for at most this long.
+        "worker_shutdown_timeout 10s;",
         "events { worker_connections 4096; }",
         "http {",
+        *(f"    {line}" for line in _MAP_HASH),
         f"    client_body_temp_path {pre}/body_temp;",
         f"    proxy_temp_path {pre}/proxy_temp;",
         f"    fastcgi_temp_path {pre}/fastcgi_temp;",
         f"    uwsgi_temp_path {pre}/uwsgi_temp;",
         f"    scgi_temp_path {pre}/scgi_temp;",
-        "    # $upstream_addr is '-' for an answer from the files: it shows what reached Python.",
+        "    # $upstream_addr is '-' for an answer from the files: it shows what reached Python;",
+        "    # $uri how nginx answered: /search-cgi from the map, /_sipcert_* otherwise.",
         '    log_format sipcert \'$remote_addr [$time_local] "$request" $status '
-        '$body_bytes_sent $request_time "$ssl_server_name" "$upstream_addr"\';',
+        '$body_bytes_sent $request_time "$ssl_server_name" "$uri" "$upstream_addr"\';',
         f"    access_log {pre}/access.log sipcert buffer=64k flush=1s;",
         "    server_tokens off;",
         "    sendfile on;",
@@ -215,6 +255,20 @@ def render(
             f'%40{host}$" "{domain.name}/a/$sipcert_user";'
         )
     lines += [
+        "    }",
+        "    # The map generation the publisher wrote (none yet: every AOR takes its symlink).",
+        '    map "$ssl_server_name|$args" $sipcert_hit {',
+        '        default "";',
+        f"        include {root}/{MAP_FOLDER}/*.map;",
+        "    }",
+        "    map $request_method $sipcert_read {",
+        "        GET 1;",
+        "        HEAD 1;",
+        "        default 0;",
+        "    }",
+        "    map $http_if_none_match $sipcert_conditional {",
+        '        "" 0;',
+        "        default 1;",
         "    }",
         "    # If-None-Match is compared here only when made of printable ASCII.",
         "    map $http_if_none_match $sipcert_inm_plain {",

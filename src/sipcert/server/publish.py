@@ -8,6 +8,13 @@ replaced with ``rename`` — nginx sees the old answer or the new one, never a m
 that no symlink points to any more are removed after :data:`GRACE` seconds (a request that
 resolved the old symlink may still be reading it).
 
+With ``nginx_pid`` it also keeps nginx's *map generation* (:mod:`sipcert.proto.edge`):
+every AOR's object in one ``map`` file nginx reloads, so that a GET costs no ``realpath()``.
+Each AOR whose answer differs from one that a generation nginx may still hold says gets a
+marker first, and nginx takes the symlink for it; a new generation is written when markers
+pile up or have waited :data:`MAP_INTERVAL`, nginx is reloaded (SIGHUP to its master), and
+once every worker of the old configuration is gone the markers the new one covers go.
+
 :meth:`Publisher.follow` keeps the tree current: it follows the database's change feed
 (:mod:`sipcert.storage.feed`; LISTEN/NOTIFY with PostgreSQL, polling with SQLite) and
 republishes each AOR at its certificates' ``notAfter`` (draft §4.4: never an expired
@@ -22,6 +29,7 @@ import heapq
 import logging
 import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -31,6 +39,9 @@ from sipcert.errors import ConfigError, SipCertError, StorageError
 from sipcert.proto.aor import AOR, parse_aor
 from sipcert.proto.edge import (
     BODY_NAME,
+    MAP_FILE,
+    MAP_FOLDER,
+    MARKERS,
     NONE_OBJECT,
     PROXY_OBJECT,
     EdgeObject,
@@ -38,12 +49,14 @@ from sipcert.proto.edge import (
     distinct,
     edge_object,
     file_user,
+    map_line,
+    parse_map_line,
 )
 from sipcert.server.app import answer_for
 from sipcert.storage import CertificateStore, StoredCertificate
 from sipcert.storage.feed import ChangeFeed
 
-__all__ = ["EXPIRY_LEAD", "GRACE", "Publisher", "feed_of"]
+__all__ = ["EXPIRY_LEAD", "GRACE", "MAP_INTERVAL", "Publisher", "feed_of", "reload_nginx"]
 
 log = logging.getLogger("sipcert.publish")
 
@@ -57,6 +70,15 @@ POLL_INTERVAL = 0.05
 _NOTIFIED_INTERVAL = 1.0
 _BATCH = 1000
 _REREAD = 1000
+#: Seconds a marker waits at most for the next map generation, and the markers that call
+#: for one at once (each reload makes nginx read the whole map again).
+MAP_INTERVAL = 60.0
+MAP_MARKERS = 5000
+#: Seconds to wait for nginx's old workers to be gone after a reload (the generated
+#: configuration's worker_shutdown_timeout is 10 s).
+RELOAD_TIMEOUT = 30.0
+#: A generation: "<domain>/<user>" -> the object nginx serves from the map.
+Generation = dict[str, str]
 
 
 def feed_of(storage: CertificateStore) -> ChangeFeed:
@@ -82,7 +104,9 @@ class Publisher:
     """Keeps ``root`` holding the answer of every AOR of ``domains`` (one tree per domain).
 
     ``clock`` gives Unix time (tests move it); ``durable`` fsyncs files and directories
-    (off only in tests and benchmarks that do not survive a crash anyway).
+    (off only in tests and benchmarks that do not survive a crash anyway). ``nginx_pid``
+    (nginx's pid file) turns the map generations on; ``map_interval`` is how long a
+    marker may wait for the next one.
     """
 
     def __init__(
@@ -95,6 +119,8 @@ class Publisher:
         clock: Callable[[], float] = time.time,
         durable: bool = True,
         expiry_lead: float = EXPIRY_LEAD,
+        nginx_pid: Path | None = None,
+        map_interval: float = MAP_INTERVAL,
     ) -> None:
         self.root = root
         self.storage = storage
@@ -107,15 +133,30 @@ class Publisher:
         self._expiries: list[tuple[float, str]] = []  # (publish again at, aor), a heap
         self._next: dict[str, float] = {}  # the live entry of each AOR in the heap
         self._doomed: list[tuple[float, Path, Path]] = []  # (remove at, object, link)
+        self._sync_each = durable  # off during publish_all, which syncs once at its end
+        self.nginx_pid = nginx_pid
+        self.map_interval = map_interval
+        self._current: Generation = {}  # what each AOR's symlink points to (or will)
+        self._markers: set[str] = set()  # "<domain>/<user>" with a marker
+        self._refresh: asyncio.Task[bool] | None = None
+        self._refreshed_at = clock()
         self.published = 0
         try:
             for domain in sorted(self.domains):
-                for sub in ("a", "o"):
+                for sub in ("a", "o", MARKERS):
                     (root / domain / sub).mkdir(parents=True, exist_ok=True)
                 for marker in (NONE_OBJECT, PROXY_OBJECT):
                     (root / domain / "o" / marker).mkdir(exist_ok=True)
+
+                self._markers.update(
+                    f"{domain}/{entry.name}" for entry in os.scandir(root / domain / MARKERS)
+                )
+            (root / MAP_FOLDER).mkdir(exist_ok=True)
+            # Every generation on disk may be what nginx holds now, until a reload says.
+            self._generations = [_read_generation(path) for path in self._generation_files()]
         except OSError as exc:
             raise _unwritable(root, exc) from exc
+        self._pinned = _pinned(self._generations)
 
     # -- one AOR ---------------------------------------------------------------------------
 
@@ -135,12 +176,26 @@ class Publisher:
         certs = await self.storage.get_by_aor(str(aor), when)
         obj = edge_object(answer_for(certs, max_age=self.max_age))
         self._schedule(str(aor), certs)
+        mark = self._note(aor.host, user, obj.path)
         try:
-            await asyncio.to_thread(self._write, aor, user, obj)
+            await asyncio.to_thread(self._write, aor, user, obj, mark)
         except OSError as exc:
             raise _unwritable(self.root, exc) from exc
         self.published += 1
         return True
+
+    def _note(self, domain: str, user: str, path: str) -> bool:
+        """Record ``path`` as the AOR's object; whether it needs a marker (before its link).
+
+        Decided here, on the event loop, in the order of the changes: a generation taken
+        after this sees the new object, one taken before is among ``_generations`` already.
+        """
+        key = f"{domain}/{user}"
+        self._current[key] = path
+        if any(key in g and g[key] != path for g in self._generations):
+            self._markers.add(key)
+            return True
+        return False
 
     def _schedule(self, aor: str, certs: Sequence[StoredCertificate]) -> None:
         """Remember when ``aor`` must be published again (its earliest notAfter, early).
@@ -156,11 +211,15 @@ class Publisher:
             self._next[aor] = at
             heapq.heappush(self._expiries, (at, aor))
 
-    def _write(self, aor: AOR, user: str, obj: EdgeObject) -> None:
+    def _write(self, aor: AOR, user: str, obj: EdgeObject, mark: bool = False) -> None:
         base = self.root / aor.host
         target = base / "o" / obj.path
         if obj.body or obj.parts[0] not in (NONE_OBJECT, PROXY_OBJECT):
             self._write_object(target, obj.body)
+        if mark:  # before the link changes: nginx must not answer from the map meanwhile
+            os.close(os.open(base / MARKERS / user, os.O_WRONLY | os.O_CREAT, 0o644))
+            if self._sync_each:
+                _fsync_dir(base / MARKERS)
         link = base / "a" / user
         relative = os.path.join("..", "o", obj.path)
         try:
@@ -172,7 +231,7 @@ class Publisher:
         temporary = base / "a" / f".{user}.{secrets.token_hex(6)}"
         os.symlink(relative, temporary)
         os.replace(temporary, link)
-        if self._durable:
+        if self._sync_each:
             _fsync_dir(base / "a")
         if old is not None and not old.endswith(("/" + NONE_OBJECT, "/" + PROXY_OBJECT)):
             self._doomed.append((self._clock() + GRACE, (link.parent / old), link))
@@ -185,11 +244,11 @@ class Publisher:
         temporary = target / f".{BODY_NAME}.{secrets.token_hex(6)}"
         with open(temporary, "wb") as handle:
             handle.write(body)
-            if self._durable:
+            if self._sync_each:
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(temporary, final)
-        if self._durable:
+        if self._sync_each:
             _fsync_dir(target)
 
     def collect_garbage(self, *, everything_due: bool = False) -> int:
@@ -207,6 +266,9 @@ class Publisher:
                 current = None
             if current == obj.resolve():
                 continue  # pointed to again meanwhile
+            if (link.parent.parent.name, obj.name) in self._pinned:
+                keep.append((due, obj, link))  # a map generation nginx may hold names it
+                continue
             removed += _remove_object(obj)
         self._doomed = keep
         return removed
@@ -214,23 +276,143 @@ class Publisher:
     # -- everything ------------------------------------------------------------------------
 
     async def publish_all(self) -> int:
-        """Publish every AOR with a certificate; point the others at the 404. How many."""
+        """Publish every AOR with a certificate; point the others at the 404. How many.
+
+        Nothing is fsynced file by file meanwhile: the tree is synced once at the end (a
+        crash before that is followed by another full publication anyway).
+        """
         now = self._now()
         aors = [a for a in await self.feed.aors(now) if a.rpartition("@")[2] in self.domains]
         self._expiries.clear()
         self._next.clear()
         count = 0
         live: dict[str, set[str]] = {d: set() for d in self.domains}
-        for aor in aors:
-            if await self.publish_aor(aor, now):
-                count += 1
-                live[aor.rpartition("@")[2]].add(aor.rpartition("@")[0])
-        for domain, users in live.items():
-            try:
+        self._sync_each = False
+        try:
+            for aor in aors:
+                if await self.publish_aor(aor, now):
+                    count += 1
+                    live[aor.rpartition("@")[2]].add(aor.rpartition("@")[0])
+            for domain, users in live.items():
                 await asyncio.to_thread(self._forget_others, domain, users)
-            except OSError as exc:
-                raise _unwritable(self.root, exc) from exc
+            if self._durable:
+                await asyncio.to_thread(os.sync)
+        except OSError as exc:
+            raise _unwritable(self.root, exc) from exc
+        finally:
+            self._sync_each = self._durable
         return count
+
+    # -- the map generation ----------------------------------------------------------------
+
+    def _generation_files(self) -> list[Path]:
+        folder = self.root / MAP_FOLDER
+        return sorted(folder.glob("prev-*.txt")) + [p for p in (folder / MAP_FILE,) if p.exists()]
+
+    def _take_generation(self) -> Generation:
+        """The current objects as a generation: those nginx can be given in its map.
+
+        nginx compares map keys without case, so of users that differ only in case none is
+        mapped (their GETs take the symlink, as unmapped AORs do).
+        """
+        generation: Generation = {}
+        folded: dict[str, int] = {}
+        for key, path in self._current.items():
+            domain, _, user = key.partition("/")
+            if map_line(domain, user, path) is not None:
+                generation[key] = path
+                folded[key.lower()] = folded.get(key.lower(), 0) + 1
+        return {k: p for k, p in generation.items() if folded[k.lower()] == 1}
+
+    def _write_generation(self, generation: Generation) -> None:
+        """``map/live.map`` := ``generation``; the one it replaces is kept as ``prev-N``."""
+        folder = self.root / MAP_FOLDER
+        live = folder / MAP_FILE
+        temporary = folder / f".{MAP_FILE}.{secrets.token_hex(6)}"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for key, path in generation.items():
+                domain, _, user = key.partition("/")
+                handle.write(f"{map_line(domain, user, path)}\n")
+            if self._durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        if live.exists():
+            os.replace(live, folder / f"prev-{time.time_ns()}.txt")
+        os.replace(temporary, live)
+        if self._durable:
+            _fsync_dir(folder)
+
+    async def refresh_map(self) -> bool:
+        """Write a new generation, reload nginx, and drop the markers it makes useless.
+
+        True when nginx confirmed the reload; otherwise every generation written stays a
+        candidate (and with it every marker) until a later reload is confirmed.
+        """
+        generation = self._take_generation()
+        self._generations.append(generation)  # before any await: later changes compare
+        self._pinned = _pinned(self._generations)
+        self._refreshed_at = self._clock()
+        try:
+            await asyncio.to_thread(self._write_generation, generation)
+        except OSError as exc:
+            log.error("writing the nginx map failed: %s", exc.strerror or exc)
+            return False
+        if self.nginx_pid is None:
+            return False
+        confirmed = await asyncio.to_thread(reload_nginx, self.nginx_pid, RELOAD_TIMEOUT)
+        if not confirmed:
+            log.warning(
+                "nginx (pid file %s) is not running or did not reload the new map within "
+                "%d s; changed AORs are served through their symlinks until it does",
+                self.nginx_pid,
+                RELOAD_TIMEOUT,
+            )
+            return False
+        # Only the generation just loaded is live now (a newer one may be pending).
+        index = next(i for i, g in enumerate(self._generations) if g is generation)
+        self._generations = self._generations[index:]
+        self._pinned = _pinned(self._generations)
+        stale = [
+            key
+            for key in self._markers
+            if not any(key in g and g[key] != self._current.get(key) for g in self._generations)
+        ]
+        try:
+            await asyncio.to_thread(self._drop_markers, stale, len(self._generations) == 1)
+        except OSError as exc:
+            log.error("removing markers failed: %s", exc.strerror or exc)
+        log.info(
+            "nginx reloaded a map of %d AOR(s); %d marker(s) removed", len(generation), len(stale)
+        )
+        return True
+
+    async def write_first_map(self) -> None:
+        """After ``publish --once``: a generation for an nginx about to start, or a reload.
+
+        Without ``nginx_pid`` a generation is written only when none is on disk: a running
+        nginx may hold that one, and without a reload nothing would ever retire it.
+        """
+        if self.nginx_pid is not None or not self._generations:
+            await self.refresh_map()
+
+    def _drop_markers(self, keys: list[str], only_live: bool) -> None:
+        for key in keys:
+            domain, _, user = key.partition("/")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / domain / MARKERS / user)
+            self._markers.discard(key)
+        if only_live:
+            for path in (self.root / MAP_FOLDER).glob("prev-*.txt"):
+                path.unlink()
+
+    def _map_due(self) -> bool:
+        """Whether markers call for a new generation now (never two refreshes at once)."""
+        if self.nginx_pid is None or not self._markers:
+            return False
+        if self._refresh is not None and not self._refresh.done():
+            return False
+        waited = self._clock() - self._refreshed_at
+        return waited >= self.map_interval or (len(self._markers) >= MAP_MARKERS and waited >= 1)
 
     def _forget_others(self, domain: str, users: set[str]) -> None:
         """Symlinks of AORs that have no certificate any more: the 404 object; and old
@@ -243,7 +425,8 @@ class Publisher:
                     os.unlink(entry.path)  # a temporary symlink of an interrupted run
                 continue
             if entry.name not in users:
-                self._write(AOR(entry.name, domain), entry.name, EdgeObject((NONE_OBJECT,)))
+                mark = self._note(domain, entry.name, NONE_OBJECT)
+                self._write(AOR(entry.name, domain), entry.name, EdgeObject((NONE_OBJECT,)), mark)
                 continue
             with contextlib.suppress(OSError):
                 referenced.add(os.path.normpath(os.readlink(entry.path)))
@@ -252,7 +435,7 @@ class Publisher:
             if BODY_NAME not in files:
                 continue
             relative = os.path.normpath(os.path.join("..", os.path.relpath(directory, base)))
-            if relative in referenced:
+            if relative in referenced or (domain, os.path.basename(directory)) in self._pinned:
                 continue
             body = Path(directory) / BODY_NAME
             with contextlib.suppress(OSError):
@@ -276,12 +459,16 @@ class Publisher:
             log.info(
                 "published %d AOR(s) to %s; following changes after %d", count, self.root, high
             )
+            if self.nginx_pid is not None:
+                self._refresh = asyncio.create_task(self.refresh_map())
             if ready is not None:
                 ready()
             while not stop.is_set():
                 await self._catch_up(cursor)
                 await self._expire()
                 self.collect_garbage()
+                if self._map_due():
+                    self._refresh = asyncio.create_task(self.refresh_map())
                 timeout = _NOTIFIED_INTERVAL if listener is not None else POLL_INTERVAL
                 if cursor.waiting:
                     timeout = POLL_INTERVAL
@@ -289,9 +476,16 @@ class Publisher:
                     timeout = min(timeout, max(0.0, self._expiries[0][0] - self._clock()))
                 if self._doomed:
                     timeout = min(timeout, max(0.0, self._doomed[0][0] - self._clock()))
+                if self._markers and self.nginx_pid is not None:
+                    due = self._refreshed_at + self.map_interval - self._clock()
+                    timeout = min(timeout, max(POLL_INTERVAL, due))
                 await _wait_any(stop, wake, timeout)
                 wake.clear()
         finally:
+            if self._refresh is not None and not self._refresh.done():
+                self._refresh.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._refresh
             if listener is not None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -331,6 +525,61 @@ class Publisher:
                 await self.publish_aor(aor, max(when, self._now()))
             except (SipCertError, OSError) as exc:
                 log.error("publishing %s at expiry failed: %s", aor, exc)
+
+
+def _read_generation(path: Path) -> Generation:
+    """A generation file read back (lines it cannot read are skipped: they map nothing)."""
+    generation: Generation = {}
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            entry = parse_map_line(line)
+            if entry is not None:
+                domain, user, obj = entry
+                generation[f"{domain}/{user}"] = obj
+    return generation
+
+
+def _pinned(generations: Sequence[Generation]) -> set[tuple[str, str]]:
+    """(domain, object) of every object a generation names: kept while it may be live."""
+    return {(k.partition("/")[0], p) for g in generations for k, p in g.items()}
+
+
+def _children(pid: int) -> set[int] | None:
+    """The child processes of ``pid`` (nginx's workers), or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return None
+    return {int(word) for word in text.split()}
+
+
+def reload_nginx(pid_file: Path, timeout: float) -> bool:
+    """SIGHUP to the nginx master of ``pid_file``; True once no worker of before is left.
+
+    nginx reads its configuration (and so the map) again, starts new workers and lets the
+    old ones finish; when every worker that existed before the signal is gone and a new
+    one runs, no process holds an older map. False when that cannot be seen in time, or
+    when the pid file names no nginx (then nothing can be known about what it holds).
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+        if not Path(f"/proc/{pid}/comm").read_text().startswith("nginx"):
+            return False
+        before = _children(pid)
+        if before is None:
+            return False
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = _children(pid)
+        if now is None:
+            return False
+        if now and not now & before:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _unwritable(root: Path, exc: OSError) -> ConfigError:

@@ -368,7 +368,11 @@ async def _publish_forever(
             return  # another worker publishes
         try:
             publisher = Publisher(
-                root, storage, domains=config.domain_names, max_age=config.policy.max_age
+                root,
+                storage,
+                domains=config.domain_names,
+                max_age=config.policy.max_age,
+                nginx_pid=config.edge_nginx_pid,
             )
             await publisher.follow(stop)
         except SipCertError as exc:

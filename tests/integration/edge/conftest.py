@@ -33,6 +33,8 @@ from tests.integration.store.conftest import (
 
 #: The ``Cache-Control: max-age`` the Store and the publisher use (StoreProcess's).
 MAX_AGE = 60
+#: Seconds the follower lets a marker wait for the next map generation.
+MAP_INTERVAL = 0.3
 
 
 def store_flags(files: StoreFiles) -> list[str]:
@@ -112,7 +114,17 @@ class EdgeSetup:
         log = open(self.scratch / "follower.log", "wb")
         try:
             self.follower = subprocess.Popen(
-                [SIPCERT, "publish", str(self.publish_dir), *store_flags(self.files)],
+                [
+                    SIPCERT,
+                    "publish",
+                    str(self.publish_dir),
+                    # Keeps nginx's map current (reloads it) a moment after each change.
+                    "--nginx-pid",
+                    str(self.prefix / "nginx.pid"),
+                    "--map-interval",
+                    str(MAP_INTERVAL),
+                    *store_flags(self.files),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -149,7 +161,9 @@ class EdgeSetup:
         )
         assert done.returncode == 0, done.stderr
         path = self.scratch / "nginx.conf"
-        path.write_text(done.stdout)
+        # Unbuffered access log here: each line is written as its request ends, in order.
+        assert " buffer=64k flush=1s;" in done.stdout
+        path.write_text(done.stdout.replace(" buffer=64k flush=1s;", ";"))
         return path
 
     def start_nginx(self) -> None:
@@ -193,6 +207,24 @@ class EdgeSetup:
             if path.exists():
                 parts.append(path.read_text(errors="replace"))
         return "\n".join(parts)
+
+    def routes(self, since: int, targets: list[str]) -> list[tuple[str, str]]:
+        """How nginx answered the GETs of ``targets`` logged after line ``since``.
+
+        Each is ``($uri, $upstream_addr)``: ``/search-cgi`` from the map, ``/_sipcert_body``
+        or ``/_sipcert_slow`` through the symlink, an upstream from the Store.
+        """
+
+        def logged() -> bool:
+            new = self.access_lines()[since:]
+            return len(new) == len(targets) and all(
+                f'"GET {target} HTTP/1.1"' in line
+                for line, target in zip(new, targets, strict=True)
+            )
+
+        wait_for(logged, "the access log")
+        fields = [line.rsplit(" ", 2)[1:] for line in self.access_lines()[since:]]
+        return [(uri.strip('"'), upstream.strip('"')) for uri, upstream in fields]
 
     def access_lines(self) -> list[str]:
         path = self.prefix / "access.log"

@@ -16,6 +16,8 @@ from sipcert.proto.edge import (
     FeedCursor,
     edge_object,
     file_user,
+    map_line,
+    parse_map_line,
 )
 from sipcert.proto.store import MAX_LABEL_LENGTH, certificates_response
 
@@ -95,3 +97,28 @@ def test_cursor_waits_for_late_commits_then_gives_up() -> None:
     assert cursor.take([16], now=7.0) == []
     assert cursor.take([16], now=8.5) == []  # 15 never came: given up
     assert cursor.low == 16 and not cursor.waiting
+
+
+@given(st.text(min_size=1, max_size=MAX_LABEL_LENGTH).filter(str.isprintable))
+def test_a_map_line_reads_back_or_is_left_out(label: str) -> None:
+    """Whatever the label, the map entry names the same object (or none: the symlink)."""
+    obj, _ = _answer([b"one"], [label.strip() or "x"])
+    line = map_line("example.com", "alice", obj.path)
+    if obj.parts == (PROXY_OBJECT,) or "$" in obj.path:
+        assert line is None
+        return
+    assert line is not None and "\n" not in line
+    assert line.startswith('"example.com|email=alice%40example.com" "alice|')
+    assert parse_map_line(line) == ("example.com", "alice", obj.path)
+
+
+def test_map_lines_of_the_markers_and_unreadable_lines() -> None:
+    assert map_line("example.com", "bob", NONE_OBJECT) is None
+    assert map_line("example.com", "bob", PROXY_OBJECT) is None
+    assert map_line("example.com", "bob", "0" * 32 + "-1|_|=$HOME") is None
+    quoted = map_line("example.com", "bob", "0" * 32 + '-1|_|=say "hi" \\o/')
+    assert quoted == (
+        '"example.com|email=bob%40example.com" "bob|' + "0" * 32 + '-1|_|=say \\"hi\\" \\\\o/";'
+    )
+    for line in ("", "garbage", '"a|email=b%40c" "b|x";', '"a|email=b%40a" "c|x";'):
+        assert parse_map_line(line) is None

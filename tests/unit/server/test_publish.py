@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sipcert.proto.edge import BODY_NAME, NONE_OBJECT
+from sipcert.proto.edge import BODY_NAME, NONE_OBJECT, parse_map_line
+from sipcert.server import publish
 from sipcert.server.app import answer_for
 from sipcert.server.publish import EXPIRY_LEAD, GRACE, Publisher
 from sipcert.storage import MemoryStore, StoredCertificate
@@ -171,3 +172,87 @@ def test_an_unwritable_folder_is_one_configuration_error(tmp_path: Path) -> None
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match="cannot write"):
         Publisher(blocker / "edge", MemoryStore(), domains=["example.com"], max_age=60)
+
+
+def test_markers_follow_the_map_generations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change to a mapped AOR gets a marker before its link moves; a confirmed reload
+    retires the older generations, the markers the new one covers and their objects."""
+    reloads: list[bool] = []
+    monkeypatch.setattr(publish, "reload_nginx", lambda _pid, _timeout: reloads.pop(0))
+
+    async def scenario() -> None:
+        store = MemoryStore()
+        await store.add(cert("alice@example.com", 0), max_per_aor=5, now=NOW)
+        await store.add(cert("bob@example.com", 0), max_per_aor=5, now=NOW)
+        clock = Clock()
+        pid = tmp_path / "nginx.pid"
+        publisher = Publisher(
+            tmp_path,
+            store,
+            domains=["example.com"],
+            max_age=60,
+            clock=clock,
+            durable=False,
+            nginx_pid=pid,
+        )
+        await publisher.publish_all()
+        reloads.append(True)
+        assert await publisher.refresh_map()
+        live = (tmp_path / "map" / "live.map").read_text().splitlines()
+        assert [parse_map_line(line)[1] for line in live] == ["alice", "bob"]  # type: ignore[index]
+        first = resolved(tmp_path, "alice@example.com")
+        marker = tmp_path / "example.com" / "c" / "alice"
+        # alice changes: her marker comes with the change; bob, unchanged, has none.
+        await store.add(cert("alice@example.com", 1), max_per_aor=5, now=NOW)
+        await publisher.publish_aor("alice@example.com")
+        assert marker.exists() and not (tmp_path / "example.com" / "c" / "bob").exists()
+        # A reload nginx does not confirm: both generations may be live, the marker stays,
+        # and the first generation's object is kept past the grace period.
+        reloads.append(False)
+        assert not await publisher.refresh_map()
+        assert len(list((tmp_path / "map").glob("prev-*.txt"))) == 1
+        clock.now += GRACE + 1
+        assert publisher.collect_garbage() == 0 and first.exists()
+        assert marker.exists()
+        # A new publisher (a restart) knows both generations from the disk.
+        again = Publisher(
+            tmp_path,
+            store,
+            domains=["example.com"],
+            max_age=60,
+            clock=clock,
+            durable=False,
+            nginx_pid=pid,
+        )
+        await store.delete("bob@example.com", None)
+        await again.publish_all()
+        assert (tmp_path / "example.com" / "c" / "bob").exists()
+        # Confirmed: one generation left, which has alice's new object and no bob.
+        reloads.append(True)
+        assert await again.refresh_map()
+        assert not marker.exists() and not (tmp_path / "example.com" / "c" / "bob").exists()
+        assert list((tmp_path / "map").glob("prev-*.txt")) == []
+        live = (tmp_path / "map" / "live.map").read_text().splitlines()
+        assert [parse_map_line(line)[1] for line in live] == ["alice"]  # type: ignore[index]
+
+    asyncio.run(scenario())
+
+
+def test_users_that_differ_in_case_stay_out_of_the_map(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        for aor in ("alice@example.com", "Bob@example.com", "bob@example.com"):
+            await store.add(cert(aor, 0), max_per_aor=5, now=NOW)
+        publisher = Publisher(
+            tmp_path, store, domains=["example.com"], max_age=60, clock=Clock(), durable=False
+        )
+        await publisher.publish_all()
+        await publisher.write_first_map()  # no nginx yet: the map it will start with
+        lines = (tmp_path / "map" / "live.map").read_text().splitlines()
+        assert [parse_map_line(line)[1] for line in lines] == ["alice"]  # type: ignore[index]
+        await publisher.write_first_map()  # one is on disk: without a pid, no second
+        assert list((tmp_path / "map").glob("prev-*.txt")) == []
+
+    asyncio.run(scenario())
