@@ -48,16 +48,21 @@ import resource
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from sipcert.errors import HeaderTooLargeError, ProxyProtocolError
+from sipcert.proto.hotget import parse_simple_get
 from sipcert.proto.proxy import header_length, may_be_proxy, parse_header
 from sipcert.server.config import ConnectionLimits
 from sipcert.server.http import set_client_address
+from sipcert.server.tls import sni_domain
+
+if TYPE_CHECKING:
+    from sipcert.server.hotget import HotGet
 
 __all__ = [
     "FD_RESERVE",
@@ -151,6 +156,8 @@ class ConnectionGuard:
         self.refused = 0
         #: Connections closed for a missing, malformed or untrusted PROXY header.
         self.proxy_refused = 0
+        #: Answers simple GETs before aiohttp sees them (issue 13); None: aiohttp answers all.
+        self.hot: HotGet | None = None
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -221,6 +228,14 @@ class ConnectionGuard:
         conn.since = now
         self._states[state][conn] = None
 
+    def touch(self, conn: _Conn, now: float) -> None:
+        """``conn`` (idle) just answered a request: it is now the most recently idle."""
+        idle = self._states[_IDLE]
+        if conn.state == _IDLE:
+            del idle[conn]
+            idle[conn] = None
+            conn.since = now
+
     def forget(self, conn: _Conn) -> None:
         """The connection is closed (or being closed): it no longer counts."""
         if conn.state is None:
@@ -262,15 +277,20 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_body",
+        "_closing",
+        "_domain",
         "_early",
         "_guard",
         "_head_bytes",
         "_loop",
+        "_paused",
         "_raw",
         "_refused",
+        "_remote",
         "_requests",
         "_timer",
         "_tls",
+        "_used",
         "client",
         "handler",
         "since",
@@ -293,6 +313,14 @@ class _Conn(asyncio.Protocol):
         self._body: StreamReader | None = None
         self._refused = False
         self._early: list[bytes] = []
+        #: The served domain (SNI) when the hot GET may answer here, and the peer it logs.
+        self._domain: str | None = None
+        self._remote = "-"
+        #: aiohttp's handler has had a request; the transport asked us to stop writing;
+        #: a hot answer closed the connection.
+        self._used = False
+        self._paused = False
+        self._closing = False
 
     # -- asyncio.Protocol (first of the TCP transport, then of the TLS one) ---------------
 
@@ -325,8 +353,13 @@ class _Conn(asyncio.Protocol):
             if self.state is not None:
                 self._early.append(data)
             return
-        if self._refused or not data:
+        if self._refused or self._closing or not data:
             return
+        hot = self._guard.hot
+        if hot is not None and self._domain is not None and self._quiet(handler):
+            data = self._answer_hot(hot, self._domain, data)
+            if not data:
+                return
         body = self._body
         if body is None or body.is_eof():
             if self._head_bytes == 0:
@@ -345,6 +378,7 @@ class _Conn(asyncio.Protocol):
         messages = handler._messages
         if len(messages) > queued:  # a head is complete
             self._requests += 1
+            self._used = True
             self._head_bytes = 0
             self._cancel_timer()
             self._body = messages[-1][1] if messages else None
@@ -356,10 +390,12 @@ class _Conn(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
+        self._paused = True
         if self.handler is not None:
             self.handler.pause_writing()
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self.handler is not None:
             self.handler.resume_writing()
 
@@ -369,6 +405,57 @@ class _Conn(asyncio.Protocol):
         handler, self.handler = self.handler, None
         if handler is not None:
             handler.connection_lost(exc)
+
+    # -- the hot GET (server.hotget) ------------------------------------------------------
+
+    def _quiet(self, handler: RequestHandler) -> bool:
+        """Whether nothing of aiohttp's is under way: no head or body arriving, no request
+        queued or being answered, nothing waiting to be written, no close decided."""
+        if self._head_bytes or handler._messages or self._paused or handler._force_close:
+            return False
+        if self._body is not None and not self._body.is_eof():
+            return False
+        if not self._used:  # aiohttp never had a request: its loop has nothing to finish
+            return not handler._close
+        waiter = handler._waiter  # set only between requests, once the last answer is out
+        return waiter is not None and not waiter.done()
+
+    def _answer_hot(self, hot: HotGet, domain: str, data: bytes) -> bytes:
+        """Answer the simple requests at the start of ``data``; the bytes left for aiohttp.
+
+        Pipelined simple requests are answered in order; from the first other one on, the
+        rest goes to aiohttp (whose parser has seen nothing of the answered ones).
+        """
+        tls = self._tls
+        handler = self.handler
+        if tls is None or handler is None:  # pragma: no cover - both set with the handler
+            return data
+        answered = False
+        while data:
+            head = parse_simple_get(data)
+            if head is None:
+                break
+            wire = hot.answer(head, domain, self._remote)
+            if wire is None:
+                break
+            answered = True
+            self._requests += 1
+            tls.write(wire)
+            if head.close:  # RFC 9112 §9.6: nothing more is read after this request
+                self._closing = True
+                self._cancel_timer()
+                tls.close()
+                return b""
+            data = data[head.length :]
+            if self._paused:
+                break
+        if answered:
+            self._cancel_timer()
+            now = self._loop.time()
+            # aiohttp's own idle deadline (keepalive_timeout) runs from this answer on.
+            handler._next_keepalive_close_time = now + handler.keepalive_timeout
+            self._guard.touch(self, now)
+        return data
 
     # -- states ----------------------------------------------------------------------------
 
@@ -418,6 +505,12 @@ class _Conn(asyncio.Protocol):
         handler = self._guard.new_handler(self)
         self.handler = handler
         handler.connection_made(tls)
+        hot = self._guard.hot
+        if hot is not None:
+            domain = sni_domain(tls)
+            if domain in hot.domains:
+                self._domain = domain
+                self._remote = self._peer()
         self._guard.move(self, _IDLE, self._loop.time())
         self._arm(self._guard.limits.header_timeout)
         early, self._early = self._early, []
