@@ -10,7 +10,8 @@ cost more than finding the answer, so :mod:`sipcert.server.conn` offers each com
   attribute, ``user%40host`` with plain characters), ``HTTP/1.1`` (RFC 9112 §3);
 * header fields from :data:`SIMPLE_FIELDS` only, each ``name: value`` with a non-empty value
   of visible ASCII and inner spaces, no obs-fold; exactly one valid ``Host`` (RFC 9112 §3.2);
-  at most one ``If-None-Match`` and one ``Connection``, which is ``close`` or ``keep-alive``;
+  each field at most once (aiohttp refuses a repeated ``Host`` or ``User-Agent``); a
+  ``Connection`` of ``close`` or ``keep-alive``;
 * nothing that frames a body (``Content-Length``, ``Transfer-Encoding``), no ``Expect`` or
   ``Upgrade``: those are not in the list, so such a request is never simple.
 
@@ -23,6 +24,7 @@ tests/integration/store/test_hot_get.py compares the two byte for byte.
 
 from __future__ import annotations
 
+import functools
 import re
 from email.utils import formatdate
 from http import HTTPStatus
@@ -60,7 +62,7 @@ SIMPLE_FIELDS = frozenset(
 )
 
 _REQUEST_LINE = re.compile(
-    rb"(GET|HEAD) /search-cgi\?((?:email|sip|uri)=[A-Za-z0-9._-]+%40[A-Za-z0-9.-]+) HTTP/1\.1\r\n"
+    rb"(GET|HEAD) /search-cgi\?((?:email|sip|uri)=([A-Za-z0-9._-]+)%40([A-Za-z0-9.-]+)) HTTP/1\.1\r\n"
 )
 #: ``name: value`` (RFC 9112 §5): a token name without whitespace before the colon, optional
 #: whitespace around a value of visible ASCII with inner spaces or tabs.
@@ -74,6 +76,9 @@ class SimpleGet(NamedTuple):
     method: str
     #: The query string, canonical spelling (``email=user%40host``).
     query: str
+    #: The user and host parts of the AOR in it, as sent.
+    user: str
+    host: str
     #: The ``If-None-Match`` value as sent (``None``: absent).
     if_none_match: str | None
     #: The client asked to close after the answer (``Connection: close``).
@@ -97,41 +102,53 @@ def parse_simple_get(data: bytes) -> SimpleGet | None:
     host: bytes | None = None
     if_none_match: bytes | None = None
     connection: bytes | None = None
+    seen: set[bytes] = set()
     for field in data[line.end() : end].split(b"\r\n") if end >= line.end() else ():
         found = _FIELD.fullmatch(field)
         if found is None:
             return None
         name = found[1].lower()
-        if name not in SIMPLE_FIELDS:
+        if name not in SIMPLE_FIELDS or name in seen:
             return None
+        seen.add(name)
         value = found[2]
         if name == b"host":
-            if host is not None:
-                return None
             host = value
         elif name == b"if-none-match":
-            if if_none_match is not None:
-                return None
             if_none_match = value
         elif name == b"connection":
-            if connection is not None:
-                return None
             connection = value.lower()
             if connection not in (b"close", b"keep-alive"):
                 return None
-    if host is None:
-        return None
-    try:
-        check_host([host.decode("ascii")])
-    except InputError:
+    if host is None or not _valid_host(host):
         return None
     return SimpleGet(
         line[1].decode("ascii"),
         line[2].decode("ascii"),
+        line[3].decode("ascii"),
+        line[4].decode("ascii"),
         None if if_none_match is None else if_none_match.decode("ascii"),
         connection == b"close",
         end + 4,
     )
+
+
+#: Host values found valid: a Store sees a few (its domains, with or without a port).
+_GOOD_HOSTS: dict[bytes, None] = {}
+_GOOD_HOSTS_KEPT = 64
+
+
+def _valid_host(value: bytes) -> bool:
+    """:func:`~sipcert.proto.store.check_host` of one value, memoised for valid ones."""
+    if value in _GOOD_HOSTS:
+        return True
+    try:
+        check_host([value.decode("ascii")])
+    except InputError:
+        return False
+    if len(_GOOD_HOSTS) < _GOOD_HOSTS_KEPT:
+        _GOOD_HOSTS[value] = None
+    return True
 
 
 def render_prefix(answer: Response, server: str) -> bytes:
@@ -141,12 +158,14 @@ def render_prefix(answer: Response, server: str) -> bytes:
     304, RFC 9110 §8.6; the Store's other answers always have a body).
     """
     status = answer.status
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in answer.headers)
-    lines.append(f"Server: {server}\r\n")
-    if status != 304:
-        lines.append(f"Content-Length: {len(answer.body)}\r\n")
-    return "".join(lines).encode("utf-8")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in answer.headers])
+    length = "" if status == 304 else f"Content-Length: {len(answer.body)}\r\n"
+    return f"HTTP/1.1 {status} {_phrase(status)}\r\n{fields}Server: {server}\r\n{length}".encode()
+
+
+@functools.cache
+def _phrase(status: int) -> str:
+    return HTTPStatus(status).phrase
 
 
 def render(prefix: bytes, body: bytes, date: bytes, *, close: bool, head: bool) -> bytes:

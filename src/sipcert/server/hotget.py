@@ -30,7 +30,8 @@ from collections.abc import Callable
 
 from sipcert.errors import SipCertError
 from sipcert.proto.hotget import SimpleGet, http_date, parse_simple_get, render, render_prefix
-from sipcert.proto.store import Response, conditional, parse_query
+from sipcert.proto.aor import plain_aor
+from sipcert.proto.store import Response, conditional
 from sipcert.server.answers import ENTRY_OVERHEAD, version_source
 from sipcert.server.app import SEARCH_PATH, AccessLog, StoreApp, answer_for
 from sipcert.server.http import SERVER_NAME
@@ -80,7 +81,7 @@ class HotGet:
     def answer(self, head: SimpleGet, domain: str, remote: str) -> bytes | None:
         """The whole answer to ``head`` on a connection for ``domain``, or ``None``."""
         start = time.perf_counter()
-        entry = self._entry(head.query, domain, self._clock())
+        entry = self._entry(head, domain, self._clock())
         if entry is None:
             return None
         prefix, body, answer, _, _ = entry
@@ -100,8 +101,8 @@ class HotGet:
             self._log(head, remote, status, len(wire), seconds)
         return wire
 
-    def _entry(self, query: str, domain: str, now: float) -> _Entry | None:
-        key = (domain, query)
+    def _entry(self, head: SimpleGet, domain: str, now: float) -> _Entry | None:
+        key = (domain, head.query)
         if self._version is not None:
             # Read before the rows, as the answer cache does: a later commit empties it again.
             version = self._version()
@@ -111,12 +112,9 @@ class HotGet:
             entry = self._entries.get(key)
             if entry is not None and now <= entry[3]:
                 return entry
-        try:
-            parsed = parse_query(query)
-        except SipCertError:
-            return None
-        aor = parsed.aor
-        if aor is None or parsed.cert_hash is not None or aor.host != domain:
+        # What parse_query makes of the canonical spelling (None: aiohttp's path decides).
+        aor = plain_aor(head.user, head.host)
+        if aor is None or aor.host != domain:
             return None  # draft §4.3: another domain's 404 is aiohttp's, with its reason
         try:
             certs = self._read(str(aor), int(now * 1_000_000))

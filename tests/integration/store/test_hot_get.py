@@ -317,6 +317,7 @@ def test_the_corpus_is_answered_alike(
             get(extra="Connection: upgrade\r\nUpgrade: h2c\r\n"),
             get(extra="Connection: close, keep-alive\r\n"),
             get(extra="If-None-Match: *\r\nIf-None-Match: *\r\n"),
+            get(extra="User-Agent: a\r\nUser-Agent: a\r\n"),
             get(extra="X-Folded: a\r\n b\r\n"),
             b"GET /search-cgi?email=alice%40example.com HTTP/1.1\r\n\r\n",  # no Host
             get(host="exa mple.com"),
