@@ -62,7 +62,8 @@ SIMPLE_FIELDS = frozenset(
 )
 
 _REQUEST_LINE = re.compile(
-    rb"(GET|HEAD) /search-cgi\?((?:email|sip|uri)=([A-Za-z0-9._-]+)%40([A-Za-z0-9.-]+)) HTTP/1\.1\r\n"
+    rb"(GET|HEAD) /search-cgi\?((?:email|sip|uri)=([A-Za-z0-9._-]+)%40([A-Za-z0-9.-]+))"
+    rb" HTTP/1\.1\r\n"
 )
 #: ``name: value`` (RFC 9112 §5): a token name without whitespace before the colon, optional
 #: whitespace around a value of visible ASCII with inner spaces or tabs.

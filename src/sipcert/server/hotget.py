@@ -29,15 +29,15 @@ import time
 from collections.abc import Callable
 
 from sipcert.errors import SipCertError
-from sipcert.proto.hotget import SimpleGet, http_date, parse_simple_get, render, render_prefix
 from sipcert.proto.aor import plain_aor
+from sipcert.proto.hotget import SimpleGet, http_date, render, render_prefix
 from sipcert.proto.store import Response, conditional
 from sipcert.server.answers import ENTRY_OVERHEAD, version_source
 from sipcert.server.app import SEARCH_PATH, AccessLog, StoreApp, answer_for
 from sipcert.server.http import SERVER_NAME
 from sipcert.storage import StoredCertificate
 
-__all__ = ["HotGet", "hot_get_for", "parse_simple_get"]
+__all__ = ["HotGet", "SyncRead", "hot_get_for"]
 
 log = logging.getLogger("sipcert.server")
 
