@@ -23,6 +23,12 @@ between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.Request
   counted before aiohttp's parser sees them, so it never holds more than the limit (plus at
   most one read when requests are pipelined).
 
+* The hot GET (issue 13, :mod:`sipcert.server.hotget`): while aiohttp has nothing under
+  way on a connection, a read that starts with a complete simple ``GET``/``HEAD`` head
+  (:func:`~sipcert.proto.hotget.parse_simple_get`) is answered here on the TLS transport;
+  the rest of the read, and every other request, goes to aiohttp as before. The connection
+  stays ``idle`` and aiohttp's keep-alive deadline runs from that answer.
+
 * PROXY protocol (issue 10): when ``proxy_protocol_from`` names load balancers, the listener
   accepts connections itself (:class:`_ProxyAcceptor`). From a balancer, the header (v1 or
   v2, :mod:`sipcert.proto.proxy`) is required and read before the TLS ClientHello -- peeked
@@ -433,9 +439,13 @@ class _Conn(asyncio.Protocol):
         answered = False
         while data:
             head = parse_simple_get(data)
-            if head is None:
-                break
-            wire = hot.answer(head, domain, self._remote)
+            if head is None or head.length > self._guard.limits.max_head_size:
+                break  # an oversized head gets aiohttp's 431 as before
+            try:
+                wire = hot.answer(head, domain, self._remote)
+            except Exception as exc:  # a bug: say it in one line, let aiohttp answer
+                log.error("hot GET failed, answered by aiohttp: %s: %s", type(exc).__name__, exc)
+                wire = None
             if wire is None:
                 break
             answered = True

@@ -43,8 +43,9 @@ log = logging.getLogger("sipcert.server")
 
 #: A synchronous read of an AOR's valid certificates at a Unix time in microseconds.
 SyncRead = Callable[[str, int], list[StoredCertificate]]
-#: ``(prefix, body, answer, valid_until, size)``: atoms only (see server.answers).
-_Entry = tuple[bytes, bytes, Response, float, int]
+#: ``(prefix, body, status, headers, valid_until, size)``: only atoms in tuples, which the
+#: cyclic garbage collector stops tracking (see server.answers).
+_Entry = tuple[bytes, bytes, int, tuple[tuple[str, str], ...], float, int]
 
 
 class HotGet:
@@ -65,7 +66,6 @@ class HotGet:
         self._read = read
         self._clock = app.clock
         self._wall_clock = wall_clock
-        self._max_age = app.policy.max_age
         #: Rendered answers: only with a change counter and a budget.
         self._version = version if max_bytes > 0 else None
         self.max_bytes = max_bytes
@@ -84,10 +84,9 @@ class HotGet:
         entry = self._entry(head, domain, self._clock())
         if entry is None:
             return None
-        prefix, body, answer, _, _ = entry
-        status = answer.status
+        prefix, body, status, headers, _, _ = entry
         if head.if_none_match is not None and status == 200:
-            checked = conditional(answer, head.if_none_match)
+            checked = conditional(Response(status, headers, body), head.if_none_match)
             if checked.status == 304:
                 status, prefix, body = 304, render_prefix(checked, SERVER_NAME), b""
         second = int(self._wall_clock())
@@ -103,28 +102,28 @@ class HotGet:
 
     def _entry(self, head: SimpleGet, domain: str, now: float) -> _Entry | None:
         key = (domain, head.query)
-        if self._version is not None:
-            # Read before the rows, as the answer cache does: a later commit empties it again.
-            version = self._version()
-            if version != self._seen:
-                self.clear()
-                self._seen = version
-            entry = self._entries.get(key)
-            if entry is not None and now <= entry[3]:
-                return entry
-        # What parse_query makes of the canonical spelling (None: aiohttp's path decides).
-        aor = plain_aor(head.user, head.host)
-        if aor is None or aor.host != domain:
-            return None  # draft §4.3: another domain's 404 is aiohttp's, with its reason
         try:
+            if self._version is not None:
+                # Read before the rows, as the answer cache does: a later commit empties it.
+                version = self._version()
+                if version != self._seen:
+                    self.clear()
+                    self._seen = version
+                entry = self._entries.get(key)
+                if entry is not None and now <= entry[4]:
+                    return entry
+            # What parse_query makes of the canonical spelling (None: aiohttp's path decides).
+            aor = plain_aor(head.user, head.host)
+            if aor is None or aor.host != domain:
+                return None  # draft §4.3: another domain's 404 is aiohttp's, with its reason
             certs = self._read(str(aor), int(now * 1_000_000))
-        except SipCertError:
+        except SipCertError:  # aiohttp's path meets it again and answers 503, logged
             return None
-        answer = answer_for(certs, max_age=self._max_age)
+        answer = answer_for(certs, max_age=self._app.policy.max_age)
         valid_until = min((c.not_after.timestamp() for c in certs), default=math.inf)
         prefix = render_prefix(answer, SERVER_NAME)
         size = len(prefix) + len(answer.body) + ENTRY_OVERHEAD
-        entry = (prefix, answer.body, answer, valid_until, size)
+        entry = (prefix, answer.body, answer.status, answer.headers, valid_until, size)
         if self._version is not None and size <= self.max_bytes:
             self._keep(key, entry)
         return entry
@@ -133,11 +132,11 @@ class HotGet:
         entries = self._entries
         old = entries.pop(key, None)
         if old is not None:
-            self.size -= old[4]
-        while entries and self.size + entry[4] > self.max_bytes:
-            self.size -= entries.pop(next(iter(entries)))[4]  # the oldest first
+            self.size -= old[5]
+        while entries and self.size + entry[5] > self.max_bytes:
+            self.size -= entries.pop(next(iter(entries)))[5]  # the oldest first
         entries[key] = entry
-        self.size += entry[4]
+        self.size += entry[5]
 
     def clear(self) -> None:
         """Forget every rendered answer."""

@@ -29,6 +29,7 @@ from sipcert.proto.store import StorePolicy, etag_for
 from sipcert.server import run
 from sipcert.server.answers import AnswerCache, version_source
 from sipcert.server.app import StoreApp
+from sipcert.server.config import ConnectionLimits
 from sipcert.server.credentials import FileCredentials
 from sipcert.server.hotget import HotGet, hot_get_for
 from sipcert.server.metrics import Metrics
@@ -181,8 +182,17 @@ async def _side(
     sock = socket.create_server(("127.0.0.1", 0))
     sock.setblocking(False)
     stop = asyncio.Event()
+    limits = ConnectionLimits(max_head_size=1024)
     task = asyncio.create_task(
-        serve_app(app, build_sni_context(contexts), [sock], stop, access_log=access, hot_get=hot)  # type: ignore[arg-type]
+        serve_app(
+            app,
+            build_sni_context(contexts),  # type: ignore[arg-type]
+            [sock],
+            stop,
+            access_log=access,
+            hot_get=hot,
+            limits=limits,
+        )
     )
     client = ssl.create_default_context(cadata=ca.decode())
     side = Side(app, sock.getsockname()[1], metrics, lines, client)
@@ -327,6 +337,7 @@ def test_the_corpus_is_answered_alike(
             b"POST /search-cgi?email=alice%40example.com HTTP/1.1\r\nHost: example.com\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nHost: example.com\r\n\r\n",
             get("a" * 600 + "@example.com"),
+            get(extra="User-Agent: " + "u" * 1100 + "\r\n"),  # over max_head_size: 431
         ]
         for request in handed:
             await pair.same(request)
