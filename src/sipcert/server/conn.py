@@ -27,7 +27,9 @@ between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.Request
   way on a connection, a read that starts with a complete simple ``GET``/``HEAD`` head
   (:func:`~sipcert.proto.hotget.parse_simple_get`) is answered here on the TLS transport;
   the rest of the read, and every other request, goes to aiohttp as before. The connection
-  stays ``idle`` and aiohttp's keep-alive deadline runs from that answer.
+  stays ``idle`` and the keep-alive deadline runs from that answer. aiohttp's handler is
+  made only for the first request the hot GET leaves (a handshake per GET then costs no
+  aiohttp objects); until then the guard keeps ``keepalive_timeout`` itself.
 
 * PROXY protocol (issue 10): when ``proxy_protocol_from`` names load balancers, the listener
   accepts connections itself (:class:`_ProxyAcceptor`). From a balancer, the header (v1 or
@@ -272,10 +274,14 @@ class ConnectionGuard:
         return True
 
     def close_handshakes(self) -> None:
-        """On shutdown: stop admitting and close connections that have no handler yet."""
+        """On shutdown: stop admitting and close connections that have no handler yet
+        (idle ones that only had hot answers gracefully, as aiohttp closes its own)."""
         self.closing = True
         for conn in list(self._states[_HANDSHAKE]):
             conn.close_now("shutting down")
+        for conn in list(self._states[_IDLE]):
+            if conn.handler is None:
+                conn.close_idle("shutting down")
 
 
 class _Conn(asyncio.Protocol):
@@ -355,17 +361,19 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         handler = self.handler
-        if handler is None:  # asyncio's own loop delivers before start_tls() returns
+        if self._tls is None:  # asyncio's own loop delivers before start_tls() returns
             if self.state is not None:
                 self._early.append(data)
             return
-        if self._refused or self._closing or not data:
+        if self._refused or self._closing or self.state is None or not data:
             return
         hot = self._guard.hot
         if hot is not None and self._domain is not None and self._quiet(handler):
             data = self._answer_hot(hot, self._domain, data)
             if not data:
                 return
+        if handler is None:  # the first request the hot GET leaves to aiohttp
+            handler = self._start_handler()
         body = self._body
         if body is None or body.is_eof():
             if self._head_bytes == 0:
@@ -414,10 +422,14 @@ class _Conn(asyncio.Protocol):
 
     # -- the hot GET (server.hotget) ------------------------------------------------------
 
-    def _quiet(self, handler: RequestHandler) -> bool:
+    def _quiet(self, handler: RequestHandler | None) -> bool:
         """Whether nothing of aiohttp's is under way: no head or body arriving, no request
         queued or being answered, nothing waiting to be written, no close decided."""
-        if self._head_bytes or handler._messages or self._paused or handler._force_close:
+        if self._head_bytes or self._paused:
+            return False
+        if handler is None:  # only hot answers so far
+            return True
+        if handler._messages or handler._force_close:
             return False
         if self._body is not None and not self._body.is_eof():
             return False
@@ -433,8 +445,7 @@ class _Conn(asyncio.Protocol):
         rest goes to aiohttp (whose parser has seen nothing of the answered ones).
         """
         tls = self._tls
-        handler = self.handler
-        if tls is None or handler is None:  # pragma: no cover - both set with the handler
+        if tls is None:  # pragma: no cover - data_received checked it
             return data
         answered = False
         while data:
@@ -460,12 +471,32 @@ class _Conn(asyncio.Protocol):
             if self._paused:
                 break
         if answered:
-            self._cancel_timer()
             now = self._loop.time()
-            # aiohttp's own idle deadline (keepalive_timeout) runs from this answer on.
-            handler._next_keepalive_close_time = now + handler.keepalive_timeout
+            handler = self.handler
+            if handler is None:  # no aiohttp handler to close it: the same deadline here
+                self._cancel_timer()
+                self._timer = self._loop.call_later(
+                    self._guard.limits.keepalive_timeout, self._idle_expired
+                )
+            else:  # aiohttp's own idle deadline (keepalive_timeout) runs from this answer
+                self._cancel_timer()
+                handler._next_keepalive_close_time = now + handler.keepalive_timeout
             self._guard.touch(self, now)
         return data
+
+    def _idle_expired(self) -> None:
+        """``keepalive_timeout`` after the last hot answer, with no request since: close."""
+        self._timer = None
+        if self.handler is None and self.state == _IDLE and not self._head_bytes:
+            self.close_idle("idle for keepalive_timeout")
+
+    def close_idle(self, why: str) -> None:
+        """Close a connection aiohttp never had, with TLS's close_notify (as aiohttp does)."""
+        log.debug("closing connection from %s: %s", self._peer(), why)
+        self._closing = True
+        self._cancel_timer()
+        if self._tls is not None:
+            self._tls.close()
 
     # -- states ----------------------------------------------------------------------------
 
@@ -479,7 +510,9 @@ class _Conn(asyncio.Protocol):
     def waiting(self) -> bool:
         """Whether aiohttp's handler is between requests (its response is written)."""
         handler = self.handler
-        if handler is None or handler._messages or self._head_bytes:
+        if handler is None:  # only hot answers (all written at once), or no handshake yet
+            return self._tls is not None and not self._head_bytes and not self._closing
+        if handler._messages or self._head_bytes:
             return False
         waiter = handler._waiter
         return waiter is not None and not waiter.done()
@@ -512,20 +545,31 @@ class _Conn(asyncio.Protocol):
             tls.abort()
             return
         self._tls = tls
-        handler = self._guard.new_handler(self)
-        self.handler = handler
-        handler.connection_made(tls)
         hot = self._guard.hot
         if hot is not None:
             domain = sni_domain(tls)
             if domain in hot.domains:
                 self._domain = domain
                 self._remote = self._peer()
+        if self._domain is None:  # else made for the first request the hot GET leaves
+            self._start_handler()
         self._guard.move(self, _IDLE, self._loop.time())
         self._arm(self._guard.limits.header_timeout)
         early, self._early = self._early, []
         for data in early:
             self.data_received(data)
+
+    def _start_handler(self) -> RequestHandler:
+        """aiohttp's handler for this connection, from now on."""
+        tls = self._tls
+        if tls is None:  # pragma: no cover - only called after the handshake
+            raise RuntimeError("no TLS transport yet")
+        handler = self._guard.new_handler(self)
+        self.handler = handler
+        handler.connection_made(tls)
+        if self._paused:  # the transport paused during the hot answers
+            handler.pause_writing()
+        return handler
 
     def _handshake_failed(self, exc: BaseException) -> None:
         log.debug("TLS handshake with %s failed: %s", self._peer(), exc)

@@ -157,7 +157,14 @@ def _stored(aor: str, slot: int, hours: float, label: str | None) -> StoredCerti
 
 @asynccontextmanager
 async def _side(
-    tmp: Path, contexts: dict[str, object], ca: bytes, clock: Clock, *, hot: bool, cache_mb: int
+    tmp: Path,
+    contexts: dict[str, object],
+    ca: bytes,
+    clock: Clock,
+    *,
+    hot: bool,
+    cache_mb: int,
+    limit_args: dict[str, Any],
 ) -> AsyncIterator[Side]:
     storage = open_store(f"sqlite:///{tmp}/store.db")
     version = version_source(storage)
@@ -182,7 +189,7 @@ async def _side(
     sock = socket.create_server(("127.0.0.1", 0))
     sock.setblocking(False)
     stop = asyncio.Event()
-    limits = ConnectionLimits(max_head_size=1024)
+    limits = ConnectionLimits(max_head_size=1024, **limit_args)
     task = asyncio.create_task(
         serve_app(
             app,
@@ -212,6 +219,7 @@ def run_pair(
     scenario: Callable[[Pair], Awaitable[None]],
     *,
     cache_mb: int,
+    limit_args: dict[str, Any] | None = None,
 ) -> None:
     made: list[HotGet] = []
 
@@ -233,6 +241,8 @@ def run_pair(
             domain, tmp / f"{domain}.pem", tmp / f"{domain}.key", now=now
         )
 
+    args = {"limit_args": limit_args or {}}
+
     async def main() -> None:
         clock = Clock()
         writer = open_store(f"sqlite:///{tmp}/store.db")
@@ -248,8 +258,8 @@ def run_pair(
             await writer.add(stored, max_per_aor=10, now=NOW)
             ders.setdefault(aor, []).append(stored.der)
         async with (
-            _side(tmp, contexts, ca.cert_pem, clock, hot=True, cache_mb=cache_mb) as hot,
-            _side(tmp, contexts, ca.cert_pem, clock, hot=False, cache_mb=cache_mb) as plain,
+            _side(tmp, contexts, ca.cert_pem, clock, hot=True, cache_mb=cache_mb, **args) as hot,
+            _side(tmp, contexts, ca.cert_pem, clock, hot=False, cache_mb=cache_mb, **args) as plain,
         ):
             for _ in range(200):  # serve_app makes it as it starts
                 if made:
@@ -419,3 +429,45 @@ def test_a_write_elsewhere_and_expiry_are_seen_at_once(
         pair.logged_alike()
 
     run_pair(tmp_path, monkeypatch, scenario, cache_mb=cache_mb)
+
+
+async def _hot_only(side: Side) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that had one hot answer (so aiohttp's handler was never made)."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", side.port, ssl=side.client, server_hostname="example.com"
+    )
+    writer.write(get())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    length = re.search(rb"Content-Length: ([0-9]+)", head)
+    assert length is not None
+    await reader.readexactly(int(length[1]))
+    return reader, writer
+
+
+def test_hot_only_connections_keep_the_deadlines_and_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without aiohttp's handler, the hot GET keeps keepalive_timeout and the shedding."""
+
+    async def scenario(pair: Pair) -> None:
+        loop = asyncio.get_running_loop()
+        reader, writer = await _hot_only(pair.hot)
+        start = loop.time()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, with close_notify
+        assert 0.4 <= loop.time() - start <= 5
+        writer.close()
+        # max_connections 10: from 9 on, each new connection closes the one idle longest.
+        kept = [await _hot_only(pair.hot) for _ in range(9)]
+        kept.append(await _hot_only(pair.hot))
+        assert await asyncio.wait_for(kept[0][0].read(), 5) == b""
+        for _, writer in kept:
+            writer.close()
+
+    run_pair(
+        tmp_path,
+        monkeypatch,
+        scenario,
+        cache_mb=0,
+        limit_args={"keepalive_timeout": 0.5, "max_connections": 10},
+    )
