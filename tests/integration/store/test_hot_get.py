@@ -9,6 +9,8 @@ through a third connection to the file must be seen by the next GET of the hot S
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 import re
 import socket
@@ -28,7 +30,7 @@ from sipcert.proto.digest import MemoryNonceCounter
 from sipcert.proto.store import StorePolicy, etag_for
 from sipcert.server import run
 from sipcert.server.answers import AnswerCache, version_source
-from sipcert.server.app import StoreApp
+from sipcert.server.app import AccessLog, StoreApp
 from sipcert.server.config import ConnectionLimits
 from sipcert.server.credentials import FileCredentials
 from sipcert.server.hotget import HotGet, hot_get_for
@@ -79,6 +81,7 @@ class Side:
     metrics: Counted
     lines: Lines
     client: ssl.SSLContext
+    json_lines: io.StringIO
 
     async def exchange(self, data: bytes, domain: str = "example.com") -> bytes:
         """Send ``data`` on a new connection; what the Store sends until it has answered
@@ -124,8 +127,10 @@ class Pair:
     ders: dict[str, list[bytes]] = field(default_factory=dict)
 
     def logged_alike(self) -> None:
-        """The same access lines (but for the seconds) and metrics on both sides."""
-        assert self.hot.lines.lines and self.hot.lines.lines == self.plain.lines.lines
+        """The same access lines (but for time and seconds) and metrics on both sides."""
+        assert self.hot.lines.lines == self.plain.lines.lines
+        hot, plain = (_fields(side.json_lines.getvalue()) for side in (self.hot, self.plain))
+        assert hot == plain and (hot or self.hot.lines.lines)
         assert self.hot.metrics.seen == self.plain.metrics.seen
 
     async def same(self, data: bytes, domain: str = "example.com") -> bytes:
@@ -136,6 +141,12 @@ class Pair:
             b"\r\nDate: -\r\n", plain_answer
         ), (data, hot_answer[:400], plain_answer[:400])
         return hot_answer
+
+
+def _fields(text: str) -> list[dict[str, object]]:
+    """JSON access lines without their time and seconds."""
+    lines = [json.loads(line) for line in text.splitlines()]
+    return [{k: v for k, v in line.items() if k not in ("time", "seconds")} for line in lines]
 
 
 def _stored(aor: str, slot: int, hours: float, label: str | None) -> StoredCertificate:
@@ -165,6 +176,7 @@ async def _side(
     hot: bool,
     cache_mb: int,
     limit_args: dict[str, Any],
+    json_log: bool,
 ) -> AsyncIterator[Side]:
     storage = open_store(f"sqlite:///{tmp}/store.db")
     version = version_source(storage)
@@ -186,6 +198,10 @@ async def _side(
     access.setLevel(logging.INFO)
     access.propagate = False
     access.addHandler(lines)
+    written = io.StringIO()
+    sink: AccessLog | logging.Logger = access
+    if json_log:  # the buffered JSON access log, written at once (max_buffer=1)
+        sink = AccessLog(written, json_lines=True, max_buffer=1)
     sock = socket.create_server(("127.0.0.1", 0))
     sock.setblocking(False)
     stop = asyncio.Event()
@@ -196,13 +212,13 @@ async def _side(
             build_sni_context(contexts),  # type: ignore[arg-type]
             [sock],
             stop,
-            access_log=access,
+            access_log=sink,
             hot_get=hot,
             limits=limits,
         )
     )
     client = ssl.create_default_context(cadata=ca.decode())
-    side = Side(app, sock.getsockname()[1], metrics, lines, client)
+    side = Side(app, sock.getsockname()[1], metrics, lines, client, written)
     try:
         yield side
     finally:
@@ -220,6 +236,7 @@ def run_pair(
     *,
     cache_mb: int,
     limit_args: dict[str, Any] | None = None,
+    json_log: bool = False,
 ) -> None:
     made: list[HotGet] = []
 
@@ -241,7 +258,7 @@ def run_pair(
             domain, tmp / f"{domain}.pem", tmp / f"{domain}.key", now=now
         )
 
-    args = {"limit_args": limit_args or {}}
+    args = {"limit_args": limit_args or {}, "json_log": json_log}
 
     async def main() -> None:
         clock = Clock()
@@ -471,3 +488,13 @@ def test_hot_only_connections_keep_the_deadlines_and_the_cap(
         cache_mb=0,
         limit_args={"keepalive_timeout": 0.5, "max_connections": 10},
     )
+
+
+def test_json_access_lines_are_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario(pair: Pair) -> None:
+        for request in (get(), get(method="HEAD"), get("nobody@example.com"), get(NET)):
+            await pair.same(request)
+        assert pair.hot_get.answered == 3
+        pair.logged_alike()
+
+    run_pair(tmp_path, monkeypatch, scenario, cache_mb=0, json_log=True)
