@@ -388,6 +388,9 @@ class StoreApp:
         # Issue 14: every enrollment and revocation (PUT, DELETE, the revocation page) is
         # logged before it is answered (docs/transparency.md).
         self.tlog = tlog
+        #: The backend itself, for its synchronous reads (server.hotget): reads pass
+        #: through the transparency log's wrapper unchanged.
+        self.raw_storage = storage
         if tlog is not None:
             storage = LoggedStore(storage, tlog)
         self.storage = storage
@@ -395,6 +398,8 @@ class StoreApp:
         self.policy = policy
         self._clock = clock
         self._sni_of = sni_of or _sni_or_edge_header
+        #: Whether the connection's domain is the TLS server name (no test's ``sni_of``).
+        self.default_sni = sni_of is None
         self._digest = {
             domain: DigestServer(nonce_secret, domain, nonce_lifetime=nonce_lifetime)
             for domain in self.domains
@@ -433,6 +438,11 @@ class StoreApp:
             metrics=self.metrics,
             clock=clock,
         )
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The Unix time the answers are made at (expiry, nonces)."""
+        return self._clock
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one request; nothing but a prepared answer ever leaves this method."""

@@ -58,6 +58,7 @@ _TOP_KEYS = frozenset(
         "access_log",
         "purge_interval",
         "answer_cache_mb",
+        "hot_get",
         "nonce_secret",
         "nonce_lifetime",
         "auth_failures",
@@ -157,6 +158,8 @@ class StoreConfig:
     purge_interval: float = 3600.0
     #: MiB of rendered GET answers each worker keeps (server.answers, issue 13); 0: off.
     answer_cache_mb: int = 0
+    #: Answer simple GETs without aiohttp (issue 13, server.hotget); false: aiohttp answers all.
+    hot_get: bool = True
     nonce_secret: bytes | None = field(default=None, repr=False)
     nonce_lifetime: float = 300.0
     #: Checked Digest answers allowed per client address in each window (proto.ratelimit).
@@ -207,6 +210,9 @@ class StoreConfig:
         answer_cache_mb = _int(doc, "answer_cache_mb", 0, minimum=0)
         if answer_cache_mb > _MAX_ANSWER_CACHE_MB:
             raise ConfigError(f"answer_cache_mb: {answer_cache_mb} is over {_MAX_ANSWER_CACHE_MB}")
+        hot_get = doc.get("hot_get", True)
+        if not isinstance(hot_get, bool):
+            raise ConfigError("hot_get: expected true or false")
         secret_text = doc.get("nonce_secret")
         nonce_secret = None
         if secret_text is not None:
@@ -235,6 +241,7 @@ class StoreConfig:
             access_log=access_log,
             purge_interval=float(purge_interval),
             answer_cache_mb=answer_cache_mb,
+            hot_get=hot_get,
             nonce_secret=nonce_secret,
             nonce_lifetime=float(nonce_lifetime),
             auth_failures=auth_failures,

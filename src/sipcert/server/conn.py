@@ -23,6 +23,14 @@ between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.Request
   counted before aiohttp's parser sees them, so it never holds more than the limit (plus at
   most one read when requests are pipelined).
 
+* The hot GET (issue 13, :mod:`sipcert.server.hotget`): while aiohttp has nothing under
+  way on a connection, a read that starts with a complete simple ``GET``/``HEAD`` head
+  (:func:`~sipcert.proto.hotget.parse_simple_get`) is answered here on the TLS transport;
+  the rest of the read, and every other request, goes to aiohttp as before. The connection
+  stays ``idle`` and the keep-alive deadline runs from that answer. aiohttp's handler is
+  made only for the first request the hot GET leaves (a handshake per GET then costs no
+  aiohttp objects); until then the guard keeps ``keepalive_timeout`` itself.
+
 * PROXY protocol (issue 10): when ``proxy_protocol_from`` names load balancers, the listener
   accepts connections itself (:class:`_ProxyAcceptor`). From a balancer, the header (v1 or
   v2, :mod:`sipcert.proto.proxy`) is required and read before the TLS ClientHello -- peeked
@@ -48,16 +56,21 @@ import resource
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from sipcert.errors import HeaderTooLargeError, ProxyProtocolError
+from sipcert.proto.hotget import parse_simple_get
 from sipcert.proto.proxy import header_length, may_be_proxy, parse_header
 from sipcert.server.config import ConnectionLimits
 from sipcert.server.http import set_client_address
+from sipcert.server.tls import sni_domain
+
+if TYPE_CHECKING:
+    from sipcert.server.hotget import HotGet
 
 __all__ = [
     "FD_RESERVE",
@@ -151,6 +164,8 @@ class ConnectionGuard:
         self.refused = 0
         #: Connections closed for a missing, malformed or untrusted PROXY header.
         self.proxy_refused = 0
+        #: Answers simple GETs before aiohttp sees them (issue 13); None: aiohttp answers all.
+        self.hot: HotGet | None = None
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -221,6 +236,14 @@ class ConnectionGuard:
         conn.since = now
         self._states[state][conn] = None
 
+    def touch(self, conn: _Conn, now: float) -> None:
+        """``conn`` (idle) just answered a request: it is now the most recently idle."""
+        idle = self._states[_IDLE]
+        if conn.state == _IDLE:
+            del idle[conn]
+            idle[conn] = None
+            conn.since = now
+
     def forget(self, conn: _Conn) -> None:
         """The connection is closed (or being closed): it no longer counts."""
         if conn.state is None:
@@ -251,10 +274,14 @@ class ConnectionGuard:
         return True
 
     def close_handshakes(self) -> None:
-        """On shutdown: stop admitting and close connections that have no handler yet."""
+        """On shutdown: stop admitting and close connections that have no handler yet
+        (idle ones that only had hot answers gracefully, as aiohttp closes its own)."""
         self.closing = True
         for conn in list(self._states[_HANDSHAKE]):
             conn.close_now("shutting down")
+        for conn in list(self._states[_IDLE]):
+            if conn.handler is None:
+                conn.close_idle("shutting down")
 
 
 class _Conn(asyncio.Protocol):
@@ -262,15 +289,20 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_body",
+        "_closing",
+        "_domain",
         "_early",
         "_guard",
         "_head_bytes",
         "_loop",
+        "_paused",
         "_raw",
         "_refused",
+        "_remote",
         "_requests",
         "_timer",
         "_tls",
+        "_used",
         "client",
         "handler",
         "since",
@@ -293,6 +325,14 @@ class _Conn(asyncio.Protocol):
         self._body: StreamReader | None = None
         self._refused = False
         self._early: list[bytes] = []
+        #: The served domain (SNI) when the hot GET may answer here, and the peer it logs.
+        self._domain: str | None = None
+        self._remote = "-"
+        #: aiohttp's handler has had a request; the transport asked us to stop writing;
+        #: a hot answer closed the connection.
+        self._used = False
+        self._paused = False
+        self._closing = False
 
     # -- asyncio.Protocol (first of the TCP transport, then of the TLS one) ---------------
 
@@ -321,12 +361,19 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         handler = self.handler
-        if handler is None:  # asyncio's own loop delivers before start_tls() returns
+        if self._tls is None:  # asyncio's own loop delivers before start_tls() returns
             if self.state is not None:
                 self._early.append(data)
             return
-        if self._refused or not data:
+        if self._refused or self._closing or self.state is None or not data:
             return
+        hot = self._guard.hot
+        if hot is not None and self._domain is not None and self._quiet(handler):
+            data = self._answer_hot(hot, self._domain, data)
+            if not data:
+                return
+        if handler is None:  # the first request the hot GET leaves to aiohttp
+            handler = self._start_handler()
         body = self._body
         if body is None or body.is_eof():
             if self._head_bytes == 0:
@@ -345,6 +392,7 @@ class _Conn(asyncio.Protocol):
         messages = handler._messages
         if len(messages) > queued:  # a head is complete
             self._requests += 1
+            self._used = True
             self._head_bytes = 0
             self._cancel_timer()
             self._body = messages[-1][1] if messages else None
@@ -356,10 +404,12 @@ class _Conn(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
+        self._paused = True
         if self.handler is not None:
             self.handler.pause_writing()
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self.handler is not None:
             self.handler.resume_writing()
 
@@ -369,6 +419,84 @@ class _Conn(asyncio.Protocol):
         handler, self.handler = self.handler, None
         if handler is not None:
             handler.connection_lost(exc)
+
+    # -- the hot GET (server.hotget) ------------------------------------------------------
+
+    def _quiet(self, handler: RequestHandler | None) -> bool:
+        """Whether nothing of aiohttp's is under way: no head or body arriving, no request
+        queued or being answered, nothing waiting to be written, no close decided."""
+        if self._head_bytes or self._paused:
+            return False
+        if handler is None:  # only hot answers so far
+            return True
+        if handler._messages or handler._force_close:
+            return False
+        if self._body is not None and not self._body.is_eof():
+            return False
+        if not self._used:  # aiohttp never had a request: its loop has nothing to finish
+            return not handler._close
+        waiter = handler._waiter  # set only between requests, once the last answer is out
+        return waiter is not None and not waiter.done()
+
+    def _answer_hot(self, hot: HotGet, domain: str, data: bytes) -> bytes:
+        """Answer the simple requests at the start of ``data``; the bytes left for aiohttp.
+
+        Pipelined simple requests are answered in order; from the first other one on, the
+        rest goes to aiohttp (whose parser has seen nothing of the answered ones).
+        """
+        tls = self._tls
+        if tls is None:  # pragma: no cover - data_received checked it
+            return data
+        answered = False
+        while data:
+            head = parse_simple_get(data)
+            if head is None or head.length > self._guard.limits.max_head_size:
+                break  # an oversized head gets aiohttp's 431 as before
+            try:
+                wire = hot.answer(head, domain, self._remote)
+            except Exception as exc:  # a bug: say it in one line, let aiohttp answer
+                log.error("hot GET failed, answered by aiohttp: %s: %s", type(exc).__name__, exc)
+                wire = None
+            if wire is None:
+                break
+            answered = True
+            self._requests += 1
+            tls.write(wire)
+            if head.close:  # RFC 9112 §9.6: nothing more is read after this request
+                self._closing = True
+                self._cancel_timer()
+                tls.close()
+                return b""
+            data = data[head.length :]
+            if self._paused:
+                break
+        if answered:
+            now = self._loop.time()
+            handler = self.handler
+            if handler is None:  # no aiohttp handler to close it: the same deadline here
+                self._cancel_timer()
+                self._timer = self._loop.call_later(
+                    self._guard.limits.keepalive_timeout, self._idle_expired
+                )
+            else:  # aiohttp's own idle deadline (keepalive_timeout) runs from this answer
+                self._cancel_timer()
+                handler._next_keepalive_close_time = now + handler.keepalive_timeout
+            self._guard.touch(self, now)
+        return data
+
+    def _idle_expired(self) -> None:
+        """``keepalive_timeout`` after the last hot answer, with no request since: close."""
+        self._timer = None
+        if self.handler is None and self.state == _IDLE and not self._head_bytes:
+            self.close_idle("idle for keepalive_timeout")
+
+    def close_idle(self, why: str) -> None:
+        """Close a connection aiohttp never had, with TLS's close_notify (as aiohttp does)."""
+        log.debug("closing connection from %s: %s", self._peer(), why)
+        self._closing = True
+        self._cancel_timer()
+        if self._tls is not None:
+            self._tls.close()
 
     # -- states ----------------------------------------------------------------------------
 
@@ -382,7 +510,9 @@ class _Conn(asyncio.Protocol):
     def waiting(self) -> bool:
         """Whether aiohttp's handler is between requests (its response is written)."""
         handler = self.handler
-        if handler is None or handler._messages or self._head_bytes:
+        if handler is None:  # only hot answers (all written at once), or no handshake yet
+            return self._tls is not None and not self._head_bytes and not self._closing
+        if handler._messages or self._head_bytes:
             return False
         waiter = handler._waiter
         return waiter is not None and not waiter.done()
@@ -415,14 +545,31 @@ class _Conn(asyncio.Protocol):
             tls.abort()
             return
         self._tls = tls
-        handler = self._guard.new_handler(self)
-        self.handler = handler
-        handler.connection_made(tls)
+        hot = self._guard.hot
+        if hot is not None:
+            domain = sni_domain(tls)
+            if domain in hot.domains:
+                self._domain = domain
+                self._remote = self._peer()
+        if self._domain is None:  # else made for the first request the hot GET leaves
+            self._start_handler()
         self._guard.move(self, _IDLE, self._loop.time())
         self._arm(self._guard.limits.header_timeout)
         early, self._early = self._early, []
         for data in early:
             self.data_received(data)
+
+    def _start_handler(self) -> RequestHandler:
+        """aiohttp's handler for this connection, from now on."""
+        tls = self._tls
+        if tls is None:  # pragma: no cover - only called after the handshake
+            raise RuntimeError("no TLS transport yet")
+        handler = self._guard.new_handler(self)
+        self.handler = handler
+        handler.connection_made(tls)
+        if self._paused:  # the transport paused during the hot answers
+            handler.pause_writing()
+        return handler
 
     def _handshake_failed(self, exc: BaseException) -> None:
         log.debug("TLS handshake with %s failed: %s", self._peer(), exc)

@@ -44,6 +44,7 @@ from sipcert.server.credentials import (
     KamailioSQLiteCredentials,
     open_credentials,
 )
+from sipcert.server.hotget import hot_get_for
 from sipcert.server.http import StoreServer
 from sipcert.server.jsonlog import JsonFormatter
 from sipcert.server.lifecycle import Reloader, die_with_parent
@@ -172,12 +173,13 @@ async def serve_app(
     sockets: Sequence[socket.socket],
     stop: asyncio.Event,
     *,
-    access_log: bool = True,
+    access_log: bool | AccessLog | logging.Logger = True,
     purge_interval: float = 3600.0,
     limits: ConnectionLimits | None = None,
     admin_sockets: Sequence[socket.socket] = (),
     json_access_log: bool = False,
     unix_sockets: Sequence[socket.socket] = (),
+    hot_get: bool = True,
 ) -> None:
     """Serve ``app`` on ``sockets`` until ``stop`` is set, then shut down cleanly.
 
@@ -185,10 +187,20 @@ async def serve_app(
     per-worker cap, the request-head limit) before aiohttp sees them. ``admin_sockets`` serve
     plain HTTP: the probes and ``/metrics`` (:mod:`sipcert.server.ops`). ``unix_sockets``
     serve the Store in plain HTTP to the nginx in front (edge mode, docs/deploy.md).
+    ``access_log``: on or off, or where the lines go (an :class:`AccessLog` or a logger).
+    ``hot_get``: answer simple GETs on the TLS listeners without aiohttp
+    (:mod:`sipcert.server.hotget`; rendered answers kept within the answer cache's budget).
     """
     limits = limits or ConnectionLimits()
-    writer = AccessLog(json_lines=json_access_log) if access_log else None
+    writer: AccessLog | logging.Logger | None
+    if isinstance(access_log, (AccessLog, logging.Logger)):  # embedding and tests
+        writer = access_log
+    else:
+        writer = AccessLog(json_lines=json_access_log) if access_log else None
     guard = ConnectionGuard(ssl_context, limits)
+    if hot_get:
+        cache = app.answer_cache
+        guard.hot = hot_get_for(app, writer, max_bytes=0 if cache is None else cache.max_bytes)
     server = StoreServer(
         guard.wrap(app), keepalive_timeout=limits.keepalive_timeout, **access_log_options(writer)
     )
@@ -230,7 +242,7 @@ async def serve_app(
         await local.cleanup()
         await runner.cleanup()
         app.metrics.set_connections(0)
-        if writer is not None:
+        if isinstance(writer, AccessLog):
             writer.close()
 
 
@@ -317,6 +329,7 @@ async def _worker_main(
             sockets,
             stop,
             access_log=config.access_log,
+            hot_get=config.hot_get,
             purge_interval=config.purge_interval,
             limits=config.connections,
             admin_sockets=admin_sockets,

@@ -538,8 +538,15 @@ class SqliteStore:
     # -- the contract --------------------------------------------------------------------
 
     async def get_by_aor(self, aor: str, now: datetime) -> list[StoredCertificate]:
-        rows = self._read(_SELECT_BY_AOR, (aor, _to_us(ensure_utc(now, "now"))))
-        return [_row_to_cert(row) for row in rows]
+        return self.read_by_aor(aor, _to_us(ensure_utc(now, "now")))
+
+    def read_by_aor(self, aor: str, now_us: int) -> list[StoredCertificate]:
+        """:meth:`get_by_aor` at ``now_us`` (Unix microseconds), synchronously.
+
+        SQLite reads never wait for the event loop, so the Store's hot GET path
+        (:mod:`sipcert.server.hotget`) calls this directly: no coroutine, no datetime.
+        """
+        return [_row_to_cert(row) for row in self._read(_SELECT_BY_AOR, (aor, now_us))]
 
     async def get_by_cert_hash(self, cert_hash: str, now: datetime) -> StoredCertificate | None:
         rows = self._read(

@@ -212,6 +212,14 @@ def test_guessing_limits() -> None:
         StoreConfig.from_document({**base, "auth_failures_per_user": 0})
 
 
+def test_the_hot_get_is_on_unless_turned_off() -> None:
+    base = apply_flags({}, Flags(domains=[("example.com", Path("c"), Path("k"))]))
+    assert StoreConfig.from_document(base).hot_get is True
+    assert StoreConfig.from_document({**base, "hot_get": False}).hot_get is False
+    with pytest.raises(ConfigError, match="hot_get: expected true or false"):
+        StoreConfig.from_document({**base, "hot_get": "no"})
+
+
 def test_proxy_protocol_sources(tmp_path: Path) -> None:
     """Issue 10: the balancers trusted to send a PROXY header; none by default."""
     import ipaddress

@@ -1,0 +1,185 @@
+"""The Store's everyday request, read and answered as bytes (issue 13, "the hot GET").
+
+Almost every request a Store sees is a sipcert client's ``GET /search-cgi?email=user%40host
+HTTP/1.1`` with a handful of headers. Building aiohttp's request and response objects for it
+cost more than finding the answer, so :mod:`sipcert.server.conn` offers each complete head to
+:func:`parse_simple_get` first. It accepts only what it can judge strictly and cheaply:
+
+* the request line ``GET`` or ``HEAD``, the target ``/search-cgi?`` with the canonical query
+  spelling of :func:`~sipcert.proto.store.parse_query` (one ``email``/``sip``/``uri``
+  attribute, ``user%40host`` with plain characters), ``HTTP/1.1`` (RFC 9112 §3);
+* header fields from :data:`SIMPLE_FIELDS` only, each ``name: value`` with a non-empty value
+  of visible ASCII and inner spaces, no obs-fold; exactly one valid ``Host`` (RFC 9112 §3.2);
+  each field at most once (aiohttp refuses a repeated ``Host`` or ``User-Agent``); a
+  ``Connection`` of ``close`` or ``keep-alive``;
+* nothing that frames a body (``Content-Length``, ``Transfer-Encoding``), no ``Expect`` or
+  ``Upgrade``: those are not in the list, so such a request is never simple.
+
+Anything else is ``None``, and the caller hands the bytes to aiohttp unchanged, which
+answers exactly as before. :func:`render_prefix` and :func:`render` lay out an answer the way
+aiohttp 3 writes it for the Store (the app's headers in order, then ``Server``,
+``Content-Length`` except for 304, ``Date``, and ``Connection: close`` when closing);
+tests/integration/store/test_hot_get.py compares the two byte for byte.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import NamedTuple
+
+from sipcert.errors import InputError
+from sipcert.proto.store import Response, check_host
+
+__all__ = [
+    "MAX_SIMPLE_HEAD",
+    "SIMPLE_FIELDS",
+    "SimpleGet",
+    "http_date",
+    "parse_simple_get",
+    "render",
+    "render_prefix",
+]
+
+#: Longest head judged here; longer ones (rare for a GET) go to aiohttp and its limits.
+MAX_SIMPLE_HEAD = 4096
+#: Header fields (lower case) a simple request may carry: none changes the answer but
+#: ``If-None-Match`` (applied per request) and ``Connection`` (keep-alive or close).
+SIMPLE_FIELDS = frozenset(
+    {
+        b"host",
+        b"user-agent",
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"connection",
+        b"if-none-match",
+        b"cache-control",
+        b"pragma",
+    }
+)
+
+_REQUEST_LINE = re.compile(
+    rb"(GET|HEAD) /search-cgi\?((?:email|sip|uri)=([A-Za-z0-9._-]+)%40([A-Za-z0-9.-]+))"
+    rb" HTTP/1\.1\r\n"
+)
+#: ``name: value`` (RFC 9112 §5): a token name without whitespace before the colon, optional
+#: whitespace around a value of visible ASCII with inner spaces or tabs.
+_FIELD = re.compile(rb"([A-Za-z0-9-]+):[ \t]*([\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)[ \t]*")
+
+
+class SimpleGet(NamedTuple):
+    """One simple request head: what the answer depends on, and how long the head was."""
+
+    #: ``GET`` or ``HEAD``.
+    method: str
+    #: The query string, canonical spelling (``email=user%40host``).
+    query: str
+    #: The user and host parts of the AOR in it, as sent.
+    user: str
+    host: str
+    #: The ``If-None-Match`` value as sent (``None``: absent).
+    if_none_match: str | None
+    #: The client asked to close after the answer (``Connection: close``).
+    close: bool
+    #: Bytes of the head, its final empty line included.
+    length: int
+
+
+def parse_simple_get(data: bytes) -> SimpleGet | None:
+    """The simple request head at the start of ``data``, or ``None`` for anything else.
+
+    ``None`` also when the head is not complete in ``data``; bytes after the head (a
+    pipelined request) are left to the caller (:attr:`SimpleGet.length` says where).
+    """
+    line = _REQUEST_LINE.match(data)
+    if line is None:
+        return None
+    end = data.find(b"\r\n\r\n", line.end() - 2, MAX_SIMPLE_HEAD)
+    if end < 0:
+        return None
+    host: bytes | None = None
+    if_none_match: bytes | None = None
+    connection: bytes | None = None
+    seen: set[bytes] = set()
+    for field in data[line.end() : end].split(b"\r\n") if end >= line.end() else ():
+        found = _FIELD.fullmatch(field)
+        if found is None:
+            return None
+        name = found[1].lower()
+        if name not in SIMPLE_FIELDS or name in seen:
+            return None
+        seen.add(name)
+        value = found[2]
+        if name == b"host":
+            host = value
+        elif name == b"if-none-match":
+            if_none_match = value
+        elif name == b"connection":
+            connection = value.lower()
+            if connection not in (b"close", b"keep-alive"):
+                return None
+    if host is None or not _valid_host(host):
+        return None
+    return SimpleGet(
+        line[1].decode("ascii"),
+        line[2].decode("ascii"),
+        line[3].decode("ascii"),
+        line[4].decode("ascii"),
+        None if if_none_match is None else if_none_match.decode("ascii"),
+        connection == b"close",
+        end + 4,
+    )
+
+
+#: Host values found valid: a Store sees a few (its domains, with or without a port).
+_GOOD_HOSTS: dict[bytes, None] = {}
+_GOOD_HOSTS_KEPT = 64
+
+
+def _valid_host(value: bytes) -> bool:
+    """:func:`~sipcert.proto.store.check_host` of one value, memoised for valid ones."""
+    if value in _GOOD_HOSTS:
+        return True
+    try:
+        check_host([value.decode("ascii")])
+    except InputError:
+        return False
+    if len(_GOOD_HOSTS) < _GOOD_HOSTS_KEPT:
+        _GOOD_HOSTS[value] = None
+    return True
+
+
+def render_prefix(answer: Response, server: str) -> bytes:
+    """The status line and headers of ``answer`` up to (not including) ``Date``.
+
+    aiohttp's order: the answer's own headers, ``Server``, then ``Content-Length`` (not for
+    304, RFC 9110 §8.6; the Store's other answers always have a body).
+    """
+    status = answer.status
+    fields = "".join([f"{name}: {value}\r\n" for name, value in answer.headers])
+    length = "" if status == 304 else f"Content-Length: {len(answer.body)}\r\n"
+    return f"HTTP/1.1 {status} {_phrase(status)}\r\n{fields}Server: {server}\r\n{length}".encode()
+
+
+@functools.cache
+def _phrase(status: int) -> str:
+    return HTTPStatus(status).phrase
+
+
+def render(prefix: bytes, body: bytes, date: bytes, *, close: bool, head: bool) -> bytes:
+    """A whole answer on the wire: ``prefix`` (:func:`render_prefix`), ``Date``, body.
+
+    ``head``: a HEAD request, answered with the GET's headers and no body (RFC 9110 §9.3.2).
+    """
+    tail = b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n"
+    if head or not body:
+        return b"".join((prefix, b"Date: ", date, tail))
+    return b"".join((prefix, b"Date: ", date, tail, body))
+
+
+def http_date(unix_second: int) -> bytes:
+    """RFC 9110 §5.6.7 IMF-fixdate of a Unix time, as aiohttp writes ``Date``."""
+    return formatdate(unix_second, usegmt=True).encode("ascii")

@@ -1,0 +1,219 @@
+"""The simple-head parser of the hot GET against aiohttp's own parser (issue 13).
+
+Whatever :func:`parse_simple_get` accepts, aiohttp's C parser must read the same way (the
+same method, target, HTTP/1.1, no body, no upgrade, the same ``If-None-Match`` and the same
+keep-alive decision), and :func:`parse_query` must give the AOR the hot path uses. Anything
+it refuses is left to aiohttp, which answers as it always did: tests/integration/store/
+test_hot_get.py sends such heads to both paths over TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from unittest import mock
+
+import pytest
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipcert.errors import SipCertError
+from sipcert.proto.aor import plain_aor
+from sipcert.proto.hotget import (
+    MAX_SIMPLE_HEAD,
+    SimpleGet,
+    http_date,
+    parse_simple_get,
+    render,
+    render_prefix,
+)
+from sipcert.proto.store import Response, parse_query
+from sipcert.server.http import MAX_FIELD_SIZE, MAX_TARGET_SIZE
+
+HEAD = b"GET /search-cgi?email=alice%40example.com HTTP/1.1\r\nHost: example.com\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def aiohttp_reads(loop: asyncio.AbstractEventLoop, data: bytes) -> list[object] | None:
+    """The messages aiohttp's parser (as the Store sets it up) makes of ``data``."""
+    parser = HttpRequestParser(
+        mock.Mock(), loop, 2**16, max_line_size=MAX_TARGET_SIZE, max_field_size=MAX_FIELD_SIZE
+    )
+    try:
+        messages, upgraded, _ = parser.feed_data(data)
+    except HttpProcessingError:
+        return None
+    return None if upgraded else [message for message, _ in messages]
+
+
+def test_the_everyday_head() -> None:
+    assert parse_simple_get(HEAD) == SimpleGet(
+        "GET", "email=alice%40example.com", "alice", "example.com", None, False, len(HEAD)
+    )
+    closing = HEAD[:-2] + b'Connection: Close\r\nIf-None-Match: W/"x", "y"\r\n\r\n'
+    parsed = parse_simple_get(closing + b"GET /next")
+    assert parsed is not None and parsed.close and parsed.length == len(closing)
+    assert parsed.if_none_match == 'W/"x", "y"'
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        HEAD[:-1],  # not complete yet
+        HEAD.replace(b"GET", b"PUT"),
+        HEAD.replace(b"GET", b"get"),
+        HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+        HEAD.replace(b"\r\n", b"\n"),
+        HEAD.replace(b"%40", b"@"),
+        HEAD.replace(b"email=", b"certHash=x&email="),
+        HEAD.replace(b"Host: example.com\r\n", b""),
+        HEAD.replace(b"Host: example.com", b"Host: example.com\r\nHost: example.com"),
+        HEAD.replace(b"Host: example.com", b"Host: exa mple.com"),
+        HEAD.replace(b"Host: example.com", b"Host:"),
+        HEAD.replace(b"Host: ", b"Host : "),
+        HEAD[:-2] + b"Content-Length: 0\r\n\r\n",
+        HEAD[:-2] + b"Transfer-Encoding: chunked\r\n\r\n",
+        HEAD[:-2] + b"Expect: 100-continue\r\n\r\n",
+        HEAD[:-2] + b"Connection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        HEAD[:-2] + b"Connection: close, TE\r\n\r\n",
+        HEAD[:-2] + b"Connection: close\r\nConnection: close\r\n\r\n",
+        HEAD[:-2] + b"If-None-Match: *\r\nIf-None-Match: *\r\n\r\n",
+        HEAD[:-2] + b"User-Agent: a\r\nUser-Agent: a\r\n\r\n",  # aiohttp: 400
+        HEAD[:-2] + b"Accept: a\r\n b\r\n\r\n",  # obs-fold
+        HEAD[:-2] + b"Accept: caf\xc3\xa9\r\n\r\n",
+        HEAD[:-2] + b"Accept: a\x00b\r\n\r\n",
+        HEAD[:-2] + b"Authorization: Digest x\r\n\r\n",
+        HEAD[:-2] + b"Accept: " + b"a" * MAX_SIMPLE_HEAD + b"\r\n\r\n",
+    ],
+)
+def test_anything_unusual_is_left_to_aiohttp(data: bytes) -> None:
+    assert parse_simple_get(data) is None
+
+
+_NAMES = st.sampled_from(
+    [
+        "Host",
+        "host",
+        "HOST",
+        "User-Agent",
+        "Accept",
+        "Accept-Encoding",
+        "Connection",
+        "If-None-Match",
+        "Cache-Control",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Expect",
+        "X-Other",
+        "Bad Name",
+        "",
+    ]
+)
+_VALUES = st.one_of(
+    st.sampled_from(
+        ["example.com", "example.com:443", "close", "keep-alive", "Close", "*", '"a", W/"b"']
+    ),
+    st.text(st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=12),
+    st.text(max_size=6),
+)
+_SEPARATORS = st.sampled_from([": ", ": ", ":", " : ", ":\t"])
+_PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=12)
+#: A field the hot path may accept: a known name with a value of its kind.
+_LIKELY = st.one_of(
+    st.tuples(st.sampled_from(["User-Agent", "accept", "Pragma"]), _SEPARATORS, _PRINTABLE),
+    st.tuples(st.just("Connection"), _SEPARATORS, st.sampled_from(["close", "Keep-Alive", "TE"])),
+    st.tuples(
+        st.just("If-None-Match"),
+        _SEPARATORS,
+        st.sampled_from(["*", '"a"', 'W/"a", "b"', ' "a"\t', ""]),
+    ),
+)
+_FIELDS = st.lists(
+    st.one_of(_LIKELY, _LIKELY, _LIKELY, st.tuples(_NAMES, _SEPARATORS, _VALUES)), max_size=4
+)
+_TARGETS = st.one_of(
+    *[
+        st.builds(
+            "/search-cgi?{}={}%40{}".format,
+            st.sampled_from(["email", "sip", "uri", "Email", "certHash"]),
+            st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True),
+            st.from_regex(r"[A-Za-z0-9.-]{1,16}", fullmatch=True),
+        )
+    ]
+    * 4,
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30).map("/".__add__),
+)
+
+
+@st.composite
+def heads(draw: st.DrawFn) -> bytes:
+    """Request heads, most of them simple or one detail away from it."""
+    odd = draw(st.integers(0, 5)) == 0  # one in six: any method, version and line end
+    method = draw(st.sampled_from(["GET", "HEAD", "PUT", "GET "] if odd else ["GET", "HEAD"]))
+    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0"] if odd else ["HTTP/1.1"]))
+    eol = draw(st.sampled_from(["\r\n", "\n"])) if odd else "\r\n"
+    fields = draw(_FIELDS)
+    if draw(st.integers(0, 7)):
+        fields.insert(draw(st.integers(0, len(fields))), ("Host", ": ", "example.com"))
+    lines = [f"{method} {draw(_TARGETS)} {version}"]
+    lines += [f"{name}{sep}{value}" for name, sep, value in fields]
+    return (eol.join(lines) + eol + eol).encode("utf-8", "surrogateescape")
+
+
+@settings(max_examples=1000)
+@given(heads())
+def test_what_it_accepts_aiohttp_reads_alike(data: bytes) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        parsed = parse_simple_get(data)
+        if parsed is None:
+            return
+        messages = aiohttp_reads(loop, data)
+    finally:
+        loop.close()
+    assert messages is not None and len(messages) == 1, data
+    message = messages[0]
+    assert message.method == parsed.method  # type: ignore[attr-defined]
+    assert message.path == f"/search-cgi?{parsed.query}"  # type: ignore[attr-defined]
+    assert message.version == (1, 1)  # type: ignore[attr-defined]
+    assert not message.chunked and not message.upgrade  # type: ignore[attr-defined]
+    headers = message.headers  # type: ignore[attr-defined]
+    assert "Content-Length" not in headers and "Transfer-Encoding" not in headers
+    assert headers.get("If-None-Match") == parsed.if_none_match
+    assert message.should_close == parsed.close  # type: ignore[attr-defined]
+    assert parsed.length == len(data)
+    # The AOR the hot path looks up is the one the Store's query parser finds.
+    aor = plain_aor(parsed.user, parsed.host)
+    try:
+        query = parse_query(parsed.query)
+    except SipCertError:
+        assert aor is None
+        return
+    if aor is not None:
+        assert query.aor == aor and query.cert_hash is None
+
+
+def test_the_layout_of_an_answer() -> None:
+    answer = Response(200, (("Content-Type", "application/pkix-cert"), ("ETag", '"e"')), b"DER")
+    prefix = render_prefix(answer, "sipcert")
+    assert prefix == (
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/pkix-cert\r\nETag: "e"\r\n'
+        b"Server: sipcert\r\nContent-Length: 3\r\n"
+    )
+    date = http_date(0)
+    assert date == b"Thu, 01 Jan 1970 00:00:00 GMT"
+    assert render(prefix, b"DER", date, close=False, head=False).endswith(b"GMT\r\n\r\nDER")
+    assert render(prefix, b"DER", date, close=True, head=True).endswith(
+        b"GMT\r\nConnection: close\r\n\r\n"
+    )
+    not_modified = render_prefix(Response(304, (("ETag", '"e"'),), b""), "sipcert")
+    assert b"Content-Length" not in not_modified and not_modified.startswith(b"HTTP/1.1 304 ")
