@@ -72,6 +72,7 @@ class HTTP11Connection:
         #: Answers read in full on this connection (0: it has not carried one yet).
         self.answered = 0
         self.closed = False
+        self._fed = 0  # bytes given to h11 since the request was sent
         #: Facts this server said on this connection, with the ``time.monotonic`` they were
         #: said at (see :meth:`remember`).
         self._notes: dict[str, float] = {}
@@ -123,6 +124,7 @@ class HTTP11Connection:
         except h11.LocalProtocolError as exc:
             await self.aclose()
             raise TransportError(f"a request to {self.domain} could not be framed: {exc}") from exc
+        self._fed = 0
         try:
             await self.stream.write(data or b"", timeout)
         except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
@@ -158,14 +160,19 @@ class HTTP11Connection:
                     f"the Store of {self.domain} closed the connection without answering"
                 )
             first = first and not data
+            self._fed += len(data)
             self._h11.receive_data(data)
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> str:
         if exc.error_status_hint == 431:
-            what = f"its answer's head is over {MAX_HEAD_SIZE} bytes"
-        else:
-            what = str(exc) or "a malformed answer"
-        return f"the Store of {self.domain} broke the HTTP/1.1 protocol: {what}"
+            return self._too_long()
+        return f"the Store of {self.domain} broke the HTTP/1.1 protocol: {exc or 'malformed'}"
+
+    def _too_long(self) -> str:
+        return (
+            f"the Store of {self.domain} broke the HTTP/1.1 protocol: its answer's head is "
+            f"over {MAX_HEAD_SIZE} bytes"
+        )
 
     async def receive_head(self, timeout: float | None) -> h11.Response:
         """The final answer's status line and header fields (1xx answers are skipped)."""
@@ -174,6 +181,11 @@ class HTTP11Connection:
             event = await self._next(timeout, first=first)
             first = False
             if isinstance(event, h11.Response):
+                # h11 bounds a head that arrives in pieces; one that came whole is measured
+                # here, so the limit does not depend on how the bytes were split.
+                if self._fed - len(self._h11.trailing_data[0]) > MAX_HEAD_SIZE:
+                    await self.aclose()
+                    raise TransportError(self._too_long())
                 return event
             if not isinstance(event, h11.InformationalResponse):  # pragma: no cover (h11)
                 await self.aclose()
