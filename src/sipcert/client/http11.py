@@ -53,11 +53,12 @@ class Answer:
 
 def joined_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """Header fields as one ``dict``, as ``dict(httpx.Headers)`` gives them."""
-    headers: dict[str, str] = {}
-    for name, value in raw:
-        key = name.decode("latin-1")
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
+    headers = dict(pairs)
+    if len(headers) < len(pairs):  # a repeated field: join its values in order
+        headers = {}
+        for key, text in pairs:
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return headers
 
 

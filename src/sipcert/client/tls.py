@@ -7,12 +7,14 @@ verification and the exact name rule all use the AOR's domain, and all of it com
 before a single byte of HTTP is written.
 
 The design that makes this hold with connection pooling: requests are addressed to
-``https://<AOR domain>/...``, so httpcore's pool key, SNI and OpenSSL's hostname check are
-all the AOR domain. :class:`RoutedBackend` is the httpcore network backend that turns a
+``https://<AOR domain>/...``, so the pool key (:class:`StrictTransport`'s lanes), SNI and
+OpenSSL's hostname check are all the AOR domain. :class:`RoutedBackend` is the network
+backend (httpcore's interface, asyncio underneath: :mod:`sipcert.client.net`) that turns a
 connection to ``<AOR domain>`` into a TCP connection to the located targets in order
 (RFC 2782 failover), and wraps the stream so that ``start_tls`` ends with
 :func:`sipcert.proto.names.check_server_certificate`. A pooled connection is therefore only
-ever reused for the domain it was verified for.
+ever reused for the domain it was verified for. HTTP/1.1 on it is
+:mod:`sipcert.client.http11`'s.
 """
 
 from __future__ import annotations
@@ -396,7 +398,8 @@ class _Walk:
 
 
 class RoutedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore network backend: ``<AOR domain>`` → the located targets, tried in order.
+    """Network backend: ``<AOR domain>`` → the located targets, tried in order, over
+    ``inner`` (:class:`~sipcert.client.net.AsyncioBackend` unless a test gives another).
 
     :meth:`set_route` records the targets of a domain (from :class:`Locator`); a connection
     for a domain without a route is refused, so nothing ever reaches a host the URL names

@@ -82,7 +82,10 @@ def test_a_content_length_answer_and_the_connection_is_kept_alive() -> None:
     result, received = asyncio.run(with_server([(OK, False), (OK, False)], twice))
     assert [(a.status, a.reason, a.body) for a in result] == [(200, "OK", b"hello")] * 2  # type: ignore[attr-defined]
     assert result[0].headers == {"content-type": "text/plain", "content-length": "5"}  # type: ignore[index]
-    assert received[0] == b"GET /search-cgi?sip=a HTTP/1.1\r\nHost: example.com\r\nUser-Agent: test\r\n\r\n"
+    assert (
+        received[0]
+        == b"GET /search-cgi?sip=a HTTP/1.1\r\nHost: example.com\r\nUser-Agent: test\r\n\r\n"
+    )
 
 
 def test_a_chunked_answer_is_joined_and_repeated_fields_are_joined() -> None:
