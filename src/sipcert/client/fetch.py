@@ -19,8 +19,9 @@ from datetime import datetime
 import httpx
 from cryptography import x509
 
+from sipcert.client.http11 import HTTP11Connection
 from sipcert.client.locate import Location, Target, search_path
-from sipcert.client.tls import TARGET_INFO
+from sipcert.client.tls import TARGET_INFO, StrictTransport
 from sipcert.errors import (
     AuthenticationError,
     ForbiddenError,
@@ -181,14 +182,15 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _target_of(response: httpx.Response) -> Target | None:
-    stream = response.extensions.get("network_stream")
-    target = stream.get_extra_info(TARGET_INFO) if stream is not None else None
+def _target_of(stream: object) -> Target | None:
+    """The target a verified stream reached (``None`` for a mock transport's)."""
+    get_extra_info = getattr(stream, "get_extra_info", None)
+    target = get_extra_info(TARGET_INFO) if get_extra_info is not None else None
     return target if isinstance(target, Target) else None
 
 
-def _max_age(response: httpx.Response) -> int | None:
-    match = _MAX_AGE_RE.search(response.headers.get("cache-control", ""))
+def _max_age(headers: Mapping[str, str]) -> int | None:
+    match = _MAX_AGE_RE.search(headers.get("cache-control", ""))
     return int(match.group(1)) if match else None
 
 
@@ -204,6 +206,9 @@ class Retrieved:
     target: Target | None
     max_age: int | None
     parts: tuple[CertificatePart, ...] = ()
+    #: The connection that carried the answer (what the Store said on it before is
+    #: remembered there: :meth:`HTTP11Connection.remember`); ``None`` through httpx.
+    connection: HTTP11Connection | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -275,26 +280,62 @@ class FetchResult:
 
 
 async def get_certificates(
-    client: httpx.AsyncClient, location: Location, *, max_size: int = MAX_RESPONSE_SIZE
+    client: httpx.AsyncClient | StrictTransport,
+    location: Location,
+    *,
+    max_size: int = MAX_RESPONSE_SIZE,
+    timeout: float | None = None,
 ) -> Retrieved:
-    """GET the AOR's certificates (draft §4.5). 404 is "none" (an empty answer, not an error)."""
+    """GET the AOR's certificates (draft §4.5). 404 is "none" (an empty answer, not an error).
+
+    ``client`` is the UA's :class:`StrictTransport` itself (the lean GET of issue 13, with
+    ``timeout`` per step) or any httpx client (a test's mock, a caller's own client).
+    """
+    if isinstance(client, StrictTransport):
+        path = search_path(location.aor, location.attribute)
+        answer = await client.get(location.domain, path, max_size=max_size, timeout=timeout)
+        encoding = answer.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":  # none was asked for: no Accept-Encoding is sent
+            raise StoreResponseError(
+                answer.status, f"the answer has a Content-Encoding not asked for: {encoding}"
+            )
+        connection = answer.connection
+        return _retrieved(
+            answer.status, answer.reason, answer.headers, answer.body, connection.stream, connection
+        )
     async with client.stream("GET", request_url(location)) as response:
+        stream = response.extensions.get("network_stream")
         if response.status_code == 404:
             await response.aclose()
-            return Retrieved(404, (), _target_of(response), _max_age(response))
+            return Retrieved(404, (), _target_of(stream), _max_age(response.headers))
         body = await _read_limited(response, max_size)
-        if response.status_code != 200:
-            raise store_error(response.status_code, _clean_reason(body, response.reason_phrase))
-        parts = parse_certificate_parts(
-            response.headers.get("content-type"), body, dict(response.headers)
+        return _retrieved(
+            response.status_code, response.reason_phrase, dict(response.headers), body, stream
         )
-        return Retrieved(
-            200,
-            tuple(part.der for part in parts),
-            _target_of(response),
-            _max_age(response),
-            tuple(parts),
-        )
+
+
+def _retrieved(
+    status: int,
+    reason: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    stream: object,
+    connection: HTTP11Connection | None = None,
+) -> Retrieved:
+    """A GET answer's status, headers (lower-case names) and body as a :class:`Retrieved`."""
+    if status == 404:
+        return Retrieved(404, (), _target_of(stream), _max_age(headers), connection=connection)
+    if status != 200:
+        raise store_error(status, _clean_reason(body, reason))
+    parts = parse_certificate_parts(headers.get("content-type"), body, headers)
+    return Retrieved(
+        200,
+        tuple(part.der for part in parts),
+        _target_of(stream),
+        _max_age(headers),
+        tuple(parts),
+        connection=connection,
+    )
 
 
 def _refusal(response: httpx.Response, what: str) -> Exception:

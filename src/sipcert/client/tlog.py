@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import httpx
 
+from sipcert.client.http11 import HTTP11Connection
+from sipcert.client.tls import StrictTransport
 from sipcert.errors import (
     ConfigError,
     ForkError,
@@ -61,9 +63,36 @@ NO_LOG_FILE = "tlog-absent.json"
 Getter = Callable[[str], Awaitable[bytes | None]]
 
 
-def http_getter(client: httpx.AsyncClient, domain: str, max_size: int) -> Getter:
+def http_getter(
+    client: httpx.AsyncClient | StrictTransport,
+    domain: str,
+    max_size: int,
+    *,
+    timeout: float | None = None,
+    answered_on: list[HTTP11Connection] | None = None,
+) -> Getter:
     """A :data:`Getter` on ``https://<domain>``: the AOR domain is the URL's host, so the
-    strict transport's SNI and name check apply (draft §4.3)."""
+    strict transport's SNI and name check apply (draft §4.3).
+
+    ``client`` is the UA's :class:`StrictTransport` (the lean GET) or an httpx client; on
+    the former, each answer's connection is appended to ``answered_on`` when given.
+    """
+    if isinstance(client, StrictTransport):
+        transport = client
+
+        async def lean_get(path: str) -> bytes | None:
+            # The 404's body is read too (bounded): the connection stays kept alive, so
+            # a Store without a log costs one request, not a new TLS connection.
+            answer = await transport.get(domain, path, max_size=max_size, timeout=timeout)
+            if answered_on is not None:
+                answered_on.append(answer.connection)
+            if answer.status == 404:
+                return None
+            if answer.status != 200:
+                raise StoreResponseError(answer.status, f"GET {path}")
+            return answer.body
+
+        return lean_get
 
     async def get(path: str) -> bytes | None:
         try:

@@ -7,19 +7,23 @@ verification and the exact name rule all use the AOR's domain, and all of it com
 before a single byte of HTTP is written.
 
 The design that makes this hold with connection pooling: requests are addressed to
-``https://<AOR domain>/...``, so httpcore's pool key, SNI and OpenSSL's hostname check are
-all the AOR domain. :class:`RoutedBackend` is the httpcore network backend that turns a
+``https://<AOR domain>/...``, so the pool key (:class:`StrictTransport`'s lanes), SNI and
+OpenSSL's hostname check are all the AOR domain. :class:`RoutedBackend` is the network
+backend (httpcore's interface, asyncio underneath: :mod:`sipcert.client.net`) that turns a
 connection to ``<AOR domain>`` into a TCP connection to the located targets in order
 (RFC 2782 failover), and wraps the stream so that ``start_tls`` ends with
 :func:`sipcert.proto.names.check_server_certificate`. A pooled connection is therefore only
-ever reused for the domain it was verified for.
+ever reused for the domain it was verified for. HTTP/1.1 on it is
+:mod:`sipcert.client.http11`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,10 @@ import httpcore
 import httpx
 from cryptography import x509
 
-from sipcert.client.locate import Locator, Target
+from sipcert import __version__
+from sipcert.client.http11 import Answer, ClosedBeforeAnswerError, HTTP11Connection
+from sipcert.client.locate import DEFAULT_HTTPS_PORT, Locator, Target
+from sipcert.client.net import AsyncioBackend
 from sipcert.errors import (
     CertificateParseError,
     ConfigError,
@@ -391,7 +398,8 @@ class _Walk:
 
 
 class RoutedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore network backend: ``<AOR domain>`` → the located targets, tried in order.
+    """Network backend: ``<AOR domain>`` → the located targets, tried in order, over
+    ``inner`` (:class:`~sipcert.client.net.AsyncioBackend` unless a test gives another).
 
     :meth:`set_route` records the targets of a domain (from :class:`Locator`); a connection
     for a domain without a route is refused, so nothing ever reaches a host the URL names
@@ -406,7 +414,7 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
         on_event: Callable[[ConnectionEvent], None] | None = None,
     ) -> None:
         self.locator = locator
-        self.inner = inner if inner is not None else httpcore.AnyIOBackend()
+        self.inner = inner if inner is not None else AsyncioBackend()
         self._routes: dict[str, tuple[Target, ...]] = {}
         self.on_event = on_event
 
@@ -475,57 +483,74 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, inner: Any, domain: str, lane: _Lane | None = None) -> None:
-        self._inner = inner
-        self._domain = domain
-        self._lane = lane
+class _LaneBody(httpx.AsyncByteStream):
+    """The body of an answer given to httpx; closing it frees the lane (and drops the
+    connection when the body was not read to its end)."""
+
+    def __init__(self, connection: HTTP11Connection, lane: _Lane, timeout: float | None) -> None:
+        self._connection = connection
+        self._lane: _Lane | None = lane
+        self._timeout = timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._inner:
-                yield chunk
-        except httpcore.TimeoutException as exc:
-            raise TransportError(
-                f"reading the answer of the Store of {self._domain} timed out"
-            ) from exc
-        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
-            why = in_words(exc, None, None, "reading the answer")
-            raise TransportError(
-                f"reading the answer of the Store of {self._domain} failed: {why}"
-            ) from exc
+        async for chunk in self._connection.body(self._timeout):
+            yield chunk
 
     async def aclose(self) -> None:
+        lane, self._lane = self._lane, None
+        if lane is None:
+            return
         try:
-            if hasattr(self._inner, "aclose"):
-                await self._inner.aclose()
+            if not self._connection.reusable:
+                await self._connection.aclose()
         finally:
-            if self._lane is not None:
-                self._lane.in_flight -= 1
-                self._lane = None
+            lane.release()
 
 
 class _Lane:
-    """One connection's worth of a domain's pool: an httpcore pool of at most one connection.
+    """One connection's worth of a domain's pool: at most one HTTP/1.1 connection, one
+    request on it at a time (``lock``), requests queued behind it counted in ``in_flight``.
 
-    httpcore's pool checks every idle connection (a ``poll`` each) whenever a request starts
-    or ends, so one pool of eight connections made eight concurrent fetches slower than
-    sequential ones (issue 13). A lane only ever looks at its own connection.
+    httpcore's pool checked every idle connection (a ``poll`` each) whenever a request
+    started or ended, so one pool of eight connections made eight concurrent fetches slower
+    than sequential ones (issue 13). A lane only ever looks at its own connection.
     """
 
-    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
-        self.pool = pool
+    def __init__(self) -> None:
+        self.connection: HTTP11Connection | None = None
         self.in_flight = 0
+        self.lock = asyncio.Lock()
+        self.idle_since = 0.0
+
+    def release(self) -> None:
+        self.idle_since = time.monotonic()
+        self.in_flight -= 1
+        self.lock.release()
+
+    async def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await connection.aclose()
+
+
+def _timeouts(request: httpx.Request) -> tuple[float | None, float | None]:
+    """The (connect, read/write) timeouts httpx put on ``request``."""
+    timeouts = request.extensions.get("timeout", {})
+    return timeouts.get("connect"), timeouts.get("read")
 
 
 class StrictTransport(httpx.AsyncBaseTransport):
-    """httpx transport over :class:`RoutedBackend`: HTTPS only, HTTP/1.1, pooled per domain.
+    """HTTPS to Stores over :class:`RoutedBackend`: HTTP/1.1, pooled per domain (issue 13).
 
     Each domain has up to ``per_domain`` connections (lanes, made as concurrent requests
     need them; a request goes to the lane with the fewest requests in flight, so
     sequential requests keep reusing one connection), and at most ``max_connections``
     lanes exist in all: past that, the least recently used domain with nothing in flight
-    is closed. Network failures surface as :class:`~sipcert.errors.TransportError` (and its
+    is closed. :meth:`get` is the Caller's hot path (draft §4.5): a GET framed and parsed
+    with h11 (:mod:`sipcert.client.http11`) without httpx; as an httpx transport it carries
+    everything else (PUT and DELETE with Digest) over the same connections. A GET whose
+    kept-alive connection the Store closed while idle is sent once more on a new one.
+    Network failures surface as :class:`~sipcert.errors.TransportError` (and its
     subclasses), name mismatches as :class:`~sipcert.errors.NameMismatchError`.
     """
 
@@ -537,35 +562,28 @@ class StrictTransport(httpx.AsyncBaseTransport):
         max_connections: int = 20,
         per_domain: int = 4,
         keepalive_expiry: float = 30.0,
+        user_agent: str = f"sipcert/{__version__}",
     ) -> None:
         if max_connections < 1 or per_domain < 1:
             raise ValueError("max_connections and per_domain must be >= 1")
         self._ssl_context = ssl_context
         self._backend = backend
         self._keepalive_expiry = keepalive_expiry
+        self._user_agent = user_agent.encode("ascii")
         self.max_connections = max_connections
         self.per_domain = min(per_domain, max_connections)
         #: Lanes by domain, least recently used first.
         self._lanes: dict[str, list[_Lane]] = {}
 
     @property
-    def connections(self) -> list[httpcore.AsyncConnectionInterface]:
-        """The pooled connections of every domain (for tests and diagnostics)."""
+    def connections(self) -> list[HTTP11Connection]:
+        """The open pooled connections of every domain (for tests and diagnostics)."""
         return [
-            c for lanes in self._lanes.values() for lane in lanes for c in lane.pool.connections
+            lane.connection
+            for lanes in self._lanes.values()
+            for lane in lanes
+            if lane.connection is not None and not lane.connection.closed
         ]
-
-    def _new_lane(self) -> _Lane:
-        return _Lane(
-            httpcore.AsyncConnectionPool(
-                ssl_context=self._ssl_context,
-                network_backend=self._backend,
-                max_connections=1,
-                keepalive_expiry=self._keepalive_expiry,
-                http1=True,
-                http2=False,
-            )
-        )
 
     async def _lane(self, domain: str) -> _Lane:
         """The lane for a request to ``domain`` (made, and older domains closed, as needed)."""
@@ -577,10 +595,10 @@ class StrictTransport(httpx.AsyncBaseTransport):
         if len(lanes) < self.per_domain:
             await self._make_room()
             if sum(map(len, self._lanes.values())) < self.max_connections:
-                lanes.append(self._new_lane())
+                lanes.append(_Lane())
                 return lanes[-1]
         if not lanes:  # every lane of every other domain is busy: wait in a new one anyway
-            lanes.append(self._new_lane())
+            lanes.append(_Lane())
             return lanes[-1]
         return min(lanes, key=lambda lane: lane.in_flight)
 
@@ -598,53 +616,101 @@ class StrictTransport(httpx.AsyncBaseTransport):
             if victim is None:
                 return
             for lane in self._lanes.pop(victim):
-                await lane.pool.aclose()
+                await lane.close()
+
+    async def _acquire(self, domain: str) -> _Lane:
+        lane = await self._lane(domain)
+        lane.in_flight += 1
+        try:
+            await lane.lock.acquire()
+        except BaseException:
+            lane.in_flight -= 1
+            raise
+        return lane
+
+    async def _connection(
+        self, lane: _Lane, domain: str, timeout: float | None
+    ) -> HTTP11Connection:
+        """The lane's connection if it can carry a request, else a new verified one."""
+        connection = lane.connection
+        if connection is not None:
+            idle = time.monotonic() - lane.idle_since
+            if connection.reusable and idle <= self._keepalive_expiry:
+                return connection
+            await lane.close()
+        try:
+            tcp = await self._backend.connect_tcp(domain, DEFAULT_HTTPS_PORT, timeout=timeout)
+            stream = await tcp.start_tls(self._ssl_context, domain, timeout)
+        except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
+            why = in_words(exc, None, timeout, "connecting")
+            raise TransportError(f"connecting to the Store of {domain} failed: {why}") from exc
+        lane.connection = HTTP11Connection(stream, domain)
+        return lane.connection
+
+    async def get(
+        self, domain: str, target: str, *, max_size: int, timeout: float | None
+    ) -> Answer:
+        """``GET https://<domain><target>`` and its whole answer, at most ``max_size``
+        bytes of body (:class:`~sipcert.errors.InputTooLargeError` beyond)."""
+        headers = [(b"Host", domain.encode("ascii")), (b"User-Agent", self._user_agent)]
+        lane = await self._acquire(domain)
+        try:
+            for attempt in (1, 2):
+                connection = await self._connection(lane, domain, timeout)
+                reused = connection.answered > 0
+                try:
+                    return await connection.exchange(
+                        b"GET", target.encode("ascii"), headers, max_size, timeout
+                    )
+                except ClosedBeforeAnswerError:
+                    if attempt == 2 or not reused:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            lane.release()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "https":
             raise TransportError("the Store must be reached over HTTPS (draft §4.3, §5)")
         domain = request.url.host
+        connect_timeout, timeout = _timeouts(request)
         assert isinstance(request.stream, httpx.AsyncByteStream)  # noqa: S101
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        lane = await self._lane(domain)
-        lane.in_flight += 1
+        body = b"".join([chunk async for chunk in request.stream])
+        retry = request.method in ("GET", "HEAD")  # idempotent, and no body to resend
+        lane = await self._acquire(domain)
         try:
-            response = await lane.pool.handle_async_request(core_request)
-        except httpcore.TimeoutException as exc:
-            lane.in_flight -= 1
-            raise TransportError(f"talking to the Store of {domain} timed out") from exc
-        except (httpcore.NetworkError, httpcore.UnsupportedProtocol) as exc:
-            lane.in_flight -= 1
-            why = in_words(exc, None, None, "talking to it")
-            raise TransportError(f"talking to the Store of {domain} failed: {why}") from exc
-        except httpcore.ProtocolError as exc:
-            lane.in_flight -= 1
-            raise TransportError(
-                f"the Store of {domain} broke the HTTP/1.1 protocol: {exc}"
-            ) from exc
+            for attempt in (1, 2):
+                connection = await self._connection(lane, domain, connect_timeout)
+                reused = connection.answered > 0
+                try:
+                    await connection.send(
+                        request.method.encode("ascii"),
+                        request.url.raw_path,
+                        request.headers.raw,
+                        body,
+                        timeout,
+                    )
+                    head = await connection.receive_head(timeout)
+                    break
+                except ClosedBeforeAnswerError:
+                    if attempt == 2 or not reused or not retry:
+                        raise
         except BaseException:
-            lane.in_flight -= 1
+            lane.release()
             raise
         return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream, domain, lane),
-            extensions=response.extensions,
+            status_code=head.status_code,
+            headers=list(head.headers),
+            stream=_LaneBody(connection, lane, timeout),
+            extensions={
+                "network_stream": connection.stream,
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": head.reason,
+            },
         )
 
     async def aclose(self) -> None:
         lanes, self._lanes = self._lanes, {}
         for domain_lanes in lanes.values():
             for lane in domain_lanes:
-                await lane.pool.aclose()
+                await lane.close()

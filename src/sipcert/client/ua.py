@@ -45,6 +45,7 @@ from sipcert.client.fetch import (
     put_certificate,
 )
 from sipcert.client.home import DEFAULT_DEVICE, Home, default_home
+from sipcert.client.http11 import HTTP11Connection
 from sipcert.client.locate import (
     DEFAULT_HTTPS_PORT,
     Attribute,
@@ -98,6 +99,10 @@ __all__ = [
 
 T = TypeVar("T")
 Narrate = Callable[[str], None]
+#: What a connection remembers after a 404 on ``/log/vkey`` (see ``AsyncUA._check_log``).
+NO_LOG = "no transparency log"
+#: How long, at most, a connection's 404 on ``/log/vkey`` stands (seconds).
+NO_LOG_MEMO = 10.0
 
 
 @dataclass(frozen=True)
@@ -278,7 +283,7 @@ class AsyncUA:
         self.transport = StrictTransport(
             ssl_context or make_ssl_context(self.config.ca_file), self.backend
         )
-        self.http = httpx.AsyncClient(
+        self.http = self._own_http = httpx.AsyncClient(
             transport=self.transport,
             timeout=self.config.timeout,
             trust_env=False,  # a proxy from the environment would bypass the routed backend
@@ -384,14 +389,22 @@ class AsyncUA:
         self.home.ensure_writable(self.home.cache_directory)
         self._cache_checked = True
 
+    def _getter(self) -> httpx.AsyncClient | StrictTransport:
+        """What GETs go through: the strict transport itself (the lean GET, issue 13), or
+        the httpx client installed in place of the UA's own (a test's mock, for one)."""
+        return self.transport if self.http is self._own_http else self.http
+
     async def _retrieve(self, location: Location, now: datetime) -> FetchResult:
         """GET a routed ``location``, check the answer at ``now``, narrate and cache it."""
         retrieved = await get_certificates(
-            self.http, location, max_size=self.config.max_response_size
+            self._getter(),
+            location,
+            max_size=self.config.max_response_size,
+            timeout=self.config.timeout,
         )
         result = FetchResult.from_retrieved(location, retrieved, now, checks=self.checks)
         if self.config.transparency and result.kept:
-            result = await self._check_log(location, result)
+            result = await self._check_log(location, result, retrieved.connection)
         self._say(
             f"GET {result.url}: {retrieved.status}, {len(result.kept)} kept, "
             f"{len(result.discarded)} discarded"
@@ -399,17 +412,31 @@ class AsyncUA:
         self.cache.put(result)
         return result
 
-    async def _check_log(self, location: Location, result: FetchResult) -> FetchResult:
-        """Keep only the certificates the Store's transparency log proves (issue 14)."""
-        client = self._log_client(location)
+    async def _check_log(
+        self, location: Location, result: FetchResult, connection: HTTP11Connection | None
+    ) -> FetchResult:
+        """Keep only the certificates the Store's transparency log proves (issue 14).
+
+        A 404 on ``/log/vkey`` is remembered on the connection it came on for
+        :data:`NO_LOG_MEMO` seconds, whatever the cache TTL: the same verified server
+        answered the GET on that connection, and it could answer 404 again anyway; a
+        pinned domain never consults it (docs/transparency.md).
+        """
+        answered_on: list[HTTP11Connection] = []
+        client = self._log_client(location, answered_on)
         domain = location.domain
         pinned = client.pins.load(domain) is not None
         if not pinned and self._no_log_until(domain) > self._cache_clock():
             self._say(f"{domain} publishes no transparency log (cached)")
             return result
+        if not pinned and connection is not None and connection.recalls(NO_LOG, NO_LOG_MEMO):
+            self._say(f"{domain} publishes no transparency log (said on this connection)")
+            return result
         if not await client.publishes_log():
             if client.answered_404:  # an error or an odd answer is not remembered
                 self._remember_no_log(domain)
+                for answering in answered_on[-1:]:
+                    answering.remember(NO_LOG)
             self._say(f"{domain} publishes no transparency log")
             return result
         ders = [certificate_der(c) for c in result.kept]
@@ -471,10 +498,18 @@ class AsyncUA:
         except OSError:
             pass  # a cache: the next process asks again
 
-    def _log_client(self, location: Location) -> LogClient:
+    def _log_client(
+        self, location: Location, answered_on: list[HTTP11Connection] | None = None
+    ) -> LogClient:
         return LogClient(
             location.domain,
-            http_getter(self.http, location.domain, self.config.max_response_size),
+            http_getter(
+                self._getter(),
+                location.domain,
+                self.config.max_response_size,
+                timeout=self.config.timeout,
+                answered_on=answered_on,
+            ),
             PinStore(self.home.root / LOG_PINS),
             witnesses=self.config.log_witnesses,
             quorum=self.config.log_quorum,

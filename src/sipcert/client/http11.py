@@ -1,0 +1,245 @@
+"""One HTTP/1.1 connection to a Store, parsed by h11, over an already verified TLS stream.
+
+The stream comes from :class:`~sipcert.client.tls.RoutedBackend` after SNI, chain and the
+exact name check of draft §4.3 passed; this module only frames requests and reads answers.
+h11 does the parsing (status line, header syntax, ``Content-Length`` versus chunked, the
+16 KiB limit on an answer's head); the body limit, the timeouts and the words of each error
+are ours. Every failure is a :class:`~sipcert.errors.SipCertError`:
+
+* the connection ends before the first byte of an answer: :class:`ClosedBeforeAnswerError`
+  (a kept-alive connection the Store closed while idle; the transport retries a GET once);
+* any other network failure or a timeout: :class:`~sipcert.errors.TransportError`;
+* an answer that breaks HTTP/1.1 (a malformed status line or header, a bad
+  ``Content-Length``, a head over 16 KiB, a body cut short): :class:`TransportError` naming
+  what was wrong;
+* a body over the caller's limit: :class:`~sipcert.errors.InputTooLargeError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import h11
+import httpcore
+
+from sipcert.errors import InputTooLargeError, TransportError
+
+__all__ = ["MAX_HEAD_SIZE", "Answer", "ClosedBeforeAnswerError", "HTTP11Connection"]
+
+#: Largest answer head (status line and header fields) read; h11's default, as httpcore's.
+MAX_HEAD_SIZE = 16 * 1024
+_READ_SIZE = 64 * 1024
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ClosedBeforeAnswerError(TransportError):
+    """The connection ended before any byte of the answer (an idle keep-alive close)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole answer: status, header fields (names lower-case, repeated ones joined with
+    ``", "``), body, and the connection that carried it."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: bytes
+    connection: HTTP11Connection = field(compare=False, repr=False)
+
+
+def joined_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Header fields as one ``dict``, as ``dict(httpx.Headers)`` gives them."""
+    pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
+    headers = dict(pairs)
+    if len(headers) < len(pairs):  # a repeated field: join its values in order
+        headers = {}
+        for key, text in pairs:
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+class HTTP11Connection:
+    """One kept-alive HTTP/1.1 connection: one request at a time, answers read in full or
+    the connection is closed (nothing is left half-read on a connection that is reused)."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream, domain: str) -> None:
+        self.stream = stream
+        self.domain = domain
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
+        #: Answers read in full on this connection (0: it has not carried one yet).
+        self.answered = 0
+        self.closed = False
+        self._fed = 0  # bytes given to h11 since the request was sent
+        #: Facts this server said on this connection, with the ``time.monotonic`` they were
+        #: said at (see :meth:`remember`).
+        self._notes: dict[str, float] = {}
+
+    def remember(self, fact: str) -> None:
+        """Note that the server on this connection said ``fact`` (e.g. it has no log)."""
+        self._notes[fact] = time.monotonic()
+
+    def recalls(self, fact: str, max_age: float) -> bool:
+        """Whether this connection's server said ``fact`` within the last ``max_age`` s."""
+        said = self._notes.get(fact)
+        return said is not None and time.monotonic() - said <= max_age
+
+    @property
+    def reusable(self) -> bool:
+        """Open, between two exchanges, and nothing unasked arrived (no close from the peer)."""
+        return (
+            not self.closed
+            and self._h11.our_state is h11.IDLE
+            and self._h11.their_state is h11.IDLE
+            and not self.stream.get_extra_info("is_readable")
+        )
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                await self.stream.aclose()
+            except (OSError, httpcore.NetworkError):
+                pass  # already gone: nothing to release
+
+    def _failure(self, exc: BaseException, step: str) -> TransportError:
+        from sipcert.client.tls import in_words  # tls builds on this module
+
+        if isinstance(exc, (TimeoutError, httpcore.TimeoutException)):
+            return TransportError(f"{step} the Store of {self.domain} timed out")
+        why = in_words(exc, None, None, "talking to it")
+        return TransportError(f"{step} the Store of {self.domain} failed: {why}")
+
+    async def send(
+        self, method: bytes, target: bytes, headers: Headers, body: bytes, timeout: float | None
+    ) -> None:
+        """Write one request (``Host`` and ``Content-Length`` must be among ``headers``)."""
+        try:
+            data = self._h11.send(h11.Request(method=method, target=target, headers=headers))
+            if body:
+                data += self._h11.send(h11.Data(data=body)) or b""
+            data += self._h11.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError as exc:
+            await self.aclose()
+            raise TransportError(f"a request to {self.domain} could not be framed: {exc}") from exc
+        self._fed = 0
+        try:
+            await self.stream.write(data or b"", timeout)
+        except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
+            await self.aclose()
+            if self.answered:
+                raise ClosedBeforeAnswerError(
+                    f"the Store of {self.domain} closed the kept-alive connection"
+                ) from exc
+            raise self._failure(exc, "sending to") from exc
+
+    async def _next(self, timeout: float | None, *, first: bool = False) -> h11.Event:
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self.aclose()
+                raise TransportError(self._protocol_error(exc)) from exc
+            if event is not h11.NEED_DATA:
+                assert isinstance(event, h11.Event)  # noqa: S101 (PAUSED is for servers)
+                return event
+            try:
+                data = await self.stream.read(_READ_SIZE, timeout)
+            except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
+                await self.aclose()
+                if first and self.answered and not isinstance(exc, httpcore.TimeoutException):
+                    raise ClosedBeforeAnswerError(
+                        f"the Store of {self.domain} reset the kept-alive connection"
+                    ) from exc
+                raise self._failure(exc, "reading the answer of") from exc
+            if not data and first:
+                await self.aclose()
+                raise ClosedBeforeAnswerError(
+                    f"the Store of {self.domain} closed the connection without answering"
+                )
+            first = first and not data
+            self._fed += len(data)
+            self._h11.receive_data(data)
+
+    def _protocol_error(self, exc: h11.RemoteProtocolError) -> str:
+        if exc.error_status_hint == 431:
+            return self._too_long()
+        return f"the Store of {self.domain} broke the HTTP/1.1 protocol: {exc or 'malformed'}"
+
+    def _too_long(self) -> str:
+        return (
+            f"the Store of {self.domain} broke the HTTP/1.1 protocol: its answer's head is "
+            f"over {MAX_HEAD_SIZE} bytes"
+        )
+
+    async def receive_head(self, timeout: float | None) -> h11.Response:
+        """The final answer's status line and header fields (1xx answers are skipped)."""
+        first = True
+        while True:
+            event = await self._next(timeout, first=first)
+            first = False
+            if isinstance(event, h11.Response):
+                # h11 bounds a head that arrives in pieces; one that came whole is measured
+                # here, so the limit does not depend on how the bytes were split.
+                if self._fed - len(self._h11.trailing_data[0]) > MAX_HEAD_SIZE:
+                    await self.aclose()
+                    raise TransportError(self._too_long())
+                return event
+            if not isinstance(event, h11.InformationalResponse):  # pragma: no cover (h11)
+                await self.aclose()
+                raise TransportError(f"the Store of {self.domain} sent no answer head")
+
+    async def body(self, timeout: float | None) -> AsyncIterator[bytes]:
+        """The answer's body in chunks; at its end the connection is ready for the next
+        request, or closed when the Store said ``Connection: close``."""
+        while True:
+            event = await self._next(timeout)
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._finish()
+                return
+            else:  # ConnectionClosed after a body delimited by the close: h11 says so above
+                await self.aclose()
+                return
+
+    def _finish(self) -> None:
+        self.answered += 1
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+        else:
+            self.closed = True  # MUST_CLOSE: the Store ends it; the caller closes our side
+
+    async def read_body(self, limit: int, declared: str | None, timeout: float | None) -> bytes:
+        """The whole body, at most ``limit`` bytes (else :class:`InputTooLargeError`)."""
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self.aclose()
+            raise InputTooLargeError(
+                f"the Store's answer is {declared} bytes, over the limit of {limit}"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.body(timeout):
+            size += len(chunk)
+            if size > limit:
+                await self.aclose()
+                raise InputTooLargeError(f"the Store's answer is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        if self.closed:
+            await self.aclose()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def exchange(
+        self, method: bytes, target: bytes, headers: Headers, limit: int, timeout: float | None
+    ) -> Answer:
+        """One bodiless request and its whole answer."""
+        await self.send(method, target, headers, b"", timeout)
+        head = await self.receive_head(timeout)
+        fields = joined_headers(head.headers)
+        body = await self.read_body(limit, fields.get("content-length"), timeout)
+        return Answer(
+            head.status_code, head.reason.decode("latin-1"), fields, body, connection=self
+        )
