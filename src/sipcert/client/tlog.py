@@ -16,6 +16,7 @@ checked TLS connection to the Store: draft §4.3's trust unit) and keeps what it
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -58,6 +59,11 @@ __all__ = ["LOG_PINS", "NO_LOG_FILE", "Alarm", "LogClient", "LogState", "PinStor
 LOG_PINS = "tlog-pins.json"
 #: In the UA's cache folder: domains whose Store answered 404 on /log/vkey, until when.
 NO_LOG_FILE = "tlog-absent.json"
+#: Seconds a UA asks the checkpoint again while it has fewer cosignatures than its quorum
+#: (witnesses cosign a new checkpoint in the background, within milliseconds normally),
+#: and how often.
+COSIGN_WAIT = 3.0
+COSIGN_POLL = 0.1
 
 #: ``get(path)``: the body of ``GET https://<domain><path>``, None for a 404.
 Getter = Callable[[str], Awaitable[bytes | None]]
@@ -196,6 +202,7 @@ class LogClient:
         *,
         witnesses: Sequence[Verifier] = (),
         quorum: int = 0,
+        cosign_wait: float = COSIGN_WAIT,
     ) -> None:
         if quorum > len(witnesses):
             raise ConfigError(f"a quorum of {quorum} needs at least {quorum} witnesses")
@@ -204,6 +211,7 @@ class LogClient:
         self.pins = pins
         self.witnesses = tuple(witnesses)
         self.quorum = quorum
+        self.cosign_wait = cosign_wait
         #: Whether the last :meth:`publishes_log` got a 404 (the only answer a UA may cache as
         #: "no log"; an error is asked again next time).
         self.answered_404 = False
@@ -276,11 +284,20 @@ class LogClient:
             ForkError: it cannot extend the checkpoint this UA saw before (a split view).
         """
         key = await self.log_key()
-        note = await self._fetch("/log/checkpoint")
-        opened = open_note(note, [key, *self.witnesses])
-        if key not in opened.verified:
-            raise ProofError(f"the checkpoint of {self.domain} is not signed by its log key")
-        cosigned = [v for v in opened.verified if v in self.witnesses]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cosign_wait
+        while True:
+            note = await self._fetch("/log/checkpoint")
+            opened = open_note(note, [key, *self.witnesses])
+            if key not in opened.verified:
+                raise ProofError(f"the checkpoint of {self.domain} is not signed by its log key")
+            cosigned = [v for v in opened.verified if v in self.witnesses]
+            # The Store publishes a checkpoint as soon as it signs it and adds cosignatures
+            # as its witnesses return them: one made a moment ago (by this UA's own
+            # enrollment, say) is worth asking for again for a short while.
+            if len(cosigned) >= self.quorum or loop.time() >= deadline:
+                break
+            await asyncio.sleep(COSIGN_POLL)
         if len(cosigned) < self.quorum:
             raise ProofError(
                 f"the checkpoint of {self.domain} has {len(cosigned)} of the {self.quorum} "

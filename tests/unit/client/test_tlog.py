@@ -17,7 +17,7 @@ import pytest
 
 from sipcert.client.tlog import LogClient, PinStore
 from sipcert.errors import ConfigError, ForkError, NotFoundError, ProofError
-from sipcert.proto.note import ALG_COSIGNATURE_V1, Signer
+from sipcert.proto.note import ALG_COSIGNATURE_V1, Signer, parse_note
 from sipcert.server.tlog import LoggedStore, TransparencyLog, load_or_create_log_keys
 from sipcert.storage import StoredCertificate
 from sipcert.storage.memory import MemoryStore
@@ -151,7 +151,12 @@ def test_witness_quorum_is_required(tmp_path: Path) -> None:
         witness = Signer.generate("witness.test/w1", ALG_COSIGNATURE_V1).verifier
         async with running(store):
             client = LogClient(
-                DOMAIN, store.get, PinStore(tmp_path / "p.json"), witnesses=[witness], quorum=1
+                DOMAIN,
+                store.get,
+                PinStore(tmp_path / "p.json"),
+                witnesses=[witness],
+                quorum=1,
+                cosign_wait=0.3,
             )
             with pytest.raises(ProofError, match="0 of the 1 witness cosignatures"):
                 await client.checkpoint()
@@ -159,6 +164,36 @@ def test_witness_quorum_is_required(tmp_path: Path) -> None:
             LogClient(DOMAIN, store.get, PinStore(tmp_path / "p.json"), quorum=1)
 
     run(main)
+
+
+def test_a_checkpoint_is_asked_again_while_its_cosignature_is_on_its_way(
+    tmp_path: Path,
+) -> None:
+    """The Store serves a new checkpoint before its witnesses cosign it: the UA asks again."""
+    witness = Signer.generate("witness.test/w1", ALG_COSIGNATURE_V1)
+    asked: list[str] = []
+
+    async def main() -> None:
+        store = FakeStore(tmp_path, tmp_path / "db")
+
+        async def get(path: str) -> bytes | None:
+            body = await store.get(path)
+            if path != "/log/checkpoint" or body is None:
+                return body
+            asked.append(path)
+            if len(asked) < 3:
+                return body  # not cosigned yet
+            note = parse_note(body)
+            return note.with_signatures([witness.sign(note.text, 1)]).to_bytes()
+
+        async with running(store):
+            client = LogClient(
+                DOMAIN, get, PinStore(tmp_path / "p.json"), witnesses=[witness.verifier], quorum=1
+            )
+            assert (await client.checkpoint()).origin == DOMAIN
+
+    run(main)
+    assert len(asked) == 3
 
 
 def test_bobs_monitor_catches_a_certificate_injected_for_alice(tmp_path: Path) -> None:
