@@ -141,6 +141,7 @@ class Publisher:
         self._current: Generation = {}  # what each AOR's symlink points to (or will)
         self._markers: set[str] = set()  # "<domain>/<user>" with a marker
         self._refresh: asyncio.Task[bool] | None = None
+        self._pending: Generation | None = None  # written, its reload not yet confirmed
         self._refreshed_at = clock()
         self.published = 0
         try:
@@ -353,18 +354,22 @@ class Publisher:
     async def refresh_map(self) -> bool:
         """Write a new generation, reload nginx, and drop the markers it makes useless.
 
-        True when nginx confirmed the reload; otherwise every generation written stays a
-        candidate (and with it every marker) until a later reload is confirmed.
+        True when nginx confirmed the reload. Until then the generation written stays
+        pending: a later call asks nginx to reload that one again rather than write another,
+        so an nginx that is down costs one candidate generation, not one per attempt.
         """
-        generation = self._take_generation()
-        self._generations.append(generation)  # before any await: later changes compare
-        self._pinned = _pinned(self._generations)
         self._refreshed_at = self._clock()
-        try:
-            await asyncio.to_thread(self._write_generation, generation)
-        except OSError as exc:
-            log.error("writing the nginx map failed: %s", exc.strerror or exc)
-            return False
+        generation = self._pending
+        if generation is None:
+            generation = self._take_generation()
+            self._generations.append(generation)  # before any await: later changes compare
+            self._pinned = _pinned(self._generations)
+            try:
+                await asyncio.to_thread(self._write_generation, generation)
+            except OSError as exc:
+                log.error("writing the nginx map failed: %s", exc.strerror or exc)
+                return False
+            self._pending = generation
         if self.nginx_pid is None:
             return False
         confirmed = await asyncio.to_thread(reload_nginx, self.nginx_pid, RELOAD_TIMEOUT)
@@ -376,17 +381,17 @@ class Publisher:
                 RELOAD_TIMEOUT,
             )
             return False
-        # Only the generation just loaded is live now (a newer one may be pending).
-        index = next(i for i, g in enumerate(self._generations) if g is generation)
-        self._generations = self._generations[index:]
+        # nginx holds this generation and no other: the older ones and their markers go.
+        self._pending = None
+        self._generations = [generation]
         self._pinned = _pinned(self._generations)
         stale = [
             key
             for key in self._markers
-            if not any(key in g and g[key] != self._current.get(key) for g in self._generations)
+            if not (key in generation and generation[key] != self._current.get(key))
         ]
         try:
-            await asyncio.to_thread(self._drop_markers, stale, len(self._generations) == 1)
+            await asyncio.to_thread(self._drop_markers, stale)
         except OSError as exc:
             log.error("removing markers failed: %s", exc.strerror or exc)
         log.info(
@@ -403,15 +408,14 @@ class Publisher:
         if self.nginx_pid is not None or not self._generations:
             await self.refresh_map()
 
-    def _drop_markers(self, keys: list[str], only_live: bool) -> None:
+    def _drop_markers(self, keys: list[str]) -> None:
         for key in keys:
             domain, _, user = key.partition("/")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / domain / MARKERS / user)
             self._markers.discard(key)
-        if only_live:
-            for path in (self.root / MAP_FOLDER).glob("prev-*.txt"):
-                path.unlink()
+        for path in (self.root / MAP_FOLDER).glob("prev-*.txt"):
+            path.unlink()
 
     def _map_due(self) -> bool:
         """Whether markers call for a new generation now (never two refreshes at once)."""

@@ -213,6 +213,9 @@ def test_markers_follow_the_map_generations(
         reloads.append(False)
         assert not await publisher.refresh_map()
         assert len(list((tmp_path / "map").glob("prev-*.txt"))) == 1
+        reloads.append(False)  # asked again: the same pending generation, no new one
+        assert not await publisher.refresh_map()
+        assert len(list((tmp_path / "map").glob("prev-*.txt"))) == 1
         clock.now += GRACE + 1
         assert publisher.collect_garbage() == 0 and first.exists()
         assert marker.exists()
