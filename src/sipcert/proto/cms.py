@@ -250,7 +250,8 @@ def _single_attr(signed_attrs: Any, attr_type: str) -> Any:
 
 
 class _LRU:
-    """A bounded, thread-safe LRU map from the SHA-256 of a DER encoding to what it gives.
+    """A bounded, thread-safe LRU map from a DER encoding (:func:`_encoding_key`, or its
+    SHA-256), prefixed by what is derived, to what it gives.
 
     For derived values that depend on the DER alone (no clock, no trust decision), so a
     cached entry is exactly what computing again would give; callers store only successes.
@@ -277,6 +278,18 @@ class _LRU:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+def _encoding_key(what: bytes, encoding: bytes) -> bytes:
+    """The :class:`_LRU` key of what is derived (``what``) from ``encoding``.
+
+    An algorithm identifier is shorter than its SHA-256 and hashing it costs more than the
+    lookup, so short encodings are their own key; long ones (a hostile sender's) by SHA-256,
+    so no entry holds more than a few octets of key.
+    """
+    if len(encoding) <= 96:
+        return what + b"=" + encoding
+    return what + b"#" + hashlib.sha256(encoding).digest()
 
 
 #: Issuer, serial number and key identifiers of certificates (signers' and our own), and
@@ -1297,32 +1310,55 @@ def _oaep_parameters(algorithm: Any, encoding: bytes) -> tuple[str, str, bytes]:
     return hit
 
 
+def _key_transport(algorithm: Callable[[], Any], encoding: bytes) -> padding.OAEP | None:
+    """The OAEP padding of a keyEncryptionAlgorithm, None for PKCS#1 v1.5 (RFC 3560).
+
+    ``encoding`` is its DER, ``algorithm`` gives its asn1crypto value (only when not yet
+    remembered: a sender repeats it in every message, so the lean path need not parse it);
+    unsupported ones raise every time.
+    """
+    key = _encoding_key(b"ktri", encoding)
+    hit: tuple[padding.OAEP | None] | None = _ids_cache.get(key)
+    if hit is not None:
+        return hit[0]
+    value = algorithm()
+    name = value["algorithm"].native
+    pad = None
+    if name == "rsaes_oaep":
+        hash_name, mgf_hash, label = _oaep_parameters(value, encoding)
+        pad = padding.OAEP(
+            mgf=padding.MGF1(_MGF_DIGESTS[mgf_hash]()),
+            algorithm=_MGF_DIGESTS[hash_name](),
+            label=label or None,
+        )
+    elif name != "rsaes_pkcs1v15":
+        raise CMSError(f"key transport {name!r} is not supported (RSA PKCS#1 v1.5 or OAEP)")
+    _ids_cache.put(key, (pad,))
+    return pad
+
+
 def _unwrap_ktri(
-    algorithm: Any, encoding: bytes, encrypted: bytes, key: DecryptionKey, key_size: int
+    algorithm: Callable[[], Any],
+    encoding: bytes,
+    encrypted: bytes,
+    key: DecryptionKey,
+    key_size: int,
 ) -> bytes:
     """The content key from a KeyTransRecipientInfo (RFC 5652 §6.2.1, RFC 3560).
 
-    ``algorithm`` is its keyEncryptionAlgorithm (``encoding`` its DER), ``encrypted`` its
-    encryptedKey.
+    ``algorithm`` gives its keyEncryptionAlgorithm (``encoding`` its DER, see
+    :func:`_key_transport`), ``encrypted`` is its encryptedKey.
     """
     if not isinstance(key, rsa.RSAPrivateKey):
         raise DecryptionError(
             "our RecipientInfo uses RSA key transport but our key is not an RSA key"
         )
-    name = algorithm["algorithm"].native
-    if name == "rsaes_oaep":
-        hash_name, mgf_hash, label = _oaep_parameters(algorithm, encoding)
-        pad: padding.AsymmetricPadding = padding.OAEP(
-            mgf=padding.MGF1(_MGF_DIGESTS[mgf_hash]()),
-            algorithm=_MGF_DIGESTS[hash_name](),
-            label=label or None,
-        )
+    pad = _key_transport(algorithm, encoding)
+    if pad is not None:
         try:
             return key.decrypt(encrypted, pad)
         except ValueError as exc:
             raise DecryptionError("RSA-OAEP key transport does not decrypt with our key") from exc
-    if name != "rsaes_pkcs1v15":
-        raise CMSError(f"key transport {name!r} is not supported (RSA PKCS#1 v1.5 or OAEP)")
     try:
         cek = key.decrypt(encrypted, padding.PKCS1v15())
     except ValueError:
@@ -1360,17 +1396,18 @@ def _agree_with(key: DecryptionKey, oid: str, point: bytes) -> bytes:
     )
 
 
-def _kari_algorithms(algorithm: Any, encoding: bytes) -> tuple[str, str]:
+def _kari_algorithms(value: Callable[[], Any], encoding: bytes) -> tuple[str, str]:
     """(scheme OID, key wrap name) of a kari keyEncryptionAlgorithm (RFC 5753 §7.1.5).
 
-    The same in every message of a sender: remembered by SHA-256 of the
-    AlgorithmIdentifier's DER (``encoding``) once supported; unsupported ones raise every
-    time.
+    The same in every message of a sender: remembered by the AlgorithmIdentifier's DER
+    (``encoding``; ``value`` gives its asn1crypto value, only when not yet remembered) once
+    supported; unsupported ones raise every time.
     """
-    key = b"kari" + hashlib.sha256(encoding).digest()
+    key = _encoding_key(b"kari", encoding)
     hit: tuple[str, str] | None = _ids_cache.get(key)
     if hit is not None:
         return hit
+    algorithm = value()
     scheme = algorithm["algorithm"].dotted
     if scheme not in _KARI_SCHEMES:
         raise CMSError(f"key agreement scheme {scheme} is not supported (RFC 5753/8418 ECDH)")
@@ -1386,7 +1423,7 @@ def _kari_algorithms(algorithm: Any, encoding: bytes) -> tuple[str, str]:
 def _unwrap_kari(kari: Any, rek: Any, key: DecryptionKey) -> bytes:
     """The content key from a KeyAgreeRecipientInfo (RFC 5753 §3.1.2, RFC 8418 §2)."""
     algorithm = kari["key_encryption_algorithm"]
-    scheme, wrap = _kari_algorithms(algorithm, algorithm.dump())
+    scheme, wrap = _kari_algorithms(lambda: algorithm, algorithm.dump())
     ukm_value = kari["ukm"]
     ukm = None if ukm_value.native is None else bytes(ukm_value.native)
     shared = _agree(key, kari["originator"])
@@ -1449,6 +1486,15 @@ _LEAN_CIPHERS = _oid_contents(asn1_algos.EncryptionAlgorithmId._map, tuple(_CONT
 _ATTR_CONTENT_TYPE = _der_oid("1.2.840.113549.1.9.3")[2:]
 _ATTR_MESSAGE_DIGEST = _der_oid("1.2.840.113549.1.9.4")[2:]
 _ATTR_CAPABILITIES = _der_oid("1.2.840.113549.1.9.15")[2:]
+#: Attribute OIDs whose content octets are well formed (checked once, here), with signingTime.
+_ATTR_KNOWN = frozenset(
+    (
+        _ATTR_CONTENT_TYPE,
+        _ATTR_MESSAGE_DIGEST,
+        _ATTR_CAPABILITIES,
+        _der_oid("1.2.840.113549.1.9.5")[2:],
+    )
+)
 _ORIGINATOR_KEYS = {_der_oid(oid)[2:]: oid for oid in ("1.2.840.10045.2.1", _X25519_OID, _X448_OID)}
 
 #: asn1crypto objects of the per-sender constant parts, parsed in full, by (type, SHA-256).
@@ -1636,7 +1682,7 @@ def _lean_decrypt(data: bytes, key: DecryptionKey, cert: x509.Certificate) -> by
     _check_key_matches(key, cert)
     if entry.kind == "ktri":
         cek = _unwrap_ktri(
-            _asn1_once(asn1_cms.KeyEncryptionAlgorithm, entry.algorithm),
+            lambda: _asn1_once(asn1_cms.KeyEncryptionAlgorithm, entry.algorithm),
             entry.algorithm,
             entry.encrypted_key,
             key,
@@ -1644,7 +1690,7 @@ def _lean_decrypt(data: bytes, key: DecryptionKey, cert: x509.Certificate) -> by
         )
     else:
         scheme, wrap = _kari_algorithms(
-            _asn1_once(asn1_cms.KeyEncryptionAlgorithm, entry.algorithm), entry.algorithm
+            lambda: _asn1_once(asn1_cms.KeyEncryptionAlgorithm, entry.algorithm), entry.algorithm
         )
         shared = _agree_with(key, entry.originator_oid, entry.originator_point)
         cek = _kari_cek(scheme, wrap, shared, entry.ukm, entry.encrypted_key)
@@ -1676,7 +1722,8 @@ def _lean_attributes(
     for attr in der.children(data, attrs):
         kind, values = der.children(data, der.expect(attr, 0x30))
         oid = _lean_bytes(data, kind, 0x06)
-        _lean_valid_oid(oid)
+        if oid not in _ATTR_KNOWN:
+            _lean_valid_oid(oid)
         items = der.children(data, der.expect(values, 0x31))
         if oid in (_ATTR_MESSAGE_DIGEST, _ATTR_CONTENT_TYPE, _ATTR_CAPABILITIES):
             if oid in seen or len(items) != 1:
@@ -1716,6 +1763,26 @@ def _lean_find_signer(
     return hit
 
 
+def _lean_signer_algorithms(
+    digest_alg: bytes, signature_alg: bytes
+) -> tuple[str, Literal["pkcs1v15", "pss", "ecdsa", "ed25519"], int, str]:
+    """(digest, scheme, PSS salt length, MGF1 digest) of a SignerInfo's two algorithms.
+
+    Their DER, as a sender repeats them in every message, gives the same answer each time:
+    remembered by the two encodings once supported; unsupported ones raise every time.
+    """
+    key = _encoding_key(b"sigalgs", len(digest_alg).to_bytes(4, "big") + digest_alg + signature_alg)
+    hit = _ids_cache.get(key)
+    if hit is None:
+        digest = _digest_name(_asn1_once(asn1_algos.DigestAlgorithm, digest_alg), "SignerInfo")
+        scheme = _signature_scheme(
+            _asn1_once(asn1_algos.SignedDigestAlgorithm, signature_alg), digest
+        )
+        hit = (digest, *scheme)
+        _ids_cache.put(key, hit)
+    return hit  # type: ignore[no-any-return]
+
+
 def _lean_signer(
     data: bytes,
     signer: der.TLV,
@@ -1742,13 +1809,8 @@ def _lean_signer(
     signature_alg = der.expect(rest[0], 0x30)
     signature = _lean_bytes(data, rest[1])
     certificate_der = _lean_find_signer(data[sid.start : sid.end], embedded, extra)
-    digest = _digest_name(
-        _asn1_once(asn1_algos.DigestAlgorithm, data[digest_alg.start : digest_alg.end]),
-        "SignerInfo",
-    )
-    scheme, salt, mgf_digest = _signature_scheme(
-        _asn1_once(asn1_algos.SignedDigestAlgorithm, data[signature_alg.start : signature_alg.end]),
-        digest,
+    digest, scheme, salt, mgf_digest = _lean_signer_algorithms(
+        data[digest_alg.start : digest_alg.end], data[signature_alg.start : signature_alg.end]
     )
     signed_attrs: bytes | None = None
     message_digest: bytes | None = None
@@ -1812,7 +1874,19 @@ def _check_key_matches(key: DecryptionKey, cert: x509.Certificate) -> None:
 
 
 def _open_gcm(cek: bytes, nonce: bytes, tag: bytes, aad: bytes, ciphertext: bytes) -> bytes:
-    """AES-GCM decryption of the content (RFC 5084 §3), the tag checked."""
+    """AES-GCM decryption of the content (RFC 5084 §3), the tag checked.
+
+    The usual 16-octet tag goes through the one-call AEAD interface (a third of the cost
+    of the streaming one for a SIP body); shorter tags, which it does not take, through
+    the streaming one.
+    """
+    if len(tag) == 16:
+        try:
+            return AESGCM(cek).decrypt(nonce, ciphertext + tag, aad or None)
+        except InvalidTag as exc:
+            raise DecryptionError(
+                "AES-GCM authentication failed: the message was altered, or the key is wrong"
+            ) from exc
     decryptor = cipher_base.Cipher(
         block_ciphers.AES(cek), modes.GCM(nonce, tag, min_tag_length=12)
     ).decryptor()
@@ -1878,7 +1952,11 @@ def decrypt_enveloped(
             ktri = info.chosen
             algorithm = ktri["key_encryption_algorithm"]
             cek = _unwrap_ktri(
-                algorithm, algorithm.dump(), bytes(ktri["encrypted_key"].native), key, key_size
+                lambda: algorithm,
+                algorithm.dump(),
+                bytes(ktri["encrypted_key"].native),
+                key,
+                key_size,
             )
         else:
             cek = _unwrap_kari(info.chosen, rek, key)
