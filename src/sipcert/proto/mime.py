@@ -97,6 +97,18 @@ class MimePart:
             _check_header_value(name, value)
         _transfer_encoding(self.headers)
 
+    @classmethod
+    def _checked(
+        cls, content_type: str, body: bytes, headers: tuple[tuple[str, str], ...]
+    ) -> MimePart:
+        """A part whose ``content_type`` and ``headers`` already passed these checks
+        (:func:`_read_head`): the body is not checked, so they need not run again."""
+        part = object.__new__(cls)
+        object.__setattr__(part, "content_type", content_type)
+        object.__setattr__(part, "body", body)
+        object.__setattr__(part, "headers", headers)
+        return part
+
     def header(self, name: str) -> str | None:
         """The value of the first header called ``name`` (case-insensitive), or None."""
         wanted = name.lower()
@@ -315,6 +327,40 @@ def _parse_headers(head: bytes, limits: MimeLimits) -> list[tuple[str, str]]:
     return headers
 
 
+#: Header blocks up to this size are remembered (:func:`_read_head_cached`).
+_MAX_REMEMBERED_HEAD = 2048
+
+
+def _read_head(
+    head: bytes, limits: MimeLimits
+) -> tuple[str, tuple[tuple[str, str], ...], str, str]:
+    """(Content-Type, the other headers, transfer encoding, media type) of a header block.
+
+    Everything :class:`MimePart` checks is checked here too, so a part made of the result
+    needs no second check (:meth:`MimePart._checked`).
+    """
+    headers = _parse_headers(head, limits)
+    content_types = [v for k, v in headers if k.lower() == "content-type"]
+    if len(content_types) > 1:
+        raise MIMEError("more than one Content-Type header")
+    content_type = content_types[0] if content_types else "text/plain"
+    media_type, _ = parse_content_type(content_type)
+    extra = tuple((k, v) for k, v in headers if k.lower() != "content-type")
+    encoding = _transfer_encoding(extra)
+    MimePart(content_type=content_type, body=b"", headers=extra)  # its checks, or its error
+    return content_type, extra, encoding, media_type
+
+
+@functools.lru_cache(maxsize=256)
+def _read_head_cached(
+    head: bytes, limits: MimeLimits
+) -> tuple[str, tuple[tuple[str, str], ...], str, str]:
+    """:func:`_read_head`, memoized: the body parts of a sender's multipart/signed have
+    the same header blocks in every message; a pure function of the bytes and limits, and
+    errors are not cached."""
+    return _read_head(head, limits)
+
+
 def parse_mime_part(
     data: bytes, *, limits: MimeLimits = DEFAULT_LIMITS, _depth: int = 0
 ) -> MimePart:
@@ -339,14 +385,10 @@ def parse_mime_entity(
     if len(data) > limits.max_size:
         raise InputTooLargeError(f"MIME entity is {len(data)} octets (limit {limits.max_size})")
     head, body = _split_head(data)
-    headers = _parse_headers(head, limits)
-    content_types = [v for k, v in headers if k.lower() == "content-type"]
-    if len(content_types) > 1:
-        raise MIMEError("more than one Content-Type header")
-    content_type = content_types[0] if content_types else "text/plain"
-    media_type, _ = parse_content_type(content_type)
-    extra = tuple((k, v) for k, v in headers if k.lower() != "content-type")
-    encoding = _transfer_encoding(extra)
+    if len(head) <= _MAX_REMEMBERED_HEAD:
+        content_type, extra, encoding, media_type = _read_head_cached(head, limits)
+    else:
+        content_type, extra, encoding, media_type = _read_head(head, limits)
     if encoding == "base64":
         if media_type.startswith("multipart/"):
             raise MIMEError("a multipart entity must not be base64 encoded (RFC 2045 §6.4)")
@@ -354,7 +396,7 @@ def parse_mime_entity(
             body = binascii.a2b_base64(_BASE64_WHITESPACE.sub(b"", body), strict_mode=True)
         except binascii.Error as exc:
             raise MIMEError(f"invalid base64 body: {exc}") from exc
-    part = MimePart(content_type=content_type, body=body, headers=extra)
+    part = MimePart._checked(content_type, body, extra)
     multipart = None
     if media_type.startswith("multipart/"):
         multipart = parse_multipart(content_type, body, limits=limits, _depth=_depth)
