@@ -105,6 +105,8 @@ _DIGESTS: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
     "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
+#: The ECDSA parameter per digest, made once (its constructor imports the backend each call).
+_ECDSA = {name: ec.ECDSA(digest()) for name, digest in _DIGESTS.items()}
 #: Signature OIDs that name their hash; asn1crypto's names for them.
 _COMBINED = {
     "sha256_rsa": "sha256",
@@ -287,7 +289,7 @@ def _encoding_key(what: bytes, encoding: bytes) -> bytes:
     lookup, so short encodings are their own key; long ones (a hostile sender's) by SHA-256,
     so no entry holds more than a few octets of key.
     """
-    if len(encoding) <= 96:
+    if len(encoding) <= 128:
         return what + b"=" + encoding
     return what + b"#" + hashlib.sha256(encoding).digest()
 
@@ -308,26 +310,41 @@ class _CertIds:
     def __init__(self, der: bytes) -> None:
         self.der = der
         self._fingerprint = hashlib.sha256(der).digest()
+        self._issuer_serial: tuple[int, bytes] | None = None
+        self._key_ids: tuple[bytes | None, bytes] | None = None
 
     def issuer_serial(self) -> tuple[int, bytes]:
         """(serial number, issuer Name DER)."""
+        if self._issuer_serial is not None:
+            return self._issuer_serial
         key = b"ias" + self._fingerprint
         hit: tuple[int, bytes] | None = _ids_cache.get(key)
         if hit is None:
             parsed = asn1_x509.Certificate.load(self.der)
             hit = (int(parsed.serial_number), bytes(parsed.issuer.dump()))
             _ids_cache.put(key, hit)
+        self._issuer_serial = hit
         return hit
 
     def key_ids(self) -> tuple[bytes | None, bytes]:
         """(subjectKeyIdentifier or None, SHA-1 of the subjectPublicKey)."""
+        if self._key_ids is not None:
+            return self._key_ids
         key = b"kid" + self._fingerprint
         hit: tuple[bytes | None, bytes] | None = _ids_cache.get(key)
         if hit is None:
             parsed = asn1_x509.Certificate.load(self.der)
             hit = (parsed.key_identifier, bytes(parsed.public_key.sha1))
             _ids_cache.put(key, hit)
+        self._key_ids = hit
         return hit
+
+
+@functools.lru_cache(maxsize=64)
+def _our_ids(cert: x509.Certificate) -> _CertIds:
+    """The :class:`_CertIds` of our own certificate, which opens every message we receive:
+    what it has read stays with it (a pure function of the DER)."""
+    return _CertIds(_cert_der(cert))
 
 
 @functools.lru_cache(maxsize=64)
@@ -433,7 +450,7 @@ def _capability_names(encoding: bytes, parsed: Callable[[], Any]) -> tuple[str, 
     A sender announces the same list in every message: it is read once per encoding. A
     malformed announcement is no announcement (RFC 8551 §2.5.2): ().
     """
-    key = b"cap" + hashlib.sha256(encoding).digest()
+    key = _encoding_key(b"cap", encoding)
     hit: tuple[str, ...] | None = _ids_cache.get(key)
     if hit is None:
         try:
@@ -564,7 +581,7 @@ def _check_signer(data: _SignerData, content: bytes) -> x509.Certificate:
         elif data.scheme == "ecdsa":
             if not isinstance(public_key, ec.EllipticCurvePublicKey):
                 raise CMSError("ECDSA signature but the signer certificate has no EC key")
-            public_key.verify(data.signature, signed_bytes, ec.ECDSA(_DIGESTS[data.digest]()))
+            public_key.verify(data.signature, signed_bytes, _ECDSA[data.digest])
         else:
             if not isinstance(public_key, rsa.RSAPublicKey):
                 raise CMSError("RSA signature but the signer certificate has no RSA key")
@@ -1267,7 +1284,7 @@ def _our_recipient_info(envelope: Any, cert: x509.Certificate) -> tuple[Any, Any
     stop us from reading ours (RFC 5652 §6.2: "any of the RecipientInfo"). The entries
     after ours are not read: the first match is the one used.
     """
-    ours = _CertIds(_cert_der(cert))
+    ours = _our_ids(cert)
     for info in envelope["recipient_infos"]:
         if info.name == "ktri":
             if _names_us(info.chosen["rid"], ours):
@@ -1497,17 +1514,17 @@ _ATTR_KNOWN = frozenset(
 )
 _ORIGINATOR_KEYS = {_der_oid(oid)[2:]: oid for oid in ("1.2.840.10045.2.1", _X25519_OID, _X448_OID)}
 
-#: asn1crypto objects of the per-sender constant parts, parsed in full, by (type, SHA-256).
+#: asn1crypto objects of the per-sender constant parts, parsed in full, by type and DER.
 _asn1_cache = _LRU(512)
 
 
 def _asn1_once(spec: Any, encoding: bytes) -> Any:
-    """``spec.load(encoding)`` parsed in full, remembered by type and SHA-256 of ``encoding``.
+    """``spec.load(encoding)`` parsed in full, remembered by type and ``encoding``.
 
     For what a sender repeats in every message (a SignerIdentifier, an AlgorithmIdentifier):
     the same encoding parses to the same value; only successes are kept.
     """
-    key = spec.__name__.encode() + b"\0" + hashlib.sha256(encoding).digest()
+    key = _encoding_key(spec.__name__.encode() + b"\0", encoding)
     hit = _asn1_cache.get(key)
     if hit is None:
         hit = spec.load(encoding, strict=True)
@@ -1656,7 +1673,7 @@ def _lean_decrypt(data: bytes, key: DecryptionKey, cert: x509.Certificate) -> by
     fields = der.children(data, body)
     if len(fields) < 3 or der.integer(data, fields[0]) not in (0, 2, 3, 4):
         raise NotLean
-    entry = _lean_recipient(data, fields[1], _CertIds(_cert_der(cert)))
+    entry = _lean_recipient(data, fields[1], _our_ids(cert))
     info_fields = der.children(data, der.expect(fields[2], 0x30))
     if len(info_fields) != 3 or _lean_oid(data, info_fields[0], _LEAN_CONTENT_TYPES) != "data":
         raise NotLean
