@@ -38,7 +38,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from asn1crypto import algos as asn1_algos
 from asn1crypto import cms as asn1_cms
@@ -340,14 +340,51 @@ class _CertIds:
         return hit
 
 
-@functools.lru_cache(maxsize=64)
+_T = TypeVar("_T")
+
+
+def _per_certificate(
+    size: int,
+) -> Callable[[Callable[[x509.Certificate], _T]], Callable[[x509.Certificate], _T]]:
+    """A bounded cache of what a function gives for a certificate *object*, by identity.
+
+    For the certificate objects a UA hands in with every message (its own, a sender's,
+    its devices'): ``hash(cert)``, which ``functools.lru_cache`` needs, hashes the whole
+    DER (~3 µs a lookup). Each entry holds its object, so the ``id`` is not reused while
+    the entry lives; an equal but distinct object gets its own (equal) entry; the oldest
+    entry goes first; errors are not kept.
+    """
+
+    def wrap(func: Callable[[x509.Certificate], _T]) -> Callable[[x509.Certificate], _T]:
+        items: dict[int, tuple[x509.Certificate, _T]] = {}
+        lock = threading.Lock()
+
+        @functools.wraps(func)
+        def lookup(cert: x509.Certificate) -> _T:
+            hit = items.get(id(cert))
+            if hit is not None and hit[0] is cert:
+                return hit[1]
+            value = func(cert)
+            with lock:
+                items.pop(id(cert), None)
+                if len(items) >= size:
+                    items.pop(next(iter(items)))
+                items[id(cert)] = (cert, value)
+            return value
+
+        return lookup
+
+    return wrap
+
+
+@_per_certificate(64)
 def _our_ids(cert: x509.Certificate) -> _CertIds:
     """The :class:`_CertIds` of our own certificate, which opens every message we receive:
     what it has read stays with it (a pure function of the DER)."""
     return _CertIds(_cert_der(cert))
 
 
-@functools.lru_cache(maxsize=64)
+@_per_certificate(64)
 def _cert_der(cert: x509.Certificate) -> bytes:
     """The DER of a certificate object we are handed again and again (ours, a sender's)."""
     return cert.public_bytes(serialization.Encoding.DER)
@@ -904,15 +941,24 @@ def _issuer_and_serial(cert: x509.Certificate) -> bytes:
     return _recipient(cert)[2]
 
 
-@functools.lru_cache(maxsize=256)
-def _recipient(cert: x509.Certificate) -> tuple[bytes, Any, bytes]:
-    """(DER, public key, IssuerAndSerialNumber) of a recipient certificate.
+@_per_certificate(256)
+def _recipient(cert: x509.Certificate) -> tuple[bytes, Any, bytes, Literal["ktri", "kari", ""]]:
+    """(DER, public key, IssuerAndSerialNumber, RecipientInfo kind) of a recipient
+    certificate; the kind is "" for a key that cannot receive.
 
     A UA encrypts to the same few devices again and again; these depend on the
     certificate alone (the key object is immutable), so they are made once per certificate.
     """
     ias = _der_seq(cert.issuer.public_bytes(), _der_int(cert.serial_number))
-    return _cert_der(cert), cert.public_key(), ias
+    public_key = cert.public_key()
+    kind: Literal["ktri", "kari", ""] = ""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        kind = "ktri"
+    elif isinstance(
+        public_key, ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey
+    ):
+        kind = "kari"
+    return _cert_der(cert), public_key, ias, kind
 
 
 @functools.lru_cache(maxsize=16)
@@ -942,26 +988,32 @@ def _kdf(scheme: str, shared: bytes, wrap: str, ukm: bytes | None) -> bytes:
     return HKDF(algorithm=hash_cls(), length=size, salt=None, info=info).derive(shared)
 
 
-def _ktri(cert: x509.Certificate, public_key: rsa.RSAPublicKey, cek: bytes, how: str) -> bytes:
-    """A KeyTransRecipientInfo (RFC 5652 §6.2.1) naming ``cert`` by issuer and serial."""
+#: The paddings of the two key transports we send (immutable, so made once).
+_OAEP_SHA256_PADDING = padding.OAEP(
+    mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None
+)
+_PKCS1V15_PADDING = padding.PKCS1v15()
+
+
+@functools.lru_cache(maxsize=256)
+def _ktri_head(ias: bytes, how: str) -> tuple[bytes, padding.AsymmetricPadding]:
+    """(version, rid and keyEncryptionAlgorithm of a ktri to IssuerAndSerialNumber ``ias``,
+    the padding): what every message to that certificate repeats."""
     if how == "rsa-oaep":
-        pad: padding.AsymmetricPadding = padding.OAEP(
-            mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None
-        )
-        algorithm = _OAEP_SHA256
-    else:
-        pad = padding.PKCS1v15()
-        algorithm = _PKCS1V15
-    return _der_seq(
-        _der_int(0),
-        _issuer_and_serial(cert),
-        algorithm,
-        _der_octets(public_key.encrypt(cek, pad)),
-    )
+        return b"\x02\x01\x00" + ias + _OAEP_SHA256, _OAEP_SHA256_PADDING
+    return b"\x02\x01\x00" + ias + _PKCS1V15, _PKCS1V15_PADDING
 
 
-def _kari(cert: x509.Certificate, public_key: Any, cek: bytes) -> bytes:
-    """A KeyAgreeRecipientInfo with a fresh ephemeral key (RFC 5753 §3.1, RFC 8418 §2).
+def _ktri(ias: bytes, public_key: rsa.RSAPublicKey, cek: bytes, how: str) -> bytes:
+    """A KeyTransRecipientInfo (RFC 5652 §6.2.1) naming a certificate by issuer and serial
+    (``ias``, its IssuerAndSerialNumber)."""
+    head, pad = _ktri_head(ias, how)
+    return _der_seq(head, _der_octets(public_key.encrypt(cek, pad)))
+
+
+def _kari(ias: bytes, public_key: Any, cek: bytes) -> bytes:
+    """A KeyAgreeRecipientInfo with a fresh ephemeral key (RFC 5753 §3.1, RFC 8418 §2) to
+    the certificate of IssuerAndSerialNumber ``ias``.
 
     The originator is the ephemeral public key, id-ecPublicKey with absent parameters
     (RFC 5753 §7.1.2; the curve is the recipient's) or id-X25519/id-X448.
@@ -994,7 +1046,7 @@ def _kari(cert: x509.Certificate, public_key: Any, cek: bytes) -> bytes:
         b"\x02\x01\x03"  # version 3
         + _der(0xA0, originator)
         + _kari_algorithm_der(scheme, wrap)
-        + _der_seq(_der_seq(_issuer_and_serial(cert), _der_octets(keywrap.aes_key_wrap(kek, cek)))),
+        + _der_seq(_der_seq(ias, _der_octets(keywrap.aes_key_wrap(kek, cek)))),
     )
 
 
@@ -1036,17 +1088,14 @@ def encrypt_enveloped(
     seen: set[bytes] = set()
     try:
         for cert in recipients:
-            der, public_key, _ = _recipient(cert)
+            der, public_key, ias, kind = _recipient(cert)
             if der in seen:
                 continue
             seen.add(der)
-            if isinstance(public_key, rsa.RSAPublicKey):
-                infos.append(_ktri(cert, public_key, cek, algorithms.rsa))
-            elif isinstance(
-                public_key,
-                ec.EllipticCurvePublicKey | x25519.X25519PublicKey | x448.X448PublicKey,
-            ):
-                infos.append(_kari(cert, public_key, cek))
+            if kind == "ktri":
+                infos.append(_ktri(ias, public_key, cek, algorithms.rsa))
+            elif kind == "kari":
+                infos.append(_kari(ias, public_key, cek))
                 all_ktri = False
             else:
                 raise CryptoError(
@@ -1164,37 +1213,22 @@ def sign_detached(
     """
     if digest not in _DIGESTS:
         raise CryptoError(f"unsupported digest {digest!r} (sha256, sha384 or sha512)")
-    hash_algorithm = _DIGESTS[digest]()
-    digest_id = _der_seq(_der_oid(_DIGEST_OIDS[digest]))
     if isinstance(key, rsa.RSAPrivateKey):
-        if rsa_pss:
-            pad: padding.AsymmetricPadding = padding.PSS(
-                mgf=padding.MGF1(hash_algorithm), salt_length=hash_algorithm.digest_size
-            )
-            signature_id = _der_seq(
-                _der_oid("1.2.840.113549.1.1.10"),
-                _der_seq(
-                    _der(0xA0, digest_id),
-                    _der(0xA1, _der_seq(_der_oid(_OID["mgf1"]), digest_id)),
-                    _der(0xA2, _der_int(hash_algorithm.digest_size)),
-                ),
-            )
-        else:
-            pad = padding.PKCS1v15()
-            signature_id = _der_seq(_der_oid(_RSA_SIG_OIDS[digest]), _NULL)
+        kind = "rsa-pss" if rsa_pss else "rsa"
     elif isinstance(key, ec.EllipticCurvePrivateKey):
         if rsa_pss:
             raise CryptoError("RSA-PSS was requested but the signing key is an EC key")
-        signature_id = _der_seq(_der_oid(_ECDSA_SIG_OIDS[digest]))
+        kind = "ecdsa"
     else:
         raise CryptoError(f"cannot sign CMS with a {type(key).__name__}: RSA or EC keys only")
+    cert_der, _, ias, _ = _recipient(cert)
+    signer_head, signature_id, signed_head = _signer_parts(cert_der, ias, digest, kind)
     attributes = [
-        _attribute("content_type", _der_oid(_OID["data"])),
+        _ATTRIBUTE_DATA,
         _attribute("message_digest", _der_octets(hashlib.new(digest, content).digest())),
-        _attribute(
-            "smime_capabilities",
-            _OUR_CAPABILITIES if capabilities is None else _announce(capabilities),
-        ),
+        _ATTRIBUTE_OUR_CAPABILITIES
+        if capabilities is None
+        else _attribute("smime_capabilities", _announce(capabilities)),
     ]
     if signing_time is not None:
         attributes.append(_attribute("signing_time", _der_time(signing_time)))
@@ -1202,27 +1236,63 @@ def sign_detached(
     try:
         to_sign = _der(0x31, signed_attrs)  # RFC 5652 §5.4: signed as a SET
         if isinstance(key, rsa.RSAPrivateKey):
-            signature = key.sign(to_sign, pad, hash_algorithm)
+            signature = key.sign(to_sign, _RSA_PADDINGS[kind, digest], _DIGESTS[digest]())
         else:
-            signature = key.sign(to_sign, ec.ECDSA(hash_algorithm))
+            signature = key.sign(to_sign, _ECDSA[digest])
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CryptoError(f"CMS signing failed: {exc}") from exc
     signer_info = _der_seq(
-        _der_int(1),
-        _issuer_and_serial(cert),
-        digest_id,
-        _der(0xA0, signed_attrs),
-        signature_id,
-        _der_octets(signature),
+        signer_head, _der(0xA0, signed_attrs), signature_id, _der_octets(signature)
     )
-    signed_data = _der_seq(
-        _der_int(1),
-        _der(0x31, digest_id),
-        _der_seq(_der_oid(_OID["data"])),
-        _der(0xA0, _cert_der(cert)),
-        _der(0x31, signer_info),
+    signed_data = _der_seq(signed_head, _der(0x31, signer_info))
+    return _der_seq(_SIGNED_DATA_OID, _der(0xA0, signed_data))
+
+
+_SIGNED_DATA_OID = _der_oid("1.2.840.113549.1.7.2")
+_ATTRIBUTE_DATA = _attribute("content_type", _der_oid(_OID["data"]))
+_ATTRIBUTE_OUR_CAPABILITIES = _attribute("smime_capabilities", _OUR_CAPABILITIES)
+#: RSA signature paddings by (kind, digest); PSS with a salt as long as the digest (RFC 4056 §3).
+_RSA_PADDINGS: dict[tuple[str, str], padding.AsymmetricPadding] = {
+    **{("rsa", name): padding.PKCS1v15() for name in _DIGESTS},
+    **{
+        ("rsa-pss", name): padding.PSS(mgf=padding.MGF1(hash_()), salt_length=hash_.digest_size)
+        for name, hash_ in _DIGESTS.items()
+    },
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _signer_parts(
+    cert_der: bytes, ias: bytes, digest: str, kind: str
+) -> tuple[bytes, bytes, bytes]:
+    """What every SignedData of one signer repeats: (SignerInfo's version, sid and
+    digestAlgorithm; its signatureAlgorithm; SignedData's fields up to its certificates).
+
+    ``cert_der`` and ``ias`` (IssuerAndSerialNumber) are the ones :func:`_recipient` keeps,
+    whose hash Python keeps too.
+    """
+    digest_id = _der_seq(_der_oid(_DIGEST_OIDS[digest]))
+    if kind == "rsa-pss":
+        signature_id = _der_seq(
+            _der_oid("1.2.840.113549.1.1.10"),
+            _der_seq(
+                _der(0xA0, digest_id),
+                _der(0xA1, _der_seq(_der_oid(_OID["mgf1"]), digest_id)),
+                _der(0xA2, _der_int(_DIGESTS[digest].digest_size)),
+            ),
+        )
+    elif kind == "rsa":
+        signature_id = _der_seq(_der_oid(_RSA_SIG_OIDS[digest]), _NULL)
+    else:
+        signature_id = _der_seq(_der_oid(_ECDSA_SIG_OIDS[digest]))
+    signer_head = _der_int(1) + ias + digest_id
+    signed_head = (
+        _der_int(1)
+        + _der(0x31, digest_id)
+        + _der_seq(_der_oid(_OID["data"]))
+        + _der(0xA0, cert_der)
     )
-    return _der_seq(_der_oid("1.2.840.113549.1.7.2"), _der(0xA0, signed_data))
+    return signer_head, signature_id, signed_head
 
 
 # --- receiving -----------------------------------------------------------------------------

@@ -46,6 +46,9 @@ _FIELD_NAME_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
 #: RFC 2046 §5.1.1 ``bcharsnospace`` plus space (which must not be last).
 _BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _BASE64_WHITESPACE = re.compile(rb"[ \t\r\n]")
+#: RFC 5322 §3.2.4 quoted-string (without folding): up to the first unescaped quote.
+_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
 _IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 
 
@@ -73,6 +76,26 @@ def _check_header_value(name: str, value: str) -> None:
         raise MIMEError(f"{name} header value is not US-ASCII")
 
 
+def _check_fields(content_type: str, headers: Sequence[tuple[str, str]]) -> None:
+    """What :class:`MimePart` requires of its Content-Type and other headers."""
+    _check_header_value("Content-Type", content_type)
+    parse_content_type(content_type)
+    for name, value in headers:
+        if not name.isascii() or not _FIELD_NAME_RE.fullmatch(name.encode("ascii")):
+            raise MIMEError(f"invalid header name {name!r}")
+        if name.lower() == "content-type":
+            raise MIMEError("Content-Type belongs in content_type, not in headers")
+        _check_header_value(name, value)
+    _transfer_encoding(headers)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_fields_cached(content_type: str, headers: tuple[tuple[str, str], ...]) -> None:
+    """:func:`_check_fields`, memoized: a UA makes parts with the same few header sets
+    again and again (an S/MIME body three per message); errors are not cached."""
+    _check_fields(content_type, headers)
+
+
 @dataclass(frozen=True)
 class MimePart:
     """One MIME entity: its Content-Type, other headers and its (decoded) body.
@@ -87,15 +110,10 @@ class MimePart:
     headers: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        _check_header_value("Content-Type", self.content_type)
-        parse_content_type(self.content_type)
-        for name, value in self.headers:
-            if not name.isascii() or not _FIELD_NAME_RE.fullmatch(name.encode("ascii")):
-                raise MIMEError(f"invalid header name {name!r}")
-            if name.lower() == "content-type":
-                raise MIMEError("Content-Type belongs in content_type, not in headers")
-            _check_header_value(name, value)
-        _transfer_encoding(self.headers)
+        try:
+            _check_fields_cached(self.content_type, self.headers)
+        except TypeError:  # headers not hashable (a list, say): checked without the cache
+            _check_fields(self.content_type, self.headers)
 
     @classmethod
     def _checked(
@@ -228,22 +246,11 @@ def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
             raise MIMEError(f"Content-Type {value!r}: parameter {name!r} has no '='")
         pos = _skip_ws(text, pos + 1)
         if pos < len(text) and text[pos] == '"':
-            chars: list[str] = []
-            pos += 1
-            while True:
-                if pos >= len(text):
-                    raise MIMEError(f"Content-Type {value!r}: unterminated quoted {name!r}")
-                char = text[pos]
-                if char == "\\" and pos + 1 < len(text):
-                    chars.append(text[pos + 1])
-                    pos += 2
-                elif char == '"':
-                    pos += 1
-                    break
-                else:
-                    chars.append(char)
-                    pos += 1
-            param_value = "".join(chars)
+            quoted = _QUOTED_RE.match(text, pos)
+            if quoted is None:
+                raise MIMEError(f"Content-Type {value!r}: unterminated quoted {name!r}")
+            param_value = _QUOTED_PAIR_RE.sub(r"\1", quoted.group(1))
+            pos = quoted.end()
         else:
             value_match = _TOKEN_RE.match(text, pos)
             if value_match is None:
