@@ -936,11 +936,6 @@ def _random(size: int) -> bytes:
     return os.urandom(size)
 
 
-def _issuer_and_serial(cert: x509.Certificate) -> bytes:
-    """IssuerAndSerialNumber (RFC 5652 §10.2.4) naming ``cert``."""
-    return _recipient(cert)[2]
-
-
 @_per_certificate(256)
 def _recipient(cert: x509.Certificate) -> tuple[bytes, Any, bytes, Literal["ktri", "kari", ""]]:
     """(DER, public key, IssuerAndSerialNumber, RecipientInfo kind) of a recipient
