@@ -71,16 +71,26 @@ def children(data: bytes, parent: TLV) -> list[TLV]:
     append = found.append
     pos, end = parent[2], parent[3]
     while pos < end:
-        # the short form inline (most TLVs here), the rest through read_tlv
+        # the short form and one or two length octets inline (every TLV of the usual
+        # shapes), the rest through read_tlv
         if pos + 2 <= end:
             tag, length = data[pos], data[pos + 1]
-            if length < 0x80 and tag & 0x1F != 0x1F:
-                stop = pos + 2 + length
-                if stop > end:
-                    raise NotLean
-                append(_new_tlv(TLV, (tag, pos, pos + 2, stop)))
-                pos = stop
-                continue
+            if tag & 0x1F != 0x1F:
+                if length < 0x80:
+                    content = pos + 2
+                elif length == 0x81 and pos + 3 <= end and data[pos + 2] >= 0x80:
+                    length, content = data[pos + 2], pos + 3
+                elif length == 0x82 and pos + 4 <= end and data[pos + 2]:
+                    length, content = (data[pos + 2] << 8) | data[pos + 3], pos + 4
+                else:
+                    content = 0
+                if content:
+                    stop = content + length
+                    if stop > end:
+                        raise NotLean
+                    append(_new_tlv(TLV, (tag, pos, content, stop)))
+                    pos = stop
+                    continue
         item = read_tlv(data, pos, end)
         append(item)
         pos = item[3]

@@ -46,6 +46,9 @@ _FIELD_NAME_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
 #: RFC 2046 §5.1.1 ``bcharsnospace`` plus space (which must not be last).
 _BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _BASE64_WHITESPACE = re.compile(rb"[ \t\r\n]")
+#: RFC 5322 §3.2.4 quoted-string (without folding): up to the first unescaped quote.
+_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
 _IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 
 
@@ -73,6 +76,26 @@ def _check_header_value(name: str, value: str) -> None:
         raise MIMEError(f"{name} header value is not US-ASCII")
 
 
+def _check_fields(content_type: str, headers: Sequence[tuple[str, str]]) -> None:
+    """What :class:`MimePart` requires of its Content-Type and other headers."""
+    _check_header_value("Content-Type", content_type)
+    parse_content_type(content_type)
+    for name, value in headers:
+        if not name.isascii() or not _FIELD_NAME_RE.fullmatch(name.encode("ascii")):
+            raise MIMEError(f"invalid header name {name!r}")
+        if name.lower() == "content-type":
+            raise MIMEError("Content-Type belongs in content_type, not in headers")
+        _check_header_value(name, value)
+    _transfer_encoding(headers)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_fields_cached(content_type: str, headers: tuple[tuple[str, str], ...]) -> None:
+    """:func:`_check_fields`, memoized: a UA makes parts with the same few header sets
+    again and again (an S/MIME body three per message); errors are not cached."""
+    _check_fields(content_type, headers)
+
+
 @dataclass(frozen=True)
 class MimePart:
     """One MIME entity: its Content-Type, other headers and its (decoded) body.
@@ -87,15 +110,22 @@ class MimePart:
     headers: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        _check_header_value("Content-Type", self.content_type)
-        parse_content_type(self.content_type)
-        for name, value in self.headers:
-            if not name.isascii() or not _FIELD_NAME_RE.fullmatch(name.encode("ascii")):
-                raise MIMEError(f"invalid header name {name!r}")
-            if name.lower() == "content-type":
-                raise MIMEError("Content-Type belongs in content_type, not in headers")
-            _check_header_value(name, value)
-        _transfer_encoding(self.headers)
+        try:
+            _check_fields_cached(self.content_type, self.headers)
+        except TypeError:  # headers not hashable (a list, say): checked without the cache
+            _check_fields(self.content_type, self.headers)
+
+    @classmethod
+    def _checked(
+        cls, content_type: str, body: bytes, headers: tuple[tuple[str, str], ...]
+    ) -> MimePart:
+        """A part whose ``content_type`` and ``headers`` already passed these checks
+        (:func:`_read_head`): the body is not checked, so they need not run again."""
+        part = object.__new__(cls)
+        object.__setattr__(part, "content_type", content_type)
+        object.__setattr__(part, "body", body)
+        object.__setattr__(part, "headers", headers)
+        return part
 
     def header(self, name: str) -> str | None:
         """The value of the first header called ``name`` (case-insensitive), or None."""
@@ -216,22 +246,11 @@ def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
             raise MIMEError(f"Content-Type {value!r}: parameter {name!r} has no '='")
         pos = _skip_ws(text, pos + 1)
         if pos < len(text) and text[pos] == '"':
-            chars: list[str] = []
-            pos += 1
-            while True:
-                if pos >= len(text):
-                    raise MIMEError(f"Content-Type {value!r}: unterminated quoted {name!r}")
-                char = text[pos]
-                if char == "\\" and pos + 1 < len(text):
-                    chars.append(text[pos + 1])
-                    pos += 2
-                elif char == '"':
-                    pos += 1
-                    break
-                else:
-                    chars.append(char)
-                    pos += 1
-            param_value = "".join(chars)
+            quoted = _QUOTED_RE.match(text, pos)
+            if quoted is None:
+                raise MIMEError(f"Content-Type {value!r}: unterminated quoted {name!r}")
+            param_value = _QUOTED_PAIR_RE.sub(r"\1", quoted.group(1))
+            pos = quoted.end()
         else:
             value_match = _TOKEN_RE.match(text, pos)
             if value_match is None:
@@ -315,6 +334,40 @@ def _parse_headers(head: bytes, limits: MimeLimits) -> list[tuple[str, str]]:
     return headers
 
 
+#: Header blocks up to this size are remembered (:func:`_read_head_cached`).
+_MAX_REMEMBERED_HEAD = 2048
+
+
+def _read_head(
+    head: bytes, limits: MimeLimits
+) -> tuple[str, tuple[tuple[str, str], ...], str, str]:
+    """(Content-Type, the other headers, transfer encoding, media type) of a header block.
+
+    Everything :class:`MimePart` checks is checked here too, so a part made of the result
+    needs no second check (:meth:`MimePart._checked`).
+    """
+    headers = _parse_headers(head, limits)
+    content_types = [v for k, v in headers if k.lower() == "content-type"]
+    if len(content_types) > 1:
+        raise MIMEError("more than one Content-Type header")
+    content_type = content_types[0] if content_types else "text/plain"
+    media_type, _ = parse_content_type(content_type)
+    extra = tuple((k, v) for k, v in headers if k.lower() != "content-type")
+    encoding = _transfer_encoding(extra)
+    MimePart(content_type=content_type, body=b"", headers=extra)  # its checks, or its error
+    return content_type, extra, encoding, media_type
+
+
+@functools.lru_cache(maxsize=256)
+def _read_head_cached(
+    head: bytes, limits: MimeLimits
+) -> tuple[str, tuple[tuple[str, str], ...], str, str]:
+    """:func:`_read_head`, memoized: the body parts of a sender's multipart/signed have
+    the same header blocks in every message; a pure function of the bytes and limits, and
+    errors are not cached."""
+    return _read_head(head, limits)
+
+
 def parse_mime_part(
     data: bytes, *, limits: MimeLimits = DEFAULT_LIMITS, _depth: int = 0
 ) -> MimePart:
@@ -339,14 +392,10 @@ def parse_mime_entity(
     if len(data) > limits.max_size:
         raise InputTooLargeError(f"MIME entity is {len(data)} octets (limit {limits.max_size})")
     head, body = _split_head(data)
-    headers = _parse_headers(head, limits)
-    content_types = [v for k, v in headers if k.lower() == "content-type"]
-    if len(content_types) > 1:
-        raise MIMEError("more than one Content-Type header")
-    content_type = content_types[0] if content_types else "text/plain"
-    media_type, _ = parse_content_type(content_type)
-    extra = tuple((k, v) for k, v in headers if k.lower() != "content-type")
-    encoding = _transfer_encoding(extra)
+    if len(head) <= _MAX_REMEMBERED_HEAD:
+        content_type, extra, encoding, media_type = _read_head_cached(head, limits)
+    else:
+        content_type, extra, encoding, media_type = _read_head(head, limits)
     if encoding == "base64":
         if media_type.startswith("multipart/"):
             raise MIMEError("a multipart entity must not be base64 encoded (RFC 2045 §6.4)")
@@ -354,7 +403,7 @@ def parse_mime_entity(
             body = binascii.a2b_base64(_BASE64_WHITESPACE.sub(b"", body), strict_mode=True)
         except binascii.Error as exc:
             raise MIMEError(f"invalid base64 body: {exc}") from exc
-    part = MimePart(content_type=content_type, body=body, headers=extra)
+    part = MimePart._checked(content_type, body, extra)
     multipart = None
     if media_type.startswith("multipart/"):
         multipart = parse_multipart(content_type, body, limits=limits, _depth=_depth)

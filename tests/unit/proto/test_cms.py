@@ -547,3 +547,22 @@ def test_parse_fully_remembers_only_encodings_that_parsed() -> None:
             cms._parse_fully(asn1_x509.Name.load(name(b"\xff\xfe")))
     cms._parse_fully(asn1_x509.Name.load(name(b"ok")))
     cms._parse_fully(asn1_x509.Name.load(name(b"ok")))  # remembered: no decoding
+
+
+def test_per_certificate_cache_finds_objects_by_identity_and_is_bounded() -> None:
+    """Equal but distinct certificate objects get equal values; the oldest entry goes."""
+    calls: list[x509.Certificate] = []
+
+    @cms._per_certificate(2)
+    def serial(cert: x509.Certificate) -> int:
+        calls.append(cert)
+        return cert.serial_number
+
+    _, cert = make_identity("alice@example.com", "ec-p256")
+    copy = x509.load_der_x509_certificate(cert.public_bytes(serialization.Encoding.DER))
+    _, other = make_identity("bob@example.com", "ec-p256")
+    assert serial(cert) == serial(cert) == serial(copy) == cert.serial_number
+    assert calls == [cert, copy]
+    serial(other)  # a third object: the oldest (cert) goes
+    assert serial(copy) == cert.serial_number and len(calls) == 3
+    assert serial(cert) == cert.serial_number and len(calls) == 4

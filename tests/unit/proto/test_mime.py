@@ -347,3 +347,52 @@ def test_parse_mime_entity_returns_the_multipart_parse_multipart_gives() -> None
     assert part == parse_mime_part(data)
     assert multipart == parse_multipart(part.content_type, part.body)
     assert parse_mime_entity(b"Content-Type: text/plain\r\n\r\nx")[1] is None
+
+
+@given(value=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40))
+def test_quoted_parameter_values_round_trip(value: str) -> None:
+    """Any printable value, quoted and escaped by format_content_type, parses back."""
+    content_type = format_content_type("text/plain", {"name": value, "after": "x"})
+    assert parse_content_type(content_type) == ("text/plain", {"name": value, "after": "x"})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('a/b; x="\\"q\\\\"', '"q\\'),  # an escaped quote, then an escaped backslash
+        ('a/b; x="a;b=c"; y=1', "a;b=c"),  # delimiters inside quotes are text
+        ('a/b; x=""', ""),
+    ],
+)
+def test_quoted_strings_unescape(value: str, expected: str) -> None:
+    assert parse_content_type(value)[1]["x"] == expected
+
+
+@pytest.mark.parametrize("value", ['a/b; x="abc', 'a/b; x="abc\\', 'a/b; x="ab\\"'])
+def test_unterminated_quoted_string_is_refused(value: str) -> None:
+    with pytest.raises(MIMEError, match="unterminated quoted 'x'"):
+        parse_content_type(value)
+
+
+def test_remembered_header_blocks_give_the_same_parts_and_keep_every_refusal() -> None:
+    """A header block read once is not read again, but a limit or a bad header still counts."""
+    data = b"Content-Type: text/plain\r\nContent-Disposition: inline\r\n\r\nbody"
+    first, again = parse_mime_part(data), parse_mime_part(data + b"!")
+    assert (first.content_type, first.headers) == (again.content_type, again.headers)
+    assert again == MimePart("text/plain", b"body!", (("Content-Disposition", "inline"),))
+    with pytest.raises(InputTooLargeError, match="more than 1 MIME header"):
+        parse_mime_part(data, limits=MimeLimits(max_headers=1))
+    for _ in range(2):  # refused every time, not only the first
+        with pytest.raises(MIMEError, match="more than one Content-Transfer-Encoding"):
+            parse_mime_part(
+                b"Content-Transfer-Encoding: binary\r\nContent-Transfer-Encoding: 7bit\r\n\r\nx"
+            )
+        with pytest.raises(MIMEError, match="invalid header name"):
+            MimePart("text/plain", b"", (("Bad Name", "x"),))
+
+
+def test_parts_with_unhashable_headers_are_still_checked() -> None:
+    headers = [("Content-Disposition", "inline")]
+    assert MimePart("text/plain", b"", headers).header("content-disposition") == "inline"  # type: ignore[arg-type]
+    with pytest.raises(MIMEError, match="line break"):
+        MimePart("text/plain", b"", [("X-A", "a\r\nb")])  # type: ignore[arg-type]
