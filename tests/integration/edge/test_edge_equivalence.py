@@ -130,7 +130,7 @@ ENROLLED = {
     "bob@example.com": [(0, None), (1, "Téléphone")],  # two: multipart; an encoded-word
     "dave@example.com": [(0, "home/office")],  # a label no path can spell: proxied
     "carol@example.net": [(0, None)],
-    "frank@example.com": [(0, 'the "red" one; {a\\b}')],  # quoted in the map
+    "label@example.com": [(0, 'the "red" one; {a\\b}')],  # quoted in the map
 }
 
 
@@ -141,7 +141,7 @@ def edge(setup: EdgeSetup) -> Iterator[EdgeSetup]:
         for slot, label in devices:
             assert put(setup.python, aor, user_cert(aor, slot), label).status_code == 201
     output = setup.publish_once()
-    assert "published 5 AOR(s)" in output  # alice, bob, dave, carol and frank
+    assert "published 5 AOR(s)" in output  # alice, bob, dave, carol and label
     setup.start_follower()
     setup.start_nginx()
     yield setup
@@ -234,7 +234,7 @@ def test_canonical_queries_never_reach_python(edge: EdgeSetup) -> None:
     """The answers nginx has files for: no upstream in its access log ($upstream_addr)."""
     targets = [canonical("alice@example.com"), canonical("bob@example.com", "sip")]
     targets += [canonical("nobody@example.com"), canonical("dave@example.com")]
-    targets += [canonical("frank@example.com")]
+    targets += [canonical("label@example.com")]
     since = len(edge.access_lines())
     for target in targets:
         ask(edge.edge, "example.com", "GET", target)
@@ -245,8 +245,8 @@ def test_canonical_queries_never_reach_python(edge: EdgeSetup) -> None:
     assert routes[1] == ("/_sipcert_body", "-"), routes
     assert routes[2] == ("/_sipcert_slow", "-"), routes
     assert routes[3][1].startswith("unix:"), routes
-    assert routes[4] == ("/search-cgi", "-"), routes  # frank's quotes, braces, backslash
-    same(edge, "example.com", "GET", canonical("frank@example.com"))
+    assert routes[4] == ("/search-cgi", "-"), routes  # label's quotes, braces, backslash
+    same(edge, "example.com", "GET", canonical("label@example.com"))
 
 
 def test_the_map_serves_a_change_at_once_and_again_after_its_reload(edge: EdgeSetup) -> None:

@@ -38,7 +38,7 @@ USERS = {
     "erin@example.com": "erin-secret",
     "carol@example.net": "carol-secret",
     "hash@example.com": "hash-secret",  # the RFC 4387 certHash spellings test
-    "frank@example.com": "frank-secret",  # edge mode: a label nginx's map has to quote
+    "label@example.com": "label-secret",  # edge mode: a label nginx's map has to quote
 }
 MAX_PER_AOR = 3
 MAX_LIFETIME_DAYS = 30
