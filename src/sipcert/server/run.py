@@ -199,8 +199,7 @@ async def serve_app(
         writer = AccessLog(json_lines=json_access_log) if access_log else None
     guard = ConnectionGuard(ssl_context, limits)
     if hot_get:
-        cache = app.answer_cache
-        guard.hot = hot_get_for(app, writer, max_bytes=0 if cache is None else cache.max_bytes)
+        guard.hot = hot_get_for(app, writer)
     server = StoreServer(
         guard.wrap(app), keepalive_timeout=limits.keepalive_timeout, **access_log_options(writer)
     )
