@@ -84,12 +84,20 @@ def register(commands: Any) -> None:
 
 def run_publish(args: argparse.Namespace) -> int:
     """Publish once, or publish then follow the change feed until SIGTERM/SIGINT."""
-    from sipcert.server.publish import MAP_INTERVAL, Publisher
+    from sipcert.errors import ConfigError
+    from sipcert.server.publish import MAP_INTERVAL, Publisher, take_lock
     from sipcert.server.run import setup_logging
     from sipcert.storage import open_store
 
     config, _notes = build_config(args)  # the dev notes are about serving: not shown here
     setup_logging(config.log_level, config.ops.log_format)
+
+    lock = take_lock(args.dir)
+    if lock is None:
+        raise ConfigError(
+            f"edge folder {args.dir}: another publisher is using it ({args.dir}/.lock is "
+            "held: a `sipcert publish` or a `sipcert serve` with [edge] publish_dir)"
+        )
 
     async def main() -> int:
         storage = open_store(config.db, migrate=config.ops.db_upgrade)
@@ -105,7 +113,7 @@ def run_publish(args: argparse.Namespace) -> int:
             if args.once:
                 count = await publisher.publish_all()
                 print(f"sipcert: published {count} AOR(s) to {args.dir}", file=sys.stderr)
-                await publisher.write_first_map()
+                await publisher.refresh_map()  # the map, and a reload with a pid file
                 return 0
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -125,7 +133,8 @@ def run_publish(args: argparse.Namespace) -> int:
         finally:
             await storage.close()
 
-    return asyncio.run(main())
+    with lock:
+        return asyncio.run(main())
 
 
 def run_nginx_config(args: argparse.Namespace) -> int:

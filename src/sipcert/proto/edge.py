@@ -12,12 +12,11 @@ One path component for the whole object: nginx's ``realpath()`` reads every comp
 That ``realpath()`` costs a system call per component of the path on every GET (nine in a
 typical tree). So the publisher also writes an nginx ``map`` of the whole tree (the *map
 generation*, :func:`map_line`) and has nginx reload it: a GET of the ``email=`` spelling of
-a mapped AOR then costs one hash lookup, the ``stat`` of its *marker* and the ``open`` of
-the body, as a static file does. A marker (``<domain>/c/<user>``) exists while the AOR's
-answer differs from one that a map generation nginx may still hold says; nginx then takes
-the symlink as above, so a change is served at once and a reload only makes it fast again::
+a mapped AOR then costs one hash lookup and the ``open`` of the body, as a static file
+does. When an AOR changes, the object its old answer was is removed once its symlink
+names the new one; nginx, finding no body where a generation said, takes the symlink as
+above, so a change is served at once and a reload only makes it fast again::
 
-    <domain>/c/<user>                                (an empty file: "ask the symlink")
     map/live.map   "<domain>|email=<user>%40<domain>" "<user>|<object>";
 
 nginx resolves the AOR's symlink once (``$realpath_root``), takes ETag, Content-Type,
@@ -48,7 +47,6 @@ __all__ = [
     "FILE_USER_PATTERN",
     "MAP_FILE",
     "MAP_FOLDER",
-    "MARKERS",
     "NONE_OBJECT",
     "PROXY_OBJECT",
     "EdgeObject",
@@ -75,14 +73,10 @@ NONE_OBJECT = "none"
 PROXY_OBJECT = "proxy"
 #: The file holding the body inside an object directory.
 BODY_NAME = "body"
-#: The folder of the map generations under the publish folder, and the file nginx includes
-#: (its configuration includes ``map/*.map``: none at all is an empty map). Older
-#: generations nginx may still hold are kept beside it as ``prev-<n>.txt`` until a reload
-#: is confirmed.
+#: The folder of the map generation under the publish folder, and the file nginx includes
+#: (its configuration includes ``map/*.map``: none at all is an empty map).
 MAP_FOLDER = "map"
 MAP_FILE = "live.map"
-#: The folder of an AOR's marker, beside ``a/`` and ``o/``.
-MARKERS = "c"
 _ABSENT = "_"
 _LABEL_MARK = "="
 _ETAG_RE = re.compile(r'"([0-9a-f]{32})"')
@@ -134,7 +128,7 @@ class EdgeObject:
         return f"{etag}-{kind}|{disposition}|{description}"
 
     def headers(self, max_age: int) -> tuple[tuple[str, str], ...]:
-        """The headers nginx derives from :attr:`parts` (none for the two markers)."""
+        """The headers nginx derives from :attr:`parts` (none for the 404 and proxy objects)."""
         if len(self.parts) != 4:
             return ()
         etag, kind, disposition, description = self.parts
@@ -250,8 +244,9 @@ def map_line(domain: str, user: str, obj_path: str) -> str | None:
     """The map entry of ``user@domain`` served from ``obj_path``, or None if it has none.
 
     The key is what nginx matches, ``"$ssl_server_name|$args"`` of the canonical query
-    (:func:`sipcert.client.locate.query_string`); the value is the user (naming the marker)
-    and the object. The two markers and a path with ``$`` (which nginx would read as a
+    (:func:`sipcert.client.locate.query_string`); the value is the user (nginx checks the
+    query against it: map keys compare without case) and the object. The 404 and proxy
+    objects and a path with ``$`` (which nginx would read as a
     variable) stay out: their AORs take the symlink.
     """
     if obj_path in (NONE_OBJECT, PROXY_OBJECT) or "$" in obj_path or "$" in domain:

@@ -15,6 +15,9 @@ What keeps nginx's answers equal to the Store's:
   (``$realpath_root``, read once, then the body is served from that same directory), and
   ``If-None-Match`` is compared as :func:`sipcert.proto.store.certificates_response` does
   (``*``, a list, weak comparison). A value with unusual bytes goes to the Store;
+* a map generation's entry names the object, and its headers come from that name: the
+  body opened is that object's or none (an AOR's old object is removed once it changed),
+  and then the symlink is taken as above;
 * the 404 of an AOR without certificates is :func:`sipcert.proto.store.error_response`'s,
   written into the configuration from that function.
 
@@ -35,7 +38,6 @@ from sipcert.proto.edge import (
     DOMAIN_HEADER,
     FILE_USER_PATTERN,
     MAP_FOLDER,
-    MARKERS,
     NONE_OBJECT,
     PROXY_OBJECT,
 )
@@ -138,8 +140,9 @@ def render(
         r"[A-Za-z0-9_][A-Za-z0-9_.-]*( [A-Za-z0-9_][A-Za-z0-9_.-]*)?", user
     ):
         raise ConfigError(f"--user {user!r}: expected USER or 'USER GROUP'")
-    # The request's own location: a mapped AOR (the hash lookup of $sipcert_hit) with no
-    # marker is served right here; anything else takes the symlink (/_sipcert_slow).
+    # The request's own location: a mapped AOR (the hash lookup of $sipcert_hit) is served
+    # right here; anything else takes the symlink (/_sipcert_slow). So does a mapped AOR
+    # whose object is gone: it changed after this map generation (server.publish).
     slow = "rewrite ^ /_sipcert_slow last;"
     hot = [
         "        location = /search-cgi {",
@@ -148,8 +151,11 @@ def render(
         f"            if ($sipcert_hit !~ {_HIT}) {{ {slow} }}",
         # The map compares keys without case: the user must be the one the query names.
         f'            if ($args != "email=$sipcert_u%40$ssl_server_name") {{ {slow} }}',
-        f"            if (-e {root}/$ssl_server_name/{MARKERS}/$sipcert_u) {{ {slow} }}",
-        "            set $sipcert_etag $sipcert_e;",
+        # Not $sipcert_e: nginx keeps a map's value for the whole request, and after the
+        # redirect below /_sipcert_slow would send this object's ETag with another body.
+        '            set $sipcert_etag "\\"$sipcert_t\\"";',
+        "            error_page 404 = @sipcert_changed;",
+        "            log_not_found off;",
         f"            alias {root}/$ssl_server_name/o/$sipcert_n/{BODY_NAME};",
         *_body_headers(max_age),
         "        }",
@@ -160,7 +166,10 @@ def render(
         "        proxy_set_header Host $host;",
         f"        proxy_set_header {DOMAIN_HEADER} $ssl_server_name;",
         f"        proxy_set_header {CLIENT_HEADER} $remote_addr;",
+        # A map entry's object gone, then the symlink's too: two error_page redirects.
+        "        recursive_error_pages on;",
         *hot,
+        f"        location @sipcert_changed {{ {slow} }}",
         "        location = /_sipcert_slow {",
         "            internal;",
         f"            default_type {_quoted(not_found_type)};",
@@ -182,6 +191,9 @@ def render(
         "        }",
         "        location = /_sipcert_body {",
         "            internal;",
+        # The object was removed after its symlink was read: the Store answers instead.
+        "            error_page 404 = @sipcert_store;",
+        "            log_not_found off;",
         f"            alias $sipcert_obj/{BODY_NAME};",
         *_body_headers(max_age),
         "        }",
@@ -192,6 +204,7 @@ def render(
         f'            add_header Cache-Control "max-age={max_age}";',
         "            return 304;",
         "        }",
+        f"        location @sipcert_store {{ {to_store} }}",
         "        location = /_sipcert_store {",
         "            internal;",
         "            proxy_pass http://sipcert_store$request_uri;",

@@ -4,16 +4,16 @@ The layout and the translation of an answer into it are :mod:`sipcert.proto.edge
 answer itself is :func:`sipcert.server.app.answer_for`, the function the Store answers with.
 This module writes it, atomically: an object directory is filled before anything points to
 it (the body through a temporary file, ``fsync``, ``rename``), then the AOR's symlink is
-replaced with ``rename`` — nginx sees the old answer or the new one, never a mix. Objects
-that no symlink points to any more are removed after :data:`GRACE` seconds (a request that
-resolved the old symlink may still be reading it).
+replaced with ``rename`` — nginx sees the old answer or the new one, never a mix — and the
+object it pointed to is removed at once. A request that resolved the old symlink and finds
+its body gone is answered by the Store (the generated configuration's ``error_page``).
 
-With ``nginx_pid`` it also keeps nginx's *map generation* (:mod:`sipcert.proto.edge`):
-every AOR's object in one ``map`` file nginx reloads, so that a GET costs no ``realpath()``.
-Each AOR whose answer differs from one that a generation nginx may still hold says gets a
-marker first, and nginx takes the symlink for it; a new generation is written when markers
-pile up or have waited :data:`MAP_INTERVAL`, nginx is reloaded (SIGHUP to its master), and
-once every worker of the old configuration is gone the markers the new one covers go.
+It also keeps nginx's *map generation* (:mod:`sipcert.proto.edge`): every AOR's object in
+one ``map`` file, so that a GET costs no ``realpath()``. A generation names objects, and an
+AOR's old object is gone once it changed, so an entry is right or leads nginx to the
+symlink: no generation nginx holds can serve a stale answer, whatever it has reloaded. A
+new one is written when changed AORs pile up (:data:`MAP_CHANGES`) or have waited
+:data:`MAP_INTERVAL`, with ``nginx_pid`` followed by a reload (SIGHUP to nginx's master).
 
 :meth:`Publisher.follow` keeps the tree current: it follows the database's change feed
 (:mod:`sipcert.storage.feed`; LISTEN/NOTIFY with PostgreSQL, polling with SQLite) and
@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import heapq
 import logging
 import os
 import secrets
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from sipcert.errors import ConfigError, SipCertError, StorageError
 from sipcert.proto.aor import AOR, parse_aor
@@ -41,7 +44,6 @@ from sipcert.proto.edge import (
     BODY_NAME,
     MAP_FILE,
     MAP_FOLDER,
-    MARKERS,
     NONE_OBJECT,
     PROXY_OBJECT,
     EdgeObject,
@@ -56,12 +58,18 @@ from sipcert.server.app import answer_for
 from sipcert.storage import CertificateStore, StoredCertificate
 from sipcert.storage.feed import ChangeFeed
 
-__all__ = ["EXPIRY_LEAD", "GRACE", "MAP_INTERVAL", "Publisher", "feed_of", "reload_nginx"]
+__all__ = [
+    "EXPIRY_LEAD",
+    "MAP_CHANGES",
+    "MAP_INTERVAL",
+    "Publisher",
+    "feed_of",
+    "reload_nginx",
+    "take_lock",
+]
 
 log = logging.getLogger("sipcert.publish")
 
-#: Seconds an unreferenced object is kept before it is removed.
-GRACE = 30.0
 #: Seconds before a certificate's notAfter at which its AOR is published without it.
 EXPIRY_LEAD = 1.0
 #: Polling interval when the backend cannot notify (SQLite), and the check interval of a
@@ -72,10 +80,11 @@ _BATCH = 1000
 _REREAD = 1000
 #: AORs published at once by :meth:`Publisher.publish_all`.
 _CONCURRENT = 4
-#: Seconds a marker waits at most for the next map generation, and the markers that call
-#: for one at once (each reload makes nginx read the whole map again).
+#: Seconds a changed AOR waits at most for the next map generation (its GETs take the
+#: symlink meanwhile), and the changed AORs that call for one at once (each reload makes
+#: nginx read the whole map again).
 MAP_INTERVAL = 60.0
-MAP_MARKERS = 5000
+MAP_CHANGES = 5000
 #: Seconds to wait for nginx's old workers to be gone after a reload (the generated
 #: configuration's worker_shutdown_timeout is 10 s).
 RELOAD_TIMEOUT = 30.0
@@ -107,8 +116,8 @@ class Publisher:
 
     ``clock`` gives Unix time (tests move it); ``durable`` fsyncs files and directories
     (off only in tests and benchmarks that do not survive a crash anyway). ``nginx_pid``
-    (nginx's pid file) turns the map generations on; ``map_interval`` is how long a
-    marker may wait for the next one.
+    (nginx's pid file) has nginx reload each map generation; ``map_interval`` is how long
+    a changed AOR may wait for the next one.
     """
 
     def __init__(
@@ -134,32 +143,29 @@ class Publisher:
         self._expiry_lead = expiry_lead
         self._expiries: list[tuple[float, str]] = []  # (publish again at, aor), a heap
         self._next: dict[str, float] = {}  # the live entry of each AOR in the heap
-        self._doomed: list[tuple[float, Path, Path]] = []  # (remove at, object, link)
         self._sync_each = durable  # off during publish_all, which syncs once at its end
         self.nginx_pid = nginx_pid
         self.map_interval = map_interval
         self._current: Generation = {}  # what each AOR's symlink points to (or will)
-        self._markers: set[str] = set()  # "<domain>/<user>" with a marker
+        self._changed: set[str] = set()  # "<domain>/<user>" not as the written map says
         self._refresh: asyncio.Task[bool] | None = None
-        self._pending: Generation | None = None  # written, its reload not yet confirmed
         self._refreshed_at = clock()
         self.published = 0
         try:
             for domain in sorted(self.domains):
-                for sub in ("a", "o", MARKERS):
+                for sub in ("a", "o"):
                     (root / domain / sub).mkdir(parents=True, exist_ok=True)
-                for marker in (NONE_OBJECT, PROXY_OBJECT):
-                    (root / domain / "o" / marker).mkdir(exist_ok=True)
-
-                self._markers.update(
-                    f"{domain}/{entry.name}" for entry in os.scandir(root / domain / MARKERS)
-                )
+                for shared in (NONE_OBJECT, PROXY_OBJECT):
+                    (root / domain / "o" / shared).mkdir(exist_ok=True)
+                # The markers of an earlier layout (``c/``): nothing reads them now.
+                shutil.rmtree(root / domain / "c", ignore_errors=True)
             (root / MAP_FOLDER).mkdir(exist_ok=True)
-            # Every generation on disk may be what nginx holds now, until a reload says.
-            self._generations = [_read_generation(path) for path in self._generation_files()]
+            for older in (root / MAP_FOLDER).glob("prev-*.txt"):
+                older.unlink()
+            live = root / MAP_FOLDER / MAP_FILE
+            self._mapped = _read_generation(live) if live.exists() else {}
         except OSError as exc:
             raise _unwritable(root, exc) from exc
-        self._pinned = _pinned(self._generations)
 
     # -- one AOR ---------------------------------------------------------------------------
 
@@ -179,26 +185,25 @@ class Publisher:
         certs = await self.storage.get_by_aor(str(aor), when)
         obj = edge_object(answer_for(certs, max_age=self.max_age))
         self._schedule(str(aor), certs)
-        mark = self._note(aor.host, user, obj.path)
+        self._note(aor.host, user, obj.path)
         try:
-            await asyncio.to_thread(self._write, aor, user, obj, mark)
+            await asyncio.to_thread(self._write, aor, user, obj)
         except OSError as exc:
             raise _unwritable(self.root, exc) from exc
         self.published += 1
         return True
 
-    def _note(self, domain: str, user: str, path: str) -> bool:
-        """Record ``path`` as the AOR's object; whether it needs a marker (before its link).
+    def _note(self, domain: str, user: str, path: str) -> None:
+        """Record ``path`` as the AOR's object, and whether the written map is behind it.
 
-        Decided here, on the event loop, in the order of the changes: a generation taken
-        after this sees the new object, one taken before is among ``_generations`` already.
+        Here, on the event loop, in the order of the changes: a generation taken after this
+        holds the new object.
         """
         key = f"{domain}/{user}"
         self._current[key] = path
-        if any(key in g and g[key] != path for g in self._generations):
-            self._markers.add(key)
-            return True
-        return False
+        mapped = path if map_line(domain, user, path) is not None else None
+        if self._mapped.get(key) != mapped:
+            self._changed.add(key)
 
     def _schedule(self, aor: str, certs: Sequence[StoredCertificate]) -> None:
         """Remember when ``aor`` must be published again (its earliest notAfter, early).
@@ -214,15 +219,11 @@ class Publisher:
             self._next[aor] = at
             heapq.heappush(self._expiries, (at, aor))
 
-    def _write(self, aor: AOR, user: str, obj: EdgeObject, mark: bool = False) -> None:
+    def _write(self, aor: AOR, user: str, obj: EdgeObject) -> None:
         base = self.root / aor.host
         target = base / "o" / obj.path
         if obj.body or obj.parts[0] not in (NONE_OBJECT, PROXY_OBJECT):
             self._write_object(target, obj.body)
-        if mark:  # before the link changes: nginx must not answer from the map meanwhile
-            os.close(os.open(base / MARKERS / user, os.O_WRONLY | os.O_CREAT, 0o644))
-            if self._sync_each:
-                _fsync_dir(base / MARKERS)
         link = base / "a" / user
         relative = os.path.join("..", "o", obj.path)
         try:
@@ -237,7 +238,11 @@ class Publisher:
         if self._sync_each:
             _fsync_dir(base / "a")
         if old is not None and not old.endswith(("/" + NONE_OBJECT, "/" + PROXY_OBJECT)):
-            self._doomed.append((self._clock() + GRACE, (link.parent / old), link))
+            # Only this AOR's link named it (an answer holds certificates of its AOR only):
+            # gone, a map generation's entry for it leads nginx to the new link.
+            _remove_object(link.parent / old)
+            if self._sync_each:
+                _fsync_dir(base / "o")
 
     def _write_object(self, target: Path, body: bytes) -> None:
         final = target / BODY_NAME
@@ -254,28 +259,6 @@ class Publisher:
         os.replace(temporary, final)
         if self._sync_each:
             _fsync_dir(target)
-
-    def collect_garbage(self, *, everything_due: bool = False) -> int:
-        """Remove the objects due for removal that no symlink points to; how many."""
-        now = self._clock()
-        keep: list[tuple[float, Path, Path]] = []
-        removed = 0
-        for due, obj, link in self._doomed:
-            if due > now and not everything_due:
-                keep.append((due, obj, link))
-                continue
-            try:
-                current = (link.parent / os.readlink(link)).resolve()
-            except OSError:
-                current = None
-            if current == obj.resolve():
-                continue  # pointed to again meanwhile
-            if (link.parent.parent.name, obj.name) in self._pinned:
-                keep.append((due, obj, link))  # a map generation nginx may hold names it
-                continue
-            removed += _remove_object(obj)
-        self._doomed = keep
-        return removed
 
     # -- everything ------------------------------------------------------------------------
 
@@ -314,10 +297,6 @@ class Publisher:
 
     # -- the map generation ----------------------------------------------------------------
 
-    def _generation_files(self) -> list[Path]:
-        folder = self.root / MAP_FOLDER
-        return sorted(folder.glob("prev-*.txt")) + [p for p in (folder / MAP_FILE,) if p.exists()]
-
     def _take_generation(self) -> Generation:
         """The current objects as a generation: those nginx can be given in its map.
 
@@ -334,9 +313,8 @@ class Publisher:
         return {k: p for k, p in generation.items() if folded[k.lower()] == 1}
 
     def _write_generation(self, generation: Generation) -> None:
-        """``map/live.map`` := ``generation``; the one it replaces is kept as ``prev-N``."""
+        """``map/live.map`` := ``generation``, renamed into place: nginx reads a whole one."""
         folder = self.root / MAP_FOLDER
-        live = folder / MAP_FILE
         temporary = folder / f".{MAP_FILE}.{secrets.token_hex(6)}"
         with open(temporary, "w", encoding="utf-8") as handle:
             for key, path in generation.items():
@@ -345,90 +323,54 @@ class Publisher:
             if self._durable:
                 handle.flush()
                 os.fsync(handle.fileno())
-        if live.exists():
-            os.replace(live, folder / f"prev-{time.time_ns()}.txt")
-        os.replace(temporary, live)
+        os.replace(temporary, folder / MAP_FILE)
         if self._durable:
             _fsync_dir(folder)
 
     async def refresh_map(self) -> bool:
-        """Write a new generation, reload nginx, and drop the markers it makes useless.
+        """Write a new generation and, with ``nginx_pid``, have nginx reload it.
 
-        True when nginx confirmed the reload. Until then the generation written stays
-        pending: a later call asks nginx to reload that one again rather than write another,
-        so an nginx that is down costs one candidate generation, not one per attempt.
+        True when nginx confirmed the reload. Nothing waits on that: whatever generation
+        nginx holds, a changed AOR's entry names an object that is gone, and nginx takes
+        the symlink for it; a reload only makes those GETs fast again.
         """
         self._refreshed_at = self._clock()
-        generation = self._pending
-        if generation is None:
-            generation = self._take_generation()
-            self._generations.append(generation)  # before any await: later changes compare
-            self._pinned = _pinned(self._generations)
-            try:
-                await asyncio.to_thread(self._write_generation, generation)
-            except OSError as exc:
-                log.error("writing the nginx map failed: %s", exc.strerror or exc)
-                return False
-            self._pending = generation
+        generation = self._take_generation()
+        covered, self._changed = self._changed, set()  # before any await: later ones count
+        try:
+            await asyncio.to_thread(self._write_generation, generation)
+        except OSError as exc:
+            log.error("writing the nginx map failed: %s", exc.strerror or exc)
+            self._changed |= covered
+            return False
+        self._mapped = generation
         if self.nginx_pid is None:
             return False
         confirmed = await asyncio.to_thread(reload_nginx, self.nginx_pid, RELOAD_TIMEOUT)
-        if not confirmed:
+        if confirmed:
+            log.info("nginx reloaded a map of %d AOR(s)", len(generation))
+        else:
             log.warning(
                 "nginx (pid file %s) is not running or did not reload the new map within "
-                "%d s; changed AORs are served through their symlinks until it does",
+                "%d s; the AORs changed since its map are served through their symlinks",
                 self.nginx_pid,
                 RELOAD_TIMEOUT,
             )
-            return False
-        # nginx holds this generation and no other: the older ones and their markers go.
-        self._pending = None
-        self._generations = [generation]
-        self._pinned = _pinned(self._generations)
-        stale = [
-            key
-            for key in self._markers
-            if not (key in generation and generation[key] != self._current.get(key))
-        ]
-        try:
-            await asyncio.to_thread(self._drop_markers, stale)
-        except OSError as exc:
-            log.error("removing markers failed: %s", exc.strerror or exc)
-        log.info(
-            "nginx reloaded a map of %d AOR(s); %d marker(s) removed", len(generation), len(stale)
-        )
-        return True
-
-    async def write_first_map(self) -> None:
-        """After ``publish --once``: a generation for an nginx about to start, or a reload.
-
-        Without ``nginx_pid`` a generation is written only when none is on disk: a running
-        nginx may hold that one, and without a reload nothing would ever retire it.
-        """
-        if self.nginx_pid is not None or not self._generations:
-            await self.refresh_map()
-
-    def _drop_markers(self, keys: list[str]) -> None:
-        for key in keys:
-            domain, _, user = key.partition("/")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.root / domain / MARKERS / user)
-            self._markers.discard(key)
-        for path in (self.root / MAP_FOLDER).glob("prev-*.txt"):
-            path.unlink()
+        return confirmed
 
     def _map_due(self) -> bool:
-        """Whether markers call for a new generation now (never two refreshes at once)."""
-        if self.nginx_pid is None or not self._markers:
+        """Whether changed AORs call for a new generation now (never two refreshes at once;
+        never without nginx to reload it: ``publish --once`` writes one for a start)."""
+        if self.nginx_pid is None or not self._changed:
             return False
         if self._refresh is not None and not self._refresh.done():
             return False
         waited = self._clock() - self._refreshed_at
-        return waited >= self.map_interval or (len(self._markers) >= MAP_MARKERS and waited >= 1)
+        return waited >= self.map_interval or (len(self._changed) >= MAP_CHANGES and waited >= 1)
 
     def _forget_others(self, domain: str, users: set[str]) -> None:
-        """Symlinks of AORs that have no certificate any more: the 404 object; and old
-        unreferenced objects (left by an earlier run) removed."""
+        """Symlinks of AORs that have no certificate any more: the 404 object; and the
+        objects no symlink points to (left by an earlier run, perhaps in its map) removed."""
         base = self.root / domain
         referenced: set[str] = set()
         for entry in os.scandir(base / "a"):
@@ -437,22 +379,17 @@ class Publisher:
                     os.unlink(entry.path)  # a temporary symlink of an interrupted run
                 continue
             if entry.name not in users:
-                mark = self._note(domain, entry.name, NONE_OBJECT)
-                self._write(AOR(entry.name, domain), entry.name, EdgeObject((NONE_OBJECT,)), mark)
+                self._note(domain, entry.name, NONE_OBJECT)
+                self._write(AOR(entry.name, domain), entry.name, EdgeObject((NONE_OBJECT,)))
                 continue
             with contextlib.suppress(OSError):
                 referenced.add(os.path.normpath(os.readlink(entry.path)))
-        cutoff = time.time() - GRACE  # file times are the wall clock's
         for directory, _subdirs, files in os.walk(base / "o"):
             if BODY_NAME not in files:
                 continue
             relative = os.path.normpath(os.path.join("..", os.path.relpath(directory, base)))
-            if relative in referenced or (domain, os.path.basename(directory)) in self._pinned:
-                continue
-            body = Path(directory) / BODY_NAME
-            with contextlib.suppress(OSError):
-                if body.stat().st_mtime < cutoff:
-                    _remove_object(Path(directory))
+            if relative not in referenced:
+                _remove_object(Path(directory))
 
     async def follow(self, stop: asyncio.Event, *, ready: Callable[[], None] | None = None) -> None:
         """Publish everything, then keep up with the change feed and expiries until ``stop``."""
@@ -478,7 +415,6 @@ class Publisher:
             while not stop.is_set():
                 await self._catch_up(cursor)
                 await self._expire()
-                self.collect_garbage()
                 if self._map_due():
                     self._refresh = asyncio.create_task(self.refresh_map())
                 timeout = _NOTIFIED_INTERVAL if listener is not None else POLL_INTERVAL
@@ -486,9 +422,7 @@ class Publisher:
                     timeout = POLL_INTERVAL
                 if self._expiries:
                     timeout = min(timeout, max(0.0, self._expiries[0][0] - self._clock()))
-                if self._doomed:
-                    timeout = min(timeout, max(0.0, self._doomed[0][0] - self._clock()))
-                if self._markers and self.nginx_pid is not None:
+                if self._changed and self.nginx_pid is not None:
                     due = self._refreshed_at + self.map_interval - self._clock()
                     timeout = min(timeout, max(POLL_INTERVAL, due))
                 await _wait_any(stop, wake, timeout)
@@ -539,6 +473,27 @@ class Publisher:
                 log.error("publishing %s at expiry failed: %s", aor, exc)
 
 
+def take_lock(root: Path) -> BinaryIO | None:
+    """``root``'s publisher lock (``root/.lock``, held while the file stays open), or None
+    when another publisher holds it.
+
+    One publisher per folder: each removes the objects no symlink names (an earlier run's,
+    which a map may still name), and would remove another's object written but not yet
+    linked. Raises :class:`ConfigError` when the folder cannot be used.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / ".lock", "a+b")
+    except OSError as exc:
+        raise _unwritable(root, exc) from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
 def _read_generation(path: Path) -> Generation:
     """A generation file read back (lines it cannot read are skipped: they map nothing)."""
     generation: Generation = {}
@@ -549,11 +504,6 @@ def _read_generation(path: Path) -> Generation:
                 domain, user, obj = entry
                 generation[f"{domain}/{user}"] = obj
     return generation
-
-
-def _pinned(generations: Sequence[Generation]) -> set[tuple[str, str]]:
-    """(domain, object) of every object a generation names: kept while it may be live."""
-    return {(k.partition("/")[0], p) for g in generations for k, p in g.items()}
 
 
 def _children(pid: int) -> set[int] | None:
@@ -600,14 +550,15 @@ def _unwritable(root: Path, exc: OSError) -> ConfigError:
     return ConfigError(f"edge folder {root}: cannot write {where}: {exc.strerror or exc}")
 
 
-def _remove_object(obj: Path) -> int:
-    """Remove an object directory and its now-empty parents up to ``o/``; 1 if removed."""
+def _remove_object(obj: Path) -> None:
+    """Remove an object directory (gone already is fine) and its now-empty parents up to
+    ``o/``; any other failure raises: the object would still be served from a map."""
     try:
         for entry in os.scandir(obj):
             os.unlink(entry.path)
         obj.rmdir()
-    except OSError:
-        return 0
+    except FileNotFoundError:
+        return
     parent = obj.parent
     while parent.name != "o":
         try:
@@ -615,7 +566,6 @@ def _remove_object(obj: Path) -> int:
         except OSError:
             break
         parent = parent.parent
-    return 1
 
 
 async def _relay(wake_ups: AsyncIterator[None], wake: asyncio.Event) -> None:

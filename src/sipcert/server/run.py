@@ -360,24 +360,19 @@ async def _publish_forever(
     The worker holding the lock publishes; when it dies the lock is released and the
     worker started in its place takes it.
     """
-    import fcntl
-
-    from sipcert.server.publish import Publisher
+    from sipcert.server.publish import Publisher, take_lock
 
     root = config.edge_publish_dir
     if root is None:
         return
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        handle = open(root / ".lock", "a+b")
-    except OSError as exc:
-        log.error("edge publisher: cannot use %s: %s", root, exc.strerror or exc)
+        handle = take_lock(root)
+    except SipCertError as exc:
+        log.error("edge publisher: %s", exc)
         return
+    if handle is None:
+        return  # another worker (or a `sipcert publish`) publishes
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return  # another worker publishes
         try:
             publisher = Publisher(
                 root,

@@ -33,7 +33,7 @@ from tests.integration.store.conftest import (
 
 #: The ``Cache-Control: max-age`` the Store and the publisher use (StoreProcess's).
 MAX_AGE = 60
-#: Seconds the follower lets a marker wait for the next map generation.
+#: Seconds the follower lets a changed AOR wait for the next map generation.
 MAP_INTERVAL = 0.3
 
 

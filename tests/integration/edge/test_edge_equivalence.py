@@ -11,6 +11,7 @@ after its notAfter (draft §4.4).
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import time
@@ -24,7 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sipcert.client.fetch import DigestAuth
+from sipcert.proto.edge import map_line
 from sipcert.proto.store import format_description
+from sipcert.server.publish import reload_nginx
 from sipcert.storage import cert_hash_of
 from tests.factories import make_cert, make_key
 from tests.integration.edge.conftest import EdgeSetup, Endpoint, wait_for
@@ -250,18 +253,19 @@ def test_canonical_queries_never_reach_python(edge: EdgeSetup) -> None:
 
 
 def test_the_map_serves_a_change_at_once_and_again_after_its_reload(edge: EdgeSetup) -> None:
-    """A change gets a marker before its symlink moves (nginx takes the symlink), then the
-    next map generation covers it: nginx reloaded, the marker gone, the answer the same."""
+    """A change removes the AOR's old object as its symlink moves (nginx, finding no body
+    where its map says, takes the symlink), then the next map generation maps the new one:
+    nginx reloaded, the answer the same."""
     aor, target = "alice@example.com", canonical("alice@example.com")
-    marker = edge.publish_dir / "example.com" / "c" / "alice"
+    before = (edge.publish_dir / "example.com" / "a" / "alice").resolve()
     reloads = edge.follower_output().count("nginx reloaded")
     try:
         assert put(edge.python, aor, user_cert(aor, 7)).status_code == 201
         expected = ask(edge.python, "example.com", "GET", target)
         assert expected[2]["content-type"].startswith("multipart/mixed")
         wait_for(lambda: ask(edge.edge, "example.com", "GET", target) == expected, "alice")
+        assert not before.exists()
         wait_for(lambda: edge.follower_output().count("nginx reloaded") > reloads, "a reload")
-        wait_for(lambda: not marker.exists(), "the marker's removal")
         since = len(edge.access_lines())  # the old workers' lines are in: they are gone
         assert ask(edge.edge, "example.com", "GET", target) == expected
         assert edge.routes(since, [target]) == [("/search-cgi", "-")]  # from the new map
@@ -276,6 +280,42 @@ def test_the_map_serves_a_change_at_once_and_again_after_its_reload(edge: EdgeSe
             )
     single = ask(edge.python, "example.com", "GET", target)
     wait_for(lambda: ask(edge.edge, "example.com", "GET", target) == single, "alice again")
+
+
+def test_a_map_entry_whose_object_is_gone_takes_the_symlink(edge: EdgeSetup) -> None:
+    """What a map nginx still holds says of an AOR changed since: an object that is gone.
+    nginx then serves what the symlink names, with that answer's own ETag and headers (nginx
+    keeps a map's value for the whole request: the entry's must not leak into it), and the
+    Store's answer when the symlink's object has no body either (removed meanwhile)."""
+    base = edge.publish_dir / "example.com"
+    link, extra = base / "a" / "ghost", edge.publish_dir / "map" / "stale.map"
+    empty = base / "o" / ("e" * 32 + "-1|_|_")
+    target = canonical("ghost@example.com")
+    alice = ask(edge.python, "example.com", "GET", canonical("alice@example.com"))
+    entry = map_line("example.com", "ghost", "f" * 32 + "-1|_|_")  # an object that is gone
+    assert entry is not None and alice[2]["etag"] != '"' + "f" * 32 + '"'
+    try:
+        os.symlink(os.path.join("..", "o", (base / "a" / "alice").resolve().name), link)
+        extra.write_text(entry + "\n")
+        assert reload_nginx(edge.prefix / "nginx.pid", 30)
+        since = len(edge.access_lines())
+        assert ask(edge.edge, "example.com", "GET", target) == alice
+        assert edge.routes(since, [target]) == [("/_sipcert_body", "-")]
+        # The symlink names an object without a body: the Store answers (ghost has none).
+        empty.mkdir()
+        os.replace(link, base / "a" / ".ghost")
+        os.symlink(os.path.join("..", "o", empty.name), link)
+        since = len(edge.access_lines())
+        assert ask(edge.edge, "example.com", "GET", target) == ask(
+            edge.python, "example.com", "GET", target
+        )
+        assert edge.routes(since, [target])[0][1].startswith("unix:")
+    finally:
+        for path in (link, base / "a" / ".ghost", extra):
+            path.unlink(missing_ok=True)
+        if empty.exists():
+            empty.rmdir()
+        assert reload_nginx(edge.prefix / "nginx.pid", 30)
 
 
 @pytest.mark.parametrize("user", ["Alice", "ALICE", "alicE"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from sipcert.proto.edge import BODY_NAME, NONE_OBJECT, parse_map_line
 from sipcert.server import publish
 from sipcert.server.app import answer_for
-from sipcert.server.publish import EXPIRY_LEAD, GRACE, Publisher
+from sipcert.server.publish import EXPIRY_LEAD, MAP_INTERVAL, Publisher
 from sipcert.storage import MemoryStore, StoredCertificate
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -66,15 +65,12 @@ def test_publish_all_writes_the_store_s_answers(tmp_path: Path) -> None:
             assert target.relative_to(tmp_path / "example.com" / "o")
         assert not (tmp_path / "example.com" / "a" / "bob+home").exists()
         assert not (tmp_path / "example.org").exists()
-        # Revocation: the symlink now names the 404; the old object goes after the grace.
+        # Revocation: the symlink now names the 404, and the old object is gone at once
+        # (a map generation that names it then leads nginx to the symlink).
         old = resolved(tmp_path, "alice@example.com")
         await store.delete("alice@example.com", None)
         assert await publisher.publish_aor("alice@example.com")
         assert resolved(tmp_path, "alice@example.com").name == NONE_OBJECT
-        assert old.exists()
-        assert publisher.collect_garbage() == 0
-        clock.now += GRACE + 1
-        assert publisher.collect_garbage() == 1
         assert not old.exists()
         assert not any(name.startswith(".") for name in os.listdir(tmp_path / "example.com/a"))
 
@@ -92,8 +88,6 @@ def test_a_full_publication_forgets_aors_without_certificates(tmp_path: Path) ->
         await publisher.publish_all()
         old = resolved(tmp_path, "alice@example.com")
         await store.delete("alice@example.com", None)  # missed by this publisher
-        an_hour_ago = time.time() - 3600  # file times are the wall clock's
-        os.utime(old / BODY_NAME, (an_hour_ago, an_hour_ago))
         again = Publisher(
             tmp_path, store, domains=["example.com"], max_age=60, clock=clock, durable=False
         )
@@ -174,11 +168,12 @@ def test_an_unwritable_folder_is_one_configuration_error(tmp_path: Path) -> None
         Publisher(blocker / "edge", MemoryStore(), domains=["example.com"], max_age=60)
 
 
-def test_markers_follow_the_map_generations(
+def test_a_change_removes_the_old_object_and_the_map_follows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A change to a mapped AOR gets a marker before its link moves; a confirmed reload
-    retires the older generations, the markers the new one covers and their objects."""
+    """A changed AOR's old object goes with the change (whatever map nginx holds, its entry
+    then leads to the symlink); the next generation maps the new object, confirmed or not;
+    a restart reads the written map back and drops the markers of the earlier layout."""
     reloads: list[bool] = []
     monkeypatch.setattr(publish, "reload_nginx", lambda _pid, _timeout: reloads.pop(0))
 
@@ -188,57 +183,90 @@ def test_markers_follow_the_map_generations(
         await store.add(cert("bob@example.com", 0), max_per_aor=5, now=NOW)
         clock = Clock()
         pid = tmp_path / "nginx.pid"
-        publisher = Publisher(
-            tmp_path,
-            store,
-            domains=["example.com"],
-            max_age=60,
-            clock=clock,
-            durable=False,
-            nginx_pid=pid,
-        )
+
+        def publisher_() -> Publisher:
+            return Publisher(
+                tmp_path,
+                store,
+                domains=["example.com"],
+                max_age=60,
+                clock=clock,
+                durable=False,
+                nginx_pid=pid,
+            )
+
+        publisher = publisher_()
         await publisher.publish_all()
         reloads.append(True)
         assert await publisher.refresh_map()
-        live = (tmp_path / "map" / "live.map").read_text().splitlines()
-        assert [parse_map_line(line)[1] for line in live] == ["alice", "bob"]  # type: ignore[index]
+        live = tmp_path / "map" / "live.map"
+        assert [parse_map_line(line) for line in live.read_text().splitlines()] == [
+            ("example.com", "alice", resolved(tmp_path, "alice@example.com").name),
+            ("example.com", "bob", resolved(tmp_path, "bob@example.com").name),
+        ]
+        assert not publisher._map_due()
         first = resolved(tmp_path, "alice@example.com")
-        marker = tmp_path / "example.com" / "c" / "alice"
-        # alice changes: her marker comes with the change; bob, unchanged, has none.
+        # alice changes: her old object is gone with the change; the map is behind for her.
         await store.add(cert("alice@example.com", 1), max_per_aor=5, now=NOW)
         await publisher.publish_aor("alice@example.com")
-        assert marker.exists() and not (tmp_path / "example.com" / "c" / "bob").exists()
-        # A reload nginx does not confirm: both generations may be live, the marker stays,
-        # and the first generation's object is kept past the grace period.
+        second = resolved(tmp_path, "alice@example.com")
+        assert second != first and (second / BODY_NAME).exists() and not first.exists()
+        assert publisher._changed == {"example.com/alice"} and not publisher._map_due()
+        clock.now += MAP_INTERVAL
+        assert publisher._map_due()
+        # nginx does not confirm the reload: the map on disk is new all the same.
         reloads.append(False)
         assert not await publisher.refresh_map()
-        assert len(list((tmp_path / "map").glob("prev-*.txt"))) == 1
-        reloads.append(False)  # asked again: the same pending generation, no new one
-        assert not await publisher.refresh_map()
-        assert len(list((tmp_path / "map").glob("prev-*.txt"))) == 1
-        clock.now += GRACE + 1
-        assert publisher.collect_garbage() == 0 and first.exists()
-        assert marker.exists()
-        # A new publisher (a restart) knows both generations from the disk.
-        again = Publisher(
-            tmp_path,
-            store,
-            domains=["example.com"],
-            max_age=60,
-            clock=clock,
-            durable=False,
-            nginx_pid=pid,
+        assert parse_map_line(live.read_text().splitlines()[0]) == (
+            "example.com",
+            "alice",
+            second.name,
         )
+        assert not publisher._changed
+        # A restart: the map on disk is what it compares with; the old layout's markers and
+        # kept generations go.
+        (tmp_path / "example.com" / "c").mkdir()
+        (tmp_path / "example.com" / "c" / "alice").touch()
+        (tmp_path / "map" / "prev-1.txt").write_text("")
+        again = publisher_()
+        assert not (tmp_path / "example.com" / "c").exists()
+        assert list((tmp_path / "map").glob("prev-*.txt")) == []
         await store.delete("bob@example.com", None)
+        bob = resolved(tmp_path, "bob@example.com")
         await again.publish_all()
-        assert (tmp_path / "example.com" / "c" / "bob").exists()
-        # Confirmed: one generation left, which has alice's new object and no bob.
+        assert not bob.exists() and resolved(tmp_path, "bob@example.com").name == NONE_OBJECT
+        assert again._changed == {"example.com/bob"}
         reloads.append(True)
         assert await again.refresh_map()
-        assert not marker.exists() and not (tmp_path / "example.com" / "c" / "bob").exists()
-        assert list((tmp_path / "map").glob("prev-*.txt")) == []
-        live = (tmp_path / "map" / "live.map").read_text().splitlines()
-        assert [parse_map_line(line)[1] for line in live] == ["alice"]  # type: ignore[index]
+        assert [parse_map_line(line)[1] for line in live.read_text().splitlines()] == ["alice"]  # type: ignore[index]
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_removal_is_an_error_not_a_stale_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old object must go (a map generation may name it): if it cannot, the
+    publication fails with the folder's one-line error, not silently."""
+    from sipcert.errors import ConfigError
+
+    async def scenario() -> None:
+        store = MemoryStore()
+        await store.add(cert("alice@example.com", 0), max_per_aor=5, now=NOW)
+        publisher = Publisher(
+            tmp_path, store, domains=["example.com"], max_age=60, clock=Clock(), durable=False
+        )
+        await publisher.publish_all()
+        old = resolved(tmp_path, "alice@example.com")
+
+        def refuse(obj: Path) -> None:
+            raise PermissionError(13, "Permission denied", str(obj / BODY_NAME))
+
+        monkeypatch.setattr(publish, "_remove_object", refuse)
+        await store.add(cert("alice@example.com", 1), max_per_aor=5, now=NOW)
+        with pytest.raises(ConfigError, match=r"cannot write .*body: Permission denied"):
+            await publisher.publish_aor("alice@example.com")
+        assert resolved(tmp_path, "alice@example.com") != old  # the symlink moved first
 
     asyncio.run(scenario())
 
@@ -248,14 +276,36 @@ def test_users_that_differ_in_case_stay_out_of_the_map(tmp_path: Path) -> None:
         store = MemoryStore()
         for aor in ("alice@example.com", "Bob@example.com", "bob@example.com"):
             await store.add(cert(aor, 0), max_per_aor=5, now=NOW)
+        clock = Clock()
         publisher = Publisher(
-            tmp_path, store, domains=["example.com"], max_age=60, clock=Clock(), durable=False
+            tmp_path, store, domains=["example.com"], max_age=60, clock=clock, durable=False
         )
         await publisher.publish_all()
-        await publisher.write_first_map()  # no nginx yet: the map it will start with
+        assert not await publisher.refresh_map()  # no nginx yet: the map it will start with
         lines = (tmp_path / "map" / "live.map").read_text().splitlines()
         assert [parse_map_line(line)[1] for line in lines] == ["alice"]  # type: ignore[index]
-        await publisher.write_first_map()  # one is on disk: without a pid, no second
-        assert list((tmp_path / "map").glob("prev-*.txt")) == []
+        # The users left out do not call for one map after another.
+        assert not publisher._changed
 
     asyncio.run(scenario())
+
+
+def test_one_publisher_per_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each publisher removes the objects no symlink names: a second one on the same folder
+    could remove the first one's object written but not yet linked, so it is refused."""
+    from sipcert.cli.main import main
+    from sipcert.server.publish import take_lock
+
+    held = take_lock(tmp_path / "edge")
+    assert held is not None
+    try:
+        assert take_lock(tmp_path / "edge") is None
+        code = main(["publish", str(tmp_path / "edge"), "--once", "--dev"])
+        assert code != 0
+        err = capsys.readouterr().err
+        assert "another publisher is using it" in err and "Traceback" not in err
+    finally:
+        held.close()
+    again = take_lock(tmp_path / "edge")  # released with its file
+    assert again is not None
+    again.close()
