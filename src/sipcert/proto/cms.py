@@ -573,11 +573,21 @@ def _parse_signed(
 _signer_cache = _LRU(256)
 
 
+#: The last signer certificate loaded, with the DER object it came from: the layout of a
+#: repeated sender's SignedData (:class:`_SignedLayout`) hands the same object every time.
+_last_signer: tuple[bytes, x509.Certificate, Any] | None = None
+
+
 def _signer_certificate(der: bytes) -> tuple[x509.Certificate, Any]:
     """(certificate, public key) of a signer certificate's DER, through :data:`_signer_cache`."""
+    global _last_signer  # one tuple, replaced whole
+    last = _last_signer
+    if last is not None and last[0] is der:
+        return last[1], last[2]
     fingerprint = hashlib.sha256(der).digest()
     hit: tuple[x509.Certificate, Any] | None = _signer_cache.get(fingerprint)
     if hit is not None:
+        _last_signer = (der, *hit)
         return hit
     try:
         # load_certificate, not cryptography directly: it also refuses what cryptography
@@ -587,6 +597,7 @@ def _signer_certificate(der: bytes) -> tuple[x509.Certificate, Any]:
     except (ValueError, UnsupportedAlgorithm, CertificateParseError) as exc:
         raise CMSError(f"signer certificate does not parse: {exc}") from exc
     _signer_cache.put(fingerprint, (cert, public_key))
+    _last_signer = (der, cert, public_key)
     return cert, public_key
 
 
@@ -2066,10 +2077,24 @@ def _lean_parse_signed(
     return embedded_content, [signer for signer, _ in read]
 
 
+#: (key, certificate) pairs found to match, by the objects' identities: a UA opens every
+#: message with the same two objects. Each entry holds both, so neither id is reused while
+#: it lives; a pair that does not match is never kept.
+_matching_keys: dict[tuple[int, int], tuple[DecryptionKey, x509.Certificate]] = {}
+_MATCHING_KEYS_SIZE = 64
+
+
 def _check_key_matches(key: DecryptionKey, cert: x509.Certificate) -> None:
     """Refuse a private key that is not the one of ``cert`` (a configuration mistake)."""
+    pair = (id(key), id(cert))
+    hit = _matching_keys.get(pair)
+    if hit is not None and hit[0] is key and hit[1] is cert:
+        return
     if key.public_key() != _recipient(cert)[1]:  # cryptography compares the key material
         raise DecryptionError("the private key does not belong to the given certificate")
+    if len(_matching_keys) >= _MATCHING_KEYS_SIZE:
+        _matching_keys.clear()
+    _matching_keys[pair] = (key, cert)
 
 
 def _open_gcm(cek: bytes, nonce: bytes, tag: bytes, aad: bytes, ciphertext: bytes) -> bytes:
