@@ -107,7 +107,7 @@ def fixtures(path: Path) -> None:
 def instructions(src: Path, fixture: Path, kind: str, what: str, count: int) -> int:
     """Instructions of ``count`` operations, under callgrind."""
     out = subprocess.run(  # noqa: S603 - our own fixed command line
-        ["valgrind",  # noqa: S607 - valgrind from PATH, as bench/README.md says "--tool=callgrind", "--callgrind-out-file=/dev/null",
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",  # noqa: S607 - from PATH
          sys.executable, "-c", CHILD, str(src), str(fixture), kind, what, str(count)],
         capture_output=True, text=True, check=True,
     ).stderr  # fmt: skip
@@ -117,20 +117,92 @@ def instructions(src: Path, fixture: Path, kind: str, what: str, count: int) -> 
     return int(match[1])
 
 
+#: The libcrypto call each ``openssl speed`` loop makes once per operation.
+_SPEED_CALLS = {
+    "rsa2048": {"rsa_sign": "EVP_PKEY_sign", "rsa_verify": "EVP_PKEY_verify"},
+    "ecdsap256": {"ecdsa_sign": "EVP_PKEY_sign", "ecdsa_verify": "EVP_PKEY_verify"},
+    "ecdhp256": {"ecdh": "EVP_PKEY_derive"},
+}
+
+
+def speed_instructions(tmp: Path) -> dict[str, float]:
+    """Instructions per operation of ``openssl speed`` itself, under callgrind.
+
+    The inclusive count of the libcrypto call that each timing loop makes once per
+    operation, divided by how often it was called (the loop's count and the one check call
+    before it): what bench/smime_vs_openssl.py's bound counts, in instructions.
+    """
+    found: dict[str, float] = {}
+    for algorithm, calls in _SPEED_CALLS.items():
+        out_file = tmp / f"speed-{algorithm}.callgrind"
+        subprocess.run(  # noqa: S603 - our own fixed command line
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",  # noqa: S607
+             "openssl", "speed", "-seconds", "1", algorithm],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        tree = subprocess.run(  # noqa: S603
+            ["callgrind_annotate", "--inclusive=yes", "--tree=caller", str(out_file)],  # noqa: S607
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        for name, function in calls.items():
+            # a block of "< caller (Nx)" lines, then "* ...:FUNCTION [libcrypto...]"
+            block = re.search(
+                rf"((?:^.*<.*\(\d[\d,]*x\).*\n)+)^\s*([\d,]+) .*\*\s+\S*:{function} \[",
+                tree,
+                re.M,
+            )
+            if block is None:
+                raise SystemExit(
+                    f"no {function} in callgrind_annotate of openssl speed {algorithm}"
+                )
+            calls_made = sum(
+                int(n.replace(",", "")) for n in re.findall(r"\((\d[\d,]*)x\)", block[1])
+            )
+            found[name] = int(block[2].replace(",", "")) / calls_made
+    return found
+
+
+def bound(speed: dict[str, float], kind: str, what: str) -> float | None:
+    """Instructions of the public-key operations ``openssl speed`` times for one body
+    (the arithmetic of bench/smime_vs_openssl.py), or None for the primitives row."""
+    if what == "primitives":
+        what = "receive"
+    n = int(what[4:]) if what.startswith("send") else 0
+    if kind == "rsa2048":
+        if n:
+            return speed["rsa_sign"] + n * speed["rsa_verify"]
+        return speed["rsa_sign"] + speed["rsa_verify"]
+    if n:
+        return speed["ecdsa_sign"] + 2 * n * speed["ecdh"]
+    return speed["ecdh"] + speed["ecdsa_verify"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the sipcert to measure")
     parser.add_argument("--count", type=int, default=50, help="operations per figure")
+    parser.add_argument(
+        "--bound", action="store_true", help="also count openssl speed's operations, and ratios"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         fixture = Path(tmp) / "bodies.pickle"
         fixtures(fixture)
+        speed = speed_instructions(Path(tmp)) if args.bound else {}
+        if speed:
+            shown = ", ".join(f"{name} {value / 1e6:.3f} M" for name, value in speed.items())
+            print(f"openssl speed, instructions per operation: {shown}")
         print(f"instructions per operation, {args.src} (callgrind, {args.count} operations)")
         for kind in ("rsa2048", "ec-p256"):
             for what in ("receive", "primitives", "send1", "send4", "send16"):
                 base = instructions(args.src, fixture, kind, what, 0)
                 total = instructions(args.src, fixture, kind, what, args.count)
-                print(f"{kind:8s} {what:10s} {(total - base) / args.count / 1e6:7.2f} M")
+                ours = (total - base) / args.count
+                line = f"{kind:8s} {what:10s} {ours / 1e6:7.2f} M"
+                limit = bound(speed, kind, what) if speed else None
+                if limit is not None:
+                    line += f"   openssl speed {limit / 1e6:6.2f} M   ratio {limit / ours:.2f}"
+                print(line, flush=True)
     return 0
 
 

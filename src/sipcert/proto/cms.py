@@ -573,11 +573,21 @@ def _parse_signed(
 _signer_cache = _LRU(256)
 
 
+#: The last signer certificate loaded, with the DER object it came from: the layout of a
+#: repeated sender's SignedData (:class:`_SignedLayout`) hands the same object every time.
+_last_signer: tuple[bytes, x509.Certificate, Any] | None = None
+
+
 def _signer_certificate(der: bytes) -> tuple[x509.Certificate, Any]:
     """(certificate, public key) of a signer certificate's DER, through :data:`_signer_cache`."""
+    global _last_signer  # one tuple, replaced whole
+    last = _last_signer
+    if last is not None and last[0] is der:
+        return last[1], last[2]
     fingerprint = hashlib.sha256(der).digest()
     hit: tuple[x509.Certificate, Any] | None = _signer_cache.get(fingerprint)
     if hit is not None:
+        _last_signer = (der, *hit)
         return hit
     try:
         # load_certificate, not cryptography directly: it also refuses what cryptography
@@ -587,6 +597,7 @@ def _signer_certificate(der: bytes) -> tuple[x509.Certificate, Any]:
     except (ValueError, UnsupportedAlgorithm, CertificateParseError) as exc:
         raise CMSError(f"signer certificate does not parse: {exc}") from exc
     _signer_cache.put(fingerprint, (cert, public_key))
+    _last_signer = (der, cert, public_key)
     return cert, public_key
 
 
@@ -1568,14 +1579,10 @@ _LEAN_CIPHERS = _oid_contents(asn1_algos.EncryptionAlgorithmId._map, tuple(_CONT
 _ATTR_CONTENT_TYPE = _der_oid("1.2.840.113549.1.9.3")[2:]
 _ATTR_MESSAGE_DIGEST = _der_oid("1.2.840.113549.1.9.4")[2:]
 _ATTR_CAPABILITIES = _der_oid("1.2.840.113549.1.9.15")[2:]
+_ATTR_SIGNING_TIME = _der_oid("1.2.840.113549.1.9.5")[2:]
 #: Attribute OIDs whose content octets are well formed (checked once, here), with signingTime.
 _ATTR_KNOWN = frozenset(
-    (
-        _ATTR_CONTENT_TYPE,
-        _ATTR_MESSAGE_DIGEST,
-        _ATTR_CAPABILITIES,
-        _der_oid("1.2.840.113549.1.9.5")[2:],
-    )
+    (_ATTR_CONTENT_TYPE, _ATTR_MESSAGE_DIGEST, _ATTR_CAPABILITIES, _ATTR_SIGNING_TIME)
 )
 _ORIGINATOR_KEYS = {_der_oid(oid)[2:]: oid for oid in ("1.2.840.10045.2.1", _X25519_OID, _X448_OID)}
 
@@ -1794,10 +1801,15 @@ def _lean_decrypt(data: bytes, key: DecryptionKey, cert: x509.Certificate) -> by
 
 
 def _lean_attributes(
-    data: bytes, attrs: der.TLV
+    data: bytes, attrs: der.TLV, holes: list[tuple[int, int]]
 ) -> tuple[bytes | None, str | None, tuple[str, ...]]:
-    """(messageDigest, contentType, SMIMECapabilities) of the signed attributes (RFC 5652 §11)."""
+    """(messageDigest, contentType, SMIMECapabilities) of the signed attributes (RFC 5652 §11).
+
+    Adds to ``holes`` the content of the signingTime value and then of the messageDigest
+    value: octets this reader never reads, or takes as they are (:class:`_SignedLayout`).
+    """
     message_digest: bytes | None = None
+    digest_at: tuple[int, int] | None = None
     content_type: str | None = None
     capabilities: list[der.TLV] = []
     seen: set[bytes] = set()
@@ -1813,6 +1825,9 @@ def _lean_attributes(
             seen.add(oid)
         if oid == _ATTR_MESSAGE_DIGEST:
             message_digest = _lean_bytes(data, items[0])
+            digest_at = (items[0].content, items[0].end)
+        elif oid == _ATTR_SIGNING_TIME and len(items) == 1:
+            holes.append((items[0].content, items[0].end))  # framed, never read
         elif oid == _ATTR_CONTENT_TYPE:
             content_type = _lean_oid(data, items[0], _LEAN_CONTENT_TYPES)
         elif oid == _ATTR_CAPABILITIES:
@@ -1821,6 +1836,8 @@ def _lean_attributes(
     if capabilities:
         value = data[capabilities[0].start : capabilities[0].end]
         announced = _capability_names(value, lambda: asn1_cms.SMIMECapabilites.load(value))
+    if digest_at is not None:
+        holes.append(digest_at)
     return message_digest, content_type, announced
 
 
@@ -1871,8 +1888,10 @@ def _lean_signer(
     econtent_type: str,
     embedded: Sequence[bytes],
     extra: Sequence[x509.Certificate],
-) -> _SignerData:
-    """:func:`_signer_data` on the DER of one SignerInfo (RFC 5652 §5.3)."""
+    holes: list[tuple[int, int]],
+) -> tuple[_SignerData, _SignerHoles]:
+    """:func:`_signer_data` on the DER of one SignerInfo (RFC 5652 §5.3), and where its
+    per-message values are (``holes`` gets them too, :class:`_SignedLayout`)."""
     fields = der.children(data, der.expect(signer, 0x30))
     if len(fields) not in (5, 6, 7):
         raise NotLean
@@ -1898,9 +1917,17 @@ def _lean_signer(
     message_digest: bytes | None = None
     attr_content_type: str | None = None
     capabilities: tuple[str, ...] = ()
+    attrs_at: tuple[int, int] | None = None
+    digest_at: tuple[int, int] | None = None
     if attrs is not None:
         signed_attrs = b"\x31" + data[attrs.start + 1 : attrs.end]  # RFC 5652 §5.4
-        message_digest, attr_content_type, capabilities = _lean_attributes(data, attrs)
+        attrs_at = (attrs.start + 1, attrs.end)
+        message_digest, attr_content_type, capabilities = _lean_attributes(data, attrs, holes)
+        if message_digest is not None:
+            digest_at = holes[-1]
+    signature_at = (rest[1].content, rest[1].end)
+    holes.append(signature_at)
+    places = _SignerHoles(signature_at, attrs_at, digest_at)
     return _SignerData(
         certificate_der=certificate_der,
         digest=digest,
@@ -1913,13 +1940,111 @@ def _lean_signer(
         pss_mgf_digest=mgf_digest,
         signature=signature,
         capabilities=capabilities,
-    )
+    ), places
+
+
+class _SignerHoles(NamedTuple):
+    """Where one SignerInfo's per-message values are: (start, end) of the signature value,
+    of the signed attributes' content and of the messageDigest value."""
+
+    signature: tuple[int, int]
+    attrs: tuple[int, int] | None
+    digest: tuple[int, int] | None
+
+
+class _SignedLayout(NamedTuple):
+    """A detached DER SignedData the lean reader read, less what changes per message.
+
+    A sender's SignedData repeat every octet but the contents of a few primitive values:
+    each signer's signature and messageDigest, and signingTime. The reader takes the first
+    two as they are and never reads the third, and the lengths and tags around them are
+    outside these holes, so another SignedData of the same length whose every octet outside
+    the holes is the same reads to the same result with the holes' octets put in. That
+    makes :func:`_lean_parse_signed` a few byte comparisons for a repeated sender; every
+    check of :func:`_check_signer` still runs on the values of the message.
+    """
+
+    segments: tuple[tuple[int, bytes], ...]  # (offset, octets) of everything but the holes
+    signers: tuple[tuple[_SignerData, _SignerHoles], ...]
+
+
+#: Layouts by (length, first octets) of the SignedData: see :class:`_SignedLayout`.
+_signed_layouts = _LRU(128)
+#: Octets of the key of :data:`_signed_layouts`; no hole starts this early in a SignedData.
+_LAYOUT_KEY = 64
+#: Largest SignedData whose layout is kept (a SIP body's is a few kB), so the cache stays
+#: small whatever senders send.
+_MAX_LAYOUT = 16384
+
+
+def _layout_key(data: bytes) -> bytes:
+    return b"sd" + len(data).to_bytes(4, "big") + data[:_LAYOUT_KEY]
+
+
+def _remember_layout(
+    data: bytes, signers: Sequence[tuple[_SignerData, _SignerHoles]], holes: list[tuple[int, int]]
+) -> None:
+    """Keep the layout of ``data`` (a detached SignedData just read, all its signers
+    usable); ``holes`` are every value a signer's result takes or skips."""
+    segments = []
+    pos = 0
+    for start, end in sorted(holes):
+        if start < pos:
+            return  # overlapping holes: not a shape made by one reading, keep nothing
+        segments.append((pos, data[pos:start]))
+        pos = end
+    segments.append((pos, data[pos:]))
+    if len(data) > _MAX_LAYOUT or len(segments[0][1]) < _LAYOUT_KEY:
+        return
+    _signed_layouts.put(_layout_key(data), _SignedLayout(tuple(segments), tuple(signers)))
+
+
+def _from_layout(data: bytes) -> list[_SignerData | SipCertError] | None:
+    """The signers of ``data`` read through a remembered layout, or None if none fits."""
+    layout: _SignedLayout | None = _signed_layouts.get(_layout_key(data))
+    if layout is None:
+        return None
+    for offset, octets in layout.segments:
+        if not data.startswith(octets, offset):
+            return None
+    signers: list[_SignerData | SipCertError] = []
+    for base, places in layout.signers:
+        signature = data[places.signature[0] : places.signature[1]]
+        signed_attrs = message_digest = None
+        if places.attrs is not None:
+            signed_attrs = b"\x31" + data[places.attrs[0] : places.attrs[1]]
+        if places.digest is not None:
+            message_digest = data[places.digest[0] : places.digest[1]]
+        signers.append(
+            _SignerData(
+                certificate_der=base.certificate_der,
+                digest=base.digest,
+                econtent_type=base.econtent_type,
+                signed_attrs=signed_attrs,
+                message_digest=message_digest,
+                attr_content_type=base.attr_content_type,
+                scheme=base.scheme,
+                pss_salt_length=base.pss_salt_length,
+                pss_mgf_digest=base.pss_mgf_digest,
+                signature=signature,
+                capabilities=base.capabilities,
+            )
+        )
+    return signers
 
 
 def _lean_parse_signed(
     data: bytes, extra: Sequence[x509.Certificate]
 ) -> tuple[bytes | None, list[_SignerData | SipCertError]]:
-    """:func:`_parse_signed` for a DER SignedData every signer of which is usable."""
+    """:func:`_parse_signed` for a DER SignedData every signer of which is usable.
+
+    Without ``extra`` certificates (which may name the signer), a detached SignedData is
+    first tried against the layouts of those read before (:class:`_SignedLayout`).
+    """
+    if not extra:
+        known = _from_layout(data)
+        if known is not None:
+            return None, known
     _, body = _lean_content_info(data, ("signed_data",))
     fields = der.children(data, body)
     if len(fields) not in (4, 5):
@@ -1943,16 +2068,33 @@ def _lean_parse_signed(
     signer_infos = der.children(data, der.expect(fields[-1], 0x31))
     if not signer_infos:
         raise NotLean
-    signers: list[_SignerData | SipCertError] = [
-        _lean_signer(data, signer, econtent_type, embedded, extra) for signer in signer_infos
+    holes: list[tuple[int, int]] = []
+    read = [
+        _lean_signer(data, signer, econtent_type, embedded, extra, holes) for signer in signer_infos
     ]
-    return embedded_content, signers
+    if embedded_content is None and not extra:
+        _remember_layout(data, read, holes)
+    return embedded_content, [signer for signer, _ in read]
+
+
+#: (key, certificate) pairs found to match, by the objects' identities: a UA opens every
+#: message with the same two objects. Each entry holds both, so neither id is reused while
+#: it lives; a pair that does not match is never kept.
+_matching_keys: dict[tuple[int, int], tuple[DecryptionKey, x509.Certificate]] = {}
+_MATCHING_KEYS_SIZE = 64
 
 
 def _check_key_matches(key: DecryptionKey, cert: x509.Certificate) -> None:
     """Refuse a private key that is not the one of ``cert`` (a configuration mistake)."""
+    pair = (id(key), id(cert))
+    hit = _matching_keys.get(pair)
+    if hit is not None and hit[0] is key and hit[1] is cert:
+        return
     if key.public_key() != _recipient(cert)[1]:  # cryptography compares the key material
         raise DecryptionError("the private key does not belong to the given certificate")
+    if len(_matching_keys) >= _MATCHING_KEYS_SIZE:
+        _matching_keys.clear()
+    _matching_keys[pair] = (key, cert)
 
 
 def _open_gcm(cek: bytes, nonce: bytes, tag: bytes, aad: bytes, ciphertext: bytes) -> bytes:

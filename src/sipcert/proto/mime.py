@@ -217,7 +217,38 @@ def _parse_content_type_cached(value: str) -> tuple[str, tuple[tuple[str, str], 
     return media_type, tuple(params.items())
 
 
+_TOKEN = _TOKEN_RE.pattern
+#: One parameter as :func:`_parse_content_type` reads it: name, then a token or the
+#: inside of a quoted string.
+_PARAMETER = rf'[ \t]*;[ \t]*({_TOKEN})[ \t]*=[ \t]*(?:({_TOKEN})|"((?:[^"\\]|\\.)*)")'
+_PARAMETER_RE = re.compile(_PARAMETER, re.DOTALL)
+#: A whole Content-Type that :func:`_parse_content_type` accepts, when no parameter is
+#: given twice: ``type/subtype``, parameters, perhaps a trailing ";".
+_CONTENT_TYPE_RE = re.compile(
+    rf"({_TOKEN})/({_TOKEN})(?:{_PARAMETER})*[ \t]*(?:;[ \t]*)?", re.DOTALL
+)
+
+
 def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """Two regular expressions for the usual value (a multipart one's boundary is new in
+    every message, so no cache helps), the loop below for the rest and for every error."""
+    if value.isascii():
+        whole = _CONTENT_TYPE_RE.fullmatch(value.strip(" \t"))
+        if whole is not None:
+            found: dict[str, str] = {}
+            for name, token, quoted in _PARAMETER_RE.findall(whole[0], whole.end(2)):
+                key = name.lower()
+                if key in found:
+                    break  # the loop below names the duplicate
+                found[key] = token or (
+                    _QUOTED_PAIR_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
+                )
+            else:
+                return f"{whole[1]}/{whole[2]}".lower(), found
+    return _parse_content_type_slowly(value)
+
+
+def _parse_content_type_slowly(value: str) -> tuple[str, dict[str, str]]:
     if not value.isascii():
         raise MIMEError("Content-Type is not US-ASCII")
     text = value.strip(" \t")

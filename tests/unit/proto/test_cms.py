@@ -566,3 +566,21 @@ def test_per_certificate_cache_finds_objects_by_identity_and_is_bounded() -> Non
     serial(other)  # a third object: the oldest (cert) goes
     assert serial(copy) == cert.serial_number and len(calls) == 3
     assert serial(cert) == cert.serial_number and len(calls) == 4
+
+
+def test_a_matching_key_is_remembered_by_its_objects_and_a_mismatch_never() -> None:
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    other, _ = make_identity("dave@example.com", "ec-p256")
+    cms._check_key_matches(key, cert)
+    cms._check_key_matches(key, cert)  # remembered for these two objects
+    for _ in range(2):
+        with pytest.raises(DecryptionError, match="does not belong"):
+            cms._check_key_matches(other, cert)
+
+
+def test_the_last_signer_certificate_is_found_by_its_der_object() -> None:
+    _, cert = make_identity("alice@example.com", "ec-p256")
+    der = cert.public_bytes(serialization.Encoding.DER)
+    loaded = cms._signer_certificate(der)
+    assert cms._signer_certificate(der)[0] is loaded[0]
+    assert cms._signer_certificate(bytes(der))[0] == cert  # an equal object: by SHA-256

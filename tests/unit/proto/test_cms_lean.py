@@ -11,12 +11,13 @@ and the public functions keep that path's precise errors (tests/cmslean.py).
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sipcert.errors import NotRecipientError
+from sipcert.errors import NotRecipientError, SignatureError
 from sipcert.proto import cms, der, smime
 from sipcert.proto.mime import MimePart, parse_multipart
 from tests.cmslean import DEFER, Vector, check_envelope, check_signed, lean_decrypt, load_corpus
@@ -246,3 +247,96 @@ def test_mutated_signatures_are_never_accepted_by_the_lean_reader_alone(
 ) -> None:
     vector, data = case
     check_signed(data, vector.content, vector.certificates)
+
+
+# --- SignedData read through the layout of one read before (cms._SignedLayout) -------------
+
+#: Detached DER SignedData whose signer is found without extra certificates.
+_LAYOUT_VECTORS = [
+    v for v in SIGNED + OUR_SIGNED if not _is_ber(v.der) and v.content and not v.certificates
+]
+
+
+def _fresh_reading(data: bytes) -> object:
+    """What the lean reader answers with no layout remembered (and remembers nothing)."""
+    with mock.patch.object(cms, "_signed_layouts", cms._LRU(8)):
+        try:
+            return cms._lean_parse_signed(data, ())
+        except cms._LEAN_FALLBACK:
+            return DEFER
+
+
+def _holes(data: bytes) -> list[tuple[int, int]]:
+    layout = cms._signed_layouts.get(cms._layout_key(data))
+    assert layout is not None, "no layout was remembered"
+    ends = [offset + len(octets) for offset, octets in layout.segments]
+    return list(zip(ends, [offset for offset, _ in layout.segments[1:]], strict=False))
+
+
+def test_layouts_are_remembered_for_peers_and_ours() -> None:
+    assert any(v.name.startswith("ours") for v in _LAYOUT_VECTORS)
+    assert any(not v.name.startswith("ours") for v in _LAYOUT_VECTORS)
+    for vector in _LAYOUT_VECTORS:
+        cms._signed_layouts.clear()
+        cms._lean_parse_signed(vector.der, ())
+        holes = _holes(vector.der)
+        assert len(holes) >= 2, vector.name  # at least a messageDigest and a signature
+        assert cms._from_layout(vector.der) is not None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_layout_reads_what_a_fresh_reading_reads(data: st.DataObject) -> None:
+    """Other octets in the holes, and sometimes one octet changed anywhere: the answer
+    through the remembered layout is the answer of a reading without it."""
+    vector = data.draw(st.sampled_from(_LAYOUT_VECTORS))
+    cms._signed_layouts.clear()
+    cms._lean_parse_signed(vector.der, ())
+    mutated = bytearray(vector.der)
+    for start, end in _holes(vector.der):
+        mutated[start:end] = data.draw(st.binary(min_size=end - start, max_size=end - start))
+    if data.draw(st.booleans()):
+        at = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[at] = data.draw(st.integers(0, 255))
+    candidate = bytes(mutated)
+    try:
+        through_layout: object = cms._lean_parse_signed(candidate, ())
+    except cms._LEAN_FALLBACK:
+        through_layout = DEFER
+    assert through_layout == _fresh_reading(candidate)
+    check_signed(candidate, vector.content)  # and the asn1crypto path agrees
+
+
+@pytest.mark.parametrize("kind", ["rsa2048", "ec-p256"])
+def test_a_layout_still_checks_every_message(kind: KeyKind) -> None:
+    """Another message of the same sender goes through the layout, and its digest and
+    signature are its own: a swapped content, a flipped signature bit are refused."""
+    key, cert = make_identity("alice@example.com", kind)
+    cms._signed_layouts.clear()
+    first = cms.sign_detached(b"first message", key, cert)
+    assert cms.verify_detached(first, b"first message") == cert
+    for text in (b"second message", b"third message!", b"fourth message"):
+        again = cms.sign_detached(text, key, cert)
+        if len(again) != len(first):
+            continue  # an ECDSA signature one octet longer or shorter: another layout
+        assert cms._from_layout(again) is not None
+        assert cms.verify_detached(again, text) == cert
+        with pytest.raises(SignatureError, match="messageDigest does not match"):
+            cms.verify_detached(again, b"first message")
+        flipped = bytearray(again)
+        flipped[-1] ^= 1  # the last octet of the signature value
+        with pytest.raises(SignatureError, match="does not verify"):
+            cms.verify_detached(bytes(flipped), text)
+        break
+    else:
+        pytest.fail("no second signature of the same length")
+
+
+def test_no_layout_is_used_with_extra_certificates() -> None:
+    key, cert = make_identity("alice@example.com", "ec-p256")
+    signed = cms.sign_detached(b"content", key, cert)
+    cms._signed_layouts.clear()
+    cms._lean_parse_signed(signed, (cert,))
+    assert cms._signed_layouts.get(cms._layout_key(signed)) is None
+    with mock.patch.object(cms, "_from_layout", side_effect=AssertionError):
+        cms._lean_parse_signed(signed, (cert,))

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipcert.errors import InputTooLargeError, MIMEError
+from sipcert.proto import mime
 from sipcert.proto.mime import (
     MimeLimits,
     MimePart,
@@ -396,3 +397,72 @@ def test_parts_with_unhashable_headers_are_still_checked() -> None:
     assert MimePart("text/plain", b"", headers).header("content-disposition") == "inline"  # type: ignore[arg-type]
     with pytest.raises(MIMEError, match="line break"):
         MimePart("text/plain", b"", [("X-A", "a\r\nb")])  # type: ignore[arg-type]
+
+
+def _content_type_answer(parse: object, value: str) -> object:
+    try:
+        return parse(value)  # type: ignore[operator]
+    except MIMEError as exc:
+        return ("error", str(exc))
+
+
+_CT_PIECES = st.sampled_from(
+    ["multipart", "signed", "text", "/", ";", "=", " ", "\t", '"', "\\", "boundary", "Protocol",
+     "a", "x-y", "é", "\r\n", "application/pkcs7-signature", "sha-256", "(", "@", ",", "; "]
+)  # fmt: skip
+
+
+@settings(max_examples=2000)
+@given(st.lists(_CT_PIECES, max_size=14).map("".join))
+def test_content_type_regexes_answer_as_the_loop(value: str) -> None:
+    """The two regular expressions accept only what the loop accepts, with its answer;
+    everything else (errors included) is the loop's."""
+    assert _content_type_answer(mime._parse_content_type, value) == _content_type_answer(
+        mime._parse_content_type_slowly, value
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; '
+        "boundary=sipcert-0123",
+        'Multipart/Mixed ; BOUNDARY = "a \\"b\\" c" ;',
+        "text/plain; a=1; A=2",
+        'text/plain; a="unterminated',
+        "text/plain;",
+    ],
+)
+def test_content_type_regexes_on_the_usual_values(value: str) -> None:
+    assert _content_type_answer(mime._parse_content_type, value) == _content_type_answer(
+        mime._parse_content_type_slowly, value
+    )
+
+
+_CT_SPACE = st.sampled_from(["", " ", "\t", "  "])
+_CT_TOKEN = st.sampled_from(["a", "Multipart", "x-y", "sha-256", "B"])
+_CT_QUOTED = st.sampled_from(
+    ['""', '"a b"', '"x\\"y"', '"\\\\"', '"a;b=c"', '"é"', '"unterminated', '"\r\n"', '"a\\']
+)
+
+
+@st.composite
+def _content_types(draw: st.DrawFn) -> str:
+    """Mostly well-formed values (spaces, quoting, case, trailing ";"), some broken."""
+    value = draw(_CT_SPACE) + draw(_CT_TOKEN) + "/" + draw(_CT_TOKEN)
+    for _ in range(draw(st.integers(0, 4))):
+        value += f"{draw(_CT_SPACE)};{draw(_CT_SPACE)}{draw(_CT_TOKEN)}{draw(_CT_SPACE)}="
+        value += draw(_CT_SPACE) + draw(_CT_TOKEN | _CT_QUOTED)
+    value += draw(st.sampled_from(["", ";", " ; "])) + draw(_CT_SPACE)
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(value)))
+        value = value[:at] + draw(st.sampled_from(list(';="/\\x\n '))) + value[at:]
+    return value
+
+
+@settings(max_examples=2000)
+@given(_content_types())
+def test_content_type_regexes_answer_as_the_loop_on_likely_values(value: str) -> None:
+    assert _content_type_answer(mime._parse_content_type, value) == _content_type_answer(
+        mime._parse_content_type_slowly, value
+    )
