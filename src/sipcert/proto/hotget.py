@@ -31,15 +31,24 @@ from http import HTTPStatus
 from typing import NamedTuple
 
 from sipcert.errors import InputError
-from sipcert.proto.store import Response, check_host
+from sipcert.proto.store import (
+    PKIX_CERT,
+    Response,
+    check_host,
+    enrolled_on_header_us,
+    etag_for,
+    format_description,
+)
 
 __all__ = [
     "MAX_SIMPLE_HEAD",
     "SIMPLE_FIELDS",
     "SimpleGet",
+    "caching_lines",
     "http_date",
     "parse_simple_get",
     "render",
+    "render_one_prefix",
     "render_prefix",
 ]
 
@@ -162,6 +171,29 @@ def render_prefix(answer: Response, server: str) -> bytes:
     fields = "".join([f"{name}: {value}\r\n" for name, value in answer.headers])
     length = "" if status == 304 else f"Content-Length: {len(answer.body)}\r\n"
     return f"HTTP/1.1 {status} {_phrase(status)}\r\n{fields}Server: {server}\r\n{length}".encode()
+
+
+def render_one_prefix(
+    sha256: str, length: int, created_us: int, label: str | None, caching: str
+) -> bytes:
+    """:func:`render_prefix` of the 200 answer with one certificate, made from its row.
+
+    The same bytes as ``render_prefix(certificates_response([der], [sha256], ...), server)``
+    (tests/unit/proto/test_hotget.py compares them), without the :class:`Response` and its
+    header tuples: one certificate per AOR is the everyday answer (issue 13). ``length`` is
+    the DER's; ``caching`` the ``Cache-Control`` and ``Server`` lines (:func:`caching_lines`).
+    """
+    about = f"Content-Description: {format_description(label)}\r\n" if label else ""
+    return (
+        f"HTTP/1.1 200 OK\r\nContent-Type: {PKIX_CERT}\r\n{about}"
+        f"Content-Disposition: {enrolled_on_header_us(created_us)}\r\n"
+        f"ETag: {etag_for((sha256,))}\r\n{caching}Content-Length: {length}\r\n"
+    ).encode()
+
+
+def caching_lines(max_age: int, server: str) -> str:
+    """The ``Cache-Control`` line every certificate answer has, then ``Server``."""
+    return f"Cache-Control: max-age={max_age}\r\nServer: {server}\r\n"
 
 
 @functools.cache

@@ -17,6 +17,7 @@ import email.utils
 import functools
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,7 @@ __all__ = [
     "check_host",
     "conditional",
     "enrolled_on_header",
+    "enrolled_on_header_us",
     "error_response",
     "error_to_response",
     "etag_for",
@@ -231,6 +233,17 @@ def enrolled_on_header(created: datetime) -> str:
         f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} +0000"
     )
     return f'attachment; creation-date="{date}"'
+
+
+def enrolled_on_header_us(created_us: int) -> str:
+    """:func:`enrolled_on_header` of a time in Unix microseconds (as SQLite stores it),
+    without making a datetime: the hot GET renders every answer from its row (issue 13)."""
+    t = time.gmtime(created_us // 1_000_000)
+    return (
+        f'attachment; creation-date="{_DAYS[t.tm_wday]}, {t.tm_mday:02d} '
+        f"{_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} {t.tm_hour:02d}:{t.tm_min:02d}:"
+        f'{t.tm_sec:02d} +0000"'
+    )
 
 
 def parse_enrolled_on(value: str | None) -> datetime | None:
