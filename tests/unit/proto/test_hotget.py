@@ -258,3 +258,21 @@ def test_one_certificate_is_laid_out_as_certificates_response_would(
     assert render_one_prefix(sha256, len(der), created_us, label, caching) == render_prefix(
         shared, "sipcert"
     )
+
+
+def test_the_field_verdicts_are_kept_bounded_and_agree_with_a_fresh_read() -> None:
+    """The memo of header blocks (issue 13) answers as the parse does, and stays small."""
+    from sipcert.proto import hotget
+
+    good = b"GET /search-cgi?email=a%40example.com HTTP/1.1\r\nHost: example.com\r\n"
+    for i in range(hotget._FIELDS_KEPT * 2 + 3):
+        etag = f'If-None-Match: "{i}"\r\n'.encode()
+        head = parse_simple_get(good + etag + b"\r\n")
+        assert head is not None and head.if_none_match == f'"{i}"'
+        assert len(hotget._FIELDS_SEEN) <= hotget._FIELDS_KEPT
+    refused = good + b"Content-Length: 0\r\n\r\n"
+    assert parse_simple_get(refused) is None and parse_simple_get(refused) is None
+    block = b"Host: example.com\r\nConnection: close"
+    assert hotget._read_fields(block) == (None, True)
+    closing = parse_simple_get(good.replace(b"Host: example.com\r\n", block + b"\r\n") + b"\r\n")
+    assert closing is not None and closing.close and hotget._FIELDS_SEEN[block] == (None, True)
