@@ -238,11 +238,24 @@ def enrolled_on_header(created: datetime) -> str:
 def enrolled_on_header_us(created_us: int) -> str:
     """:func:`enrolled_on_header` of a time in Unix microseconds (as SQLite stores it),
     without making a datetime: the hot GET renders every answer from its row (issue 13)."""
-    t = time.gmtime(created_us // 1_000_000)
+    days, second = divmod(created_us // 1_000_000, 86_400)
+    hour, second = divmod(second, 3_600)
+    minute, second = divmod(second, 60)
+    two = _TWO_DIGITS
+    return f'{_day_of(days)}{two[hour]}:{two[minute]}:{two[second]} +0000"'
+
+
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(60))
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_of(days: int) -> str:
+    """The ``attachment; creation-date="Tue, 01 Dec 2026 `` start of the value for a day
+    (days since the Unix epoch): enrolments of a Store fall on a few thousand days."""
+    t = time.gmtime(days * 86_400)
     return (
         f'attachment; creation-date="{_DAYS[t.tm_wday]}, {t.tm_mday:02d} '
-        f"{_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} {t.tm_hour:02d}:{t.tm_min:02d}:"
-        f'{t.tm_sec:02d} +0000"'
+        f"{_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
     )
 
 

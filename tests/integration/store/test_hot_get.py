@@ -474,6 +474,19 @@ def test_hot_only_connections_keep_the_deadlines_and_the_cap(
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, with close_notify
         assert 0.4 <= loop.time() - start <= 5
         writer.close()
+        # Each answer moves the deadline on (one timer, re-armed when it fires early).
+        reader, writer = await _hot_only(pair.hot)
+        await asyncio.sleep(0.25)
+        writer.write(get())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        second = loop.time()
+        length = re.search(rb"Content-Length: ([0-9]+)", head)
+        assert length is not None
+        assert await reader.readexactly(int(length[1])) == pair.ders[ALICE][0]
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        assert loop.time() - second >= 0.4  # from the second answer, not the first
+        writer.close()
         # max_connections 10: from 9 on, each new connection closes the one idle longest.
         kept = [await _hot_only(pair.hot) for _ in range(9)]
         kept.append(await _hot_only(pair.hot))
