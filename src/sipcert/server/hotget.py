@@ -74,6 +74,10 @@ class HotGet:
         self._clock = app.clock
         self._wall_clock = wall_clock
         self._access_log = access_log
+        #: The plain-text AccessLog, whose line is written inline (the other sinks: _log).
+        self._lines = (
+            access_log if isinstance(access_log, AccessLog) and not access_log.json_lines else None
+        )
         self._caching = caching_lines(app.policy.max_age, SERVER_NAME)
         self._second = -1
         self._date = b""
@@ -103,7 +107,16 @@ class HotGet:
         self.answered += 1
         seconds = time.perf_counter() - start
         self._app.metrics.request(SEARCH_PATH, head.method, status, seconds)
-        if self._access_log is not None:
+        lines = self._lines
+        if lines is not None:  # the line of _log, without its dispatch
+            try:
+                lines.write(
+                    f'{remote} "{head.method} {SEARCH_PATH}?{head.query} HTTP/1.1" {status} '
+                    f"{len(wire)} {seconds:06f}"
+                )
+            except Exception:
+                log.exception("writing the access log failed")
+        elif self._access_log is not None:
             self._log(head, remote, status, len(wire), seconds)
         return wire
 
