@@ -28,18 +28,27 @@ import functools
 import re
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from sipcert.errors import InputError
-from sipcert.proto.store import Response, check_host
+from sipcert.proto.store import (
+    PKIX_CERT,
+    Response,
+    check_host,
+    enrolled_on_header_us,
+    etag_for,
+    format_description,
+)
 
 __all__ = [
     "MAX_SIMPLE_HEAD",
     "SIMPLE_FIELDS",
     "SimpleGet",
+    "caching_lines",
     "http_date",
     "parse_simple_get",
     "render",
+    "render_one_prefix",
     "render_prefix",
 ]
 
@@ -97,20 +106,52 @@ def parse_simple_get(data: bytes) -> SimpleGet | None:
     line = _REQUEST_LINE.match(data)
     if line is None:
         return None
-    end = data.find(b"\r\n\r\n", line.end() - 2, MAX_SIMPLE_HEAD)
+    start = line.end()
+    end = data.find(b"\r\n\r\n", start - 2, MAX_SIMPLE_HEAD)
     if end < 0:
         return None
+    block = data[start:end] if end >= start else b""
+    fields = _FIELDS_SEEN.get(block)
+    if fields is None:
+        fields = _read_fields(block)
+        if len(_FIELDS_SEEN) >= _FIELDS_KEPT:
+            _FIELDS_SEEN.clear()
+        _FIELDS_SEEN[block] = fields
+    if fields is False:
+        return None
+    if_none_match, close = fields
+    return SimpleGet(
+        line[1].decode("ascii"),
+        line[2].decode("ascii"),
+        line[3].decode("ascii"),
+        line[4].decode("ascii"),
+        if_none_match,
+        close,
+        end + 4,
+    )
+
+
+#: The header fields of a simple head -> ``(If-None-Match, close)``, or ``False`` when they
+#: make the request not simple. A client sends the same fields with every request (only the
+#: request line names another AOR), so judging them once per spelling saves most of the
+#: parse (issue 13). The verdict depends on the bytes alone; at most ``_FIELDS_KEPT`` kept.
+_FIELDS_SEEN: dict[bytes, tuple[str | None, bool] | Literal[False]] = {}
+_FIELDS_KEPT = 256
+
+
+def _read_fields(block: bytes) -> tuple[str | None, bool] | Literal[False]:
+    """The verdict on the header fields between the request line and the empty line."""
     host: bytes | None = None
     if_none_match: bytes | None = None
     connection: bytes | None = None
     seen: set[bytes] = set()
-    for field in data[line.end() : end].split(b"\r\n") if end >= line.end() else ():
+    for field in block.split(b"\r\n") if block else ():
         found = _FIELD.fullmatch(field)
         if found is None:
-            return None
+            return False
         name = found[1].lower()
         if name not in SIMPLE_FIELDS or name in seen:
-            return None
+            return False
         seen.add(name)
         value = found[2]
         if name == b"host":
@@ -120,17 +161,12 @@ def parse_simple_get(data: bytes) -> SimpleGet | None:
         elif name == b"connection":
             connection = value.lower()
             if connection not in (b"close", b"keep-alive"):
-                return None
+                return False
     if host is None or not _valid_host(host):
-        return None
-    return SimpleGet(
-        line[1].decode("ascii"),
-        line[2].decode("ascii"),
-        line[3].decode("ascii"),
-        line[4].decode("ascii"),
+        return False
+    return (
         None if if_none_match is None else if_none_match.decode("ascii"),
         connection == b"close",
-        end + 4,
     )
 
 
@@ -162,6 +198,29 @@ def render_prefix(answer: Response, server: str) -> bytes:
     fields = "".join([f"{name}: {value}\r\n" for name, value in answer.headers])
     length = "" if status == 304 else f"Content-Length: {len(answer.body)}\r\n"
     return f"HTTP/1.1 {status} {_phrase(status)}\r\n{fields}Server: {server}\r\n{length}".encode()
+
+
+def render_one_prefix(
+    sha256: str, length: int, created_us: int, label: str | None, caching: str
+) -> bytes:
+    """:func:`render_prefix` of the 200 answer with one certificate, made from its row.
+
+    The same bytes as ``render_prefix(certificates_response([der], [sha256], ...), server)``
+    (tests/unit/proto/test_hotget.py compares them), without the :class:`Response` and its
+    header tuples: one certificate per AOR is the everyday answer (issue 13). ``length`` is
+    the DER's; ``caching`` the ``Cache-Control`` and ``Server`` lines (:func:`caching_lines`).
+    """
+    about = f"Content-Description: {format_description(label)}\r\n" if label else ""
+    return (
+        f"HTTP/1.1 200 OK\r\nContent-Type: {PKIX_CERT}\r\n{about}"
+        f"Content-Disposition: {enrolled_on_header_us(created_us)}\r\n"
+        f"ETag: {etag_for((sha256,))}\r\n{caching}Content-Length: {length}\r\n"
+    ).encode()
+
+
+def caching_lines(max_age: int, server: str) -> str:
+    """The ``Cache-Control`` line every certificate answer has, then ``Server``."""
+    return f"Cache-Control: max-age={max_age}\r\nServer: {server}\r\n"
 
 
 @functools.cache

@@ -17,6 +17,7 @@ import email.utils
 import functools
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,7 @@ __all__ = [
     "check_host",
     "conditional",
     "enrolled_on_header",
+    "enrolled_on_header_us",
     "error_response",
     "error_to_response",
     "etag_for",
@@ -231,6 +233,30 @@ def enrolled_on_header(created: datetime) -> str:
         f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} +0000"
     )
     return f'attachment; creation-date="{date}"'
+
+
+def enrolled_on_header_us(created_us: int) -> str:
+    """:func:`enrolled_on_header` of a time in Unix microseconds (as SQLite stores it),
+    without making a datetime: the hot GET renders every answer from its row (issue 13)."""
+    days, second = divmod(created_us // 1_000_000, 86_400)
+    hour, second = divmod(second, 3_600)
+    minute, second = divmod(second, 60)
+    two = _TWO_DIGITS
+    return f'{_day_of(days)}{two[hour]}:{two[minute]}:{two[second]} +0000"'
+
+
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(60))
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_of(days: int) -> str:
+    """The ``attachment; creation-date="Tue, 01 Dec 2026 `` start of the value for a day
+    (days since the Unix epoch): enrolments of a Store fall on a few thousand days."""
+    t = time.gmtime(days * 86_400)
+    return (
+        f'attachment; creation-date="{_DAYS[t.tm_wday]}, {t.tm_mday:02d} '
+        f"{_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+    )
 
 
 def parse_enrolled_on(value: str | None) -> datetime | None:

@@ -294,6 +294,7 @@ class _Conn(asyncio.Protocol):
         "_early",
         "_guard",
         "_head_bytes",
+        "_idle_at",
         "_loop",
         "_paused",
         "_raw",
@@ -320,6 +321,9 @@ class _Conn(asyncio.Protocol):
         self.state: str | None = None
         self.since = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        #: When ``_timer`` is the idle deadline of hot answers: the loop time it now ends
+        #: at (each answer moves it on without a new timer), else 0.
+        self._idle_at = 0.0
         self._head_bytes = 0
         self._requests = 0
         self._body: StreamReader | None = None
@@ -474,10 +478,11 @@ class _Conn(asyncio.Protocol):
             now = self._loop.time()
             handler = self.handler
             if handler is None:  # no aiohttp handler to close it: the same deadline here
-                self._cancel_timer()
-                self._timer = self._loop.call_later(
-                    self._guard.limits.keepalive_timeout, self._idle_expired
-                )
+                deadline = now + self._guard.limits.keepalive_timeout
+                if not self._idle_at:  # the head deadline or nothing: replaced once
+                    self._cancel_timer()
+                    self._timer = self._loop.call_at(deadline, self._idle_expired)
+                self._idle_at = deadline  # a later answer only moves it (_idle_expired)
             else:  # aiohttp's own idle deadline (keepalive_timeout) runs from this answer
                 self._cancel_timer()
                 handler._next_keepalive_close_time = now + handler.keepalive_timeout
@@ -487,6 +492,11 @@ class _Conn(asyncio.Protocol):
     def _idle_expired(self) -> None:
         """``keepalive_timeout`` after the last hot answer, with no request since: close."""
         self._timer = None
+        deadline, self._idle_at = self._idle_at, 0.0
+        if deadline > self._loop.time():  # answers since the timer was set: wait on
+            self._timer = self._loop.call_at(deadline, self._idle_expired)
+            self._idle_at = deadline
+            return
         if self.handler is None and self.state == _IDLE and not self._head_bytes:
             self.close_idle("idle for keepalive_timeout")
 
@@ -580,6 +590,7 @@ class _Conn(asyncio.Protocol):
         self._timer = self._loop.call_later(seconds, self._head_expired)
 
     def _cancel_timer(self) -> None:
+        self._idle_at = 0.0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

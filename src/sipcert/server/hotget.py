@@ -25,21 +25,34 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from sipcert.errors import SipCertError
 from sipcert.proto.aor import plain_aor
-from sipcert.proto.hotget import SimpleGet, http_date, render, render_prefix
-from sipcert.proto.store import Response, conditional
+from sipcert.proto.hotget import (
+    SimpleGet,
+    caching_lines,
+    http_date,
+    render,
+    render_one_prefix,
+    render_prefix,
+)
+from sipcert.proto.store import Response, certificates_response, conditional
 from sipcert.server.app import SEARCH_PATH, AccessLog, StoreApp, answer_for
 from sipcert.server.http import SERVER_NAME
 from sipcert.storage import StoredCertificate
 
-__all__ = ["HotGet", "SyncRead", "hot_get_for"]
+__all__ = ["HotGet", "SyncRead", "SyncRows", "hot_get_for"]
 
 log = logging.getLogger("sipcert.server")
 
 #: A synchronous read of an AOR's valid certificates at a Unix time in microseconds.
 SyncRead = Callable[[str, int], list[StoredCertificate]]
+#: The same read, as the answer's columns: ``(sha256, der, not_after_us, created_us, label)``
+#: (``SqliteStore.read_answer_rows``).
+SyncRows = Callable[[str, int], list[tuple[str, bytes, int, int, str | None]]]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class HotGet:
@@ -50,15 +63,22 @@ class HotGet:
         app: StoreApp,
         read: SyncRead,
         *,
+        rows: SyncRows | None = None,
         access_log: AccessLog | logging.Logger | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.domains = app.domains
         self._app = app
         self._read = read
+        self._rows = rows
         self._clock = app.clock
         self._wall_clock = wall_clock
         self._access_log = access_log
+        #: The plain-text AccessLog, whose line is written inline (the other sinks: _log).
+        self._lines = (
+            access_log if isinstance(access_log, AccessLog) and not access_log.json_lines else None
+        )
+        self._caching = caching_lines(app.policy.max_age, SERVER_NAME)
         self._second = -1
         self._date = b""
         #: Requests answered here (the rest went to aiohttp).
@@ -67,11 +87,19 @@ class HotGet:
     def answer(self, head: SimpleGet, domain: str, remote: str) -> bytes | None:
         """The whole answer to ``head`` on a connection for ``domain``, or ``None``."""
         start = time.perf_counter()
-        answer = self._answer(head, domain, self._clock())
-        if answer is None:
+        now = self._clock()
+        try:
+            # What parse_query makes of the canonical spelling (None: aiohttp's path decides).
+            aor = plain_aor(head.user, head.host)
+            if aor is None or aor.host != domain:
+                return None  # draft §4.3: another domain's 404 is aiohttp's, with its reason
+            if self._rows is not None and self._app.answer_cache is None:
+                made = self._from_rows(str(aor), head.if_none_match, now)
+            else:
+                made = self._from_certs(domain, str(aor), head.if_none_match, now)
+        except SipCertError:  # aiohttp's path meets it again and answers 503, logged
             return None
-        answer = conditional(answer, head.if_none_match)
-        status, prefix, body = answer.status, render_prefix(answer, SERVER_NAME), answer.body
+        status, prefix, body = made
         second = int(self._wall_clock())
         if second != self._second:
             self._second, self._date = second, http_date(second)
@@ -79,31 +107,61 @@ class HotGet:
         self.answered += 1
         seconds = time.perf_counter() - start
         self._app.metrics.request(SEARCH_PATH, head.method, status, seconds)
-        if self._access_log is not None:
+        lines = self._lines
+        if lines is not None:  # the line of _log, without its dispatch
+            try:
+                lines.write(
+                    f'{remote} "{head.method} {SEARCH_PATH}?{head.query} HTTP/1.1" {status} '
+                    f"{len(wire)} {seconds:06f}"
+                )
+            except Exception:
+                log.exception("writing the access log failed")
+        elif self._access_log is not None:
             self._log(head, remote, status, len(wire), seconds)
         return wire
 
-    def _answer(self, head: SimpleGet, domain: str, now: float) -> Response | None:
-        """The GET answer (no condition applied) as :meth:`StoreApp._get` makes it."""
+    def _from_rows(
+        self, aor: str, if_none_match: str | None, now: float
+    ) -> tuple[int, bytes, bytes]:
+        """Status, prefix and body from the answer's columns (no StoredCertificate).
+
+        The rows are read at the app's clock, so an expired certificate is never in them
+        (draft §4.4). One certificate and no condition, the everyday GET, is laid out from
+        its row directly (:func:`render_one_prefix`); anything else goes through the same
+        :func:`certificates_response` that :func:`answer_for` calls, with the same inputs.
+        """
+        rows = self._rows(aor, int(now * 1_000_000)) if self._rows is not None else []
+        if len(rows) == 1 and if_none_match is None:
+            sha256, der, _not_after, created, label = rows[0]
+            return 200, render_one_prefix(sha256, len(der), created, label, self._caching), der
+        answer = certificates_response(
+            [row[1] for row in rows],
+            [row[0] for row in rows],
+            max_age=self._app.policy.max_age,
+            labels=[row[4] for row in rows],
+            enrolled=[_EPOCH + timedelta(microseconds=row[3]) for row in rows],
+        )
+        answer = conditional(answer, if_none_match)
+        return answer.status, render_prefix(answer, SERVER_NAME), answer.body
+
+    def _from_certs(
+        self, domain: str, aor: str, if_none_match: str | None, now: float
+    ) -> tuple[int, bytes, bytes]:
+        """Status, prefix and body as :meth:`StoreApp._get` makes them, through the app's
+        answer cache when it has one."""
         cache = self._app.answer_cache
-        try:
-            # What parse_query makes of the canonical spelling (None: aiohttp's path decides).
-            aor = plain_aor(head.user, head.host)
-            if aor is None or aor.host != domain:
-                return None  # draft §4.3: another domain's 404 is aiohttp's, with its reason
-            key = (domain, str(aor), None)
-            version = 0
-            if cache is not None:
-                cached, version = cache.get(key, now)
-                if cached is not None:
-                    return cached
-            certs = self._read(str(aor), int(now * 1_000_000))
-        except SipCertError:  # aiohttp's path meets it again and answers 503, logged
-            return None
-        answer = answer_for(certs, max_age=self._app.policy.max_age)
+        key = (domain, aor, None)
+        version = 0
+        answer: Response | None = None
         if cache is not None:
-            cache.put(key, answer, [c.not_after.timestamp() for c in certs], version)
-        return answer
+            answer, version = cache.get(key, now)
+        if answer is None:
+            certs = self._read(aor, int(now * 1_000_000))
+            answer = answer_for(certs, max_age=self._app.policy.max_age)
+            if cache is not None:
+                cache.put(key, answer, [c.not_after.timestamp() for c in certs], version)
+        answer = conditional(answer, if_none_match)
+        return answer.status, render_prefix(answer, SERVER_NAME), answer.body
 
     def _log(self, head: SimpleGet, remote: str, status: int, size: int, seconds: float) -> None:
         """The access line aiohttp's path writes (server.app.StoreAccessLogger)."""
@@ -143,4 +201,5 @@ def hot_get_for(app: StoreApp, access_log: AccessLog | logging.Logger | None) ->
     read = getattr(app.raw_storage, "read_by_aor", None)
     if not callable(read) or not app.default_sni:
         return None
-    return HotGet(app, read, access_log=access_log)
+    rows = getattr(app.raw_storage, "read_answer_rows", None)
+    return HotGet(app, read, rows=rows if callable(rows) else None, access_log=access_log)

@@ -138,6 +138,9 @@ class PrometheusMetrics(Metrics):
         self._rate_limited = Counter(
             "sipcert_rate_limited", "Requests refused with 429 by the guessing limiter", **kw
         )
+        #: The labelled children of each (route, method, status), made once (issue 13:
+        #: ``labels()`` per answer was a lock and a dict of tuples per request).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._db_errors = Counter("sipcert_database_errors", "Storage operations that failed", **kw)
         self._connections = Gauge(
             "sipcert_open_connections",
@@ -148,8 +151,16 @@ class PrometheusMetrics(Metrics):
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "other"
-        self._requests.labels(route, method, str(status)).inc()
-        self._latency.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # routes, methods and statuses are few: kept for every request
+            children = (
+                self._requests.labels(route, method, str(status)),
+                self._latency.labels(route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def enrolled(self) -> None:
         self._enrollments.inc()

@@ -105,6 +105,11 @@ _SELECT_BY_AOR = (
     f"SELECT {_COLUMNS} FROM certificates WHERE aor = ? AND not_after >= ? "  # noqa: S608
     "ORDER BY created, sha256"
 )
+#: The columns of a GET answer alone, in the order and with the filter of _SELECT_BY_AOR.
+_SELECT_ANSWER_BY_AOR = (
+    "SELECT sha256, der, not_after, created, label FROM certificates "
+    "WHERE aor = ? AND not_after >= ? ORDER BY created, sha256"
+)
 _SELECT_BY_CERT_HASH = (
     f"SELECT {_COLUMNS} FROM certificates WHERE cert_hash = ? AND not_after >= ? "  # noqa: S608
     "ORDER BY created, aor LIMIT 1"
@@ -547,6 +552,18 @@ class SqliteStore:
         (:mod:`sipcert.server.hotget`) calls this directly: no coroutine, no datetime.
         """
         return [_row_to_cert(row) for row in self._read(_SELECT_BY_AOR, (aor, now_us))]
+
+    def read_answer_rows(
+        self, aor: str, now_us: int
+    ) -> list[tuple[str, bytes, int, int, str | None]]:
+        """What a GET answer is made of, for the AOR's certificates valid at ``now_us``.
+
+        ``(sha256, der, not_after_us, created_us, label)`` per certificate, in the order of
+        :meth:`read_by_aor` and with its filter (never a certificate past its notAfter,
+        draft §4.4), as stored: the rows were checked when written (issue 13: the hot GET
+        renders its answer from these without making a :class:`StoredCertificate` each).
+        """
+        return self._read(_SELECT_ANSWER_BY_AOR, (aor, now_us))
 
     async def get_by_cert_hash(self, cert_hash: str, now: datetime) -> StoredCertificate | None:
         rows = self._read(

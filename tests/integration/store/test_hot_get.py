@@ -143,10 +143,17 @@ class Pair:
         return hot_answer
 
 
-def _fields(text: str) -> list[dict[str, object]]:
-    """JSON access lines without their time and seconds."""
-    lines = [json.loads(line) for line in text.splitlines()]
-    return [{k: v for k, v in line.items() if k not in ("time", "seconds")} for line in lines]
+def _fields(text: str) -> list[object]:
+    """Access lines of an AccessLog without their time and seconds: JSON ones as fields,
+    plain ones as the text after the time (``INFO sipcert.access: ...``)."""
+    found: list[object] = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            fields = json.loads(line)
+            found.append({k: v for k, v in fields.items() if k not in ("time", "seconds")})
+        else:
+            found.append(_SECONDS.sub("", line.split(" ", 2)[2]))
+    return found
 
 
 def _stored(aor: str, slot: int, hours: float, label: str | None) -> StoredCertificate:
@@ -177,6 +184,7 @@ async def _side(
     cache_mb: int,
     limit_args: dict[str, Any],
     json_log: bool,
+    plain_log: bool = False,
 ) -> AsyncIterator[Side]:
     storage = open_store(f"sqlite:///{tmp}/store.db")
     version = version_source(storage)
@@ -200,8 +208,8 @@ async def _side(
     access.addHandler(lines)
     written = io.StringIO()
     sink: AccessLog | logging.Logger = access
-    if json_log:  # the buffered JSON access log, written at once (max_buffer=1)
-        sink = AccessLog(written, json_lines=True, max_buffer=1)
+    if json_log or plain_log:  # the buffered access log, written at once (max_buffer=1)
+        sink = AccessLog(written, json_lines=json_log, max_buffer=1)
     sock = socket.create_server(("127.0.0.1", 0))
     sock.setblocking(False)
     stop = asyncio.Event()
@@ -237,6 +245,7 @@ def run_pair(
     cache_mb: int,
     limit_args: dict[str, Any] | None = None,
     json_log: bool = False,
+    plain_log: bool = False,
 ) -> None:
     made: list[HotGet] = []
 
@@ -258,7 +267,7 @@ def run_pair(
             domain, tmp / f"{domain}.pem", tmp / f"{domain}.key", now=now
         )
 
-    args = {"limit_args": limit_args or {}, "json_log": json_log}
+    args = {"limit_args": limit_args or {}, "json_log": json_log, "plain_log": plain_log}
 
     async def main() -> None:
         clock = Clock()
@@ -474,6 +483,19 @@ def test_hot_only_connections_keep_the_deadlines_and_the_cap(
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, with close_notify
         assert 0.4 <= loop.time() - start <= 5
         writer.close()
+        # Each answer moves the deadline on (one timer, re-armed when it fires early).
+        reader, writer = await _hot_only(pair.hot)
+        await asyncio.sleep(0.25)
+        writer.write(get())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        second = loop.time()
+        length = re.search(rb"Content-Length: ([0-9]+)", head)
+        assert length is not None
+        assert await reader.readexactly(int(length[1])) == pair.ders[ALICE][0]
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        assert loop.time() - second >= 0.4  # from the second answer, not the first
+        writer.close()
         # max_connections 10: from 9 on, each new connection closes the one idle longest.
         kept = [await _hot_only(pair.hot) for _ in range(9)]
         kept.append(await _hot_only(pair.hot))
@@ -490,11 +512,32 @@ def test_hot_only_connections_keep_the_deadlines_and_the_cap(
     )
 
 
-def test_json_access_lines_are_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["json", "plain"])
+def test_buffered_access_lines_are_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The AccessLog of ``sipcert serve``: JSON lines, and the plain lines the hot GET
+    writes inline (issue 13), as aiohttp's path writes them."""
+
     async def scenario(pair: Pair) -> None:
         for request in (get(), get(method="HEAD"), get("nobody@example.com"), get(NET)):
             await pair.same(request)
         assert pair.hot_get.answered == 3
         pair.logged_alike()
+        if kind == "plain":
+            lines = _fields(pair.hot.json_lines.getvalue())
+            assert len(lines) == 4
+            assert isinstance(lines[0], str)
+            assert lines[0].startswith(
+                'INFO sipcert.access: 127.0.0.1 "GET /search-cgi?email=alice%40example.com '
+                'HTTP/1.1" 200 '
+            )
 
-    run_pair(tmp_path, monkeypatch, scenario, cache_mb=0, json_log=True)
+    run_pair(
+        tmp_path,
+        monkeypatch,
+        scenario,
+        cache_mb=0,
+        json_log=kind == "json",
+        plain_log=kind == "plain",
+    )

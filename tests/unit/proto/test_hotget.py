@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
@@ -24,12 +25,20 @@ from sipcert.proto.aor import plain_aor
 from sipcert.proto.hotget import (
     MAX_SIMPLE_HEAD,
     SimpleGet,
+    caching_lines,
     http_date,
     parse_simple_get,
     render,
+    render_one_prefix,
     render_prefix,
 )
-from sipcert.proto.store import Response, parse_query
+from sipcert.proto.store import (
+    Response,
+    certificates_response,
+    enrolled_on_header,
+    enrolled_on_header_us,
+    parse_query,
+)
 from sipcert.server.http import MAX_FIELD_SIZE, MAX_TARGET_SIZE
 
 HEAD = b"GET /search-cgi?email=alice%40example.com HTTP/1.1\r\nHost: example.com\r\n\r\n"
@@ -217,3 +226,53 @@ def test_the_layout_of_an_answer() -> None:
     )
     not_modified = render_prefix(Response(304, (("ETag", '"e"'),), b""), "sipcert")
     assert b"Content-Length" not in not_modified and not_modified.startswith(b"HTTP/1.1 304 ")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LABELS = st.one_of(
+    st.none(),
+    st.just(""),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=64),
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20),
+)
+
+
+@settings(max_examples=500)
+@given(
+    st.binary(min_size=32, max_size=32).map(bytes.hex),
+    st.binary(max_size=2000),
+    st.integers(min_value=0, max_value=253_402_300_799_999_999),  # up to 9999-12-31
+    _LABELS,
+    st.integers(min_value=0, max_value=86_400 * 365),
+)
+def test_one_certificate_is_laid_out_as_certificates_response_would(
+    sha256: str, der: bytes, created_us: int, label: str | None, max_age: int
+) -> None:
+    """The hot GET's row renderer gives the bytes of the shared renderer (issue 13)."""
+    created = _EPOCH + timedelta(microseconds=created_us)
+    assert enrolled_on_header_us(created_us) == enrolled_on_header(created)
+    shared = certificates_response(
+        [der], [sha256], max_age=max_age, labels=[label], enrolled=[created]
+    )
+    caching = caching_lines(max_age, "sipcert")
+    assert render_one_prefix(sha256, len(der), created_us, label, caching) == render_prefix(
+        shared, "sipcert"
+    )
+
+
+def test_the_field_verdicts_are_kept_bounded_and_agree_with_a_fresh_read() -> None:
+    """The memo of header blocks (issue 13) answers as the parse does, and stays small."""
+    from sipcert.proto import hotget
+
+    good = b"GET /search-cgi?email=a%40example.com HTTP/1.1\r\nHost: example.com\r\n"
+    for i in range(hotget._FIELDS_KEPT * 2 + 3):
+        etag = f'If-None-Match: "{i}"\r\n'.encode()
+        head = parse_simple_get(good + etag + b"\r\n")
+        assert head is not None and head.if_none_match == f'"{i}"'
+        assert len(hotget._FIELDS_SEEN) <= hotget._FIELDS_KEPT
+    refused = good + b"Content-Length: 0\r\n\r\n"
+    assert parse_simple_get(refused) is None and parse_simple_get(refused) is None
+    block = b"Host: example.com\r\nConnection: close"
+    assert hotget._read_fields(block) == (None, True)
+    closing = parse_simple_get(good.replace(b"Host: example.com\r\n", block + b"\r\n") + b"\r\n")
+    assert closing is not None and closing.close and hotget._FIELDS_SEEN[block] == (None, True)
