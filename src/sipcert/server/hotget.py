@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from sipcert.errors import SipCertError
 from sipcert.proto.aor import plain_aor
-from sipcert.proto.hotget import SimpleGet, http_date, render, render_prefix
+from sipcert.proto.hotget import SimpleGet, SimplePut, http_date, render, render_prefix
 from sipcert.proto.store import Response, conditional
 from sipcert.server.app import SEARCH_PATH, AccessLog, StoreApp, answer_for
 from sipcert.server.http import SERVER_NAME
@@ -72,16 +72,51 @@ class HotGet:
             return None
         answer = conditional(answer, head.if_none_match)
         status, prefix, body = answer.status, render_prefix(answer, SERVER_NAME), answer.body
-        second = int(self._wall_clock())
-        if second != self._second:
-            self._second, self._date = second, http_date(second)
-        wire = render(prefix, body, self._date, close=head.close, head=head.method == "HEAD")
+        date = self._now_date()
+        wire = render(prefix, body, date, close=head.close, head=head.method == "HEAD")
         self.answered += 1
         seconds = time.perf_counter() - start
         self._app.metrics.request(SEARCH_PATH, head.method, status, seconds)
         if self._access_log is not None:
-            self._log(head, remote, status, len(wire), seconds)
+            self._log(head.method, head.query, remote, status, len(wire), seconds)
         return wire
+
+    def challenge(self, head: SimplePut, domain: str, remote: str) -> bytes | None:
+        """The whole 401 answer to a simple PUT without credentials, or ``None``
+        (:meth:`StoreApp.challenge_now` says when)."""
+        start = time.perf_counter()
+        try:
+            aor = plain_aor(head.user, head.host)
+            answer = (
+                None
+                if aor is None
+                else self._app.challenge_now(
+                    aor, domain, head.description, head.content_length, remote
+                )
+            )
+        except SipCertError:  # the limiter's storage failed: aiohttp answers 503, logged
+            return None
+        if answer is None:
+            return None
+        wire = render(
+            render_prefix(answer, SERVER_NAME),
+            answer.body,
+            self._now_date(),
+            close=head.close,
+            head=False,
+        )
+        self.answered += 1
+        seconds = time.perf_counter() - start
+        self._app.metrics.request(SEARCH_PATH, "PUT", 401, seconds)
+        if self._access_log is not None:
+            self._log("PUT", head.query, remote, 401, len(wire), seconds)
+        return wire
+
+    def _now_date(self) -> bytes:
+        second = int(self._wall_clock())
+        if second != self._second:
+            self._second, self._date = second, http_date(second)
+        return self._date
 
     def _answer(self, head: SimpleGet, domain: str, now: float) -> Response | None:
         """The GET answer (no condition applied) as :meth:`StoreApp._get` makes it."""
@@ -105,7 +140,9 @@ class HotGet:
             cache.put(key, answer, [c.not_after.timestamp() for c in certs], version)
         return answer
 
-    def _log(self, head: SimpleGet, remote: str, status: int, size: int, seconds: float) -> None:
+    def _log(
+        self, method: str, query: str, remote: str, status: int, size: int, seconds: float
+    ) -> None:
         """The access line aiohttp's path writes (server.app.StoreAccessLogger)."""
         sink = self._access_log
         try:
@@ -113,8 +150,8 @@ class HotGet:
                 sink.write_fields(
                     {
                         "remote": remote,
-                        "method": head.method,
-                        "path": f"{SEARCH_PATH}?{head.query}",
+                        "method": method,
+                        "path": f"{SEARCH_PATH}?{query}",
                         "version": "HTTP/1.1",
                         "status": status,
                         "bytes": size,
@@ -123,8 +160,7 @@ class HotGet:
                 )
                 return
             message = (
-                f'{remote} "{head.method} {SEARCH_PATH}?{head.query} HTTP/1.1" {status} {size} '
-                f"{seconds:06f}"
+                f'{remote} "{method} {SEARCH_PATH}?{query} HTTP/1.1" {status} {size} {seconds:06f}'
             )
             if isinstance(sink, AccessLog):
                 sink.write(message)
