@@ -15,6 +15,10 @@ cost more than finding the answer, so :mod:`sipcert.server.conn` offers each com
 * nothing that frames a body (``Content-Length``, ``Transfer-Encoding``), no ``Expect`` or
   ``Upgrade``: those are not in the list, so such a request is never simple.
 
+:func:`parse_simple_put` reads the other everyday request, an enrollment's first ``PUT``
+without credentials whose body came in the same read (answered 401, draft §5.1), by the
+same rules plus exactly one ``Content-Length``.
+
 Anything else is ``None``, and the caller hands the bytes to aiohttp unchanged, which
 answers exactly as before. :func:`render_prefix` and :func:`render` lay out an answer the way
 aiohttp 3 writes it for the Store (the app's headers in order, then ``Server``,

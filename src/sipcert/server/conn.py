@@ -26,7 +26,8 @@ between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.Request
 * The hot GET (issue 13, :mod:`sipcert.server.hotget`): while aiohttp has nothing under
   way on a connection, a read that starts with a complete simple ``GET``/``HEAD`` head
   (:func:`~sipcert.proto.hotget.parse_simple_get`) is answered here on the TLS transport;
-  the rest of the read, and every other request, goes to aiohttp as before. The connection
+  the rest of the read, and every other request, goes to aiohttp as before. So is a
+  credential-less enrollment PUT whose body is in the read (its 401). The connection
   stays ``idle`` and the keep-alive deadline runs from that answer. aiohttp's handler is
   made only for the first request the hot GET leaves (a handshake per GET then costs no
   aiohttp objects); until then the guard keeps ``keepalive_timeout`` itself.

@@ -15,6 +15,13 @@ What stays the same per request: the metrics counter and latency, the access log
 §4.4: the rows are read at the app's clock, and a rendered answer is used only until the
 first ``notAfter`` in it).
 
+An enrollment's first PUT (no ``Authorization``, its whole body in the read,
+:func:`~sipcert.proto.hotget.parse_simple_put`) is answered here too: the 401 with fresh
+challenges that :meth:`StoreApp._put <sipcert.server.app.StoreApp._put>` gives it, decided
+by :meth:`~sipcert.server.app.StoreApp.challenge_now` (the same checks in the same order;
+``None`` where only aiohttp's path can tell: 404, 413, 400, a 429 to charge), with the same
+metrics and access line. The body is read and dropped, as aiohttp drains it for keep-alive.
+
 With ``answer_cache_mb`` set, answers come from and go to the app's own answer cache
 (:class:`~sipcert.server.answers.AnswerCache`, keyed by domain and AOR, emptied whenever
 ``data_version`` moves), which the aiohttp path shares.
