@@ -899,7 +899,10 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await request.content.readany()
+        try:
+            chunk = await request.content.readany()
+        except ConnectionError as exc:  # the client went away mid-upload: not our error
+            raise InputError("the connection closed before the upload was complete") from exc
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
