@@ -89,7 +89,9 @@ def _serve(folder: Path, src: Path, tls: tuple[Path, Path], users: Path) -> tupl
             "--config",
             str(config),
         ],
-        env={**os.environ, "PYTHONPATH": str(src)},
+        # A fixed hash seed: start-up's dict work would otherwise vary by millions of
+        # instructions between runs, more than a few dozen requests make.
+        env={**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"},
         stdout=open(folder / "server.log", "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,

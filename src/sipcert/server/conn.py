@@ -39,8 +39,9 @@ between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.Request
   address becomes the peer of every request (``request.remote``, the access log, the
   limiter). From anyone else a connection that starts like a PROXY header is closed.
 
-It relies on three details of aiohttp 3.x's ``RequestHandler``: the ``_messages`` queue the
-parser fills, the ``_waiter`` future its loop waits on, and ``_ErrInfo`` for parser refusals;
+It relies on four details of aiohttp 3.x's ``RequestHandler``: the ``_messages`` queue the
+parser fills, the ``_waiter`` future its loop waits on, ``_request_in_progress`` (true until a
+request's answer is written) and ``_ErrInfo`` for parser refusals;
 tests/unit/server/test_conn.py exercises each of them.
 """
 
