@@ -194,8 +194,9 @@ def _launcher(profile: Path | None) -> str:
     if profile is None:
         return "from sipcert.cli import entry; entry()"
     return (
-        "import cProfile, sys; sys.argv[0] = 'sipcert'; from sipcert.cli import entry; "
-        f"cProfile.run('entry()', {str(profile)!r})"
+        "import cProfile, sys, time; sys.argv[0] = 'sipcert'; from sipcert.cli import entry; "
+        "p = cProfile.Profile(time.thread_time)\n"
+        f"try:\n p.runcall(entry)\nfinally:\n p.dump_stats({str(profile)!r})"
     )
 
 

@@ -152,6 +152,14 @@ _PLAIN_DIRECTIVE = re.compile(
     r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*"
     r'(?:([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)|"([\t !\x23-\x5b\x5d-\x7e\x80-\xff]*)")[ \t]*'
 )
+# A whole header value in the usual spelling: one scheme, then directives as above joined by
+# commas with OWS, nothing else (issue 13: the Store parses one per enrollment). What it does
+# not match, or a duplicate directive, takes the general path, which names any problem.
+_PLAIN_ITEM = re.compile(
+    r"[ \t]*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t]+"
+    r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*=[ \t]*"
+    r'(?:[!#$%&\'*+\-.^_`|~0-9A-Za-z]+|"[\t !\x23-\x5b\x5d-\x7e\x80-\xff]*")[ \t]*(?:,[ \t]*|\Z))+'
+)
 _NC = re.compile(r"[0-9a-f]{8}")
 # RFC 8187 §3.2.1 ext-value, charset fixed to UTF-8 as RFC 7616 §3.4.4 requires.
 _EXT_VALUE = re.compile(
@@ -298,6 +306,9 @@ class _Scanner:
 
 def _parse_items(text: str, header: str) -> list[_Item]:
     """Split a header value into challenges/credentials (RFC 7235 §4.1 and §4.2 grammar)."""
+    plain = _parse_plain_item(text)
+    if plain is not None:
+        return [plain]
     scan = _Scanner(text, header)
     items: list[_Item] = []
     scan.skip_empty_elements()
@@ -320,6 +331,21 @@ def _parse_items(text: str, header: str) -> list[_Item]:
             continue
         _parse_params(scan, item)
     return items
+
+
+def _parse_plain_item(text: str) -> _Item | None:
+    """The one item of ``text`` in the usual spelling (``_PLAIN_ITEM``), else ``None``."""
+    whole = _PLAIN_ITEM.fullmatch(text)
+    if whole is None:
+        return None
+    item = _Item(whole[1])
+    params = item.params
+    for name, token, quoted in _PLAIN_DIRECTIVE.findall(text, whole.end(1)):
+        key = name.lower()
+        if key in params:
+            return None  # the general path names the duplicate
+        params[key] = token if token else _from_wire(quoted)
+    return item
 
 
 def _parse_params(scan: _Scanner, item: _Item) -> None:

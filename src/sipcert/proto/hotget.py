@@ -15,6 +15,10 @@ cost more than finding the answer, so :mod:`sipcert.server.conn` offers each com
 * nothing that frames a body (``Content-Length``, ``Transfer-Encoding``), no ``Expect`` or
   ``Upgrade``: those are not in the list, so such a request is never simple.
 
+:func:`parse_simple_put` reads the other everyday request, an enrollment's first ``PUT``
+without credentials whose body came in the same read (answered 401, draft §5.1), by the
+same rules plus exactly one ``Content-Length``.
+
 Anything else is ``None``, and the caller hands the bytes to aiohttp unchanged, which
 answers exactly as before. :func:`render_prefix` and :func:`render` lay out an answer the way
 aiohttp 3 writes it for the Store (the app's headers in order, then ``Server``,
@@ -43,10 +47,13 @@ from sipcert.proto.store import (
 __all__ = [
     "MAX_SIMPLE_HEAD",
     "SIMPLE_FIELDS",
+    "SIMPLE_PUT_FIELDS",
     "SimpleGet",
+    "SimplePut",
     "caching_lines",
     "http_date",
     "parse_simple_get",
+    "parse_simple_put",
     "render",
     "render_one_prefix",
     "render_prefix",
@@ -95,6 +102,110 @@ class SimpleGet(NamedTuple):
     close: bool
     #: Bytes of the head, its final empty line included.
     length: int
+
+
+class SimplePut(NamedTuple):
+    """A simple enrollment ``PUT`` without credentials, its whole body in the same read: the
+    request every UA sends first and the Store answers 401 with challenges (draft §5.1)."""
+
+    #: The query string, canonical spelling (``sip=user%40host``).
+    query: str
+    #: The user and host parts of the AOR in it, as sent.
+    user: str
+    host: str
+    #: The ``Content-Description`` value as sent (``None``: absent).
+    description: str | None
+    #: ``Content-Length``: the body's size.
+    content_length: int
+    #: The client asked to close after the answer (``Connection: close``).
+    close: bool
+    #: Bytes of the head, its final empty line included.
+    head_length: int
+    #: Bytes of the whole request: head and body.
+    length: int
+
+
+#: Header fields (lower case) a simple PUT may carry. None of them changes a 401: the
+#: upload's ``Content-Type`` is checked only once the request is authenticated, and
+#: ``Content-Description`` is checked (:func:`~sipcert.proto.store.parse_description`) by
+#: the caller. ``Authorization``, ``Expect`` and ``Transfer-Encoding`` are not here.
+SIMPLE_PUT_FIELDS = frozenset(
+    {
+        b"host",
+        b"user-agent",
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"connection",
+        b"content-type",
+        b"content-length",
+        b"content-description",
+        b"cache-control",
+        b"pragma",
+    }
+)
+_PUT_LINE = re.compile(
+    rb"PUT /search-cgi\?((?:email|sip|uri)=([A-Za-z0-9._-]+)%40([A-Za-z0-9.-]+)) HTTP/1\.1\r\n"
+)
+#: Longest ``Content-Length`` value read here (a certificate upload is a few KiB).
+_LENGTH = re.compile(rb"[0-9]{1,7}")
+
+
+def parse_simple_put(data: bytes) -> SimplePut | None:
+    """The simple PUT (head and body) at the start of ``data``, or ``None`` for anything else.
+
+    The rules of :func:`parse_simple_get` for the request line and fields, plus exactly one
+    ``Content-Length`` of digits whose body is complete in ``data``; bytes after it (a
+    pipelined request) are left to the caller (:attr:`SimplePut.length` says where).
+    """
+    line = _PUT_LINE.match(data)
+    if line is None:
+        return None
+    end = data.find(b"\r\n\r\n", line.end() - 2, MAX_SIMPLE_HEAD)
+    if end < 0:
+        return None
+    values = _simple_fields(data, line.end(), end, SIMPLE_PUT_FIELDS)
+    if values is None:
+        return None
+    host = values.get(b"host")
+    length = values.get(b"content-length")
+    connection = values.get(b"connection", b"keep-alive").lower()
+    if host is None or not _valid_host(host) or connection not in (b"close", b"keep-alive"):
+        return None
+    if length is None or _LENGTH.fullmatch(length) is None:
+        return None
+    head_length = end + 4
+    total = head_length + int(length)
+    if len(data) < total:
+        return None
+    description = values.get(b"content-description")
+    return SimplePut(
+        line[1].decode("ascii"),
+        line[2].decode("ascii"),
+        line[3].decode("ascii"),
+        None if description is None else description.decode("ascii"),
+        int(length),
+        connection == b"close",
+        head_length,
+        total,
+    )
+
+
+def _simple_fields(
+    data: bytes, start: int, end: int, allowed: frozenset[bytes]
+) -> dict[bytes, bytes] | None:
+    """The fields of ``data[start:end]`` by lower-case name, or ``None`` when one is not
+    ``allowed``, repeated or malformed."""
+    values: dict[bytes, bytes] = {}
+    for field in data[start:end].split(b"\r\n") if end >= start else ():
+        found = _FIELD.fullmatch(field)
+        if found is None:
+            return None
+        name = found[1].lower()
+        if name not in allowed or name in values:
+            return None
+        values[name] = found[2]
+    return values
 
 
 def parse_simple_get(data: bytes) -> SimpleGet | None:

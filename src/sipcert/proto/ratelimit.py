@@ -253,6 +253,16 @@ class MemoryLoginLimiter:
         self._store(address, user, state, now)
         return admission
 
+    def admit_challenge(self, address: str, user: str | None, now: float) -> Admission | None:
+        """The admission of a challenge (no ``user``) that changes nothing, else ``None``
+        (call :meth:`admit`): the read-only answer the hot path may give (issue 13)."""
+        if user is not None:
+            return None
+        state = self._state(address, None)
+        if decide(self.limits, state, now, checks=False).admitted:
+            return Admission(True)
+        return None
+
     def release(
         self, address: str, user: str, admission: Admission, now: float, *, trust: bool
     ) -> None:

@@ -143,6 +143,7 @@ def unauthorized_text(domain: str) -> str:
 
 
 _STALE = "stale Digest nonce: retry with the new nonce"
+_NO_CREDENTIALS = "no Authorization header"
 _INTERNAL = "internal error"
 #: ``PIPE_BUF`` on Linux: the largest write a pipe never interleaves with other writers'.
 _ATOMIC_WRITE = 4096
@@ -688,7 +689,7 @@ class StoreApp:
         address = address_key(request.remote)
         try:
             if header is None or not header.strip():
-                raise AuthenticationError("no Authorization header")
+                raise AuthenticationError(_NO_CREDENTIALS)
             if header.split(None, 1)[0].lower() != "digest":
                 raise AuthenticationError("Authorization is not Digest")
             answer = parse_authorization(header)
@@ -719,6 +720,31 @@ class StoreApp:
             raise
         await self._limiter.release(address, user_key, admission, now, trust=True)
         return checked.username
+
+    def challenge_now(
+        self, aor: AOR, domain: str, description: str | None, declared: int, remote: str | None
+    ) -> Response | None:
+        """The 401 :meth:`_put` answers a PUT of ``aor`` without credentials, decided without
+        awaiting anything (server.hotget, issue 13), or ``None`` when only :meth:`_put` can
+        tell: another domain's AOR, an upload over the size limit (413), a malformed device
+        label (400), or a limiter that cannot admit a challenge by a read alone.
+
+        The same checks in the same order, the same challenges (a fresh nonce) and log line.
+        """
+        if aor.host != domain or declared > self.policy.max_certificate_size:
+            return None
+        try:
+            parse_description(description)
+        except SipCertError:
+            return None
+        now = self._clock()
+        quick = getattr(self._limiter, "admit_challenge_now", None)
+        if quick is None or not quick(address_key(remote), now):
+            return None  # a refusal (429) is charged and logged by the full path
+        log.info("401 for PUT %s: %s", SEARCH_PATH, _NO_CREDENTIALS)
+        answer = error_response(401, unauthorized_text(domain))
+        challenges = [("WWW-Authenticate", v) for v in self._digest[domain].challenges(now)]
+        return Response(401, (*answer.headers, *challenges), answer.body)
 
     @staticmethod
     def _challenge(
@@ -873,7 +899,10 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await request.content.readany()
+        try:
+            chunk = await request.content.readany()
+        except ConnectionError as exc:  # the client went away mid-upload: not our error
+            raise InputError("the connection closed before the upload was complete") from exc
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

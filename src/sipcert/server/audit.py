@@ -87,6 +87,8 @@ class Audit:
         )
 
     def _emit(self, event: str, request: Any, **fields: Any) -> None:
+        if not self._log.isEnabledFor(logging.INFO):
+            return  # what logging would do with the record, without building it first
         record: dict[str, Any] = {
             "event": event,
             **fields,

@@ -26,7 +26,8 @@ between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.Request
 * The hot GET (issue 13, :mod:`sipcert.server.hotget`): while aiohttp has nothing under
   way on a connection, a read that starts with a complete simple ``GET``/``HEAD`` head
   (:func:`~sipcert.proto.hotget.parse_simple_get`) is answered here on the TLS transport;
-  the rest of the read, and every other request, goes to aiohttp as before. The connection
+  the rest of the read, and every other request, goes to aiohttp as before. So is a
+  credential-less enrollment PUT whose body is in the read (its 401). The connection
   stays ``idle`` and the keep-alive deadline runs from that answer. aiohttp's handler is
   made only for the first request the hot GET leaves (a handshake per GET then costs no
   aiohttp objects); until then the guard keeps ``keepalive_timeout`` itself.
@@ -38,8 +39,9 @@ between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.Request
   address becomes the peer of every request (``request.remote``, the access log, the
   limiter). From anyone else a connection that starts like a PROXY header is closed.
 
-It relies on three details of aiohttp 3.x's ``RequestHandler``: the ``_messages`` queue the
-parser fills, the ``_waiter`` future its loop waits on, and ``_ErrInfo`` for parser refusals;
+It relies on four details of aiohttp 3.x's ``RequestHandler``: the ``_messages`` queue the
+parser fills, the ``_waiter`` future its loop waits on, ``_request_in_progress`` (true until a
+request's answer is written) and ``_ErrInfo`` for parser refusals;
 tests/unit/server/test_conn.py exercises each of them.
 """
 
@@ -63,7 +65,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from sipcert.errors import HeaderTooLargeError, ProxyProtocolError
-from sipcert.proto.hotget import parse_simple_get
+from sipcert.proto.hotget import SimpleGet, SimplePut, parse_simple_get, parse_simple_put
 from sipcert.proto.proxy import header_length, may_be_proxy, parse_header
 from sipcert.server.config import ConnectionLimits
 from sipcert.server.http import set_client_address
@@ -297,6 +299,7 @@ class _Conn(asyncio.Protocol):
         "_idle_at",
         "_loop",
         "_paused",
+        "_pending",
         "_raw",
         "_refused",
         "_remote",
@@ -326,6 +329,8 @@ class _Conn(asyncio.Protocol):
         self._idle_at = 0.0
         self._head_bytes = 0
         self._requests = 0
+        #: Requests handed to aiohttp whose handler has not returned yet.
+        self._pending = 0
         self._body: StreamReader | None = None
         self._refused = False
         self._early: list[bytes] = []
@@ -396,6 +401,7 @@ class _Conn(asyncio.Protocol):
         messages = handler._messages
         if len(messages) > queued:  # a head is complete
             self._requests += 1
+            self._pending += len(messages) - queued
             self._used = True
             self._head_bytes = 0
             self._cancel_timer()
@@ -440,7 +446,12 @@ class _Conn(asyncio.Protocol):
         if not self._used:  # aiohttp never had a request: its loop has nothing to finish
             return not handler._close
         waiter = handler._waiter  # set only between requests, once the last answer is out
-        return waiter is not None and not waiter.done()
+        if waiter is not None and not waiter.done():
+            return True
+        # Or every request aiohttp took has been answered (its handler returned, then its
+        # answer was written), and aiohttp's loop has yet to get back to its waiter: its
+        # request task ends a loop iteration before the loop does.
+        return not self._pending and not handler._request_in_progress and not handler._close
 
     def _answer_hot(self, hot: HotGet, domain: str, data: bytes) -> bytes:
         """Answer the simple requests at the start of ``data``; the bytes left for aiohttp.
@@ -452,12 +463,20 @@ class _Conn(asyncio.Protocol):
         if tls is None:  # pragma: no cover - data_received checked it
             return data
         answered = False
+        max_head = self._guard.limits.max_head_size
         while data:
-            head = parse_simple_get(data)
-            if head is None or head.length > self._guard.limits.max_head_size:
+            head: SimpleGet | SimplePut | None = parse_simple_get(data)
+            if head is None:
+                head = parse_simple_put(data)
+                if head is None or head.head_length > max_head:
+                    break
+            elif head.length > max_head:
                 break  # an oversized head gets aiohttp's 431 as before
             try:
-                wire = hot.answer(head, domain, self._remote)
+                if isinstance(head, SimplePut):
+                    wire = hot.challenge(head, domain, self._remote)
+                else:
+                    wire = hot.answer(head, domain, self._remote)
             except Exception as exc:  # a bug: say it in one line, let aiohttp answer
                 log.error("hot GET failed, answered by aiohttp: %s: %s", type(exc).__name__, exc)
                 wire = None
@@ -514,6 +533,7 @@ class _Conn(asyncio.Protocol):
         self._guard.move(self, _BUSY, self._loop.time())
 
     def request_done(self) -> None:
+        self._pending = max(0, self._pending - 1)
         if self.handler is not None and not self.handler._messages and self._head_bytes == 0:
             self._guard.move(self, _IDLE, self._loop.time())
 

@@ -15,6 +15,13 @@ What stays the same per request: the metrics counter and latency, the access log
 §4.4: the rows are read at the app's clock, and a rendered answer is used only until the
 first ``notAfter`` in it).
 
+An enrollment's first PUT (no ``Authorization``, its whole body in the read,
+:func:`~sipcert.proto.hotget.parse_simple_put`) is answered here too: the 401 with fresh
+challenges that :meth:`StoreApp._put <sipcert.server.app.StoreApp._put>` gives it, decided
+by :meth:`~sipcert.server.app.StoreApp.challenge_now` (the same checks in the same order;
+``None`` where only aiohttp's path can tell: 404, 413, 400, a 429 to charge), with the same
+metrics and access line. The body is read and dropped, as aiohttp drains it for keep-alive.
+
 With ``answer_cache_mb`` set, answers come from and go to the app's own answer cache
 (:class:`~sipcert.server.answers.AnswerCache`, keyed by domain and AOR, emptied whenever
 ``data_version`` moves), which the aiohttp path shares.
@@ -31,6 +38,7 @@ from sipcert.errors import SipCertError
 from sipcert.proto.aor import plain_aor
 from sipcert.proto.hotget import (
     SimpleGet,
+    SimplePut,
     caching_lines,
     http_date,
     render,
@@ -100,10 +108,7 @@ class HotGet:
         except SipCertError:  # aiohttp's path meets it again and answers 503, logged
             return None
         status, prefix, body = made
-        second = int(self._wall_clock())
-        if second != self._second:
-            self._second, self._date = second, http_date(second)
-        wire = render(prefix, body, self._date, close=head.close, head=head.method == "HEAD")
+        wire = render(prefix, body, self._now_date(), close=head.close, head=head.method == "HEAD")
         self.answered += 1
         seconds = time.perf_counter() - start
         self._app.metrics.request(SEARCH_PATH, head.method, status, seconds)
@@ -117,8 +122,45 @@ class HotGet:
             except Exception:
                 log.exception("writing the access log failed")
         elif self._access_log is not None:
-            self._log(head, remote, status, len(wire), seconds)
+            self._log(head.method, head.query, remote, status, len(wire), seconds)
         return wire
+
+    def challenge(self, head: SimplePut, domain: str, remote: str) -> bytes | None:
+        """The whole 401 answer to a simple PUT without credentials, or ``None``
+        (:meth:`StoreApp.challenge_now` says when)."""
+        start = time.perf_counter()
+        try:
+            aor = plain_aor(head.user, head.host)
+            answer = (
+                None
+                if aor is None
+                else self._app.challenge_now(
+                    aor, domain, head.description, head.content_length, remote
+                )
+            )
+        except SipCertError:  # the limiter's storage failed: aiohttp answers 503, logged
+            return None
+        if answer is None:
+            return None
+        wire = render(
+            render_prefix(answer, SERVER_NAME),
+            answer.body,
+            self._now_date(),
+            close=head.close,
+            head=False,
+        )
+        self.answered += 1
+        seconds = time.perf_counter() - start
+        self._app.metrics.request(SEARCH_PATH, "PUT", 401, seconds)
+        if self._access_log is not None:
+            self._log("PUT", head.query, remote, 401, len(wire), seconds)
+        return wire
+
+    def _now_date(self) -> bytes:
+        second = int(self._wall_clock())
+        if second != self._second:
+            self._second, self._date = second, http_date(second)
+        return self._date
 
     def _from_rows(
         self, aor: str, if_none_match: str | None, now: float
@@ -163,7 +205,9 @@ class HotGet:
         answer = conditional(answer, if_none_match)
         return answer.status, render_prefix(answer, SERVER_NAME), answer.body
 
-    def _log(self, head: SimpleGet, remote: str, status: int, size: int, seconds: float) -> None:
+    def _log(
+        self, method: str, query: str, remote: str, status: int, size: int, seconds: float
+    ) -> None:
         """The access line aiohttp's path writes (server.app.StoreAccessLogger)."""
         sink = self._access_log
         try:
@@ -171,8 +215,8 @@ class HotGet:
                 sink.write_fields(
                     {
                         "remote": remote,
-                        "method": head.method,
-                        "path": f"{SEARCH_PATH}?{head.query}",
+                        "method": method,
+                        "path": f"{SEARCH_PATH}?{query}",
                         "version": "HTTP/1.1",
                         "status": status,
                         "bytes": size,
@@ -181,8 +225,7 @@ class HotGet:
                 )
                 return
             message = (
-                f'{remote} "{head.method} {SEARCH_PATH}?{head.query} HTTP/1.1" {status} {size} '
-                f"{seconds:06f}"
+                f'{remote} "{method} {SEARCH_PATH}?{query} HTTP/1.1" {status} {size} {seconds:06f}'
             )
             if isinstance(sink, AccessLog):
                 sink.write(message)

@@ -266,3 +266,9 @@ class GroupedLoginLimiter:
         self, address: str, user: str, admission: Admission, now: float, *, trust: bool
     ) -> None:
         await self.group.submit(self.inner.release_op(address, user, admission, now, trust=trust))
+
+    def admit_challenge_now(self, address: str, now: float) -> bool:
+        """Whether a challenge from ``address`` is admitted by one read, without the write
+        lock (:meth:`SqliteLoginLimiter.admit_challenge`); False means "ask :meth:`admit`"
+        (server.hotget, issue 13). Raises :class:`StorageError` as :meth:`admit` does."""
+        return self.inner.admit_challenge(address, None, now) is not None

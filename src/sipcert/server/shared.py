@@ -62,6 +62,12 @@ class _AsyncLimiter:
     ) -> None:
         self.inner.release(address, user, admission, now, trust=trust)
 
+    def admit_challenge_now(self, address: str, now: float) -> bool:
+        """Whether a challenge from ``address`` is admitted by a read alone (no state changes);
+        False means "ask :meth:`admit`" (server.hotget, issue 13)."""
+        peek = getattr(self.inner, "admit_challenge", None)
+        return peek is not None and peek(address, None, now) is not None
+
 
 def as_async_counter(counter: NonceCounter | AsyncNonceCounter) -> AsyncNonceCounter:
     """``counter`` itself if its ``advance`` is a coroutine function, else wrapped."""

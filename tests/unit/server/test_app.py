@@ -357,3 +357,23 @@ def test_the_user_bucket_holds_across_client_addresses(tmp_path: Path) -> None:
             assert (await digest_put(client, url, "alice-pw")).status_code == 201  # trusted
 
     run_store(tmp_path, scenario, auth_failures=3)
+
+
+def test_a_client_gone_mid_upload_is_an_input_error_not_a_traceback() -> None:
+    """A connection lost while the PUT body arrives is the client's doing: 400, no 500 and
+    no traceback in the log (seen under the enrollment bench, issue 13)."""
+    import asyncio
+    from unittest import mock
+
+    from sipcert.errors import InputError
+    from sipcert.server.app import _read_body
+
+    request = mock.Mock()
+    request.headers = {}
+    request.content.readany = mock.AsyncMock(side_effect=ConnectionResetError("Connection lost"))
+    try:
+        asyncio.run(_read_body(request, 4096))
+    except InputError as exc:
+        assert "connection closed" in str(exc)
+    else:
+        raise AssertionError("no InputError")

@@ -1,7 +1,8 @@
 """ConnectionGuard on a real aiohttp server over loopback TLS (no Store process).
 
 These pin the aiohttp internals the guard relies on (``RequestHandler._messages``,
-``_waiter``, ``_ErrInfo``): an aiohttp upgrade that changes them fails here first.
+``_waiter``, ``_request_in_progress``, ``_ErrInfo``): an aiohttp upgrade that changes them
+fails here first.
 """
 
 from __future__ import annotations
@@ -152,3 +153,34 @@ async def _shed(served: Served) -> None:
     for _, w in idle + raw + [(reader, writer)]:
         w.close()
     await _until(lambda: guard.count == 0)
+
+
+def test_aiohttp_marks_a_request_in_progress_until_its_answer_is_written() -> None:
+    """The hot path answers once aiohttp's handlers have returned and nothing is in
+    progress (``_request_in_progress``), before aiohttp's loop is back at its waiter."""
+
+    async def main() -> None:
+        seen: list[object] = []
+        protocols: list[object] = []
+
+        async def handler(request: web.BaseRequest) -> web.StreamResponse:
+            protocols.append(request.protocol)
+            seen.append(request.protocol._request_in_progress)  # type: ignore[attr-defined]
+            return web.Response(text="x")
+
+        runner = web.ServerRunner(web.Server(handler), handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ") and seen == [True]
+            await _until(lambda: protocols[0]._request_in_progress is False)  # type: ignore[attr-defined]
+            writer.close()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
