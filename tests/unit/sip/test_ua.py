@@ -243,23 +243,51 @@ def test_timer_f_gives_up() -> None:
 
 
 def test_provisional_switches_non_invite_retransmission_to_t2() -> None:
+    """After a provisional response a non-INVITE request is resent every T2 (§17.1.2.2).
+
+    Timed from when the UA took the 100 (a loaded machine may let a T1 retransmission leave
+    before it), on the UA's own sends: timers never fire early, so this cannot fail by chance.
+    """
+    provisional_at: list[float] = []
+    sends: list[float] = []
+
     def trying_then_ok(peer: RawPeer, message: Request | Response, origin: Origin) -> None:
         if not isinstance(message, Request):
             return
-        count = len(peer.requests("MESSAGE"))
-        if count == 1:
+        if len(peer.requests("MESSAGE")) == 1:
             peer.reply(make_response(message, 100), origin)
-        elif count == 3:
+        elif provisional_at and len([t for t in sends if t > provisional_at[0]]) >= 2:
             peer.reply(make_response(message, 200, to_tag="x"), origin)
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         peer = RawPeer(trying_then_ok)
         hop = await peer.start()
         async with UserAgent("alice@example.com", proxy=hop, timers=FAST) as alice:
-            started = time.monotonic()
+            transaction, send = alice._transaction, alice._transport.send
+
+            async def spy_transaction(
+                request: Request, used: Hop, on_provisional: Callable[[Response], None] | None
+            ) -> Response:
+                def seen(response: Response) -> None:
+                    provisional_at.append(loop.time())
+                    if on_provisional is not None:
+                        on_provisional(response)
+
+                return await transaction(request, used, seen)
+
+            async def spy_send(message: Request | Response, to: Hop) -> None:
+                sends.append(loop.time())
+                await send(message, to)
+
+            alice._transaction = spy_transaction  # type: ignore[method-assign,assignment]
+            alice._transport.send = spy_send  # type: ignore[method-assign,assignment]
             assert (await alice.send_message("bob@example.com", TEXT)).status == 200
-            assert time.monotonic() - started >= 2 * FAST.t2 - 0.01
         await peer.transport.aclose()
+        after = [t for t in sends if t > provisional_at[0]]
+        assert len(after) >= 2
+        gaps = [b - a for a, b in zip([provisional_at[0], *after], after, strict=False)]
+        assert all(gap >= FAST.t2 - 0.002 for gap in gaps), gaps
 
     run(main())
 
