@@ -49,11 +49,11 @@ from sipcert.client.http11 import HTTP11Connection
 from sipcert.client.locate import (
     DEFAULT_HTTPS_PORT,
     Attribute,
+    DeferredResolver,
     DNSResolver,
     Location,
     Locator,
     location_from_url,
-    make_resolver,
     parse_store_address,
 )
 from sipcert.client.tlog import LOG_PINS, NO_LOG_FILE, LogClient, PinStore, http_getter
@@ -264,7 +264,7 @@ class AsyncUA:
         self.locator = Locator(
             resolver
             if resolver is not None
-            else make_resolver(self.config.dns, timeout=self.config.timeout),
+            else DeferredResolver(self.config.dns, timeout=self.config.timeout),
             fallback_port=self.config.fallback_port,
             system_addresses=system,
             store=parse_store_address(self.config.store) if self.config.store else None,
