@@ -12,6 +12,7 @@ to ``certificates.<domain>`` because an attacker dropped a DNS answer would be a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -118,7 +119,16 @@ def query_string(aor: AOR, attribute: Attribute = "email", **extra: str) -> str:
 
 def search_path(aor: AOR, attribute: Attribute = "email", **extra: str) -> str:
     """``/search-cgi?email=...`` -- the request target (draft §4.1, §4.5)."""
+    if not extra:
+        return _search_path(aor, attribute)
     return f"/search-cgi?{query_string(aor, attribute, **extra)}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _search_path(aor: AOR, attribute: Attribute) -> str:
+    """:func:`search_path` without extra parameters, remembered: a fetch spells it three
+    times (the request, the narration, the result's URL), the same way each time."""
+    return f"/search-cgi?{query_string(aor, attribute)}"
 
 
 def parse_dns_server(text: str) -> tuple[str, int]:
