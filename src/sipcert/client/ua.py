@@ -270,6 +270,9 @@ class AsyncUA:
             store=parse_store_address(self.config.store) if self.config.store else None,
         )
         self.home = Home(self.config.home or default_home())
+        #: The transparency log's pins in the home (one object: it keeps the parsed file
+        #: while the file is unchanged).
+        self._pins = PinStore(self.home.root / LOG_PINS)
         self.cache = CertificateCache(
             self.config.cache_ttl,
             clock=cache_clock,
@@ -510,7 +513,7 @@ class AsyncUA:
                 timeout=self.config.timeout,
                 answered_on=answered_on,
             ),
-            PinStore(self.home.root / LOG_PINS),
+            self._pins,
             witnesses=self.config.log_witnesses,
             quorum=self.config.log_quorum,
         )
