@@ -73,7 +73,8 @@ def _plain_request(target: bytes, headers: Headers) -> bytes | None:
         if (
             field is None
             or field[2] != value
-            or name.lower() in (b"content-length", b"transfer-encoding")
+            # a body, or a close asked for: h11 frames those and keeps their state
+            or name.lower() in (b"content-length", b"transfer-encoding", b"connection")
         ):
             return None
         lines.append(name + b": " + value)

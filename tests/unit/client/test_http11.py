@@ -279,6 +279,7 @@ def test_the_plain_request_is_the_bytes_h11_writes() -> None:
     assert _plain_request(b"/s a", HEADERS) is None  # h11 frames (refuses) the odd ones
     assert _plain_request(b"/s", [(b"Host", b"a"), (b"Host", b"b")]) is None
     assert _plain_request(b"/s", [(b"Host", b"a\r\nX: y")]) is None
+    assert _plain_request(b"/s", [(b"Host", b"a"), (b"Connection", b"close")]) is None
 
 
 def test_plain_and_h11_answers_share_one_kept_alive_connection() -> None:
