@@ -14,8 +14,9 @@ working tree and (with ``--baseline REF``) the tree of git ``REF``, each in its 
   of a Store without a log) fetches and validates every AOR once, one after the other, on
   reused connections; ``--no-verify-log`` variant too;
 * **concurrent**: the same with ``--concurrency`` fetches in flight at once;
-* **CLI start-up**: wall-clock of ``sipcert fetch --help`` and ``sipcert locate AOR
-  --store ...`` as new processes (median of ``--cli-runs``), next to ``python -c pass``.
+* **CLI start-up**: wall-clock of ``sipcert fetch --help``, ``sipcert locate AOR --store
+  ...`` and a whole ``sipcert fetch AOR --store ...`` (one GET and its checks) as new
+  processes (median of ``--cli-runs``), next to ``python -c pass``.
 
 Every fetch must keep exactly the one certificate enrolled (or the run stops). The table
 goes into docs/benchmarks.md between the ``bench:client:begin``/``bench:client:end`` markers.
@@ -351,6 +352,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"u1@{DOMAIN}",
                             "--store",
                             f"127.0.0.1:{port}",
+                        ],
+                        "sipcert fetch AOR --store": [
+                            *entry,
+                            "fetch",
+                            f"u1@{DOMAIN}",
+                            "--store",
+                            f"127.0.0.1:{port}",
+                            "--ca-file",
+                            str(ca_file),
+                            "--home",
+                            str(root / "cli-home"),
                         ],
                     }
                     for name, argv_ in figures.items():

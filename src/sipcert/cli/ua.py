@@ -11,7 +11,6 @@ terminal, else a prompt -- never from a flag (it would show in ``ps`` and shell 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import sys
@@ -247,6 +246,8 @@ def _witness_keys(values: list[str]) -> tuple[Verifier, ...]:
 
 
 def _run(args: argparse.Namespace, work: Callable[[AsyncUA], Coroutine[Any, Any, T]]) -> T:
+    import asyncio  # here, not at the top: ``--help`` needs no event loop (issue 13)
+
     from sipcert.client.ua import AsyncUA
 
     def narrate(line: str) -> None:
@@ -352,7 +353,9 @@ def _print_json(value: dict[str, Any], code: int = 0) -> int:
 def _locate(args: argparse.Namespace) -> int:
     # The locator alone, as AsyncUA.locate uses it: no HTTP stack or home to load for a
     # command that only asks DNS (issue 13: start-up time).
-    from sipcert.client.locate import Locator, make_resolver, parse_store_address
+    import asyncio
+
+    from sipcert.client.locate import DeferredResolver, Locator, parse_store_address
 
     aor = parse_aor(args.aor)
     if not args.timeout > 0:
@@ -363,7 +366,7 @@ def _locate(args: argparse.Namespace) -> int:
 
     async def locate() -> Location:
         locator = Locator(
-            make_resolver(args.dns, timeout=args.timeout),
+            DeferredResolver(args.dns, timeout=args.timeout),
             fallback_port=args.fallback_port,
             system_addresses=args.dns is None,
             store=parse_store_address(args.store) if args.store else None,

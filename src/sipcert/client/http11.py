@@ -17,6 +17,7 @@ are ours. Every failure is a :class:`~sipcert.errors.SipCertError`:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -33,6 +34,92 @@ MAX_HEAD_SIZE = 16 * 1024
 _READ_SIZE = 64 * 1024
 
 Headers = list[tuple[bytes, bytes]]
+
+# h11's own grammar (h11/_abnf.py), for the plain answers read without it (see
+# HTTP11Connection.exchange).
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_VCHAR = rb"[\x21-\x7e\x80-\xff]"
+_FIELD = re.compile(
+    rb"(" + _TOKEN + rb"):[ \t]*((?:" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?)[ \t]*"
+)
+_STATUS = re.compile(rb"HTTP/1\.1 (200|404) ((?:[ \t]|" + _VCHAR + rb")*)")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """A whole plain answer read without h11: what :meth:`HTTP11Connection.exchange` needs."""
+
+    status: int
+    reason: bytes
+    headers: Headers
+    body: bytes
+    close: bool
+
+
+def _plain_request(target: bytes, headers: Headers) -> bytes | None:
+    """The bytes h11 writes for a GET (``Host`` first), or ``None`` when any part is outside
+    h11's grammar (h11 then frames it, or refuses it)."""
+    if not _TARGET.fullmatch(target):
+        return None
+    hosts = [(n, v) for n, v in headers if n.lower() == b"host"]
+    others = [(n, v) for n, v in headers if n.lower() != b"host"]
+    if len(hosts) != 1:
+        return None
+    lines = [b"GET " + target + b" HTTP/1.1"]
+    for name, value in hosts + others:
+        field = _FIELD.fullmatch(name + b": " + value)
+        if (
+            field is None
+            or field[2] != value
+            # a body, or a close asked for: h11 frames those and keeps their state
+            or name.lower() in (b"content-length", b"transfer-encoding", b"connection")
+        ):
+            return None
+        lines.append(name + b": " + value)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _plain_answer(data: bytes | bytearray, limit: int) -> _Plain | bool:
+    """``data`` as one whole plain answer to a GET: HTTP/1.1, 200 or 404, a head within
+    :data:`MAX_HEAD_SIZE` in h11's grammar, one ``Content-Length`` of at most ``limit``, no
+    ``Transfer-Encoding``, the body complete and nothing after it. ``True``: it may become
+    one with more bytes; ``False``: it is something else, which h11 reads (and judges)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return len(data) <= MAX_HEAD_SIZE
+    if end + 4 > MAX_HEAD_SIZE:
+        return False
+    lines = bytes(data[:end]).split(b"\r\n")
+    status = _STATUS.fullmatch(lines[0])
+    if status is None:
+        return False
+    headers: Headers = []
+    length: int | None = None
+    close = False
+    for line in lines[1:]:
+        field = _FIELD.fullmatch(line)
+        if field is None:
+            return False
+        name, value = field[1].lower(), field[2]
+        if name == b"content-length":
+            if length is not None or not _DIGITS.fullmatch(value):
+                return False
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return False
+        elif name == b"connection":
+            close = close or b"close" in (t.strip().lower() for t in value.split(b","))
+        headers.append((name, value))
+    if length is None or length > limit:
+        return False  # an answer over the limit is refused by read_body before its body
+    total = end + 4 + length
+    if len(data) < total:
+        return True
+    if len(data) > total:
+        return False  # bytes after the answer: h11 keeps them and says what they are
+    return _Plain(int(status[1]), status[2], headers, bytes(data[end + 4 :]), close)
 
 
 class ClosedBeforeAnswerError(TransportError):
@@ -125,9 +212,12 @@ class HTTP11Connection:
         except h11.LocalProtocolError as exc:
             await self.aclose()
             raise TransportError(f"a request to {self.domain} could not be framed: {exc}") from exc
+        await self._write(data or b"", timeout)
+
+    async def _write(self, data: bytes, timeout: float | None) -> None:
         self._fed = 0
         try:
-            await self.stream.write(data or b"", timeout)
+            await self.stream.write(data, timeout)
         except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
             await self.aclose()
             if self.answered:
@@ -146,23 +236,28 @@ class HTTP11Connection:
             if event is not h11.NEED_DATA:
                 assert isinstance(event, h11.Event)  # noqa: S101 (PAUSED is for servers)
                 return event
-            try:
-                data = await self.stream.read(_READ_SIZE, timeout)
-            except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
-                await self.aclose()
-                if first and self.answered and not isinstance(exc, httpcore.TimeoutException):
-                    raise ClosedBeforeAnswerError(
-                        f"the Store of {self.domain} reset the kept-alive connection"
-                    ) from exc
-                raise self._failure(exc, "reading the answer of") from exc
-            if not data and first:
-                await self.aclose()
-                raise ClosedBeforeAnswerError(
-                    f"the Store of {self.domain} closed the connection without answering"
-                )
+            data = await self._read(timeout, first=first)
             first = first and not data
             self._fed += len(data)
             self._h11.receive_data(data)
+
+    async def _read(self, timeout: float | None, *, first: bool) -> bytes:
+        """The next bytes of the answer (``b""`` at its end); ``first``: none came yet."""
+        try:
+            data = await self.stream.read(_READ_SIZE, timeout)
+        except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
+            await self.aclose()
+            if first and self.answered and not isinstance(exc, httpcore.TimeoutException):
+                raise ClosedBeforeAnswerError(
+                    f"the Store of {self.domain} reset the kept-alive connection"
+                ) from exc
+            raise self._failure(exc, "reading the answer of") from exc
+        if not data and first:
+            await self.aclose()
+            raise ClosedBeforeAnswerError(
+                f"the Store of {self.domain} closed the connection without answering"
+            )
+        return data
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> str:
         if exc.error_status_hint == 431:
@@ -175,9 +270,9 @@ class HTTP11Connection:
             f"over {MAX_HEAD_SIZE} bytes"
         )
 
-    async def receive_head(self, timeout: float | None) -> h11.Response:
-        """The final answer's status line and header fields (1xx answers are skipped)."""
-        first = True
+    async def receive_head(self, timeout: float | None, *, first: bool = True) -> h11.Response:
+        """The final answer's status line and header fields (1xx answers are skipped);
+        ``first=False`` when h11 was already given some of the answer."""
         while True:
             event = await self._next(timeout, first=first)
             first = False
@@ -235,9 +330,66 @@ class HTTP11Connection:
     async def exchange(
         self, method: bytes, target: bytes, headers: Headers, limit: int, timeout: float | None
     ) -> Answer:
-        """One bodiless request and its whole answer."""
-        await self.send(method, target, headers, b"", timeout)
-        head = await self.receive_head(timeout)
+        """One bodiless request and its whole answer.
+
+        A plain answer (:func:`_plain_answer`: what a Store sends to a GET) is read without
+        h11, which was half of a kept-alive fetch's client CPU (issue 13); h11's grammar is
+        applied to it all the same. Anything else -- chunked, 1xx, another status, a
+        malformed or oversized head, a body cut short -- is handed to h11 byte for byte as
+        it came, so its reading and its errors are unchanged.
+        """
+        plain = _plain_request(target, headers) if method == b"GET" and self._idle() else None
+        if plain is None:
+            await self.send(method, target, headers, b"", timeout)
+            return await self._h11_answer(limit, timeout, first=True)
+        await self._write(plain, timeout)
+        data = bytearray()
+        ended = False
+        while True:
+            chunk = await self._read(timeout, first=not data)
+            if not chunk:
+                ended = True
+                break
+            data += chunk
+            found = _plain_answer(data, limit)
+            if found is True:
+                continue
+            if found is False:
+                break
+            self.answered += 1
+            if found.close:
+                await self.aclose()
+            return Answer(
+                found.status,
+                found.reason.decode("latin-1"),
+                joined_headers(found.headers),
+                found.body,
+                connection=self,
+            )
+        # Not a plain answer: h11 reads what came (and what follows) as if it had sent it.
+        try:
+            self._h11.send(h11.Request(method=method, target=target, headers=headers))
+            self._h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:  # pragma: no cover (_plain_request checked it)
+            await self.aclose()
+            raise TransportError(f"a request to {self.domain} could not be framed: {exc}") from exc
+        self._fed = len(data)
+        self._h11.receive_data(bytes(data))
+        if ended:
+            self._h11.receive_data(b"")
+        return await self._h11_answer(limit, timeout, first=False)
+
+    def _idle(self) -> bool:
+        """Between two exchanges, nothing received ahead."""
+        return (
+            not self.closed
+            and self._h11.our_state is h11.IDLE
+            and self._h11.their_state is h11.IDLE
+            and not self._h11.trailing_data[0]
+        )
+
+    async def _h11_answer(self, limit: int, timeout: float | None, *, first: bool) -> Answer:
+        head = await self.receive_head(timeout, first=first)
         fields = joined_headers(head.headers)
         body = await self.read_body(limit, fields.get("content-length"), timeout)
         return Answer(

@@ -12,30 +12,29 @@ to ``certificates.<domain>`` because an attacker dropped a DNS answer would be a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
-
-import anyio
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.resolver
-import dns.rrset
-from dns.rdtypes.IN.SRV import SRV
 
 from sipcert.errors import ConfigError, InputError, LocationError
 from sipcert.proto.aor import AOR
-from sipcert.proto.store import parse_query
+
+# dnspython (~0.15 s to import) and anyio are imported where a query is made: ``sipcert
+# locate --store`` and a fetch from a given Store address make none (issue 13: start-up).
+if TYPE_CHECKING:
+    import dns.asyncresolver
+    import dns.rrset
 
 __all__ = [
     "DEFAULT_HTTPS_PORT",
     "SRV_SERVICE",
     "Attribute",
     "DNSResolver",
+    "DeferredResolver",
     "Location",
     "Locator",
     "Target",
@@ -120,7 +119,16 @@ def query_string(aor: AOR, attribute: Attribute = "email", **extra: str) -> str:
 
 def search_path(aor: AOR, attribute: Attribute = "email", **extra: str) -> str:
     """``/search-cgi?email=...`` -- the request target (draft §4.1, §4.5)."""
+    if not extra:
+        return _search_path(aor, attribute)
     return f"/search-cgi?{query_string(aor, attribute, **extra)}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _search_path(aor: AOR, attribute: Attribute) -> str:
+    """:func:`search_path` without extra parameters, remembered: a fetch spells it three
+    times (the request, the narration, the result's URL), the same way each time."""
+    return f"/search-cgi?{query_string(aor, attribute)}"
 
 
 def parse_dns_server(text: str) -> tuple[str, int]:
@@ -202,6 +210,8 @@ def location_from_url(aor: AOR, url: str) -> Location:
             f"Store URL {shown!r}: the path must be {SEARCH_CGI} (draft §4.1), "
             f"not {parts.path[:40] or '/'!r}"
         )
+    from sipcert.proto.store import parse_query  # cryptography: only for a URL from SIP
+
     try:
         query = parse_query(parts.query)
     except InputError as exc:
@@ -227,6 +237,9 @@ def location_from_url(aor: AOR, url: str) -> Location:
 
 def make_resolver(server: str | None = None, *, timeout: float = 5.0) -> dns.asyncresolver.Resolver:
     """A dnspython async resolver: the system's, or one DNS server ``HOST[:PORT]``."""
+    import dns.asyncresolver
+    import dns.exception
+
     if server is None:
         try:
             resolver = dns.asyncresolver.Resolver()
@@ -242,7 +255,36 @@ def make_resolver(server: str | None = None, *, timeout: float = 5.0) -> dns.asy
     return resolver
 
 
+class DeferredResolver:
+    """:func:`make_resolver`'s resolver, made (and dnspython imported) on the first query.
+
+    A UA given the Store's address (``--store``) never queries DNS for an IP literal, so it
+    does not pay for dnspython or for reading the system's DNS configuration. ``server`` is
+    checked at once (a bad ``--dns`` is a :class:`ConfigError` before anything runs); a
+    system configuration that cannot be used is the first query's :class:`LocationError`.
+    """
+
+    def __init__(self, server: str | None = None, *, timeout: float = 5.0) -> None:
+        if server is not None:
+            parse_dns_server(server)
+        self.server = server
+        self.timeout = timeout
+        self._resolver: dns.asyncresolver.Resolver | None = None
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        """The dnspython resolver (made now if it was not yet)."""
+        if self._resolver is None:
+            self._resolver = make_resolver(self.server, timeout=self.timeout)
+        return self._resolver
+
+    async def resolve(self, qname: str, rdtype: str, *, search: bool | None = None) -> Any:
+        return await self.resolver.resolve(qname, rdtype, search=search)
+
+
 def _dns_failure(name: str, rdtype: str, exc: Exception) -> LocationError:
+    import dns.resolver
+
     if isinstance(exc, dns.resolver.LifetimeTimeout):
         what = "timed out"
     elif isinstance(exc, dns.resolver.NoNameservers):
@@ -259,6 +301,8 @@ async def system_addresses(host: str) -> list[str]:
     is a location failure (exit 3) with either; a resolver failure is a
     :class:`LocationError`.
     """
+    import anyio
+
     try:
         infos = await anyio.getaddrinfo(host.encode("ascii"), None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -324,6 +368,11 @@ class Locator:
             say(f"its TLS certificate must still name {aor.host} (draft §4.3)")
             say(f"URL {self.store.url(aor, attribute)}")
             return Location(aor, (self.store,), False, attribute, tuple(steps))
+        import dns.exception
+        import dns.name
+        import dns.resolver
+        from dns.rdtypes.IN.SRV import SRV
+
         say(f"DNS SRV query {qname.rstrip('.')}")
         try:
             answer = await self.resolver.resolve(qname, "SRV", search=False)
@@ -380,6 +429,9 @@ class Locator:
             return [host]
         if self.system_addresses:
             return await system_addresses(host)
+        import dns.exception
+        import dns.resolver
+
         found: list[str] = []
         failed: tuple[LocationError, Exception] | None = None
         for rdtype in ("A", "AAAA"):

@@ -135,12 +135,31 @@ class LogState:
 
 
 class PinStore:
-    """Per-domain :class:`LogState` in one JSON file, replaced atomically (mode 0600)."""
+    """Per-domain :class:`LogState` in one JSON file, replaced atomically (mode 0600).
+
+    The parsed file is kept with the identity ``os.stat`` gives it (device, inode, size,
+    modification time in ns) and read again whenever that changes: every save, by this or
+    another process (a monitor, a second UA on the same home), is an ``os.replace``, so a
+    new inode. A fetch then costs one ``stat`` instead of reading and parsing the file
+    (issue 13); what is loaded is always what the file holds.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._cached: tuple[tuple[int, int, int, int], dict[str, dict[str, object]]] | None = None
 
     def _read(self) -> dict[str, dict[str, object]]:
+        """The file's contents (do not modify: it is the cached object)."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            self._cached = None
+            return {}
+        except OSError as exc:
+            raise ConfigError(f"log pins {self.path}: cannot be read: {exc}") from exc
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        if self._cached is not None and self._cached[0] == identity:
+            return self._cached[1]
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -149,6 +168,7 @@ class PinStore:
             raise ConfigError(f"log pins {self.path}: cannot be read: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"log pins {self.path}: not a JSON object")
+        self._cached = (identity, data)
         return data
 
     def load(self, domain: str) -> LogState | None:
@@ -156,12 +176,18 @@ class PinStore:
         if raw is None:
             return None
         try:
-            return LogState(**raw)  # type: ignore[arg-type]
+            state = LogState(**raw)  # type: ignore[arg-type]
         except TypeError as exc:
             raise ConfigError(f"log pins {self.path}: the entry of {domain} is damaged") from exc
+        # A copy of the cached dict, so that no caller can change what the file says.
+        return replace(state, commitments=dict(state.commitments))
 
     def save(self, domain: str, state: LogState) -> None:
-        data = self._read()
+        """Write ``state`` for ``domain`` (durably); nothing is written when it is already
+        exactly what the file holds."""
+        data = dict(self._read())
+        if data.get(domain) == asdict(state):
+            return
         data[domain] = asdict(state)
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
@@ -215,6 +241,9 @@ class LogClient:
         #: Whether the last :meth:`publishes_log` got a 404 (the only answer a UA may cache as
         #: "no log"; an error is asked again next time).
         self.answered_404 = False
+        #: ``/log/vkey`` as :meth:`publishes_log` just read it, for the next :meth:`log_key`
+        #: only: a fetch's check reads it once, not once per step (issue 13).
+        self._vkey: bytes | None = None
 
     async def _fetch(self, path: str) -> bytes:
         body = await self.get(path)
@@ -234,6 +263,7 @@ class LogClient:
         try:
             served = await self.get("/log/vkey")
             self.answered_404 = served is None
+            self._vkey = served
         except (TransportError, StoreResponseError, InputTooLargeError):
             if pinned:
                 raise
@@ -246,7 +276,10 @@ class LogClient:
 
     async def log_key(self) -> Verifier:
         """The log's key: learnt on first use, then pinned (a change is a ProofError)."""
-        served = (await self._fetch("/log/vkey")).decode("ascii", "replace").strip()
+        body, self._vkey = self._vkey, None
+        if body is None:
+            body = await self._fetch("/log/vkey")
+        served = body.decode("ascii", "replace").strip()
         key = Verifier.parse(served)
         if key.name != self.domain:
             raise ProofError(f"the log key is named {key.name!r}, not {self.domain!r}")
@@ -283,6 +316,10 @@ class LogClient:
             ProofError: bad signatures, too few cosignatures, or another origin.
             ForkError: it cannot extend the checkpoint this UA saw before (a split view).
         """
+        return (await self._checkpoint())[0]
+
+    async def _checkpoint(self) -> tuple[Checkpoint, Verifier]:
+        """:meth:`checkpoint`, and the log key it was verified with."""
         key = await self.log_key()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cosign_wait
@@ -322,7 +359,7 @@ class LogClient:
                 dict(pinned.commitments) if pinned is not None else {},
             ),
         )
-        return checkpoint
+        return checkpoint, key
 
     def _pinned_commitment(self, aor: str, document: dict[str, object]) -> bytes:
         """The AOR's commitment from a proof document, pinned on first sight.
@@ -374,8 +411,7 @@ class LogClient:
         self, aor: str, certificates: Sequence[bytes]
     ) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         """Split ``certificates`` (DER) into logged ones and ones discarded with a reason."""
-        checkpoint = await self.checkpoint()
-        key = await self.log_key()
+        checkpoint, key = await self._checkpoint()
         document = _proof_document(await self._fetch(_proof_path(aor)))
         commitment = self._pinned_commitment(aor, document)
         items: dict[str, str] = {}

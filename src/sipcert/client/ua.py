@@ -49,11 +49,11 @@ from sipcert.client.http11 import HTTP11Connection
 from sipcert.client.locate import (
     DEFAULT_HTTPS_PORT,
     Attribute,
+    DeferredResolver,
     DNSResolver,
     Location,
     Locator,
     location_from_url,
-    make_resolver,
     parse_store_address,
 )
 from sipcert.client.tlog import LOG_PINS, NO_LOG_FILE, LogClient, PinStore, http_getter
@@ -264,12 +264,15 @@ class AsyncUA:
         self.locator = Locator(
             resolver
             if resolver is not None
-            else make_resolver(self.config.dns, timeout=self.config.timeout),
+            else DeferredResolver(self.config.dns, timeout=self.config.timeout),
             fallback_port=self.config.fallback_port,
             system_addresses=system,
             store=parse_store_address(self.config.store) if self.config.store else None,
         )
         self.home = Home(self.config.home or default_home())
+        #: The transparency log's pins in the home (one object: it keeps the parsed file
+        #: while the file is unchanged).
+        self._pins = PinStore(self.home.root / LOG_PINS)
         self.cache = CertificateCache(
             self.config.cache_ttl,
             clock=cache_clock,
@@ -510,7 +513,7 @@ class AsyncUA:
                 timeout=self.config.timeout,
                 answered_on=answered_on,
             ),
-            PinStore(self.home.root / LOG_PINS),
+            self._pins,
             witnesses=self.config.log_witnesses,
             quorum=self.config.log_quorum,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import struct
@@ -142,24 +143,41 @@ class Verifier:
         """Check ``signature`` (without key ID) over ``text``.
 
         Returns the cosignature timestamp for type 0x04, 0 for type 0x01, None if it fails.
+        The answer for the same key, text and signature bytes is remembered
+        (:func:`_verify`): a UA checks the same checkpoint on every fetch (issue 13).
         """
-        key = Ed25519PublicKey.from_public_bytes(self.public_key)
-        if self.alg == ALG_COSIGNATURE_V1:
-            if len(signature) != 8 + 64:
-                return None
-            (timestamp,) = struct.unpack(">Q", signature[:8])
-            if timestamp > 2**63 - 1:  # tlog-cosignature: "MUST NOT exceed 2^63 - 1"
-                return None
-            message, sig = cosignature_message(timestamp, text), signature[8:]
-        else:
-            if len(signature) != 64:
-                return None
-            timestamp, message, sig = 0, text, signature
-        try:
-            key.verify(sig, message)
-        except InvalidSignature:
+        text, signature = bytes(text), bytes(signature)
+        if len(text) > _MEMO_TEXT:
+            return _verify.__wrapped__(self.alg, self.public_key, text, signature)
+        return _verify(self.alg, self.public_key, text, signature)
+
+
+#: Longest note text whose verification is remembered (a checkpoint is ~100 bytes).
+_MEMO_TEXT = 4096
+
+
+@functools.lru_cache(maxsize=1024)
+def _verify(alg: int, public_key: bytes, text: bytes, signature: bytes) -> int | None:
+    """:meth:`Verifier.verify`, remembered by its exact inputs: an Ed25519 verification is
+    a pure function of the key, the message and the signature, so the memo never answers
+    other than the check itself would. Bounded (least recently used out)."""
+    key = Ed25519PublicKey.from_public_bytes(public_key)
+    if alg == ALG_COSIGNATURE_V1:
+        if len(signature) != 8 + 64:
             return None
-        return int(timestamp)
+        (timestamp,) = struct.unpack(">Q", signature[:8])
+        if timestamp > 2**63 - 1:  # tlog-cosignature: "MUST NOT exceed 2^63 - 1"
+            return None
+        message, sig = cosignature_message(timestamp, text), signature[8:]
+    else:
+        if len(signature) != 64:
+            return None
+        timestamp, message, sig = 0, text, signature
+    try:
+        key.verify(sig, message)
+    except InvalidSignature:
+        return None
+    return int(timestamp)
 
 
 @dataclass(frozen=True, slots=True)

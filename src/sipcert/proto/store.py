@@ -259,11 +259,43 @@ def _day_of(days: int) -> str:
     )
 
 
+#: :func:`enrolled_on_header`'s exact spelling (the weekday is not checked, as RFC 5322
+#: parsers do not).
+_ENROLLED_ON = re.compile(
+    r'attachment; creation-date="(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) '
+    r'(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([1-9]\d{3}) (\d\d):(\d\d):(\d\d) \+0000"'
+)
+
+
 def parse_enrolled_on(value: str | None) -> datetime | None:
     """The ``creation-date`` of a ``Content-Disposition`` (RFC 2183 §2.4), or None when absent
-    or unreadable: it is shown to a person and never decides anything."""
+    or unreadable: it is shown to a person and never decides anything.
+
+    The spelling a sipcert Store writes is read directly (the email package's parameter
+    parser was a tenth of a client's fetch, issue 13); any other goes through that parser.
+    """
     if not value or len(value) > _MAX_DESCRIPTION_FIELD:
         return None
+    found = _ENROLLED_ON.fullmatch(value)
+    if found is not None:
+        day, month, year, hour, minute, second = found.groups()
+        try:
+            return datetime(
+                int(year),
+                _MONTHS.index(month) + 1,
+                int(day),
+                int(hour),
+                int(minute),
+                int(second),
+                tzinfo=UTC,
+            )
+        except ValueError:
+            return None  # 31 Feb: the email package refuses it too
+    return _parse_enrolled_on_email(value)
+
+
+def _parse_enrolled_on_email(value: str) -> datetime | None:
+    """:func:`parse_enrolled_on` for any spelling, with the email package."""
     message = email.message.Message()
     try:
         message["Content-Disposition"] = value

@@ -55,6 +55,20 @@ def test_client_help_imports_neither_server_nor_client(command: str) -> None:
     assert "sipcert.cli.serve" not in modules and "sipcert.cli.sipua" not in modules
 
 
+def test_client_help_starts_no_event_loop() -> None:
+    code, modules, _ = _imported("fetch", "--help")
+    assert code == 0
+    assert "asyncio" not in modules
+
+
+def test_locate_with_a_store_address_imports_no_dns_http_or_crypto() -> None:
+    # Nothing is asked of DNS for a given address, so dnspython is not even imported.
+    code, modules, text = _imported("locate", "bob@example.com", "--store", "127.0.0.1:8443")
+    assert code == 0
+    assert "URL https://127.0.0.1:8443/search-cgi?email=bob%40example.com" in text
+    assert _heavy(modules, ("dns", "anyio", "httpx", "httpcore", "cryptography", "h11")) == []
+
+
 def test_top_level_help_imports_no_subcommand() -> None:
     code, modules, text = _imported("--help")
     assert code == 0

@@ -7,9 +7,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sipcert.client.http11 import MAX_HEAD_SIZE, Answer, ClosedBeforeAnswerError, HTTP11Connection
+from sipcert.client.http11 import (
+    MAX_HEAD_SIZE,
+    Answer,
+    ClosedBeforeAnswerError,
+    HTTP11Connection,
+    _Plain,
+    _plain_answer,
+    _plain_request,
+)
 from sipcert.client.net import AsyncioBackend
 from sipcert.errors import InputTooLargeError, SipCertError, TransportError
 
@@ -177,3 +188,109 @@ def test_remembered_facts_belong_to_the_connection_and_age() -> None:
         assert not connection.recalls("no log", -1)  # older than a negative age
 
     asyncio.run(with_server([], work))
+
+
+# -- answers read without h11 (issue 13) ----------------------------------------------------
+
+
+def _h11_reading(
+    raw: bytes, limit: int
+) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes, bool]:
+    """What h11 itself makes of ``raw`` as the answer to a GET (raises on what it refuses)."""
+    connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
+    connection.send(h11.Request(method=b"GET", target=b"/x", headers=HEADERS))
+    connection.send(h11.EndOfMessage())
+    connection.receive_data(raw)
+    head = connection.next_event()
+    assert isinstance(head, h11.Response)
+    body = b""
+    while True:
+        event = connection.next_event()
+        if isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            break
+        else:
+            raise AssertionError(f"h11 did not read a whole answer: {event!r}")
+    assert len(body) <= limit
+    assert connection.trailing_data == (b"", False)
+    close = connection.their_state is h11.MUST_CLOSE
+    return head.status_code, head.reason, list(head.headers), body, close
+
+
+_NAMES = st.sampled_from(
+    [b"Content-Type", b"ETag", b"Cache-Control", b"Connection", b"X-A", b"Via", b"Bad Name"]
+)
+_VALUES = st.sampled_from(
+    [b"close", b"keep-alive, close", b"application/pkix-cert", b" padded ", b"a\tb", b""]
+) | st.binary(max_size=12).map(lambda v: v.replace(b"\r\n", b""))
+
+
+@settings(max_examples=300)
+@given(
+    status=st.sampled_from([b"200 OK", b"404 Not Found", b"200 ", b"200", b"302 Found"] * 2),
+    version=st.sampled_from([b"HTTP/1.1"] * 3 + [b"HTTP/1.0"]),
+    fields=st.lists(st.tuples(_NAMES, _VALUES), max_size=4),
+    body=st.binary(max_size=20),
+    declared=st.sampled_from(["right"] * 5 + ["none", "short", "long", "twice", "text"]),
+    tail=st.sampled_from([b""] * 4 + [b"H", b"HTTP/1.1 200 OK\r\n"]),
+    limit=st.sampled_from([5, 1000]),
+)
+def test_an_answer_read_without_h11_is_read_as_h11_reads_it(
+    status: bytes,
+    version: bytes,
+    fields: list[tuple[bytes, bytes]],
+    body: bytes,
+    declared: str,
+    tail: bytes,
+    limit: int,
+) -> None:
+    """Whatever the plain reader accepts, h11 reads identically; the rest it leaves to h11."""
+    lengths = {
+        "right": [str(len(body)).encode()],
+        "none": [],
+        "short": [str(max(len(body) - 1, 0)).encode()],
+        "long": [str(len(body) + 1).encode()],
+        "twice": [str(len(body)).encode()] * 2,
+        "text": [b"x"],
+    }[declared]
+    head = [version + b" " + status] + [n + b": " + v for n, v in fields]
+    head += [b"Content-Length: " + length for length in lengths]
+    raw = b"\r\n".join(head) + b"\r\n\r\n" + body + tail
+    plain = _plain_answer(raw, limit)
+    if not isinstance(plain, _Plain):
+        return  # h11 reads it (tests above: its errors are ours)
+    assert _h11_reading(raw, limit) == (
+        plain.status,
+        plain.reason,
+        plain.headers,
+        plain.body,
+        plain.close,
+    )
+
+
+def test_the_plain_request_is_the_bytes_h11_writes() -> None:
+    connection = h11.Connection(h11.CLIENT)
+    headers = [(b"User-Agent", b"sipcert/1"), (b"Host", b"example.com")]
+    written = connection.send(h11.Request(method=b"GET", target=b"/s?a=%40", headers=headers))
+    assert _plain_request(b"/s?a=%40", headers) == written + (
+        connection.send(h11.EndOfMessage()) or b""
+    )
+    assert _plain_request(b"/s a", HEADERS) is None  # h11 frames (refuses) the odd ones
+    assert _plain_request(b"/s", [(b"Host", b"a"), (b"Host", b"b")]) is None
+    assert _plain_request(b"/s", [(b"Host", b"a\r\nX: y")]) is None
+    assert _plain_request(b"/s", [(b"Host", b"a"), (b"Connection", b"close")]) is None
+
+
+def test_plain_and_h11_answers_share_one_kept_alive_connection() -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+
+    async def thrice(connection: HTTP11Connection) -> list[Answer]:
+        return [await get()(connection) for _ in range(3)]
+
+    result, received = asyncio.run(
+        with_server([(OK, False), (chunked, False), (OK, False)], thrice)  # type: ignore[arg-type]
+    )
+    assert [(a.status, a.body) for a in result] == [(200, b"hello")] * 3  # type: ignore[attr-defined]
+    assert len(set(received)) == 1  # the same request bytes whichever reads the answer
+    assert all(a.connection.answered == 3 for a in result)  # type: ignore[attr-defined]

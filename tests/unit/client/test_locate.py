@@ -14,6 +14,7 @@ import dns.rrset
 import pytest
 
 from sipcert.client.locate import (
+    DeferredResolver,
     Locator,
     Target,
     parse_dns_server,
@@ -21,6 +22,7 @@ from sipcert.client.locate import (
     query_string,
     search_path,
 )
+from sipcert.demo.dns import DNSResponder, Record
 from sipcert.errors import ConfigError, LocationError
 from sipcert.proto.aor import parse_aor
 
@@ -233,3 +235,30 @@ def test_given_store_skips_dns_but_not_the_tls_domain() -> None:
     assert location.targets == (Target("127.0.0.1", 8443),)
     assert location.domain == "example.com"
     assert any("must still name example.com" in step for step in location.steps)
+
+
+def test_a_deferred_resolver_makes_the_real_one_at_its_first_query() -> None:
+    records = [
+        Record("_certificates._tcp.example.com", "SRV", "10 0 7000 a.example.com."),
+        Record("_certificates._tcp.example.com", "SRV", "20 0 7001 b.example.com."),
+    ]
+
+    async def main() -> None:
+        async with DNSResponder(records) as responder:
+            deferred = DeferredResolver(responder.server, timeout=2.0)
+            assert deferred._resolver is None  # nothing made (nor imported) for a --store UA
+            location = await Locator(deferred).locate(BOB)
+            assert [(t.host, t.port) for t in location.targets] == [
+                ("a.example.com", 7000),
+                ("b.example.com", 7001),
+            ]
+            assert deferred.resolver.nameservers == [responder.address[0]]
+            assert len(responder.queries) == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("server", ["not-an-address", "127.0.0.1:0", "[::1"])
+def test_a_deferred_resolver_refuses_a_bad_server_at_once(server: str) -> None:
+    with pytest.raises(ConfigError):
+        DeferredResolver(server)

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from sipcert.client.tlog import LogClient, PinStore
+from sipcert.client.tlog import LogClient, LogState, PinStore
 from sipcert.errors import ConfigError, ForkError, NotFoundError, ProofError
 from sipcert.proto.note import ALG_COSIGNATURE_V1, Signer, parse_note
 from sipcert.server.tlog import LoggedStore, TransparencyLog, load_or_create_log_keys
@@ -334,3 +334,49 @@ def test_a_certificate_the_store_never_logged_has_a_null_proof_and_is_discarded(
             )
 
     run(main)
+
+
+def test_a_fetch_reads_the_log_key_once_and_rewrites_no_unchanged_pin(tmp_path: Path) -> None:
+    """issue 13: /log/vkey once per check (not three times), no fsync'd write of equal pins."""
+
+    async def main() -> None:
+        store = FakeStore(tmp_path, tmp_path / "db")
+        asked: list[str] = []
+
+        async def get(path: str) -> bytes | None:
+            asked.append(path.partition("?")[0])
+            return await store.get(path)
+
+        async with running(store):
+            await store.store.add(cert(BOB, 1), max_per_aor=5, now=NOW)
+            pins = PinStore(tmp_path / "pins.json")
+            for _ in range(2):
+                client = LogClient(DOMAIN, get, pins)
+                assert await client.publishes_log()
+                kept, _ = await client.verify_certificates(BOB, [cert(BOB, 1).der])
+                assert kept == [cert(BOB, 1).der]
+                if len(asked) == 3:
+                    first = (tmp_path / "pins.json").stat()
+            assert asked == ["/log/vkey", "/log/checkpoint", "/log/proof"] * 2
+            again = (tmp_path / "pins.json").stat()
+            assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+    run(main)
+
+
+def test_pins_saved_by_another_process_are_read_again(tmp_path: Path) -> None:
+    """The parsed file is kept only while the file is the same one (its inode, size, mtime)."""
+    path = tmp_path / "pins.json"
+    mine, theirs = PinStore(path), PinStore(path)
+    state = LogState("example.com+1234abcd+AAAA", 1, "cm9vdA==")
+    mine.save(DOMAIN, state)
+    assert mine.load(DOMAIN) == state
+    grown = LogState(state.vkey, 2, "cm9vdDI=", commitments={BOB: "Yw=="})
+    theirs.save(DOMAIN, grown)
+    assert mine.load(DOMAIN) == grown
+    loaded = mine.load(DOMAIN)
+    assert loaded is not None
+    loaded.commitments["mallory@example.com"] = "eA=="  # a caller's change stays its own
+    assert mine.load(DOMAIN) == grown
+    path.unlink()
+    assert mine.load(DOMAIN) is None

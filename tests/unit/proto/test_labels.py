@@ -17,7 +17,9 @@ from sipcert.client.fetch import parse_certificate_parts
 from sipcert.errors import InputError
 from sipcert.proto.store import (
     MAX_LABEL_LENGTH,
+    _parse_enrolled_on_email,
     certificates_response,
+    enrolled_on_header,
     format_description,
     parse_description,
     parse_enrolled_on,
@@ -112,3 +114,32 @@ def test_a_bad_label_from_a_store_is_dropped_not_fatal() -> None:
     parts = parse_certificate_parts('multipart/mixed; boundary="b"', body)
     assert [(p.der, p.label, p.enrolled) for p in parts] == [(b"der", None, None)]
     assert parse_enrolled_on(None) is None
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_enrolled_on_as_the_store_writes_it_reads_as_the_email_package_reads_it(
+    when: datetime,
+) -> None:
+    """The direct reading of the Store's own spelling (issue 13) agrees with RFC 5322's."""
+    value = enrolled_on_header(when)
+    assert parse_enrolled_on(value) == _parse_enrolled_on_email(value)
+    if when.year >= 1000:
+        assert parse_enrolled_on(value) == when.replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Mon, 31 Feb 2026 10:00:00 +0000",  # no such day
+        "Mon, 00 Dec 2026 10:00:00 +0000",
+        "Mon, 01 Dec 2026 24:00:00 +0000",
+        "Mon, 01 Dec 2026 23:59:60 +0000",
+        "Mon, 01 Dec 0099 10:00:00 +0000",  # RFC 5322 reads a two-digit year its own way
+        "Xyz, 01 Dec 2026 10:00:00 +0000",
+        "Mon, 01 Dec 2026 10:00:00 +0100",
+        "Mon, 1 Dec 2026 10:00:00 +0000",
+    ],
+)
+def test_odd_enrolled_on_dates_read_as_the_email_package_reads_them(date: str) -> None:
+    value = f'attachment; creation-date="{date}"'
+    assert parse_enrolled_on(value) == _parse_enrolled_on_email(value)

@@ -164,3 +164,23 @@ def test_parse_note_never_leaks_a_low_level_error(raw: bytes) -> None:
     except LogFormatError:
         return
     assert parsed.to_bytes() == raw
+
+
+def test_a_remembered_verification_answers_only_for_the_exact_bytes() -> None:
+    """issue 13: verifications are memoised by key, text and signature, nothing looser."""
+    signer = note.Signer.generate("log.example")
+    other = note.Signer.generate("log.example")
+    text = b"log.example\n7\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
+    signature = note.sign_note(text, [signer]).signatures[0].signature
+    assert signer.verifier.verify(text, signature) == 0
+    assert signer.verifier.verify(text, signature) == 0  # remembered, same answer
+    hits = note._verify.cache_info().hits
+    tampered = bytes([signature[0] ^ 1]) + signature[1:]
+    assert signer.verifier.verify(text, tampered) is None
+    assert signer.verifier.verify(text.replace(b"7", b"8"), signature) is None
+    assert other.verifier.verify(text, signature) is None  # same name, another key
+    assert note._verify.cache_info().hits == hits  # none of those was a hit
+    long_text = text + b"x" * note._MEMO_TEXT + b"\n"
+    long_signature = note.sign_note(long_text, [signer]).signatures[0].signature
+    assert signer.verifier.verify(long_text, long_signature) == 0  # checked, not kept
+    assert signer.verifier.verify(bytearray(text), signature) == 0
