@@ -129,21 +129,11 @@ class SimplePut(NamedTuple):
 #: upload's ``Content-Type`` is checked only once the request is authenticated, and
 #: ``Content-Description`` is checked (:func:`~sipcert.proto.store.parse_description`) by
 #: the caller. ``Authorization``, ``Expect`` and ``Transfer-Encoding`` are not here.
-SIMPLE_PUT_FIELDS = frozenset(
-    {
-        b"host",
-        b"user-agent",
-        b"accept",
-        b"accept-encoding",
-        b"accept-language",
-        b"connection",
-        b"content-type",
-        b"content-length",
-        b"content-description",
-        b"cache-control",
-        b"pragma",
-    }
-)
+SIMPLE_PUT_FIELDS = (SIMPLE_FIELDS - {b"if-none-match"}) | {
+    b"content-type",
+    b"content-length",
+    b"content-description",
+}
 _PUT_LINE = re.compile(
     rb"PUT /search-cgi\?((?:email|sip|uri)=([A-Za-z0-9._-]+)%40([A-Za-z0-9.-]+)) HTTP/1\.1\r\n"
 )
