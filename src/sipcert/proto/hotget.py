@@ -242,29 +242,14 @@ _FIELDS_KEPT = 256
 
 def _read_fields(block: bytes) -> tuple[str | None, bool] | Literal[False]:
     """The verdict on the header fields between the request line and the empty line."""
-    host: bytes | None = None
-    if_none_match: bytes | None = None
-    connection: bytes | None = None
-    seen: set[bytes] = set()
-    for field in block.split(b"\r\n") if block else ():
-        found = _FIELD.fullmatch(field)
-        if found is None:
-            return False
-        name = found[1].lower()
-        if name not in SIMPLE_FIELDS or name in seen:
-            return False
-        seen.add(name)
-        value = found[2]
-        if name == b"host":
-            host = value
-        elif name == b"if-none-match":
-            if_none_match = value
-        elif name == b"connection":
-            connection = value.lower()
-            if connection not in (b"close", b"keep-alive"):
-                return False
-    if host is None or not _valid_host(host):
+    values = _simple_fields(block, 0, len(block), SIMPLE_FIELDS)
+    if values is None:
         return False
+    host = values.get(b"host")
+    connection = values.get(b"connection", b"keep-alive").lower()
+    if host is None or not _valid_host(host) or connection not in (b"close", b"keep-alive"):
+        return False
+    if_none_match = values.get(b"if-none-match")
     return (
         None if if_none_match is None else if_none_match.decode("ascii"),
         connection == b"close",
