@@ -8,7 +8,8 @@ Hypothesis runs under one of two profiles, chosen by ``HYPOTHESIS_PROFILE``:
 
 - ``default`` (``make test``, the README's command): derandomized, no example database, so
   every machine and every run tries exactly the same examples -- a failure reproduces
-  everywhere and a clone never replays an example it found once;
+  everywhere and a clone never replays an example it found once -- and no per-example
+  deadline, so a loaded machine cannot fail an example by its wall-clock time;
 - ``random`` (``make test-random``): a fresh random seed and five times the examples, to go
   looking for new failures; a failure prints its ``@reproduce_failure`` blob.
 """
@@ -24,7 +25,9 @@ from collections.abc import Callable
 import pytest
 from hypothesis import settings
 
-settings.register_profile("default", derandomize=True, database=None, print_blob=True)
+settings.register_profile(
+    "default", derandomize=True, database=None, print_blob=True, deadline=None
+)
 settings.register_profile(
     "random",
     derandomize=False,
