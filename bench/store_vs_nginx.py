@@ -315,6 +315,7 @@ def prepare(root: Path) -> Fixture:
         key.chmod(0o600)
         tls[domain] = (cert, key)
     users = root / "users.json"
+    users.unlink(missing_ok=True)  # a reused --workspace holds the last run's
     FileCredentials(users).add(aor_name(0), "bench-password")
     return Fixture(root, ca_file, tls, users)
 
@@ -367,7 +368,7 @@ def nginx_config(fx: Fixture, corpus_: Corpus, folder: Path, workers: int, port:
     comes from a ``map`` of the N values (an unknown value maps to "" and gets the Store's
     404). Only the canonical spelling is served: this is the reference, not the edge mode.
     """
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for path in (fx.root, folder, corpus_.folder, corpus_.answers):
         path.chmod(0o755)
     text = NOT_FOUND.body.decode().rstrip("\n")
@@ -491,16 +492,21 @@ def start_edge(
     """The edge mode per docs of issue 13: publish, generate nginx's config, run both."""
     config = store_config(fx, folder, corpus_.db_url, 1, free_port())
     published, prefix, sock = folder / "published", folder / "nginx", folder / "store.sock"
-    prefix.mkdir()
+    prefix.mkdir(exist_ok=True)
     for path in (fx.root, folder, prefix):
         path.chmod(0o755)
-    subprocess.run(  # noqa: S603
-        sipcert_command("publish", str(published), "--config", str(config), "--once"),
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        timeout=3600,
-    )
+    # A --workspace kept from an earlier run of the same corpus holds its publication (1M AORs
+    # take ~15 minutes to publish): reuse it. The answers are still compared before measuring.
+    done, corpus_key = folder / "published-for", str(corpus_.folder)
+    if not (done.is_file() and done.read_text() == corpus_key):
+        subprocess.run(  # noqa: S603
+            sipcert_command("publish", str(published), "--config", str(config), "--once"),
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=3600,
+        )
+        done.write_text(corpus_key)
     text = subprocess.run(  # noqa: S603
         sipcert_command(
             "nginx-config",
@@ -1117,6 +1123,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     parser.add_argument("--wrk", default="wrk")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        help="work in this folder and keep it; an edge publication made there by an earlier "
+        "run for the same corpus is reused instead of published again",
+    )
     args = parser.parse_args(argv)
     if args.aors is None:
         args.aors = 300 if args.smoke else 1_000_000 if args.full else 100_000
@@ -1152,7 +1164,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def workspace(keep: bool) -> Iterator[Path]:
+def workspace(keep: bool, given: Path | None = None) -> Iterator[Path]:
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given.resolve()
+        return
     root = Path(tempfile.mkdtemp(prefix="sipcert-bench-"))
     try:
         yield root
@@ -1179,7 +1195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"skipping edge: {skipped[-1]}", file=sys.stderr)
         specs = [s for s in specs if s.kind != "edge"]
-    with workspace(args.keep) as root:
+    with workspace(args.keep, args.workspace) as root:
         corpus_ = corpus(args.cache_dir, args.aors)
         fx = prepare(root)
         sources = {label: source_tree(label, ref, root) for label, ref in args.trees.items()}
