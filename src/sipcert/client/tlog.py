@@ -25,9 +25,8 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-import httpx
 
 from sipcert.client.http11 import HTTP11Connection
 from sipcert.client.tls import StrictTransport
@@ -52,6 +51,11 @@ from sipcert.proto.tlog import (
     tile_width,
     verify_certificate_proof,
 )
+
+# httpx's errors are caught only around a client a caller gave (the UA's own GETs use the
+# strict transport), so this module loads without httpx (issue 13, start-up time).
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["LOG_PINS", "NO_LOG_FILE", "Alarm", "LogClient", "LogState", "PinStore", "http_getter"]
 
@@ -99,6 +103,8 @@ def http_getter(
             return answer.body
 
         return lean_get
+
+    import httpx  # the caller's client is an httpx one: httpx is loaded already
 
     async def get(path: str) -> bytes | None:
         try:
