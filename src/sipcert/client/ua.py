@@ -78,7 +78,6 @@ from sipcert.proto.certs import (
     validate_retrieved,
 )
 from sipcert.proto.certs import delegated_by as delegation_of
-from sipcert.proto.note import Verifier
 from sipcert.proto.store import CERT_HASH_LENGTH, parse_cert_hash
 
 # httpx carries PUT and DELETE only: the UA's httpx client is made when first used
@@ -87,6 +86,7 @@ if TYPE_CHECKING:
     import httpx
 
     from sipcert.client.viahttpx import DigestAuth
+    from sipcert.proto.note import Verifier
 
 __all__ = [
     "DEFAULT_RENEW_WINDOW",
