@@ -237,6 +237,8 @@ def _config(args: argparse.Namespace) -> ClientConfig:
 
 
 def _witness_keys(values: list[str]) -> tuple[Verifier, ...]:
+    if not values:
+        return ()  # the log's note formats are loaded for a log that is read (issue 13)
     from sipcert.proto.note import Verifier
 
     try:
@@ -405,13 +407,13 @@ def _fetch_json(result: FetchResult) -> dict[str, Any]:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from cryptography.hazmat.primitives import serialization
-
     from sipcert.proto.certs import san_uris, sha256_fingerprint
 
     aor = parse_aor(args.aor)
     result = _run(args, lambda ua: ua.fetch(aor))
     if args.out is not None:
+        from cryptography.hazmat.primitives import serialization  # PEM only for --out
+
         args.out.mkdir(parents=True, exist_ok=True)
         for cert in result.kept:
             path = args.out / f"{sha256_fingerprint(cert)}.pem"

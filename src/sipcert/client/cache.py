@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import quote
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from sipcert.client.defaults import DEFAULT_CACHE_TTL
 from sipcert.client.fetch import CertificateNote, FetchResult
@@ -166,6 +165,9 @@ class CertificateCache:
         path = self._path(entry.result.aor)
         if path is None:
             return
+        # Here, not at the top: a fetch without a cache file needs no PEM (issue 13).
+        from cryptography.hazmat.primitives.serialization import Encoding
+
         result = entry.result
         data: dict[str, Any] = {
             "aor": str(result.aor),
@@ -173,9 +175,7 @@ class CertificateCache:
             "status": result.status,
             "expires": entry.expires,
             "stored": entry.stored,
-            "certificates": [
-                c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in result.kept
-            ],
+            "certificates": [c.public_bytes(Encoding.PEM).decode("ascii") for c in result.kept],
             "discarded": [
                 {"sha256": d.sha256, "reason": d.reason.value, "detail": d.detail}
                 for d in result.discarded

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from cryptography import x509
 
 from sipcert.client.http11 import HTTP11Connection
@@ -40,7 +40,6 @@ from sipcert.proto.certs import (
     sha256_fingerprint,
     validate_retrieved,
 )
-from sipcert.proto.digest import Algorithm, DigestClient, parse_challenges
 from sipcert.proto.mime import MimeLimits, parse_content_type, parse_multipart
 from sipcert.proto.store import (
     PKIX_CERT,
@@ -48,6 +47,14 @@ from sipcert.proto.store import (
     parse_description,
     parse_enrolled_on,
 )
+
+# httpx is a type here: PUT and DELETE take the caller's client, the GET takes the strict
+# transport itself, so retrieval runs without importing httpx (issue 13, start-up time).
+# DigestAuth, an httpx auth flow, lives in sipcert.client.viahttpx and is found here too.
+if TYPE_CHECKING:
+    import httpx
+
+    from sipcert.client.viahttpx import DigestAuth
 
 __all__ = [
     "MAX_RESPONSE_SIZE",
@@ -407,48 +414,10 @@ async def delete_certificates(
     raise _refusal(response, what)
 
 
-class DigestAuth(httpx.Auth):
-    """httpx auth flow answering the Store's Digest challenge (draft §5, RFC 7616).
+def __getattr__(name: str) -> Any:
+    """``DigestAuth`` from :mod:`sipcert.client.viahttpx`, imported (with httpx) on first use."""
+    if name == "DigestAuth":
+        from sipcert.client.viahttpx import DigestAuth
 
-    Uses :class:`~sipcert.proto.digest.DigestClient` (SHA-256 preferred over MD5). After a
-    first exchange it answers pre-emptively with the next nonce count; a 401 with
-    ``stale=true`` is answered once more with the new nonce, without asking the user again.
-    A plain 401 to an answer is retried once with the next algorithm the server offers:
-    a registrar row holding only an MD5 HA1 (Kamailio's ``ha1`` column) cannot check a
-    SHA-256 answer, and the server cannot know that before it sees the user name. When no
-    algorithm is left the 401 goes back to the caller: the credentials are wrong.
-    """
-
-    def __init__(self, username: str, password: str) -> None:
-        self._client = DigestClient(username, password)
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        uri = request.url.raw_path.decode("ascii")
-        value = self._client.authorization(method=request.method, uri=uri)
-        if value is not None:
-            request.headers["Authorization"] = value
-        response = yield request
-        tried: list[Algorithm] = []
-        stale_retried = False
-        while response.status_code == 401:
-            offered = response.headers.get_list("www-authenticate")
-            challenges = parse_challenges(offered)
-            stale = any(challenge.stale for challenge in challenges)
-            if not challenges or (stale and stale_retried):
-                return
-            try:
-                request.headers["Authorization"] = self._client.answer(
-                    offered,
-                    method=request.method,
-                    uri=uri,
-                    exclude=tried[:-1] if stale else tried,
-                )
-            except AuthenticationError:
-                return  # every offered algorithm was refused: hand the 401 back
-            if stale:
-                stale_retried = True
-            elif self._client.challenge is not None:
-                algorithm = self._client.challenge.supported_algorithm
-                if algorithm is not None:
-                    tried.append(algorithm)
-            response = yield request
+        return DigestAuth
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

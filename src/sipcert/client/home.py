@@ -31,7 +31,6 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from sipcert.client.defaults import DEFAULT_DEVICE, default_home
 from sipcert.errors import ConfigError, InputError, NotFoundError
@@ -180,8 +179,10 @@ class Home:
         whose outcome was unknown (connection lost during the PUT) is retired first, so
         its key stays known and revocable.
         """
+        from cryptography.hazmat.primitives.serialization import Encoding
+
         key = serialize_private_key(identity.key, passphrase)
-        cert = identity.certificate.public_bytes(serialization.Encoding.PEM)
+        cert = identity.certificate.public_bytes(Encoding.PEM)
         pending = self.device_directory(aor, device) / _PENDING
         try:
             self._make_directory(pending)

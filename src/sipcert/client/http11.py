@@ -13,6 +13,10 @@ are ours. Every failure is a :class:`~sipcert.errors.SipCertError`:
   ``Content-Length``, a head over 16 KiB, a body cut short): :class:`TransportError` naming
   what was wrong;
 * a body over the caller's limit: :class:`~sipcert.errors.InputTooLargeError`.
+
+A plain answer to a GET (what a Store sends) is read without h11, in h11's grammar; h11 is
+imported, and a connection's h11 state made, only when something else has to be framed or
+read (``sipcert fetch`` starts without it: issue 13).
 """
 
 from __future__ import annotations
@@ -21,11 +25,18 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import h11
-import httpcore
-
+from sipcert.client.net import (
+    NetworkStream,
+    network_failures,
+    stream_failures,
+    timeout_failures,
+)
 from sipcert.errors import InputTooLargeError, TransportError
+
+if TYPE_CHECKING:
+    import h11
 
 __all__ = ["MAX_HEAD_SIZE", "Answer", "ClosedBeforeAnswerError", "HTTP11Connection"]
 
@@ -153,10 +164,12 @@ class HTTP11Connection:
     """One kept-alive HTTP/1.1 connection: one request at a time, answers read in full or
     the connection is closed (nothing is left half-read on a connection that is reused)."""
 
-    def __init__(self, stream: httpcore.AsyncNetworkStream, domain: str) -> None:
+    def __init__(self, stream: NetworkStream, domain: str) -> None:
         self.stream = stream
         self.domain = domain
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
+        #: h11's state of the connection, made when first needed (:meth:`_machine`); until
+        #: then every exchange was a plain one and the connection is idle between them.
+        self._h11: h11.Connection | None = None
         #: Answers read in full on this connection (0: it has not carried one yet).
         self.answered = 0
         self.closed = False
@@ -174,14 +187,27 @@ class HTTP11Connection:
         said = self._notes.get(fact)
         return said is not None and time.monotonic() - said <= max_age
 
+    def _machine(self) -> h11.Connection:
+        """h11's state of this connection, made on first use (with the import of h11)."""
+        if self._h11 is None:
+            import h11
+
+            self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
+        return self._h11
+
+    def _h11_idle(self) -> bool:
+        """h11 is between two exchanges (trivially so when it was never needed)."""
+        if self._h11 is None:
+            return True
+        import h11
+
+        return self._h11.our_state is h11.IDLE and self._h11.their_state is h11.IDLE
+
     @property
     def reusable(self) -> bool:
         """Open, between two exchanges, and nothing unasked arrived (no close from the peer)."""
         return (
-            not self.closed
-            and self._h11.our_state is h11.IDLE
-            and self._h11.their_state is h11.IDLE
-            and not self.stream.get_extra_info("is_readable")
+            not self.closed and self._h11_idle() and not self.stream.get_extra_info("is_readable")
         )
 
     async def aclose(self) -> None:
@@ -189,13 +215,13 @@ class HTTP11Connection:
             self.closed = True
             try:
                 await self.stream.aclose()
-            except (OSError, httpcore.NetworkError):
+            except network_failures(OSError):
                 pass  # already gone: nothing to release
 
     def _failure(self, exc: BaseException, step: str) -> TransportError:
         from sipcert.client.tls import in_words  # tls builds on this module
 
-        if isinstance(exc, (TimeoutError, httpcore.TimeoutException)):
+        if isinstance(exc, timeout_failures(TimeoutError)):
             return TransportError(f"{step} the Store of {self.domain} timed out")
         why = in_words(exc, None, None, "talking to it")
         return TransportError(f"{step} the Store of {self.domain} failed: {why}")
@@ -204,11 +230,14 @@ class HTTP11Connection:
         self, method: bytes, target: bytes, headers: Headers, body: bytes, timeout: float | None
     ) -> None:
         """Write one request (``Host`` and ``Content-Length`` must be among ``headers``)."""
+        import h11
+
+        machine = self._machine()
         try:
-            data = self._h11.send(h11.Request(method=method, target=target, headers=headers))
+            data = machine.send(h11.Request(method=method, target=target, headers=headers))
             if body:
-                data += self._h11.send(h11.Data(data=body)) or b""
-            data += self._h11.send(h11.EndOfMessage()) or b""
+                data += machine.send(h11.Data(data=body)) or b""
+            data += machine.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError as exc:
             await self.aclose()
             raise TransportError(f"a request to {self.domain} could not be framed: {exc}") from exc
@@ -218,7 +247,7 @@ class HTTP11Connection:
         self._fed = 0
         try:
             await self.stream.write(data, timeout)
-        except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
+        except stream_failures(OSError) as exc:
             await self.aclose()
             if self.answered:
                 raise ClosedBeforeAnswerError(
@@ -227,9 +256,12 @@ class HTTP11Connection:
             raise self._failure(exc, "sending to") from exc
 
     async def _next(self, timeout: float | None, *, first: bool = False) -> h11.Event:
+        import h11
+
+        machine = self._machine()
         while True:
             try:
-                event = self._h11.next_event()
+                event = machine.next_event()
             except h11.RemoteProtocolError as exc:
                 await self.aclose()
                 raise TransportError(self._protocol_error(exc)) from exc
@@ -239,15 +271,15 @@ class HTTP11Connection:
             data = await self._read(timeout, first=first)
             first = first and not data
             self._fed += len(data)
-            self._h11.receive_data(data)
+            machine.receive_data(data)
 
     async def _read(self, timeout: float | None, *, first: bool) -> bytes:
         """The next bytes of the answer (``b""`` at its end); ``first``: none came yet."""
         try:
             data = await self.stream.read(_READ_SIZE, timeout)
-        except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
+        except stream_failures(OSError) as exc:
             await self.aclose()
-            if first and self.answered and not isinstance(exc, httpcore.TimeoutException):
+            if first and self.answered and not isinstance(exc, timeout_failures()):
                 raise ClosedBeforeAnswerError(
                     f"the Store of {self.domain} reset the kept-alive connection"
                 ) from exc
@@ -273,13 +305,15 @@ class HTTP11Connection:
     async def receive_head(self, timeout: float | None, *, first: bool = True) -> h11.Response:
         """The final answer's status line and header fields (1xx answers are skipped);
         ``first=False`` when h11 was already given some of the answer."""
+        import h11
+
         while True:
             event = await self._next(timeout, first=first)
             first = False
             if isinstance(event, h11.Response):
                 # h11 bounds a head that arrives in pieces; one that came whole is measured
                 # here, so the limit does not depend on how the bytes were split.
-                if self._fed - len(self._h11.trailing_data[0]) > MAX_HEAD_SIZE:
+                if self._fed - len(self._machine().trailing_data[0]) > MAX_HEAD_SIZE:
                     await self.aclose()
                     raise TransportError(self._too_long())
                 return event
@@ -290,6 +324,8 @@ class HTTP11Connection:
     async def body(self, timeout: float | None) -> AsyncIterator[bytes]:
         """The answer's body in chunks; at its end the connection is ready for the next
         request, or closed when the Store said ``Connection: close``."""
+        import h11
+
         while True:
             event = await self._next(timeout)
             if isinstance(event, h11.Data):
@@ -302,9 +338,12 @@ class HTTP11Connection:
                 return
 
     def _finish(self) -> None:
+        import h11
+
+        machine = self._machine()
         self.answered += 1
-        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-            self._h11.start_next_cycle()
+        if machine.our_state is h11.DONE and machine.their_state is h11.DONE:
+            machine.start_next_cycle()
         else:
             self.closed = True  # MUST_CLOSE: the Store ends it; the caller closes our side
 
@@ -367,25 +406,27 @@ class HTTP11Connection:
                 connection=self,
             )
         # Not a plain answer: h11 reads what came (and what follows) as if it had sent it.
+        import h11
+
+        machine = self._machine()
         try:
-            self._h11.send(h11.Request(method=method, target=target, headers=headers))
-            self._h11.send(h11.EndOfMessage())
+            machine.send(h11.Request(method=method, target=target, headers=headers))
+            machine.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:  # pragma: no cover (_plain_request checked it)
             await self.aclose()
             raise TransportError(f"a request to {self.domain} could not be framed: {exc}") from exc
         self._fed = len(data)
-        self._h11.receive_data(bytes(data))
+        machine.receive_data(bytes(data))
         if ended:
-            self._h11.receive_data(b"")
+            machine.receive_data(b"")
         return await self._h11_answer(limit, timeout, first=False)
 
     def _idle(self) -> bool:
         """Between two exchanges, nothing received ahead."""
         return (
             not self.closed
-            and self._h11.our_state is h11.IDLE
-            and self._h11.their_state is h11.IDLE
-            and not self._h11.trailing_data[0]
+            and self._h11_idle()
+            and (self._h11 is None or not self._h11.trailing_data[0])
         )
 
     async def _h11_answer(self, limit: int, timeout: float | None, *, first: bool) -> Answer:

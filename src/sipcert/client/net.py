@@ -5,9 +5,18 @@ the same ``connect_tcp`` / ``start_tls`` / ``read`` / ``write`` interface as htt
 anyio backend, so the target walk, SNI and the exact name check of draft §4.3 are
 unchanged, but each read and write is one buffer operation on an ``asyncio.Protocol``
 instead of anyio's stream, task-group and cancel-scope layers (about a third of a fetch's
-client CPU went there). Failures are httpcore's exception types, which the walk and the
-transport already turn into :mod:`sipcert.errors`; the cause stays chained, so a
-certificate verification failure is still told from a dead backend.
+client CPU went there). Failures are this module's :class:`NetworkError` and
+:class:`NetworkTimeout` kinds, which the walk and the transport turn into
+:mod:`sipcert.errors`; the cause stays chained, so a certificate verification failure is
+still told from a dead backend.
+
+The interface (:class:`NetworkStream`, :class:`NetworkBackend`) and the failure kinds are
+httpcore's, defined here so that the lean GET of ``sipcert fetch`` does not import httpcore
+(with trio, which it loads when installed, a third of the command's start-up; issue 13). A
+backend a caller gives (tests do, subclassing httpcore's classes) may raise httpcore's own
+kinds instead: :func:`connect_failures`, :func:`network_failures`, :func:`timeout_failures`
+and :func:`stream_failures` name both whenever httpcore is loaded, so a failure is judged
+the same whichever library raised it.
 """
 
 from __future__ import annotations
@@ -15,12 +24,144 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import sys
 from collections.abc import Iterable
 from typing import Any
 
-import httpcore
+__all__ = [
+    "AsyncioBackend",
+    "AsyncioStream",
+    "ConnectError",
+    "ConnectTimeout",
+    "NetworkBackend",
+    "NetworkError",
+    "NetworkStream",
+    "NetworkTimeout",
+    "ReadError",
+    "ReadTimeout",
+    "WriteError",
+    "WriteTimeout",
+    "connect_failures",
+    "network_failures",
+    "stream_failures",
+    "timeout_failures",
+]
 
-__all__ = ["AsyncioBackend", "AsyncioStream"]
+
+class NetworkError(Exception):
+    """The network failed (httpcore's ``NetworkError``): the peer refused, reset or closed."""
+
+
+class ConnectError(NetworkError):
+    """No connection, or no TLS session on it (httpcore's ``ConnectError``)."""
+
+
+class ReadError(NetworkError):
+    """Reading failed (httpcore's ``ReadError``)."""
+
+
+class WriteError(NetworkError):
+    """Writing failed (httpcore's ``WriteError``)."""
+
+
+class NetworkTimeout(Exception):  # noqa: N818 (httpcore's TimeoutException)
+    """A network step took longer than its timeout (httpcore's ``TimeoutException``)."""
+
+
+class ConnectTimeout(NetworkTimeout):
+    """Connecting, or the TLS handshake, timed out."""
+
+
+class ReadTimeout(NetworkTimeout):
+    """Reading timed out."""
+
+
+class WriteTimeout(NetworkTimeout):
+    """Writing timed out."""
+
+
+def _httpcore_kinds(*names: str) -> tuple[type[Exception], ...]:
+    """httpcore's exception classes ``names`` when httpcore is loaded, else none: when it
+    is not, no backend in this process can raise them."""
+    httpcore = sys.modules.get("httpcore")
+    kinds = (getattr(httpcore, name, None) for name in names)
+    return tuple(k for k in kinds if isinstance(k, type) and issubclass(k, Exception))
+
+
+def connect_failures(*extra: type[Exception]) -> tuple[type[Exception], ...]:
+    """What a failed ``connect_tcp`` or ``start_tls`` raises (ours and httpcore's), and
+    ``extra``."""
+    return (
+        ConnectError,
+        ConnectTimeout,
+        *_httpcore_kinds("ConnectError", "ConnectTimeout"),
+        *extra,
+    )
+
+
+def network_failures(*extra: type[Exception]) -> tuple[type[Exception], ...]:
+    """Every network failure of a stream but a timeout (ours and httpcore's), and ``extra``."""
+    return (NetworkError, *_httpcore_kinds("NetworkError"), *extra)
+
+
+def timeout_failures(*extra: type[Exception]) -> tuple[type[Exception], ...]:
+    """Every network timeout (ours and httpcore's), and ``extra``."""
+    return (NetworkTimeout, *_httpcore_kinds("TimeoutException"), *extra)
+
+
+def stream_failures(*extra: type[Exception]) -> tuple[type[Exception], ...]:
+    """Every network failure or timeout of a stream (ours and httpcore's), and ``extra``."""
+    return network_failures(*timeout_failures(*extra))
+
+
+class NetworkStream:
+    """A byte stream to a peer, TLS-capable: httpcore's ``AsyncNetworkStream`` interface."""
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        raise NotImplementedError  # pragma: no cover
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    async def aclose(self) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> NetworkStream:
+        raise NotImplementedError  # pragma: no cover
+
+    def get_extra_info(self, info: str) -> Any:
+        return None  # pragma: no cover
+
+
+class NetworkBackend:
+    """Opens :class:`NetworkStream` connections: httpcore's ``AsyncNetworkBackend`` interface."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> NetworkStream:
+        raise NotImplementedError  # pragma: no cover
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> NetworkStream:
+        raise NotImplementedError  # pragma: no cover
+
+    async def sleep(self, seconds: float) -> None:
+        raise NotImplementedError  # pragma: no cover
+
 
 #: Bytes buffered from the peer before reading is paused until the caller reads.
 _HIGH_WATER = 1 << 20
@@ -124,7 +265,7 @@ async def _wait(
         timer.cancel()
 
 
-class AsyncioStream(httpcore.AsyncNetworkStream):
+class AsyncioStream(NetworkStream):
     """One TCP connection, later TLS over it (:meth:`start_tls`)."""
 
     def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
@@ -139,7 +280,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             try:
                 await protocol.wait_readable(timeout)
             except TimeoutError as exc:
-                raise httpcore.ReadTimeout("reading timed out") from exc
+                raise ReadTimeout("reading timed out") from exc
             if not protocol.buffer:
                 return self._at_eof()
         data = bytes(protocol.buffer[:max_bytes])
@@ -150,10 +291,10 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         return data
 
     def _at_eof(self) -> bytes:
-        """``b""`` at a clean end; the cause of an unclean one as httpcore's ReadError."""
+        """``b""`` at a clean end; the cause of an unclean one as a :class:`ReadError`."""
         error = self._protocol.error
         if error is not None:
-            raise httpcore.ReadError(str(error) or type(error).__name__) from error
+            raise ReadError(str(error) or type(error).__name__) from error
         return b""
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
@@ -162,12 +303,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         protocol = self._protocol
         if protocol.eof or self._transport.is_closing():
             cause = protocol.error or ConnectionResetError("the connection is closed")
-            raise httpcore.WriteError(str(cause)) from cause
+            raise WriteError(str(cause)) from cause
         self._transport.write(buffer)
         try:
             await protocol.wait_writable(timeout)
         except TimeoutError as exc:
-            raise httpcore.WriteTimeout("writing timed out") from exc
+            raise WriteTimeout("writing timed out") from exc
 
     async def aclose(self) -> None:
         """Close (with TLS, send close_notify and give the peer a moment to answer), then
@@ -181,7 +322,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         ssl_context: ssl.SSLContext,
         server_hostname: str | None = None,
         timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    ) -> NetworkStream:
         """TLS over this connection, SNI ``server_hostname``; verified by ``ssl_context``."""
         loop = asyncio.get_running_loop()
         closed = False
@@ -196,17 +337,17 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 )
         except TimeoutError as exc:
             self._transport.close()
-            raise httpcore.ConnectTimeout("the TLS handshake timed out") from exc
+            raise ConnectTimeout("the TLS handshake timed out") from exc
         except ConnectionResetError as exc:
             self._transport.close()
             if exc.errno is not None:  # a real reset; asyncio says an EOF without an errno
-                raise httpcore.ConnectError(str(exc)) from exc
+                raise ConnectError(str(exc)) from exc
             closed = True
         except OSError as exc:  # ssl.SSLError is an OSError
             self._transport.close()
-            raise httpcore.ConnectError(str(exc)) from exc
+            raise ConnectError(str(exc)) from exc
         if closed or transport is None:  # the peer closed during the handshake
-            raise httpcore.ConnectError("closed during the TLS handshake") from EOFError()
+            raise ConnectError("closed during the TLS handshake") from EOFError()
         assert isinstance(transport, asyncio.Transport)  # noqa: S101
         return AsyncioStream(transport, self._protocol)
 
@@ -220,7 +361,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         return self._transport.get_extra_info(info)
 
 
-class AsyncioBackend(httpcore.AsyncNetworkBackend):
+class AsyncioBackend(NetworkBackend):
     """``connect_tcp`` on the running asyncio loop (see the module docstring)."""
 
     async def connect_tcp(
@@ -230,7 +371,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    ) -> NetworkStream:
         loop = asyncio.get_running_loop()
         protocol = _Protocol()
         try:
@@ -242,9 +383,9 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                     local_addr=(local_address, 0) if local_address else None,
                 )
         except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+            raise ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
         except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
+            raise ConnectError(str(exc)) from exc
         assert isinstance(transport, asyncio.Transport)  # noqa: S101
         raw = transport.get_extra_info("socket")
         for option in socket_options or ():
@@ -259,8 +400,8 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         path: str,
         timeout: float | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("a Store is reached over TCP, not a Unix socket")
+    ) -> NetworkStream:
+        raise ConnectError("a Store is reached over TCP, not a Unix socket")
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

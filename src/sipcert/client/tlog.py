@@ -25,9 +25,8 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-import httpx
 
 from sipcert.client.http11 import HTTP11Connection
 from sipcert.client.tls import StrictTransport
@@ -40,18 +39,17 @@ from sipcert.errors import (
     StoreResponseError,
     TransportError,
 )
-from sipcert.proto import merkle
-from sipcert.proto.note import Verifier, open_note
-from sipcert.proto.tlog import (
-    Checkpoint,
-    Entry,
-    Operation,
-    TileNodes,
-    TilePath,
-    decode_entry_bundle,
-    tile_width,
-    verify_certificate_proof,
-)
+
+# httpx's errors are caught only around a client a caller gave (the UA's own GETs use the
+# strict transport), so this module loads without httpx. The log's own formats and proofs
+# (sipcert.proto.tlog, .note, .merkle, Ed25519) are imported by the steps that read a log:
+# a fetch from a Store that publishes none needs none of them (issue 13, start-up time).
+if TYPE_CHECKING:
+    import httpx
+
+    from sipcert.proto import merkle
+    from sipcert.proto.note import Verifier
+    from sipcert.proto.tlog import Checkpoint
 
 __all__ = ["LOG_PINS", "NO_LOG_FILE", "Alarm", "LogClient", "LogState", "PinStore", "http_getter"]
 
@@ -99,6 +97,8 @@ def http_getter(
             return answer.body
 
         return lean_get
+
+    import httpx  # the caller's client is an httpx one: httpx is loaded already
 
     async def get(path: str) -> bytes | None:
         try:
@@ -276,6 +276,8 @@ class LogClient:
 
     async def log_key(self) -> Verifier:
         """The log's key: learnt on first use, then pinned (a change is a ProofError)."""
+        from sipcert.proto.note import Verifier
+
         body, self._vkey = self._vkey, None
         if body is None:
             body = await self._fetch("/log/vkey")
@@ -292,6 +294,8 @@ class LogClient:
         self, size: int, compute: Callable[[merkle.NodeReader], list[bytes]]
     ) -> list[bytes]:
         """Run ``compute`` on the Store's tiles, fetching the tiles it reads first."""
+        from sipcert.proto.tlog import TileNodes, TilePath, tile_width
+
         needed: set[tuple[int, int, int]] = set()
 
         class Recorder:
@@ -320,6 +324,9 @@ class LogClient:
 
     async def _checkpoint(self) -> tuple[Checkpoint, Verifier]:
         """:meth:`checkpoint`, and the log key it was verified with."""
+        from sipcert.proto.note import open_note
+        from sipcert.proto.tlog import Checkpoint
+
         key = await self.log_key()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cosign_wait
@@ -391,6 +398,8 @@ class LogClient:
         return served
 
     async def _check_consistent(self, old_size: int, old_root: bytes, new: Checkpoint) -> None:
+        from sipcert.proto import merkle
+
         if new.size < old_size:
             raise ForkError(
                 f"the log of {self.domain} went back from size {old_size} to {new.size}"
@@ -411,6 +420,8 @@ class LogClient:
         self, aor: str, certificates: Sequence[bytes]
     ) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         """Split ``certificates`` (DER) into logged ones and ones discarded with a reason."""
+        from sipcert.proto.tlog import verify_certificate_proof
+
         checkpoint, key = await self._checkpoint()
         document = _proof_document(await self._fetch(_proof_path(aor)))
         commitment = self._pinned_commitment(aor, document)
@@ -461,6 +472,9 @@ class LogClient:
 
         Every entry read is proven to be in the verified checkpoint (RFC 9162 §2.1.3.2).
         """
+        from sipcert.proto import merkle
+        from sipcert.proto.tlog import Entry, Operation, TilePath, decode_entry_bundle, tile_width
+
         checkpoint = await self.checkpoint()
         commitment = self._pinned_commitment(
             aor, _proof_document(await self._fetch(_proof_path(aor)))
@@ -495,6 +509,8 @@ class LogClient:
 
 def _is_vkey(body: bytes) -> bool:
     """Whether ``body`` is one verifier-key line (anything else: the Store has no log)."""
+    from sipcert.proto.note import Verifier
+
     try:
         Verifier.parse(body.decode("ascii").strip())
     except (UnicodeDecodeError, LogFormatError):
@@ -522,8 +538,12 @@ def _proof_path(aor: str) -> str:
 
 
 def _inclusion(index: int, size: int) -> Callable[[merkle.NodeReader], list[bytes]]:
+    from sipcert.proto import merkle
+
     return lambda nodes: merkle.inclusion_proof(nodes, index, size)
 
 
 def _consistency(old: int, new: int) -> Callable[[merkle.NodeReader], list[bytes]]:
+    from sipcert.proto import merkle
+
     return lambda nodes: merkle.consistency_proof(nodes, old, new)

@@ -24,19 +24,25 @@ import contextlib
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpcore
-import httpx
 from cryptography import x509
 
 from sipcert import __version__
 from sipcert.client.http11 import Answer, ClosedBeforeAnswerError, HTTP11Connection
 from sipcert.client.locate import DEFAULT_HTTPS_PORT, Locator, Target
-from sipcert.client.net import AsyncioBackend
+from sipcert.client.net import (
+    AsyncioBackend,
+    NetworkBackend,
+    NetworkStream,
+    connect_failures,
+    network_failures,
+    stream_failures,
+    timeout_failures,
+)
 from sipcert.errors import (
     CertificateParseError,
     ConfigError,
@@ -48,6 +54,11 @@ from sipcert.errors import (
     UntrustedCertificateError,
 )
 from sipcert.proto.names import check_server_certificate, server_certificate_names
+
+# httpx is for PUT and DELETE only (handle_async_request imports it): the GET of ``sipcert
+# fetch`` runs without it (issue 13, start-up time).
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "CONNECT",
@@ -104,7 +115,7 @@ class ConnectionEvent:
     detail: str = ""
 
 
-class _CheckedStream(httpcore.AsyncNetworkStream):
+class _CheckedStream(NetworkStream):
     """A TCP stream whose ``start_tls`` insists on the AOR domain and checks it exactly.
 
     A handshake that fails before the server presents a certificate (a dead backend: reset,
@@ -112,9 +123,7 @@ class _CheckedStream(httpcore.AsyncNetworkStream):
     a certificate that is refused stops there (draft §4.5), before any HTTP byte.
     """
 
-    def __init__(
-        self, inner: httpcore.AsyncNetworkStream, walk: _Walk, target: Target, address: str
-    ) -> None:
+    def __init__(self, inner: NetworkStream, walk: _Walk, target: Target, address: str) -> None:
         self._inner = inner
         self._walk = walk
         self._backend = walk.backend
@@ -142,7 +151,7 @@ class _CheckedStream(httpcore.AsyncNetworkStream):
         ssl_context: ssl.SSLContext,
         server_hostname: str | None = None,
         timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    ) -> NetworkStream:
         if server_hostname != self._domain:
             await self._inner.aclose()
             raise TransportError(
@@ -157,7 +166,7 @@ class _CheckedStream(httpcore.AsyncNetworkStream):
 
     async def _handshake(
         self, ssl_context: ssl.SSLContext, timeout: float | None
-    ) -> httpcore.AsyncNetworkStream | None:
+    ) -> NetworkStream | None:
         """The verified stream; ``None`` after a dead-backend failure (recorded in the walk).
 
         Raises the refusal when the server presented a certificate we do not accept.
@@ -165,10 +174,10 @@ class _CheckedStream(httpcore.AsyncNetworkStream):
         where = f"{self._target.host} port {self._target.port} ({self._address})"
         try:
             tls = await self._inner.start_tls(ssl_context, self._domain, timeout)
-        except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
+        except connect_failures(OSError) as exc:
             verification = _verification_failure(exc)
             if verification is None:
-                with contextlib.suppress(OSError, httpcore.NetworkError):
+                with contextlib.suppress(*network_failures(OSError)):
                     await self._inner.aclose()
                 why = in_words(exc, peer(self._address, self._target.port), timeout, HANDSHAKE)
                 why = _server_name_hint(why, self._domain)
@@ -265,7 +274,7 @@ def in_words(exc: BaseException, where: str | None, timeout: float | None, step:
     by = f" by {where}" if where else ""
     during = f" during the {step}" if step == HANDSHAKE else f" while {step}"
     for link in _causes(exc):
-        if isinstance(link, (TimeoutError, httpcore.TimeoutException)):
+        if isinstance(link, timeout_failures(TimeoutError)):
             return f"{step} timed out" + (f" after {timeout:g} s" if timeout else "")
         if isinstance(link, ConnectionRefusedError):
             return "connection refused" + by
@@ -287,10 +296,10 @@ def _server_name_hint(why: str, domain: str) -> str:
     return why
 
 
-class _TargetStream(httpcore.AsyncNetworkStream):
+class _TargetStream(NetworkStream):
     """The verified TLS stream, remembering which target it reached."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream, target: Target) -> None:
+    def __init__(self, inner: NetworkStream, target: Target) -> None:
         self._inner = inner
         self._target = target
 
@@ -308,7 +317,7 @@ class _TargetStream(httpcore.AsyncNetworkStream):
         ssl_context: ssl.SSLContext,
         server_hostname: str | None = None,
         timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    ) -> NetworkStream:
         raise TransportError("TLS inside TLS is not used with a Store")
 
     def get_extra_info(self, info: str) -> Any:
@@ -383,7 +392,7 @@ class _Walk:
                     local_address=self._local_address,
                     socket_options=self._socket_options,
                 )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+            except connect_failures() as exc:
                 why = in_words(exc, peer(address, target.port), timeout, CONNECT)
                 self.fail(target, address, why, "connect-failed")
                 continue
@@ -397,7 +406,7 @@ class _Walk:
         raise TransportError(f"no Store target of {self.domain} could be reached: {tried}")
 
 
-class RoutedBackend(httpcore.AsyncNetworkBackend):
+class RoutedBackend(NetworkBackend):
     """Network backend: ``<AOR domain>`` → the located targets, tried in order, over
     ``inner`` (:class:`~sipcert.client.net.AsyncioBackend` unless a test gives another).
 
@@ -410,7 +419,7 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
         self,
         locator: Locator,
         *,
-        inner: httpcore.AsyncNetworkBackend | None = None,
+        inner: NetworkBackend | None = None,
         on_event: Callable[[ConnectionEvent], None] | None = None,
     ) -> None:
         self.locator = locator
@@ -436,7 +445,7 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    ) -> NetworkStream:
         route = self._routes.get(host)
         if route is None:
             raise TransportError(f"no located Store for {host}: locate it first (draft §4.5)")
@@ -468,7 +477,7 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
             finally:
                 await tls.aclose()
             return server_certificate_names(x509.load_der_x509_certificate(der))
-        except (httpcore.ConnectError, httpcore.ConnectTimeout, ValueError, SipCertError):
+        except connect_failures(ValueError, SipCertError):
             return ["(certificate not readable)"]
 
     async def connect_unix_socket(
@@ -476,35 +485,11 @@ class RoutedBackend(httpcore.AsyncNetworkBackend):
         path: str,
         timeout: float | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    ) -> NetworkStream:
         raise TransportError("a Store is reached over TCP, not a Unix socket")
 
     async def sleep(self, seconds: float) -> None:
         await self.inner.sleep(seconds)
-
-
-class _LaneBody(httpx.AsyncByteStream):
-    """The body of an answer given to httpx; closing it frees the lane (and drops the
-    connection when the body was not read to its end)."""
-
-    def __init__(self, connection: HTTP11Connection, lane: _Lane, timeout: float | None) -> None:
-        self._connection = connection
-        self._lane: _Lane | None = lane
-        self._timeout = timeout
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._connection.body(self._timeout):
-            yield chunk
-
-    async def aclose(self) -> None:
-        lane, self._lane = self._lane, None
-        if lane is None:
-            return
-        try:
-            if not self._connection.reusable:
-                await self._connection.aclose()
-        finally:
-            lane.release()
 
 
 class _Lane:
@@ -539,7 +524,7 @@ def _timeouts(request: httpx.Request) -> tuple[float | None, float | None]:
     return timeouts.get("connect"), timeouts.get("read")
 
 
-class StrictTransport(httpx.AsyncBaseTransport):
+class StrictTransport:
     """HTTPS to Stores over :class:`RoutedBackend`: HTTP/1.1, pooled per domain (issue 13).
 
     Each domain has up to ``per_domain`` connections (lanes, made as concurrent requests
@@ -547,8 +532,10 @@ class StrictTransport(httpx.AsyncBaseTransport):
     sequential requests keep reusing one connection), and at most ``max_connections``
     lanes exist in all: past that, the least recently used domain with nothing in flight
     is closed. :meth:`get` is the Caller's hot path (draft §4.5): a GET framed and parsed
-    with h11 (:mod:`sipcert.client.http11`) without httpx; as an httpx transport it carries
-    everything else (PUT and DELETE with Digest) over the same connections. A GET whose
+    with h11's grammar (:mod:`sipcert.client.http11`) without httpx. It also has httpx's
+    transport interface (:meth:`handle_async_request`; ``viahttpx.HttpxTransport`` gives it
+    httpx's type) and so carries everything else (PUT and DELETE with Digest) over the same
+    connections; only that imports httpx, which the GET never loads (issue 13). A GET whose
     kept-alive connection the Store closed while idle is sent once more on a new one.
     Network failures surface as :class:`~sipcert.errors.TransportError` (and its
     subclasses), name mismatches as :class:`~sipcert.errors.NameMismatchError`.
@@ -641,7 +628,7 @@ class StrictTransport(httpx.AsyncBaseTransport):
         try:
             tcp = await self._backend.connect_tcp(domain, DEFAULT_HTTPS_PORT, timeout=timeout)
             stream = await tcp.start_tls(self._ssl_context, domain, timeout)
-        except (httpcore.NetworkError, httpcore.TimeoutException, OSError) as exc:
+        except stream_failures(OSError) as exc:
             why = in_words(exc, None, timeout, "connecting")
             raise TransportError(f"connecting to the Store of {domain} failed: {why}") from exc
         lane.connection = HTTP11Connection(stream, domain)
@@ -670,6 +657,10 @@ class StrictTransport(httpx.AsyncBaseTransport):
             lane.release()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        import httpx  # PUT and DELETE only: the lean GET needs none of it (issue 13)
+
+        from sipcert.client.viahttpx import LaneBody
+
         if request.url.scheme != "https":
             raise TransportError("the Store must be reached over HTTPS (draft §4.3, §5)")
         domain = request.url.host
@@ -701,13 +692,19 @@ class StrictTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=head.status_code,
             headers=list(head.headers),
-            stream=_LaneBody(connection, lane, timeout),
+            stream=LaneBody(connection, lane, timeout),
             extensions={
                 "network_stream": connection.stream,
                 "http_version": b"HTTP/1.1",
                 "reason_phrase": head.reason,
             },
         )
+
+    async def __aenter__(self) -> StrictTransport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         lanes, self._lanes = self._lanes, {}

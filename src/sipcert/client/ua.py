@@ -23,10 +23,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import unquote
 
-import httpx
 from cryptography import x509
 
 from sipcert import __version__
@@ -38,7 +37,6 @@ from sipcert.client.defaults import (
 )
 from sipcert.client.fetch import (
     MAX_RESPONSE_SIZE,
-    DigestAuth,
     FetchResult,
     delete_certificates,
     get_certificates,
@@ -80,8 +78,15 @@ from sipcert.proto.certs import (
     validate_retrieved,
 )
 from sipcert.proto.certs import delegated_by as delegation_of
-from sipcert.proto.note import Verifier
 from sipcert.proto.store import CERT_HASH_LENGTH, parse_cert_hash
+
+# httpx carries PUT and DELETE only: the UA's httpx client is made when first used
+# (AsyncUA.http), so a process that only fetches never imports it (issue 13).
+if TYPE_CHECKING:
+    import httpx
+
+    from sipcert.client.viahttpx import DigestAuth
+    from sipcert.proto.note import Verifier
 
 __all__ = [
     "DEFAULT_RENEW_WINDOW",
@@ -163,6 +168,8 @@ class Credentials:
     def for_aor(self, aor: AOR) -> DigestAuth:
         if not self.password:
             raise ConfigError("an empty password cannot answer a Digest challenge")
+        from sipcert.client.viahttpx import DigestAuth
+
         return DigestAuth(self.username or unquote(aor.user), self.password)
 
 
@@ -286,13 +293,32 @@ class AsyncUA:
         self.transport = StrictTransport(
             ssl_context or make_ssl_context(self.config.ca_file), self.backend
         )
-        self.http = self._own_http = httpx.AsyncClient(
-            transport=self.transport,
-            timeout=self.config.timeout,
-            trust_env=False,  # a proxy from the environment would bypass the routed backend
-            follow_redirects=False,
-            headers={"User-Agent": f"sipcert/{__version__}"},
-        )
+        #: The httpx client PUT and DELETE go through (see :attr:`http`); ``None`` until used.
+        self._http: httpx.AsyncClient | None = None
+        self._own_http: httpx.AsyncClient | None = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The httpx client of PUT and DELETE: the UA's own over :attr:`transport`, made (and
+        httpx imported) on first use, or the one a caller installed instead (a test's mock;
+        GETs then go through it too)."""
+        if self._http is None:
+            import httpx
+
+            from sipcert.client.viahttpx import HttpxTransport
+
+            self._http = self._own_http = httpx.AsyncClient(
+                transport=HttpxTransport(self.transport),
+                timeout=self.config.timeout,
+                trust_env=False,  # a proxy from the environment would bypass the routed backend
+                follow_redirects=False,
+                headers={"User-Agent": f"sipcert/{__version__}"},
+            )
+        return self._http
+
+    @http.setter
+    def http(self, client: httpx.AsyncClient) -> None:
+        self._http = client
 
     async def __aenter__(self) -> AsyncUA:
         return self
@@ -306,7 +332,12 @@ class AsyncUA:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        """Close the httpx client in use, and with the UA's own (or without one) the
+        strict transport's connections."""
+        if self._http is not None:
+            await self._http.aclose()
+        if self._own_http is None:
+            await self.transport.aclose()
 
     def _say(self, line: str) -> None:
         if self._narrate is not None:
@@ -395,7 +426,9 @@ class AsyncUA:
     def _getter(self) -> httpx.AsyncClient | StrictTransport:
         """What GETs go through: the strict transport itself (the lean GET, issue 13), or
         the httpx client installed in place of the UA's own (a test's mock, for one)."""
-        return self.transport if self.http is self._own_http else self.http
+        if self._http is None or self._http is self._own_http:
+            return self.transport
+        return self._http
 
     async def _retrieve(self, location: Location, now: datetime) -> FetchResult:
         """GET a routed ``location``, check the answer at ``now``, narrate and cache it."""

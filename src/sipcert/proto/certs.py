@@ -24,7 +24,7 @@ from enum import StrEnum
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -274,6 +274,8 @@ def delegated_by(cert: x509.Certificate) -> str | None:
 
 def serialize_private_key(key: DeviceKey, passphrase: bytes | None) -> bytes:
     """PEM PKCS#8, encrypted with the best available scheme when ``passphrase`` is given."""
+    from cryptography.hazmat.primitives import serialization
+
     if passphrase is not None and not passphrase:
         raise ConfigError("empty passphrase: give a non-empty one or none at all")
     encryption: serialization.KeySerializationEncryption = (
@@ -298,6 +300,8 @@ def load_private_key(data: bytes, passphrase: bytes | None) -> DeviceKey:
         raise InputTooLargeError(
             f"private key is {len(data)} bytes, more than the limit of {MAX_PRIVATE_KEY_SIZE}"
         )
+    from cryptography.hazmat.primitives import serialization
+
     load = (
         serialization.load_pem_private_key
         if data.lstrip().startswith(b"-----BEGIN")
@@ -381,7 +385,9 @@ def load_certificate(data: bytes, *, max_size: int = MAX_CERTIFICATE_SIZE) -> x5
 
 def certificate_der(cert: x509.Certificate) -> bytes:
     """The DER encoding, as served with ``application/pkix-cert`` (draft §4.3, RFC 2585)."""
-    return cert.public_bytes(serialization.Encoding.DER)
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return cert.public_bytes(Encoding.DER)
 
 
 def sha256_fingerprint(cert: x509.Certificate) -> str:

@@ -8,10 +8,12 @@ client just to build the parser. The checks run in a fresh interpreter, where
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +115,86 @@ def test_listing_every_parser_loads_them_all() -> None:
 def test_key_types_match_the_enum() -> None:
     assert defaults.KEY_TYPES == tuple(k.value for k in KeyType)
     assert KeyType(defaults.DEFAULT_KEY_TYPE) is KeyType.P256
+
+
+# A whole ``sipcert fetch AOR --store ...`` in a fresh interpreter, against a TLS server on a
+# thread of that same process (stdlib only) that answers the GET with one certificate and
+# ``/log/vkey`` with 404, as a Store without a transparency log does.
+_FETCH_PROBE = r"""
+import json, socket, ssl, sys, threading
+tls_cert, tls_key, der_file, ca_file, home = sys.argv[1:6]
+der = open(der_file, "rb").read()
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(tls_cert, tls_key)
+listener = socket.create_server(("127.0.0.1", 0))
+port = listener.getsockname()[1]
+targets = []
+
+def serve():
+    raw, _ = listener.accept()
+    with ctx.wrap_socket(raw, server_side=True) as tls:
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            target = head.split(b" ")[1]
+            targets.append(target.decode())
+            if target.startswith(b"/search-cgi?"):
+                tls.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/pkix-cert\r\n"
+                    b"Content-Length: " + str(len(der)).encode() + b"\r\n\r\n" + der
+                )
+            else:
+                tls.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+threading.Thread(target=serve, daemon=True).start()
+from sipcert.cli.main import main
+code = main(["fetch", "bob@example.com", "--store", f"127.0.0.1:{port}", "--ca-file", ca_file,
+             "--home", home])
+print(json.dumps({"code": code, "targets": targets, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_a_whole_fetch_imports_no_httpx_httpcore_or_h11(tmp_path: Path) -> None:
+    """The Caller's GET (and the log check's) runs on sipcert.client's own HTTP/1.1 reader:
+    httpx, httpcore (and trio, which httpcore loads when installed) and h11 cost a third of
+    the command's start-up (issue 13) and are for PUT/DELETE and non-plain answers only."""
+    from sipcert.proto.aor import parse_aor
+    from sipcert.proto.ca import TestCA
+    from sipcert.proto.certs import certificate_der, generate_identity
+
+    now = dt.datetime.now(dt.UTC)
+    ca = TestCA.create(now=now)
+    issued = ca.issue(["example.com"], now=now)
+    files = {
+        "tls.pem": issued.cert_pem,
+        "tls.key": issued.key_pem,
+        "bob.der": certificate_der(
+            generate_identity(parse_aor("bob@example.com"), now=now).certificate
+        ),
+        "ca.pem": ca.cert_pem,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / name) for name in files]
+    done = subprocess.run(
+        [sys.executable, "-c", _FETCH_PROBE, *paths, str(tmp_path / "home")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    *text, last = done.stdout.rstrip("\n").split("\n")
+    report = json.loads(last)
+    assert report["code"] == 0, done.stderr
+    assert text[0].startswith("bob@example.com: 1 certificate(s) from https://127.0.0.1:")
+    assert report["targets"] == ["/search-cgi?email=bob%40example.com", "/log/vkey"]
+    modules = set(report["modules"])
+    assert _heavy(modules, ("httpx", "httpcore", "h11", "trio", "anyio")) == []
+    assert "sipcert.client.viahttpx" not in modules
+    # No log was published: its formats and proofs were not needed either.
+    assert not {"sipcert.proto.tlog", "sipcert.proto.note", "sipcert.proto.merkle"} & modules
