@@ -90,6 +90,12 @@ log = logging.getLogger("sipcert.server")
 FD_RESERVE = 64
 #: Fraction of the cap from which idle connections are shed.
 SHED_IDLE_FROM = 0.9
+#: The worker's shared read buffer: TLS decrypts into it, each read is copied out at once.
+#: A TLS record holds at most 16 KiB; a larger read gets a buffer of its own, up to
+#: :data:`READ_BUFFER_MAX`.
+READ_BUFFER = 16 * 1024 + 256
+#: uvloop's own bound for one TLS read (``SSL_READ_MAX_SIZE``).
+READ_BUFFER_MAX = 256 * 1024
 
 _HANDSHAKE = "handshake"
 _IDLE = "idle"
@@ -168,6 +174,8 @@ class ConnectionGuard:
         self.proxy_refused = 0
         #: Answers simple GETs before aiohttp sees them (issue 13); None: aiohttp answers all.
         self.hot: HotGet | None = None
+        #: What every connection's TLS layer decrypts into (see _Conn.get_buffer).
+        self.read_buffer = memoryview(bytearray(READ_BUFFER))
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -286,11 +294,18 @@ class ConnectionGuard:
                 conn.close_idle("shutting down")
 
 
-class _Conn(asyncio.Protocol):
-    """One accepted connection: TLS handshake, then aiohttp's handler behind the deadlines."""
+class _Conn(asyncio.BufferedProtocol):
+    """One accepted connection: TLS handshake, then aiohttp's handler behind the deadlines.
+
+    A buffered protocol: with a plain one, uvloop's TLS transport decrypts every read into
+    a new 256 KiB ``bytes`` (``SSLObject.read(256 KiB)``), which glibc serves with an
+    ``mmap``, a page fault, an ``mremap`` and a ``munmap`` per request. Here it decrypts into
+    the worker's shared buffer, which :meth:`buffer_updated` copies out before the next read.
+    """
 
     __slots__ = (
         "_body",
+        "_buffer",
         "_closing",
         "_domain",
         "_early",
@@ -342,8 +357,10 @@ class _Conn(asyncio.Protocol):
         self._used = False
         self._paused = False
         self._closing = False
+        #: The buffer handed out by the last get_buffer().
+        self._buffer = guard.read_buffer
 
-    # -- asyncio.Protocol (first of the TCP transport, then of the TLS one) ---------------
+    # -- asyncio.BufferedProtocol (first of the TCP transport, then of the TLS one) -------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = transport  # type: ignore[assignment]  # a stream server: a Transport
@@ -368,7 +385,23 @@ class _Conn(asyncio.Protocol):
             return
         waiter.add_done_callback(lambda _: self._handshake_done(handshake))
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """The shared buffer, or one of ``sizehint`` bytes (at most 256 KiB) for this read:
+        uvloop asks for what its TLS layer holds, and a read that fills the buffer leaves
+        the rest for the next loop iteration."""
+        shared = self._guard.read_buffer
+        if sizehint <= len(shared):
+            self._buffer = shared
+        else:
+            self._buffer = memoryview(bytearray(min(sizehint, READ_BUFFER_MAX)))
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buffer, self._buffer = self._buffer, self._guard.read_buffer
+        self.data_received(bytes(buffer[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
+        """A read of the connection (decrypted once the handshake is done)."""
         handler = self.handler
         if self._tls is None:  # asyncio's own loop delivers before start_tls() returns
             if self.state is not None:
@@ -427,6 +460,12 @@ class _Conn(asyncio.Protocol):
         self._cancel_timer()
         self._guard.forget(self)
         handler, self.handler = self.handler, None
+        # uvloop's TLS layer keeps our get_buffer/buffer_updated after the connection is
+        # lost, and we keep its transport: a cycle that only the cyclic GC would free, with
+        # the layer's 256 KiB buffer and its BIOs (+60 MiB after 100 closed connections,
+        # tests/integration/store/test_connections.py). Dropping our side frees it now.
+        self._tls = self._raw = None
+        self._early = []
         if handler is not None:
             handler.connection_lost(exc)
 
@@ -489,6 +528,8 @@ class _Conn(asyncio.Protocol):
                 self._closing = True
                 self._cancel_timer()
                 tls.close()
+                if len(data) == head.length:  # nothing pipelined after it: close as nginx
+                    self._close_after_notify(tls)
                 return b""
             data = data[head.length :]
             if self._paused:
@@ -507,6 +548,22 @@ class _Conn(asyncio.Protocol):
                 handler._next_keepalive_close_time = now + handler.keepalive_timeout
             self._guard.touch(self, now)
         return data
+
+    def _close_after_notify(self, tls: asyncio.Transport) -> None:
+        """Close the socket once our close_notify is out, without waiting for the peer's.
+
+        ``tls.close()`` has flushed the answer and the close_notify into the TCP transport
+        when nothing is left in the TLS layer's buffers; the TLS transport would then wait
+        up to ``tls_handshake_timeout`` for the client's close_notify, which costs a wake-up,
+        a read and a decryption per connection and keeps it open meanwhile. RFC 8446 §6.1
+        lets the closing side go at once; nginx does. The TCP transport still sends what it
+        holds before it closes. Anything still in the TLS buffers (the socket was full):
+        the TLS transport's own close goes on.
+        """
+        raw = self._raw
+        if raw is None or raw.is_closing() or tls.get_write_buffer_size():
+            return
+        raw.close()
 
     def _idle_expired(self) -> None:
         """``keepalive_timeout`` after the last hot answer, with no request since: close."""
@@ -604,6 +661,7 @@ class _Conn(asyncio.Protocol):
     def _handshake_failed(self, exc: BaseException) -> None:
         log.debug("TLS handshake with %s failed: %s", self._peer(), exc)
         self._guard.forget(self)
+        self._raw = None  # no cycle through the TLS layer (see connection_lost)
 
     def _arm(self, seconds: float) -> None:
         self._cancel_timer()
