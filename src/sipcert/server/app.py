@@ -99,7 +99,7 @@ from sipcert.server.credentials import CredentialSource
 from sipcert.server.jsonlog import iso_time, json_line
 from sipcert.server.metrics import Metrics, route_of
 from sipcert.server.ops import HEALTH_PATH, READY_PATH, Health
-from sipcert.server.shared import as_async_counter, as_async_limiter
+from sipcert.server.shared import as_async_counter, as_async_limiter, confirm_for
 from sipcert.server.tlog import LOG_PREFIX, PROOF_PATH, LoggedStore, TransparencyLog
 from sipcert.server.tls import sni_domain
 from sipcert.server.web import ACCOUNT_PATH, REVOKE_PATH, AccountPages, CsrfTokens
@@ -458,6 +458,7 @@ class StoreApp:
                 )
             )
         self._limiter = as_async_limiter(limiter)
+        self._confirm = confirm_for(self._nonces, self._limiter)
         # Draft §5 revocation page; its CSRF key is derived from the nonce secret, which
         # every worker shares, so a token of one worker is good at every other.
         self.account_pages = AccountPages(
@@ -824,9 +825,6 @@ class StoreApp:
         try:
             credential = await self.credentials.lookup(answer.username, domain)
             checked = server.check(answer, credential, method=method, request_uri=raw_path, now=now)
-            # Last, once the answer is right: RFC 7616 §3.4 (one count per nonce, everywhere).
-            if not await self._nonces.advance(checked.nonce, checked.nc, now):
-                raise replay_error(checked.nc)
         except StaleNonceError as exc:  # only claimed for a correct answer: not a guess
             await self._limiter.release(address, user_key, admission, now, trust=False)
             raise self._challenge(method, path, server, domain, now, exc) from exc
@@ -836,7 +834,12 @@ class StoreApp:
         except BaseException:  # storage, malformed answer: nothing was guessed
             await self._limiter.release(address, user_key, admission, now, trust=False)
             raise
-        await self._limiter.release(address, user_key, admission, now, trust=True)
+        # Last, once the answer is right: RFC 7616 §3.4 (one count per nonce, everywhere);
+        # the release (trusted) rides along only when the count advanced (shared.Confirm).
+        if not await self._confirm(checked.nonce, checked.nc, now, address, user_key, admission):
+            replay = replay_error(checked.nc)  # a replay keeps its reserved tokens
+            self.metrics.auth_failed()
+            raise self._challenge(method, path, server, domain, now, replay) from replay
         return checked.username
 
     def challenge_now(
