@@ -94,6 +94,9 @@ log = logging.getLogger("sipcert.server")
 FD_RESERVE = 64
 #: Fraction of the cap from which idle connections are shed.
 SHED_IDLE_FROM = 0.9
+#: Seconds a stopping worker waits for the hot enrollments under way (server.run's wait
+#: for aiohttp's handlers is as long).
+ENROLL_SHUTDOWN_TIMEOUT = 5.0
 
 _HANDSHAKE = "handshake"
 _IDLE = "idle"
@@ -172,6 +175,9 @@ class ConnectionGuard:
         self.proxy_refused = 0
         #: Answers simple GETs before aiohttp sees them (issue 13); None: aiohttp answers all.
         self.hot: HotGet | None = None
+        #: The tasks answering hot enrollment PUTs now (awaited on shutdown, as aiohttp
+        #: awaits its handlers).
+        self.enrolling: set[asyncio.Task[None]] = set()
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -288,6 +294,12 @@ class ConnectionGuard:
         for conn in list(self._states[_IDLE]):
             if conn.handler is None:
                 conn.close_idle("shutting down")
+
+    async def finish_enrollments(self, timeout: float = ENROLL_SHUTDOWN_TIMEOUT) -> None:
+        """On shutdown: let the hot enrollments under way write their answers (at most
+        ``timeout`` seconds, aiohttp's wait for its handlers); then their connections close."""
+        if self.enrolling:
+            await asyncio.wait(list(self.enrolling), timeout=timeout)
 
 
 class _Conn(asyncio.Protocol):
@@ -549,7 +561,10 @@ class _Conn(asyncio.Protocol):
         self._held = rest
         tls.pause_reading()
         self._guard.move(self, _BUSY, self._loop.time())
-        self._enrolling = self._loop.create_task(self._enroll(tls, answer, close))
+        task = self._loop.create_task(self._enroll(tls, answer, close))
+        self._enrolling = task
+        self._guard.enrolling.add(task)
+        task.add_done_callback(self._guard.enrolling.discard)
 
     async def _enroll(
         self, tls: asyncio.Transport, answer: Coroutine[Any, Any, bytes], close: bool
@@ -565,7 +580,7 @@ class _Conn(asyncio.Protocol):
             return
         self._requests += 1
         tls.write(wire)
-        if close:  # RFC 9112 §9.6: nothing more is read after this request
+        if close or self._guard.closing:  # RFC 9112 §9.6; or the worker is stopping
             self._closing = True
             self._cancel_timer()
             tls.close()
@@ -853,3 +868,4 @@ class GuardedSite(web.BaseSite):
             await acceptor.wait_closed()
         await super().stop()
         self._guard.close_handshakes()
+        await self._guard.finish_enrollments()

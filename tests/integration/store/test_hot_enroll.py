@@ -13,11 +13,13 @@ import asyncio
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from sipcert.proto.digest import DEFAULT_NONCE_LIFETIME, DigestClient
+from sipcert.server.conn import ConnectionGuard
 from sipcert.server.credentials import FileCredentials
 from tests.factories import make_cert, make_key
 from tests.integration.store.test_hot_challenge import _normal, put, same
@@ -169,5 +171,53 @@ def test_pipelined_requests_wait_for_the_enrollment(
             statuses.append(head.split(b" ", 2)[1])
         writer.close()
         assert statuses == [b"201", b"200", b"200", b"404", b"401"]
+
+    run_pair(tmp_path, monkeypatch, scenario, cache_mb=0)
+
+
+def test_a_stopping_worker_answers_the_enrollment_under_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown (GuardedSite.stop) waits for a hot enrollment being answered, as aiohttp
+    waits for its handlers: the answer is written, then the connection closes."""
+    FileCredentials(tmp_path / "users.json").add(ALICE, "alice-pw")
+    guards: list[ConnectionGuard] = []
+    made = ConnectionGuard.__init__
+
+    def keep(self: ConnectionGuard, *args: Any, **kw: Any) -> None:
+        made(self, *args, **kw)
+        guards.append(self)
+
+    monkeypatch.setattr(ConnectionGuard, "__init__", keep)
+
+    async def scenario(pair: Pair) -> None:
+        (guard,) = [g for g in guards if g.hot is pair.hot_get]
+        client = await _client(pair)
+        storage = pair.hot.app.storage
+        add = storage.add
+        entered, gate = asyncio.Event(), asyncio.Event()
+
+        async def held_add(*args: Any, **kw: Any) -> bool:
+            entered.set()
+            await gate.wait()
+            return await add(*args, **kw)
+
+        monkeypatch.setattr(storage, "add", held_add)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", pair.hot.port, ssl=pair.hot.client, server_hostname="example.com"
+        )
+        writer.write(_signed(client, _der(ALICE, 10)))
+        await entered.wait()
+        assert len(guard.enrolling) == 1
+        guard.close_handshakes()  # what GuardedSite.stop does first
+        waiting = asyncio.create_task(guard.finish_enrollments())
+        await asyncio.sleep(0)
+        assert not waiting.done()  # the enrollment is held at its storage call
+        gate.set()
+        await waiting
+        answer = await asyncio.wait_for(reader.read(), 10)  # to the end: it closes
+        assert answer.startswith(b"HTTP/1.1 201 Created\r\n"), answer[:200]
+        assert not guard.enrolling
+        writer.close()
 
     run_pair(tmp_path, monkeypatch, scenario, cache_mb=0)
