@@ -571,7 +571,12 @@ class _Conn(asyncio.Protocol):
     ) -> None:
         try:
             wire = await answer  # every failure is an answer (StoreApp.answer_put)
-        except BaseException:  # cancelled at shutdown (or a bug): no answer, drop the peer
+        except Exception as exc:  # a bug: say it in one line (no traceback), drop the peer
+            self._enrolling = None
+            log.error("hot enrollment failed: %s: %s", type(exc).__name__, exc)
+            self.close_now("the enrollment's answer was not made")
+            return
+        except BaseException:  # cancelled at shutdown: no answer, drop the peer
             self._enrolling = None
             self.close_now("the enrollment's answer was not made")
             raise

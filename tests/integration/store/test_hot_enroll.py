@@ -10,6 +10,7 @@ same bytes but for ``Date`` and the fresh nonces, and the access lines and metri
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -221,3 +222,29 @@ def test_a_stopping_worker_answers_the_enrollment_under_way(
         writer.close()
 
     run_pair(tmp_path, monkeypatch, scenario, cache_mb=0)
+
+
+def test_a_bug_in_the_hot_enrollment_closes_the_connection_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    FileCredentials(tmp_path / "users.json").add(ALICE, "alice-pw")
+
+    async def scenario(pair: Pair) -> None:
+        client = await _client(pair)
+
+        async def broken(*args: Any, **kw: Any) -> Any:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(pair.hot.app, "answer_put", broken)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", pair.hot.port, ssl=pair.hot.client, server_hostname="example.com"
+        )
+        writer.write(_signed(client, _der(ALICE, 11)))
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing sent
+        writer.close()
+
+    with caplog.at_level(logging.ERROR, logger="sipcert.server"):
+        run_pair(tmp_path, monkeypatch, scenario, cache_mb=0)
+    failed = [r for r in caplog.records if "hot enrollment failed" in r.getMessage()]
+    assert [r.getMessage() for r in failed] == ["hot enrollment failed: RuntimeError: boom"]
+    assert failed[0].exc_info is None
