@@ -185,7 +185,23 @@ def aor_from_uri(uri: str) -> AOR:
 
 @functools.lru_cache(maxsize=4096)
 def _aor_from_uri_remembered(uri: str) -> AOR:
+    if len(uri) <= MAX_AOR_LENGTH:
+        plain = _PLAIN_URI_RE.fullmatch(uri)
+        if plain is not None:
+            found = plain_aor(plain[1], plain[2])
+            if found is not None:
+                return found
     return _aor_from_uri(uri)
+
+
+#: ``scheme:user@host`` with the plain user and host of :func:`plain_aor` (issue 13): a
+#: certificate's SAN URIs are spelled so, and each enrollment reads them once, so the memo
+#: above misses. Such a text has nothing :func:`_check_text` refuses, its scheme is
+#: everything before the first ``:`` and passes ``_SCHEME_RE``, it holds one ``@``, no
+#: ``//``, port, parameters or headers: every check of :func:`_aor_from_uri` but the host's
+#: passes and changes nothing, and :func:`plain_aor` checks the host (or declines, and the
+#: full parser gives its error). tests/unit/proto/test_plain_aor.py compares both paths.
+_PLAIN_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:([A-Za-z0-9._-]+)@([A-Za-z0-9.-]+)")
 
 
 def _aor_from_uri(uri: str) -> AOR:
@@ -204,10 +220,19 @@ def normalize_domain(text: str) -> str:
     """Lower-case and validate a DNS domain name (LDH labels, no IP literal, no trailing dot).
 
     Used for AOR hosts, the Store's TLS domain and names from TLS certificates, so that the
-    case-insensitive comparison of draft §4.3 is a plain ``==``.
+    case-insensitive comparison of draft §4.3 is a plain ``==``. Valid names are remembered
+    (a pure function; the Store asks it for its own domain on every enrollment, issue 13).
     """
-    _check_text(text, "domain")
+    if isinstance(text, str):
+        return _normalize_domain_remembered(text)
+    _check_text(text, "domain")  # raises: not text
     return _check_host(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalize_domain_remembered(text: str) -> str:
+    _check_text(text, "domain")
+    return _check_host(text)  # an invalid name raises, and failures are not remembered
 
 
 def canonical_user(user: str) -> str:

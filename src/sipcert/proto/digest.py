@@ -829,6 +829,8 @@ class DigestServer:
         self.opaque = _b64url(
             hmac.digest(secret, _OPAQUE_LABEL + realm.encode("utf-8"), "sha256")[:18]
         )
+        #: The challenges' text before the nonce, per algorithm, and what it was made from.
+        self._made: tuple[tuple[str, tuple[Algorithm, ...], str], tuple[str, ...]] | None = None
 
     def _mac(self, stamp: bytes, random: bytes) -> bytes:
         data = _NONCE_LABEL + stamp + random + self.realm.encode("utf-8")
@@ -872,14 +874,18 @@ class DigestServer:
         retry with the new nonce without asking the user again.
         """
         nonce = self.new_nonce(now)
-        values = []
-        for algorithm in self.algorithms:
-            value = (
-                f'Digest realm={_quote(self.realm, "realm")}, qop="auth", '
-                f'algorithm={algorithm.value}, nonce="{nonce}", opaque="{self.opaque}"'
+        # Every 401 has them: the quoted realm and the rest before the nonce are made once.
+        source = (self.realm, self.algorithms, self.opaque)
+        made = self._made
+        if made is None or made[0] != source:
+            realm = _quote(self.realm, "realm")
+            heads = tuple(
+                f'Digest realm={realm}, qop="auth", algorithm={algorithm.value}, nonce="'
+                for algorithm in self.algorithms
             )
-            values.append(value + (", stale=true" if stale else ""))
-        return values
+            made = self._made = (source, heads)
+        tail = f'", opaque="{self.opaque}"' + (", stale=true" if stale else "")
+        return [head + nonce + tail for head in made[1]]
 
     def verify(
         self,

@@ -15,9 +15,9 @@ cost more than finding the answer, so :mod:`sipcert.server.conn` offers each com
 * nothing that frames a body (``Content-Length``, ``Transfer-Encoding``), no ``Expect`` or
   ``Upgrade``: those are not in the list, so such a request is never simple.
 
-:func:`parse_simple_put` reads the other everyday request, an enrollment's first ``PUT``
-without credentials whose body came in the same read (answered 401, draft §5.1), by the
-same rules plus exactly one ``Content-Length``.
+:func:`parse_simple_put` reads the other everyday request, an enrollment ``PUT`` whose body
+came in the same read (draft §5.1: the first without credentials, answered 401; the second
+with one ``Authorization``), by the same rules plus exactly one ``Content-Length``.
 
 Anything else is ``None``, and the caller hands the bytes to aiohttp unchanged, which
 answers exactly as before. :func:`render_prefix` and :func:`render` lay out an answer the way
@@ -105,8 +105,9 @@ class SimpleGet(NamedTuple):
 
 
 class SimplePut(NamedTuple):
-    """A simple enrollment ``PUT`` without credentials, its whole body in the same read: the
-    request every UA sends first and the Store answers 401 with challenges (draft §5.1)."""
+    """A simple enrollment ``PUT``, its whole body in the same read: the request every UA
+    sends first, answered 401 with challenges, then the same with its Digest answer (draft
+    §5.1)."""
 
     #: The query string, canonical spelling (``sip=user%40host``).
     query: str
@@ -123,16 +124,22 @@ class SimplePut(NamedTuple):
     head_length: int
     #: Bytes of the whole request: head and body.
     length: int
+    #: The ``Authorization`` value as sent (``None``: absent, the 401's request).
+    authorization: str | None = None
+    #: The ``Content-Type`` value as sent (``None``: absent).
+    content_type: str | None = None
 
 
-#: Header fields (lower case) a simple PUT may carry. None of them changes a 401: the
-#: upload's ``Content-Type`` is checked only once the request is authenticated, and
+#: Header fields (lower case) a simple PUT may carry, each at most once. None of them
+#: changes a 401 but ``Authorization`` (the caller answers one only without it): the upload's
+#: ``Content-Type`` is checked only once the request is authenticated, and
 #: ``Content-Description`` is checked (:func:`~sipcert.proto.store.parse_description`) by
-#: the caller. ``Authorization``, ``Expect`` and ``Transfer-Encoding`` are not here.
+#: the caller. ``Expect`` and ``Transfer-Encoding`` are not here.
 SIMPLE_PUT_FIELDS = (SIMPLE_FIELDS - {b"if-none-match"}) | {
     b"content-type",
     b"content-length",
     b"content-description",
+    b"authorization",
 }
 _PUT_LINE = re.compile(
     rb"PUT /search-cgi\?((?:email|sip|uri)=([A-Za-z0-9._-]+)%40([A-Za-z0-9.-]+)) HTTP/1\.1\r\n"
@@ -169,6 +176,8 @@ def parse_simple_put(data: bytes) -> SimplePut | None:
     if len(data) < total:
         return None
     description = values.get(b"content-description")
+    authorization = values.get(b"authorization")
+    content_type = values.get(b"content-type")
     return SimplePut(
         line[1].decode("ascii"),
         line[2].decode("ascii"),
@@ -178,6 +187,8 @@ def parse_simple_put(data: bytes) -> SimplePut | None:
         connection == b"close",
         head_length,
         total,
+        None if authorization is None else authorization.decode("ascii"),
+        None if content_type is None else content_type.decode("ascii"),
     )
 
 

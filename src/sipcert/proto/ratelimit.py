@@ -30,6 +30,7 @@ forgotten first (a forgotten bucket is full again, which errs towards letting cl
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections import OrderedDict
@@ -89,9 +90,18 @@ class Admission:
 
 
 def address_key(remote: str | None) -> str:
-    """The bucket key of a client address: IPv4 as is, IPv6 by its /64 (one subscriber)."""
+    """The bucket key of a client address: IPv4 as is, IPv6 by its /64 (one subscriber).
+
+    Remembered for the last 4,096 addresses (a pure function of the text; a client asks it
+    for its 401 and again for its answer, issue 13).
+    """
     if not remote:
         return "-"
+    return _address_key(remote)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_key(remote: str) -> str:
     try:
         ip = ipaddress.ip_address(remote.partition("%")[0])
     except ValueError:

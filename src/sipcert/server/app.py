@@ -36,7 +36,8 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -98,7 +99,7 @@ from sipcert.server.credentials import CredentialSource
 from sipcert.server.jsonlog import iso_time, json_line
 from sipcert.server.metrics import Metrics, route_of
 from sipcert.server.ops import HEALTH_PATH, READY_PATH, Health
-from sipcert.server.shared import as_async_counter, as_async_limiter
+from sipcert.server.shared import as_async_counter, as_async_limiter, confirm_for
 from sipcert.server.tlog import LOG_PREFIX, PROOF_PATH, LoggedStore, TransparencyLog
 from sipcert.server.tls import sni_domain
 from sipcert.server.web import ACCOUNT_PATH, REVOKE_PATH, AccountPages, CsrfTokens
@@ -109,6 +110,7 @@ __all__ = [
     "ALLOWED_METHODS",
     "SEARCH_PATH",
     "AccessLog",
+    "PutFields",
     "StoreAccessLogger",
     "StoreApp",
     "access_log_format",
@@ -145,6 +147,8 @@ def unauthorized_text(domain: str) -> str:
 _STALE = "stale Digest nonce: retry with the new nonce"
 _NO_CREDENTIALS = "no Authorization header"
 _INTERNAL = "internal error"
+#: The ``Content-Type`` of aiohttp's ``web.Response(text=..., content_type="text/plain")``.
+_TEXT_PLAIN = "text/plain; charset=utf-8"
 #: ``PIPE_BUF`` on Linux: the largest write a pipe never interleaves with other writers'.
 _ATOMIC_WRITE = 4096
 
@@ -337,11 +341,43 @@ def access_log_options(access_log: AccessLog | logging.Logger | None) -> dict[st
 
 
 class _RefusalError(Exception):
-    """A finished answer that bypasses the normal path (401 with challenges, 405)."""
+    """A finished answer that bypasses the normal path (401 with challenges, 405).
 
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
+    It carries the :class:`~sipcert.proto.store.Response`, so the hot PUT
+    (:meth:`StoreApp.answer_put`) renders the same answer as aiohttp; ``close``: the
+    connection is closed after it.
+    """
+
+    def __init__(self, answer: Response, *, close: bool = False) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+        self.close = close
+
+    @property
+    def response(self) -> web.Response:
+        response = _to_web(self.answer)
+        if self.close:
+            response.force_close()
+        return response
+
+
+@dataclass(frozen=True, slots=True)
+class PutFields:
+    """What the answer to an enrollment PUT depends on once its head is checked, read from
+    aiohttp's request or from the bytes of the hot path (server.hotget, issue 13)."""
+
+    domain: str
+    aor: AOR
+    #: The device label (``Content-Description``, already checked).
+    label: str | None
+    authorization: str | None
+    content_type: str | None
+    #: The request-target as sent (the Digest ``uri`` is compared with it).
+    raw_path: str
+    #: The client's address (the limiter's key and the audit record's).
+    remote: str | None
+    #: What the audit record reads the addresses from (``remote``, ``transport``).
+    peer: Any
 
 
 def _to_web(answer: Response) -> web.Response:
@@ -422,6 +458,7 @@ class StoreApp:
                 )
             )
         self._limiter = as_async_limiter(limiter)
+        self._confirm = confirm_for(self._nonces, self._limiter)
         # Draft §5 revocation page; its CSRF key is derived from the nonce secret, which
         # every worker shares, so a token of one worker is good at every other.
         self.account_pages = AccountPages(
@@ -491,9 +528,8 @@ class StoreApp:
             raise NotFoundError(f"no such resource; the Store answers at {SEARCH_PATH}")
         method = request.method
         if method not in ALLOWED_METHODS:
-            response = _plain(405, f"method {method} is not allowed; use {_ALLOW}")
-            response.headers["Allow"] = _ALLOW
-            raise _RefusalError(response)
+            answer = error_response(405, f"method {method} is not allowed; use {_ALLOW}")
+            raise _RefusalError(Response(405, (*answer.headers, ("Allow", _ALLOW)), answer.body))
         domain = self._domain_of(request)
         query = parse_query(request.raw_path.partition("?")[2])
         if method in ("GET", "HEAD"):
@@ -507,9 +543,10 @@ class StoreApp:
     ) -> web.StreamResponse:
         """``/log/...``: the domain's tlog-tiles resources (server.tlog)."""
         if request.method not in ("GET", "HEAD"):
-            response = _plain(405, "the log is read-only; use GET")
-            response.headers["Allow"] = "GET, HEAD"
-            raise _RefusalError(response)
+            answer = error_response(405, "the log is read-only; use GET")
+            raise _RefusalError(
+                Response(405, (*answer.headers, ("Allow", "GET, HEAD")), answer.body)
+            )
         domain = self._domain_of(request)
         if request.path == PROOF_PATH:
             query = parse_query(request.raw_path.partition("?")[2])
@@ -592,13 +629,81 @@ class StoreApp:
             raise InputError("give one Content-Description (the device label), not several")
         # Display text only (the /account page): never logged, never trusted (RFC 2045 §8).
         label = parse_description(descriptions[0] if descriptions else None)
-        username = await self._authenticate(request, domain)
-        body = await _read_body(request, limit)
-        cert = parse_upload(body, request.headers.get("Content-Type"), max_size=limit)
+        headers = request.headers
+        fields = PutFields(
+            domain,
+            aor,
+            label,
+            headers.get("Authorization"),
+            headers.get("Content-Type"),
+            request.raw_path,
+            request.remote,
+            request,
+        )
+        return _to_web(await self.enroll(fields, lambda: _read_body(request, limit)))
+
+    def put_now(
+        self,
+        aor: AOR,
+        domain: str,
+        description: str | None,
+        declared: int,
+        *,
+        authorization: str | None,
+        content_type: str | None,
+        raw_path: str,
+        remote: str | None,
+        peer: Any,
+    ) -> PutFields | None:
+        """The checks :meth:`_put` makes before authenticating, made without awaiting
+        (server.hotget, issue 13): the fields for :meth:`answer_put`, or ``None`` where
+        :meth:`_put` answers at once (another domain's AOR: 404; an upload over the size
+        limit: 413; a malformed device label: 400). Nothing has changed any state then.
+        """
+        if aor.host != domain or declared > self.policy.max_certificate_size:
+            return None
+        try:
+            label = parse_description(description)
+        except SipCertError:
+            return None
+        return PutFields(domain, aor, label, authorization, content_type, raw_path, remote, peer)
+
+    async def answer_put(self, fields: PutFields, body: bytes) -> Response:
+        """The answer :meth:`__call__` gives a PUT that passed :meth:`put_now`, its whole
+        ``body`` in hand: :meth:`enroll`, and every failure answered as :meth:`_answer`
+        answers it (the body is read, so no failure closes the connection)."""
+        try:
+            return await self.enroll(fields, lambda: _in_hand(body))
+        except _RefusalError as refusal:
+            return refusal.answer
+        except SipCertError as exc:
+            return self._error_answer("PUT", SEARCH_PATH, exc)
+        except Exception:
+            log.exception("internal error answering %s %s", "PUT", SEARCH_PATH)
+            return error_response(500, _INTERNAL)
+
+    async def enroll(
+        self, fields: PutFields, read_body: Callable[[], Awaitable[bytes]]
+    ) -> Response:
+        """Draft §5.1 once the head is checked: Digest, then the body, the upload's checks,
+        storage, audit; the answer (201 new, 200 already stored). Both paths call it: aiohttp's
+        :meth:`_put` and the hot PUT (:meth:`answer_put`); failures are raised."""
+        username = await self._authenticate_as(
+            fields.domain, fields.authorization, "PUT", fields.raw_path, SEARCH_PATH, fields.remote
+        )
+        body = await read_body()
+        limit = self.policy.max_certificate_size
+        cert = parse_upload(body, fields.content_type, max_size=limit)
         now_ts = self._clock()
         now = datetime.fromtimestamp(now_ts, UTC)
+        aor = fields.aor
         authorize_upload(
-            cert, aor, digest_username=username, tls_domain=domain, now=now, policy=self.policy
+            cert,
+            aor,
+            digest_username=username,
+            tls_domain=fields.domain,
+            now=now,
+            policy=self.policy,
         )
         stored = StoredCertificate.from_der(
             str(aor),
@@ -606,30 +711,28 @@ class StoreApp:
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
             created=now,
-            label=label,
+            label=fields.label,
         )
         created = await self.storage.add(stored, max_per_aor=self.policy.max_per_aor, now=now)
         if created:
             self.metrics.enrolled()
         if self.audit is not None:
             self.audit.enrolled(
-                request,
+                fields.peer,
                 user=username,
                 aor=str(aor),
                 sha256=stored.sha256,
                 cert_hash=stored.cert_hash,
                 new=created,
             )
-        status = 201 if created else 200
         what = "enrolled" if created else "already enrolled"
         log.info("%s certificate %s for %s", what, stored.cert_hash, aor)
-        response = web.Response(
-            status=status,
-            text=f"{what}: certHash={stored.cert_hash}\n",
-            content_type="text/plain",
+        location = f"{SEARCH_PATH}?certHash={quote(stored.cert_hash, safe='')}"
+        return Response(
+            201 if created else 200,
+            (("Content-Type", _TEXT_PLAIN), ("Location", location)),
+            f"{what}: certHash={stored.cert_hash}\n".encode(),
         )
-        response.headers["Location"] = f"{SEARCH_PATH}?certHash={quote(stored.cert_hash, safe='')}"
-        return response
 
     # -- DELETE --------------------------------------------------------------------------
 
@@ -676,6 +779,25 @@ class StoreApp:
     # -- Digest (RFC 7616; draft §5) ------------------------------------------------------
 
     async def _authenticate(self, request: web.BaseRequest, domain: str) -> str:
+        """:meth:`_authenticate_as` with the fields of ``request``."""
+        return await self._authenticate_as(
+            domain,
+            request.headers.get("Authorization"),
+            request.method,
+            request.raw_path,
+            request.path,
+            request.remote,
+        )
+
+    async def _authenticate_as(
+        self,
+        domain: str,
+        header: str | None,
+        method: str,
+        raw_path: str,
+        path: str,
+        remote: str | None,
+    ) -> str:
         """The Digest username of a correct answer; else a 401 with fresh challenges.
 
         The limiter decides first, from the address, the user name and the time only
@@ -684,9 +806,8 @@ class StoreApp:
         a success (or an answer that guessed nothing) gets them back.
         """
         server = self._digest[domain]
-        header = request.headers.get("Authorization")
         now = self._clock()
-        address = address_key(request.remote)
+        address = address_key(remote)
         try:
             if header is None or not header.strip():
                 raise AuthenticationError(_NO_CREDENTIALS)
@@ -695,7 +816,7 @@ class StoreApp:
             answer = parse_authorization(header)
         except AuthenticationError as exc:
             await self._check_rate(address, None, now)
-            raise self._challenge(request, server, domain, now, exc) from exc
+            raise self._challenge(method, path, server, domain, now, exc) from exc
         except DigestHeaderError:
             await self._check_rate(address, None, now)
             raise
@@ -703,22 +824,22 @@ class StoreApp:
         admission = await self._check_rate(address, user_key, now)
         try:
             credential = await self.credentials.lookup(answer.username, domain)
-            checked = server.check(
-                answer, credential, method=request.method, request_uri=request.raw_path, now=now
-            )
-            # Last, once the answer is right: RFC 7616 §3.4 (one count per nonce, everywhere).
-            if not await self._nonces.advance(checked.nonce, checked.nc, now):
-                raise replay_error(checked.nc)
+            checked = server.check(answer, credential, method=method, request_uri=raw_path, now=now)
         except StaleNonceError as exc:  # only claimed for a correct answer: not a guess
             await self._limiter.release(address, user_key, admission, now, trust=False)
-            raise self._challenge(request, server, domain, now, exc) from exc
+            raise self._challenge(method, path, server, domain, now, exc) from exc
         except AuthenticationError as exc:  # a failed guess keeps its reserved tokens
             self.metrics.auth_failed()
-            raise self._challenge(request, server, domain, now, exc) from exc
+            raise self._challenge(method, path, server, domain, now, exc) from exc
         except BaseException:  # storage, malformed answer: nothing was guessed
             await self._limiter.release(address, user_key, admission, now, trust=False)
             raise
-        await self._limiter.release(address, user_key, admission, now, trust=True)
+        # Last, once the answer is right: RFC 7616 §3.4 (one count per nonce, everywhere);
+        # the release (trusted) rides along only when the count advanced (shared.Confirm).
+        if not await self._confirm(checked.nonce, checked.nc, now, address, user_key, admission):
+            replay = replay_error(checked.nc)  # a replay keeps its reserved tokens
+            self.metrics.auth_failed()
+            raise self._challenge(method, path, server, domain, now, replay) from replay
         return checked.username
 
     def challenge_now(
@@ -748,15 +869,14 @@ class StoreApp:
 
     @staticmethod
     def _challenge(
-        request: web.BaseRequest, server: DigestServer, domain: str, now: float, exc: Exception
+        method: str, path: str, server: DigestServer, domain: str, now: float, exc: Exception
     ) -> _RefusalError:
         """A 401 with fresh challenges (``stale`` for an expired nonce), to raise."""
         stale = isinstance(exc, StaleNonceError)
-        log.info("401 for %s %s: %s", request.method, request.path, exc)
-        response = _plain(401, _STALE if stale else unauthorized_text(domain))
-        for value in server.challenges(now, stale=stale):
-            response.headers.add("WWW-Authenticate", value)
-        return _RefusalError(response)
+        log.info("401 for %s %s: %s", method, path, exc)
+        answer = error_response(401, _STALE if stale else unauthorized_text(domain))
+        challenges = [("WWW-Authenticate", v) for v in server.challenges(now, stale=stale)]
+        return _RefusalError(Response(401, (*answer.headers, *challenges), answer.body))
 
     async def _check_rate(self, address: str, user: str | None, now: float) -> Admission:
         """429 unless the limiter admits the request (a refusal is charged to ``address``)."""
@@ -778,15 +898,18 @@ class StoreApp:
     # -- errors --------------------------------------------------------------------------
 
     def _error(self, request: web.BaseRequest, exc: SipCertError) -> web.Response:
+        return _to_web(self._error_answer(request.method, request.path, exc))
+
+    def _error_answer(self, method: str, path: str, exc: SipCertError) -> Response:
         if isinstance(exc, StorageError):
             self.metrics.database_error()
         if exc.http_status >= 500:
             # Storage and configuration failures name paths and hosts: log them, say little.
-            log.error("%s %s failed: %s", request.method, request.path, exc)
-            return _plain(
+            log.error("%s %s failed: %s", method, path, exc)
+            return error_response(
                 exc.http_status, "service unavailable" if exc.http_status == 503 else _INTERNAL
             )
-        return _to_web(error_to_response(exc))
+        return error_to_response(exc)
 
     @staticmethod
     def _finish(request: web.BaseRequest, response: web.Response) -> web.Response:
@@ -816,9 +939,8 @@ class StoreApp:
 
 
 def _refuse_and_close(status: int, text: str) -> _RefusalError:
-    response = _plain(status, text)
-    response.force_close()  # the framing of what follows cannot be trusted
-    return _RefusalError(response)
+    # The framing of what follows cannot be trusted.
+    return _RefusalError(error_response(status, text), close=True)
 
 
 def _check_framing(request: web.BaseRequest) -> None:
@@ -889,6 +1011,11 @@ def answer_for(
 
 def _cert_domain(cert: StoredCertificate) -> str:
     return cert.aor.rpartition("@")[2]
+
+
+async def _in_hand(body: bytes) -> bytes:
+    """A body the hot path read whole, as :func:`_read_body` gives one."""
+    return body
 
 
 async def _read_body(request: web.BaseRequest, limit: int) -> bytes:

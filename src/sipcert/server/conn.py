@@ -28,7 +28,11 @@ between the listening socket and aiohttp's :class:`~aiohttp.web_protocol.Request
   (:func:`~sipcert.proto.hotget.parse_simple_get`) is answered here on the TLS transport;
   the rest of the read, and every other request, goes to aiohttp as before. So is a
   credential-less enrollment PUT whose body is in the read (its 401). The connection
-  stays ``idle`` and the keep-alive deadline runs from that answer. aiohttp's handler is
+  stays ``idle`` and the keep-alive deadline runs from that answer. An enrollment PUT with
+  its Digest answer and whole body in the read is answered by a task (it awaits the
+  limiter, the nonce count and storage): the connection is ``busy``, its reads paused and
+  anything already read held, until the answer is written; then it is ``idle`` again and
+  what was held is read as if it had just come. aiohttp's handler is
   made only for the first request the hot GET leaves (a handshake per GET then costs no
   aiohttp objects); until then the guard keeps ``keepalive_timeout`` itself.
 
@@ -57,7 +61,7 @@ import logging
 import resource
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -90,6 +94,9 @@ log = logging.getLogger("sipcert.server")
 FD_RESERVE = 64
 #: Fraction of the cap from which idle connections are shed.
 SHED_IDLE_FROM = 0.9
+#: Seconds a stopping worker waits for the hot enrollments under way (server.run's wait
+#: for aiohttp's handlers is as long).
+ENROLL_SHUTDOWN_TIMEOUT = 5.0
 #: The worker's shared read buffer: TLS decrypts into it, each read is copied out at once.
 #: A TLS record holds at most 16 KiB; a larger read gets a buffer of its own, up to
 #: :data:`READ_BUFFER_MAX`.
@@ -174,6 +181,9 @@ class ConnectionGuard:
         self.proxy_refused = 0
         #: Answers simple GETs before aiohttp sees them (issue 13); None: aiohttp answers all.
         self.hot: HotGet | None = None
+        #: The tasks answering hot enrollment PUTs now (awaited on shutdown, as aiohttp
+        #: awaits its handlers).
+        self.enrolling: set[asyncio.Task[None]] = set()
         #: What every connection's TLS layer decrypts into (see _Conn.get_buffer).
         self.read_buffer = memoryview(bytearray(READ_BUFFER))
 
@@ -293,6 +303,12 @@ class ConnectionGuard:
             if conn.handler is None:
                 conn.close_idle("shutting down")
 
+    async def finish_enrollments(self, timeout: float = ENROLL_SHUTDOWN_TIMEOUT) -> None:
+        """On shutdown: let the hot enrollments under way write their answers (at most
+        ``timeout`` seconds, aiohttp's wait for its handlers); then their connections close."""
+        if self.enrolling:
+            await asyncio.wait(list(self.enrolling), timeout=timeout)
+
 
 class _Conn(asyncio.BufferedProtocol):
     """One accepted connection: TLS handshake, then aiohttp's handler behind the deadlines.
@@ -309,8 +325,10 @@ class _Conn(asyncio.BufferedProtocol):
         "_closing",
         "_domain",
         "_early",
+        "_enrolling",
         "_guard",
         "_head_bytes",
+        "_held",
         "_idle_at",
         "_loop",
         "_paused",
@@ -357,10 +375,13 @@ class _Conn(asyncio.BufferedProtocol):
         self._used = False
         self._paused = False
         self._closing = False
+        #: The task answering a hot enrollment PUT, and the bytes read meanwhile.
+        self._enrolling: asyncio.Task[None] | None = None
+        self._held = b""
         #: The buffer handed out by the last get_buffer().
         self._buffer = guard.read_buffer
 
-    # -- asyncio.BufferedProtocol (first of the TCP transport, then of the TLS one) -------
+    # -- asyncio.Protocol (first of the TCP transport, then of the TLS one) ---------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = transport  # type: ignore[assignment]  # a stream server: a Transport
@@ -408,6 +429,9 @@ class _Conn(asyncio.BufferedProtocol):
                 self._early.append(data)
             return
         if self._refused or self._closing or self.state is None or not data:
+            return
+        if self._enrolling is not None:  # read before the pause took effect: kept in order
+            self._held += data
             return
         hot = self._guard.hot
         if hot is not None and self._domain is not None and self._quiet(handler):
@@ -502,6 +526,7 @@ class _Conn(asyncio.BufferedProtocol):
         if tls is None:  # pragma: no cover - data_received checked it
             return data
         answered = False
+        enrolling: tuple[Coroutine[Any, Any, bytes], bool] | None = None
         max_head = self._guard.limits.max_head_size
         while data:
             head: SimpleGet | SimplePut | None = parse_simple_get(data)
@@ -512,6 +537,12 @@ class _Conn(asyncio.BufferedProtocol):
             elif head.length > max_head:
                 break  # an oversized head gets aiohttp's 431 as before
             try:
+                if isinstance(head, SimplePut) and head.authorization is not None:
+                    pending = hot.enroll(head, data, domain, self._remote, tls)
+                    if pending is not None:
+                        enrolling = (pending, head.close)
+                        data = data[head.length :]
+                    break  # answered by the task; what follows waits for it
                 if isinstance(head, SimplePut):
                     wire = hot.challenge(head, domain, self._remote)
                 else:
@@ -535,19 +566,77 @@ class _Conn(asyncio.BufferedProtocol):
             if self._paused:
                 break
         if answered:
-            now = self._loop.time()
-            handler = self.handler
-            if handler is None:  # no aiohttp handler to close it: the same deadline here
-                deadline = now + self._guard.limits.keepalive_timeout
-                if not self._idle_at:  # the head deadline or nothing: replaced once
-                    self._cancel_timer()
-                    self._timer = self._loop.call_at(deadline, self._idle_expired)
-                self._idle_at = deadline  # a later answer only moves it (_idle_expired)
-            else:  # aiohttp's own idle deadline (keepalive_timeout) runs from this answer
-                self._cancel_timer()
-                handler._next_keepalive_close_time = now + handler.keepalive_timeout
-            self._guard.touch(self, now)
+            self._answered_hot()
+        if enrolling is not None:
+            self._start_enrolling(tls, *enrolling, data)
+            return b""
         return data
+
+    def _answered_hot(self) -> None:
+        """The keep-alive deadline runs from the hot answer just written."""
+        now = self._loop.time()
+        handler = self.handler
+        if handler is None:  # no aiohttp handler to close it: the same deadline here
+            deadline = now + self._guard.limits.keepalive_timeout
+            if not self._idle_at:  # the head deadline or nothing: replaced once
+                self._cancel_timer()
+                self._timer = self._loop.call_at(deadline, self._idle_expired)
+            self._idle_at = deadline  # a later answer only moves it (_idle_expired)
+        else:  # aiohttp's own idle deadline (keepalive_timeout) runs from this answer
+            self._cancel_timer()
+            handler._next_keepalive_close_time = now + handler.keepalive_timeout
+        self._guard.touch(self, now)
+
+    def _start_enrolling(
+        self,
+        tls: asyncio.Transport,
+        answer: Coroutine[Any, Any, bytes],
+        close: bool,
+        rest: bytes,
+    ) -> None:
+        """Answer a hot enrollment PUT in a task; reads wait (paused, ``rest`` held)."""
+        self._cancel_timer()  # busy: neither the head nor the idle deadline runs
+        handler = self.handler
+        if handler is not None:  # nor aiohttp's idle deadline, while the answer is made
+            handler._next_keepalive_close_time = self._loop.time() + handler.keepalive_timeout
+        self._held = rest
+        tls.pause_reading()
+        self._guard.move(self, _BUSY, self._loop.time())
+        task = self._loop.create_task(self._enroll(tls, answer, close))
+        self._enrolling = task
+        self._guard.enrolling.add(task)
+        task.add_done_callback(self._guard.enrolling.discard)
+
+    async def _enroll(
+        self, tls: asyncio.Transport, answer: Coroutine[Any, Any, bytes], close: bool
+    ) -> None:
+        try:
+            wire = await answer  # every failure is an answer (StoreApp.answer_put)
+        except Exception as exc:  # a bug: say it in one line (no traceback), drop the peer
+            self._enrolling = None
+            log.error("hot enrollment failed: %s: %s", type(exc).__name__, exc)
+            self.close_now("the enrollment's answer was not made")
+            return
+        except BaseException:  # cancelled at shutdown: no answer, drop the peer
+            self._enrolling = None
+            self.close_now("the enrollment's answer was not made")
+            raise
+        self._enrolling = None
+        if self.state is None or tls.is_closing():  # the peer left meanwhile
+            return
+        self._requests += 1
+        tls.write(wire)
+        if close or self._guard.closing:  # RFC 9112 §9.6; or the worker is stopping
+            self._closing = True
+            self._cancel_timer()
+            tls.close()
+            return
+        self._guard.move(self, _IDLE, self._loop.time())
+        self._answered_hot()
+        held, self._held = self._held, b""
+        tls.resume_reading()
+        if held:
+            self.data_received(held)
 
     def _close_after_notify(self, tls: asyncio.Transport) -> None:
         """Close the socket once our close_notify is out, without waiting for the peer's.
@@ -597,6 +686,8 @@ class _Conn(asyncio.BufferedProtocol):
     def waiting(self) -> bool:
         """Whether aiohttp's handler is between requests (its response is written)."""
         handler = self.handler
+        if self._enrolling is not None:  # a hot enrollment is being answered
+            return False
         if handler is None:  # only hot answers (all written at once), or no handshake yet
             return self._tls is not None and not self._head_bytes and not self._closing
         if handler._messages or self._head_bytes:
@@ -840,3 +931,4 @@ class GuardedSite(web.BaseSite):
             await acceptor.wait_closed()
         await super().stop()
         self._guard.close_handshakes()
+        await self._guard.finish_enrollments()

@@ -22,6 +22,16 @@ by :meth:`~sipcert.server.app.StoreApp.challenge_now` (the same checks in the sa
 ``None`` where only aiohttp's path can tell: 404, 413, 400, a 429 to charge), with the same
 metrics and access line. The body is read and dropped, as aiohttp drains it for keep-alive.
 
+The second PUT of an enrollment (one ``Authorization``, the whole body in the read) is
+answered here too, but not at once: :meth:`HotGet.enroll` makes the checks
+:meth:`StoreApp._put <sipcert.server.app.StoreApp._put>` makes before authenticating
+(:meth:`~sipcert.server.app.StoreApp.put_now`; ``None``, nothing changed, where it answers
+404, 413 or 400 itself), and gives the connection a coroutine that awaits the answer of
+:meth:`~sipcert.server.app.StoreApp.answer_put`: the same :meth:`StoreApp.enroll
+<sipcert.server.app.StoreApp.enroll>` aiohttp's handler calls (the same limiter, nonce
+count and storage calls, audit record and log lines), every failure answered as aiohttp's
+path answers it. The connection holds its reads until that answer is written.
+
 With ``answer_cache_mb`` set, answers come from and go to the app's own answer cache
 (:class:`~sipcert.server.answers.AnswerCache`, keyed by domain and AOR, emptied whenever
 ``data_version`` moves), which the aiohttp path shares.
@@ -31,8 +41,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 from sipcert.errors import SipCertError
 from sipcert.proto.aor import plain_aor
@@ -46,7 +57,7 @@ from sipcert.proto.hotget import (
     render_prefix,
 )
 from sipcert.proto.store import Response, certificates_response, conditional
-from sipcert.server.app import SEARCH_PATH, AccessLog, StoreApp, answer_for
+from sipcert.server.app import SEARCH_PATH, AccessLog, PutFields, StoreApp, answer_for
 from sipcert.server.http import SERVER_NAME
 from sipcert.storage import StoredCertificate
 
@@ -133,7 +144,7 @@ class HotGet:
             aor = plain_aor(head.user, head.host)
             answer = (
                 None
-                if aor is None
+                if aor is None or head.authorization is not None
                 else self._app.challenge_now(
                     aor, domain, head.description, head.content_length, remote
                 )
@@ -154,6 +165,48 @@ class HotGet:
         self._app.metrics.request(SEARCH_PATH, "PUT", 401, seconds)
         if self._access_log is not None:
             self._log("PUT", head.query, remote, 401, len(wire), seconds)
+        return wire
+
+    def enroll(
+        self, head: SimplePut, data: bytes, domain: str, remote: str, transport: Any
+    ) -> Coroutine[Any, Any, bytes] | None:
+        """The answer to a simple PUT with credentials (``data`` holds it whole), to await,
+        or ``None``, decided at once without changing anything (:meth:`StoreApp.put_now`)."""
+        start = time.perf_counter()
+        aor = plain_aor(head.user, head.host)
+        if aor is None or head.authorization is None:
+            return None
+        fields = self._app.put_now(
+            aor,
+            domain,
+            head.description,
+            head.content_length,
+            authorization=head.authorization,
+            content_type=head.content_type,
+            raw_path=f"{SEARCH_PATH}?{head.query}",
+            remote=remote,
+            peer=_Peer(remote, transport),
+        )
+        if fields is None:
+            return None
+        return self._enrolled(head, fields, data[head.head_length : head.length], remote, start)
+
+    async def _enrolled(
+        self, head: SimplePut, fields: PutFields, body: bytes, remote: str, start: float
+    ) -> bytes:
+        answer = await self._app.answer_put(fields, body)
+        wire = render(
+            render_prefix(answer, SERVER_NAME),
+            answer.body,
+            self._now_date(),
+            close=head.close,
+            head=False,
+        )
+        self.answered += 1
+        seconds = time.perf_counter() - start
+        self._app.metrics.request(SEARCH_PATH, "PUT", answer.status, seconds)
+        if self._access_log is not None:
+            self._log("PUT", head.query, remote, answer.status, len(wire), seconds)
         return wire
 
     def _now_date(self) -> bytes:
@@ -233,6 +286,13 @@ class HotGet:
                 sink.info("%s", message)
         except Exception:
             log.exception("writing the access log failed")
+
+
+class _Peer(NamedTuple):
+    """What the audit record reads of aiohttp's request: the client and the transport."""
+
+    remote: str
+    transport: Any
 
 
 def hot_get_for(app: StoreApp, access_log: AccessLog | logging.Logger | None) -> HotGet | None:

@@ -6,11 +6,16 @@ every frontend on every host sees one count per nonce and one bucket per user; a
 store (one host) keeps them in local files of the data folder, shared by that host's
 workers. The Store awaits both; the SQLite ones group concurrent calls into one transaction
 in a worker thread (``GroupedNonceCounter``, ``GroupedLoginLimiter``, issue 13).
+
+A correct Digest answer ends with two steps, the nonce count and then, if it advanced, the
+limiter's release: :func:`confirm_for` gives the Store one call for both, which for the
+SQLite state is one hand-off to a worker thread instead of two (:class:`GroupedConfirm`).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -22,13 +27,17 @@ from sipcert.server.nonces import GroupedNonceCounter, SqliteNonceCounter
 from sipcert.storage import CertificateStore, MysqlStore, PostgresStore
 from sipcert.storage.mysql import MysqlLoginLimiter, MysqlNonceCounter
 from sipcert.storage.postgres_state import PostgresLoginLimiter, PostgresNonceCounter
+from sipcert.storage.sqlite import GroupCommit
 
 __all__ = [
     "LIMITS_DB",
     "NONCE_DB",
+    "Confirm",
+    "GroupedConfirm",
     "SharedState",
     "as_async_counter",
     "as_async_limiter",
+    "confirm_for",
     "open_shared_state",
 ]
 
@@ -81,6 +90,81 @@ def as_async_limiter(limiter: LoginLimiter | AsyncLoginLimiter) -> AsyncLoginLim
     if inspect.iscoroutinefunction(limiter.admit):
         return cast(AsyncLoginLimiter, limiter)
     return _AsyncLimiter(cast(LoginLimiter, limiter))
+
+
+#: ``confirm(nonce, nc, now, address, user, admission)``: record the count of a correct
+#: answer; if it advanced, give the admission's tokens back and trust the pair (True); a
+#: replay keeps them (False). A failure to record it releases untrusted, then raises.
+Confirm = Callable[[str, int, float, str, str, Admission], Awaitable[bool]]
+
+
+def confirm_for(nonces: AsyncNonceCounter, limiter: AsyncLoginLimiter) -> Confirm:
+    """The :data:`Confirm` of this state: :class:`GroupedConfirm` for the SQLite files,
+    else the two awaited calls one after the other."""
+    if isinstance(nonces, GroupedNonceCounter) and isinstance(limiter, GroupedLoginLimiter):
+        return GroupedConfirm(nonces.inner, limiter.inner).confirm
+
+    async def confirm(
+        nonce: str, nc: int, now: float, address: str, user: str, admission: Admission
+    ) -> bool:
+        try:
+            advanced = await nonces.advance(nonce, nc, now)
+        except BaseException:  # storage: nothing was guessed
+            await limiter.release(address, user, admission, now, trust=False)
+            raise
+        if advanced:
+            await limiter.release(address, user, admission, now, trust=True)
+        return advanced
+
+    return confirm
+
+
+#: One call of :meth:`GroupedConfirm.confirm`: its arguments, in order.
+_ConfirmItem = tuple[str, int, float, str, str, Admission]
+
+
+class GroupedConfirm:
+    """:data:`Confirm` for the SQLite state: the nonce count and the release in one hand-off.
+
+    Concurrent calls are batched (:class:`~sipcert.storage.sqlite.GroupCommit`): the batch's
+    counts are one ``BEGIN IMMEDIATE`` transaction of the nonce file
+    (:meth:`SqliteNonceCounter.advance_many`, the very transaction
+    :class:`GroupedNonceCounter` runs, so a replayed ``nc`` is refused across workers exactly
+    as before), and only then the releases of the answers whose count advanced (trusted) or
+    could not be recorded (untrusted) are one transaction of the limiter's file
+    (:meth:`SqliteLoginLimiter.run_many`). Same steps, same order, same outcomes as the two
+    awaited calls; what goes is one thread hand-off and its wake-ups per enrollment.
+    """
+
+    def __init__(self, nonces: SqliteNonceCounter, limiter: SqliteLoginLimiter) -> None:
+        self._nonces = nonces
+        self._limiter = limiter
+        self.group: GroupCommit[_ConfirmItem, bool] = GroupCommit(self._run)
+
+    async def confirm(
+        self, nonce: str, nc: int, now: float, address: str, user: str, admission: Admission
+    ) -> bool:
+        if nc < 1:  # GroupedNonceCounter.advance's answer, without the hand-off
+            return False
+        return await self.group.submit((nonce, nc, now, address, user, admission))
+
+    def _run(self, items: list[_ConfirmItem]) -> list[bool | BaseException]:
+        counted = self._nonces.advance_many([(nonce, nc, now) for nonce, nc, now, *_ in items])
+        ops, released = [], []
+        for at, ((_, _, now, address, user, admission), outcome) in enumerate(
+            zip(items, counted, strict=True)
+        ):
+            if outcome is False:  # a replay: the guess keeps its reserved tokens
+                continue
+            trust = outcome is True
+            ops.append(self._limiter.release_op(address, user, admission, now, trust=trust))
+            released.append(at)
+        outcomes = list(counted)
+        if ops:
+            for at, failure in zip(released, self._limiter.run_many(ops), strict=True):
+                if failure is not None and outcomes[at] is True:
+                    outcomes[at] = failure  # as a failed release after the count: raised
+        return outcomes
 
 
 @dataclass

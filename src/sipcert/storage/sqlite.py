@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -137,6 +138,8 @@ _R = TypeVar("_R")
 
 #: The most calls one group commit takes; the rest wait for the next one.
 MAX_BATCH = 256
+#: Seconds a group commit's thread waits for calls before it ends (GroupCommit).
+IDLE_EXIT = 5.0
 
 
 @dataclass(slots=True)
@@ -166,6 +169,16 @@ class GroupCommit(Generic[_I, _R]):
     process's lock) new calls queue and the next batch takes them all: the transaction cost
     is shared, and the event loop never waits for SQLite's lock. Each caller is answered
     only after its batch's ``commit`` returned. Safe to share across threads and loops.
+
+    The thread is this object's own, kept while calls keep coming (issue 13): a call is one
+    append and, when the thread is idle, one wake-up, and each batch answers its callers
+    with one ``call_soon_threadsafe`` per event loop. The loop's executor cost twice the
+    instructions per call (its work item, futures and their chained callbacks, a second
+    wake-up of the loop). The thread ends after :data:`IDLE_EXIT` seconds without calls
+    and is started again by the next one (also in a forked child, which has no thread). The
+    owners' ``close`` waits for a commit under way (it holds their connection's lock); at
+    interpreter exit a commit still running is abandoned with the process, and SQLite rolls
+    its transaction back (its callers were never answered).
     """
 
     def __init__(self, commit: Callable[[list[_I]], list[_R | BaseException]]) -> None:
@@ -173,14 +186,15 @@ class GroupCommit(Generic[_I, _R]):
         self._lock = threading.Lock()
         self._queue: list[_Waiting[_I, _R]] = []
         self._draining = False
-        self._drainer: asyncio.Future[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         #: How many batches ran and how many calls they took (for tests and bench/).
         self.commits = 0
         self.batched = 0
 
     @property
     def draining(self) -> bool:
-        """Whether a thread is taking batches now (tests use it)."""
+        """Whether calls are queued or being committed now (tests use it)."""
         return self._draining
 
     async def submit(self, item: _I) -> _R:
@@ -189,15 +203,30 @@ class GroupCommit(Generic[_I, _R]):
         future: asyncio.Future[_R] = loop.create_future()
         with self._lock:
             self._queue.append(_Waiting(item, loop, future))
-            start = not self._draining
-            self._draining = True
-        if start:
-            # In the loop's executor, so that the loop's shutdown waits for a commit under
-            # way; the drainer answers every queued call itself, through its future.
-            self._drainer = loop.run_in_executor(None, self._drain)
+            if not self._draining:
+                self._draining = True
+                thread = self._thread
+                if thread is None or not thread.is_alive():
+                    thread = self._thread = threading.Thread(
+                        target=self._serve, name="sipcert-group-commit", daemon=True
+                    )
+                    thread.start()
+                else:
+                    self._wake.put(None)
         # A cancelled caller stops waiting; its item still runs (as a write in a thread that
         # cannot be interrupted always did).
         return await future
+
+    def _serve(self) -> None:
+        while True:
+            self._drain()
+            try:
+                self._wake.get(timeout=IDLE_EXIT)
+            except queue.Empty:
+                with self._lock:
+                    if not self._draining:  # no call since: end; the next one starts anew
+                        self._thread = None
+                        return
 
     def _drain(self) -> None:
         while True:
@@ -213,11 +242,19 @@ class GroupCommit(Generic[_I, _R]):
                 outcomes = [exc for _ in batch]
             self.commits += 1
             self.batched += len(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
             for waiting, outcome in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(waiting.loop, []).append((waiting.future, outcome))
+            for loop, answers in by_loop.items():
                 try:
-                    waiting.loop.call_soon_threadsafe(_settle, waiting.future, outcome)
+                    loop.call_soon_threadsafe(_settle_all, answers)
                 except RuntimeError:  # that caller's event loop is closed: nobody waits
                     pass
+
+
+def _settle_all(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in answers:
+        _settle(future, outcome)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,6 @@ def test_a_put_without_credentials_is_answered_alike(
             assert pair.hot_get.answered == count, request  # not by aiohttp
         handed = [
             put(NET),  # draft §4.3: another domain's AOR on this connection: 404
-            put(extra='Authorization: Digest username="alice"\r\n'),  # checked by aiohttp
             put(extra="Expect: 100-continue\r\n"),
             put(extra="Content-Description: " + "x" * (MAX_LABEL_LENGTH + 1) + "\r\n"),  # 400
             put(body=b"x" * 70_000),  # over max_certificate_size: 413

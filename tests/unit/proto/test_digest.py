@@ -276,6 +276,31 @@ def test_stale_challenges_carry_stale_true() -> None:
     assert parse_challenges(values)[0].stale
 
 
+@given(
+    realm=st.text(alphabet='ab.é"\\ ', min_size=1, max_size=8),
+    algorithms=st.permutations(list(Algorithm)).flatmap(
+        lambda order: st.integers(1, len(order)).map(lambda n: tuple(order[:n]))
+    ),
+    stale=st.booleans(),
+)
+def test_challenges_are_the_text_they_were_spelled_as(
+    realm: str, algorithms: tuple[Algorithm, ...], stale: bool
+) -> None:
+    """The challenges made from remembered heads (issue 13) are the values spelled in full,
+    also after the realm changes."""
+    server = DigestServer(b"s" * 32, realm, algorithms=algorithms, random_bytes=lambda n: b"r" * n)
+    for _ in range(2):
+        nonce = server.new_nonce(NOW)
+        spelled = [
+            f'Digest realm={digest._quote(server.realm, "realm")}, qop="auth", '
+            f'algorithm={a.value}, nonce="{nonce}", opaque="{server.opaque}"'
+            + (", stale=true" if stale else "")
+            for a in server.algorithms
+        ]
+        assert server.challenges(NOW, stale=stale) == spelled
+        server.realm = realm + "x"
+
+
 def test_round_trip_through_server_and_client() -> None:
     server = make_server()
     header = answer(server)

@@ -1,4 +1,5 @@
-"""The simple enrollment PUT the hot path answers 401 without aiohttp (issue 13).
+"""The simple enrollment PUT the hot path answers without aiohttp (issue 13): the 401 of
+the first, and the answer to the second's Digest credentials.
 
 Anything it does not accept goes to aiohttp, which answers as before; what it accepts, aiohttp's
 parser reads as the same request with the same body.
@@ -55,12 +56,27 @@ def test_the_first_put_of_an_enrollment() -> None:
     assert parse_simple_put(data + b"GET / HTTP/1.1\r\n\r\n") == found
     empty = parse_simple_put(put(body=b""))
     assert empty is not None and empty.content_length == 0
+    assert found.authorization is None and found.content_type == "application/pkix-cert"
+
+
+def test_the_second_put_carries_its_digest_answer() -> None:
+    value = (
+        'Digest username="alice", realm="example.com", nonce="n-1", '
+        'uri="/search-cgi?sip=alice%40example.com", response="ab12", qop=auth, nc=00000001, '
+        'cnonce="c0", algorithm=SHA-256'
+    )
+    found = parse_simple_put(put(f"Authorization:  {value} \r\n".encode()))
+    assert found is not None and found.authorization == value
+    # Each field once: two answers are aiohttp's to refuse or read.
+    assert (
+        parse_simple_put(put(b"Authorization: Digest a=b\r\nAuthorization: Digest c=d\r\n")) is None
+    )
 
 
 @pytest.mark.parametrize(
     "data",
     [
-        put(b"Authorization: Digest username=alice\r\n"),  # an answer is checked by aiohttp's path
+        put(b"Authorization: Digest caf\xc3\xa9\r\n"),  # not visible ASCII
         put(b"Expect: 100-continue\r\n"),
         put(b"Transfer-Encoding: chunked\r\n"),
         put(b"Content-Length: 3\r\n"),  # twice
@@ -133,6 +149,8 @@ def test_what_it_accepts_aiohttp_reads_alike(
     message, payload = messages[0]
     assert message.method == "PUT" and message.path == "/search-cgi?" + found.query
     assert message.headers.get("Content-Description") == found.description
+    assert message.headers.get("Authorization") == found.authorization
+    assert message.headers.get("Content-Type") == found.content_type
     assert message.should_close == found.close
     assert payload.is_eof() and b"".join(getattr(payload, "_buffer", ())) == body
-    assert "Authorization" not in message.headers and "Expect" not in message.headers
+    assert "Expect" not in message.headers

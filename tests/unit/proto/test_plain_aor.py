@@ -1,4 +1,5 @@
-"""The fast path of ``parse_query`` (issue 13) gives exactly what the full parser gives.
+"""The fast paths of ``parse_query``, ``aor_from_uri``, ``normalize_domain`` and
+``address_key`` (issue 13) give exactly what the full computations give.
 
 ``parse_query`` answers the canonical spelling ``email=user%40host`` with
 :func:`~sipcert.proto.aor.plain_aor` instead of the full grammar; for every query the two
@@ -9,14 +10,26 @@ declines, the full parser's answer or error.
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sipcert.errors import SipCertError
-from sipcert.proto.aor import AOR, parse_aor, plain_aor
+from sipcert.errors import InputTooLargeError, SipCertError
+from sipcert.proto.aor import (
+    AOR,
+    MAX_AOR_LENGTH,
+    _aor_from_uri,
+    _aor_from_uri_remembered,
+    _check_host,
+    _check_text,
+    normalize_domain,
+    parse_aor,
+    plain_aor,
+)
+from sipcert.proto.ratelimit import _address_key, address_key
 from sipcert.proto.store import StoreQuery, enrolled_on_header, parse_query, parse_query_full
 
 _USER = st.text(alphabet="abcXYZ019._-%~+;:@ ", min_size=0, max_size=12)
@@ -102,3 +115,60 @@ def test_enrolled_on_header_spells_dates_as_email_utils(when: datetime) -> None:
     """The directly formatted date (issue 13) is ``email.utils.format_datetime``'s, in UTC."""
     expected = email.utils.format_datetime(when.astimezone(UTC))
     assert enrolled_on_header(when) == f'attachment; creation-date="{expected}"'
+
+
+def _outcome(parse: Callable[[str], AOR], text: str) -> tuple[str, str] | str:
+    try:
+        found = parse(text)
+    except SipCertError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return found.user, found.host
+
+
+_SCHEME = st.sampled_from(["sip", "SIPS", "im", "pres", "mailto", "x-y.z+1", "1x", "", "sip:"])
+
+
+@given(scheme=_SCHEME, user=_USER, host=_HOST, tail=st.sampled_from(["", ":5060", ";a=b", "/"]))
+def test_aor_from_uri_fast_path_agrees_with_the_full_parser(
+    scheme: str, user: str, host: str, tail: str
+) -> None:
+    """A SAN URI read by the plain-spelling fast path (issue 13) gives the full parser's
+    AOR, or the fast path declines and the full parser's error stands."""
+    uri = f"{scheme}:{user}@{host}{tail}" if scheme else f"{user}@{host}{tail}"
+    fast = _outcome(_aor_from_uri_remembered.__wrapped__, uri)
+    assert fast == _outcome(_aor_from_uri, uri)
+
+
+def test_aor_from_uri_fast_path_keeps_the_length_limit() -> None:
+    uri = "sip:" + "a" * MAX_AOR_LENGTH + "@example.com"
+    with pytest.raises(InputTooLargeError):
+        _aor_from_uri_remembered.__wrapped__(uri)
+    assert _aor_from_uri_remembered.__wrapped__("im:Bob.x@Example.COM") == AOR(
+        "Bob.x", "example.com"
+    )
+
+
+@given(text=st.one_of(_HOST, st.text(max_size=12)))
+def test_normalize_domain_remembered_is_the_full_check(text: str) -> None:
+    def full(value: str) -> str:
+        _check_text(value, "domain")
+        return _check_host(value)
+
+    def outcome(check: Callable[[str], str]) -> str:
+        try:
+            return check(text)
+        except SipCertError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    assert outcome(normalize_domain) == outcome(full)
+    assert outcome(normalize_domain) == outcome(normalize_domain)  # remembered: the same
+
+
+@given(
+    address=st.one_of(
+        st.ip_addresses().map(str),
+        st.sampled_from(["::ffff:192.0.2.1", "fe80::1%eth0", "not an address", "x" * 80]),
+    )
+)
+def test_address_key_remembered_is_the_full_computation(address: str) -> None:
+    assert address_key(address) == _address_key.__wrapped__(address) == address_key(address)

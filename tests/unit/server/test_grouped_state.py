@@ -14,10 +14,22 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from sipcert.errors import StorageError
-from sipcert.proto.ratelimit import LoginLimits
+from sipcert.proto.digest import AsyncNonceCounter
+from sipcert.proto.ratelimit import AsyncLoginLimiter, LoginLimits
 from sipcert.server.limits import GroupedLoginLimiter, SqliteLoginLimiter
 from sipcert.server.nonces import GroupedNonceCounter, SqliteNonceCounter
+from sipcert.server.shared import (
+    Confirm,
+    GroupedConfirm,
+    as_async_counter,
+    as_async_limiter,
+    confirm_for,
+)
 
 _WORKER = """
 import asyncio, json, sys
@@ -146,3 +158,101 @@ def test_grouped_limiter_release_and_challenge(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         limiter.inner.close()
+
+
+def _rows(nonces: SqliteNonceCounter, limiter: SqliteLoginLimiter) -> list[object]:
+    """Everything both files hold, in order."""
+    found: list[object] = []
+    assert nonces._conn is not None and limiter._conn is not None
+    found += nonces._conn.execute("SELECT nonce, nc FROM nonces ORDER BY nonce").fetchall()
+    for table in ("addresses", "users", "trusted"):
+        sql = f"SELECT key, until FROM {table} ORDER BY key"  # noqa: S608 (fixed names)
+        found += [(table, *row) for row in limiter._conn.execute(sql).fetchall()]
+    return found
+
+
+_STEPS = st.lists(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 1), st.integers(0, 2)),
+        min_size=1,
+        max_size=6,
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=_STEPS)
+def test_grouped_confirm_decides_as_the_two_calls_do(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[tuple[int, int, int, int]]]
+) -> None:
+    """GroupedConfirm (one hand-off) against the nonce count and release awaited one after
+    the other: the same outcome for every call, the same rows after, batches included."""
+    limits = LoginLimits(address_failures=3, user_failures=5, window=60.0)
+    folder = tmp_path_factory.mktemp("confirm")
+
+    def run(grouped: bool) -> tuple[list[object], list[object]]:
+        nonces = SqliteNonceCounter(folder / f"n{grouped}.db")
+        limiter = SqliteLoginLimiter(folder / f"l{grouped}.db", limits)
+        async_nonces: AsyncNonceCounter = (
+            GroupedNonceCounter(nonces) if grouped else as_async_counter(nonces)
+        )
+        async_limiter: AsyncLoginLimiter = (
+            GroupedLoginLimiter(limiter) if grouped else as_async_limiter(limiter)
+        )
+        confirm = confirm_for(async_nonces, async_limiter)
+        assert isinstance(getattr(confirm, "__self__", None), GroupedConfirm) == grouped
+
+        async def go() -> list[object]:
+            outcomes: list[object] = []
+            now = 1000.0
+            for batch in batches:
+                now += 7.0
+                calls = []
+                for nonce, nc, address, user in batch:
+                    where, who = f"192.0.2.{address}", f"u{user}@example.com"
+                    admission = await async_limiter.admit(where, who, now)
+                    outcomes.append(admission.admitted)
+                    if admission.admitted:
+                        calls.append(confirm(f"n{nonce}", nc, now, where, who, admission))
+                outcomes += await asyncio.gather(*calls)
+            return outcomes
+
+        try:
+            return asyncio.run(go()), _rows(nonces, limiter)
+        finally:
+            nonces.close()
+            limiter.close()
+
+    assert run(grouped=True) == run(grouped=False)
+
+
+def test_grouped_confirm_releases_untrusted_when_the_count_fails(tmp_path: Path) -> None:
+    """The nonce file fails: the caller gets the StorageError, the admission's tokens come
+    back untrusted, as when the two calls are awaited one after the other."""
+    limits = LoginLimits(address_failures=2, user_failures=100, window=60.0)
+    states = []
+    for grouped in (True, False):
+        nonces = SqliteNonceCounter(tmp_path / f"n{grouped}.db")
+        limiter = SqliteLoginLimiter(tmp_path / f"l{grouped}.db", limits)
+        confirm = (
+            GroupedConfirm(nonces, limiter).confirm
+            if grouped
+            else confirm_for(as_async_counter(nonces), as_async_limiter(limiter))
+        )
+
+        async def go(confirm: Confirm = confirm, limiter: SqliteLoginLimiter = limiter) -> None:
+            admission = limiter.admit("192.0.2.1", "bob@example.com", 1000.0)
+            assert admission.admitted
+            with pytest.raises(StorageError):
+                await confirm("n", 1, 1000.0, "192.0.2.1", "bob@example.com", admission)
+
+        nonces.close()
+        try:
+            asyncio.run(go())
+            assert limiter._conn is not None
+            states.append(limiter._conn.execute("SELECT key, until FROM addresses").fetchall())
+        finally:
+            limiter.close()
+    # Refunded: the address bucket is full again, so its row is gone.
+    assert states == [[], []]

@@ -21,6 +21,7 @@ import pytest
 from sipcert.errors import ForbiddenError, StorageError
 from sipcert.storage import SqliteStore, StoredCertificate
 from sipcert.storage import sqlite as sqlite_backend
+from sipcert.storage.sqlite import GroupCommit
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -250,3 +251,50 @@ def test_add_after_close_fails_cleanly(tmp_path: Path) -> None:
             await store.add(cert("a@example.com", 0), max_per_aor=5, now=NOW)
 
     asyncio.run(scenario())
+
+
+def test_the_thread_ends_when_idle_and_the_next_call_starts_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "IDLE_EXIT", 0.0)
+    seen: list[list[int]] = []
+
+    def commit(items: list[int]) -> list[int | BaseException]:
+        seen.append(items)
+        return [i * 2 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(commit)
+
+    async def one(item: int) -> int:
+        return await group.submit(item)
+
+    assert asyncio.run(one(1)) == 2
+    first = group._thread
+    if first is not None:  # it may have ended already
+        first.join(timeout=30)
+        assert not first.is_alive()
+    assert asyncio.run(one(2)) == 4  # a new thread takes it
+    second = group._thread
+    assert second is not first
+    if second is not None:
+        second.join(timeout=30)
+    assert seen == [[1], [2]] and group.commits == 2 and not group.draining
+
+
+def test_callers_on_several_event_loops_get_their_own_outcomes() -> None:
+    group: GroupCommit[int, int] = GroupCommit(lambda items: [i + 100 for i in items])
+    results: dict[int, list[int]] = {}
+
+    def run(base: int) -> None:
+        async def calls() -> list[int]:
+            return list(await asyncio.gather(*(group.submit(base + i) for i in range(20))))
+
+        results[base] = asyncio.run(calls())
+
+    threads = [threading.Thread(target=run, args=(base,)) for base in (0, 1000)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == {base: [base + i + 100 for i in range(20)] for base in (0, 1000)}
+    assert group.batched == 40
