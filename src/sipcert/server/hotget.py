@@ -153,19 +153,7 @@ class HotGet:
             return None
         if answer is None:
             return None
-        wire = render(
-            render_prefix(answer, SERVER_NAME),
-            answer.body,
-            self._now_date(),
-            close=head.close,
-            head=False,
-        )
-        self.answered += 1
-        seconds = time.perf_counter() - start
-        self._app.metrics.request(SEARCH_PATH, "PUT", 401, seconds)
-        if self._access_log is not None:
-            self._log("PUT", head.query, remote, 401, len(wire), seconds)
-        return wire
+        return self._put_answered(head, answer, remote, start)
 
     def enroll(
         self, head: SimplePut, data: bytes, domain: str, remote: str, transport: Any
@@ -195,6 +183,10 @@ class HotGet:
         self, head: SimplePut, fields: PutFields, body: bytes, remote: str, start: float
     ) -> bytes:
         answer = await self._app.answer_put(fields, body)
+        return self._put_answered(head, answer, remote, start)
+
+    def _put_answered(self, head: SimplePut, answer: Response, remote: str, start: float) -> bytes:
+        """The bytes of a PUT's ``answer``, counted and logged as aiohttp's path does."""
         wire = render(
             render_prefix(answer, SERVER_NAME),
             answer.body,
