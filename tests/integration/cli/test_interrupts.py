@@ -32,6 +32,13 @@ sys.meta_path.insert(0, _Block())
 """
 
 
+def _default_sigint() -> None:
+    """Run in the child before exec: SIGINT as a terminal's Ctrl-C finds it. A shell starts
+    background jobs with SIGINT ignored, a child inherits that, and Python then installs no
+    KeyboardInterrupt handler, so a suite run from such a job would wait here for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     "module",
     [
@@ -53,6 +60,7 @@ def test_ctrl_c_during_start_up_is_exit_130_without_traceback(module: str, tmp_p
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
     assert process.stderr is not None and process.stdout is not None
     lines = LineReader(process.stderr)
