@@ -20,8 +20,8 @@ selftest: $(STAMP)
 	$(VENV)/bin/sipcert selftest
 
 test: $(STAMP)
-	$(VENV)/bin/ruff format --check src tests fuzz
-	$(VENV)/bin/ruff check src tests fuzz
+	$(VENV)/bin/ruff format --check src tests fuzz bench
+	$(VENV)/bin/ruff check src tests fuzz bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest --cov --cov-report=term
 

@@ -106,8 +106,8 @@ def source_tree(ref: str, root: Path) -> Path:
         return given.resolve() / "src"
     archive = root / "base.tar"
     with open(archive, "wb") as out:
-        subprocess.run(  # noqa: S603
-            ["git", "-C", str(ROOT), "archive", ref, "src"],  # noqa: S607
+        subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref, "src"],
             stdout=out,
             check=True,
         )
@@ -170,8 +170,8 @@ def prepare(root: Path, aors: int) -> tuple[Path, Path, Path]:
 
 
 def start_store(config: Path, root: Path) -> subprocess.Popen[bytes]:
-    log = open(root / "server.log", "wb")  # noqa: SIM115 (the child keeps it)
-    process = subprocess.Popen(  # noqa: S603
+    log = open(root / "server.log", "wb")
+    process = subprocess.Popen(
         [
             sys.executable,
             "-c",
@@ -236,7 +236,7 @@ def cli_env(tree: Path | None) -> dict[str, str]:
 def fetch_run(
     tree: Path | None, port: int, ca_file: Path, home: Path, count: int, concurrency: int, log: bool
 ) -> dict[str, Any]:
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(
         [
             sys.executable,
             "-c",
@@ -265,7 +265,7 @@ def fetch_run(
 
 def wall(command: Sequence[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, env=env, capture_output=True, check=True, timeout=60)  # noqa: S603
+    subprocess.run(command, env=env, capture_output=True, check=True, timeout=60)
     return time.perf_counter() - start
 
 
@@ -305,7 +305,7 @@ def workspace(keep: bool) -> Iterator[Path]:
         if keep:
             print(f"kept {folder}")
         else:
-            subprocess.run(["rm", "-rf", str(folder)], check=False)  # noqa: S603, S607
+            subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -55,8 +55,8 @@ asyncio.run(main())
 
 
 def instructions(env: dict[str, str], argv: list[str], out: Path) -> int:
-    done = subprocess.run(  # noqa: S603
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],  # noqa: S607
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
         capture_output=True,
         text=True,
         env={**env, "PYTHONHASHSEED": "0"},

@@ -109,8 +109,8 @@ def callgrind_total(out: Path) -> int:
 
 def dump(pid: int, folder: Path, before: set[Path]) -> int:
     """Dump (and zero) the counters of ``pid``; the instructions since the last zero/dump."""
-    subprocess.run(  # noqa: S603
-        ["callgrind_control", "-d", str(pid)],  # noqa: S607
+    subprocess.run(
+        ["callgrind_control", "-d", str(pid)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -148,8 +148,8 @@ def measure(
         config = sv.store_config(fx, folder, corpus.db_url, 1, port)
         server = [sys.executable, "-c", "from sipcert.cli.main import entry; entry()"]
         server += ["serve", "--config", str(config)]
-    process = subprocess.Popen(  # noqa: S603
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *server],  # noqa: S607
+    process = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *server],
         env={**os.environ, "PYTHONPATH": str(src or ""), "PYTHONHASHSEED": "0"},
         stdout=open(folder / "server.log", "wb"),
         stderr=subprocess.STDOUT,
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             print(f"kept {root}", file=sys.stderr)
         else:
-            subprocess.run(["rm", "-rf", str(root)], check=False)  # noqa: S603, S607
+            subprocess.run(["rm", "-rf", str(root)], check=False)
     return 0
 
 

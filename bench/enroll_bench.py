@@ -74,7 +74,7 @@ def free_port() -> int:
 
 
 def write_users(path: Path, users: int) -> None:
-    """A users file with ``users`` AORs sharing one password (the file format of FileCredentials)."""
+    """A users file with ``users`` AORs sharing one password (FileCredentials' format)."""
     from sipcert.proto.digest import Algorithm, compute_ha1
 
     entries = {
@@ -129,8 +129,8 @@ def source_tree(ref: str, root: Path) -> Path:
         return given.resolve() / "src"
     archive = root / "base.tar"
     with open(archive, "wb") as out:
-        subprocess.run(  # noqa: S603
-            ["git", "-C", str(ROOT), "archive", ref, "src"],  # noqa: S607
+        subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref, "src"],
             stdout=out,
             check=True,
         )
@@ -171,8 +171,8 @@ def start_store(
     env = dict(os.environ)
     if target.tree is not None:
         env["PYTHONPATH"] = str(target.tree)
-    log = open(folder / "server.log", "wb")  # noqa: SIM115 (the child keeps it)
-    target.process = subprocess.Popen(  # noqa: S603
+    log = open(folder / "server.log", "wb")
+    target.process = subprocess.Popen(
         [
             sys.executable,
             "-c",
@@ -316,7 +316,7 @@ def storage_rate(folder: Path, tree: Path | None, count: int, tasks: int) -> tup
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(
         [sys.executable, "-c", _STORAGE, str(path), str(count), str(tasks)],
         capture_output=True,
         text=True,
@@ -422,7 +422,7 @@ def run_round(args: argparse.Namespace, target: Target, ca_file: Path, jobs: lis
         for i in range(args.procs)
     ]
     procs = [
-        subprocess.Popen(  # noqa: S603
+        subprocess.Popen(
             [
                 sys.executable,
                 __file__,
@@ -471,7 +471,8 @@ def run_round(args: argparse.Namespace, target: Target, ca_file: Path, jobs: lis
     target.p99.append(latencies[int(len(latencies) * 0.99)] * 1e3)
     print(
         f"  {target.name}: {done / elapsed:,.0f} enrollments/s, server CPU "
-        f"{cpu / done * 1e6:,.0f} µs each (clients {target.client_cpu[-1]:,.0f} µs), p50 {target.p50[-1]:.1f} ms, p99 {target.p99[-1]:.1f} ms",
+        f"{cpu / done * 1e6:,.0f} µs each (clients {target.client_cpu[-1]:,.0f} µs), "
+        f"p50 {target.p50[-1]:.1f} ms, p99 {target.p99[-1]:.1f} ms",
         flush=True,
     )
 
@@ -614,7 +615,7 @@ def workspace(keep: bool) -> Iterator[Path]:
         if keep:
             print(f"kept {folder}")
         else:
-            subprocess.run(["rm", "-rf", str(folder)], check=False)  # noqa: S603, S607
+            subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,8 +77,8 @@ def _serve(folder: Path, src: Path, tls: tuple[Path, Path], users: Path) -> tupl
         f'[[domain]]\nname = "{eb.DOMAIN}"\ntls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n'
     )
     out = folder / "callgrind.out"
-    process = subprocess.Popen(  # noqa: S603
-        [  # noqa: S607 (valgrind from PATH)
+    process = subprocess.Popen(
+        [
             "valgrind",
             "--tool=callgrind",
             f"--callgrind-out-file={out}",
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 what = "enrollment (PUT, 401, PUT, 201)" if mode == "enroll" else "first PUT (401)"
                 print(f"| {label} | {what} | {(high - low) / (n2 - n1):,.0f} |", flush=True)
     finally:
-        subprocess.run(["rm", "-rf", str(root)], check=False)  # noqa: S603, S607
+        subprocess.run(["rm", "-rf", str(root)], check=False)
     return 0
 
 

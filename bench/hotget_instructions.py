@@ -75,7 +75,7 @@ def run_child(src: Path, db: Path, users: Path, aors: int, count: int, *, valgri
     command.append(str(users))
     if valgrind:
         command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"the child failed:\n{result.stderr[-4000:]}")
     return result.stdout + result.stderr

@@ -106,8 +106,8 @@ def fixtures(path: Path) -> None:
 
 def instructions(src: Path, fixture: Path, kind: str, what: str, count: int) -> int:
     """Instructions of ``count`` operations, under callgrind."""
-    out = subprocess.run(  # noqa: S603 - our own fixed command line
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",  # noqa: S607 - from PATH
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
          sys.executable, "-c", CHILD, str(src), str(fixture), kind, what, str(count)],
         capture_output=True, text=True, check=True,
     ).stderr  # fmt: skip
@@ -135,13 +135,13 @@ def speed_instructions(tmp: Path) -> dict[str, float]:
     found: dict[str, float] = {}
     for algorithm, calls in _SPEED_CALLS.items():
         out_file = tmp / f"speed-{algorithm}.callgrind"
-        subprocess.run(  # noqa: S603 - our own fixed command line
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",  # noqa: S607
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
              "openssl", "speed", "-seconds", "1", algorithm],
             capture_output=True, check=True,
         )  # fmt: skip
-        tree = subprocess.run(  # noqa: S603
-            ["callgrind_annotate", "--inclusive=yes", "--tree=caller", str(out_file)],  # noqa: S607
+        tree = subprocess.run(
+            ["callgrind_annotate", "--inclusive=yes", "--tree=caller", str(out_file)],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         for name, function in calls.items():

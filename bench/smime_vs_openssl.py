@@ -16,8 +16,8 @@ key operations each body needs, which bound any implementation:
 
 Both sides are operations per CPU second of one process (``openssl speed`` divides by its
 CPU user time), and the rounds interleave them, so other work on the shared cores moves
-neither much. The row "the primitives alone" times just the ``cryptography`` calls a body's decrypt and
-verify make (no parsing, no MIME): the ceiling for any Python code on that library. The
+neither much. The row "the primitives alone" times just the ``cryptography`` calls a body's
+decrypt and verify make (no parsing, no MIME): the ceiling for any Python code on that library. The
 AES, hashing and ASN.1 work is on top, so the ratio (ours / limit) says how much the
 Python around the primitives costs. The table goes into docs/benchmarks.md between the
 ``bench:smime:begin``/``bench:smime:end`` markers.
@@ -52,9 +52,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from tests.factories import KeyKind, make_identity  # noqa: E402
+
 from sipcert.proto import smime  # noqa: E402
 from sipcert.proto.mime import MimePart  # noqa: E402
-from tests.factories import KeyKind, make_identity  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = (

@@ -327,8 +327,8 @@ def source_tree(label: str, ref: str, root: Path) -> Path:
         return given.resolve() / "src"
     archive = root / f"{label}.tar"
     with open(archive, "wb") as out:
-        subprocess.run(  # noqa: S603
-            ["git", "-C", str(ROOT), "archive", ref, "src"],  # noqa: S607
+        subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref, "src"],
             stdout=out,
             check=True,
         )
@@ -440,7 +440,7 @@ def sipcert_command(*args: str) -> list[str]:
 
 def _popen(command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as log:
-        return subprocess.Popen(  # noqa: S603
+        return subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -452,7 +452,7 @@ def _popen(command: list[str], log_path: Path, env: dict[str, str]) -> subproces
 
 def edge_available(env: dict[str, str]) -> bool:
     """Whether this tree has the edge mode's ``sipcert nginx-config`` (issue 13)."""
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         sipcert_command("nginx-config", "--help"),
         capture_output=True,
         env=env,
@@ -499,7 +499,7 @@ def start_edge(
     # take ~15 minutes to publish): reuse it. The answers are still compared before measuring.
     done, corpus_key = folder / "published-for", str(corpus_.folder)
     if not (done.is_file() and done.read_text() == corpus_key):
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             sipcert_command("publish", str(published), "--config", str(config), "--once"),
             env=env,
             check=True,
@@ -507,7 +507,7 @@ def start_edge(
             timeout=3600,
         )
         done.write_text(corpus_key)
-    text = subprocess.run(  # noqa: S603
+    text = subprocess.run(
         sipcert_command(
             "nginx-config",
             str(published),
@@ -672,7 +672,7 @@ def system_openssl_tls_version(port: int) -> str:
     openssl = shutil.which("openssl")
     if openssl is None:
         return "?"
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", SNI, "-brief"],
         input=b"",
         capture_output=True,
@@ -828,7 +828,7 @@ def group_rss_kib(groups: Sequence[int]) -> dict[int, tuple[int, int]]:
 def run_wrk(args: argparse.Namespace, lua: Path, target: Running, scenario: Scenario) -> Sample:
     command = wrk_command(args, lua, target.port, scenario)
     before = group_cpu_seconds(target.groups)
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         command, capture_output=True, text=True, timeout=args.duration + 60, check=False
     )
     after = group_cpu_seconds(target.groups)
@@ -897,7 +897,7 @@ def measure_rss(
 
 def first_line(command: Sequence[str]) -> str:
     try:
-        result = subprocess.run(  # noqa: S603
+        result = subprocess.run(
             list(command), capture_output=True, text=True, timeout=10, check=False
         )
     except OSError:
@@ -924,8 +924,8 @@ def versions() -> dict[str, str]:
     from importlib.metadata import version
 
     git = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    status = subprocess.run(  # noqa: S603
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src/sipcert"],  # noqa: S607
+    status = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src/sipcert"],
         capture_output=True,
         text=True,
         check=False,
