@@ -10,10 +10,11 @@ client CPU went there). Failures are this module's :class:`NetworkError` and
 :mod:`sipcert.errors`; the cause stays chained, so a certificate verification failure is
 still told from a dead backend.
 
-The interface (:class:`NetworkStream`, :class:`NetworkBackend`) and the failure kinds are
-httpcore's, defined here so that the lean GET of ``sipcert fetch`` does not import httpcore
-(with trio, which it loads when installed, a third of the command's start-up; issue 13). A
-backend a caller gives (tests do, subclassing httpcore's classes) may raise httpcore's own
+The interface (:class:`NetworkStream`, :class:`NetworkBackend`: structural protocols that
+httpcore's streams and backends also satisfy) and the failure kinds are httpcore's, defined
+here so that the lean GET of ``sipcert fetch`` does not import httpcore (with trio, which it
+loads when installed, a third of the command's start-up; issue 13). A backend a caller
+gives (tests do, subclassing httpcore's classes) may raise httpcore's own
 kinds instead: :func:`connect_failures`, :func:`network_failures`, :func:`timeout_failures`
 and :func:`stream_failures` name both whenever httpcore is loaded, so a failure is judged
 the same whichever library raised it.
@@ -26,7 +27,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "AsyncioBackend",
@@ -114,32 +115,29 @@ def stream_failures(*extra: type[Exception]) -> tuple[type[Exception], ...]:
     return network_failures(*timeout_failures(*extra))
 
 
-class NetworkStream:
-    """A byte stream to a peer, TLS-capable: httpcore's ``AsyncNetworkStream`` interface."""
+class NetworkStream(Protocol):
+    """A byte stream to a peer, TLS-capable: httpcore's ``AsyncNetworkStream`` interface,
+    structurally, so that httpcore's own streams (a test's or a caller's) fit it too."""
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        raise NotImplementedError  # pragma: no cover
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes: ...
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        raise NotImplementedError  # pragma: no cover
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None: ...
 
-    async def aclose(self) -> None:
-        raise NotImplementedError  # pragma: no cover
+    async def aclose(self) -> None: ...
 
     async def start_tls(
         self,
         ssl_context: ssl.SSLContext,
         server_hostname: str | None = None,
         timeout: float | None = None,
-    ) -> NetworkStream:
-        raise NotImplementedError  # pragma: no cover
+    ) -> NetworkStream: ...
 
-    def get_extra_info(self, info: str) -> Any:
-        return None  # pragma: no cover
+    def get_extra_info(self, info: str) -> Any: ...
 
 
-class NetworkBackend:
-    """Opens :class:`NetworkStream` connections: httpcore's ``AsyncNetworkBackend`` interface."""
+class NetworkBackend(Protocol):
+    """Opens :class:`NetworkStream` connections: httpcore's ``AsyncNetworkBackend``
+    interface, structurally (httpcore's backends fit it too)."""
 
     async def connect_tcp(
         self,
@@ -148,19 +146,16 @@ class NetworkBackend:
         timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> NetworkStream:
-        raise NotImplementedError  # pragma: no cover
+    ) -> NetworkStream: ...
 
     async def connect_unix_socket(
         self,
         path: str,
         timeout: float | None = None,
         socket_options: Iterable[Any] | None = None,
-    ) -> NetworkStream:
-        raise NotImplementedError  # pragma: no cover
+    ) -> NetworkStream: ...
 
-    async def sleep(self, seconds: float) -> None:
-        raise NotImplementedError  # pragma: no cover
+    async def sleep(self, seconds: float) -> None: ...
 
 
 #: Bytes buffered from the peer before reading is paused until the caller reads.
@@ -265,7 +260,7 @@ async def _wait(
         timer.cancel()
 
 
-class AsyncioStream(NetworkStream):
+class AsyncioStream:
     """One TCP connection, later TLS over it (:meth:`start_tls`)."""
 
     def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
@@ -361,7 +356,7 @@ class AsyncioStream(NetworkStream):
         return self._transport.get_extra_info(info)
 
 
-class AsyncioBackend(NetworkBackend):
+class AsyncioBackend:
     """``connect_tcp`` on the running asyncio loop (see the module docstring)."""
 
     async def connect_tcp(

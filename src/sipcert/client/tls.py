@@ -115,7 +115,7 @@ class ConnectionEvent:
     detail: str = ""
 
 
-class _CheckedStream(NetworkStream):
+class _CheckedStream:
     """A TCP stream whose ``start_tls`` insists on the AOR domain and checks it exactly.
 
     A handshake that fails before the server presents a certificate (a dead backend: reset,
@@ -296,7 +296,7 @@ def _server_name_hint(why: str, domain: str) -> str:
     return why
 
 
-class _TargetStream(NetworkStream):
+class _TargetStream:
     """The verified TLS stream, remembering which target it reached."""
 
     def __init__(self, inner: NetworkStream, target: Target) -> None:
@@ -406,7 +406,7 @@ class _Walk:
         raise TransportError(f"no Store target of {self.domain} could be reached: {tried}")
 
 
-class RoutedBackend(NetworkBackend):
+class RoutedBackend:
     """Network backend: ``<AOR domain>`` → the located targets, tried in order, over
     ``inner`` (:class:`~sipcert.client.net.AsyncioBackend` unless a test gives another).
 
