@@ -44,7 +44,7 @@ from sipcert.proto.edge import (
 from sipcert.proto.store import certificates_response
 from sipcert.server.config import ListenAddress
 
-__all__ = ["CLIENT_HEADER", "DOMAIN_HEADER", "EdgeDomain", "render"]
+__all__ = ["CLIENT_HEADER", "DOMAIN_HEADER", "TLS_DIRECTIVES", "EdgeDomain", "render"]
 
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
 _NOT_FOUND = certificates_response([], [], max_age=0)
@@ -61,6 +61,15 @@ _HIT = (
 )
 #: Hash table limits of the map generation: room for millions of AORs (nginx sizes the
 #: table to its entries; the maximum only bounds its search), and keys up to ~200 bytes.
+#: The edge's TLS settings (the Store's protocols; ECDHE only; a session cache shared by the
+#: workers, so a returning client resumes whichever worker it reaches). bench/ gives its
+#: reference nginx the same lines, so that a comparison measures the edge, not TLS tuning.
+TLS_DIRECTIVES = (
+    "ssl_protocols TLSv1.2 TLSv1.3;",
+    "ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;",
+    "ssl_prefer_server_ciphers on;",
+    "ssl_session_cache shared:sipcert:10m;",
+)
 _MAP_HASH = ("map_hash_max_size 16777216;", "map_hash_bucket_size 256;")
 #: ``"<etag>|<If-None-Match>"`` when the list names the ETag (weak comparison, RFC 9110
 #: §13.1.2), as :func:`sipcert.proto.store.certificates_response` decides.
@@ -247,10 +256,7 @@ def render(
         # stat() and each body is opened for its request only.
         "    types { }",
         "    default_type application/octet-stream;",
-        "    ssl_protocols TLSv1.2 TLSv1.3;",
-        "    ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;",
-        "    ssl_prefer_server_ciphers on;",
-        "    ssl_session_cache shared:sipcert:10m;",
+        *(f"    {line}" for line in TLS_DIRECTIVES),
         "    client_max_body_size 1m;  # the Store applies its own, smaller limit",
         "    upstream sipcert_store {",
         f"        server unix:{socket};",
