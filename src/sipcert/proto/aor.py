@@ -235,12 +235,26 @@ def _normalize_domain_remembered(text: str) -> str:
     return _check_host(text)  # an invalid name raises, and failures are not remembered
 
 
+#: A user part of literal characters only, within the length limit: its own canonical form
+#: and its own escaping (an enrollment checks four spellings of its user this way).
+_LITERAL_USER_RE = re.compile(
+    "[" + "".join(re.escape(c) for c in sorted(_USER_LITERAL)) + f"]{{1,{MAX_USER_LENGTH}}}"
+)
+
+
 def canonical_user(user: str) -> str:
     """Canonical form of an escaped RFC 3261 user part (RFC 3261 §19.1.4).
 
     ``%HH`` of an unreserved character becomes the character, other escapes get upper-case
     hex, literal characters must be unreserved or user-unreserved.
     """
+    if _LITERAL_USER_RE.fullmatch(user):
+        return user
+    return _canonical_user_by_character(user)
+
+
+def _canonical_user_by_character(user: str) -> str:
+    """:func:`canonical_user` of any input: the grammar, character by character."""
     if not user:
         raise AORError("empty user part")
     if len(user) > MAX_USER_LENGTH:
@@ -273,6 +287,8 @@ def escape_user(raw: str) -> str:
     %-escaped as UTF-8, so ``escape_user(name) == aor.user`` compares a Digest username with
     a SAN URI's user part (draft §5.1).
     """
+    if _LITERAL_USER_RE.fullmatch(raw):
+        return raw
     escaped = "".join(
         char if char in _USER_LITERAL else "".join(f"%{b:02X}" for b in char.encode("utf-8"))
         for char in raw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -10,7 +11,9 @@ from hypothesis import strategies as st
 
 from sipcert.errors import AORError, InputTooLargeError
 from sipcert.proto.aor import (
+    _USER_LITERAL,
     AOR,
+    _canonical_user_by_character,
     aor_from_uri,
     canonical_user,
     digest_username,
@@ -406,3 +409,36 @@ def test_every_digest_username_names_one_aor(name: str) -> None:
         assert digest_username(aor) == name
     except AORError as exc:  # only a control or format character has no AOR account
         assert "control or format character" in str(exc)
+
+
+def _outcome(function: Callable[[str], str], text: str) -> str | tuple[type, str]:
+    try:
+        return function(text)
+    except (AORError, InputTooLargeError) as exc:
+        return type(exc), str(exc)
+
+
+# Literal characters, escapes, characters the grammar refuses, non-ASCII; lengths around
+# MAX_USER_LENGTH (256).
+_USER_TEXT = st.text(
+    alphabet=st.sampled_from(list("aZ09-_.!~*'()&=+$,;?/%2fA@ :\x00é€")), max_size=300
+) | st.text(alphabet="ab", min_size=250, max_size=260)
+
+
+@given(_USER_TEXT)
+def test_canonical_user_shortcut_is_the_grammar(text: str) -> None:
+    # A literal-only user part is returned as it is (canonical_user's shortcut): the same
+    # value or error as the character-by-character reading.
+    assert _outcome(canonical_user, text) == _outcome(_canonical_user_by_character, text)
+
+
+@given(_USER_TEXT)
+def test_escape_user_shortcut_is_the_escaping(text: str) -> None:
+    def by_character(raw: str) -> str:
+        return _canonical_user_by_character(
+            "".join(
+                c if c in _USER_LITERAL else "".join(f"%{b:02X}" for b in c.encode()) for c in raw
+            )
+        )
+
+    assert _outcome(escape_user, text) == _outcome(by_character, text)
