@@ -1,11 +1,13 @@
-"""What a sender writes through frames (``cms._Frame``) equals, octet for octet, what
-the general builders write from the same values."""
+"""What a sender writes through frames (``cms._Frame``) and the one-pass S/MIME writer
+equals, octet for octet, what the general builders write from the same values."""
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import os
+from collections.abc import Callable, Iterator
 
 import pytest
 from asn1crypto import cms as asn1_cms
@@ -13,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sipcert.errors import CMSError
-from sipcert.proto import cms
+from sipcert.errors import CMSError, MIMEError
+from sipcert.proto import cms, mime, smime
+from sipcert.proto.mime import MimePart, build_multipart, format_content_type
 from tests.factories import make_identity, rsa_identity
 
 SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=40)
@@ -183,6 +186,131 @@ def test_each_recipient_info_is_the_general_builder_on_its_values(
             )
     assert written == expected
     assert len(written) == len(kinds)
+
+
+def _counter(prefix: str) -> Callable[[], str]:
+    numbers = itertools.count()
+    return lambda: f"{prefix}{next(numbers):032x}"
+
+
+@pytest.fixture
+def fixed_randomness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """Makes every fresh value of sending repeat when ``reset()`` is called: the CEK and
+    nonce, the ephemeral EC key, the boundary (the RSA PKCS#1 v1.5 signature repeats)."""
+    ephemeral = ec.derive_private_key(12345, ec.SECP256R1())
+
+    def reset() -> None:
+        stream = hashlib.shake_256(b"seed").digest(4096)
+        offset = itertools.count(0, 64)
+        boundary = _counter("sipcert-")
+        monkeypatch.setattr(cms, "_random", lambda n: stream[next(offset) :][:n])
+        monkeypatch.setattr(cms.ec, "generate_private_key", lambda curve: ephemeral)
+        monkeypatch.setattr(mime, "new_boundary", boundary)
+        monkeypatch.setattr(smime, "new_boundary", boundary)
+
+    yield reset
+
+
+PARTS = st.builds(
+    MimePart,
+    content_type=st.sampled_from(["text/plain; charset=utf-8", "application/sdp", "message/cpim"]),
+    body=st.binary(max_size=200) | st.just(b"--sipcert-" + b"0" * 32 + b"\r\n"),
+    headers=st.sampled_from([(), (("Content-Transfer-Encoding", "base64"),)]),
+)
+
+
+@given(
+    part=PARTS,
+    digest=st.sampled_from(["sha256", "sha384", "sha512"]),
+    when=st.none() | TIMES,
+    gcm=st.booleans(),
+)
+@settings(deadline=None, max_examples=30, suppress_health_check=list(HealthCheck))
+def test_sign_and_encrypt_is_encrypt_of_sign_octet_for_octet(
+    fixed_randomness: Callable[[], None],
+    part: MimePart,
+    digest: cms.DigestName,
+    when: datetime.datetime | None,
+    gcm: bool,
+) -> None:
+    """With the same fresh values, the one-pass writer gives what the general path (a
+    multipart/signed object, build_multipart, then its bytes) gives; a boundary that
+    occurs in the part (the body above holds the first one drawn) is drawn again."""
+    key, cert = rsa_identity("alice@example.com")
+    to = [make_identity("carol@example.com", "ec-p256", 0)[1]]
+    algorithms = cms.DEFAULT_ALGORITHMS if gcm else cms.LEGACY_ALGORITHMS
+    fixed_randomness()
+    fast = smime.sign_and_encrypt(
+        part, key, cert, to, digest=digest, signing_time=when, algorithms=algorithms
+    )
+    fixed_randomness()
+    signed = smime.sign(part, key, cert, digest=digest, signing_time=when)
+    assert fast == smime.encrypt(signed, to, algorithms=algorithms)
+
+
+@given(part=PARTS, signature=st.binary(max_size=200), collide=st.booleans())
+def test_signed_bytes_are_those_of_the_multipart_sign_builds(
+    part: MimePart, signature: bytes, collide: bool
+) -> None:
+    """A first boundary that occurs in the signature is drawn again, as build_multipart does."""
+    first, second = "sipcert-" + "1" * 32, "sipcert-" + "f" * 32
+    if collide:
+        signature += b"--" + first.encode()
+    draws = iter([first, second])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(smime, "new_boundary", lambda: next(draws))
+        fast = smime._signed_bytes(part.to_bytes(), signature, "sha384")
+    signature_part = MimePart(smime.SIGNATURE_CONTENT_TYPE, signature, smime._SIGNATURE_HEADERS)
+    general = build_multipart(
+        "signed",
+        [part, signature_part],
+        boundary=second if collide or b"--" + first.encode() in part.to_bytes() else first,
+        params=smime._signed_params("sha384"),
+    )
+    assert fast == general.to_bytes()
+
+
+def _reference_build_multipart(
+    subtype: str, parts: list[MimePart], boundary: str, params: dict[str, str]
+) -> MimePart:
+    """build_multipart as it was before its Content-Type check was memoized."""
+    encoded = [part.to_bytes() for part in parts]
+    mime._check_boundary(boundary)
+    all_params = {k.lower(): v for k, v in params.items()}
+    if "boundary" in all_params:
+        raise MIMEError("pass the boundary as the boundary argument, not in params")
+    all_params["boundary"] = boundary
+    dash = b"--" + boundary.encode("ascii")
+    body = dash + b"\r\n" + (b"\r\n" + dash + b"\r\n").join(encoded) + b"\r\n" + dash + b"--\r\n"
+    return MimePart(format_content_type(f"multipart/{subtype.lower()}", all_params), body)
+
+
+NAMES = st.text(alphabet=st.characters(codec="ascii"), min_size=0, max_size=8)
+
+
+@given(
+    subtype=st.sampled_from(["signed", "mixed", "Signed"]),
+    params=st.dictionaries(NAMES | st.sampled_from(["protocol", "micalg", "x "]), NAMES, max_size=3)
+    | st.dictionaries(st.sampled_from(["protocol", "micalg"]), st.text(max_size=6), max_size=2),
+    boundary=st.from_regex(mime._BOUNDARY_RE, fullmatch=True),
+)
+@settings(max_examples=400)
+def test_build_multipart_checks_as_the_general_path(
+    subtype: str, params: dict[str, str], boundary: str
+) -> None:
+    """Through the memoized Content-Type or not, the same part or the same error."""
+    parts = [MimePart("text/plain", b"hello")]
+    try:
+        expected: MimePart | str = _reference_build_multipart(subtype, parts, boundary, params)
+    except MIMEError as exc:
+        expected = f"MIMEError: {exc}"
+    try:
+        got: MimePart | str = build_multipart(subtype, parts, boundary=boundary, params=params)
+    except MIMEError as exc:
+        got = f"MIMEError: {exc}"
+    assert got == expected
+    if isinstance(got, MimePart):
+        assert got.params["boundary"] == boundary
 
 
 def test_rsa_public_key_encrypt_is_one_modulus_long() -> None:
