@@ -903,6 +903,53 @@ def _der_octets(value: bytes) -> bytes:
     return _der(0x04, value)
 
 
+class _Frame:
+    """What ``build`` writes from values of given lengths, kept as a ``bytes %`` template
+    whose ``%b`` places take those values: :meth:`fill` writes exactly what ``build`` would.
+
+    What a sender writes around its fresh values (digest, signature, ephemeral point,
+    wrapped key) depends only on their lengths (DER lengths are definite), so the places
+    are found by running ``build`` on all-zero values and, for each value in turn, with
+    that one all 0xFF: the octets that differ are its place, which must be one run of its
+    length, apart from the others; the template is then checked on other values. A
+    value's place may come before an earlier one's (the signed attributes are a sorted
+    SET), so the template's order is kept with it.
+    """
+
+    __slots__ = ("_order", "_template")
+
+    def __init__(self, build: Callable[..., bytes], *sizes: int) -> None:
+        zeros = [bytes(size) for size in sizes]
+        low = build(*zeros)
+        places: list[tuple[int, int]] = []
+        for index, size in enumerate(sizes):
+            high = build(*zeros[:index], b"\xff" * size, *zeros[index + 1 :])
+            differ = [i for i, (a, b) in enumerate(zip(low, high, strict=True)) if a != b]
+            if not differ or differ != list(range(differ[0], differ[0] + size)):
+                raise CMSError("internal: a DER frame's structure depends on its values")
+            places.append((differ[0], index))
+        places.sort()
+        pieces, start = [], 0
+        for place, index in places:
+            if place < start:
+                raise CMSError("internal: a DER frame's structure depends on its values")
+            pieces.append(low[start:place].replace(b"%", b"%%"))
+            start = place + sizes[index]
+        pieces.append(low[start:].replace(b"%", b"%%"))
+        self._template = b"%b".join(pieces)
+        order = tuple(index for _, index in places)
+        self._order = None if order == tuple(range(len(sizes))) else order
+        distinct = [bytes([index + 1]) * size for index, size in enumerate(sizes)]
+        if self.fill(*distinct) != build(*distinct):
+            raise CMSError("internal: a DER frame's structure depends on its values")
+
+    def fill(self, *values: bytes) -> bytes:
+        """``build(*values)``, for values of the lengths the frame was made for."""
+        if self._order is None:
+            return self._template % values
+        return self._template % tuple([values[index] for index in self._order])
+
+
 @functools.cache
 def _der_oid(dotted: str) -> bytes:
     arcs = [int(arc) for arc in dotted.split(".")]
@@ -994,65 +1041,71 @@ def _kdf(scheme: str, shared: bytes, wrap: str, ukm: bytes | None) -> bytes:
     return HKDF(algorithm=hash_cls(), length=size, salt=None, info=info).derive(shared)
 
 
-#: The paddings of the two key transports we send (immutable, so made once).
-_OAEP_SHA256_PADDING = padding.OAEP(
-    mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None
-)
-_PKCS1V15_PADDING = padding.PKCS1v15()
+#: The padding of each key transport we send (immutable, so made once).
+_KEY_TRANSPORT_PADDINGS: dict[str, padding.AsymmetricPadding] = {
+    "rsa-oaep": padding.OAEP(
+        mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None
+    ),
+    "rsa-pkcs1v15": padding.PKCS1v15(),
+}
+
+
+def _ktri_der(ias: bytes, how: str, encrypted_key: bytes) -> bytes:
+    """A KeyTransRecipientInfo (RFC 5652 §6.2.1) naming a certificate by issuer and serial
+    (``ias``, its IssuerAndSerialNumber)."""
+    algorithm = _OAEP_SHA256 if how == "rsa-oaep" else _PKCS1V15
+    return _der_seq(b"\x02\x01\x00", ias, algorithm, _der_octets(encrypted_key))
 
 
 @functools.lru_cache(maxsize=256)
-def _ktri_head(ias: bytes, how: str) -> tuple[bytes, padding.AsymmetricPadding]:
-    """(version, rid and keyEncryptionAlgorithm of a ktri to IssuerAndSerialNumber ``ias``,
-    the padding): what every message to that certificate repeats."""
-    if how == "rsa-oaep":
-        return b"\x02\x01\x00" + ias + _OAEP_SHA256, _OAEP_SHA256_PADDING
-    return b"\x02\x01\x00" + ias + _PKCS1V15, _PKCS1V15_PADDING
+def _ktri_frame(ias: bytes, how: str, size: int) -> _Frame:
+    """The :class:`_Frame` of :func:`_ktri_der` to one certificate: every message to it
+    repeats all but the encrypted key (``size`` octets, the modulus length)."""
+    return _Frame(functools.partial(_ktri_der, ias, how), size)
 
 
 def _ktri(ias: bytes, public_key: rsa.RSAPublicKey, cek: bytes, how: str) -> bytes:
-    """A KeyTransRecipientInfo (RFC 5652 §6.2.1) naming a certificate by issuer and serial
-    (``ias``, its IssuerAndSerialNumber)."""
-    head, pad = _ktri_head(ias, how)
-    return _der_seq(head, _der_octets(public_key.encrypt(cek, pad)))
+    """The KeyTransRecipientInfo of :func:`_ktri_der` with ``cek`` encrypted afresh."""
+    encrypted = public_key.encrypt(cek, _KEY_TRANSPORT_PADDINGS[how])
+    return _ktri_frame(ias, how, len(encrypted)).fill(encrypted)
 
 
-def _kari(ias: bytes, public_key: Any, cek: bytes) -> bytes:
-    """A KeyAgreeRecipientInfo with a fresh ephemeral key (RFC 5753 §3.1, RFC 8418 §2) to
-    the certificate of IssuerAndSerialNumber ``ias``.
+_ECDH = ec.ECDH()
+_X962_UNCOMPRESSED = (serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+_RAW_PUBLIC = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
-    The originator is the ephemeral public key, id-ecPublicKey with absent parameters
-    (RFC 5753 §7.1.2; the curve is the recipient's) or id-X25519/id-X448.
-    """
-    wrap = "aes128_wrap" if len(cek) == 16 else "aes256_wrap"
+
+def _ephemeral(public_key: Any) -> tuple[Any, bytes, str, str]:
+    """A fresh ephemeral key agreement with ``public_key``: (shared secret, the ephemeral
+    public key as the originator carries it, its key OID, the RFC 5753/8418 scheme OID)."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         ephemeral: Any = ec.generate_private_key(public_key.curve)
-        shared = ephemeral.exchange(ec.ECDH(), public_key)
+        shared = ephemeral.exchange(_ECDH, public_key)
         scheme = _STD_DH_SHA384 if public_key.curve.key_size >= 384 else _STD_DH_SHA256
-        oid = _OID["ec"]
-        point = ephemeral.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-    else:
-        ephemeral = (
-            x25519.X25519PrivateKey.generate()
-            if isinstance(public_key, x25519.X25519PublicKey)
-            else x448.X448PrivateKey.generate()
-        )
-        shared = ephemeral.exchange(public_key)
-        scheme = _HKDF_SHA256  # RFC 8551 §2.3: X25519 with HKDF-256 (RFC 8418 §2.2)
-        oid = _X25519_OID if isinstance(public_key, x25519.X25519PublicKey) else _X448_OID
-        point = ephemeral.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-    kek = _kdf(scheme, shared, wrap, None)
+        return shared, ephemeral.public_key().public_bytes(*_X962_UNCOMPRESSED), _OID["ec"], scheme
+    ephemeral = (
+        x25519.X25519PrivateKey.generate()
+        if isinstance(public_key, x25519.X25519PublicKey)
+        else x448.X448PrivateKey.generate()
+    )
+    shared = ephemeral.exchange(public_key)
+    oid = _X25519_OID if isinstance(public_key, x25519.X25519PublicKey) else _X448_OID
+    # RFC 8551 §2.3: X25519 with HKDF-256 (RFC 8418 §2.2)
+    return shared, ephemeral.public_key().public_bytes(*_RAW_PUBLIC), oid, _HKDF_SHA256
+
+
+def _kari_der(ias: bytes, oid: str, scheme: str, wrap: str, point: bytes, wrapped: bytes) -> bytes:
+    """A KeyAgreeRecipientInfo (RFC 5753 §3.1, RFC 8418 §2) to the certificate of
+    IssuerAndSerialNumber ``ias``: the originator is the ephemeral public key ``point``,
+    id-ecPublicKey with absent parameters (RFC 5753 §7.1.2; the curve is the recipient's)
+    or id-X25519/id-X448; ``wrapped`` is the wrapped CEK."""
     originator = _der(0xA1, _der_seq(_der_oid(oid)) + _der(0x03, b"\x00" + point))
     return _der(
         0xA1,  # [1] IMPLICIT KeyAgreeRecipientInfo
         b"\x02\x01\x03"  # version 3
         + _der(0xA0, originator)
         + _kari_algorithm_der(scheme, wrap)
-        + _der_seq(_der_seq(ias, _der_octets(keywrap.aes_key_wrap(kek, cek)))),
+        + _der_seq(_der_seq(ias, _der_octets(wrapped))),
     )
 
 
@@ -1060,6 +1113,36 @@ def _kari(ias: bytes, public_key: Any, cek: bytes) -> bytes:
 def _kari_algorithm_der(scheme: str, wrap: str) -> bytes:
     """keyEncryptionAlgorithm of a kari: the scheme with the key wrap as parameter."""
     return _der_seq(_der_oid(scheme), _der_seq(_der_oid(_WRAP_OID[wrap])))
+
+
+@functools.lru_cache(maxsize=256)
+def _kari_frame(ias: bytes, oid: str, scheme: str, wrap: str, sizes: tuple[int, int]) -> _Frame:
+    """The :class:`_Frame` of :func:`_kari_der` to one certificate: every message to it
+    repeats all but the ephemeral point and the wrapped key (``sizes``)."""
+    return _Frame(functools.partial(_kari_der, ias, oid, scheme, wrap), *sizes)
+
+
+def _kari(ias: bytes, public_key: Any, cek: bytes) -> bytes:
+    """The KeyAgreeRecipientInfo of :func:`_kari_der` with a fresh ephemeral key."""
+    wrap = "aes128_wrap" if len(cek) == 16 else "aes256_wrap"
+    shared, point, oid, scheme = _ephemeral(public_key)
+    wrapped = keywrap.aes_key_wrap(_kdf(scheme, shared, wrap, None), cek)
+    return _kari_frame(ias, oid, scheme, wrap, (len(point), len(wrapped))).fill(point, wrapped)
+
+
+def _gcm_algorithm_der(cipher_name: str, nonce: bytes) -> bytes:
+    """contentEncryptionAlgorithm of an AuthEnvelopedData: AES-GCM with a 16-octet tag
+    (RFC 5084 §3.2)."""
+    return _der_seq(_der_oid(_OID[cipher_name]), _der_seq(_der_octets(nonce), _der_int(16)))
+
+
+@functools.cache
+def _gcm_algorithm_frame(cipher_name: str) -> _Frame:
+    """The :class:`_Frame` of :func:`_gcm_algorithm_der` around the 12-octet nonce."""
+    return _Frame(functools.partial(_gcm_algorithm_der, cipher_name), 12)
+
+
+_DATA_OID = _der_oid(_OID["data"])
 
 
 def encrypt_enveloped(
@@ -1113,11 +1196,9 @@ def encrypt_enveloped(
         if mode == "gcm":
             nonce = _random(12)
             sealed = AESGCM(cek).encrypt(nonce, content, None)
-            algorithm = _der_seq(
-                _der_oid(_OID[cipher_name]), _der_seq(_der_octets(nonce), _der_int(16))
-            )
-            encrypted = _der_seq(_der_oid(_OID["data"]), algorithm, _der(0x80, sealed[:-16]))
-            body = _der_seq(_der_int(0), recipient_infos, encrypted, _der_octets(sealed[-16:]))
+            algorithm = _gcm_algorithm_frame(cipher_name).fill(nonce)
+            encrypted = _der_seq(_DATA_OID, algorithm, _der(0x80, sealed[:-16]))
+            body = _der_seq(b"\x02\x01\x00", recipient_infos, encrypted, _der_octets(sealed[-16:]))
             content_type = _OID["authenticated_enveloped_data"]
         else:
             iv = _random(16)
@@ -1228,32 +1309,73 @@ def sign_detached(
     else:
         raise CryptoError(f"cannot sign CMS with a {type(key).__name__}: RSA or EC keys only")
     cert_der, _, ias, _ = _recipient(cert)
-    signer_head, signature_id, signed_head = _signer_parts(cert_der, ias, digest, kind)
-    attributes = [
-        _ATTRIBUTE_DATA,
-        _attribute("message_digest", _der_octets(hashlib.new(digest, content).digest())),
-        _ATTRIBUTE_OUR_CAPABILITIES
-        if capabilities is None
-        else _attribute("smime_capabilities", _announce(capabilities)),
-    ]
-    if signing_time is not None:
-        attributes.append(_attribute("signing_time", _der_time(signing_time)))
-    signed_attrs = b"".join(sorted(attributes))  # DER SET OF, X.690 §11.6
+    announced = _OUR_CAPABILITIES if capabilities is None else _announce(capabilities)
+    message_digest = _HASHLIB[digest](content).digest()
+    if signing_time is None:
+        values: tuple[bytes, ...] = (message_digest,)
+    else:
+        values = (message_digest, _der_time(signing_time))
+    sizes = tuple(len(value) for value in values)
     try:
-        to_sign = _der(0x31, signed_attrs)  # RFC 5652 §5.4: signed as a SET
+        # RFC 5652 §5.4: the attributes are signed as a SET
+        to_sign = _attributes_frame(announced, sizes).fill(*values)
         if isinstance(key, rsa.RSAPrivateKey):
             signature = key.sign(to_sign, _RSA_PADDINGS[kind, digest], _DIGESTS[digest]())
         else:
             signature = key.sign(to_sign, _ECDSA[digest])
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CryptoError(f"CMS signing failed: {exc}") from exc
+    frame = _signed_data_frame(cert_der, ias, digest, kind, announced, (*sizes, len(signature)))
+    return frame.fill(*values, signature)
+
+
+def _signed_attributes(announced: bytes, message_digest: bytes, *signing_time: bytes) -> bytes:
+    """The signed attributes, a DER SET OF (X.690 §11.6): contentType, messageDigest,
+    SMIMECapabilities (``announced``) and signingTime (the DER of the time), if given."""
+    attributes = [
+        _ATTRIBUTE_DATA,
+        _attribute("message_digest", _der_octets(message_digest)),
+        _attribute("smime_capabilities", announced),
+    ]
+    attributes += [_attribute("signing_time", value) for value in signing_time]
+    return _der(0x31, b"".join(sorted(attributes)))
+
+
+@functools.lru_cache(maxsize=64)
+def _attributes_frame(announced: bytes, sizes: tuple[int, ...]) -> _Frame:
+    """The :class:`_Frame` of :func:`_signed_attributes` around messageDigest and signingTime:
+    their order in the SET is that of their lengths and OIDs, never of their values."""
+    return _Frame(functools.partial(_signed_attributes, announced), *sizes)
+
+
+def _signed_data_der(
+    cert_der: bytes, ias: bytes, digest: str, kind: str, announced: bytes, *values: bytes
+) -> bytes:
+    """A detached SignedData with one signer (RFC 5652 §5.1, §5.3): ``values`` are the
+    messageDigest, the signingTime if any, and the signature."""
+    signer_head, signature_id, signed_head = _signer_parts(cert_der, ias, digest, kind)
+    *attribute_values, signature = values
+    signed_attrs = _signed_attributes(announced, *attribute_values)
     signer_info = _der_seq(
-        signer_head, _der(0xA0, signed_attrs), signature_id, _der_octets(signature)
+        signer_head, b"\xa0" + signed_attrs[1:], signature_id, _der_octets(signature)
     )
     signed_data = _der_seq(signed_head, _der(0x31, signer_info))
     return _der_seq(_SIGNED_DATA_OID, _der(0xA0, signed_data))
 
 
+@functools.lru_cache(maxsize=64)
+def _signed_data_frame(
+    cert_der: bytes, ias: bytes, digest: str, kind: str, announced: bytes, sizes: tuple[int, ...]
+) -> _Frame:
+    """The :class:`_Frame` of :func:`_signed_data_der`: every SignedData of one signer repeats
+    all but the messageDigest, signingTime and signature (``sizes``; an ECDSA signature's
+    length varies by a few octets, so a signer has a few frames)."""
+    return _Frame(
+        functools.partial(_signed_data_der, cert_der, ias, digest, kind, announced), *sizes
+    )
+
+
+_HASHLIB = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 _SIGNED_DATA_OID = _der_oid("1.2.840.113549.1.7.2")
 _ATTRIBUTE_DATA = _attribute("content_type", _der_oid(_OID["data"]))
 _ATTRIBUTE_OUR_CAPABILITIES = _attribute("smime_capabilities", _OUR_CAPABILITIES)

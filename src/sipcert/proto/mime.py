@@ -31,6 +31,7 @@ __all__ = [
     "Multipart",
     "build_multipart",
     "format_content_type",
+    "new_boundary",
     "parse_content_type",
     "parse_mime_entity",
     "parse_mime_part",
@@ -444,7 +445,8 @@ def parse_mime_entity(
 # --- multipart ---------------------------------------------------------------------------
 
 
-def _new_boundary() -> str:
+def new_boundary() -> str:
+    """A fresh multipart boundary: a token, 128 random bits, that no sender repeats."""
     return "sipcert-" + secrets.token_hex(16)
 
 
@@ -472,9 +474,9 @@ def build_multipart(
         raise MIMEError(f"multipart subtype {subtype!r} is not a token")
     encoded = [part.to_bytes() for part in parts]
     if boundary is None:
-        boundary = _new_boundary()
+        boundary = new_boundary()
         while any(b"--" + boundary.encode("ascii") in chunk for chunk in encoded):
-            boundary = _new_boundary()  # pragma: no cover - 2**-128 chance per part
+            boundary = new_boundary()  # pragma: no cover - 2**-128 chance per part
     else:
         _check_boundary(boundary)
         if any(b"--" + boundary.encode("ascii") in chunk for chunk in encoded):
@@ -482,13 +484,33 @@ def build_multipart(
     all_params = {k.lower(): v for k, v in (params or {}).items()}
     if "boundary" in all_params:
         raise MIMEError("pass the boundary as the boundary argument, not in params")
-    all_params["boundary"] = boundary
     dash = b"--" + boundary.encode("ascii")
     body = dash + CRLF + (CRLF + dash + CRLF).join(encoded) + CRLF + dash + b"--" + CRLF
-    return MimePart(
-        content_type=format_content_type(f"multipart/{subtype.lower()}", all_params),
-        body=body,
-    )
+    media_type = f"multipart/{subtype.lower()}"
+    if _TOKEN_RE.fullmatch(boundary):
+        try:
+            head = _checked_multipart_type(media_type, tuple(all_params.items()))
+        except (MIMEError, TypeError):
+            pass  # the general path below raises the precise error
+        else:
+            return MimePart._checked(f"{head}; boundary={boundary}", body, ())
+    all_params["boundary"] = boundary
+    return MimePart(content_type=format_content_type(media_type, all_params), body=body)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_multipart_type(media_type: str, params: tuple[tuple[str, str], ...]) -> str:
+    """The Content-Type of a multipart entity up to its boundary, checked as
+    :class:`MimePart` checks a Content-Type: a sender's multipart/signed repeats all of it
+    in every message but the boundary, which is fresh.
+
+    Appending ``; boundary=TOKEN`` to a value that passes keeps it passing (it ends in a
+    token or a quoted string, and ``boundary`` is not among ``params``), so
+    :func:`build_multipart` checks only the boundary per message. Errors are not cached.
+    """
+    content_type = format_content_type(media_type, dict(params))
+    _check_fields(content_type, ())
+    return content_type
 
 
 def _line_break_before(body: bytes, index: int) -> int:

@@ -19,6 +19,7 @@ RFC 8551 §3.7 "signed then encrypted"): :func:`sign_and_encrypt` and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,8 @@ from sipcert.proto.mime import (
     MimePart,
     Multipart,
     build_multipart,
+    format_content_type,
+    new_boundary,
     parse_mime_entity,
     parse_mime_part,
     parse_multipart,
@@ -120,19 +123,55 @@ def sign(
         signing_time=signing_time,
         capabilities=capabilities,
     )
-    signature_part = MimePart(
-        content_type=SIGNATURE_CONTENT_TYPE,
-        body=signature,
-        headers=(
-            ("Content-Transfer-Encoding", "binary"),
-            ("Content-Disposition", "attachment; handling=required; filename=smime.p7s"),
-        ),
+    signature_part = MimePart(SIGNATURE_CONTENT_TYPE, signature, _SIGNATURE_HEADERS)
+    return build_multipart("signed", [part, signature_part], params=_signed_params(digest))
+
+
+_SIGNATURE_HEADERS = (
+    ("Content-Transfer-Encoding", "binary"),
+    ("Content-Disposition", "attachment; handling=required; filename=smime.p7s"),
+)
+_ENCRYPTED_HEADERS = (
+    ("Content-Transfer-Encoding", "binary"),
+    ("Content-Disposition", "attachment; handling=required; filename=smime.p7m"),
+)
+
+
+def _signed_params(digest: cms.DigestName) -> dict[str, str]:
+    """The multipart/signed parameters before the boundary (RFC 1847 §2.1, RFC 8551 §3.5.3)."""
+    return {"protocol": "application/pkcs7-signature", "micalg": _MICALG[digest]}
+
+
+@functools.cache
+def _signed_template(digest: cms.DigestName) -> bytes:
+    """``sign(...).to_bytes()`` as a ``bytes %`` template: the boundary (six times), the
+    signed entity's bytes and the SignedData are its ``%b`` places.
+
+    What :func:`build_multipart` writes for the two parts :func:`sign` gives it: the
+    Content-Type line, the delimiters and the signature part's headers are the same in
+    every message but for the boundary.
+    """
+    content_type = format_content_type("multipart/signed", _signed_params(digest))
+    signature_head = MimePart(SIGNATURE_CONTENT_TYPE, b"", _SIGNATURE_HEADERS).to_bytes()
+    return (
+        f"Content-Type: {content_type}; boundary=".encode("ascii").replace(b"%", b"%%")
+        + b"%b\r\n\r\n--%b\r\n%b\r\n--%b\r\n"
+        + signature_head.replace(b"%", b"%%")
+        + b"%b\r\n--%b--\r\n"
     )
-    return build_multipart(
-        "signed",
-        [part, signature_part],
-        params={"protocol": "application/pkcs7-signature", "micalg": _MICALG[digest]},
-    )
+
+
+def _signed_bytes(content: bytes, signature: bytes, digest: cms.DigestName) -> bytes:
+    """``sign(...).to_bytes()`` of the entity whose bytes are ``content``, signed by
+    ``signature``, written by one formatting of :func:`_signed_template`.
+
+    The boundary is drawn as :func:`build_multipart` draws it, and drawn again while its
+    delimiter occurs in either part (the signature part's headers hold no ``--``).
+    """
+    boundary = new_boundary().encode("ascii")
+    while (dash := b"--" + boundary) in content or dash in signature:
+        boundary = new_boundary().encode("ascii")  # pragma: no cover - 2**-128 chance
+    return _signed_template(digest) % (boundary, boundary, content, boundary, signature, boundary)
 
 
 def _verified(result: cms.SignedContent, content: MimePart) -> Verified:
@@ -225,18 +264,20 @@ def encrypt(
     ``algorithms`` picks AES-GCM (authEnveloped-data, the default) or AES-CBC
     (enveloped-data), see :func:`sipcert.proto.cms.choose_algorithms`.
     """
-    enveloped = cms.encrypt_enveloped(
-        part.to_bytes(), recipients, cipher=cipher, algorithms=algorithms
-    )
+    return _encrypted(part.to_bytes(), recipients, cipher, algorithms)
+
+
+def _encrypted(
+    entity: bytes,
+    recipients: Sequence[x509.Certificate],
+    cipher: cms.Cipher | None,
+    algorithms: cms.EnvelopeAlgorithms,
+) -> MimePart:
+    """:func:`encrypt` of the entity whose bytes are ``entity``."""
+    enveloped = cms.encrypt_enveloped(entity, recipients, cipher=cipher, algorithms=algorithms)
     gcm = algorithms.content.endswith("gcm")
-    return MimePart(
-        content_type=AUTH_ENVELOPED_CONTENT_TYPE if gcm else ENVELOPED_CONTENT_TYPE,
-        body=enveloped,
-        headers=(
-            ("Content-Transfer-Encoding", "binary"),
-            ("Content-Disposition", "attachment; handling=required; filename=smime.p7m"),
-        ),
-    )
+    content_type = AUTH_ENVELOPED_CONTENT_TYPE if gcm else ENVELOPED_CONTENT_TYPE
+    return MimePart(content_type, enveloped, _ENCRYPTED_HEADERS)
 
 
 def decrypt(
@@ -292,9 +333,17 @@ def sign_and_encrypt(
     algorithms: cms.EnvelopeAlgorithms = cms.DEFAULT_ALGORITHMS,
     signing_time: datetime | None = None,
 ) -> MimePart:
-    """Sign with our key, then encrypt for ``recipients`` (RFC 3261 §23.3 layering)."""
-    signed = sign(part, key, cert, digest=digest, rsa_pss=rsa_pss, signing_time=signing_time)
-    return encrypt(signed, recipients, cipher=cipher, algorithms=algorithms)
+    """Sign with our key, then encrypt for ``recipients`` (RFC 3261 §23.3 layering).
+
+    ``encrypt(sign(part, ...), recipients, ...)``, octet for octet, without the
+    multipart/signed as an object in between: its bytes are written at once
+    (:func:`_signed_bytes`), and nothing reads them but the encryption.
+    """
+    content = part.to_bytes()
+    signature = cms.sign_detached(
+        content, key, cert, digest=digest, rsa_pss=rsa_pss, signing_time=signing_time
+    )
+    return _encrypted(_signed_bytes(content, signature, digest), recipients, cipher, algorithms)
 
 
 def decrypt_and_verify(
