@@ -77,6 +77,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: The plain access line of a hot answer (``_log``'s message; ``%f`` is ``{:06f}`` for any
 #: finite time that is not negative, tests/unit/server/test_hotget.py).
 _ACCESS_LINE = f'%s "%s {SEARCH_PATH}?%s HTTP/1.1" %d %d %f'
+#: Peers whose escaped spelling is kept (emptied when full).
+_PEERS_KEPT = 1024
 
 
 class HotGet:
@@ -108,6 +110,8 @@ class HotGet:
         self._tail = self._close_tail = b""
         #: One clock read serves the rows (draft §4.4) and ``Date`` when both are one clock.
         self._one_clock = self._wall_clock is self._clock
+        #: Peers as given -> as the access line spells them (log_safe).
+        self._peers: dict[str, str] = {}
         #: Requests answered here (the rest went to aiohttp).
         self.answered = 0
 
@@ -145,7 +149,12 @@ class HotGet:
                 # Escaped as write() would: log_safe works character by character, and but
                 # for the peer every part is printable ASCII without "\\" (the method and
                 # query as _REQUEST_LINE matched them, numbers; "%f" is "{:06f}" for them).
-                fields = (log_safe(remote), method, head.query, status, len(wire), seconds)
+                peer = self._peers.get(remote)
+                if peer is None:  # log_safe of a peer, once per peer
+                    if len(self._peers) >= _PEERS_KEPT:
+                        self._peers.clear()
+                    peer = self._peers[remote] = log_safe(remote)
+                fields = (peer, method, head.query, status, len(wire), seconds)
                 lines.write_escaped(_ACCESS_LINE % fields)
             except Exception:
                 log.exception("writing the access log failed")
