@@ -224,7 +224,11 @@ class AccessLog:
 
     def write(self, message: str) -> None:
         """Add one line (``message`` without time, level or newline), escaped (issue 9)."""
-        message = log_safe(message)
+        self.write_escaped(log_safe(message))
+
+    def write_escaped(self, message: str) -> None:
+        """:meth:`write` of a ``message`` that :func:`log_safe` leaves as it is, not scanned
+        again: the hot GET builds its line of escaped and known-safe parts (issue 13)."""
         now = self._clock()
         second = int(now)
         if second != self._second:

@@ -46,16 +46,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sipcert.errors import SipCertError
-from sipcert.proto.aor import plain_aor
+from sipcert.proto.aor import plain_aor, plain_aor_text
 from sipcert.proto.hotget import (
     SimpleGet,
     SimplePut,
     caching_lines,
+    date_tails,
     http_date,
     render,
     render_one_prefix,
     render_prefix,
 )
+from sipcert.proto.logsafe import log_safe
 from sipcert.proto.store import Response, certificates_response, conditional
 from sipcert.server.app import SEARCH_PATH, AccessLog, PutFields, StoreApp, answer_for
 from sipcert.server.http import SERVER_NAME
@@ -72,6 +74,11 @@ SyncRead = Callable[[str, int], list[StoredCertificate]]
 SyncRows = Callable[[str, int], list[tuple[str, bytes, int, int, str | None]]]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The plain access line of a hot answer (``_log``'s message; ``%f`` is ``{:06f}`` for any
+#: finite time that is not negative, tests/unit/server/test_hotget.py).
+_ACCESS_LINE = f'%s "%s {SEARCH_PATH}?%s HTTP/1.1" %d %d %f'
+#: Peers whose escaped spelling is kept (emptied when full).
+_PEERS_KEPT = 1024
 
 
 class HotGet:
@@ -100,6 +107,11 @@ class HotGet:
         self._caching = caching_lines(app.policy.max_age, SERVER_NAME)
         self._second = -1
         self._date = b""
+        self._tail = self._close_tail = b""
+        #: One clock read serves the rows (draft §4.4) and ``Date`` when both are one clock.
+        self._one_clock = self._wall_clock is self._clock
+        #: Peers as given -> as the access line spells them (log_safe).
+        self._peers: dict[str, str] = {}
         #: Requests answered here (the rest went to aiohttp).
         self.answered = 0
 
@@ -109,31 +121,45 @@ class HotGet:
         now = self._clock()
         try:
             # What parse_query makes of the canonical spelling (None: aiohttp's path decides).
-            aor = plain_aor(head.user, head.host)
-            if aor is None or aor.host != domain:
+            aor = plain_aor_text(head.user, head.host)
+            if aor is None or aor[1] != domain:
                 return None  # draft §4.3: another domain's 404 is aiohttp's, with its reason
             if self._rows is not None and self._app.answer_cache is None:
-                made = self._from_rows(str(aor), head.if_none_match, now)
+                status, prefix, body = self._from_rows(aor[0], head.if_none_match, now)
             else:
-                made = self._from_certs(domain, str(aor), head.if_none_match, now)
+                status, prefix, body = self._from_certs(domain, aor[0], head.if_none_match, now)
         except SipCertError:  # aiohttp's path meets it again and answers 503, logged
             return None
-        status, prefix, body = made
-        wire = render(prefix, body, self._now_date(), close=head.close, head=head.method == "HEAD")
+        # render(prefix, body, date, close=..., head=...), its Date lines made once a second.
+        second = int(now) if self._one_clock else int(self._wall_clock())
+        if second != self._second:
+            self._set_date(second)
+        tail = self._close_tail if head.close else self._tail
+        method = head.method
+        if method == "HEAD" or not body:
+            wire = prefix + tail
+        else:
+            wire = b"".join((prefix, tail, body))
         self.answered += 1
         seconds = time.perf_counter() - start
-        self._app.metrics.request(SEARCH_PATH, head.method, status, seconds)
+        self._app.metrics.request(SEARCH_PATH, method, status, seconds)
         lines = self._lines
         if lines is not None:  # the line of _log, without its dispatch
             try:
-                lines.write(
-                    f'{remote} "{head.method} {SEARCH_PATH}?{head.query} HTTP/1.1" {status} '
-                    f"{len(wire)} {seconds:06f}"
-                )
+                # Escaped as write() would: log_safe works character by character, and but
+                # for the peer every part is printable ASCII without "\\" (the method and
+                # query as _REQUEST_LINE matched them, numbers; "%f" is "{:06f}" for them).
+                peer = self._peers.get(remote)
+                if peer is None:  # log_safe of a peer, once per peer
+                    if len(self._peers) >= _PEERS_KEPT:
+                        self._peers.clear()
+                    peer = self._peers[remote] = log_safe(remote)
+                fields = (peer, method, head.query, status, len(wire), seconds)
+                lines.write_escaped(_ACCESS_LINE % fields)
             except Exception:
                 log.exception("writing the access log failed")
         elif self._access_log is not None:
-            self._log(head.method, head.query, remote, status, len(wire), seconds)
+            self._log(method, head.query, remote, status, len(wire), seconds)
         return wire
 
     def challenge(self, head: SimplePut, domain: str, remote: str) -> bytes | None:
@@ -204,8 +230,13 @@ class HotGet:
     def _now_date(self) -> bytes:
         second = int(self._wall_clock())
         if second != self._second:
-            self._second, self._date = second, http_date(second)
+            self._set_date(second)
         return self._date
+
+    def _set_date(self, second: int) -> None:
+        """``Date`` for this second, and the ends of a head with it (see :func:`render`)."""
+        self._second, self._date = second, http_date(second)
+        self._tail, self._close_tail = date_tails(self._date)
 
     def _from_rows(
         self, aor: str, if_none_match: str | None, now: float

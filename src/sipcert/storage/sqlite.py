@@ -395,6 +395,9 @@ class SqliteStore:
         self._reader_lock = threading.Lock()
         self._writer_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        #: The reader's cursor for the hot GET's rows, kept: a new cursor per GET was ~4% of
+        #: the read's instructions. It holds no transaction: fetchall() resets its statement.
+        self._answers: sqlite3.Cursor | None = None
         self._writer: sqlite3.Connection | None = None
         #: The group commit of ``add`` calls.
         self.adds: GroupCommit[_PendingAdd, bool] = GroupCommit(self._commit_batch)
@@ -404,6 +407,7 @@ class SqliteStore:
             self._writer = self._connect()
             self._init_schema(self._writer)
             self._reader = self._connect()
+            self._answers = self._reader.cursor()
         except BaseException:
             self._close_connections()
             raise
@@ -600,7 +604,15 @@ class SqliteStore:
         draft §4.4), as stored: the rows were checked when written (issue 13: the hot GET
         renders its answer from these without making a :class:`StoredCertificate` each).
         """
-        return self._read(_SELECT_ANSWER_BY_AOR, (aor, now_us))
+        if self._outdated is not None:
+            raise StorageError(self._outdated)
+        with self._reader_lock:
+            if self._answers is None:
+                raise StorageError(f"certificate database {self.path} is closed")
+            try:
+                return self._answers.execute(_SELECT_ANSWER_BY_AOR, (aor, now_us)).fetchall()
+            except sqlite3.Error as exc:
+                raise storage_error(self._subject, "reading", exc) from exc
 
     async def get_by_cert_hash(self, cert_hash: str, now: datetime) -> StoredCertificate | None:
         rows = self._read(
@@ -751,4 +763,4 @@ class SqliteStore:
             for conn in (self._reader, self._writer):
                 if conn is not None:
                     conn.close()
-            self._reader = self._writer = None
+            self._reader = self._writer = self._answers = None

@@ -10,6 +10,7 @@ test_hot_get.py sends such heads to both paths over TLS.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from unittest import mock
@@ -21,11 +22,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipcert.errors import SipCertError
+from sipcert.proto import hotget
 from sipcert.proto.aor import plain_aor
 from sipcert.proto.hotget import (
     MAX_SIMPLE_HEAD,
     SimpleGet,
     caching_lines,
+    date_tails,
     http_date,
     parse_simple_get,
     render,
@@ -211,6 +214,54 @@ def test_what_it_accepts_aiohttp_reads_alike(data: bytes) -> None:
         assert query.aor == aor and query.cert_hash is None
 
 
+_BYTES_LINE = re.compile(
+    rb"(GET|HEAD) /search-cgi\?((?:email|sip|uri)=([A-Za-z0-9._-]+)%40([A-Za-z0-9.-]+))"
+    rb" HTTP/1\.1\r\n"
+)
+
+
+def _parse_bytes(data: bytes) -> SimpleGet | None:
+    """The parse as it was on bytes, without the memo: what the Latin-1 one must equal."""
+    line = _BYTES_LINE.match(data)
+    if line is None:
+        return None
+    start = line.end()
+    end = data.find(b"\r\n\r\n", start - 2, MAX_SIMPLE_HEAD)
+    if end < 0:
+        return None
+    fields = hotget._read_fields(data[start:end] if end >= start else b"")
+    if fields is False:
+        return None
+    method, query, user, host = (part.decode("ascii") for part in line.groups())
+    return SimpleGet(method, query, user, host, fields[0], fields[1], end + 4)
+
+
+@settings(max_examples=1000)
+@given(heads(), st.binary(max_size=8), st.sampled_from([0, 1, MAX_SIMPLE_HEAD]))
+def test_the_latin_1_parse_is_the_bytes_parse(data: bytes, tail: bytes, pad: int) -> None:
+    """Matching the head as Latin-1 text (issue 13) reads every head as the bytes did,
+    with what follows it and around the MAX_SIMPLE_HEAD bound."""
+    padded = data[:-2] + b"Accept: " + b"a" * pad + b"\r\n\r\n" if pad else data
+    for sample in (data, data + tail, padded):
+        assert parse_simple_get(sample) == _parse_bytes(sample)
+        assert parse_simple_get(sample) == _parse_bytes(sample)  # the memo's answer too
+
+
+@given(
+    st.binary(max_size=40),
+    st.binary(max_size=40),
+    st.booleans(),
+    st.booleans(),
+)
+def test_the_date_tails_are_renders(prefix: bytes, body: bytes, close: bool, head: bool) -> None:
+    """The hot GET joins the per-second ``date_tails`` itself; ``render`` does the same."""
+    date = http_date(1_764_633_600)
+    keep, closing = date_tails(date)
+    wire = render(prefix, body, date, close=close, head=head)
+    assert wire == prefix + (closing if close else keep) + (b"" if head else body)
+    assert wire.startswith(prefix + b"Date: " + date + b"\r\n")
+
+
 def test_the_layout_of_an_answer() -> None:
     answer = Response(200, (("Content-Type", "application/pkix-cert"), ("ETag", '"e"')), b"DER")
     prefix = render_prefix(answer, "sipcert")
@@ -262,8 +313,6 @@ def test_one_certificate_is_laid_out_as_certificates_response_would(
 
 def test_the_field_verdicts_are_kept_bounded_and_agree_with_a_fresh_read() -> None:
     """The memo of header blocks (issue 13) answers as the parse does, and stays small."""
-    from sipcert.proto import hotget
-
     good = b"GET /search-cgi?email=a%40example.com HTTP/1.1\r\nHost: example.com\r\n"
     for i in range(hotget._FIELDS_KEPT * 2 + 3):
         etag = f'If-None-Match: "{i}"\r\n'.encode()
@@ -275,4 +324,5 @@ def test_the_field_verdicts_are_kept_bounded_and_agree_with_a_fresh_read() -> No
     block = b"Host: example.com\r\nConnection: close"
     assert hotget._read_fields(block) == (None, True)
     closing = parse_simple_get(good.replace(b"Host: example.com\r\n", block + b"\r\n") + b"\r\n")
-    assert closing is not None and closing.close and hotget._FIELDS_SEEN[block] == (None, True)
+    assert closing is not None and closing.close
+    assert hotget._FIELDS_SEEN[block.decode("latin-1")] == (None, True)

@@ -28,6 +28,7 @@ from sipcert.proto.aor import (
     normalize_domain,
     parse_aor,
     plain_aor,
+    plain_aor_text,
 )
 from sipcert.proto.ratelimit import _address_key, address_key
 from sipcert.proto.store import StoreQuery, enrolled_on_header, parse_query, parse_query_full
@@ -71,6 +72,16 @@ def test_plain_aor_is_parse_aor_or_declines(user: str, host: str) -> None:
         parse_aor(f"{user}@{host}").user,
         parse_aor(f"{user}@{host}").host,
     )
+
+
+@given(user=st.one_of(_USER, st.just("u" * 300)), host=_HOST)
+def test_plain_aor_text_is_plain_aors_text_and_host(user: str, host: str) -> None:
+    """The hot GET's text-only fast path (issue 13) gives what ``plain_aor`` gives, on the
+    first call (which may remember the host) and on a later one (which uses it)."""
+    aor = plain_aor(user, host)
+    expected = None if aor is None else (str(aor), aor.host)
+    assert plain_aor_text(user, host) == expected
+    assert plain_aor_text(user, host) == expected
 
 
 @pytest.mark.parametrize(
