@@ -547,14 +547,18 @@ class SqliteStore:
         )
         return int(rows[0][0])
 
-    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+    def _read(
+        self, sql: str, params: tuple[object, ...], *, kept: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` on the reader; ``kept``: through its kept cursor (the hot GET's)."""
         if self._outdated is not None:
             raise StorageError(self._outdated)
         with self._reader_lock:
-            if self._reader is None:
+            runner = self._answers if kept else self._reader
+            if runner is None:
                 raise StorageError(f"certificate database {self.path} is closed")
             try:
-                return self._reader.execute(sql, params).fetchall()
+                return runner.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise storage_error(self._subject, "reading", exc) from exc
 
@@ -604,15 +608,7 @@ class SqliteStore:
         draft §4.4), as stored: the rows were checked when written (issue 13: the hot GET
         renders its answer from these without making a :class:`StoredCertificate` each).
         """
-        if self._outdated is not None:
-            raise StorageError(self._outdated)
-        with self._reader_lock:
-            if self._answers is None:
-                raise StorageError(f"certificate database {self.path} is closed")
-            try:
-                return self._answers.execute(_SELECT_ANSWER_BY_AOR, (aor, now_us)).fetchall()
-            except sqlite3.Error as exc:
-                raise storage_error(self._subject, "reading", exc) from exc
+        return self._read(_SELECT_ANSWER_BY_AOR, (aor, now_us), kept=True)
 
     async def get_by_cert_hash(self, cert_hash: str, now: datetime) -> StoredCertificate | None:
         rows = self._read(
