@@ -147,16 +147,8 @@ def plain_aor(user: str, host: str) -> AOR | None:
     path, which gives the precise error. ``tests/unit/proto/test_plain_aor.py`` checks that
     both paths agree.
     """
-    if (
-        len(user) + 1 + len(host) > MAX_AOR_LENGTH
-        or len(user) > MAX_USER_LENGTH
-        or not _PLAIN_USER_RE.fullmatch(user)
-        or not _PLAIN_HOST_RE.fullmatch(host)
-    ):
-        return None
-    try:
-        checked = _memo_check_host(host)
-    except AORError:
+    checked = _plain_host(user, host)
+    if checked is None:
         return None
     aor = object.__new__(AOR)  # both parts are canonical already: skip __post_init__
     object.__setattr__(aor, "user", user)
@@ -169,35 +161,30 @@ def _memo_check_host(host: str) -> str:
     return _check_host(host)  # an invalid host raises, and failures are not memoised
 
 
+def _plain_host(user: str, host: str) -> str | None:
+    """The checked host of the everyday spelling ``user@host``, or ``None`` (see plain_aor)."""
+    if (
+        len(user) + 1 + len(host) > MAX_AOR_LENGTH
+        or len(user) > MAX_USER_LENGTH
+        or not _PLAIN_USER_RE.fullmatch(user)
+        or not _PLAIN_HOST_RE.fullmatch(host)
+    ):
+        return None
+    try:
+        return _memo_check_host(host)
+    except AORError:
+        return None
+
+
 def plain_aor_text(user: str, host: str) -> tuple[str, str] | None:
     """``(str(aor), aor.host)`` of ``plain_aor(user, host)``, or ``None`` where it is ``None``.
 
-    The hot GET needs only the AOR's text (its storage key) and host (the draft §4.3 check),
-    so no :class:`AOR` is made, and a host :func:`plain_aor` accepted before is looked up in
-    a dict instead of being matched again (issue 13: a tenth of the answer's instructions).
-    Hosts are remembered only once accepted; anything else takes :func:`plain_aor` itself.
-    ``tests/unit/proto/test_plain_aor.py`` checks both agree.
+    The hot GET needs only the AOR's text (its storage key) and host (the draft §4.3
+    check), so no :class:`AOR` is made (issue 13). ``tests/unit/proto/test_plain_aor.py``
+    checks both agree.
     """
-    checked = _PLAIN_HOSTS.get(host)
-    if checked is None:
-        aor = plain_aor(user, host)
-        if aor is None:
-            return None
-        if len(_PLAIN_HOSTS) < _PLAIN_HOSTS_KEPT:
-            _PLAIN_HOSTS[host] = aor.host
-        return f"{user}@{aor.host}", aor.host
-    if (
-        len(user) > MAX_USER_LENGTH
-        or len(user) + 1 + len(host) > MAX_AOR_LENGTH
-        or not _PLAIN_USER_RE.fullmatch(user)
-    ):
-        return None
-    return f"{user}@{checked}", checked
-
-
-#: Hosts as sent -> as :func:`plain_aor` makes them (lower case), for accepted hosts only.
-_PLAIN_HOSTS: dict[str, str] = {}
-_PLAIN_HOSTS_KEPT = 256
+    checked = _plain_host(user, host)
+    return None if checked is None else (f"{user}@{checked}", checked)
 
 
 def aor_from_uri(uri: str) -> AOR:
