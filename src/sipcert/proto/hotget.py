@@ -29,7 +29,6 @@ tests/integration/store/test_hot_get.py compares the two byte for byte.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from email.utils import formatdate
 from http import HTTPStatus
@@ -41,6 +40,7 @@ from sipcert.proto.store import (
     Response,
     check_host,
     enrolled_on_header_us,
+    etag_for,
     format_description,
 )
 
@@ -309,11 +309,9 @@ def render_one_prefix(
     the DER's; ``caching`` the ``Cache-Control`` and ``Server`` lines (:func:`caching_lines`).
     """
     about = f"Content-Description: {format_description(label)}\r\n" if label else ""
-    # etag_for((sha256,)) without its call and join (one fingerprint joins to itself).
-    digest = hashlib.sha256(sha256.encode("ascii")).hexdigest()
     return (
         f"{_ONE_START}{about}Content-Disposition: {enrolled_on_header_us(created_us)}\r\n"
-        f'ETag: "{digest[:32]}"\r\n{caching}Content-Length: {length}\r\n'
+        f"ETag: {etag_for((sha256,))}\r\n{caching}Content-Length: {length}\r\n"
     ).encode()
 
 
@@ -330,13 +328,12 @@ def _phrase(status: int) -> str:
     return HTTPStatus(status).phrase
 
 
-def render(prefix: bytes, body: bytes, date: bytes, *, close: bool, head: bool) -> bytes:
-    """A whole answer on the wire: ``prefix`` (:func:`render_prefix`), ``Date``, body.
+def render(prefix: bytes, body: bytes, tail: bytes, *, head: bool) -> bytes:
+    """A whole answer on the wire: ``prefix`` (:func:`render_prefix`), ``tail`` (the head's
+    end from ``Date`` on, one of :func:`date_tails`), body.
 
     ``head``: a HEAD request, answered with the GET's headers and no body (RFC 9110 §9.3.2).
     """
-    keep, closing = date_tails(date)
-    tail = closing if close else keep
     if head or not body:
         return prefix + tail
     return b"".join((prefix, tail, body))

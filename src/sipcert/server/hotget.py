@@ -105,8 +105,8 @@ class HotGet:
             access_log if isinstance(access_log, AccessLog) and not access_log.json_lines else None
         )
         self._caching = caching_lines(app.policy.max_age, SERVER_NAME)
+        #: The second of the Date lines below, and the ends of a head with them.
         self._second = -1
-        self._date = b""
         self._tail = self._close_tail = b""
         #: One clock read serves the rows (draft §4.4) and ``Date`` when both are one clock.
         self._one_clock = self._wall_clock is self._clock
@@ -130,16 +130,9 @@ class HotGet:
                 status, prefix, body = self._from_certs(domain, aor[0], head.if_none_match, now)
         except SipCertError:  # aiohttp's path meets it again and answers 503, logged
             return None
-        # render(prefix, body, date, close=..., head=...), its Date lines made once a second.
         second = int(now) if self._one_clock else int(self._wall_clock())
-        if second != self._second:
-            self._set_date(second)
-        tail = self._close_tail if head.close else self._tail
         method = head.method
-        if method == "HEAD" or not body:
-            wire = prefix + tail
-        else:
-            wire = b"".join((prefix, tail, body))
+        wire = render(prefix, body, self._date_tail(second, head.close), head=method == "HEAD")
         self.answered += 1
         seconds = time.perf_counter() - start
         self._app.metrics.request(SEARCH_PATH, method, status, seconds)
@@ -213,13 +206,8 @@ class HotGet:
 
     def _put_answered(self, head: SimplePut, answer: Response, remote: str, start: float) -> bytes:
         """The bytes of a PUT's ``answer``, counted and logged as aiohttp's path does."""
-        wire = render(
-            render_prefix(answer, SERVER_NAME),
-            answer.body,
-            self._now_date(),
-            close=head.close,
-            head=False,
-        )
+        tail = self._date_tail(int(self._wall_clock()), head.close)
+        wire = render(render_prefix(answer, SERVER_NAME), answer.body, tail, head=False)
         self.answered += 1
         seconds = time.perf_counter() - start
         self._app.metrics.request(SEARCH_PATH, "PUT", answer.status, seconds)
@@ -227,16 +215,12 @@ class HotGet:
             self._log("PUT", head.query, remote, answer.status, len(wire), seconds)
         return wire
 
-    def _now_date(self) -> bytes:
-        second = int(self._wall_clock())
+    def _date_tail(self, second: int, close: bool) -> bytes:
+        """The end of a head from ``Date`` on (:func:`date_tails`), made once a second."""
         if second != self._second:
-            self._set_date(second)
-        return self._date
-
-    def _set_date(self, second: int) -> None:
-        """``Date`` for this second, and the ends of a head with it (see :func:`render`)."""
-        self._second, self._date = second, http_date(second)
-        self._tail, self._close_tail = date_tails(self._date)
+            self._second = second
+            self._tail, self._close_tail = date_tails(http_date(second))
+        return self._close_tail if close else self._tail
 
     def _from_rows(
         self, aor: str, if_none_match: str | None, now: float

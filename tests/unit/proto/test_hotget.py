@@ -254,10 +254,10 @@ def test_the_latin_1_parse_is_the_bytes_parse(data: bytes, tail: bytes, pad: int
     st.booleans(),
 )
 def test_the_date_tails_are_renders(prefix: bytes, body: bytes, close: bool, head: bool) -> None:
-    """The hot GET joins the per-second ``date_tails`` itself; ``render`` does the same."""
+    """``render`` puts a ``date_tails`` tail between the prefix and the body."""
     date = http_date(1_764_633_600)
     keep, closing = date_tails(date)
-    wire = render(prefix, body, date, close=close, head=head)
+    wire = render(prefix, body, closing if close else keep, head=head)
     assert wire == prefix + (closing if close else keep) + (b"" if head else body)
     assert wire.startswith(prefix + b"Date: " + date + b"\r\n")
 
@@ -271,10 +271,9 @@ def test_the_layout_of_an_answer() -> None:
     )
     date = http_date(0)
     assert date == b"Thu, 01 Jan 1970 00:00:00 GMT"
-    assert render(prefix, b"DER", date, close=False, head=False).endswith(b"GMT\r\n\r\nDER")
-    assert render(prefix, b"DER", date, close=True, head=True).endswith(
-        b"GMT\r\nConnection: close\r\n\r\n"
-    )
+    keep, closing = date_tails(date)
+    assert render(prefix, b"DER", keep, head=False).endswith(b"GMT\r\n\r\nDER")
+    assert render(prefix, b"DER", closing, head=True).endswith(b"GMT\r\nConnection: close\r\n\r\n")
     not_modified = render_prefix(Response(304, (("ETag", '"e"'),), b""), "sipcert")
     assert b"Content-Length" not in not_modified and not_modified.startswith(b"HTTP/1.1 304 ")
 
