@@ -1207,7 +1207,7 @@ def encrypt_enveloped(
             encryptor = cipher_base.Cipher(block_ciphers.AES(cek), modes.CBC(iv)).encryptor()
             ciphertext = encryptor.update(padded) + encryptor.finalize()
             algorithm = _der_seq(_der_oid(_OID[cipher_name]), _der_octets(iv))
-            encrypted = _der_seq(_der_oid(_OID["data"]), algorithm, _der(0x80, ciphertext))
+            encrypted = _der_seq(_DATA_OID, algorithm, _der(0x80, ciphertext))
             version = 0 if all_ktri else 2  # RFC 5652 §6.1
             body = _der_seq(_der_int(version), recipient_infos, encrypted)
             content_type = _OID["enveloped_data"]
@@ -1377,8 +1377,7 @@ def _signed_data_frame(
 
 _HASHLIB = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 _SIGNED_DATA_OID = _der_oid("1.2.840.113549.1.7.2")
-_ATTRIBUTE_DATA = _attribute("content_type", _der_oid(_OID["data"]))
-_ATTRIBUTE_OUR_CAPABILITIES = _attribute("smime_capabilities", _OUR_CAPABILITIES)
+_ATTRIBUTE_DATA = _attribute("content_type", _DATA_OID)
 #: RSA signature paddings by (kind, digest); PSS with a salt as long as the digest (RFC 4056 §3).
 _RSA_PADDINGS: dict[tuple[str, str], padding.AsymmetricPadding] = {
     **{("rsa", name): padding.PKCS1v15() for name in _DIGESTS},
@@ -1414,12 +1413,7 @@ def _signer_parts(
     else:
         signature_id = _der_seq(_der_oid(_ECDSA_SIG_OIDS[digest]))
     signer_head = _der_int(1) + ias + digest_id
-    signed_head = (
-        _der_int(1)
-        + _der(0x31, digest_id)
-        + _der_seq(_der_oid(_OID["data"]))
-        + _der(0xA0, cert_der)
-    )
+    signed_head = _der_int(1) + _der(0x31, digest_id) + _der_seq(_DATA_OID) + _der(0xA0, cert_der)
     return signer_head, signature_id, signed_head
 
 
