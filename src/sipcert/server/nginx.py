@@ -317,6 +317,7 @@ def render(
         '        default "$sipcert_d";',
         "    }",
         "    map $sipcert_l $sipcert_description {",
+        '        "_" "";',  # no label, the usual answer: found in the hash, no regex run
         '        "~^=(?<sipcert_x>.+)$" "$sipcert_x";',
         '        default "";',
         "    }",
