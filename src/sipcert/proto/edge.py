@@ -41,10 +41,12 @@ from sipcert.proto.aor import AOR
 from sipcert.proto.store import PKIX_CERT, Response
 
 __all__ = [
+    "ABSENT_FIELD",
     "BODY_NAME",
     "CLIENT_HEADER",
     "DOMAIN_HEADER",
     "FILE_USER_PATTERN",
+    "LABEL_MARK",
     "MAP_FILE",
     "MAP_FOLDER",
     "NONE_OBJECT",
@@ -77,8 +79,10 @@ BODY_NAME = "body"
 #: (its configuration includes ``map/*.map``: none at all is an empty map).
 MAP_FOLDER = "map"
 MAP_FILE = "live.map"
-_ABSENT = "_"
-_LABEL_MARK = "="
+#: An object name's field for a header the answer does not have (nginx maps it to "").
+ABSENT_FIELD = "_"
+#: What starts an object name's label field (its Content-Description follows).
+LABEL_MARK = "="
 _ETAG_RE = re.compile(r'"([0-9a-f]{32})"')
 _BOUNDARY_RE = re.compile(r'multipart/mixed; boundary="sipcert-([0-9a-f]{32})(?:-([0-9]{1,9}))?"')
 _MAX_COMPONENT = 255  # NAME_MAX of Linux file systems, in bytes
@@ -139,9 +143,9 @@ class EdgeObject:
             boundary = f"sipcert-{etag}" + (f"-{salt}" if salt else "")
             content_type = f'multipart/mixed; boundary="{boundary}"'
         headers = [("Content-Type", content_type)]
-        if description != _ABSENT:
-            headers.append(("Content-Description", description.removeprefix(_LABEL_MARK)))
-        if disposition != _ABSENT:
+        if description != ABSENT_FIELD:
+            headers.append(("Content-Description", description.removeprefix(LABEL_MARK)))
+        if disposition != ABSENT_FIELD:
             headers.append(("Content-Disposition", disposition))
         headers += [("ETag", f'"{etag}"'), ("Cache-Control", f"max-age={max_age}")]
         return tuple(headers)
@@ -180,8 +184,8 @@ def edge_object(answer: Response) -> EdgeObject:
     if headers:  # a header this layout does not carry
         return proxy
     parts = [etag, kind]
-    for value, prefix in ((disposition, ""), (description, _LABEL_MARK)):
-        parts.append(_ABSENT if value is None else prefix + value)
+    for value, prefix in ((disposition, ""), (description, LABEL_MARK)):
+        parts.append(ABSENT_FIELD if value is None else prefix + value)
     if "|" in parts[2]:  # the separator may appear in the description only (it is last)
         return proxy
     obj = EdgeObject(tuple(parts), answer.body)

@@ -33,10 +33,12 @@ from pathlib import Path
 
 from sipcert.errors import ConfigError
 from sipcert.proto.edge import (
+    ABSENT_FIELD,
     BODY_NAME,
     CLIENT_HEADER,
     DOMAIN_HEADER,
     FILE_USER_PATTERN,
+    LABEL_MARK,
     MAP_FOLDER,
     NONE_OBJECT,
     PROXY_OBJECT,
@@ -313,12 +315,12 @@ def render(
         '        default "\\"$sipcert_t\\"";',
         "    }",
         "    map $sipcert_d $sipcert_disposition {",
-        '        "_" "";',
+        f'        "{ABSENT_FIELD}" "";',
         '        default "$sipcert_d";',
         "    }",
         "    map $sipcert_l $sipcert_description {",
-        '        "_" "";',  # no label, the usual answer: found in the hash, no regex run
-        '        "~^=(?<sipcert_x>.+)$" "$sipcert_x";',
+        f'        "{ABSENT_FIELD}" "";',  # no label, the usual answer: no regex run
+        f'        "~^{LABEL_MARK}(?<sipcert_x>.+)$" "$sipcert_x";',
         '        default "";',
         "    }",
         "    # Draft §4.3: no answer without a served domain's name in the handshake.",
