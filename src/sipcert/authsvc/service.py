@@ -58,7 +58,7 @@ from sipcert.proto.sip import (
     with_body,
 )
 from sipcert.proto.sipsec import Outcome, Reason, open_protected, protect, response_status
-from sipcert.sip.transport import Origin, SipTransport
+from sipcert.sip.transport import Origin, SipTransport, cancel_and_wait
 
 __all__ = ["DEVICE", "AuthService", "Handled", "SyncResult"]
 
@@ -142,11 +142,7 @@ class AuthService:
         return await self.transport.listen(hop.transport, hop.host, hop.port)
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._tasks))
         await self.transport.aclose()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:

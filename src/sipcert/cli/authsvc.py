@@ -101,7 +101,8 @@ def _run(args: argparse.Namespace) -> int:
             _say(args, {"event": "listening", "address": where}, f"authsvc listening on {where}")
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), _RESYNC_SECONDS)
+                    async with asyncio.timeout(_RESYNC_SECONDS):
+                        await stop.wait()
                 if not stop.is_set():
                     try:
                         await _synced(args, service)

@@ -325,12 +325,7 @@ class _Waiting:
                     waiting=waited,
                 )
         finally:
-            task.cancel()
-            stopped.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopped
+            await cancel_and_wait([task, stopped])
 
 
 def _check_registration(response: Response) -> None:
@@ -499,7 +494,8 @@ async def _monitor_log(
         except SipCertError as exc:
             print(f"sipcert: warning: log monitor: {exc}", file=sys.stderr, flush=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
+            async with asyncio.timeout(every):
+                await stop.wait()
             return
 
 
@@ -522,7 +518,8 @@ async def _refresh_until(
     while True:
         interval = max(1.0, _granted(response, expires) * _REFRESH_SHARE)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+            async with asyncio.timeout(interval):
+                await stop.wait()
             return
         response = await secure.register(expires)
         _check_registration(response)

@@ -278,7 +278,8 @@ class Device:
     async def next_received(self, timeout: float = 5.0) -> Received:
         """The next body this device's SIP agent received and judged (draft step 5)."""
         try:
-            return await asyncio.wait_for(self.sip.received.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.sip.received.get()
         except TimeoutError:
             raise TransportError(
                 f"nothing reached {self.label}'s SIP agent at {self.where} within {timeout:.0f} s"

@@ -233,7 +233,8 @@ class TransparencyLog:
             # Woken by each batch of this process; another process may be the sequencer, so
             # look again at least once per interval (one read per waiter per batch, not a spin).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._batch_done.wait(), min(self.interval, remaining))
+                async with asyncio.timeout(min(self.interval, remaining)):
+                    await self._batch_done.wait()
 
     # -- the sequencer -----------------------------------------------------------------------
 
@@ -271,7 +272,8 @@ class TransparencyLog:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                    async with asyncio.timeout(self.interval):
+                        await self._wake.wait()
                 self._wake.clear()
                 try:
                     await self.integrate_now()

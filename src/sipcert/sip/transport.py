@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -170,14 +171,22 @@ def server_tls_context(certificate: str | Path, key: str | Path) -> ssl.SSLConte
     return context
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:
-    """Cancel ``tasks`` and wait until each has finished, ignoring how it ended."""
-    pending = list(tasks)
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has finished, ignoring how it ended.
+
+    ``asyncio.wait`` rather than awaiting each under ``suppress(CancelledError)``: that
+    would also swallow a cancellation of the caller itself. The caller's own task, if it is
+    among them, is left to finish what it is doing.
+    """
+    current = asyncio.current_task()
+    pending = [task for task in tasks if task is not current]
     for task in pending:
         task.cancel()
+    if pending:
+        await asyncio.wait(pending)
     for task in pending:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        if not task.cancelled():
+            task.exception()  # retrieved: asyncio would log it when the task is collected
 
 
 @dataclass(eq=False)
@@ -207,9 +216,8 @@ class StreamConnection:
         """Wait (at most ``timeout`` s) until every request received here has its answer."""
         async with self._answered:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._answered.wait_for(lambda: self.unanswered == 0), timeout
-                )
+                async with asyncio.timeout(timeout):
+                    await self._answered.wait_for(lambda: self.unanswered == 0)
 
     @property
     def closed(self) -> bool:
@@ -237,7 +245,8 @@ class StreamConnection:
     async def aclose(self) -> None:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
-            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self.writer.wait_closed()
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -419,9 +428,9 @@ class SipTransport:
             while not parser.failed:
                 read = conn.reader.read(65536)
                 try:
-                    if parser.buffered:
-                        data = await asyncio.wait_for(read, self._incomplete_timeout)
-                    else:
+                    async with asyncio.timeout(
+                        self._incomplete_timeout if parser.buffered else None
+                    ):
                         data = await read
                 except TimeoutError:
                     self._report(
@@ -546,12 +555,10 @@ class SipTransport:
                 ) from exc
             ctx = self._tls_context or client_tls_context()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_connection(
                     hop.host, hop.port, ssl=ctx, server_hostname=domain if ctx else None
-                ),
-                self._connect_timeout,
-            )
+                )
         except ssl.SSLCertVerificationError as exc:
             raise UntrustedCertificateError(
                 f"the SIP peer at {where} presented a certificate for {domain} that does not "

@@ -593,7 +593,8 @@ class UserAgent:
                     )
                 wait = min(remaining, interval) if retransmit else remaining
                 try:
-                    response = await asyncio.wait_for(queue.get(), wait)
+                    async with asyncio.timeout(wait):
+                        response = await queue.get()
                 except TimeoutError:
                     if retransmit and loop.time() < deadline:
                         await self._transport.send(request, hop)  # Timer A / E
@@ -692,7 +693,8 @@ class UserAgent:
                 try:
                     await conn.send(b"\r\n\r\n")
                     self.keepalive_pings += 1
-                    await asyncio.wait_for(conn.heard.wait(), self._keepalive_timeout)
+                    async with asyncio.timeout(self._keepalive_timeout):
+                        await conn.heard.wait()
                     continue
                 except (TransportError, TimeoutError):
                     log.info("no keep-alive answer from %s:%s: reconnecting", hop.host, hop.port)
@@ -1150,7 +1152,8 @@ class UserAgent:
         interval = self.timers.t1
         while loop.time() < deadline:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(call.confirmed.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await call.confirmed.wait()
                 return
             if call.ended.is_set():
                 return

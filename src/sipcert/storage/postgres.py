@@ -598,7 +598,8 @@ class PostgresStore:
                 yield None  # listening now: whatever commits from here on wakes us
                 while not conn.is_closed():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            await wake.wait()
                     wake.clear()
                     yield None
             except self._errors as exc:

@@ -33,7 +33,14 @@ from sipcert.proto.sip import (
     parse_message,
     parse_uri,
 )
-from sipcert.sip.transport import Hop, Origin, SipTransport, Transport, client_tls_context
+from sipcert.sip.transport import (
+    Hop,
+    Origin,
+    SipTransport,
+    Transport,
+    cancel_and_wait,
+    client_tls_context,
+)
 
 T = TypeVar("T")
 NOW = datetime.now(UTC)
@@ -545,3 +552,52 @@ def test_framing_error_is_answered_then_the_connection_closed() -> None:
         assert data.count(b"SIP/2.0 200 OK\r\n") == 1
 
     run(main())
+
+
+def test_cancel_and_wait_ends_the_tasks_and_keeps_the_callers_own_cancellation() -> None:
+    """Every task is cancelled and awaited, whatever it raised; cancelling the caller while
+    it waits (for a task slow to stop) reaches the caller instead of being swallowed."""
+
+    async def main() -> None:
+        async def fails() -> None:
+            raise ValueError("ignored")
+
+        async def slow_to_stop(stopping: asyncio.Event) -> None:
+            try:
+                await asyncio.sleep(60)
+            finally:
+                stopping.set()
+                await asyncio.shield(asyncio.sleep(60))
+
+        quick = asyncio.create_task(asyncio.sleep(60))
+        failed = asyncio.create_task(fails())
+        await asyncio.sleep(0)
+        await cancel_and_wait([quick, failed])
+        assert quick.cancelled() and isinstance(failed.exception(), ValueError)
+
+        stopping = asyncio.Event()
+        slow = asyncio.create_task(slow_to_stop(stopping))
+        await asyncio.sleep(0)
+        closer = asyncio.create_task(cancel_and_wait([slow]))
+        await stopping.wait()
+        closer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closer
+        slow.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await slow
+
+    asyncio.run(main())
+
+
+def test_no_asyncio_wait_for_in_the_package() -> None:
+    """Python 3.11's ``asyncio.wait_for`` returns the result instead of raising when a
+    cancellation races the awaited result (gh-86296): a loop around it then never stops and
+    whoever closes it waits for ever. ``asyncio.timeout`` has no such race."""
+    package = Path(__file__).parents[3] / "src" / "sipcert"
+    users = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if "asyncio.wait_for(" in path.read_text(encoding="utf-8")
+    ]
+    assert users == []

@@ -1133,27 +1133,35 @@ def test_crlf_keepalive_is_answered_and_keeps_the_flow() -> None:
     run(main())
 
 
+async def _silent_registrar(
+    registers: list[tuple[int, Request]],
+) -> asyncio.Server:
+    """A TCP registrar that answers each REGISTER with a 200 and never a keep-alive ping;
+    ``registers`` gets (connection number, request)."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        parser = StreamParser()
+        while data := await reader.read(65536):
+            for event in parser.feed(data):
+                if isinstance(event, Request):
+                    registers.append((number, event))
+                    writer.write(make_response(event, 200, to_tag="s").to_bytes())
+            parser.pings = 0  # a registrar that ignores keep-alives
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
 def test_a_silent_flow_is_closed_and_the_registration_made_again() -> None:
     """A registrar that never answers the ping: close, reconnect, REGISTER again (§4.4.1)."""
 
     async def main() -> None:
         registers: list[tuple[int, Request]] = []
-        connections = 0
-
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal connections
-            connections += 1
-            number = connections
-            parser = StreamParser()
-            while data := await reader.read(65536):
-                for event in parser.feed(data):
-                    if isinstance(event, Request):
-                        registers.append((number, event))
-                        writer.write(make_response(event, 200, to_tag="s").to_bytes())
-                parser.pings = 0  # a registrar that ignores keep-alives
-            writer.close()
-
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        server = await _silent_registrar(registers)
         port = server.sockets[0].getsockname()[1]
         hop = Hop(Transport.TCP, "127.0.0.1", port)
         async with UserAgent(
@@ -1170,5 +1178,38 @@ def test_a_silent_flow_is_closed_and_the_registration_made_again() -> None:
         server.close()
         await server.wait_closed()
         assert [number for number, _ in registers[:2]] == [1, 2]  # a new connection
+
+    run(main())
+
+
+def test_closing_as_the_keepalive_answer_arrives_stops_the_keepalive() -> None:
+    """The answer to a ping and the cancellation of the keep-alive task land in one turn of
+    the event loop: the task must end. (With Python 3.11's ``asyncio.wait_for`` the answer
+    won and the loop pinged on for ever, so closing the UA hung.)"""
+
+    async def main() -> None:
+        registers: list[tuple[int, Request]] = []
+        server = await _silent_registrar(registers)
+        hop = Hop(Transport.TCP, "127.0.0.1", server.sockets[0].getsockname()[1])
+        async with UserAgent(
+            "alice@example.com",
+            proxy=hop,
+            transport=Transport.TCP,
+            timers=FAST,
+            keepalive=0.01,
+            keepalive_timeout=30,
+        ) as alice:
+            assert (await alice.register()).status == 200
+            await _until(lambda: alice.keepalive_pings >= 1)  # counted after the send
+            await asyncio.sleep(0.01)  # the task now waits for the answer
+            task = alice._keepalive_task
+            conn = alice.transport.pooled(hop)
+            assert task is not None and conn is not None
+            conn.heard.set()
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+            assert task.cancelled()
+        server.close()
+        await server.wait_closed()
 
     run(main())
