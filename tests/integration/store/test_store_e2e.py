@@ -7,6 +7,7 @@ exercised against the real process; see docs/store.md for the interface.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import signal
 import sqlite3
@@ -787,7 +788,7 @@ def test_a_failed_store_test_leaves_no_worker_running(tmp_path: Path) -> None:
 
 
 def _kamailio_db(path: Path) -> None:
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute(
             "CREATE TABLE subscriber (id INTEGER PRIMARY KEY, username TEXT, domain TEXT, "
             "password TEXT, ha1 TEXT, ha1b TEXT)"

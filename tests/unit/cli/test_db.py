@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -15,14 +16,14 @@ from tests.unit.storage.test_storage import pg_admin, postgres_schema, postgres_
 
 
 def _v1(path: Path) -> None:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in _SQLITE_V1:
             conn.execute(statement)
     conn.close()
 
 
 def _version(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         version: int = conn.execute("PRAGMA user_version").fetchone()[0]
     conn.close()
     return version
@@ -66,7 +67,7 @@ def test_a_newer_schema_is_a_database_error(
 ) -> None:
     path = tmp_path / "certs.db"
     _v1(path)
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("PRAGMA user_version = 7")
     conn.close()
     assert cli.main(["db", "upgrade", "--db", f"sqlite:///{path}"]) == 12

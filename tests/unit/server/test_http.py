@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 
 import pytest
 from aiohttp import web
@@ -40,7 +41,9 @@ from sipcert.server.http import (
             "malformed request: invalid header token",
         ),
         (400, BadHttpMessage(""), "malformed request"),
-        (413, None, "request entity too large"),
+        # The standard phrase: "Request Entity Too Large" until Python 3.12, RFC 9110's
+        # "Content Too Large" from 3.13.
+        (413, None, HTTPStatus(413).phrase.lower()),
         (499, None, "refused"),
     ],
 )

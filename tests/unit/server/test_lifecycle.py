@@ -7,6 +7,7 @@ tests/integration/store/test_ops.py; here the pieces they call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import ssl
@@ -98,7 +99,7 @@ def test_only_a_listening_context_can_be_replaced(tmp_path: Path) -> None:
 
 
 def _old_database(path: Path) -> None:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in _SQLITE_V1:
             conn.execute(statement)
     conn.close()

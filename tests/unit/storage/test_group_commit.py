@@ -9,6 +9,7 @@ writer lock while the calls queue up (a real commit would hold it the same way).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Awaitable, Iterator
@@ -60,7 +61,7 @@ async def in_one_batch(
 
 
 def stored(path: Path) -> set[tuple[str, bytes]]:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return {(aor, bytes(der)) for aor, der in conn.execute("SELECT aor, der FROM certificates")}
 
 
@@ -133,7 +134,7 @@ def test_constraint_error_of_one_item_leaves_the_others_stored(tmp_path: Path) -
     async def scenario() -> list[bool | BaseException]:
         store = SqliteStore(path)
         try:
-            with sqlite3.connect(path) as conn:
+            with contextlib.closing(sqlite3.connect(path)) as conn, conn:
                 conn.execute(
                     "CREATE TRIGGER refuse BEFORE INSERT ON certificates "
                     "WHEN NEW.aor = 'bad@example.com' BEGIN SELECT RAISE(ABORT, 'refused'); END"
@@ -181,7 +182,7 @@ def test_failure_of_the_whole_transaction_fails_every_item_and_stores_none(
 
         store.adds._commit = recorded
         try:
-            with sqlite3.connect(path) as conn:
+            with contextlib.closing(sqlite3.connect(path)) as conn, conn:
                 conn.execute(
                     "CREATE TRIGGER doom BEFORE INSERT ON certificates "
                     "WHEN NEW.aor = 'doom@example.com' BEGIN SELECT RAISE(ROLLBACK, 'doom'); END"

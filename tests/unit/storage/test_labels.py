@@ -8,6 +8,7 @@ parsed, never used to pick a row. Existing databases gain the column in place.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -101,7 +102,7 @@ def _us(value: object) -> int:
 def test_sqlite_database_of_schema_1_gains_the_label_column(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     old = labelled(0, None)
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in _SQLITE_V1:
             conn.execute(statement)
         conn.execute(
@@ -134,7 +135,7 @@ def test_sqlite_database_of_schema_1_gains_the_label_column(tmp_path: Path) -> N
             await reopened.close()
 
     run(scenario())
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_backend.SCHEMA_VERSION
         columns = [row[1] for row in conn.execute("PRAGMA table_info(certificates)")]
     conn.close()
@@ -143,7 +144,7 @@ def test_sqlite_database_of_schema_1_gains_the_label_column(tmp_path: Path) -> N
 
 def test_sqlite_schema_1_opened_read_only_says_to_migrate(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in _SQLITE_V1:
             conn.execute(statement)
     conn.close()

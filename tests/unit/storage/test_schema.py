@@ -7,6 +7,7 @@ version-1 schemas are the ones sipcert 0.x created (tests/unit/storage/test_labe
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def test_every_backend_counts_unexpired_and_reports_its_version(store_url: str) 
 
 
 def _sqlite_v1(path: Path) -> None:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in _SQLITE_V1:
             conn.execute(statement)
     conn.close()
@@ -80,7 +81,7 @@ def test_sqlite_old_schema_is_left_alone_until_upgrade(tmp_path: Path) -> None:
             await store.close()
 
     run(scenario())
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
 
@@ -103,7 +104,7 @@ def test_sqlite_empty_file_is_version_0_without_migrate(tmp_path: Path) -> None:
 def test_sqlite_newer_schema_is_refused_even_without_migrate(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     _sqlite_v1(path)
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("PRAGMA user_version = 99")
     conn.close()
     with pytest.raises(StorageError, match="99"):
