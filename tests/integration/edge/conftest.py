@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import ssl
@@ -208,8 +209,30 @@ class EdgeSetup:
                 parts.append(path.read_text(errors="replace"))
         return "\n".join(parts)
 
+    def log_mark(self) -> int:
+        """Where the access log's next lines start, once the answers already sent are in it.
+
+        nginx writes a request's line after sending its answer, so the line of a GET just
+        answered may still be missing from a count read at once (and then turn up among the
+        next test's). A marker GET is sent on a new connection and waited for instead.
+        """
+        target = f"/_sipcert_test_mark?{secrets.token_hex(8)}"
+        with self.edge.client("example.com") as client:
+            client.get(self.edge.url("example.com", target))
+        mark = f'"GET {target} HTTP/1.1"'
+        after: list[int] = []
+
+        def logged() -> bool:
+            lines = self.access_lines()
+            after[:] = [number + 1 for number, line in enumerate(lines) if mark in line]
+            return bool(after)
+
+        wait_for(logged, "the access log's mark")
+        return after[0]
+
     def routes(self, since: int, targets: list[str]) -> list[tuple[str, str]]:
-        """How nginx answered the GETs of ``targets`` logged after line ``since``.
+        """How nginx answered the GETs of ``targets`` logged after line ``since`` (from
+        :meth:`log_mark`).
 
         Each is ``($uri, $upstream_addr)``: ``/search-cgi`` from the map, ``/_sipcert_body``
         or ``/_sipcert_slow`` through the symlink, an upstream from the Store.

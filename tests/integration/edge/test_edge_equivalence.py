@@ -238,7 +238,7 @@ def test_canonical_queries_never_reach_python(edge: EdgeSetup) -> None:
     targets = [canonical("alice@example.com"), canonical("bob@example.com", "sip")]
     targets += [canonical("nobody@example.com"), canonical("dave@example.com")]
     targets += [canonical("label@example.com")]
-    since = len(edge.access_lines())
+    since = edge.log_mark()
     for target in targets:
         ask(edge.edge, "example.com", "GET", target)
     routes = edge.routes(since, targets)
@@ -266,7 +266,7 @@ def test_the_map_serves_a_change_at_once_and_again_after_its_reload(edge: EdgeSe
         wait_for(lambda: ask(edge.edge, "example.com", "GET", target) == expected, "alice")
         assert not before.exists()
         wait_for(lambda: edge.follower_output().count("nginx reloaded") > reloads, "a reload")
-        since = len(edge.access_lines())  # the old workers' lines are in: they are gone
+        since = edge.log_mark()
         assert ask(edge.edge, "example.com", "GET", target) == expected
         assert edge.routes(since, [target]) == [("/search-cgi", "-")]  # from the new map
     finally:
@@ -298,14 +298,14 @@ def test_a_map_entry_whose_object_is_gone_takes_the_symlink(edge: EdgeSetup) -> 
         os.symlink(os.path.join("..", "o", (base / "a" / "alice").resolve().name), link)
         extra.write_text(entry + "\n")
         assert reload_nginx(edge.prefix / "nginx.pid", 30)
-        since = len(edge.access_lines())
+        since = edge.log_mark()
         assert ask(edge.edge, "example.com", "GET", target) == alice
         assert edge.routes(since, [target]) == [("/_sipcert_body", "-")]
         # The symlink names an object without a body: the Store answers (ghost has none).
         empty.mkdir()
         os.replace(link, base / "a" / ".ghost")
         os.symlink(os.path.join("..", "o", empty.name), link)
-        since = len(edge.access_lines())
+        since = edge.log_mark()
         assert ask(edge.edge, "example.com", "GET", target) == ask(
             edge.python, "example.com", "GET", target
         )
@@ -323,7 +323,7 @@ def test_a_user_that_differs_in_case_is_another_aor(edge: EdgeSetup, user: str) 
     """nginx's map compares keys without case; the user part of an AOR has case."""
     target = f"/search-cgi?email={user}%40example.com"
     same(edge, "example.com", "GET", target)
-    since = len(edge.access_lines())
+    since = edge.log_mark()
     assert ask(edge.edge, "example.com", "GET", target)[0] == 404
     assert edge.routes(since, [target])[0][0] != "/search-cgi"
 
