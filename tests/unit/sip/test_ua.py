@@ -1200,8 +1200,9 @@ def test_closing_as_the_keepalive_answer_arrives_stops_the_keepalive() -> None:
             keepalive_timeout=30,
         ) as alice:
             assert (await alice.register()).status == 200
-            await _until(lambda: alice.keepalive_pings >= 1)  # counted after the send
-            await asyncio.sleep(0.01)  # the task now waits for the answer
+            # Counted after the send, with no await before the wait for the answer: the
+            # task waits for it now (the registrar never answers a ping).
+            await _until(lambda: alice.keepalive_pings >= 1)
             task = alice._keepalive_task
             conn = alice.transport.pooled(hop)
             assert task is not None and conn is not None
